@@ -1,0 +1,266 @@
+"""Fashion-MNIST: IDX loading (numpy only), the authors' client partition and the per-class test sets.
+
+The partition follows the authors' public code (github mirqr/FedAD, ``datautil.partition``), made balanced
+and valid for any number of clients per class ``p``, class subset and outlier fraction ``0 < d < 0.5``:
+
+* Only the chosen ``classes`` take part (inliers and outliers alike).
+* Per chosen class, a random ``floor((1-d) * N_c)`` of its training images are the inlier source, split into
+  ``p`` disjoint chunks whose sizes differ by at most one (``np.array_split``); the other ``ceil(d * N_c)``
+  images form that class's share of the outlier pool. (The authors sample ``1 - outlier_fraction`` of the
+  data set as the inlier source: with d = 0.1 this is the 90% / 10% split of DESIGN.md; tying the pool to
+  ``d`` keeps it large enough for every ``d`` below 0.5.)
+* A client holding ``n_in`` inliers adds ``floor(d * n_in / (1 - d))`` outliers (computed in exact rational
+  arithmetic on ``d``'s decimal form), so its outlier fraction is ``d`` rounded down. Outliers are drawn
+  without replacement from the pool of the OTHER chosen classes, mixed: the outliers of one inlier class are
+  spread as evenly as possible over the other classes (remainders rotate cyclically so every source class
+  gives the same total), then shuffled and dealt to the class's clients. With d = 0.1, p = 9 and 10 classes
+  each client holds 600 inliers + 66 outliers = 666 samples.
+* Test set per inlier class: all of that class's test images plus ``floor(d * n / (1 - d))`` test images of
+  the other chosen classes, spread evenly over them and drawn without replacement; shared by the class's
+  clients.
+
+Everything is drawn from one ``numpy.random.Generator`` seeded with ``seed``: same inputs, same partition.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from simfl.errors import SimflError
+
+DEFAULT_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
+ENV_VAR = "SIMFL_DATA"
+FILES = {
+    "x_train": "train-images-idx3-ubyte.gz",
+    "y_train": "train-labels-idx1-ubyte.gz",
+    "x_test": "t10k-images-idx3-ubyte.gz",
+    "y_test": "t10k-labels-idx1-ubyte.gz",
+}
+N_CLASSES = 10
+
+
+class DataNotFoundError(SimflError):
+    """No directory with the four Fashion-MNIST IDX files was found."""
+
+
+class DataFormatError(SimflError):
+    """An IDX file is unreadable or has the wrong shape or labels."""
+
+
+def _has_files(directory: Path) -> bool:
+    return all((directory / name).is_file() for name in FILES.values())
+
+
+def find_data_dir(explicit: str | Path | None = None) -> Path:
+    """First directory with the four IDX .gz files: ``explicit``, then ``$SIMFL_DATA``, then Debian's."""
+    tried: list[str] = []
+    candidates: list[tuple[str, Path]] = []
+    if explicit is not None and str(explicit) != "":
+        candidates.append(("[experiment].data_dir", Path(explicit).expanduser()))
+    env = os.environ.get(ENV_VAR)
+    if env:
+        candidates.append((f"${ENV_VAR}", Path(env).expanduser()))
+    candidates.append(("default", DEFAULT_DATA_DIR))
+    for origin, directory in candidates:
+        if _has_files(directory):
+            return directory
+        tried.append(f"{directory} ({origin})")
+    raise DataNotFoundError(
+        "Fashion-MNIST not found: no directory with the four IDX files ("
+        + ", ".join(FILES.values())
+        + ") among: "
+        + "; ".join(tried)
+        + ". To get the data either install Debian's package (sudo apt-get install dataset-fashion-mnist, "
+        f"which puts them in {DEFAULT_DATA_DIR}), or point [experiment].data_dir in the scenario (or the "
+        f"{ENV_VAR} environment variable) at a folder holding the four IDX .gz files."
+    )
+
+
+@dataclass(frozen=True)
+class FashionMNIST:
+    x_train: np.ndarray  # uint8 [60000, 28, 28]
+    y_train: np.ndarray  # uint8 [60000]
+    x_test: np.ndarray  # uint8 [10000, 28, 28]
+    y_test: np.ndarray  # uint8 [10000]
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    try:
+        with gzip.open(path, "rb") as fh:
+            raw = fh.read()
+    except (OSError, EOFError) as exc:
+        raise DataFormatError(f"cannot read IDX file {path}: {exc}") from exc
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DataFormatError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    if len(raw) != header + math.prod(dims):
+        raise DataFormatError(f"{path}: size {len(raw)} bytes does not match its header dimensions {dims}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+_CACHE: dict[Path, FashionMNIST] = {}
+
+
+def load_fashion_mnist(directory: str | Path) -> FashionMNIST:
+    """Parse the four IDX files in ``directory`` (cached per process); check shapes and label ranges."""
+    directory = Path(directory).resolve()
+    if directory in _CACHE:
+        return _CACHE[directory]
+    if not _has_files(directory):
+        raise DataNotFoundError(
+            f"{directory} does not hold the four Fashion-MNIST IDX files ({', '.join(FILES.values())}); "
+            "install Debian's dataset-fashion-mnist or point [experiment].data_dir / "
+            f"${ENV_VAR} at a folder with them."
+        )
+    arrays = {key: _read_idx(directory / name) for key, name in FILES.items()}
+    for split, n in (("train", 60000), ("test", 10000)):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.shape != (n, 28, 28) or y.shape != (n,):
+            raise DataFormatError(
+                f"{directory}: {split} images/labels have shapes {x.shape}/{y.shape}, "
+                f"expected ({n}, 28, 28)/({n},)"
+            )
+        if int(y.max()) >= N_CLASSES:
+            raise DataFormatError(f"{directory}: {split} labels outside 0..9 (max {int(y.max())})")
+    for arr in arrays.values():
+        arr.setflags(write=False)
+    fm = FashionMNIST(**arrays)
+    _CACHE[directory] = fm
+    return fm
+
+
+@dataclass(frozen=True)
+class ClientShard:
+    client: int
+    inlier_class: int
+    x: np.ndarray  # uint8 [N, 28, 28], shuffled
+    labels: np.ndarray  # int64 [N], true class of each sample
+    is_outlier: np.ndarray  # bool [N]
+    index: np.ndarray  # int64 [N], row of each sample in the training set
+
+
+@dataclass(frozen=True)
+class Partition:
+    classes: tuple[int, ...]
+    p: int
+    d: float
+    seed: int
+    clients: tuple[ClientShard, ...]  # client i has inlier class classes[i // p]
+    tests: dict[int, tuple[np.ndarray, np.ndarray]]  # inlier class -> (x uint8 [M,28,28], is_outlier [M])
+
+    @property
+    def n_clients(self) -> int:
+        return len(self.clients)
+
+    def true_groups(self) -> list[list[int]]:
+        """Client ids grouped by inlier class, in ``classes`` order (the ideal partition)."""
+        return [list(range(k * self.p, (k + 1) * self.p)) for k in range(len(self.classes))]
+
+
+def outliers_for(n_inliers: int, d: float) -> int:
+    """floor(d * n / (1 - d)) evaluated exactly on d's decimal form (0.1 -> 1/10)."""
+    frac = Fraction(repr(float(d)))
+    return math.floor(frac * n_inliers / (1 - frac))
+
+
+def _spread(total: int, k: int, offset: int) -> list[int]:
+    """``total`` split over ``k`` slots as evenly as possible; the remainder to slots offset, offset+1, ..."""
+    base, rem = divmod(total, k)
+    counts = [base] * k
+    for j in range(rem):
+        counts[(offset + j) % k] += 1
+    return counts
+
+
+def _check_args(classes: Sequence[int], p: int, d: float) -> tuple[int, ...]:
+    cls = tuple(int(c) for c in classes)
+    if len(cls) < 2 or len(set(cls)) != len(cls) or any(not 0 <= c < N_CLASSES for c in cls):
+        raise SimflError(f"classes must be at least 2 distinct labels in 0..9, got {list(classes)}")
+    if int(p) != p or p < 1:
+        raise SimflError(f"p (clients per inlier class) must be a positive integer, got {p}")
+    if not 0 < d < 0.5:
+        raise SimflError(f"outlier fraction d must satisfy 0 < d < 0.5, got {d}")
+    return cls
+
+
+def make_partition(fm: FashionMNIST, classes: Sequence[int], p: int, d: float, seed: int) -> Partition:
+    """The authors' split (module docstring): ``p`` clients per class of ``classes``, outlier fraction d."""
+    cls = _check_args(classes, p, d)
+    p = int(p)
+    k = len(cls)
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x51F1]))
+    y_train = fm.y_train.astype(np.int64)
+
+    chunks: dict[int, list[np.ndarray]] = {}
+    pool: dict[int, np.ndarray] = {}
+    for c in cls:
+        idx = rng.permutation(np.flatnonzero(y_train == c))
+        n_in = math.floor((1 - Fraction(repr(float(d)))) * len(idx))
+        if n_in < p:
+            raise SimflError(f"class {c} has too few training images for p={p} clients")
+        chunks[c] = np.array_split(idx[:n_in], p)
+        pool[c] = idx[n_in:]
+
+    # Class-level demand, spread evenly (cyclic remainders) over the other classes' pools.
+    need = {c: [outliers_for(len(ch), d) for ch in chunks[c]] for c in cls}
+    taken = {c: 0 for c in cls}
+    class_outliers: dict[int, np.ndarray] = {}
+    for a, c in enumerate(cls):
+        others = [cls[(a + j) % k] for j in range(1, k)]
+        counts = _spread(sum(need[c]), k - 1, 0)
+        parts = []
+        for src, cnt in zip(others, counts, strict=True):
+            if taken[src] + cnt > len(pool[src]):
+                raise SimflError(
+                    f"outlier pool of class {src} is exhausted (d={d}, p={p}, classes={list(cls)}); "
+                    "lower d or p"
+                )
+            parts.append(pool[src][taken[src] : taken[src] + cnt])
+            taken[src] += cnt
+        class_outliers[c] = rng.permutation(np.concatenate(parts)) if parts else np.empty(0, np.int64)
+
+    clients: list[ClientShard] = []
+    for a, c in enumerate(cls):
+        start = 0
+        for j, chunk in enumerate(chunks[c]):
+            out = class_outliers[c][start : start + need[c][j]]
+            start += need[c][j]
+            index = rng.permutation(np.concatenate([chunk, out]))
+            labels = y_train[index]
+            clients.append(
+                ClientShard(
+                    client=a * p + j,
+                    inlier_class=c,
+                    x=fm.x_train[index],
+                    labels=labels,
+                    is_outlier=labels != c,
+                    index=index,
+                )
+            )
+
+    y_test = fm.y_test.astype(np.int64)
+    by_class = {c: np.flatnonzero(y_test == c) for c in cls}
+    tests: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for a, c in enumerate(cls):
+        inl = by_class[c]
+        n_out = outliers_for(len(inl), d)
+        others = [cls[(a + j) % k] for j in range(1, k)]
+        counts = _spread(n_out, k - 1, 0)
+        parts = [inl]
+        for src, cnt in zip(others, counts, strict=True):
+            if cnt > len(by_class[src]):
+                raise SimflError(f"too few test images of class {src} for class {c}'s test outliers")
+            parts.append(rng.choice(by_class[src], size=cnt, replace=False))
+        index = rng.permutation(np.concatenate(parts))
+        tests[c] = (fm.x_test[index], y_test[index] != c)
+    return Partition(classes=cls, p=p, d=float(d), seed=int(seed), clients=tuple(clients), tests=tests)
