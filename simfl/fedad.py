@@ -1,0 +1,148 @@
+"""The `fedad` workload: learning plan, network replay, and the run's results (summary, tables, report)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from simfl import costs, models
+from simfl.config import Scenario
+from simfl.errors import SimflError
+from simfl.plan import LearningPlan, build_plan
+from simfl.protocol import simulate
+from simfl.report import write_report
+from simfl.world import World
+
+APPROACHES = ("local", "method", "ideal", "centralised")
+
+
+def _progress(enabled: bool) -> Callable[[str], None]:
+    start = time.perf_counter()
+
+    def say(stage: str) -> None:
+        if enabled:
+            el = time.perf_counter() - start
+            print(f"  [{int(el // 60):02d}:{el % 60:04.1f}] {stage}", flush=True)
+
+    return say
+
+
+def phase_spans(messages: pl.DataFrame, compute: pl.DataFrame) -> dict[str, tuple[float, float]]:
+    """Simulated [start, end] of each phase: first send or compute start to last delivery or compute end."""
+    parts = []
+    if messages.height:
+        parts.append(messages.select("phase", pl.col("t_send").alias("a"), pl.col("t_deliver").alias("b")))
+    if compute.height:
+        parts.append(compute.select("phase", pl.col("t_start").alias("a"), pl.col("t_end").alias("b")))
+    if not parts:
+        return {}
+    spans = pl.concat(parts).group_by("phase").agg(pl.col("a").min(), pl.col("b").max()).sort("phase")
+    return {row["phase"]: (row["a"], row["b"]) for row in spans.iter_rows(named=True)}
+
+
+def _by_phase(messages: pl.DataFrame, column: str) -> dict[str, int]:
+    if not messages.height:
+        return {}
+    agg = messages.group_by("phase").agg(pl.col(column).sum()).sort("phase")
+    return {r["phase"]: int(r[column]) for r in agg.iter_rows(named=True)}
+
+
+def closed_forms(scenario: Scenario, plan: LearningPlan) -> dict[str, float]:
+    """The paper's Eq. 1-3 and the centralised cost for this run's sizes, in bytes."""
+    exp = scenario.experiment
+    n = len(plan.partition.clients)
+    n_classes = len(exp.classes)
+    k = len(plan.phase1.communities)
+    s_m = plan.phase1.payload_bits[0] / 8  # the phase-I message: parameters + threshold
+    s_u = models.payload_bytes(exp.phase2_model)
+    d_bytes = [len(s.x) for s in plan.partition.clients]
+    cands = [int(plan.phase1.adjacency[i].sum()) for i in range(1, n)]
+    comm_sizes = {i: len(c) for c in plan.phase1.communities for i in c}
+    return {
+        "eq1": float(costs.phase1_bytes(n, n_classes, s_m)),
+        "eq1_measured_structure": float(
+            costs.phase1_bytes_measured(n, s_m, cands, [comm_sizes[i] for i in range(1, n)])
+        ),
+        "eq2": float(costs.phase2_bytes_eq2(exp.rounds, [len(c) for c in plan.phase1.communities], s_u)),
+        "eq3": float(costs.phase2_bytes_eq3(exp.rounds, n, k, s_u)),
+        "centralised": float(costs.centralised_bytes(d_bytes)),
+    }
+
+
+def _auc_tables(plan: LearningPlan) -> tuple[pl.DataFrame, dict[str, dict[str, float]], dict[str, float]]:
+    gof = plan.method.group_of()
+    rows: dict[str, list[Any]] = {
+        "client": [s.client for s in plan.partition.clients],
+        "inlier_class": [s.inlier_class for s in plan.partition.clients],
+        "community": [gof[s.client] for s in plan.partition.clients],
+    }
+    for a in APPROACHES:
+        rows[a] = plan.auc.get(a, [float("nan")] * len(plan.partition.clients))
+    per_client = pl.DataFrame(rows, schema_overrides={a: pl.Float64 for a in APPROACHES})
+    present = [a for a in APPROACHES if a in plan.auc]
+    by_class_df = per_client.group_by("inlier_class").agg([pl.col(a).mean() for a in present]).sort("inlier_class")
+    by_class = {str(r["inlier_class"]): {a: float(r[a]) for a in present} for r in by_class_df.iter_rows(named=True)}
+    means = {a: float(np.mean(plan.auc[a])) for a in present}
+    return per_client, by_class, means
+
+
+def run_fedad(world: World, scenario: Scenario, run_dir: Path, progress: bool = True) -> dict[str, Any]:
+    """Learn, replay on the network, and write communities.csv, auc.parquet, report.md; return the summary."""
+    exp = scenario.experiment
+    n = exp.clients_per_class * len(exp.classes)
+    if len(scenario.clients) < n:
+        raise SimflError(f"{scenario.source}: experiment needs {n} clients, the scenario has {len(scenario.clients)}")
+    say = _progress(progress)
+    t0 = time.perf_counter()
+    plan = build_plan(exp, scenario.seed, say)
+    learn_wall = time.perf_counter() - t0
+    say("replaying every message on the simulated network")
+    t0 = time.perf_counter()
+    fed = simulate(world, plan, clients=scenario.clients[:n], server=scenario.server, aggregator=exp.aggregator,
+                   community_method=exp.community_method, seed=scenario.seed)
+    sim_wall = time.perf_counter() - t0
+    messages = world.recorder.messages_frame()
+    compute = world.recorder.compute_frame()
+    spans = phase_spans(messages, compute)
+    bits = _by_phase(messages, "payload_bits")
+    wire = _by_phase(messages, "wire_bytes")
+    per_client, by_class, means = _auc_tables(plan)
+    comms = plan.phase1.communities
+    upload = messages.filter(pl.col("phase") == "centralised")
+    summary: dict[str, Any] = {
+        "workload": "fedad",
+        "clients": n,
+        "classes": list(exp.classes),
+        "payload_bytes": {p: b / 8 for p, b in bits.items()},
+        "wire_bytes": wire,
+        "closed_form_bytes": closed_forms(scenario, plan),
+        "duration_s": {p: b - a for p, (a, b) in spans.items()},
+        "phase_span_s": {p: [a, b] for p, (a, b) in spans.items()},
+        "centralised_upload_s": float(upload["t_deliver"].max() - upload["t_send"].min()) if upload.height else None,
+        "auc_mean": means,
+        "auc_by_class": by_class,
+        "communities": comms,
+        "community_member_classes": [[plan.partition.clients[i].inlier_class for i in c] for c in comms],
+        "k": len(comms),
+        "ari": plan.ari,
+        "nmi": plan.nmi,
+        "leader_communities_match": fed.leader_communities == comms,
+        "learning_wall_s": {**plan.wall_s, "total": learn_wall},
+        "simulation_wall_s": sim_wall,
+        "preset_note": exp.preset_note,
+        "experiment": {k: getattr(exp, k) for k in exp.__dataclass_fields__},
+    }
+    pl.DataFrame({
+        "community": [g for g, c in enumerate(comms) for _ in c],
+        "client": [i for c in comms for i in c],
+        "node": [scenario.clients[i] for c in comms for i in c],
+        "inlier_class": [plan.partition.clients[i].inlier_class for c in comms for i in c],
+    }).write_csv(run_dir / "communities.csv")
+    per_client.write_parquet(run_dir / "auc.parquet")
+    write_report(run_dir, summary, scenario=scenario, messages=messages, links=world.recorder.links_frame())
+    return summary

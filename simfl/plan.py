@@ -1,0 +1,270 @@
+"""The learning plan: every computation the nodes of a federated run perform, executed ahead in batches.
+
+The method's learning does not depend on the network (no deadlines, no dropped clients), so simfl runs all of
+it first, stage by stage, each stage as one batched request to the learning engine (all 90 clients' training of
+a round together), and the SimPy node processes then replay it: they carry the real tensors in their messages
+and spend simulated compute time computed from FLOPs. This keeps the learning fast (the hardware sees big
+batches) and makes the simulated clock independent of this machine's speed.
+
+Stages: phase I (train the phase-I model per client, thresholds, cross-evaluation, one-sided association bits,
+communities), phase II (FedAvg per community), the baselines (local, ideal, centralised) and the AUC evaluation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from simfl import models
+from simfl.aggregation import fedavg
+from simfl.communities import association_matrix, find_communities, one_sided, partition_scores
+from simfl.config import Experiment
+from simfl.data import Partition, find_data_dir, load_fashion_mnist, make_partition
+from simfl.learning import Engine, ScoreJob, TrainJob, TrainResult, auc, threshold
+from simfl.messages import payload_bits_of
+
+Progress = Callable[[str], None]
+
+
+def derive_seed(seed: int, *tags: object) -> int:
+    """A 31-bit seed for one purpose, derived from the run seed and tags (stable across runs and machines)."""
+    h = hashlib.sha256(repr((seed, *tags)).encode()).digest()
+    return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
+
+
+def initial_state(model: str, seed: int) -> dict[str, torch.Tensor]:
+    """A fresh model's weights from a seed: every member of a federation starts from the same ones."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = models.build_model(model)
+    return {k: v.detach().clone().contiguous() for k, v in net.state_dict().items()}
+
+
+@dataclass
+class Phase1Plan:
+    """What phase I computes: per-client models, thresholds, the r matrix, association bits, communities."""
+
+    model: str
+    train: list[TrainResult]
+    thresholds: np.ndarray  # [n] float32, each carried with its model
+    payloads: list[dict[str, torch.Tensor]]  # what each client sends: its parameters and its threshold
+    payload_bits: list[int]
+    ratios: np.ndarray  # r[i, j] = share of client i's samples that model j calls inliers
+    one_sided: np.ndarray  # bool [n, n]: client i's verdict on peer j (sent to j)
+    adjacency: np.ndarray  # bool [n, n]: both sides agree
+    communities: list[list[int]]
+    score_flops: list[float]  # FLOPs for client i to score its shard with one model
+    score_wall_s: float  # measured wall time of the whole cross-evaluation
+    community_wall_s: float
+
+
+@dataclass
+class FLPlan:
+    """One FedAvg run over fixed groups: per round, every client's training result and update size."""
+
+    phase: str
+    groups: list[list[int]]
+    rounds: list[list[TrainResult]]
+    update_bits: list[list[int]]  # [round][client]
+    global_bits: list[list[int]]  # [round][group]
+    final: list[dict[str, torch.Tensor]]  # final global model per group
+    aggregate_flops: list[float]  # per group, one FedAvg
+
+    def group_of(self) -> dict[int, int]:
+        return {i: g for g, members in enumerate(self.groups) for i in members}
+
+
+@dataclass
+class CentralPlan:
+    """The centralised baseline: raw shards uploaded, one model trained on their union at the server."""
+
+    upload_bits: list[int]
+    train: TrainResult
+
+
+@dataclass
+class LearningPlan:
+    partition: Partition
+    phase1: Phase1Plan
+    method: FLPlan
+    ideal: FLPlan | None
+    local: list[TrainResult] | None
+    central: CentralPlan | None
+    auc: dict[str, list[float]] = field(default_factory=dict)  # approach -> AUC per client
+    ari: float = float("nan")
+    nmi: float = float("nan")
+    wall_s: dict[str, float] = field(default_factory=dict)
+
+
+def true_groups(partition: Partition) -> list[list[int]]:
+    """The ideal partition: clients grouped by their inlier class."""
+    groups: dict[int, list[int]] = {}
+    for shard in partition.clients:
+        groups.setdefault(shard.inlier_class, []).append(shard.client)
+    return [sorted(g) for _, g in sorted(groups.items(), key=lambda kv: min(kv[1]))]
+
+
+def _train_jobs(
+    exp: Experiment, partition: Partition, model: str, epochs: int, seed: int, tag: str, **kw: object
+) -> list[TrainJob]:
+    return [
+        TrainJob(
+            key=s.client, model=model, x=s.x, epochs=epochs, seed=derive_seed(seed, tag, s.client),
+            batch_size=exp.batch_size, lr=exp.lr, val_fraction=exp.val_fraction, **kw,  # type: ignore[arg-type]
+        )
+        for s in partition.clients
+    ]
+
+
+def plan_phase1(engine: Engine, exp: Experiment, partition: Partition, seed: int, say: Progress) -> Phase1Plan:
+    """Phase I: local phase-I models, thresholds, cross-evaluation, association and communities."""
+    model = exp.phase1_model
+    n = len(partition.clients)
+    xs = [s.x for s in partition.clients]
+    say(f"phase I: training {model} on {n} clients x {exp.phase1_epochs} epochs")
+    train = engine.train(_train_jobs(exp, partition, model, exp.phase1_epochs, seed, "phase1"))
+    own = engine.score([ScoreJob(key=r.key, model=model, state=r.state, x=x) for r, x in zip(train, xs)])
+    thresholds = np.array([threshold(s, exp.outlier_fraction) for s in own], dtype=np.float32)
+    payloads = [
+        {**r.state, "threshold": torch.tensor([thresholds[i]], dtype=torch.float32)} for i, r in enumerate(train)
+    ]
+    say(f"phase I: cross-evaluation ({n} models x {n} shards)")
+    t0 = time.perf_counter()
+    ratios = engine.cross_inlier_ratios(model, [r.state for r in train], thresholds.tolist(), xs)
+    score_wall = time.perf_counter() - t0
+    sided = one_sided(ratios, exp.tau)
+    adjacency = association_matrix(ratios, exp.tau)
+    t0 = time.perf_counter()
+    communities = find_communities(adjacency, exp.community_method, seed=derive_seed(seed, "communities"))
+    community_wall = time.perf_counter() - t0
+    return Phase1Plan(
+        model=model, train=train, thresholds=thresholds, payloads=payloads,
+        payload_bits=[payload_bits_of(p) for p in payloads], ratios=ratios, one_sided=sided,
+        adjacency=adjacency, communities=communities,
+        score_flops=[len(x) * models.flops_per_sample(model) for x in xs],
+        score_wall_s=score_wall, community_wall_s=community_wall,
+    )
+
+
+def plan_federated(
+    engine: Engine, exp: Experiment, partition: Partition, groups: Sequence[Sequence[int]], seed: int,
+    phase: str, say: Progress,
+) -> FLPlan:
+    """FedAvg per group for `exp.rounds` rounds, all groups' clients trained together each round."""
+    model = exp.phase2_model
+    groups = [sorted(g) for g in groups]
+    globals_ = [initial_state(model, derive_seed(seed, phase, "init", g[0])) for g in groups]
+    group_of = {i: gi for gi, g in enumerate(groups) for i in g}
+    opt: dict[int, object] = {}
+    rounds: list[list[TrainResult]] = []
+    update_bits: list[list[int]] = []
+    global_bits: list[list[int]] = []
+    n_params = sum(v.numel() for v in globals_[0].values())
+    for t in range(exp.rounds):
+        epochs = exp.local_epochs[min(t, len(exp.local_epochs) - 1)]
+        say(f"{phase}: round {t + 1}/{exp.rounds}, {len(partition.clients)} clients x {epochs} epochs")
+        jobs = [
+            TrainJob(
+                key=s.client, model=model, x=s.x, epochs=epochs, seed=derive_seed(seed, phase, t, s.client),
+                init_state=globals_[group_of[s.client]], batch_size=exp.batch_size, lr=exp.lr,
+                val_fraction=exp.val_fraction, opt_state=opt.get(s.client) if exp.persist_optimizer else None,
+            )
+            for s in partition.clients
+        ]
+        results = engine.train(jobs)
+        opt = {r.key: r.opt_state for r in results}
+        globals_ = [fedavg([results[i].state for i in g], [results[i].n_train for i in g]) for g in groups]
+        rounds.append(results)
+        update_bits.append([payload_bits_of(r.state) for r in results])
+        global_bits.append([payload_bits_of(s) for s in globals_])
+    return FLPlan(
+        phase=phase, groups=groups, rounds=rounds, update_bits=update_bits, global_bits=global_bits,
+        final=globals_, aggregate_flops=[2.0 * len(g) * n_params for g in groups],
+    )
+
+
+def _evaluate(
+    engine: Engine, partition: Partition, model: str, state_of_client: Sequence[dict[str, torch.Tensor]]
+) -> list[float]:
+    """AUC-ROC of each client's detector on its inlier class's test set (shared scoring where models coincide)."""
+    jobs: list[ScoreJob] = []
+    slot: dict[tuple[int, int], int] = {}
+    index: list[int] = []
+    for s in partition.clients:
+        key = (id(state_of_client[s.client]), s.inlier_class)
+        if key not in slot:
+            slot[key] = len(jobs)
+            x, _ = partition.tests[s.inlier_class]
+            jobs.append(ScoreJob(key=len(jobs), model=model, state=state_of_client[s.client], x=x))
+        index.append(slot[key])
+    scores = engine.score(jobs)
+    aucs = []
+    for s, k in zip(partition.clients, index):
+        _, is_out = partition.tests[s.inlier_class]
+        aucs.append(float(auc(scores[k], is_out)))
+    return aucs
+
+
+def build_plan(exp: Experiment, seed: int, say: Progress, device: str | None = None) -> LearningPlan:
+    """Run every learning stage of the method and the requested baselines."""
+    data = load_fashion_mnist(find_data_dir(exp.data_dir))
+    partition = make_partition(data, exp.classes, exp.clients_per_class, exp.outlier_fraction, seed)
+    walls: dict[str, float] = {}
+    with Engine(device=device or exp.device, workers=exp.workers) as engine:
+        t0 = time.perf_counter()
+        p1 = plan_phase1(engine, exp, partition, seed, say)
+        walls["phase1"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        method = plan_federated(engine, exp, partition, p1.communities, seed, "phase2", say)
+        walls["phase2"] = time.perf_counter() - t0
+        gof = method.group_of()
+        plan = LearningPlan(partition=partition, phase1=p1, method=method, ideal=None, local=None, central=None)
+        plan.auc["method"] = _evaluate(
+            engine, partition, exp.phase2_model, [method.final[gof[s.client]] for s in partition.clients]
+        )
+        if "ideal" in exp.baselines:
+            t0 = time.perf_counter()
+            plan.ideal = plan_federated(engine, exp, partition, true_groups(partition), seed, "ideal", say)
+            walls["ideal"] = time.perf_counter() - t0
+            igof = plan.ideal.group_of()
+            plan.auc["ideal"] = _evaluate(
+                engine, partition, exp.phase2_model, [plan.ideal.final[igof[s.client]] for s in partition.clients]
+            )
+        if "local" in exp.baselines:
+            say(f"local baseline: {len(partition.clients)} clients, up to {exp.local_baseline_epochs} epochs")
+            t0 = time.perf_counter()
+            plan.local = engine.train(
+                _train_jobs(
+                    exp, partition, exp.phase2_model, exp.local_baseline_epochs, seed, "local",
+                    patience=exp.patience,
+                )
+            )
+            walls["local"] = time.perf_counter() - t0
+            plan.auc["local"] = _evaluate(engine, partition, exp.phase2_model, [r.state for r in plan.local])
+        if "centralised" in exp.baselines:
+            say(f"centralised baseline: one {exp.phase2_model} on all shards x {exp.centralised_epochs} epochs")
+            t0 = time.perf_counter()
+            x_all = np.concatenate([s.x for s in partition.clients])
+            (train,) = engine.train(
+                [
+                    TrainJob(
+                        key=-1, model=exp.phase2_model, x=x_all, epochs=exp.centralised_epochs,
+                        seed=derive_seed(seed, "centralised"), batch_size=exp.batch_size, lr=exp.lr,
+                        val_fraction=exp.val_fraction,
+                    )
+                ]
+            )
+            walls["centralised"] = time.perf_counter() - t0
+            plan.central = CentralPlan(upload_bits=[payload_bits_of(s.x) for s in partition.clients], train=train)
+            plan.auc["centralised"] = _evaluate(
+                engine, partition, exp.phase2_model, [train.state] * len(partition.clients)
+            )
+    truth = [s.inlier_class for s in partition.clients]
+    plan.ari, plan.nmi = partition_scores(p1.communities, truth)
+    plan.wall_s = walls
+    return plan

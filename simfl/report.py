@@ -1,0 +1,189 @@
+"""A readable report of a federated run beside the paper's Tables 2-4, and its plots."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+# The paper's Table 3 (mean AUC-ROC per inlier class) and Table 4 (MB = 1e6 bytes, rounded model sizes).
+PAPER_AUC: dict[int, tuple[float, float, float]] = {
+    0: (0.672, 0.664, 0.753), 1: (0.950, 0.946, 0.953), 2: (0.485, 0.670, 0.688), 3: (0.713, 0.726, 0.748),
+    4: (0.583, 0.726, 0.732), 5: (0.601, 0.592, 0.599), 6: (0.512, 0.704, 0.707), 7: (0.849, 0.873, 0.869),
+    8: (0.395, 0.567, 0.550), 9: (0.734, 0.809, 0.800),
+}
+PAPER_AUC_MEAN = (0.649, 0.728, 0.740)
+PAPER_TABLE4_MB = {"phase1": 128.2, "phase2": 201.6, "centralised": 45.04}
+PAPER_TABLE2 = "G0=I6, G1=I8, G2=I1, G3=I5, G4=I7, G5=I9, G6=I2+I0+I3+I4 (7 communities, ARI 0.539)"
+
+
+def _f(x: Any, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:.{digits}f}"
+
+
+def _mb(b: float | None) -> str:
+    return "-" if b is None else f"{b / 1e6:,.2f}"
+
+
+def _seconds(s: float | None) -> str:
+    if s is None:
+        return "-"
+    return f"{s:,.3f} s" if s < 100 else f"{s:,.1f} s ({s / 60:.1f} min)"
+
+
+def table2(summary: dict[str, Any]) -> str:
+    lines = ["| community | clients | inlier classes (clients per class) |", "|---|---|---|"]
+    for g, members in enumerate(summary["communities"]):
+        classes = summary["community_member_classes"][g]
+        counts: dict[int, int] = {}
+        for c in classes:
+            counts[c] = counts.get(c, 0) + 1
+        desc = ", ".join(f"I{c} ({k})" for c, k in sorted(counts.items()))
+        lines.append(f"| G{g} | {len(members)} | {desc} |")
+    return "\n".join(lines)
+
+
+def table3(summary: dict[str, Any]) -> str:
+    cols = ["local", "method", "ideal", "centralised"]
+    head = "| inlier class | " + " | ".join(cols) + " | paper local | paper method | paper ideal |"
+    lines = [head, "|" + "---|" * (len(cols) + 4)]
+    for cls, row in summary["auc_by_class"].items():
+        paper = PAPER_AUC.get(int(cls), (None, None, None))
+        lines.append(f"| {cls} | " + " | ".join(_f(row.get(c)) for c in cols) + " | "
+                     + " | ".join(_f(p) for p in paper) + " |")
+    m = summary["auc_mean"]
+    lines.append("| **mean** | " + " | ".join(f"**{_f(m.get(c))}**" for c in cols) + " | "
+                 + " | ".join(_f(p) for p in PAPER_AUC_MEAN) + " |")
+    return "\n".join(lines)
+
+
+def table4(summary: dict[str, Any]) -> str:
+    pb, wb, cf, du = (summary["payload_bytes"], summary["wire_bytes"], summary["closed_form_bytes"],
+                      summary["duration_s"])
+    rows = [
+        ("phase I", "phase1", f"Eq. 1: {_mb(cf['eq1'])} (measured structure: {_mb(cf['eq1_measured_structure'])})",
+         PAPER_TABLE4_MB["phase1"]),
+        ("phase II", "phase2", f"Eq. 2: {_mb(cf['eq2'])} / Eq. 3: {_mb(cf['eq3'])}", PAPER_TABLE4_MB["phase2"]),
+        ("ideal baseline (FL on true groups)", "ideal", "-", None),
+        ("centralised upload", "centralised", f"{_mb(cf['centralised'])}", PAPER_TABLE4_MB["centralised"]),
+    ]
+    lines = ["| what | payload MB (measured) | closed form MB | wire MB (with headers) | simulated duration |"
+             " paper MB |", "|---|---|---|---|---|---|"]
+    for label, key, closed, paper in rows:
+        if key not in pb and key not in du:
+            continue
+        lines.append(f"| {label} | {_mb(pb.get(key))} | {closed} | {_mb(wb.get(key))} | {_seconds(du.get(key))} | "
+                     f"{'-' if paper is None else paper} |")
+    if "local" in du:
+        lines.append(f"| local baseline (no communication) | 0 | 0 | 0 | {_seconds(du['local'])} | - |")
+    return "\n".join(lines)
+
+
+def render(summary: dict[str, Any], scenario_name: str) -> str:
+    note = summary.get("preset_note") or ""
+    exp = summary["experiment"]
+    out = [
+        f"# simfl run: {scenario_name}",
+        "",
+        f"{summary['clients']} clients, inlier classes {summary['classes']}, p = {exp['clients_per_class']}, "
+        f"d = {exp['outlier_fraction']}, tau = {exp['tau']}, community method {exp['community_method']}, "
+        f"phase I {exp['phase1_model']} x {exp['phase1_epochs']} epochs, phase II {exp['phase2_model']} "
+        f"x {exp['rounds']} rounds (local epochs {exp['local_epochs']}), aggregator: {exp['aggregator']}.",
+        "",
+    ]
+    if note:
+        out += [f"**Shortened preset.** {note}", ""]
+    out += [
+        "## Table 2: communities found in phase I",
+        "",
+        f"{summary['k']} communities; against the true groups (clients by inlier class): "
+        f"ARI {_f(summary['ari'])}, NMI {_f(summary['nmi'])}. Paper: {PAPER_TABLE2}.",
+        "",
+        table2(summary),
+        "",
+        "## Table 3: AUC-ROC, mean per inlier class",
+        "",
+        "Each client's detector scored on its inlier class's test set (outlier fraction d); means over the class's "
+        "clients. local = each client alone (early stopping); method = FedAvg within the communities found; "
+        "ideal = FedAvg within the true groups; centralised = one model trained on all uploaded shards.",
+        "",
+        table3(summary),
+        "",
+        "## Table 4: communication cost and time on this network",
+        "",
+        "Payload = the paper's accounting (float32 parameters, 2-byte IDs, 1-bit association results); wire = what "
+        "the links carried (bytes rounded up, per-packet headers). Duration = simulated seconds from the phase's "
+        "first send or computation to its last delivery or computation. Paper column: Table 4 (rounded model "
+        "sizes 4,000 and 28,000 parameters).",
+        "",
+        table4(summary),
+        "",
+    ]
+    if summary.get("centralised_upload_s") is not None:
+        out += [f"Centralised: uploading the raw shards alone takes {_seconds(summary['centralised_upload_s'])}.",
+                ""]
+    out += ["Plots: `bytes_over_time.png`, `link_utilisation.png`, `auc_by_class.png`.", ""]
+    return "\n".join(out)
+
+
+def _plots(run_dir: Path, summary: dict[str, Any], messages: pl.DataFrame, links: pl.DataFrame) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if messages.height:
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        for phase in sorted(set(messages["phase"].to_list())):
+            m = messages.filter(pl.col("phase") == phase).sort("t_deliver")
+            cum = m["wire_bytes"].cum_sum() / 1e6
+            ax.step(m["t_deliver"].to_numpy(), cum.to_numpy(), where="post", label=phase)
+        ax.set_xlabel("simulated time (s)")
+        ax.set_ylabel("wire MB delivered (cumulative)")
+        ax.set_title("Bytes on the network over simulated time, per phase")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(run_dir / "bytes_over_time.png", dpi=110)
+        plt.close(fig)
+    if links.height:
+        top = links.sort("utilisation", descending=True).head(25)
+        fig, ax = plt.subplots(figsize=(8, 6))
+        labels = [f"{s}->{d}" for s, d in zip(top["src"].to_list(), top["dst"].to_list())]
+        ax.barh(labels[::-1], top["utilisation"].to_numpy()[::-1])
+        ax.set_xlabel("utilisation over the run (busy time / run time)")
+        ax.set_title("Busiest link directions")
+        fig.tight_layout()
+        fig.savefig(run_dir / "link_utilisation.png", dpi=110)
+        plt.close(fig)
+    by_class = summary["auc_by_class"]
+    if by_class:
+        import numpy as np
+
+        classes = [int(c) for c in by_class]
+        fig, ax = plt.subplots(figsize=(9, 4.5))
+        cols = [c for c in ("local", "method", "ideal", "centralised") if c in summary["auc_mean"]]
+        w = 0.8 / (len(cols) + 1)
+        x = np.arange(len(classes))
+        for k, c in enumerate(cols):
+            ax.bar(x + k * w, [by_class[str(cl)].get(c, np.nan) for cl in classes], w, label=c)
+        ax.scatter(x + w, [PAPER_AUC.get(cl, (np.nan,) * 3)[1] for cl in classes], marker="_", s=200, c="k",
+                   label="paper: method", zorder=3)
+        ax.set_xticks(x + w * (len(cols) - 1) / 2, [str(c) for c in classes])
+        ax.set_xlabel("inlier class")
+        ax.set_ylabel("AUC-ROC")
+        ax.set_ylim(0.3, 1.0)
+        ax.legend(ncols=3, fontsize=8)
+        fig.tight_layout()
+        fig.savefig(run_dir / "auc_by_class.png", dpi=110)
+        plt.close(fig)
+
+
+def write_report(run_dir: Path, summary: dict[str, Any], *, scenario: Any, messages: pl.DataFrame,
+                 links: pl.DataFrame) -> None:
+    """Write report.md and the plots into run_dir."""
+    (run_dir / "report.md").write_text(render(summary, scenario.name))
+    _plots(run_dir, summary, messages, links)
