@@ -42,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--classes", type=int, default=10)
     c.add_argument("--rounds", "-r", type=int, default=10)
     c.add_argument("--communities", "-k", type=int, default=7)
+    c.add_argument("--phase1-params", type=int, default=3217,
+                   help="phase-I model params (default: AE-5, 3,217)")
+    c.add_argument("--phase2-params", type=int, default=28353,
+                   help="phase-II model params (default: AE-7, 28,353)")
+    c.add_argument("--samples-per-client", type=int, default=None,
+                   help="samples per client for the centralised cost (default: the 60,000-image train set)")
     c.set_defaults(handler=_cmd_costs)
     return p
 
