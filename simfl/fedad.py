@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -58,15 +59,16 @@ def closed_forms(scenario: Scenario, plan: LearningPlan) -> dict[str, float]:
     n = len(plan.partition.clients)
     n_classes = len(exp.classes)
     k = len(plan.phase1.communities)
-    s_m = plan.phase1.payload_bits[0] / 8  # the phase-I message: parameters + threshold
+    # the phase-I message carries the parameters and the 4-byte threshold; the paper's S_m counts parameters only
+    s_msg = Fraction(sum(plan.phase1.payload_bits), 8 * n)
+    s_m = s_msg - costs.THRESHOLD_BYTES
     s_u = models.payload_bytes(exp.phase2_model)
     d_bytes = [len(s.x) for s in plan.partition.clients]
-    cands = [int(plan.phase1.adjacency[i].sum()) for i in range(1, n)]
-    comm_sizes = {i: len(c) for c in plan.phase1.communities for i in c}
+    cands, comm_sizes = costs.phase1_structure(plan.phase1.adjacency, plan.phase1.communities)
     return {
         "eq1": float(costs.phase1_bytes(n, n_classes, s_m)),
         "eq1_measured_structure": float(
-            costs.phase1_bytes_measured(n, s_m, cands, [comm_sizes[i] for i in range(1, n)])
+            costs.phase1_bytes_measured(n, s_msg, cands, comm_sizes)
         ),
         "eq2": float(costs.phase2_bytes_eq2(exp.rounds, [len(c) for c in plan.phase1.communities], s_u)),
         "eq3": float(costs.phase2_bytes_eq3(exp.rounds, n, k, s_u)),

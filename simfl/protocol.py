@@ -79,7 +79,8 @@ class FedAD:
         for _ in range(self.n - 1):
             msg = yield self._get(node, "assoc", "phase1")
             theirs[self.index[msg.src]] = bool(msg.payload)
-        candidates = np.array([j for j in range(self.n) if j != i and p1.one_sided[i, j] and theirs[j]],
+        # the candidate group names the client itself and its associated peers (2-byte IDs), as the authors do
+        candidates = np.array([j for j in range(self.n) if j == i or (p1.one_sided[i, j] and theirs[j])],
                               dtype=np.uint16)
         if i == self.leader:
             yield self.env.process(self.phase1_leader(candidates))
@@ -98,6 +99,7 @@ class FedAD:
         for _ in range(self.n - 1):
             msg = yield self._get(node, "candidates", "phase1")
             adj[self.index[msg.src], msg.payload.astype(np.int64)] = True
+        np.fill_diagonal(adj, False)
         adj = adj & adj.T
         found = find_communities(adj, self.community_method, seed=derive_seed(self.seed, "communities"))
         if found != p1.communities:
