@@ -1,0 +1,114 @@
+"""The `Message` record and the exact byte accounting.
+
+Two sizes are kept apart (DESIGN: "keep the paper's payload accounting apart from what the wire carries"):
+
+* `payload_bits`: what the method sends, counted as the paper counts it: 32 bits per float32 parameter, 16 bits per
+  client ID (`ids_bits`), 1 bit per association flag (`flag_bits`); `payload_bits_of` counts the real bytes of
+  tensors / arrays / bytes objects.
+* `wire_bytes`: what the links carry. With B = ceil(payload_bits / 8) payload bytes and a maximum segment size
+  MSS = mtu - ip_header_bytes (1500 - 40 = 1460 by default), the message travels as
+  n_packets = max(1, ceil(B / MSS)) packets, each adding ip_header_bytes + link_header_bytes (40 IPv4+TCP, 38 Ethernet:
+  preamble/SFD 8, MAC header 14, FCS 4, inter-frame gap 12) of headers:
+
+      wire_bytes = B + n_packets * (ip_header_bytes + link_header_bytes)      (headers on, the default)
+      wire_bytes = B                                                          (header-less mode: pure payload)
+
+  The first (largest) packet is min(B, MSS) + headers bytes; the network uses it for the per-hop store-and-forward
+  term. A 0-byte message is one header-only packet (or 0 wire bytes without headers).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "Message",
+    "payload_bits_of",
+    "ids_bits",
+    "flag_bits",
+    "wire_bytes",
+    "packetize",
+    "Packetization",
+]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Message:
+    """A delivered message. Times are simulated seconds: `t_send` when `Network.send` was called, `t_start` when
+    it left its flow's FIFO queue and started transmitting, `t_deliver` when its last bit reached `dst`."""
+
+    msg_id: int
+    src: str
+    dst: str
+    kind: str
+    phase: str
+    round: int
+    payload_bits: int
+    wire_bytes: int
+    n_packets: int
+    hops: int
+    t_send: float
+    t_start: float
+    t_deliver: float
+    payload: Any = None
+
+
+def ids_bits(n: int) -> int:
+    """Payload bits of n client IDs (2-byte unsigned integers, the paper's S_id)."""
+    return 16 * int(n)
+
+
+def flag_bits(n: int) -> int:
+    """Payload bits of n association results (1 bit each)."""
+    return int(n)
+
+
+def payload_bits_of(obj: Any) -> int:
+    """Real payload bits of `obj`: torch tensors and numpy arrays/scalars count their element bytes, bytes-like
+    objects their length; dicts (values only), lists and tuples the sum of their items. 8 bits per byte."""
+    if isinstance(obj, bytes | bytearray):
+        return 8 * len(obj)
+    if isinstance(obj, memoryview):
+        return 8 * obj.nbytes
+    if isinstance(obj, dict):
+        return sum(payload_bits_of(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(payload_bits_of(v) for v in obj)
+    if hasattr(obj, "element_size") and hasattr(obj, "numel"):  # torch.Tensor, without importing torch
+        return 8 * int(obj.numel()) * int(obj.element_size())
+    if hasattr(obj, "nbytes") and hasattr(obj, "dtype"):  # numpy array or scalar
+        return 8 * int(obj.nbytes)
+    raise TypeError(f"payload_bits_of: cannot size a {type(obj).__name__} (give tensors, arrays, bytes, "
+                    "or dicts/lists of them)")
+
+
+@dataclass(frozen=True, slots=True)
+class Packetization:
+    payload_bytes: int
+    wire_bytes: int
+    n_packets: int
+    first_packet_bytes: int  # wire bytes of the first (largest) packet
+
+
+def packetize(payload_bits: int, mtu: int = 1500, ip_header_bytes: int = 40, link_header_bytes: int = 38,
+              headers: bool = True) -> Packetization:
+    """Split a payload into packets (see the module docstring for the exact rule)."""
+    if payload_bits < 0:
+        raise ValueError(f"payload_bits must be >= 0, got {payload_bits}")
+    mss = mtu - ip_header_bytes
+    if mss <= 0:
+        raise ValueError(f"mtu ({mtu}) must exceed ip_header_bytes ({ip_header_bytes})")
+    b = (int(payload_bits) + 7) // 8
+    n = max(1, math.ceil(b / mss))
+    per = ip_header_bytes + link_header_bytes if headers else 0
+    return Packetization(b, b + n * per, n, min(b, mss) + per)
+
+
+def wire_bytes(payload_bits: int, mtu: int = 1500, header_bytes: int = 78, *, ip_header_bytes: int = 40) -> int:
+    """Bytes on the wire for a payload: ceil(bits/8) plus `header_bytes` per packet of at most
+    mtu - ip_header_bytes payload bytes. `header_bytes=0` gives the paper's pure payload accounting."""
+    b = (int(payload_bits) + 7) // 8
+    n = max(1, math.ceil(b / (mtu - ip_header_bytes)))
+    return b + n * header_bytes

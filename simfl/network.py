@@ -1,0 +1,334 @@
+"""SimPy network: fluid fair sharing per link direction and per shared cell, FIFO per flow, pipelined multi-hop.
+
+The model (what every simulated time in a trace means)
+-----------------------------------------------------
+Resources. Each direction of a point-to-point link is a resource of capacity C (its bandwidth, bit/s); each shared
+cell (WiFi) is one resource for all of its station<->AP hops in both directions.
+
+Flows and FIFO. The messages from one node to another form a flow. A flow transmits one message at a time, in the
+order of `send` calls: a message waits in its flow's FIFO queue until the previous one has finished transmitting
+(`t_start`). Different flows share every resource on their routes fairly. (So a link direction is FIFO per flow and
+fairly shared between flows, as TCP connections share a link.)
+
+Fair share. A transmitting message occupies each resource of its route once per hop that uses it (a message between
+two stations of one cell crosses the cell twice). With n_r occupancies on resource r, every occupancy is entitled to
+C_r / n_r, and the message's rate is the smallest share on its route (its bottleneck):
+
+    R = min over hops h of  C_r(h) / n_r(h)
+
+Rates change only when a transmission starts or ends, and then only for the flows that share a resource with it,
+so the event count is proportional to messages, not packets. A resource never carries more than C_r (each of its
+n_r occupancies gets at most C_r / n_r). Capacity that a flow leaves unused because it is bottlenecked elsewhere is
+not redistributed (equal-split bottleneck sharing; exact for symmetric patterns such as all-pairs, gather and
+broadcast on a star or a cell, a lower bound on max-min fairness otherwise).
+
+Delivery time. A message of W wire bits (see `simfl.messages`: payload bytes plus per-packet headers) transmits
+from t_start until t_tx, when the integral of R(t) reaches W. Its last bit is delivered at
+
+    t_deliver = t_tx + sum_h L_h + P * (sum_h 1 / C_h  -  1 / min_h C_h)
+
+with L_h each hop's latency, C_h its nominal capacity and P the wire bits of the message's first (largest) packet:
+store-and-forward pipelining, where every hop but the slowest adds one packet's serialisation (for hops of equal
+capacity: every hop after the first). Alone on its path (R = min_h C_h = C_b) this is the closed form
+
+    t_deliver = t_start + sum_h L_h + W / C_b + P * (sum_h 1 / C_h - 1 / C_b)
+
+e.g. one hop: t_start + L + W / C; k equal messages started together on one link: t_start + L + k W / C.
+
+Implementation: rates change lazily (a flow's remaining bits are settled only when its rate changes); finish times
+sit in a heap; all starts and ends of one simulated instant are handled in one batch by an event of lower priority
+than SimPy's normal events, so a burst of sends (e.g. 999,000 all-pairs messages) costs one rate computation.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from typing import Any
+
+import simpy
+from simpy.events import Event
+
+from simfl.config import NetworkParams
+from simfl.errors import SimflError
+from simfl.messages import Message
+from simfl.topology import Resource, Topology
+from simfl.trace import TraceRecorder
+
+__all__ = ["Network"]
+
+_WAKE_PRIORITY = 2  # after simpy's URGENT (0) and NORMAL (1): runs when all activity of the instant is done
+_TOL = 1e-12  # relative tolerance on finish times: completions this close are handled together
+
+
+class _Wake(Event):
+    """A self-triggering event at `delay` with a low priority (the pattern of simpy's own Timeout)."""
+
+    def __init__(self, env: simpy.Environment, delay: float, callback: Any) -> None:
+        self.env = env
+        self.callbacks = [callback]
+        self._value = None
+        self._ok = True
+        env.schedule(self, _WAKE_PRIORITY, delay)
+
+
+class _Res:
+    __slots__ = ("spec", "capacity", "n", "flows", "busy_since", "busy_s", "bytes", "messages")
+
+    def __init__(self, spec: Resource) -> None:
+        self.spec = spec
+        self.capacity = spec.capacity_bps
+        self.n = 0  # active occupancies
+        self.flows: dict[_Flow, int] = {}  # active flow -> occupancies (insertion-ordered: deterministic)
+        self.busy_since = 0.0
+        self.busy_s = 0.0
+        self.bytes = 0
+        self.messages = 0
+
+
+class _Tx:
+    __slots__ = ("msg_id", "kind", "phase", "round", "payload_bits", "wire_bytes", "n_packets", "packet_bits",
+                 "t_send", "t_start", "payload", "event", "flow")
+
+    def __init__(self, msg_id: int, kind: str, phase: str, rnd: int, payload_bits: int, wire_bytes: int,
+                 n_packets: int, packet_bits: int, t_send: float, payload: Any, event: Event, flow: _Flow) -> None:
+        self.msg_id = msg_id
+        self.kind = kind
+        self.phase = phase
+        self.round = rnd
+        self.payload_bits = payload_bits
+        self.wire_bytes = wire_bytes
+        self.n_packets = n_packets
+        self.packet_bits = packet_bits
+        self.t_send = t_send
+        self.t_start = t_send
+        self.payload = payload
+        self.event = event
+        self.flow = flow
+
+
+class _Flow:
+    __slots__ = ("id", "src", "dst", "res", "n_hops", "latency", "sf_per_bit", "queue", "cur", "remaining",
+                 "rate", "t_last", "version")
+
+    def __init__(self, fid: int, src: str, dst: str, res: tuple[tuple[_Res, int], ...], n_hops: int,
+                 latency: float, sf_per_bit: float) -> None:
+        self.id = fid
+        self.src = src
+        self.dst = dst
+        self.res = res
+        self.n_hops = n_hops
+        self.latency = latency
+        self.sf_per_bit = sf_per_bit
+        self.queue: deque[_Tx] = deque()
+        self.cur: _Tx | None = None
+        self.remaining = 0.0
+        self.rate = 0.0
+        self.t_last = 0.0
+        self.version = 0
+
+
+class Network:
+    """Messages over the topology's links. See the module docstring for the exact timing model."""
+
+    def __init__(self, env: simpy.Environment, topology: Topology, params: NetworkParams | None = None,
+                 recorder: TraceRecorder | None = None) -> None:
+        self.env = env
+        self.topology = topology
+        self.params = params or NetworkParams()
+        self.recorder = recorder if recorder is not None else TraceRecorder()
+        self.recorder.set_link_source(self.link_columns)
+        self._res = {r.id: _Res(r) for r in topology.resources}
+        self._flows: dict[tuple[str, str], _Flow] = {}
+        self._pending: list[_Flow] = []
+        self._heap: list[tuple[float, int, int, _Flow]] = []
+        self._wake_times: list[float] = []
+        self._inboxes: dict[str, simpy.FilterStore] = {}
+        self._mss = self.params.mtu - self.params.ip_header_bytes
+        self._hdr = self.params.header_bytes
+        self._next_id = 0
+        self.sent = 0
+        self.delivered = 0
+
+    # ------------------------------------------------------------------ public API
+    def send(self, src: str, dst: str, *, kind: str, phase: str, round: int, payload_bits: int,
+             payload: Any = None) -> Event:
+        """Queue a message; returns an event whose value is the delivered `Message` (also put in `inbox(dst)`)."""
+        flow = self._flows.get((src, dst))
+        if flow is None:
+            flow = self._new_flow(src, dst)
+        bits = int(payload_bits)
+        if bits < 0:
+            raise ValueError(f"send {src}->{dst}: payload_bits must be >= 0, got {payload_bits}")
+        b = (bits + 7) // 8
+        mss = self._mss
+        n = max(1, (b + mss - 1) // mss)
+        env = self.env
+        ev = Event(env)
+        tx = _Tx(self._next_id, kind, phase, round, bits, b + n * self._hdr, n, 8 * (min(b, mss) + self._hdr),
+                 env.now, payload, ev, flow)
+        self._next_id += 1
+        self.sent += 1
+        if flow.cur is None:
+            flow.cur = tx
+            flow.remaining = 8.0 * tx.wire_bytes
+            self._pending.append(flow)
+            self._wake(env.now)
+        else:
+            flow.queue.append(tx)
+        return ev
+
+    def inbox(self, node: str) -> simpy.FilterStore:
+        """The store where messages to `node` are put on delivery (created on first use)."""
+        box = self._inboxes.get(node)
+        if box is None:
+            if node not in self.topology.nodes:
+                raise SimflError(f"inbox: unknown node {node!r}")
+            box = self._inboxes[node] = simpy.FilterStore(self.env)
+        return box
+
+    def route(self, src: str, dst: str):
+        return self.topology.route(src, dst)
+
+    @property
+    def in_flight(self) -> int:
+        return self.sent - self.delivered
+
+    def totals(self) -> dict[str, Any]:
+        rec = self.recorder
+        return {
+            "messages": self.delivered,
+            "messages_undelivered": self.in_flight,
+            "payload_bits": rec.payload_bits,
+            "payload_bytes": rec.payload_bits / 8,
+            "wire_bytes": rec.wire_bytes,
+        }
+
+    def link_columns(self) -> dict[str, list[Any]]:
+        """The links table (see `simfl.trace.LINK_SCHEMA`) as columns, as of now."""
+        now = self.env.now
+        cols: dict[str, list[Any]] = {k: [] for k in ("link", "medium", "src", "dst", "capacity_bps", "latency_s",
+                                                      "bytes", "messages", "busy_s", "utilisation")}
+        for r in self._res.values():
+            s = r.spec
+            busy = r.busy_s + (now - r.busy_since if r.n > 0 else 0.0)
+            cols["link"].append(s.link)
+            cols["medium"].append(s.medium)
+            cols["src"].append(s.src)
+            cols["dst"].append(s.dst)
+            cols["capacity_bps"].append(s.capacity_bps)
+            cols["latency_s"].append(s.latency_s)
+            cols["bytes"].append(r.bytes)
+            cols["messages"].append(r.messages)
+            cols["busy_s"].append(busy)
+            cols["utilisation"].append(8.0 * r.bytes / (s.capacity_bps * now) if now > 0 else 0.0)
+        return cols
+
+    # ------------------------------------------------------------------ internals
+    def _new_flow(self, src: str, dst: str) -> _Flow:
+        if src == dst:
+            raise SimflError(f"send: source and destination are the same node ({src!r})")
+        hops = self.topology.route_tuple(src, dst)
+        counts: dict[str, int] = {}
+        for h in hops:
+            counts[h.resource] = counts.get(h.resource, 0) + 1
+        res = tuple((self._res[rid], m) for rid, m in counts.items())
+        latency = math.fsum(h.latency_s for h in hops)
+        inv = [1.0 / h.capacity_bps for h in hops]
+        sf = math.fsum(inv) - max(inv)
+        flow = _Flow(len(self._flows), src, dst, res, len(hops), latency, sf)
+        self._flows[(src, dst)] = flow
+        return flow
+
+    def _wake(self, t: float) -> None:
+        wt = self._wake_times
+        if wt and wt[0] <= t:
+            return
+        env = self.env
+        delay = t - env.now
+        heapq.heappush(wt, env.now + delay)  # the same float simpy computes for the event's time
+        _Wake(env, delay, self._process)
+
+    def _process(self, _event: Event) -> None:
+        env = self.env
+        now = env.now
+        wt = self._wake_times
+        while wt and wt[0] <= now:
+            heapq.heappop(wt)
+        heap = self._heap
+        heappop, heappush = heapq.heappop, heapq.heappush
+        lim = now + _TOL * (1.0 + now)
+        while True:
+            done: list[_Flow] = []
+            while heap and heap[0][0] <= lim:
+                _, _, version, f = heappop(heap)
+                if version == f.version:
+                    done.append(f)
+            if not done and not self._pending:
+                break
+            dirty: dict[_Res, None] = {}
+            for f in done:
+                self._finish(f, now, dirty)
+            pending = self._pending
+            self._pending = []
+            for f in pending:
+                for r, m in f.res:
+                    if r.n == 0:
+                        r.busy_since = now
+                    r.n += m
+                    r.flows[f] = m
+                    dirty[r] = None
+                f.cur.t_start = now
+                f.t_last = now
+                f.rate = 0.0
+            affected: dict[_Flow, int] = {}
+            for r in dirty:
+                affected.update(r.flows)
+            for f in affected:
+                rate = min([r.capacity / r.n for r, _ in f.res])
+                if rate != f.rate:
+                    if f.rate:
+                        rem = f.remaining - f.rate * (now - f.t_last)
+                        f.remaining = rem if rem > 0.0 else 0.0
+                    f.t_last = now
+                    f.rate = rate
+                    f.version += 1
+                    heappush(heap, (now + f.remaining / rate, f.id, f.version, f))
+        while heap and heap[0][2] != heap[0][3].version:
+            heappop(heap)
+        if heap:
+            self._wake(heap[0][0])
+
+    def _finish(self, f: _Flow, now: float, dirty: dict[_Res, None]) -> None:
+        tx = f.cur
+        wire = tx.wire_bytes
+        for r, m in f.res:
+            r.n -= m
+            del r.flows[f]
+            r.bytes += wire * m
+            r.messages += m
+            if r.n == 0:
+                r.busy_s += now - r.busy_since
+            dirty[r] = None
+        f.rate = 0.0
+        f.remaining = 0.0
+        f.version += 1
+        t = simpy.Timeout(self.env, f.latency + tx.packet_bits * f.sf_per_bit, tx)
+        t.callbacks.append(self._deliver)
+        if f.queue:
+            f.cur = f.queue.popleft()
+            f.remaining = 8.0 * f.cur.wire_bytes
+            self._pending.append(f)
+        else:
+            f.cur = None
+
+    def _deliver(self, event: Event) -> None:
+        tx: _Tx = event.value
+        f = tx.flow
+        msg = Message(tx.msg_id, f.src, f.dst, tx.kind, tx.phase, tx.round, tx.payload_bits, tx.wire_bytes,
+                      tx.n_packets, f.n_hops, tx.t_send, tx.t_start, self.env.now, tx.payload)
+        self.recorder.record_message(msg)
+        self.delivered += 1
+        tx.event.succeed(msg)
+        self.inbox(f.dst).put(msg)

@@ -1,0 +1,63 @@
+"""The simulated world: a SimPy environment, the topology, the network and node compute.
+
+Simulated time never depends on this machine: a computation of F FLOPs on a node takes F / (the node's FLOP/s)
+simulated seconds. The measured wall time a caller passes (`wall_s`) is only logged beside it.
+"""
+
+from __future__ import annotations
+
+import simpy
+
+from simfl.config import Scenario
+from simfl.errors import SimflError
+from simfl.network import Network
+from simfl.topology import Topology
+from simfl.trace import TraceRecorder
+
+__all__ = ["World", "CountingEnvironment"]
+
+
+class CountingEnvironment(simpy.Environment):
+    """A simpy.Environment that counts the events it processes (`events_processed`)."""
+
+    def __init__(self, initial_time: float = 0) -> None:
+        super().__init__(initial_time)
+        self.events_processed = 0
+
+    def step(self) -> None:
+        super().step()
+        self.events_processed += 1
+
+
+class World:
+    def __init__(self, scenario: Scenario) -> None:
+        self.scenario = scenario
+        self.env = CountingEnvironment()
+        self.topology = Topology.from_scenario(scenario)
+        self.recorder = TraceRecorder()
+        self.network = Network(self.env, self.topology, scenario.network, self.recorder)
+
+    @property
+    def events_processed(self) -> int:
+        return self.env.events_processed
+
+    def compute(self, node: str, flops: float, *, kind: str, phase: str, round: int,
+                wall_s: float = 0.0) -> simpy.Event:
+        """An event that fires after flops / (node FLOP/s) simulated seconds and then records a compute row.
+        Calls on the same node overlap; a node process that computes in sequence yields each event in turn."""
+        speed = self.topology.flops(node)
+        if speed <= 0:
+            raise SimflError(f"node {node!r} ({self.topology.kind(node)}) has no compute profile; "
+                             "give it a profile or flops in the scenario")
+        if flops < 0:
+            raise ValueError(f"compute on {node}: flops must be >= 0, got {flops}")
+        env = self.env
+        t0 = env.now
+        ev = env.timeout(flops / speed)
+        rec = self.recorder
+
+        def _record(_ev: simpy.Event) -> None:
+            rec.record_compute(node, phase, round, kind, t0, env.now, flops, wall_s)
+
+        ev.callbacks.append(_record)
+        return ev
