@@ -101,14 +101,6 @@ class LearningPlan:
     wall_s: dict[str, float] = field(default_factory=dict)
 
 
-def true_groups(partition: Partition) -> list[list[int]]:
-    """The ideal partition: clients grouped by their inlier class."""
-    groups: dict[int, list[int]] = {}
-    for shard in partition.clients:
-        groups.setdefault(shard.inlier_class, []).append(shard.client)
-    return [sorted(g) for _, g in sorted(groups.items(), key=lambda kv: min(kv[1]))]
-
-
 def _train_jobs(
     exp: Experiment, partition: Partition, model: str, epochs: int, seed: int, tag: str, **kw: object
 ) -> list[TrainJob]:
@@ -229,7 +221,7 @@ def build_plan(exp: Experiment, seed: int, say: Progress, device: str | None = N
         )
         if "ideal" in exp.baselines:
             t0 = time.perf_counter()
-            plan.ideal = plan_federated(engine, exp, partition, true_groups(partition), seed, "ideal", say)
+            plan.ideal = plan_federated(engine, exp, partition, partition.true_groups(), seed, "ideal", say)
             walls["ideal"] = time.perf_counter() - t0
             igof = plan.ideal.group_of()
             plan.auc["ideal"] = _evaluate(
