@@ -1,0 +1,116 @@
+"""Fashion-MNIST loading and the authors' partition, checked against hand-computed sizes."""
+
+from __future__ import annotations
+
+import gzip
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from simfl import data as data_mod
+from simfl.data import DataNotFoundError, find_data_dir, load_fashion_mnist, make_partition
+from simfl.errors import SimflError
+
+
+@pytest.fixture(scope="module")
+def fm():
+    return load_fashion_mnist(find_data_dir())
+
+
+def test_loader_shapes_and_the_known_class_balance(fm):
+    assert fm.x_train.shape == (60000, 28, 28) and fm.x_train.dtype == np.uint8
+    assert fm.x_test.shape == (10000, 28, 28)
+    # Fashion-MNIST has exactly 6,000 training and 1,000 test images per class.
+    assert np.bincount(fm.y_train) .tolist() == [6000] * 10
+    assert np.bincount(fm.y_test).tolist() == [1000] * 10
+    assert 0 < fm.x_train.mean() < 255
+
+
+def test_idx_parser_on_a_hand_made_file(tmp_path):
+    raw = bytes([0, 0, 8, 3]) + (2).to_bytes(4, "big") + (2).to_bytes(4, "big") + (3).to_bytes(4, "big")
+    raw += bytes(range(12))
+    path = tmp_path / "t.gz"
+    path.write_bytes(gzip.compress(raw))
+    arr = data_mod._read_idx(path)
+    assert arr.shape == (2, 2, 3)
+    assert arr[1, 1, 2] == 11
+    path.write_bytes(gzip.compress(raw[:-1]))
+    with pytest.raises(SimflError):
+        data_mod._read_idx(path)
+
+
+def test_missing_data_gives_one_clear_message(tmp_path, monkeypatch):
+    monkeypatch.delenv("SIMFL_DATA", raising=False)
+    monkeypatch.setattr(data_mod, "DEFAULT_DATA_DIR", tmp_path / "nowhere")
+    with pytest.raises(DataNotFoundError) as err:
+        find_data_dir(tmp_path / "empty")
+    msg = str(err.value)
+    assert "apt-get install dataset-fashion-mnist" in msg
+    assert "SIMFL_DATA" in msg and "data_dir" in msg
+    assert str(tmp_path / "empty") in msg and str(tmp_path / "nowhere") in msg
+    assert isinstance(err.value, SimflError)
+
+
+def test_search_order_explicit_then_env(tmp_path, monkeypatch):
+    real = find_data_dir()
+    monkeypatch.setenv("SIMFL_DATA", str(real))
+    assert find_data_dir(None) == real
+    assert find_data_dir(tmp_path) == real  # explicit dir lacks the files: falls through to $SIMFL_DATA
+    for name in data_mod.FILES.values():
+        (tmp_path / name).symlink_to(real / name)
+    assert find_data_dir(tmp_path) == tmp_path
+
+
+# (classes, p, d, inliers per client (sorted), outliers per client for those sizes, test outliers)
+# by hand: inlier source = floor((1-d) * 6000) per class, split in p chunks; outliers floor(d*n/(1-d)).
+CASES = [
+    (tuple(range(10)), 9, 0.1, {600: 66}, 111),  # 5400 / 9 = 600; 0.1*600/0.9 = 66.7; 0.1*1000/0.9 = 111.1
+    ((0, 3, 5, 7, 9), 6, 0.2, {800: 200}, 250),  # 4800 / 6 = 800; 0.2*800/0.8 = 200; 0.2*1000/0.8 = 250
+    ((1, 8), 3, 0.45, {1100: 900}, 818),  # 3300 / 3 = 1100; 0.45*1100/0.55 = 900; 450/0.55 = 818.2
+    ((0, 1, 2), 7, 0.05, {814: 42, 815: 42}, 52),  # 5700 = 5*814 + 2*815; 0.05*815/0.95 = 42.9; 52.6
+]
+
+
+@pytest.mark.parametrize(("classes", "p", "d", "sizes", "test_out"), CASES)
+def test_partition_invariants(fm, classes, p, d, sizes, test_out):
+    part = make_partition(fm, classes, p, d, seed=3)
+    assert part.classes == classes and len(part.clients) == p * len(classes)
+    all_idx = np.concatenate([c.index for c in part.clients])
+    assert len(np.unique(all_idx)) == len(all_idx), "shards overlap"
+    for i, cl in enumerate(part.clients):
+        c = classes[i // p]
+        assert cl.client == i and cl.inlier_class == c
+        assert np.array_equal(cl.x, fm.x_train[cl.index])
+        assert np.array_equal(cl.labels, fm.y_train[cl.index])
+        assert np.array_equal(cl.is_outlier, cl.labels != c)
+        n_in = int((~cl.is_outlier).sum())
+        assert n_in in sizes and int(cl.is_outlier.sum()) == sizes[n_in]
+        assert set(cl.labels[cl.is_outlier].tolist()) <= set(classes) - {c}
+    for k, c in enumerate(classes):
+        group = part.clients[k * p : (k + 1) * p]
+        n_in = [int((~g.is_outlier).sum()) for g in group]
+        assert sum(n_in) == int((1 - d) * 6000 + 1e-9) and max(n_in) - min(n_in) <= 1
+        # outliers of one inlier class are mixed evenly over the other classes
+        src = Counter(np.concatenate([g.labels[g.is_outlier] for g in group]).tolist())
+        assert set(src) == set(classes) - {c}
+        assert max(src.values()) - min(src.values()) <= 1
+        x_test, out = part.tests[c]
+        assert len(x_test) == 1000 + test_out and int(out.sum()) == test_out
+        assert x_test.dtype == np.uint8 and x_test.shape[1:] == (28, 28)
+
+
+def test_partition_is_seeded(fm):
+    a = make_partition(fm, (2, 4, 6), 2, 0.1, seed=1)
+    b = make_partition(fm, (2, 4, 6), 2, 0.1, seed=1)
+    c = make_partition(fm, (2, 4, 6), 2, 0.1, seed=2)
+    assert all(np.array_equal(x.index, y.index) for x, y in zip(a.clients, b.clients, strict=True))
+    assert all(np.array_equal(a.tests[k][0], b.tests[k][0]) for k in a.tests)
+    assert not np.array_equal(a.clients[0].index, c.clients[0].index)
+
+
+@pytest.mark.parametrize(("classes", "p", "d"), [((1,), 3, 0.1), ((1, 1), 3, 0.1), ((1, 2), 0, 0.1),
+                                                 ((1, 2), 3, 0.0), ((1, 2), 3, 0.5), ((1, 12), 3, 0.1)])
+def test_partition_rejects_bad_arguments(fm, classes, p, d):
+    with pytest.raises(SimflError):
+        make_partition(fm, classes, p, d, seed=0)

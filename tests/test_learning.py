@@ -1,0 +1,179 @@
+"""The learning engine against independent references: plain torch steps, brute-force scores, sklearn."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from simfl.data import find_data_dir, load_fashion_mnist, make_partition
+from simfl.learning import Engine, ScoreJob, TrainJob, auc, threshold, train_stacked
+from simfl.learning_worker import init_state
+from simfl.models import build_model
+
+
+@pytest.fixture(scope="module")
+def part():
+    return make_partition(load_fashion_mnist(find_data_dir()), range(10), 9, 0.1, seed=0)
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with Engine(workers=2) as eng:
+        yield eng
+
+
+def to_t(x):
+    return torch.from_numpy(x).float().div(255).reshape(-1, 1, 28, 28)
+
+
+def plain_steps(model, init, batches, lr=1e-3):
+    """The textbook loop: model, Adam, MSE, one step per batch."""
+    net = build_model(model)
+    net.load_state_dict(init)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    for xb in batches:
+        opt.zero_grad()
+        F.mse_loss(net(xb), xb).backward()
+        opt.step()
+    return net.state_dict()
+
+
+def brute_scores(model, state, x):
+    net = build_model(model)
+    net.load_state_dict(state)
+    with torch.no_grad():
+        xt = to_t(x)
+        return torch.sqrt(((xt - net(xt)) ** 2).flatten(1).double().sum(1)).numpy()
+
+
+def assert_close_states(a, b, atol):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=atol, rtol=0), (k, (a[k] - b[k]).abs().max())
+
+
+def test_threshold_and_auc_closed_forms():
+    s = np.arange(100, dtype=float)
+    assert threshold(s, 0.1) == pytest.approx(89.1)  # 90th percentile of 0..99, linear interpolation
+    assert auc(np.array([0.1, 0.2, 0.8, 0.9]), np.array([0, 0, 1, 1])) == 1.0
+    assert auc(np.array([0.9, 0.8, 0.2, 0.1]), np.array([0, 0, 1, 1])) == 0.0
+    assert auc(np.ones(4), np.array([0, 1, 0, 1])) == 0.5
+
+
+@pytest.mark.parametrize(("model", "workers"), [("ae7", 0), ("ae5", 0), ("ae5", 2), ("ae7", 2)])
+def test_one_engine_step_equals_the_plain_step(part, pool, model, workers):
+    x = part.clients[0].x[:32]
+    init = init_state(model, 11)
+    job = TrainJob(key=0, model=model, x=x, epochs=1, seed=5, init_state=init, val_fraction=0.0)
+    eng = pool if workers == 2 else Engine(workers=0)
+    res = eng.train([job])[0]
+    ref = plain_steps(model, init, [to_t(x)])
+    assert res.n_train == 32 and res.epochs_run == 1 and res.opt_state["step"] == 1
+    assert_close_states(res.state, ref, atol=1e-6)
+    assert all(v.is_contiguous() and v.device.type == "cpu" for v in res.state.values())
+    # a second step from the returned weights and Adam state equals two plain steps
+    job2 = TrainJob(key=0, model=model, x=x, epochs=1, seed=6, init_state=res.state, opt_state=res.opt_state,
+                    val_fraction=0.0)
+    res2 = eng.train([job2])[0]
+    assert res2.opt_state["step"] == 2
+    assert_close_states(res2.state, plain_steps(model, init, [to_t(x), to_t(x)]), atol=1e-6)
+
+
+def test_stacked_clients_equal_per_client_training(part):
+    # shard sizes differ (padding + masks), one client stops early, one carries Adam state
+    xs = [part.clients[0].x[:90], part.clients[20].x[:61], part.clients[40].x[:47]]
+    jobs = [TrainJob(key=i, model="ae5", x=x, epochs=3, seed=i, batch_size=16) for i, x in enumerate(xs)]
+    jobs[1] = TrainJob(key=1, model="ae5", x=xs[1], epochs=2, seed=1, batch_size=16, patience=1)
+    ref = Engine(workers=0).train(jobs)
+    got = train_stacked(jobs, "cpu")
+    for r, g in zip(ref, got, strict=True):
+        assert (g.n_train, g.epochs_run) == (r.n_train, r.epochs_run)
+        assert_close_states(g.state, r.state, atol=2e-5)
+        assert np.allclose(g.losses, r.losses, rtol=1e-5) and np.allclose(g.val_losses, r.val_losses, rtol=1e-5)
+        assert g.opt_state["step"] == r.opt_state["step"]
+    again = Engine(workers=0).train([TrainJob(key=9, model="ae5", x=xs[2], epochs=1, seed=4, batch_size=16,
+                                               init_state=ref[2].state, opt_state=ref[2].opt_state)])
+    again_s = train_stacked([TrainJob(key=9, model="ae5", x=xs[2], epochs=1, seed=4, batch_size=16,
+                                      init_state=got[2].state, opt_state=got[2].opt_state)])
+    assert_close_states(again_s[0].state, again[0].state, atol=2e-5)
+
+
+def test_results_do_not_depend_on_worker_count(part, pool):
+    xs = [c.x[:150] for c in part.clients[:5]]
+    jobs = [TrainJob(key=i, model="ae5", x=x, epochs=1, seed=i) for i, x in enumerate(xs)]
+    outs = []
+    for eng in (Engine(workers=0), Engine(workers=1), pool):
+        res = eng.train(jobs)
+        thr = [0.9 * float(np.mean(s)) for s in eng.score([ScoreJob(0, "ae5", r.state, x)
+                                                          for r, x in zip(res, xs, strict=True)])]
+        outs.append((res, eng.cross_inlier_ratios("ae5", [r.state for r in res], thr, xs)))
+        eng.close() if eng is not pool else None
+    for res, ratios in outs[1:]:
+        for a, b in zip(outs[0][0], res, strict=True):
+            assert a.losses == b.losses and a.val_losses == b.val_losses
+            assert all(torch.equal(a.state[k], b.state[k]) for k in a.state)
+        assert np.array_equal(outs[0][1], ratios)
+
+
+def test_scores_and_cross_ratios_match_brute_force(part, pool):
+    xs = [c.x[:200] for c in part.clients[::20]]  # 5 shards of different inlier classes
+    states = {m: [init_state(m, s) for s in range(3)] for m in ("ae5", "ae7", "flat")}
+    for m, sts in states.items():
+        got = pool.score([ScoreJob(0, m, sts[0], xs[1])])[0]
+        assert got.dtype == np.float64
+        assert np.allclose(got, brute_scores(m, sts[0], xs[1]), rtol=1e-5, atol=1e-5)
+    sts = states["ae5"]
+    thr = [float(np.median(brute_scores("ae5", s, xs[j]))) for j, s in enumerate(sts)]
+    want = np.array([[np.mean(brute_scores("ae5", s, x) <= t) for s, t in zip(sts, thr, strict=True)] for x in xs])
+    got = pool.cross_inlier_ratios("ae5", sts, thr, xs)
+    assert got.shape == (5, 3) and np.array_equal(got, want)
+    assert np.array_equal(pool.cross_inlier_ratios(sts, thr, xs), want)  # model read off the states
+
+
+def test_short_training_lowers_the_loss(part, pool):
+    res = pool.train([TrainJob(key=0, model="ae5", x=part.clients[3].x, epochs=3, seed=0)])[0]
+    assert res.n_train == 599 and len(res.losses) == 3 and len(res.val_losses) == 3  # 666 - 67 held out
+    assert res.losses[2] < res.losses[0] and res.val_losses[2] < res.val_losses[0]
+    assert res.flops == 3 * 599 * 3 * 903168
+
+
+def test_early_stopping_restores_the_best_weights(part):
+    x = part.clients[5].x[:200]
+    res = Engine(workers=0).train([TrainJob(key=0, model="ae5", x=x, epochs=6, seed=2, lr=0.05, patience=1)])[0]
+    assert 1 <= res.epochs_run <= 6 and len(res.val_losses) == res.epochs_run
+    from simfl.learning_worker import job_rng, split_indices
+
+    _, va = split_indices(len(x), 0.1, job_rng(2))
+    net = build_model("ae5")
+    net.load_state_dict(res.state)
+    with torch.no_grad():
+        xv = to_t(x[va])
+        assert float(F.mse_loss(net(xv), xv)) == pytest.approx(min(res.val_losses), rel=1e-4)
+
+
+def test_trained_ae7_detects_outliers(part, pool):
+    c = part.classes.index(1)  # trousers
+    x = np.concatenate([cl.x for cl in part.clients[c * 9 : c * 9 + 3]])
+    res = pool.train([TrainJob(key=0, model="ae7", x=x, epochs=2, seed=0)])[0]
+    x_test, is_out = part.tests[1]
+    scores = pool.score([ScoreJob(0, "ae7", res.state, x_test)])[0]
+    assert auc(scores, is_out) > 0.75
+
+
+def test_ocsvm_through_the_same_jobs(part):
+    from sklearn.svm import OneClassSVM
+
+    x = part.clients[7].x[:300]
+    eng = Engine(workers=0)
+    res = eng.train([TrainJob(key=0, model="ocsvm", x=x, epochs=1, seed=0)])[0]
+    n_sv = len(res.state["dual_coef"])
+    assert res.state["support_vectors"].shape == (n_sv, 784) and res.state["support_vectors"].dtype == np.float32
+    from simfl.models import state_payload_bytes
+
+    assert state_payload_bytes(res.state) == 4 * (n_sv * 784 + n_sv + 2)
+    flat = x.reshape(300, -1) / 255.0
+    ref = -OneClassSVM(kernel="rbf", nu=0.1, gamma="scale").fit(flat).decision_function(flat)
+    got = eng.score([ScoreJob(0, "ocsvm", res.state, x)])[0]
+    assert np.allclose(got, ref, atol=1e-4)
