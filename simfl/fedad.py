@@ -14,7 +14,7 @@ import polars as pl
 from simfl import costs, models
 from simfl.config import Scenario
 from simfl.errors import SimflError
-from simfl.plan import LearningPlan, build_plan
+from simfl.plan import LearningPlan, cached_plan, default_cache_dir
 from simfl.protocol import simulate
 from simfl.report import write_report
 from simfl.world import World
@@ -101,7 +101,7 @@ def run_fedad(world: World, scenario: Scenario, run_dir: Path, progress: bool = 
         raise SimflError(f"{scenario.source}: experiment needs {n} clients, the scenario has {len(scenario.clients)}")
     say = _progress(progress)
     t0 = time.perf_counter()
-    plan = build_plan(exp, scenario.seed, say)
+    plan, from_cache = cached_plan(exp, scenario.seed, say, default_cache_dir())
     learn_wall = time.perf_counter() - t0
     say("replaying every message on the simulated network")
     t0 = time.perf_counter()
@@ -135,6 +135,7 @@ def run_fedad(world: World, scenario: Scenario, run_dir: Path, progress: bool = 
         "nmi": plan.nmi,
         "leader_communities_match": fed.leader_communities == comms,
         "learning_wall_s": {**plan.wall_s, "total": learn_wall},
+        "learning_from_cache": from_cache,
         "simulation_wall_s": sim_wall,
         "preset_note": exp.preset_note,
         "experiment": {k: getattr(exp, k) for k in exp.__dataclass_fields__},

@@ -12,10 +12,14 @@ communities), phase II (FedAvg per community), the baselines (local, ideal, cent
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -170,6 +174,8 @@ def plan_federated(
         ]
         results = engine.train(jobs)
         opt = {r.key: r.opt_state for r in results}
+        for r in results:  # the optimiser state lives on in `opt` only: plans stay small (and cacheable)
+            r.opt_state = None
         globals_ = [fedavg([results[i].state for i in g], [results[i].n_train for i in g]) for g in groups]
         rounds.append(results)
         update_bits.append([payload_bits_of(r.state) for r in results])
@@ -260,3 +266,75 @@ def build_plan(exp: Experiment, seed: int, say: Progress, device: str | None = N
     plan.ari, plan.nmi = partition_scores(p1.communities, truth)
     plan.wall_s = walls
     return plan
+
+
+# ---------------------------------------------------------------------------------------------------- caching
+PLAN_FORMAT = 1
+# Experiment fields that do not change what is learned (who aggregates, how fast, how it is labelled).
+NOT_LEARNING = frozenset({"aggregator", "workers", "preset_note", "data_dir", "device"})
+
+
+def default_cache_dir() -> Path | None:
+    """$SIMFL_CACHE (``off`` disables caching), else .cache/simfl under the working directory."""
+    env = os.environ.get("SIMFL_CACHE", "")
+    if env.lower() in ("off", "0", "no", "false"):
+        return None
+    return Path(env) if env else Path(".cache") / "simfl"
+
+
+_FILE_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def _data_fingerprint(directory: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(directory.glob("*-ubyte.gz")):
+        st = f.stat()
+        k = (str(f), st.st_size, st.st_mtime_ns)
+        if k not in _FILE_HASHES:
+            _FILE_HASHES[k] = hashlib.sha256(f.read_bytes()).hexdigest()
+        h.update(f.name.encode() + _FILE_HASHES[k].encode())
+    return h.hexdigest()
+
+
+def plan_key(exp: Experiment, seed: int, device: str) -> str:
+    """Content hash of everything a learning plan depends on: experiment, seed, data, device kind, plan format."""
+    fields = {k: v for k, v in dataclasses.asdict(exp).items() if k not in NOT_LEARNING}
+    from simfl import __version__
+
+    blob = json.dumps(
+        {"exp": fields, "seed": seed, "device": device.split(":")[0], "format": PLAN_FORMAT, "version": __version__,
+         "data": _data_fingerprint(find_data_dir(exp.data_dir)), "torch": torch.__version__},
+        sort_keys=True, default=list,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def cached_plan(exp: Experiment, seed: int, say: Progress, cache_dir: Path | None,
+                device: str | None = None) -> tuple[LearningPlan, bool]:
+    """`build_plan` through a content-addressed cache: (plan, whether it came from the cache).
+
+    A network-only change (link speeds, topology, aggregator placement) reuses the plan; any change to what is
+    learned (data split, models, epochs, rounds, hyperparameters, seed) gives a new key. Clear the cache by
+    deleting its directory."""
+    dev = device or exp.device
+    if dev == "auto":
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+    if cache_dir is None:
+        return build_plan(exp, seed, say, dev), False
+    path = Path(cache_dir) / f"plan-{plan_key(exp, seed, dev)}.pt"
+    if path.exists():
+        try:
+            stored = torch.load(path, weights_only=False)
+        except Exception:  # a damaged cache entry is rebuilt, never trusted
+            stored = None
+        if isinstance(stored, LearningPlan):
+            say(f"learning results from the cache ({path})")
+            data = load_fashion_mnist(find_data_dir(exp.data_dir))
+            stored.partition = make_partition(data, exp.classes, exp.clients_per_class, exp.outlier_fraction, seed)
+            return stored, True
+    plan = build_plan(exp, seed, say, dev)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(dataclasses.replace(plan, partition=None), tmp)  # the partition is rebuilt from the seed
+    os.replace(tmp, path)
+    return plan, False
