@@ -401,9 +401,10 @@ class Engine:
         for i in stacked_idx:
             j = jobs[i]
             groups.setdefault((j.model, j.batch_size, j.lr), []).append(i)
-        for idx in groups.values():
-            for i, res in zip(idx, train_stacked([jobs[i] for i in idx], self.device), strict=True):
-                results[i] = res
+        with _torch_threads(1 if self.deterministic and not self.is_cuda else None):
+            for idx in groups.values():
+                for i, res in zip(idx, train_stacked([jobs[i] for i in idx], self.device), strict=True):
+                    results[i] = res
         return results  # type: ignore[return-value]
 
     # -- scoring

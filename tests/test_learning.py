@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from simfl.data import find_data_dir, load_fashion_mnist, make_partition
-from simfl.learning import Engine, ScoreJob, TrainJob, auc, threshold, train_stacked
+from simfl.learning import Engine, ScoreJob, TrainJob, auc, threshold
 from simfl.learning_worker import init_state
 from simfl.models import build_model
 
@@ -87,16 +87,18 @@ def test_stacked_clients_equal_per_client_training(part):
     jobs = [TrainJob(key=i, model="ae5", x=x, epochs=3, seed=i, batch_size=16) for i, x in enumerate(xs)]
     jobs[1] = TrainJob(key=1, model="ae5", x=xs[1], epochs=2, seed=1, batch_size=16, patience=1)
     ref = Engine(workers=0).train(jobs)
-    got = train_stacked(jobs, "cpu")
+    got = Engine(workers=0, stacked=True).train(jobs)
     for r, g in zip(ref, got, strict=True):
         assert (g.n_train, g.epochs_run) == (r.n_train, r.epochs_run)
         assert_close_states(g.state, r.state, atol=2e-5)
         assert np.allclose(g.losses, r.losses, rtol=1e-5) and np.allclose(g.val_losses, r.val_losses, rtol=1e-5)
         assert g.opt_state["step"] == r.opt_state["step"]
-    again = Engine(workers=0).train([TrainJob(key=9, model="ae5", x=xs[2], epochs=1, seed=4, batch_size=16,
-                                               init_state=ref[2].state, opt_state=ref[2].opt_state)])
-    again_s = train_stacked([TrainJob(key=9, model="ae5", x=xs[2], epochs=1, seed=4, batch_size=16,
-                                      init_state=got[2].state, opt_state=got[2].opt_state)])
+    def more(r):
+        return [TrainJob(key=9, model="ae5", x=xs[2], epochs=1, seed=4, batch_size=16, init_state=r.state,
+                         opt_state=r.opt_state)]
+
+    again = Engine(workers=0).train(more(ref[2]))
+    again_s = Engine(workers=0, stacked=True).train(more(got[2]))
     assert_close_states(again_s[0].state, again[0].state, atol=2e-5)
 
 
