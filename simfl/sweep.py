@@ -1,0 +1,253 @@
+"""Parameter sweeps: a grid of scenario overrides x seeds, one table row per point, resumable.
+
+Learning results do not depend on the network, so a sweep first builds each distinct learning plan once (through
+the content-addressed cache of `simfl.plan`), then replays every point on its network. A point whose directory
+already holds a finished run of the same resolved scenario is read back, not recomputed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import re
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from simfl.config import DEFAULT_SCENARIO, Scenario, load_scenario
+from simfl.errors import SimflError
+from simfl.runner import INCOMPLETE, run_scenario
+from simfl.units import parse_rate, parse_size, parse_time
+
+PHASES = ("phase1", "phase2", "ideal", "centralised", "local")
+APPROACHES = ("local", "method", "ideal", "centralised")
+
+
+def parse_vary(items: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """`KEY=V1,V2,...` -> (KEY, [V1, V2, ...]); errors name the bad item."""
+    out: list[tuple[str, list[str]]] = []
+    for item in items:
+        if "=" not in item:
+            raise SimflError(f"--vary {item}: expected KEY=V1,V2,..., e.g. --vary experiment.rounds=2,5")
+        key, raw = item.split("=", 1)
+        values = [v.strip() for v in raw.split(",") if v.strip()]
+        if not key.strip() or not values:
+            raise SimflError(f"--vary {item}: needs a key and at least one value")
+        if key.strip() in [k for k, _ in out]:
+            raise SimflError(f"--vary {key.strip()}: given twice")
+        out.append((key.strip(), values))
+    return out
+
+
+def numeric(value: str) -> float | None:
+    """A number for plotting: plain numbers, rates (bit/s), times (s) or sizes (bytes); None if none parse."""
+    for parse in (float, parse_rate, parse_time, parse_size):
+        try:
+            return float(parse(value.strip('"')))
+        except (ValueError, TypeError, SimflError):
+            continue
+    return None
+
+
+def _toml_literal(v: str) -> str:
+    """Values with units ('100 Mbps') are strings in TOML; numbers, booleans and arrays pass as written."""
+    if re.fullmatch(r"-?\d+(\.\d*)?([eE][-+]?\d+)?|true|false|\[.*\]|\".*\"", v):
+        return v
+    return json.dumps(v)
+
+
+def _slug(i: int, combo: Sequence[str], seed: int) -> str:
+    s = "-".join(re.sub(r"[^A-Za-z0-9.]+", "", v) for v in combo)
+    return f"p{i:03d}-{s}-seed{seed}"[:80]
+
+
+def plan_points(path: Path, vary: list[tuple[str, list[str]]], seeds: int,
+                base_overrides: Sequence[str] = ()) -> list[tuple[dict[str, str], Scenario]]:
+    """Every grid point's values and validated scenario (all validated before anything runs)."""
+    base = load_scenario(path, list(base_overrides))
+    points = []
+    for combo in itertools.product(*[vals for _, vals in vary]):
+        for s in range(seeds):
+            overrides = list(base_overrides) + [f"{k}={_toml_literal(v)}" for (k, _), v in zip(vary, combo)]
+            sc = load_scenario(path, overrides, seed=base.seed + s)
+            points.append(({k: v for (k, _), v in zip(vary, combo)}, sc))
+    if not points:
+        raise SimflError("the sweep grid is empty")
+    return points
+
+
+def row_of(values: dict[str, str], summary: dict[str, Any]) -> dict[str, Any]:
+    """One table row: the varied values (as written and as numbers), bytes, durations and AUC of a point."""
+    row: dict[str, Any] = {}
+    for k, v in values.items():
+        row[k] = v
+        row[f"{k}__value"] = numeric(v)
+    row["seed"] = summary.get("seed")
+    pb, wb, du = summary.get("payload_bytes", {}), summary.get("wire_bytes", {}), summary.get("duration_s", {})
+    for p in PHASES:
+        row[f"payload_bytes_{p}"] = pb.get(p)
+        row[f"wire_bytes_{p}"] = wb.get(p)
+        row[f"duration_s_{p}"] = du.get(p)
+    row["duration_s_method"] = (du["phase1"] + du["phase2"]) if "phase1" in du and "phase2" in du else None
+    row["centralised_upload_s"] = summary.get("centralised_upload_s")
+    for a in APPROACHES:
+        row[f"auc_{a}"] = summary.get("auc_mean", {}).get(a)
+    row["communities"] = summary.get("k")
+    row["ari"] = summary.get("ari")
+    row["learning_from_cache"] = summary.get("learning_from_cache")
+    row["wall_time_s"] = summary.get("wall_time_s")
+    return row
+
+
+def _finished(out: Path, sc: Scenario) -> dict[str, Any] | None:
+    try:
+        if (out / INCOMPLETE).exists() or (out / "scenario.toml").read_text() != sc.to_toml():
+            return None
+        return json.loads((out / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def run_point(sc: Scenario, out: Path, progress: bool = False) -> dict[str, Any]:
+    """Run one point (or read it back when it already finished with the same scenario)."""
+    done = _finished(out, sc)
+    if done is not None:
+        done["resumed"] = True
+        return done
+    if out.exists() and any(out.iterdir()) and not (out / INCOMPLETE).exists():
+        raise SimflError(f"{out}: holds a different finished run; remove it or sweep into another directory")
+    return run_scenario(sc, out, progress=progress)
+
+
+def _run_ray(jobs: list[tuple[Scenario, Path]], address: str | None) -> list[dict[str, Any]]:
+    try:
+        import ray
+    except ImportError as e:
+        raise SimflError("--executor ray needs Ray: pip install 'simfl[ray]'") from e
+    ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+    remote = ray.remote(run_point)
+    return ray.get([remote.remote(sc, out) for sc, out in jobs])
+
+
+def run_sweep(path: Path, vary: list[tuple[str, list[str]]], out_dir: Path, *, seeds: int = 1,
+              base_overrides: Sequence[str] = (), executor: str = "local", jobs: int = 1,
+              address: str | None = None, progress: bool = True) -> pl.DataFrame:
+    """Run the grid into out_dir (points/, sweep.parquet, sweep.csv, plots) and return the table."""
+    if seeds < 1:
+        raise SimflError(f"--seeds {seeds}: must be at least 1")
+    if executor not in ("local", "ray"):
+        raise SimflError(f"--executor {executor}: choose local or ray")
+    points = plan_points(path, vary, seeds, base_overrides)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    todo = [(sc, out_dir / "points" / _slug(i, list(v.values()), sc.seed)) for i, (v, sc) in enumerate(points)]
+    t0 = time.perf_counter()
+
+    def say(msg: str) -> None:
+        if progress:
+            print(f"  [{time.perf_counter() - t0:7.1f} s] {msg}", flush=True)
+
+    say(f"{len(todo)} points into {out_dir}")
+    # Points that share a learning plan: the first of each runs alone (it trains and fills the cache), the rest
+    # replay from the cache, so parallel executors never train the same plan twice.
+    first: dict[tuple[str, int], int] = {}
+    for i, (sc, _) in enumerate(todo):
+        if sc.workload == "fedad":
+            first.setdefault((repr(sorted(vars(sc.experiment).items())), sc.seed), i)
+    results: dict[int, dict[str, Any]] = {}
+    for i in sorted(set(first.values())):
+        say(f"point {i + 1}/{len(todo)} (learns): {todo[i][1].name}")
+        results[i] = run_point(*todo[i], progress=progress)
+    rest = [i for i in range(len(todo)) if i not in results]
+    if executor == "ray":
+        for i, r in zip(rest, _run_ray([todo[i] for i in rest], address)):
+            results[i] = r
+    elif jobs > 1:
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            futs = {i: pool.submit(run_point, *todo[i]) for i in rest}
+            for i, f in futs.items():
+                results[i] = f.result()
+                say(f"point {i + 1}/{len(todo)} done")
+    else:
+        for i in rest:
+            results[i] = run_point(*todo[i])
+            say(f"point {i + 1}/{len(todo)} {'read back' if results[i].get('resumed') else 'done'}: "
+                f"{todo[i][1].name}")
+    table = pl.DataFrame([row_of(points[i][0], results[i]) for i in range(len(todo))], infer_schema_length=None)
+    table.write_parquet(out_dir / "sweep.parquet")
+    table.write_csv(out_dir / "sweep.csv")
+    plot_sweep(table, [k for k, _ in vary], out_dir)
+    say(f"table: {out_dir / 'sweep.parquet'} ({table.height} rows)")
+    return table
+
+
+def crossover(x: Sequence[float], fed: Sequence[float], cen: Sequence[float]) -> float | None:
+    """The x (interpolated in log x) where the federated duration stops being longer than the centralised one,
+    or the other way round; None without a sign change."""
+    pts = sorted((a, b - c) for a, b, c in zip(x, fed, cen) if a and b is not None and c is not None)
+    for (x0, d0), (x1, d1) in itertools.pairwise(pts):
+        if d0 == 0:
+            return x0
+        if (d0 < 0) != (d1 < 0):
+            f = d0 / (d0 - d1)
+            return math.exp(math.log(x0) + f * (math.log(x1) - math.log(x0)))
+    return None
+
+
+def plot_sweep(table: pl.DataFrame, keys: list[str], out_dir: Path) -> float | None:
+    """Phase durations of the method vs the centralised upload against the first numeric varied key."""
+    key = next((k for k in keys if table[f"{k}__value"].null_count() == 0), None)
+    if key is None or "duration_s_method" not in table.columns or table["duration_s_method"].null_count():
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = table.group_by(f"{key}__value").agg(pl.col("duration_s_phase1", "duration_s_phase2", "duration_s_method",
+                                                   "centralised_upload_s", "duration_s_centralised").mean())
+    t = t.sort(f"{key}__value")
+    x = t[f"{key}__value"].to_list()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    ax.plot(x, t["duration_s_phase1"], "o-", label="federated: phase I")
+    ax.plot(x, t["duration_s_phase2"], "o-", label="federated: phase II")
+    ax.plot(x, t["duration_s_method"], "o-", lw=2.5, label="federated: phase I + II")
+    cross = None
+    if t["centralised_upload_s"].null_count() == 0:
+        ax.plot(x, t["centralised_upload_s"], "s--", lw=2.5, label="centralised: raw data upload")
+        cross = crossover(x, t["duration_s_method"].to_list(), t["centralised_upload_s"].to_list())
+        if cross is not None:
+            ax.axvline(cross, color="k", ls=":", label=f"crossover ~ {cross:.3g}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(key + (" (bit/s)" if "bandwidth" in key else ""))
+    ax.set_ylabel("simulated duration (s)")
+    ax.set_title("Federated method vs centralising the data")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / "durations.png", dpi=110)
+    plt.close(fig)
+    (out_dir / "crossover.json").write_text(json.dumps({"key": key, "crossover": cross}, indent=2) + "\n")
+    return cross
+
+
+def sweep_cli(args: argparse.Namespace) -> int:
+    path = Path(args.scenario) if args.scenario else DEFAULT_SCENARIO
+    vary = parse_vary(args.vary)
+    if not vary:
+        raise SimflError("give at least one --vary KEY=V1,V2,...")
+    out = Path(args.out) if args.out else Path("runs") / f"sweep-{path.stem}"
+    table = run_sweep(path, vary, out, seeds=args.seeds, base_overrides=args.overrides, executor=args.executor,
+                      jobs=args.jobs, address=args.address, progress=not args.quiet)
+    cols = [c for c in table.columns if c in dict(vary)] + [
+        c for c in ("seed", "duration_s_method", "centralised_upload_s", "auc_method") if c in table.columns]
+    with pl.Config(tbl_rows=50, tbl_cols=12, fmt_str_lengths=20):
+        print(table.select(cols))
+    print(f"simfl: sweep table in {out / 'sweep.parquet'} and {out / 'sweep.csv'}")
+    return 0
