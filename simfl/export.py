@@ -1,0 +1,616 @@
+"""Export a run's traffic for network tools: `simfl export RUN --format pcap|csv|parquet [--per-link]`.
+
+csv / parquet
+    The message trace (`messages.parquet`, schema in `simfl.trace`) re-written as CSV, or copied as parquet.
+
+pcap (libpcap classic format, readable by tshark / Wireshark / tcpdump / scapy)
+    One record per packet the simulation put on the wire, at its simulated time.
+
+    * Header: nanosecond magic 0xa1b23c4d (simulated times are exact to the nanosecond, microseconds would merge
+      the packets of a fast link), version 2.4, little-endian.
+    * Link type 101 (LINKTYPE_RAW, raw IPv4): the simulation has no MAC addresses and its cells are not Ethernet,
+      and only a raw-IP record can have an on-wire length equal to what the simulation charges for a packet.
+      With Ethernet (link type 1) the captured frame would miss the preamble/SFD and inter-frame gap (20 of the
+      38 link-header bytes the simulation counts), so tools' byte totals could never equal the trace's.
+    * Each record: a synthetic IPv4 header (DF, TTL 64 at the sender, minus one per hop, valid header checksum,
+      protocol UDP, identification = packet index in its message mod 65536), a UDP header (checksum 0, which IPv4
+      allows) and a 24-byte simfl marker as the start of the UDP payload:
+      b"SIMF", msg_id (u64), packet index k (u32), packets in the message K (u32), round (i32), big-endian, so a
+      packet can be matched back to its row of messages.parquet. The rest of the payload is zeros and is cut off
+      by the snap length.
+    * Addresses: node i of the scenario in declaration order (the order that fixes client IDs) is
+      10.0.0.0 + i + 1 (c00 of paper-90 is 10.0.0.1). A hosts file (`<ip> <name>`) is written beside the pcap.
+      The addresses are end-to-end (message src and dst), also in the per-link files.
+    * Ports: one UDP port per message kind, the same as source and destination port (`KIND_PORTS`; kinds that are
+      not listed get 50100 + their index among such kinds in sorted order). These ports have no Wireshark
+      dissector, so the payload shows as plain data.
+    * Lengths: the IP total length, and so the record's orig_len, is the packet's size on the wire as the
+      simulation counts it. A message of B = ceil(payload_bits / 8) bytes travels as K = max(1, ceil(B / MSS))
+      packets, MSS = mtu - ip_header_bytes; packets 0..K-2 carry MSS payload bytes, the last one the rest; each
+      adds h = ip_header_bytes + link_header_bytes header bytes (`simfl.messages.packetize`). orig_len =
+      payload + max(h, 28): with headers on (h = 78 by default) the record lengths of a message add up to its
+      `wire_bytes` exactly, so tshark's per-conversation byte totals equal the trace's.
+      Header-less runs (network.headers = false, h = 0) charge the payload alone, but a packet cannot exist
+      without headers: their pcap holds the same packets, each with its payload bytes plus the 28-byte synthetic
+      IPv4/UDP header, so tools' totals are wire_bytes + 28 * n_packets there (the same applies whenever h < 28).
+    * incl_len = min(orig_len, snaplen) (default 64: IPv4 + UDP + the marker + 12 zero bytes), so a 1 M packet
+      file is about 80 MB whatever the payloads; the IP header keeps the true length.
+    * Times (the rule that spreads a message over its packets). The network is a fluid model (`simfl.network`):
+      a message of W wire bytes transmits from t_start to t_tx, when its fair-share rate has carried all W bytes,
+      and is delivered at t_deliver = t_tx + L + P * S, with L the route's summed latency, P the bits of its first
+      (largest) packet and S = sum_h 1/C_h - max_h 1/C_h the store-and-forward term of the hops' capacities C_h.
+      The export recovers t_tx = t_deliver - L - P * S from the route, and lays the packets over the transmission
+      interval in proportion to the bytes sent before them (the fluid rate is not in the trace, so it is taken as
+      constant over the interval): packet k (0-based) of a message starts crossing hop j (0-based) at
+
+          t_start + O_j + (bytes of packets 0..k-1 / W) * (t_tx - t_start)
+          O_j = (latency of hops 0..j-1) + P * (sum_{i<=j} 1/C_i - max_{i<=j} 1/C_i)
+
+      O_0 = 0 (the sender transmits over exactly [t_start, t_tx]); O_j grows along the route, and on the last hop
+      the last bit then arrives at exactly t_deliver. So every record of a message lies in [t_start, t_deliver]
+      (the timestamp is the packet's start on that hop, rounded to the nanosecond). The whole-network file shows
+      each packet once, at the sender (j = 0); per-link files show it on every hop it crosses (a message between
+      two stations of one cell crosses the cell twice, so the cell's file holds its packets twice, with TTL 64
+      and 63). Records in a file are in time order (ties: msg_id, then k).
+
+    One file for the whole network (default `RUN/export/network.pcap`), or with `--per-link` one file per link
+    direction and one per shared cell (a cell is one channel, so all its hops share one file, like a monitor-mode
+    capture), in the order and with the bytes of links.parquet (default directory `RUN/export/pcap/`, files
+    `<link>.<sender>.pcap` for a link direction and `<cell>.pcap` for a cell, plus `index.csv` with file, link,
+    medium, src, dst, packets, bytes, and `hosts`). Like ns-3's per-device pcaps: a packet that crosses three
+    links is in three files. --force overwrites the files an export writes (other files in a per-link directory
+    stay).
+
+Routes come from the run's resolved `scenario.toml` (`Topology.from_scenario`); the export checks that each
+message's hop count and wire bytes agree with that scenario.
+
+Bad input (run directory missing or incomplete, files missing, unknown format, output that exists without
+--force, ...) raises `SimflError`; nothing is overwritten unless --force, and files are written to a temporary name
+then renamed, so a failed export leaves no half-written output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import struct
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from simfl.errors import SimflError
+
+__all__ = [
+    "FORMATS",
+    "KIND_PORTS",
+    "PCAP_MAGIC_NS",
+    "LINKTYPE_RAW",
+    "DEFAULT_SNAPLEN",
+    "MIN_SNAPLEN",
+    "PacketTable",
+    "node_addresses",
+    "kind_ports",
+    "ip_str",
+    "open_run",
+    "message_packets",
+    "pcap_records",
+    "write_pcap",
+    "export_pcap",
+    "export_table",
+    "export_run",
+    "export_cli",
+]
+
+FORMATS = ("pcap", "csv", "parquet")
+KIND_PORTS: dict[str, int] = {
+    "model": 50001, "assoc": 50002, "candidates": 50003, "community": 50004, "update": 50005, "global": 50006,
+    "raw_data": 50007, "synthetic": 50008,
+}
+OTHER_KIND_PORT_BASE = 50100
+PCAP_MAGIC_NS = 0xA1B23C4D
+LINKTYPE_RAW = 101
+IP_UDP_HEADER = 28  # IPv4 (20) + UDP (8): the smallest packet a pcap record can hold
+MARKER = b"SIMF"
+MARKER_BYTES = 24  # b"SIMF" + msg_id u64 + k u32 + K u32 + round i32
+DEFAULT_SNAPLEN = 64
+MIN_SNAPLEN = IP_UDP_HEADER
+MAX_SNAPLEN = 65535
+TTL0 = 64
+
+MESSAGE_COLUMNS = ("msg_id", "round", "kind", "src", "dst", "payload_bits", "wire_bytes", "n_packets", "hops",
+                   "t_start", "t_deliver")
+_GLOBAL_HEADER = struct.Struct("<IHHiIII")
+_HDR = 16  # pcap record header bytes
+
+
+# ------------------------------------------------------------------------------------------------ addressing
+def node_addresses(nodes: Sequence[str]) -> dict[str, int]:
+    """IPv4 address (as an int) of each node: the i-th node in declaration order is 10.0.0.0 + i + 1."""
+    if len(nodes) > (1 << 24) - 2:
+        raise SimflError(f"{len(nodes)} nodes do not fit in 10.0.0.0/8")
+    base = 10 << 24
+    return {n: base + i + 1 for i, n in enumerate(nodes)}
+
+
+def ip_str(addr: int) -> str:
+    return ".".join(str((int(addr) >> s) & 0xFF) for s in (24, 16, 8, 0))
+
+
+def kind_ports(kinds: Sequence[str]) -> dict[str, int]:
+    """UDP port of each message kind: `KIND_PORTS`, then 50100 + i for other kinds in sorted order."""
+    out = {k: KIND_PORTS[k] for k in kinds if k in KIND_PORTS}
+    others = sorted({k for k in kinds if k not in KIND_PORTS})
+    for i, k in enumerate(others):
+        out[k] = OTHER_KIND_PORT_BASE + i
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ run directory
+@dataclass(frozen=True)
+class Run:
+    path: Path
+
+    @property
+    def messages(self) -> Path:
+        return self.path / "messages.parquet"
+
+    @property
+    def scenario(self) -> Path:
+        return self.path / "scenario.toml"
+
+    @property
+    def links(self) -> Path:
+        return self.path / "links.parquet"
+
+
+_RUN_MARKERS = ("scenario.toml", "messages.parquet", "summary.json", "INCOMPLETE", "links.parquet")
+
+
+def open_run(run_dir: str | Path, *, need_scenario: bool) -> Run:
+    """Check that `run_dir` is a finished run directory holding what an export needs."""
+    p = Path(run_dir)
+    if not p.exists():
+        raise SimflError(f"{p}: no such run directory")
+    if not p.is_dir():
+        raise SimflError(f"{p}: not a run directory (it is a file; give the directory `simfl run` wrote)")
+    if not any((p / m).exists() for m in _RUN_MARKERS):
+        raise SimflError(f"{p}: not a run directory (no scenario.toml, messages.parquet or summary.json in it)")
+    if (p / "INCOMPLETE").exists():
+        raise SimflError(f"{p}: the run is incomplete (INCOMPLETE is present: it is still running or was "
+                         "interrupted); re-run it before exporting")
+    run = Run(p)
+    if not run.messages.is_file():
+        raise SimflError(f"{p}: missing messages.parquet (the message trace); the run directory is damaged")
+    if need_scenario and not run.scenario.is_file():
+        raise SimflError(f"{p}: missing scenario.toml (the pcap export needs the run's scenario for the routes)")
+    return run
+
+
+def read_messages(run: Run, columns: Sequence[str] | None = None) -> pl.DataFrame:
+    try:
+        df = pl.read_parquet(run.messages)
+    except Exception as e:  # noqa: BLE001 - any reader failure is a damaged file for the user
+        raise SimflError(f"{run.messages}: cannot read the message trace: {e}") from None
+    if columns is not None:
+        missing = [c for c in columns if c not in df.columns]
+        if missing:
+            raise SimflError(f"{run.messages}: missing column(s) {', '.join(missing)} "
+                             f"(columns: {', '.join(df.columns)})")
+    return df
+
+
+# ------------------------------------------------------------------------------------------------ packets
+@dataclass
+class PacketTable:
+    """One row per packet record (per hop in per-link mode), in file order; `group` is the file index."""
+
+    ts_ns: np.ndarray  # simulated time in integer nanoseconds
+    orig_len: np.ndarray  # IP total length = the record's on-wire length
+    src_ip: np.ndarray  # IPv4 addresses as integers
+    dst_ip: np.ndarray
+    port: np.ndarray  # UDP port of the message kind
+    ttl: np.ndarray  # 64 minus the hop index
+    msg_id: np.ndarray
+    k: np.ndarray  # packet index in its message
+    n_packets: np.ndarray  # packets in its message
+    round: np.ndarray
+    group: np.ndarray | None = None  # per-link: resource index (links.parquet row); None for one file
+
+    def __len__(self) -> int:
+        return len(self.ts_ns)
+
+
+@dataclass(frozen=True)
+class Routes:
+    """Per message: its hops as a slice of the flat per-hop arrays, its latency and store-and-forward terms."""
+
+    hop_start: np.ndarray  # int64 per message: offset of its first hop in the per-hop arrays
+    hop_count: np.ndarray  # int64 per message
+    path_latency: np.ndarray  # float64 per message: sum of hop latencies
+    path_sf: np.ndarray  # float64 per message: sum_h 1/C_h - max_h 1/C_h (s per bit)
+    hop_res: np.ndarray  # int64 per hop: resource index (links.parquet row)
+    hop_lat_before: np.ndarray  # float64 per hop: latency of the hops before it
+    hop_sf: np.ndarray  # float64 per hop j: store-and-forward of hops 0..j (s per bit)
+
+
+def _routes(df: pl.DataFrame, topology, resource_index: dict[str, int]) -> Routes:
+    """Route of every message from the topology, computed once per distinct (src, dst) pair."""
+    nodes = list(topology.nodes)
+    code = {n: i for i, n in enumerate(nodes)}
+    unknown = sorted((set(df["src"].unique().to_list()) | set(df["dst"].unique().to_list())) - set(code))
+    if unknown:
+        raise SimflError(f"the trace names node(s) {', '.join(unknown[:5])} that the run's scenario.toml does not "
+                         "declare; do the trace and scenario.toml belong to the same run?")
+    nn = len(nodes)
+    names = pl.Series(nodes)
+    codes = pl.Series(np.arange(nn, dtype=np.int64))
+    s = df["src"].replace_strict(names, codes, return_dtype=pl.Int64).to_numpy()
+    d = df["dst"].replace_strict(names, codes, return_dtype=pl.Int64).to_numpy()
+    upairs, inv = np.unique(s * nn + d, return_inverse=True)
+    p_start: list[int] = []
+    p_count: list[int] = []
+    p_lat: list[float] = []
+    p_sf: list[float] = []
+    res: list[int] = []
+    lat_before: list[float] = []
+    sf: list[float] = []
+    hop_info: dict[str, tuple[int, float, float]] = {}  # resource id -> (index, latency, 1 / capacity)
+    route = topology.route_tuple
+    for pc in upairs.tolist():
+        src, dst = nodes[pc // nn], nodes[pc % nn]
+        hops = route(src, dst) if src != dst else ()
+        p_start.append(len(res))
+        p_count.append(len(hops))
+        lat = inv_sum = inv_max = 0.0
+        for h in hops:
+            info = hop_info.get(h.resource)
+            if info is None:
+                info = hop_info[h.resource] = (resource_index[h.resource], h.latency_s, 1.0 / h.capacity_bps)
+            r, hl, inv_c = info
+            res.append(r)
+            lat_before.append(lat)
+            lat += hl
+            inv_sum += inv_c
+            if inv_c > inv_max:
+                inv_max = inv_c
+            sf.append(inv_sum - inv_max)
+        p_lat.append(lat)
+        p_sf.append(inv_sum - inv_max)
+    p_start, p_count = np.asarray(p_start, np.int64), np.asarray(p_count, np.int64)
+    p_lat, p_sf = np.asarray(p_lat, np.float64), np.asarray(p_sf, np.float64)
+    return Routes(p_start[inv], p_count[inv], p_lat[inv], p_sf[inv], np.asarray(res, np.int64),
+                  np.asarray(lat_before, np.float64), np.asarray(sf, np.float64))
+
+
+def message_packets(df: pl.DataFrame, topology, network, *, per_link: bool) -> tuple[PacketTable, list]:
+    """Expand the message trace into packet records (see the module doc for every rule).
+
+    `network` is the scenario's `NetworkParams`. Returns the packets (sorted by file, then time, msg_id, k) and the
+    topology's resources (the per-link files, in links.parquet order)."""
+    resources = list(topology.resources)
+    rindex = {r.id: i for i, r in enumerate(resources)}
+    df = df.sort("msg_id")
+    routes = _routes(df, topology, rindex)
+
+    hops_col = df["hops"].to_numpy().astype(np.int64)
+    bad = np.flatnonzero(hops_col != routes.hop_count)
+    if len(bad):
+        r = df.row(int(bad[0]), named=True)
+        raise SimflError(f"message {r['msg_id']} ({r['src']} -> {r['dst']}) took {r['hops']} hop(s) in the trace but "
+                         f"{int(routes.hop_count[bad[0]])} on the run's scenario.toml route; the trace and the "
+                         "scenario do not belong together")
+
+    mss = network.mtu - network.ip_header_bytes
+    h = network.ip_header_bytes + network.link_header_bytes if network.headers else 0
+    hdr = max(h, IP_UDP_HEADER)
+    if mss + hdr > 65535:
+        raise SimflError(f"an MTU of {network.mtu} bytes gives packets of {mss + hdr} bytes, more than an IPv4 "
+                         "packet can hold (65,535); pcap cannot represent them")
+    pbits = df["payload_bits"].to_numpy().astype(np.int64)
+    B = (pbits + 7) // 8
+    K = df["n_packets"].to_numpy().astype(np.int64)
+    wire = df["wire_bytes"].to_numpy().astype(np.int64)
+    k_expected = np.maximum(1, -(-B // mss))
+    bad = np.flatnonzero((K != k_expected) | (wire != B + K * h))
+    if len(bad):
+        r = df.row(int(bad[0]), named=True)
+        raise SimflError(f"message {r['msg_id']}: {r['payload_bits']} payload bits as {r['n_packets']} packet(s) "
+                         f"and {r['wire_bytes']} wire bytes do not follow the run's scenario.toml (mtu "
+                         f"{network.mtu}, {h} header bytes per packet: {int(k_expected[bad[0]])} packets, "
+                         f"{int(B[bad[0]] + k_expected[bad[0]] * h)} bytes)")
+
+    on_wire = routes.hop_count > 0
+    t0 = df["t_start"].to_numpy().astype(np.float64)
+    t1 = df["t_deliver"].to_numpy().astype(np.float64)
+    H = routes.hop_count
+    first_bits = 8.0 * (np.minimum(B, mss) + h)  # the first (largest) packet, as the network counts it
+    t_tx = t1 - routes.path_latency - first_bits * routes.path_sf  # the sender's last bit leaves (fluid model)
+    T = np.maximum(t_tx - t0, 0.0)
+    full = mss + h  # wire bytes of every packet but the last
+    W = np.maximum(wire, 1)
+
+    addr = node_addresses(topology.nodes)
+    amap = pl.DataFrame({"name": list(addr), "ip": np.fromiter(addr.values(), np.int64, len(addr))})
+    src_ip = df.select(pl.col("src").replace_strict(amap["name"], amap["ip"], return_dtype=pl.Int64)).to_series()
+    dst_ip = df.select(pl.col("dst").replace_strict(amap["name"], amap["ip"], return_dtype=pl.Int64)).to_series()
+    kinds = df["kind"].unique().sort().to_list()
+    ports = kind_ports(kinds)
+    pmap = pl.DataFrame({"kind": list(ports), "port": list(ports.values())})
+    port = df.select(pl.col("kind").replace_strict(pmap["kind"], pmap["port"], return_dtype=pl.Int64)).to_series()
+    msg_cols = {
+        "src_ip": src_ip.to_numpy(), "dst_ip": dst_ip.to_numpy(), "port": port.to_numpy(),
+        "msg_id": df["msg_id"].to_numpy().astype(np.int64), "round": df["round"].to_numpy().astype(np.int32),
+    }
+
+    # rows to expand: one per message (sender) or one per (message, hop)
+    m_idx = np.flatnonzero(on_wire)
+    if per_link:
+        m_rows = np.repeat(m_idx, H[m_idx])
+        first_hop = np.cumsum(H[m_idx]) - H[m_idx]
+        j = np.arange(len(m_rows), dtype=np.int64) - np.repeat(first_hop, H[m_idx])
+        flat = routes.hop_start[m_rows] + j
+        group = routes.hop_res[flat]
+        offset = routes.hop_lat_before[flat] + first_bits[m_rows] * routes.hop_sf[flat]
+    else:
+        m_rows = m_idx
+        j = np.zeros(len(m_rows), np.int64)
+        group = None
+        offset = np.zeros(len(m_rows), np.float64)
+
+    # one row per packet
+    Kr = K[m_rows]
+    p_rows = np.repeat(np.arange(len(m_rows), dtype=np.int64), Kr)
+    first_packet = np.cumsum(Kr) - Kr
+    k = np.arange(len(p_rows), dtype=np.int64) - np.repeat(first_packet, Kr)
+    m = m_rows[p_rows]
+    jp = j[p_rows]
+    payload = np.where(k < K[m] - 1, mss, B[m] - (K[m] - 1) * mss)
+    t = t0[m] + offset[p_rows] + np.minimum(k * full / W[m], 1.0) * T[m]
+    ts_ns = np.rint(t * 1e9).astype(np.int64)
+    g = group[p_rows] if group is not None else None
+    # file order: group (per-link), then time, msg_id, k
+    msg_id = msg_cols["msg_id"][m]
+    order = np.lexsort((k, msg_id, ts_ns, g) if g is not None else (k, msg_id, ts_ns))
+    pk = PacketTable(
+        ts_ns=ts_ns[order], orig_len=(payload + hdr)[order], src_ip=msg_cols["src_ip"][m][order],
+        dst_ip=msg_cols["dst_ip"][m][order], port=msg_cols["port"][m][order],
+        ttl=np.maximum(TTL0 - jp, 1)[order], msg_id=msg_id[order], k=k[order],
+        n_packets=K[m][order], round=msg_cols["round"][m][order],
+        group=g[order] if g is not None else None,
+    )
+    return pk, resources
+
+
+# ------------------------------------------------------------------------------------------------ pcap bytes
+def _record_dtype(width: int) -> np.dtype:
+    """A pcap record (16-byte header + `width` captured bytes, width >= 52) as a numpy structured dtype."""
+    fields = [
+        ("ts_sec", "<u4"), ("ts_ns", "<u4"), ("incl_len", "<u4"), ("orig_len", "<u4"),
+        ("ver_ihl", "u1"), ("tos", "u1"), ("tot_len", ">u2"), ("ident", ">u2"), ("frag", ">u2"), ("ttl", "u1"),
+        ("proto", "u1"), ("csum", ">u2"), ("src", ">u4"), ("dst", ">u4"),
+        ("sport", ">u2"), ("dport", ">u2"), ("ulen", ">u2"), ("ucsum", ">u2"),
+        ("magic", "S4"), ("msg_id", ">u8"), ("k", ">u4"), ("n_packets", ">u4"), ("round", ">i4"),
+    ]
+    dt = np.dtype(fields)
+    assert dt.itemsize == _HDR + IP_UDP_HEADER + MARKER_BYTES
+    if width > IP_UDP_HEADER + MARKER_BYTES:
+        fields.append(("pad", f"V{width - IP_UDP_HEADER - MARKER_BYTES}"))
+    return np.dtype(fields)
+
+
+def pcap_records(pk: PacketTable, snaplen: int) -> tuple[np.ndarray, np.ndarray]:
+    """The records of `pk` as one uint8 array, and each record's start offset (len(pk) + 1 entries)."""
+    n = len(pk)
+    width = max(snaplen, IP_UDP_HEADER + MARKER_BYTES)
+    rec = np.zeros(n, dtype=_record_dtype(width))
+    if (pk.ts_ns < 0).any() or (pk.ts_ns >= (1 << 32) * 1_000_000_000).any():
+        raise SimflError("simulated times outside 0 .. 2^32 s cannot be written as pcap timestamps")
+    orig = pk.orig_len.astype(np.int64)
+    incl = np.minimum(orig, snaplen)
+    rec["ts_sec"] = pk.ts_ns // 1_000_000_000
+    rec["ts_ns"] = pk.ts_ns % 1_000_000_000
+    rec["incl_len"] = incl
+    rec["orig_len"] = orig
+    rec["ver_ihl"] = 0x45
+    rec["tot_len"] = orig
+    ident = pk.k & 0xFFFF
+    rec["ident"] = ident
+    rec["frag"] = 0x4000  # DF
+    rec["ttl"] = pk.ttl
+    rec["proto"] = 17
+    src = pk.src_ip.astype(np.int64)
+    dst = pk.dst_ip.astype(np.int64)
+    rec["src"] = src
+    rec["dst"] = dst
+    ttl = pk.ttl.astype(np.int64)
+    s = (0x4500 + orig + ident + 0x4000 + (ttl << 8) + 17 + (src >> 16) + (src & 0xFFFF) + (dst >> 16)
+         + (dst & 0xFFFF))
+    s = (s & 0xFFFF) + (s >> 16)
+    s = (s & 0xFFFF) + (s >> 16)
+    rec["csum"] = ~s & 0xFFFF
+    rec["sport"] = pk.port
+    rec["dport"] = pk.port
+    rec["ulen"] = orig - 20
+    rec["magic"] = MARKER
+    rec["msg_id"] = pk.msg_id
+    rec["k"] = pk.k
+    rec["n_packets"] = pk.n_packets
+    rec["round"] = pk.round
+    size = _HDR + incl
+    offsets = np.zeros(n + 1, np.int64)
+    np.cumsum(size, out=offsets[1:])
+    raw = rec.view(np.uint8).reshape(n, rec.dtype.itemsize)
+    full = _HDR + width
+    if n and (size == full).all():
+        flat = raw.reshape(-1)
+    else:
+        keep = np.arange(rec.dtype.itemsize, dtype=np.int64)[None, :] < size[:, None]
+        flat = raw[keep]
+    return flat, offsets
+
+
+def _global_header(snaplen: int) -> bytes:
+    return _GLOBAL_HEADER.pack(PCAP_MAGIC_NS, 2, 4, 0, 0, snaplen, LINKTYPE_RAW)
+
+
+def _write_atomic(path: Path, chunks: Sequence[bytes | memoryview | np.ndarray]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            for c in chunks:
+                f.write(c)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_pcap(path: str | Path, pk: PacketTable, snaplen: int = DEFAULT_SNAPLEN) -> int:
+    """Write all of `pk` to one pcap file; returns the file size in bytes."""
+    path = Path(path)
+    flat, _ = pcap_records(pk, snaplen)
+    _write_atomic(path, [_global_header(snaplen), flat])
+    return 24 + len(flat)
+
+
+# ------------------------------------------------------------------------------------------------ exports
+def _check_snaplen(snaplen: int) -> int:
+    if isinstance(snaplen, bool) or not isinstance(snaplen, int) or not MIN_SNAPLEN <= snaplen <= MAX_SNAPLEN:
+        raise SimflError(f"--snaplen {snaplen}: must be an integer from {MIN_SNAPLEN} (IPv4 + UDP headers) to "
+                         f"{MAX_SNAPLEN}")
+    return snaplen
+
+
+def _check_out(out: Path, force: bool, *, directory: bool, sources: Sequence[Path]) -> None:
+    for s in sources:
+        if out.resolve() == s.resolve():
+            raise SimflError(f"{out}: is the run's own {s.name}; choose another --out")
+    if out.exists():
+        if directory and not out.is_dir():
+            raise SimflError(f"{out}: exists and is not a directory (per-link export writes a directory)")
+        if not directory and out.is_dir():
+            raise SimflError(f"{out}: is a directory; give a file path for --out")
+        if directory and not any(out.iterdir()):
+            return
+        if not force:
+            raise SimflError(f"{out}: already exists; use --force to overwrite it")
+
+
+def _load_topology(run: Run):
+    from simfl.config import load_scenario
+    from simfl.topology import Topology
+
+    try:
+        sc = load_scenario(run.scenario)
+    except SimflError as e:
+        raise SimflError(f"{run.path}: its scenario.toml does not load: {e}") from None
+    return sc, Topology.from_scenario(sc)
+
+
+def _hosts_text(topology) -> str:
+    addr = node_addresses(topology.nodes)
+    return "".join(f"{ip_str(a)}\t{n}\n" for n, a in addr.items())
+
+
+def export_pcap(run_dir: str | Path, out: str | Path | None = None, *, per_link: bool = False,
+                snaplen: int = DEFAULT_SNAPLEN, force: bool = False) -> dict:
+    """Write the run's traffic as pcap (one file, or one per link direction / cell). Returns a summary dict."""
+    snaplen = _check_snaplen(snaplen)
+    run = open_run(run_dir, need_scenario=True)
+    if out is None:
+        out = run.path / "export" / ("pcap" if per_link else "network.pcap")
+    out = Path(out)
+    _check_out(out, force, directory=per_link, sources=[run.messages, run.scenario, run.links])
+    hosts = out / "hosts" if per_link else out.with_suffix(".hosts")
+    if not per_link and hosts.exists() and not force:
+        raise SimflError(f"{hosts}: already exists; use --force to overwrite it")
+    df = read_messages(run, MESSAGE_COLUMNS)
+    sc, topo = _load_topology(run)
+    pk, resources = message_packets(df, topo, sc.network, per_link=per_link)
+    net = sc.network
+    trace_h = net.ip_header_bytes + net.link_header_bytes if net.headers else 0
+    header = _global_header(snaplen)
+    files: list[Path] = []
+    if not per_link:
+        write_pcap(out, pk, snaplen)
+        files.append(out)
+    else:
+        names = [f"{r.link}.pcap" if r.medium == "cell" else f"{r.link}.{r.src}.pcap" for r in resources]
+        if len(set(names)) != len(names):
+            raise SimflError("link and cell names give clashing per-link file names")
+        out.mkdir(parents=True, exist_ok=True)
+        flat, offsets = pcap_records(pk, snaplen)
+        bounds = np.searchsorted(pk.group, np.arange(len(resources) + 1))
+        orig = pk.orig_len.astype(np.int64)
+        cum = np.concatenate([[0], np.cumsum(orig)])
+        rows = []
+        for i, (r, name) in enumerate(zip(resources, names, strict=True)):
+            a, b = int(bounds[i]), int(bounds[i + 1])
+            path = out / name
+            _write_atomic(path, [header, flat[offsets[a]:offsets[b]]])
+            files.append(path)
+            rows.append({"file": name, "link": r.link, "medium": r.medium, "src": r.src, "dst": r.dst,
+                         "packets": b - a, "bytes": int(cum[b] - cum[a])})
+        index = pl.DataFrame(rows, schema={"file": pl.String, "link": pl.String, "medium": pl.String,
+                                           "src": pl.String, "dst": pl.String, "packets": pl.Int64,
+                                           "bytes": pl.Int64})
+        _write_atomic(out / "index.csv", [index.write_csv().encode()])
+    _write_atomic(hosts, [_hosts_text(topo).encode()])
+    return {"out": out, "files": files, "packets": len(pk), "bytes": int(pk.orig_len.sum()),
+            "extra_header_bytes": max(trace_h, IP_UDP_HEADER) - trace_h, "hosts": hosts}
+
+
+def export_table(run_dir: str | Path, fmt: str, out: str | Path | None = None, *, force: bool = False) -> Path:
+    """Write the message trace as CSV (re-written) or parquet (copied)."""
+    if fmt not in ("csv", "parquet"):
+        raise SimflError(f"unknown table format {fmt!r} (choose csv or parquet)")
+    run = open_run(run_dir, need_scenario=False)
+    if out is None:
+        out = run.path / "export" / f"messages.{fmt}"
+    out = Path(out)
+    _check_out(out, force, directory=False, sources=[run.messages, run.path / "messages.csv"])
+    df = read_messages(run)  # also for parquet: the copy is checked to be a readable trace
+    data = df.write_csv().encode() if fmt == "csv" else run.messages.read_bytes()
+    _write_atomic(out, [data])
+    return out
+
+
+def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, *, per_link: bool = False,
+               snaplen: int | None = None, force: bool = False) -> dict:
+    """Library entry point of `simfl export` (snaplen None: the default, 64)."""
+    if fmt not in FORMATS:
+        raise SimflError(f"unknown export format {fmt!r} (choose one of: {', '.join(FORMATS)})")
+    if fmt == "pcap":
+        return export_pcap(run_dir, out, per_link=per_link, snaplen=DEFAULT_SNAPLEN if snaplen is None else snaplen,
+                           force=force)
+    if per_link:
+        raise SimflError("--per-link applies to --format pcap only")
+    if snaplen is not None:
+        raise SimflError("--snaplen applies to --format pcap only")
+    path = export_table(run_dir, fmt, out, force=force)
+    return {"out": path, "files": [path]}
+
+
+def export_cli(args: argparse.Namespace) -> int:
+    """`simfl export RUN --format pcap|csv|parquet [--per-link] [--out PATH] [--snaplen N] [--force]`."""
+    t = time.perf_counter()
+    res = export_run(args.run, args.format, args.out, per_link=args.per_link, snaplen=args.snaplen,
+                     force=args.force)
+    dt = time.perf_counter() - t
+    if args.format == "pcap":
+        where = f"{len(res['files'])} files in {res['out']}" if args.per_link else str(res["out"])
+        print(f"wrote {res['packets']:,} packet records ({res['bytes']:,} wire bytes) to {where} in {dt:.2f} s; "
+              f"hosts: {res['hosts']}")
+        extra = res["extra_header_bytes"]
+        if extra:
+            print(f"note: the run counts fewer than 28 header bytes per packet (header-less mode?): each pcap "
+                  f"record adds {extra} bytes of synthetic IPv4/UDP header that the trace does not count "
+                  f"(pcap totals = wire_bytes + {extra} x n_packets)")
+    else:
+        print(f"wrote {res['out']} in {dt:.2f} s")
+    return 0
