@@ -9,6 +9,8 @@ whose message names the file, the dotted key and the bad value, e.g.
 Schema (all tables optional except that a scenario needs nodes):
 
     name, description, seed, workload              top-level keys ("fedad" | "synthetic")
+    extends                                        another scenario file (relative path) this one starts from:
+                                                   its tables merge key by key, other values (arrays too) replace
     [network]        mtu, ip_header_bytes, link_header_bytes, headers
     [profiles]       <profile> = "<speed>"   (built in: edge = 10 GFLOP/s, server = 1 TFLOP/s)
     [[nodes]]        name, kind, profile | flops, uplink = {to, bandwidth, latency, name}, cell
@@ -214,7 +216,7 @@ _NETWORK = {f.name: LEAF for f in dataclasses.fields(NetworkParams)}
 _EXPERIMENT = {f.name: LEAF for f in dataclasses.fields(Experiment)}
 _SYNTHETIC = {"message_bytes": LEAF, "pattern": LEAF, "target": LEAF}
 SCHEMA: dict[str, Any] = {
-    "name": LEAF, "description": LEAF, "seed": LEAF, "workload": LEAF,
+    "name": LEAF, "description": LEAF, "seed": LEAF, "workload": LEAF, "extends": LEAF,
     "network": _NETWORK,
     "profiles": {"*": LEAF},
     "nodes": [_NODE],
@@ -597,6 +599,8 @@ def scenario_from_dict(d: Mapping[str, Any], source: str | Path = "<dict>") -> S
         raise ScenarioError(f"{src}: a scenario must be a table")
     d = dict(d)
     ctx.check_keys(d, SCHEMA, "")
+    if "extends" in d:
+        ctx.fail("extends", d["extends"], "extends is resolved by load_scenario (files only)")
     default_name = Path(src).stem if src != "<dict>" else "scenario"
     name = _str(ctx, d.get("name", default_name), "name", name=True)
     description = _str(ctx, d.get("description", ""), "description")
@@ -876,6 +880,46 @@ def _set(d: dict[str, Any], key: str, value: Any, raw: str, source: str) -> None
         schema = sub[0] if isinstance(sub, list) else LEAF
 
 
+def _read_toml(p: Path, src: str, text: str | None = None) -> dict[str, Any]:
+    try:
+        if text is None:
+            text = p.read_text(encoding="utf-8")
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ScenarioError(f"{src}: not valid TOML: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ScenarioError(f"{src}: cannot read: {e}") from None
+
+
+def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in top.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _resolve_extends(d: dict[str, Any], p: Path, src: str, seen: tuple[Path, ...]) -> dict[str, Any]:
+    """`extends = "other.toml"` (relative to this file): start from that scenario, then apply this file's keys
+    (tables merge key by key, everything else, arrays included, replaces)."""
+    if "extends" not in d:
+        return d
+    ext = d.pop("extends")
+    if not isinstance(ext, str):
+        raise ScenarioError(f"{src}: extends = {_show(ext)}: expected the path of another scenario file")
+    bp = (p.parent / ext).resolve()
+    if bp in seen:
+        raise ScenarioError(f"{src}: extends = {_show(ext)}: scenarios extend each other in a cycle")
+    if not bp.is_file():
+        raise ScenarioError(f"{src}: extends = {_show(ext)}: no such file ({bp})")
+    base = _resolve_extends(_read_toml(bp, str(bp)), bp, str(bp), (*seen, bp))
+    base.pop("name", None)
+    base.pop("description", None)
+    return _merge(base, d)
+
+
 def load_scenario(path: str | Path, overrides: Iterable[str] = (), seed: int | None = None) -> Scenario:
     """Read, override (`--set`), re-seed and validate a scenario file."""
     p = Path(path)
@@ -888,10 +932,8 @@ def load_scenario(path: str | Path, overrides: Iterable[str] = (), seed: int | N
         raise ScenarioError(f"{src}: is a directory, not a scenario file") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ScenarioError(f"{src}: cannot read: {e}") from None
-    try:
-        d = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ScenarioError(f"{src}: not valid TOML: {e}") from None
+    d = _read_toml(p, src, text)
+    d = _resolve_extends(d, p, src, (p.resolve(),))
     apply_overrides(d, overrides, src)
     if seed is not None:
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:

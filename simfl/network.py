@@ -29,7 +29,10 @@ from t_start until t_tx, when the integral of R(t) reaches W. Its last bit is de
 
 with L_h each hop's latency, C_h its nominal capacity and P the wire bits of the message's first (largest) packet:
 store-and-forward pipelining, where every hop but the slowest adds one packet's serialisation (for hops of equal
-capacity: every hop after the first). Alone on its path (R = min_h C_h = C_b) this is the closed form
+capacity: every hop after the first). Messages of one flow are delivered in order: a message is never delivered
+before the previous message of its flow (a short message behind a long one waits for it).
+
+Alone on its path (R = min_h C_h = C_b) this is the closed form
 
     t_deliver = t_start + sum_h L_h + W / C_b + P * (sum_h 1 / C_h - 1 / C_b)
 
@@ -43,7 +46,6 @@ than SimPy's normal events, so a burst of sends (e.g. 999,000 all-pairs messages
 from __future__ import annotations
 
 import heapq
-import math
 from collections import deque
 from typing import Any
 
@@ -110,7 +112,7 @@ class _Tx:
 
 class _Flow:
     __slots__ = ("id", "src", "dst", "res", "n_hops", "latency", "sf_per_bit", "queue", "cur", "remaining",
-                 "rate", "t_last", "version")
+                 "rate", "t_last", "version", "last_deliver")
 
     def __init__(self, fid: int, src: str, dst: str, res: tuple[tuple[_Res, int], ...], n_hops: int,
                  latency: float, sf_per_bit: float) -> None:
@@ -127,6 +129,7 @@ class _Flow:
         self.rate = 0.0
         self.t_last = 0.0
         self.version = 0
+        self.last_deliver = 0.0
 
 
 class Network:
@@ -144,7 +147,13 @@ class Network:
         self._pending: list[_Flow] = []
         self._heap: list[tuple[float, int, int, _Flow]] = []
         self._wake_times: list[float] = []
+        self._deliveries: list[tuple[float, int, _Tx]] = []
         self._inboxes: dict[str, simpy.FilterStore] = {}
+        self._unclaimed: dict[str, list[Message]] = {}
+        self._node_set = frozenset(topology.nodes)
+        # Messages delivered to a node whose inbox nobody has asked for yet are kept and handed to the inbox when
+        # it is first requested; a workload that never reads inboxes may set this to False to save memory.
+        self.keep_unclaimed = True
         self._mss = self.params.mtu - self.params.ip_header_bytes
         self._hdr = self.params.header_bytes
         self._next_id = 0
@@ -183,9 +192,10 @@ class Network:
         """The store where messages to `node` are put on delivery (created on first use)."""
         box = self._inboxes.get(node)
         if box is None:
-            if node not in self.topology.nodes:
+            if node not in self._node_set:
                 raise SimflError(f"inbox: unknown node {node!r}")
             box = self._inboxes[node] = simpy.FilterStore(self.env)
+            box.items.extend(self._unclaimed.pop(node, ()))  # delivered before anyone asked for the inbox
         return box
 
     def route(self, src: str, dst: str):
@@ -233,10 +243,17 @@ class Network:
         counts: dict[str, int] = {}
         for h in hops:
             counts[h.resource] = counts.get(h.resource, 0) + 1
-        res = tuple((self._res[rid], m) for rid, m in counts.items())
-        latency = math.fsum(h.latency_s for h in hops)
-        inv = [1.0 / h.capacity_bps for h in hops]
-        sf = math.fsum(inv) - max(inv)
+        res = tuple([(self._res[rid], m) for rid, m in counts.items()])
+        latency = 0.0
+        inv_sum = 0.0
+        inv_max = 0.0
+        for h in hops:
+            latency += h.latency_s
+            inv = 1.0 / h.capacity_bps
+            inv_sum += inv
+            if inv > inv_max:
+                inv_max = inv
+        sf = inv_sum - inv_max
         flow = _Flow(len(self._flows), src, dst, res, len(hops), latency, sf)
         self._flows[(src, dst)] = flow
         return flow
@@ -295,10 +312,15 @@ class Network:
                     f.rate = rate
                     f.version += 1
                     heappush(heap, (now + f.remaining / rate, f.id, f.version, f))
+        deliveries = self._deliveries
+        while deliveries and deliveries[0][0] <= lim:
+            self._deliver(heappop(deliveries)[2], now)
         while heap and heap[0][2] != heap[0][3].version:
             heappop(heap)
         if heap:
-            self._wake(heap[0][0])
+            self._wake(heap[0][0] if not deliveries or heap[0][0] < deliveries[0][0] else deliveries[0][0])
+        elif deliveries:
+            self._wake(deliveries[0][0])
 
     def _finish(self, f: _Flow, now: float, dirty: dict[_Res, None]) -> None:
         tx = f.cur
@@ -314,8 +336,11 @@ class Network:
         f.rate = 0.0
         f.remaining = 0.0
         f.version += 1
-        t = simpy.Timeout(self.env, f.latency + tx.packet_bits * f.sf_per_bit, tx)
-        t.callbacks.append(self._deliver)
+        t = now + f.latency + tx.packet_bits * f.sf_per_bit
+        if t < f.last_deliver:  # a short message behind a long one: keep the flow's delivery order
+            t = f.last_deliver
+        f.last_deliver = t
+        heapq.heappush(self._deliveries, (t, tx.msg_id, tx))
         if f.queue:
             f.cur = f.queue.popleft()
             f.remaining = 8.0 * f.cur.wire_bytes
@@ -323,12 +348,15 @@ class Network:
         else:
             f.cur = None
 
-    def _deliver(self, event: Event) -> None:
-        tx: _Tx = event.value
+    def _deliver(self, tx: _Tx, now: float) -> None:
         f = tx.flow
         msg = Message(tx.msg_id, f.src, f.dst, tx.kind, tx.phase, tx.round, tx.payload_bits, tx.wire_bytes,
-                      tx.n_packets, f.n_hops, tx.t_send, tx.t_start, self.env.now, tx.payload)
+                      tx.n_packets, f.n_hops, tx.t_send, tx.t_start, now, tx.payload)
         self.recorder.record_message(msg)
         self.delivered += 1
         tx.event.succeed(msg)
-        self.inbox(f.dst).put(msg)
+        box = self._inboxes.get(f.dst)
+        if box is not None:
+            box.put(msg)
+        elif self.keep_unclaimed:
+            self._unclaimed.setdefault(f.dst, []).append(msg)
