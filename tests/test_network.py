@@ -1,0 +1,368 @@
+"""Network timing against hand-computed closed forms, and invariants over random topologies (hypothesis).
+
+Every expected time below is worked out by hand from the documented model (simfl/network.py):
+    t_deliver = t_tx + sum(latencies) + P * (sum_h 1/C_h - 1/min_h C_h),
+with W = wire bits of the message and P = wire bits of its first packet. For a 12,868-byte payload with the default
+headers: 9 packets (8 x 1460 + 1188 payload bytes), W = (12,868 + 9 x 78) x 8 = 108,560 bits, P = 1,538 x 8 =
+12,304 bits.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from simfl.config import scenario_from_dict
+from simfl.messages import flag_bits, ids_bits, packetize, payload_bits_of, wire_bytes
+from simfl.network import Network
+from simfl.world import World
+
+MODEL = 12868 * 8  # payload bits of one AE-5 model
+W = 108_560  # its wire bits
+P = 12_304  # wire bits of its first packet
+REL = 1e-12
+
+
+def world(nodes, links=(), cells=(), groups=(), headers=True) -> World:
+    sc = scenario_from_dict({"name": "t", "workload": "synthetic", "network": {"headers": headers},
+                             "nodes": list(nodes), "links": list(links), "cells": list(cells),
+                             "node_groups": list(groups)})
+    return World(sc)
+
+
+def client(name, to=None, bw="100 Mbps", lat="0 s", **kw):
+    d = {"name": name, "kind": "client", **kw}
+    if to is not None:
+        d["uplink"] = {"to": to, "bandwidth": bw, "latency": lat}
+    return d
+
+
+def switch(name, to=None, bw="1 Gbps", lat="0 s", kind="switch"):
+    d = {"name": name, "kind": kind}
+    if to is not None:
+        d["uplink"] = {"to": to, "bandwidth": bw, "latency": lat}
+    return d
+
+
+def send_at(w: World, t: float, src: str, dst: str, bits: int = MODEL, out: dict | None = None, key=None):
+    """Send src->dst at simulated time t; the delivered Message lands in out[key]."""
+
+    def proc():
+        if t:
+            yield w.env.timeout(t)
+        msg = yield w.network.send(src, dst, kind="synthetic", phase="test", round=0, payload_bits=bits)
+        if out is not None:
+            out[key] = msg
+
+    w.env.process(proc())
+
+
+# --------------------------------------------------------------------------------------------- byte accounting
+def test_wire_bytes_by_hand():
+    assert packetize(MODEL).wire_bytes * 8 == W
+    assert packetize(MODEL).n_packets == 9
+    assert packetize(MODEL).first_packet_bytes * 8 == P
+    assert wire_bytes(MODEL) == 13_570
+    assert wire_bytes(MODEL, header_bytes=0) == 12_868
+    assert packetize(MODEL, headers=False).wire_bytes == 12_868
+    assert packetize(13).wire_bytes == 2 + 78  # 13 bits -> 2 bytes, one packet
+    assert packetize(0).wire_bytes == 78 and packetize(0, headers=False).wire_bytes == 0
+    assert packetize(1460 * 8).n_packets == 1 and packetize(1461 * 8).n_packets == 2
+    assert packetize(1461 * 8, mtu=9000).n_packets == 1
+
+
+def test_payload_bits_of():
+    import numpy as np
+    import torch
+
+    assert payload_bits_of(np.zeros(10, dtype=np.float32)) == 320
+    assert payload_bits_of(torch.zeros(3, 4)) == 3 * 4 * 32
+    assert payload_bits_of({"w": torch.zeros(5, dtype=torch.float64), "b": [b"abc", np.zeros(2, np.uint16)]}) \
+        == 5 * 64 + 3 * 8 + 2 * 16
+    assert payload_bits_of(np.uint16(7)) == 16
+    assert ids_bits(90) == 90 * 16 and flag_bits(89) == 89
+    with pytest.raises(TypeError):
+        payload_bits_of(object())
+
+
+# --------------------------------------------------------------------------------------------- closed forms
+def test_one_message_one_link():
+    w = world([client("a"), client("b", to="a", bw="100 Mbps", lat="2 ms")])
+    out = {}
+    send_at(w, 0.0, "a", "b", out=out, key=0)
+    w.env.run()
+    m = out[0]
+    assert m.t_deliver == pytest.approx(0.002 + 108_560 / 1e8, rel=REL)  # 0.0030856 s
+    assert (m.wire_bytes, m.n_packets, m.hops, m.t_send, m.t_start) == (13_570, 9, 1, 0.0, 0.0)
+
+
+def test_one_message_headerless():
+    w = world([client("a"), client("b", to="a", bw="100 Mbps", lat="2 ms")], headers=False)
+    out = {}
+    send_at(w, 0.5, "a", "b", out=out, key=0)
+    w.env.run()
+    assert out[0].wire_bytes == 12_868
+    assert out[0].t_deliver == pytest.approx(0.5 + 0.002 + 102_944 / 1e8, rel=REL)
+
+
+def test_multi_hop_pipelined():
+    # a -(100 Mbps, 0.5 ms)- s1 -(1 Gbps, 1 ms)- s2 -(100 Mbps, 0.5 ms)- b; bottleneck 100 Mbps.
+    # extra = P * (1/1e8 + 1/1e9 + 1/1e8 - 1/1e8) = 12,304 * 1.1e-8 = 1.35344e-4 s
+    w = world([switch("s1"), switch("s2", to="s1", bw="1 Gbps", lat="1 ms"),
+               client("a", to="s1", lat="0.5 ms"), client("b", to="s2", lat="0.5 ms")])
+    out = {}
+    send_at(w, 0.0, "a", "b", out=out, key=0)
+    w.env.run()
+    assert out[0].hops == 3
+    assert out[0].t_deliver == pytest.approx(0.002 + 0.0010856 + 1.35344e-4, rel=REL)  # 0.003220944
+
+
+def test_multi_hop_equal_links_adds_one_packet_per_hop_after_the_first():
+    # three 100 Mbps hops, no latency: W/C + 2 P/C = (108,560 + 2 x 12,304) / 1e8
+    w = world([switch("s1"), switch("s2", to="s1", bw="100 Mbps"), client("a", to="s1"), client("b", to="s2")])
+    out = {}
+    send_at(w, 0.0, "a", "b", out=out, key=0)
+    w.env.run()
+    assert out[0].t_deliver == pytest.approx(133_168 / 1e8, rel=REL)
+
+
+@pytest.mark.parametrize("k, expected", [
+    (1, 1e-3 + 1.0856e-3 + 1.2304e-5),  # 0.002097904
+    (2, 1e-3 + 2 * 1.0856e-3 + 1.2304e-5),  # 0.003183504: twice the transmission time of one
+    (10, 1e-3 + 10 * 1.0856e-3 + 1.2304e-5),  # 0.011868304
+])
+def test_concurrent_transfers_share_a_bottleneck(k, expected):
+    # k senders, each on its own 1 Gbps / 0.5 ms link to s1, all to b behind a 100 Mbps / 0.5 ms link.
+    # Each gets 100 Mbps / k on s1->b; extra = P * (1/1e9 + 1/1e8 - 1/1e8) = 1.2304e-5 s.
+    senders = [client(f"a{i}", to="s1", bw="1 Gbps", lat="0.5 ms") for i in range(k)]
+    w = world([switch("s1"), client("b", to="s1", bw="100 Mbps", lat="0.5 ms"), *senders])
+    out = {}
+    for i in range(k):
+        send_at(w, 0.0, f"a{i}", "b", out=out, key=i)
+    w.env.run()
+    for i in range(k):
+        assert out[i].t_deliver == pytest.approx(expected, rel=REL)
+    links = w.recorder.links_frame()
+    row = links.filter((links["src"] == "s1") & (links["dst"] == "b")).row(0, named=True)
+    assert row["bytes"] == k * 13_570
+    assert row["busy_s"] == pytest.approx(k * 1.0856e-3, rel=REL)
+
+
+def test_late_joiner_slows_the_first_transfer():
+    # a -> b alone from 0 to 0.5 ms (50,000 bits at 100 Mbps), then a -> c joins on a's uplink: both at 50 Mbps.
+    # a->b: remaining 58,560 bits at 5e7 -> tx ends 0.0005 + 0.0011712 = 0.0016712; a->c has then sent 58,560 and
+    # finishes its last 50,000 bits alone at 1e8: 0.0016712 + 0.0005 = 0.0021712. Each + P/C = 1.2304e-4.
+    w = world([switch("s1"), client("a", to="s1"), client("b", to="s1"), client("c", to="s1")])
+    out = {}
+    send_at(w, 0.0, "a", "b", out=out, key="b")
+    send_at(w, 0.0005, "a", "c", out=out, key="c")
+    w.env.run()
+    assert out["b"].t_deliver == pytest.approx(0.0016712 + 1.2304e-4, rel=REL)
+    assert out["c"].t_deliver == pytest.approx(0.0021712 + 1.2304e-4, rel=REL)
+    assert out["c"].t_start == pytest.approx(0.0005, rel=REL)
+
+
+def test_messages_queue_behind_each_other_fifo():
+    # Flow a->b gets two messages and flow a->c one, all at t = 0, on a star of 100 Mbps links without latency.
+    # a's uplink carries a->b #1 and a->c together (50 Mbps each): both end at 2 W / C = 0.0021712. Then a->b #2
+    # (queued behind #1 in its flow) starts at 0.0021712 and runs alone: ends 0.0032568. Each + P/C = 1.2304e-4.
+    w = world([switch("s1"), client("a", to="s1"), client("b", to="s1"), client("c", to="s1")])
+    out = {}
+    send_at(w, 0.0, "a", "b", out=out, key="b1")
+    send_at(w, 0.0, "a", "c", out=out, key="c")
+    send_at(w, 0.0, "a", "b", out=out, key="b2")
+    w.env.run()
+    assert out["b1"].t_deliver == pytest.approx(0.0021712 + 1.2304e-4, rel=REL)
+    assert out["c"].t_deliver == pytest.approx(0.0021712 + 1.2304e-4, rel=REL)
+    assert out["b2"].t_start == pytest.approx(0.0021712, rel=REL)
+    assert out["b2"].t_send == 0.0
+    assert out["b2"].t_deliver == pytest.approx(0.0032568 + 1.2304e-4, rel=REL)
+    assert out["b1"].msg_id < out["b2"].msg_id
+
+
+def test_same_flow_one_link_back_to_back():
+    # two messages a->b on one 100 Mbps / 1 ms link: deliveries at L + W/C and L + 2 W/C
+    w = world([client("a"), client("b", to="a", lat="1 ms")])
+    out = {}
+    send_at(w, 0.0, "a", "b", out=out, key=1)
+    send_at(w, 0.0, "a", "b", out=out, key=2)
+    w.env.run()
+    assert out[1].t_deliver == pytest.approx(0.0020856, rel=REL)
+    assert out[2].t_deliver == pytest.approx(0.0031712, rel=REL)
+
+
+def wifi(k: int) -> World:
+    # one cell (50 Mbps shared, 2 ms per hop) with k stations; ap1 and server wired to s1 at 1 Gbps / 0.5 ms
+    return world([switch("s1"), switch("ap1", to="s1", bw="1 Gbps", lat="0.5 ms", kind="ap"),
+                  {"name": "srv", "kind": "server", "uplink": {"to": "s1", "bandwidth": "1 Gbps",
+                                                               "latency": "0.5 ms"}}],
+                 cells=[{"name": "cell1", "ap": "ap1", "bandwidth": "50 Mbps", "latency": "2 ms"}],
+                 groups=[{"prefix": "w", "count": k, "cell": "cell1"}])
+
+
+def test_wifi_cell_shared_by_its_stations():
+    # 3 stations send to the server at once: each gets 50/3 Mbps of the cell (the wired links are faster).
+    # tx = 3 W / 5e7 = 0.0065136; latency 2 + 0.5 + 0.5 ms; extra = P (1/5e7 + 2/1e9 - 1/5e7) = 2.4608e-5
+    w = wifi(3)
+    out = {}
+    for i in range(3):
+        send_at(w, 0.0, f"w{i}", "srv", out=out, key=i)
+    w.env.run()
+    for i in range(3):
+        assert out[i].t_deliver == pytest.approx(0.003 + 0.0065136 + 2.4608e-5, rel=REL)  # 0.009538208
+    cell = w.recorder.links_frame().filter(medium="cell").row(0, named=True)
+    assert (cell["link"], cell["src"], cell["dst"], cell["bytes"]) == ("cell1", "ap1", "*", 3 * 13_570)
+
+
+def test_wifi_station_to_station_crosses_the_cell_twice():
+    # w0 -> ap1 -> w1: the message occupies the cell twice, so it gets 25 Mbps:
+    # 2 x 2 ms + 108,560 / 2.5e7 + P (2/5e7 - 1/5e7) = 0.004 + 0.0043424 + 2.4608e-4 = 0.00858848
+    w = wifi(2)
+    out = {}
+    send_at(w, 0.0, "w0", "w1", out=out, key=0)
+    w.env.run()
+    assert out[0].t_deliver == pytest.approx(0.00858848, rel=REL)
+    assert w.recorder.links_frame().filter(medium="cell")["bytes"].item() == 2 * 13_570
+
+
+def test_wifi_uplink_and_downlink_share_the_channel():
+    # w0 -> srv and srv -> w1 at once: two occupancies of the cell, 25 Mbps each.
+    # each: 0.003 + 108,560 / 2.5e7 + 2.4608e-5 = 0.003 + 0.0043424 + 0.000024608 = 0.007367008
+    w = wifi(2)
+    out = {}
+    send_at(w, 0.0, "w0", "srv", out=out, key="up")
+    send_at(w, 0.0, "srv", "w1", out=out, key="down")
+    w.env.run()
+    assert out["up"].t_deliver == pytest.approx(0.007367008, rel=REL)
+    assert out["down"].t_deliver == pytest.approx(0.007367008, rel=REL)
+
+
+def test_inbox_and_errors():
+    w = world([client("a"), client("b", to="a")])
+    got = {}
+
+    def receiver():
+        msg = yield w.network.inbox("b").get(lambda m: m.kind == "model")
+        got["m"] = msg
+
+    w.env.process(receiver())
+    w.network.send("a", "b", kind="model", phase="phase1", round=3, payload_bits=80, payload=b"0123456789")
+    w.env.run()
+    assert got["m"].payload == b"0123456789" and got["m"].round == 3 and got["m"].phase == "phase1"
+    with pytest.raises(Exception, match="same node"):
+        w.network.send("a", "a", kind="x", phase="x", round=0, payload_bits=8)
+    with pytest.raises(Exception, match="unknown node"):
+        w.network.send("a", "zz", kind="x", phase="x", round=0, payload_bits=8)
+
+
+def test_inbox_asked_for_after_delivery_still_gets_the_message():
+    w = world([client("a"), client("b", to="a")])
+    w.network.send("a", "b", kind="model", phase="p", round=0, payload_bits=8)
+    w.env.run()
+    got = []
+
+    def late():
+        got.append((yield w.network.inbox("b").get()))
+
+    w.env.process(late())
+    w.env.run()
+    assert len(got) == 1 and got[0].src == "a"
+
+
+def test_compute_time_from_profile():
+    sc = scenario_from_dict({"workload": "synthetic", "profiles": {"slow": "2 GFLOP/s"},
+                             "nodes": [client("a", profile="slow"), client("b", to="a")]})
+    w = World(sc)
+    w.compute("a", 3e9, kind="train", phase="phase1", round=0, wall_s=0.25)
+    w.env.run()
+    row = w.recorder.compute_frame().row(0, named=True)
+    assert row["t_end"] == pytest.approx(1.5) and row["node"] == "a" and row["wall_s"] == 0.25
+    w2 = World(sc)
+    w2.compute("b", 1e10, kind="train", phase="p", round=0)
+    w2.env.run()
+    assert w2.env.now == pytest.approx(1.0)  # default client profile "edge" = 10 GFLOP/s
+
+
+# --------------------------------------------------------------------------------------------- invariants
+class CheckedNetwork(Network):
+    """Checks after every batch of rate changes that no resource carries more than its capacity."""
+
+    max_load = 0.0
+
+    def _process(self, event):
+        super()._process(event)
+        for r in self._res.values():
+            load = sum(m * f.rate for f, m in r.flows.items())
+            assert load <= r.capacity * (1 + 1e-9), (r.spec.id, load, r.capacity)
+            CheckedNetwork.max_load = max(CheckedNetwork.max_load, load / r.capacity)
+
+
+@st.composite
+def random_case(draw):
+    n_sw = draw(st.integers(1, 3))
+    bws = st.sampled_from(["1 Mbps", "10 Mbps", "54 Mbps", "100 Mbps", "1 Gbps"])
+    lats = st.sampled_from(["0 s", "100 us", "1 ms", "2 ms"])
+    nodes = [switch("s0")]
+    for i in range(1, n_sw):
+        nodes.append(switch(f"s{i}", to=f"s{draw(st.integers(0, i - 1))}", bw=draw(bws), lat=draw(lats)))
+    cells = []
+    if draw(st.booleans()):
+        nodes.append(switch("ap", to=f"s{draw(st.integers(0, n_sw - 1))}", bw=draw(bws), lat=draw(lats), kind="ap"))
+        cells.append({"name": "cell", "ap": "ap", "bandwidth": draw(bws), "latency": draw(lats)})
+    n_cl = draw(st.integers(2, 6))
+    for i in range(n_cl):
+        if cells and draw(st.booleans()):
+            nodes.append({"name": f"c{i}", "kind": "client", "cell": "cell"})
+        else:
+            nodes.append(client(f"c{i}", to=f"s{draw(st.integers(0, n_sw - 1))}", bw=draw(bws), lat=draw(lats)))
+    msgs = draw(st.lists(st.tuples(st.integers(0, n_cl - 1), st.integers(0, n_cl - 1),
+                                   st.sampled_from([0.0, 0.0, 1e-4, 1e-3, 0.01]),
+                                   st.sampled_from([0, 1, 8, 800, 11_680, 11_688, 102_944, 1_000_000])),
+                         min_size=1, max_size=25))
+    msgs = [(f"c{a}", f"c{b}", t, bits) for a, b, t, bits in msgs if a != b]
+    headers = draw(st.booleans())
+    return nodes, cells, msgs, headers
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(random_case())
+def test_invariants_over_random_topologies(case):
+    nodes, cells, msgs, headers = case
+    sc = scenario_from_dict({"workload": "synthetic", "network": {"headers": headers}, "nodes": nodes,
+                             "cells": cells})
+    w = World(sc)
+    w.network = net = CheckedNetwork(w.env, w.topology, sc.network, w.recorder)
+    for src, dst, t, bits in msgs:
+        send_at(w, t, src, dst, bits=bits)
+    w.env.run()
+    frame = w.recorder.messages_frame()
+    assert frame.height == len(msgs) == net.delivered
+    topo = w.topology
+    expected_bytes: dict[tuple[str, str], int] = {}
+    for m in frame.iter_rows(named=True):
+        hops = topo.route(m["src"], m["dst"])
+        assert m["hops"] == len(hops)
+        pk = packetize(m["payload_bits"], sc.network.mtu, sc.network.ip_header_bytes,
+                       sc.network.link_header_bytes, headers)
+        assert m["wire_bytes"] == pk.wire_bytes
+        # delivery no earlier than send + path latency + wire bits at the bottleneck's full capacity
+        floor = sum(h.latency_s for h in hops) + 8 * m["wire_bytes"] / min(h.capacity_bps for h in hops)
+        assert m["t_deliver"] >= m["t_send"] + floor * (1 - 1e-9) - 1e-15
+        assert m["t_start"] >= m["t_send"]
+        for h in hops:
+            k = (h.link, h.src if h.medium == "p2p" else "cell")
+            expected_bytes[k] = expected_bytes.get(k, 0) + m["wire_bytes"]
+    # bytes conserved: every message's wire bytes appear on every hop of its route, nowhere else
+    links = w.recorder.links_frame()
+    for r in links.iter_rows(named=True):
+        k = (r["link"], r["src"] if r["medium"] == "p2p" else "cell")
+        assert r["bytes"] == expected_bytes.get(k, 0)
+        # no link above capacity: the bits it carried fit in its busy time at full capacity
+        assert 8 * r["bytes"] <= r["capacity_bps"] * r["busy_s"] * (1 + 1e-9) + 1e-6
+    assert links["bytes"].sum() == sum(m["wire_bytes"] * m["hops"] for m in frame.iter_rows(named=True))
+    # FIFO per flow: in send order
+    for (_src, _dst), g in frame.group_by(["src", "dst"], maintain_order=True):
+        ids, starts, delivers = g["msg_id"].to_list(), g["t_start"].to_list(), g["t_deliver"].to_list()
+        assert ids == sorted(ids)
+        assert starts == sorted(starts) and delivers == sorted(delivers)
