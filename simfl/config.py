@@ -864,11 +864,12 @@ def _set(d: dict[str, Any], key: str, value: Any, raw: str, source: str) -> None
             continue
         arr = node.get(name)
         for k, idx in enumerate(idxs):
+            if arr is None or arr == []:
+                raise ScenarioError(f"{head}: {where} has no entries")
             if not isinstance(arr, list):
                 raise ScenarioError(f"{head}: {where} is not a list in the scenario")
             if idx >= len(arr):
-                raise ScenarioError(f"{head}: {where} has {len(arr)} entries (indices 0..{len(arr) - 1})"
-                                    if arr else f"{head}: {where} has no entries")
+                raise ScenarioError(f"{head}: {where} has {len(arr)} entries (indices 0..{len(arr) - 1})")
             if last and k == len(idxs) - 1:
                 arr[idx] = value
                 return
