@@ -120,6 +120,7 @@ def run_fedad(world: World, scenario: Scenario, run_dir: Path, progress: bool = 
         "workload": "fedad",
         "clients": n,
         "classes": list(exp.classes),
+        "samples_per_client": [len(c.x) for c in plan.partition.clients],
         "payload_bytes": {p: b / 8 for p, b in bits.items()},
         "wire_bytes": wire,
         "closed_form_bytes": closed_forms(scenario, plan),

@@ -11,6 +11,7 @@ import argparse
 import itertools
 import json
 import math
+import multiprocessing
 import re
 import time
 from collections.abc import Sequence
@@ -168,7 +169,8 @@ def run_sweep(path: Path, vary: list[tuple[str, list[str]]], out_dir: Path, *, s
         for i, r in zip(rest, _run_ray([todo[i] for i in rest], address)):
             results[i] = r
     elif jobs > 1:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
+        # spawn, not fork: a forked child of a process that ran torch can deadlock on a lock held at fork time
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             futs = {i: pool.submit(run_point, *todo[i]) for i in rest}
             for i, f in futs.items():
                 results[i] = f.result()

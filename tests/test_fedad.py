@@ -1,0 +1,159 @@
+"""The method end to end on real data (a small setting), the learning cache and sweeps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+import simfl.plan as plan_mod
+from simfl.cli import main
+from simfl.config import load_scenario
+from simfl.errors import SimflError
+from simfl.runner import run_scenario
+from simfl.sweep import crossover, parse_vary, run_sweep
+
+TINY = """
+name = "tiny"
+seed = 3
+workload = "fedad"
+[profiles]
+edge = "10 GFLOP/s"
+server = "1 TFLOP/s"
+[[nodes]]
+name = "s1"
+kind = "switch"
+[[nodes]]
+name = "server"
+kind = "server"
+uplink = { to = "s1", bandwidth = "1 Gbps", latency = "0.5 ms" }
+[[node_groups]]
+prefix = "c"
+count = 4
+kind = "client"
+uplink = { to = "s1", bandwidth = "100 Mbps", latency = "0.5 ms" }
+[experiment]
+classes = [1, 7]
+clients_per_class = 2
+phase1_epochs = 1
+rounds = 2
+local_epochs = [1]
+local_baseline_epochs = 1
+centralised_epochs = 1
+workers = 0
+preset_note = "test preset"
+"""
+
+
+@pytest.fixture()
+def tiny(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("SIMFL_CACHE", str(tmp_path / "cache"))
+    p = tmp_path / "tiny.toml"
+    p.write_text(TINY)
+    return p
+
+
+@pytest.fixture()
+def builds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts how often a learning plan is really built (not read from the cache)."""
+    calls: list[int] = []
+    real = plan_mod.build_plan
+
+    def counting(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(plan_mod, "build_plan", counting)
+    return calls
+
+
+def test_end_to_end_small_run(tiny: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert main(["run", str(tiny), "--out", str(out), "--quiet"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert not (out / "INCOMPLETE").exists()
+    for f in ("messages.parquet", "compute.parquet", "links.parquet", "communities.csv", "auc.parquet",
+              "report.md", "scenario.toml", "bytes_over_time.png", "auc_by_class.png"):
+        assert (out / f).exists(), f
+    n = 4
+    # measured phase-I bytes equal the closed form for the structure the run produced, to the byte
+    comms = s["communities"]
+    msgs = pl.read_parquet(out / "messages.parquet")
+    p1 = msgs.filter(pl.col("phase") == "phase1")
+    model_bits = p1.filter(pl.col("kind") == "model")["payload_bits"]
+    assert set(model_bits.to_list()) == {32 * (3217 + 1)}
+    assert s["payload_bytes"]["phase1"] == s["closed_form_bytes"]["eq1_measured_structure"]
+    # that closed form, by hand: n(n-1)(S_m+4) + n(n-1)/8 + 2*(IDs in candidates + IDs in community messages)
+    cand_ids = sum(p1.filter(pl.col("kind") == "candidates")["payload_bits"]) // 16
+    comm_ids = sum(len(c) for c in comms for i in c if i != 0)
+    assert s["payload_bytes"]["phase1"] == n * (n - 1) * 4 * 3218 + n * (n - 1) / 8 + 2 * (cand_ids + comm_ids)
+    k = len(comms)
+    assert s["payload_bytes"]["phase2"] == 2 * 2 * (n - k) * 4 * 28353 == s["closed_form_bytes"]["eq3"]
+    assert s["payload_bytes"]["ideal"] == 2 * 2 * (n - 2) * 4 * 28353
+    assert s["payload_bytes"]["centralised"] == 784 * sum(s["samples_per_client"])
+    assert set(s["auc_mean"]) == {"local", "method", "ideal", "centralised"}
+    assert all(0.0 <= v <= 1.0 for v in s["auc_mean"].values())
+    assert s["leader_communities_match"] is True
+    report = (out / "report.md").read_text()
+    for title in ("Table 2", "Table 3", "Table 4", "test preset"):
+        assert title in report
+    auc = pl.read_parquet(out / "auc.parquet")
+    assert auc.height == n and set(auc.columns) >= {"client", "inlier_class", "local", "method", "ideal"}
+
+
+def test_failed_run_leaves_incomplete_marker(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*a, **k):
+        raise RuntimeError("simulated crash in the middle of learning")
+
+    monkeypatch.setattr(plan_mod, "build_plan", boom)
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError):
+        run_scenario(load_scenario(tiny), out, progress=False)
+    assert (out / "INCOMPLETE").exists()
+    assert not (out / "summary.json").exists()
+
+
+def test_network_only_sweep_trains_once_and_resumes(tiny: Path, tmp_path: Path, builds: list[int]) -> None:
+    vary = parse_vary(["node_groups[0].uplink.bandwidth=1 Mbps,10 Mbps,1 Gbps"])
+    base = ['experiment.baselines=["centralised"]']
+    t1 = run_sweep(tiny, vary, tmp_path / "sw", base_overrides=base, progress=False)
+    assert len(builds) == 1  # three network points, one learning plan
+    assert t1.height == 3
+    assert t1["auc_method"].n_unique() == 1 and t1["payload_bytes_phase1"].n_unique() == 1
+    up = t1.sort("node_groups[0].uplink.bandwidth__value")["centralised_upload_s"].to_list()
+    assert up[0] > up[1] > up[2]  # slower links, slower upload
+    # each client's shard crosses its own uplink: upload time at 1 Mbps is at least its bits / 1e6
+    assert up[0] >= 8 * max(t1["payload_bytes_centralised"].to_list()) / 4 / 1e6
+    # resumed: nothing recomputed, same table
+    t2 = run_sweep(tiny, vary, tmp_path / "sw", base_overrides=base, progress=False)
+    assert len(builds) == 1
+    assert t2.drop("wall_time_s").equals(t1.drop("wall_time_s"))
+    # a learning parameter changes the cache key: it retrains
+    run_sweep(tiny, parse_vary(["experiment.lr=0.002"]), tmp_path / "sw2", base_overrides=base, progress=False)
+    assert len(builds) == 2
+
+
+def test_parallel_local_executor_gives_the_same_table(tiny: Path, tmp_path: Path) -> None:
+    vary = parse_vary(["node_groups[0].uplink.latency=0.1 ms,5 ms,20 ms"])
+    base = ["experiment.baselines=[]"]
+    a = run_sweep(tiny, vary, tmp_path / "a", base_overrides=base, progress=False)
+    b = run_sweep(tiny, vary, tmp_path / "b", base_overrides=base, jobs=2, progress=False)
+    assert a.drop("wall_time_s", "learning_from_cache").equals(b.drop("wall_time_s", "learning_from_cache"))
+
+
+def test_sweep_bad_input(tiny: Path, tmp_path: Path) -> None:
+    with pytest.raises(SimflError, match="KEY=V1"):
+        parse_vary(["experiment.rounds"])
+    with pytest.raises(SimflError, match="at least one value"):
+        parse_vary(["experiment.rounds="])
+    assert main(["sweep", str(tiny), "--vary", "experiment.roundz=1,2", "--out", str(tmp_path / "x")]) == 2
+    assert main(["sweep", str(tiny), "--vary", "experiment.rounds=0,1", "--out", str(tmp_path / "y")]) == 2
+    assert not (tmp_path / "y").exists()  # validated before anything ran
+
+
+def test_crossover_interpolates_in_log_space() -> None:
+    # fed - cen = +1 at x=1, -1 at x=100: crossing at the geometric midpoint, 10
+    assert crossover([1, 100], [2, 1], [1, 2]) == pytest.approx(10.0)
+    assert crossover([1, 10], [1, 1], [2, 2]) is None
