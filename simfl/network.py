@@ -123,7 +123,7 @@ class _Flow:
         self.n_hops = n_hops
         self.latency = latency
         self.sf_per_bit = sf_per_bit
-        self.queue: deque[_Tx] = deque()
+        self.queue: deque[_Tx] | None = None  # created on first use (a million idle deques cost 600 MB)
         self.cur: _Tx | None = None
         self.remaining = 0.0
         self.rate = 0.0
@@ -175,7 +175,7 @@ class Network:
         n = max(1, (b + mss - 1) // mss)
         env = self.env
         ev = Event(env)
-        tx = _Tx(self._next_id, kind, phase, round, bits, b + n * self._hdr, n, 8 * (min(b, mss) + self._hdr),
+        tx = _Tx(self._next_id, kind, phase, int(round), bits, b + n * self._hdr, n, 8 * (min(b, mss) + self._hdr),
                  env.now, payload, ev, flow)
         self._next_id += 1
         self.sent += 1
@@ -185,6 +185,8 @@ class Network:
             self._pending.append(flow)
             self._wake(env.now)
         else:
+            if flow.queue is None:
+                flow.queue = deque()
             flow.queue.append(tx)
         return ev
 
