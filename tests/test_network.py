@@ -149,11 +149,16 @@ def test_concurrent_transfers_share_a_bottleneck(k, expected):
     assert row["busy_s"] == pytest.approx(k * 1.0856e-3, rel=REL)
 
 
+def star_abc() -> World:
+    """a, b and c on 100 Mbps links without latency to switch s1."""
+    return world([switch("s1"), client("a", to="s1"), client("b", to="s1"), client("c", to="s1")])
+
+
 def test_late_joiner_slows_the_first_transfer():
     # a -> b alone from 0 to 0.5 ms (50,000 bits at 100 Mbps), then a -> c joins on a's uplink: both at 50 Mbps.
     # a->b: remaining 58,560 bits at 5e7 -> tx ends 0.0005 + 0.0011712 = 0.0016712; a->c has then sent 58,560 and
     # finishes its last 50,000 bits alone at 1e8: 0.0016712 + 0.0005 = 0.0021712. Each + P/C = 1.2304e-4.
-    w = world([switch("s1"), client("a", to="s1"), client("b", to="s1"), client("c", to="s1")])
+    w = star_abc()
     out = {}
     send_at(w, 0.0, "a", "b", out=out, key="b")
     send_at(w, 0.0005, "a", "c", out=out, key="c")
@@ -167,7 +172,7 @@ def test_messages_queue_behind_each_other_fifo():
     # Flow a->b gets two messages and flow a->c one, all at t = 0, on a star of 100 Mbps links without latency.
     # a's uplink carries a->b #1 and a->c together (50 Mbps each): both end at 2 W / C = 0.0021712. Then a->b #2
     # (queued behind #1 in its flow) starts at 0.0021712 and runs alone: ends 0.0032568. Each + P/C = 1.2304e-4.
-    w = world([switch("s1"), client("a", to="s1"), client("b", to="s1"), client("c", to="s1")])
+    w = star_abc()
     out = {}
     send_at(w, 0.0, "a", "b", out=out, key="b1")
     send_at(w, 0.0, "a", "c", out=out, key="c")
