@@ -371,3 +371,22 @@ def test_invariants_over_random_topologies(case):
         ids, starts, delivers = g["msg_id"].to_list(), g["t_start"].to_list(), g["t_deliver"].to_list()
         assert ids == sorted(ids)
         assert starts == sorted(starts) and delivers == sorted(delivers)
+
+
+def test_routes_least_latency_then_fewest_hops_then_smallest_name():
+    # a and b joined three ways: via sy (2 x 1 ms), via sx (2 x 1 ms, same latency: sx < sy wins), and via the
+    # chain s1-s2-s3 (4 x 0.4 ms = 1.6 ms: lowest latency, so it wins despite more hops).
+    def topo(with_chain: bool):
+        nodes = [switch("sx"), switch("sy"), client("a", to="sx", lat="1 ms"), client("b", to="sx", lat="1 ms")]
+        links = [{"a": "a", "b": "sy", "bandwidth": "1 Gbps", "latency": "1 ms"},
+                 {"a": "sy", "b": "b", "bandwidth": "1 Gbps", "latency": "1 ms"}]
+        if with_chain:
+            nodes += [switch("s1"), switch("s2", to="s1", lat="0.4 ms"), switch("s3", to="s2", lat="0.4 ms")]
+            links += [{"a": "a", "b": "s1", "bandwidth": "1 Gbps", "latency": "0.4 ms"},
+                      {"a": "s3", "b": "b", "bandwidth": "1 Gbps", "latency": "0.4 ms"}]
+        return world(nodes, links).topology
+
+    assert [h.dst for h in topo(False).route("a", "b")] == ["sx", "b"]
+    assert [h.dst for h in topo(False).route("b", "a")] == ["sx", "a"]
+    assert [h.dst for h in topo(True).route("a", "b")] == ["s1", "s2", "s3", "b"]
+    assert topo(True).path_latency("a", "b") == pytest.approx(1.6e-3)

@@ -127,6 +127,11 @@ def test_cli_run_default_dirs_and_output(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert out.startswith("simfl: results in runs/allpairs-90-seed3\n")
     assert len(out.strip().splitlines()) == 5 and "8,010 delivered" in out
+    # by hand: 89 transfers share each 100 Mbps link direction: 89 x 108,560 bits / 1e8 = 0.0966184 s,
+    # + 2 x 0.5 ms + one 12,304-bit packet at 100 Mbps (1.2304e-4 s) = 0.09774144 s
+    s = json.loads((tmp_path / "runs" / "allpairs-90-seed3" / "summary.json").read_text())
+    assert s["sim_time_s"] == pytest.approx(0.09774144, rel=1e-12)
+    assert s["wire_bytes"] == 8010 * 13_570 and s["payload_bytes"] == 8010 * 12_868
     assert main(["run", str(sc), "--quiet", "--seed", "3"]) == 0
     assert "runs/allpairs-90-seed3-2" in capsys.readouterr().out
     assert (tmp_path / "runs" / "allpairs-90-seed3-2" / "summary.json").is_file()
