@@ -1,0 +1,219 @@
+"""The scenario library in topologies/: every file loads with the paper's 90 clients, and a network-only all-pairs
+exchange and gather run on it no faster than bounds worked out by hand from the file's numbers.
+
+Messages are one AE-5 model: 12,868 payload bytes in 9 packets (8 x 1,460 + 1,188) with 40 + 38 header bytes each,
+W = (12,868 + 9 x 78) x 8 = 108,560 wire bits, first packet P = 1,538 x 8 = 12,304 bits.
+
+The bound: every message that crosses a capacity C (a link direction, or a whole WiFi / radio cell, which a
+station-to-station message crosses twice) needs its W bits on it, and its last bit still has the route's latency
+to travel. So a pattern in which m crossings share C cannot end before m x W / C + (the least latency of a route
+through C). Each case below names the capacity that binds, with m, C and the latency taken from the TOML file.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from simfl.config import load_scenario
+from simfl.runner import run_scenario
+from simfl.topology import Topology
+
+TOPO = Path(__file__).resolve().parent.parent / "topologies"
+FILES = sorted(TOPO.glob("*.toml"))
+W = 108_560  # wire bits of one 12,868-byte message
+P = 12_304  # wire bits of its first packet
+WIRE_BYTES = 13_570
+
+
+@dataclass(frozen=True)
+class Cut:
+    """m crossings share the capacity `capacity` (bit/s) of link `link` in direction src > dst (dst "*": a cell);
+    `latency` is the least latency of a route through it, that of the route `pair`."""
+
+    link: str
+    src: str
+    dst: str
+    capacity: float
+    m: int
+    latency: float
+    pair: tuple[str, str]
+
+    @property
+    def resource(self) -> str:
+        return f"cell:{self.link}" if self.dst == "*" else f"{self.link}:{self.src}>{self.dst}"
+
+    @property
+    def bound(self) -> float:
+        return self.m * W / self.capacity + self.latency
+
+
+# paper-90 and the files that extend it: 90 clients on 100 Mbps / 0.5 ms ports of s1, server on 1 Gbps / 0.5 ms.
+# all-pairs: each client's port carries its 89 messages out (and 89 in): 89 W / 100 Mbps + 2 x 0.5 ms = 97.62 ms.
+# gather: all 90 cross s1 > server: 90 W / 1 Gbps + 1 ms = 10.77 ms.
+_PAPER = (Cut("c00-s1", "c00", "s1", 100e6, 89, 1.0e-3, ("c00", "c01")),
+          Cut("server-s1", "s1", "server", 1e9, 90, 1.0e-3, ("c00", "server")))
+
+HAND: dict[str, tuple[Cut, Cut]] = {  # stem -> (all-pairs cut, gather cut)
+    "paper-90": _PAPER,
+    "default": _PAPER,
+    "allpairs-90": _PAPER,
+    # 3 cells of 30 at 65 Mbps, 2 ms per radio hop, APs and server on 1 Gbps / 0.5 ms.
+    # all-pairs: cell1 carries 30 x 29 station-to-station messages twice and 30 x 60 out + 60 x 30 in:
+    #   5,340 W / 65 Mbps + 2 x 2 ms (c1-00 > ap1 > c1-01) = 8.9226 s.
+    # gather: 30 per cell: 30 W / 65 Mbps (50.1 ms; the server's 90 W / 1 Gbps is 9.8 ms) + 2 + 0.5 + 0.5 ms.
+    "wifi-factory": (Cut("cell1", "ap1", "*", 65e6, 2 * 30 * 29 + 2 * 30 * 60, 4.0e-3, ("c1-00", "c1-01")),
+                     Cut("cell1", "ap1", "*", 65e6, 30, 3.0e-3, ("c1-00", "server"))),
+    # 3 access switches of 30 clients (100 Mbps), 1 Gbps uplinks to core, server on 1 Gbps, 0.1 ms per hop.
+    # all-pairs: sw1 > core carries 30 x 60 messages: 1,800 W / 1 Gbps = 195.4 ms (a client port: 89 W / 100 Mbps =
+    #   96.6 ms), + 4 x 0.1 ms (c00 > sw1 > core > sw2 > c30).
+    # gather: core > server carries 90: 90 W / 1 Gbps + 3 x 0.1 ms = 10.07 ms.
+    "ethernet-100m": (Cut("sw1-core", "sw1", "core", 1e9, 30 * 60, 0.4e-3, ("c00", "c30")),
+                      Cut("server-core", "core", "server", 1e9, 90, 0.3e-3, ("c00", "server"))),
+    # the same with 1 Gbps ports and 10 Gbps uplinks / server port: every transmission term is ten times smaller.
+    "ethernet-1g": (Cut("sw1-core", "sw1", "core", 10e9, 30 * 60, 0.4e-3, ("c00", "c30")),
+                    Cut("server-core", "core", "server", 10e9, 90, 0.3e-3, ("c00", "server"))),
+    # 6 cells of 15 at 165 Mbps, 2 ms per radio hop; APs and server on 1 Gbps / 0.1 ms.
+    # all-pairs: cell1 carries 2 x 15 x 14 + 2 x 15 x 75 = 2,670 crossings: 1.7567 s + 2 x 2 ms.
+    # gather: 15 per cell: 15 W / 165 Mbps = 9.87 ms (the server port's 90 W / 1 Gbps = 9.77 ms, just less)
+    #   + 2 + 0.1 + 0.1 ms.
+    "wifi-cells": (Cut("cell1", "ap1", "*", 165e6, 2 * 15 * 14 + 2 * 15 * 75, 4.0e-3, ("c00", "c01")),
+                   Cut("cell1", "ap1", "*", 165e6, 15, 2.2e-3, ("c00", "server"))),
+    # 10 cells of 9 on 100 Mbps ports, cell switches on 1 Gbps, edge on 10 Gbps, 50 Mbps / 15 ms WAN to the cloud.
+    # all-pairs: a client port carries 89: 89 W / 100 Mbps = 96.6 ms (a cell switch uplink: 9 x 81 W / 1 Gbps =
+    #   79.1 ms) + 2 x 0.1 ms (c00 > cs0 > c01).
+    # gather to the cloud: all 90 cross the WAN: 90 W / 50 Mbps = 195.4 ms + 3 x 0.1 + 15 ms = 210.7 ms.
+    "hierarchical-plant": (Cut("c00-cs0", "c00", "cs0", 100e6, 89, 0.2e-3, ("c00", "c01")),
+                           Cut("wan", "edge", "cloud", 50e6, 90, 15.3e-3, ("c00", "cloud"))),
+    # 9 radio cells of 10 at 10 Mbps, 20 ms per radio hop; base stations, core and server on 1 Gbps / 0.1 ms.
+    # all-pairs: radio1 carries 2 x 10 x 9 + 2 x 10 x 80 = 1,780 crossings: 19.32 s + 2 x 20 ms.
+    # gather: 10 per cell: 10 W / 10 Mbps = 108.6 ms + 20 + 3 x 0.1 ms = 128.9 ms.
+    "constrained-plant": (Cut("radio1", "bs1", "*", 10e6, 2 * 10 * 9 + 2 * 10 * 80, 40e-3, ("c00", "c01")),
+                          Cut("radio1", "bs1", "*", 10e6, 10, 20.3e-3, ("c00", "server"))),
+}
+
+# the scenario library of README's "Scenario library" section
+LIBRARY = ("ethernet-100m", "ethernet-1g", "wifi-cells", "hierarchical-plant", "constrained-plant")
+
+
+def synthetic(path: Path, pattern: str):
+    return load_scenario(path, ['workload="synthetic"', f'synthetic.pattern=["{pattern}"]',
+                                "synthetic.message_bytes=12868"])
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def test_loads_with_90_clients_and_a_server(path):
+    sc = load_scenario(path)
+    assert len(sc.clients) == 90 and sc.experiment.n_clients == 90
+    assert sc.server is not None
+    assert path.read_text().startswith(f"# {path.stem}: "), "a comment block saying what the file models"
+
+
+def test_library_files_exist_and_run_the_method():
+    for stem in LIBRARY:
+        sc = load_scenario(TOPO / f"{stem}.toml")
+        assert sc.name == stem and sc.workload == "fedad"
+        assert sc.clients == tuple(f"c{i:02d}" for i in range(90))
+        assert "centralised" in sc.experiment.baselines
+
+
+def _check_cut(sc, cut: Cut) -> None:
+    """The cut's numbers are the file's: its capacity, and the latency of the named route through it."""
+    topo = Topology.from_scenario(sc)
+    res = {r.id: r for r in topo.resources}
+    assert res[cut.resource].capacity_bps == cut.capacity
+    route = topo.route(*cut.pair)
+    assert cut.resource in {h.resource for h in route}
+    assert topo.path_latency(*cut.pair) == pytest.approx(cut.latency, rel=1e-12)
+
+
+def _crossings(run: Path, cut: Cut) -> int:
+    links = pl.read_parquet(run / "links.parquet")
+    row = links.filter((pl.col("link") == cut.link) & (pl.col("src") == cut.src) & (pl.col("dst") == cut.dst))
+    assert row.height == 1
+    assert row["bytes"][0] == row["messages"][0] * WIRE_BYTES
+    return int(row["messages"][0])
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def test_allpairs_and_gather_respect_hand_bounds(path, tmp_path):
+    allpairs_cut, gather_cut = HAND.get(path.stem, (None, None))
+
+    sc = synthetic(path, "allpairs")
+    s = run_scenario(sc, tmp_path / "allpairs", progress=False)
+    (ap,) = s["patterns"]
+    assert ap["messages"] == 90 * 89 and s["totals"]["wire_bytes"] == 90 * 89 * WIRE_BYTES
+    if allpairs_cut is not None:
+        _check_cut(sc, allpairs_cut)
+        assert _crossings(tmp_path / "allpairs", allpairs_cut) == allpairs_cut.m
+        assert ap["duration_s"] >= allpairs_cut.bound * (1 - 1e-12)
+        # the named capacity is the one that binds: the run ends within 1% of its bound
+        assert ap["duration_s"] <= allpairs_cut.bound * 1.01
+
+    sc = synthetic(path, "gather")
+    assert sc.synthetic.target == sc.server
+    s = run_scenario(sc, tmp_path / "gather", progress=False)
+    (g,) = s["patterns"]
+    assert g["messages"] == 90
+    topo = Topology.from_scenario(sc)
+    if gather_cut is None:  # a file without hand numbers: the server's own links bound it
+        into = [r for r in topo.resources if r.dst == sc.server]
+        lat = min(topo.path_latency(c, sc.server) for c in sc.clients)
+        assert g["duration_s"] >= 90 * W / sum(r.capacity_bps for r in into) + lat
+        return
+    _check_cut(sc, gather_cut)
+    assert _crossings(tmp_path / "gather", gather_cut) == gather_cut.m
+    assert g["duration_s"] >= gather_cut.bound * (1 - 1e-12)
+    # all clients' routes are alike, so they finish together: at the bound plus the pipelining of one packet
+    # (at most P / C per hop)
+    slack = P * sum(1 / h.capacity_bps for h in topo.route(gather_cut.pair[0], sc.server))
+    assert g["duration_s"] <= gather_cut.bound + slack
+
+
+def test_hand_numbers_name_existing_files():
+    assert set(HAND) <= {p.stem for p in FILES}
+    assert set(LIBRARY) <= set(HAND)
+
+
+# ----------------------------------------------------------------------------------------- hierarchical plant
+def test_hierarchical_plant_routes_to_the_cloud_cross_the_wan():
+    sc = load_scenario(TOPO / "hierarchical-plant.toml")
+    assert sc.server == "cloud" and sc.node("edge").kind == "gateway"
+    wan = next(ln for ln in sc.links if ln.name == "wan")
+    assert (wan.a, wan.b, wan.bandwidth_bps, wan.latency_s) == ("edge", "cloud", 50e6, 15e-3)
+    topo = Topology.from_scenario(sc)
+    for i in range(90):
+        c = f"c{i:02d}"
+        hops = topo.route(c, "cloud")
+        assert [(h.src, h.dst) for h in hops] == [(c, f"cs{i // 9}"), (f"cs{i // 9}", "backbone"),
+                                                   ("backbone", "edge"), ("edge", "cloud")]
+        assert hops[-1].link == "wan" and hops[-1].capacity_bps == 50e6
+        # 0.1 + 0.1 + 0.1 + 15 ms
+        assert topo.path_latency(c, "cloud") == pytest.approx(15.3e-3, rel=1e-12)
+    # the method's traffic stays in the plant: no route between two clients crosses the WAN
+    assert all(h.link != "wan" for a in ("c00", "c44") for b in ("c08", "c89") for h in topo.route(a, b))
+    # cell k holds the nine clients of inlier class k
+    assert all(topo.route(f"c{i:02d}", f"cs{i // 9}")[0].link == f"c{i:02d}-cs{i // 9}" for i in range(90))
+
+
+def test_hierarchical_plant_edge_can_be_made_the_server():
+    # the swap its comment documents: the edge becomes the server, the cloud a plain node
+    sc = load_scenario(TOPO / "hierarchical-plant.toml", ['nodes[1].kind="server"', 'nodes[2].kind="gateway"'])
+    assert sc.server == "edge"
+    assert all(h.link != "wan" for h in Topology.from_scenario(sc).route("c00", "edge"))
+
+
+def test_library_comments_state_the_numbers_they_use():
+    """Each library file's comment block gives the rates its tables use (so the two cannot drift silently)."""
+    for stem in LIBRARY:
+        text = (TOPO / f"{stem}.toml").read_text()
+        comment = "\n".join(ln for ln in text.splitlines() if ln.startswith("#"))
+        data = tomllib.loads(text)
+        rates = {n["uplink"]["bandwidth"] for n in data.get("nodes", []) + data["node_groups"] if "uplink" in n}
+        rates |= {c["bandwidth"] for c in data.get("cells", [])} | {ln["bandwidth"] for ln in data.get("links", [])}
+        for rate in rates:
+            assert rate in comment, f"{stem}: {rate} not explained in the comment block"
