@@ -80,12 +80,16 @@ def test_wifi_factory_cells():
 
 def test_default_and_allpairs_extend_paper_90():
     paper = load_scenario(TOPO / "paper-90.toml")
-    for name in ("default", "allpairs-90"):
+    for name, workload in (("default", "fedad"), ("allpairs-90", "synthetic")):
         sc = load_scenario(TOPO / f"{name}.toml")
-        assert sc.name == name and sc.workload == "synthetic"
+        assert sc.name == name and sc.workload == workload
         assert sc.nodes == paper.nodes and sc.links == paper.links
     assert DEFAULT_SCENARIO == TOPO / "default.toml" and DEFAULT_SCENARIO.is_file()
-    assert load_scenario(DEFAULT_SCENARIO).synthetic.target == "server"
+    default = load_scenario(DEFAULT_SCENARIO)
+    # the default is the paper's setting with less training, and says so
+    assert default.experiment.n_clients == 90 and default.experiment.tau == paper.experiment.tau
+    assert default.experiment.phase1_epochs < paper.experiment.phase1_epochs and default.experiment.preset_note
+    assert load_scenario(TOPO / "allpairs-90.toml").synthetic.target == "server"
 
 
 def test_experiment_fields_and_defaults():
