@@ -205,6 +205,23 @@ class _Worker:
     resident: OrderedDict = field(default_factory=OrderedDict)  # key -> nbytes (LRU order)
 
 
+TCMALLOC_PATHS = tuple(f"/usr/lib/{arch}-linux-gnu/libtcmalloc_minimal.so.4" for arch in ("x86_64", "aarch64"))
+
+
+def _tcmalloc_env(env: Mapping[str, str]) -> dict[str, str]:
+    """LD_PRELOAD tcmalloc for the workers where Debian's libtcmalloc-minimal4 is installed.
+
+    With glibc malloc a third of the workers' time went to the kernel (page faults from freed and re-mapped
+    activation buffers); tcmalloc keeps the memory and makes small-model training and scoring ~1.8x faster here.
+    SIMFL_TCMALLOC=0 turns it off."""
+    if env.get("SIMFL_TCMALLOC", "1") == "0" or "tcmalloc" in env.get("LD_PRELOAD", ""):
+        return {}
+    lib = next((p for p in TCMALLOC_PATHS if os.path.exists(p)), None)
+    if lib is None:
+        return {}
+    return {"LD_PRELOAD": f"{lib}:{env['LD_PRELOAD']}" if env.get("LD_PRELOAD") else lib}
+
+
 class _Pool:
     """Persistent worker processes, each one torch thread, each with its own data cache."""
 
@@ -221,6 +238,7 @@ class _Pool:
             procs = []
             for _ in range(n):
                 env = dict(os.environ, SIMFL_WORKER_KEY=authkey.hex(), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+                env.update(_tcmalloc_env(env))
                 procs.append(subprocess.Popen(
                     [sys.executable, "-m", "simfl.learning_worker", address], env=env, stdin=subprocess.DEVNULL
                 ))
