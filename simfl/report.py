@@ -126,7 +126,7 @@ def render(summary: dict[str, Any], scenario_name: str) -> str:
     if summary.get("centralised_upload_s") is not None:
         out += [f"Centralised: uploading the raw shards alone takes {_seconds(summary['centralised_upload_s'])}.",
                 ""]
-    out += ["Plots: `bytes_over_time.png`, `link_utilisation.png`, `auc_by_class.png`.", ""]
+    out += ["Plots: `bytes_over_time.png`, `link_utilisation.png`, `auc_by_class.png`, `cost_vs_clients.png`.", ""]
     return "\n".join(out)
 
 
@@ -182,8 +182,47 @@ def _plots(run_dir: Path, summary: dict[str, Any], messages: pl.DataFrame, links
         plt.close(fig)
 
 
+def plot_cost_vs_clients(path: Path, summary: dict[str, Any]) -> None:
+    """The closed forms (Eq. 1, Eq. 3, centralised) against the number of clients, with this run's measured bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from simfl import costs, models
+
+    exp = summary["experiment"]
+    n_run = summary["clients"]
+    per_client = sum(summary["samples_per_client"]) / n_run
+    ns = sorted({20, 30, 50, 90, 150, 300, 500, 1000, n_run})
+    t = costs.cost_table(ns, classes=len(summary["classes"]), rounds=exp["rounds"],
+                         phase1_params=models.param_count(exp["phase1_model"]),
+                         phase2_params=models.param_count(exp["phase2_model"]), samples_per_client=round(per_client))
+    fig, ax = plt.subplots(figsize=(8, 5))
+    ax.plot(t["n"], t["phase1_bytes"] / 1e6, label="phase I (Eq. 1)")
+    ax.plot(t["n"], t["phase2_eq3_bytes"] / 1e6, label="phase II (Eq. 3, k = |C|)")
+    ax.plot(t["n"], t["total_eq3_bytes"] / 1e6, lw=2.5, label="federated total")
+    ax.plot(t["n"], t["centralised_bytes"] / 1e6, "--", lw=2.5, label=f"centralised ({per_client:.0f} samples/client)")
+    pb = summary["payload_bytes"]
+    for key, marker, label in (("phase1", "o", "measured phase I"), ("phase2", "s", "measured phase II"),
+                               ("centralised", "^", "measured centralised")):
+        if key in pb:
+            ax.scatter([n_run], [pb[key] / 1e6], marker=marker, s=60, zorder=3, label=label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("number of clients n")
+    ax.set_ylabel("payload MB")
+    ax.set_title("Communication cost against the number of clients")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write_report(run_dir: Path, summary: dict[str, Any], *, scenario: Any, messages: pl.DataFrame,
                  links: pl.DataFrame) -> None:
     """Write report.md and the plots into run_dir."""
     (run_dir / "report.md").write_text(render(summary, scenario.name))
     _plots(run_dir, summary, messages, links)
+    plot_cost_vs_clients(run_dir / "cost_vs_clients.png", summary)
