@@ -14,7 +14,7 @@ import math
 import multiprocessing
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -126,14 +126,92 @@ def run_point(sc: Scenario, out: Path, progress: bool = False) -> dict[str, Any]
     return run_scenario(sc, out, progress=progress)
 
 
-def _run_ray(jobs: list[tuple[Scenario, Path]], address: str | None) -> list[dict[str, Any]]:
+def _run_ray(jobs: list[tuple[Scenario, Path]], address: str | None, cpus: int,
+             say: Any) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Run points as Ray tasks; yields (index in jobs, summary) as each finishes.
+
+    Without an address a private local Ray instance is started (and shut down afterwards); with one, the sweep
+    connects to that cluster, whose nodes need simfl installed and the sweep and cache directories at the same
+    paths (a shared file system). Tasks replay learning plans from the cache the driver filled: its absolute path
+    (and the data directory, if $SIMFL_DATA names one) reaches them through the task's environment."""
+    import logging
+    import os
+    import shutil
+    import socket
+    import tempfile
+
+    from simfl.plan import default_cache_dir
+
+    todo = []
+    for k, (sc, out) in enumerate(jobs):
+        done = _finished(out, sc)
+        if done is None:
+            todo.append(k)
+        else:  # read back here: a resumed sweep starts no Ray for points that already finished
+            done["resumed"] = True
+            yield k, done
+    if not todo:
+        return
     try:
         import ray
+        from ray.exceptions import RayTaskError
     except ImportError as e:
         raise SimflError("--executor ray needs Ray: pip install 'simfl[ray]'") from e
-    ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
-    remote = ray.remote(run_point)
-    return ray.get([remote.remote(sc, out) for sc, out in jobs])
+    cache = default_cache_dir()
+    env = {"SIMFL_CACHE": str(cache.resolve()) if cache is not None else "off"}
+    if os.environ.get("SIMFL_DATA"):
+        env["SIMFL_DATA"] = str(Path(os.environ["SIMFL_DATA"]).expanduser().resolve())
+    quiet = {"log_to_driver": False, "logging_level": logging.ERROR}
+    ours, tmp = not ray.is_initialized(), None
+    try:
+        if ours and address:
+            say(f"ray: connecting to {address}")
+            hostport = re.fullmatch(r"(?:ray://)?([^:/]+):(\d+)/?", address)
+            if hostport:  # Ray itself retries a dead address for minutes
+                try:
+                    socket.create_connection((hostport[1], int(hostport[2])), timeout=10).close()
+                except OSError as e:
+                    raise SimflError(f"--address {address}: no Ray cluster answers there ({e})") from None
+            logging.getLogger("ray").setLevel(logging.ERROR)
+            try:
+                # As address="auto" does: use the token of a cluster with token authentication (Ray's default
+                # for `ray start` since 2.59) when one is at hand; an explicit address alone skips it (Ray 2.60).
+                from ray._private.authentication.authentication_token_setup import (
+                    maybe_enable_token_auth_if_token_available,
+                )
+
+                maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+            except Exception:  # a private helper: without it, RAY_AUTH_MODE=token does the same
+                pass
+            try:
+                ray.init(address=address, **quiet)
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                raise SimflError(f"--address {address}: cannot connect to a Ray cluster there ({e}); with token "
+                                 "authentication, set RAY_AUTH_MODE=token and the cluster's token "
+                                 "(RAY_AUTH_TOKEN or ~/.ray/auth_token)") from None
+        elif ours:
+            tmp = tempfile.mkdtemp(prefix="simfl-ray-", dir="/tmp")  # short: Ray's socket paths live under it
+            ray.init(address="local", num_cpus=cpus, include_dashboard=False, object_store_memory=128 * 2**20,
+                     _temp_dir=tmp, **quiet)
+            say(f"ray: local instance with {cpus} CPUs")
+        task = ray.remote(run_point).options(runtime_env={"env_vars": env})
+        pending = {task.remote(jobs[k][0], jobs[k][1].resolve()): k for k in todo}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                k = pending.pop(ref)
+                try:
+                    r = ray.get(ref)
+                except RayTaskError as e:  # a point's own error (bad scenario, occupied directory) reads as one
+                    if isinstance(e.cause, SimflError):
+                        raise e.cause from None
+                    raise
+                yield k, r
+    finally:
+        if ours:
+            ray.shutdown()
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def run_sweep(path: Path, vary: list[tuple[str, list[str]]], out_dir: Path, *, seeds: int = 1,
@@ -166,8 +244,10 @@ def run_sweep(path: Path, vary: list[tuple[str, list[str]]], out_dir: Path, *, s
         results[i] = run_point(*todo[i], progress=progress)
     rest = [i for i in range(len(todo)) if i not in results]
     if executor == "ray":
-        for i, r in zip(rest, _run_ray([todo[i] for i in rest], address)):
+        for k, r in _run_ray([todo[i] for i in rest], address, jobs if jobs > 1 else 2, say):
+            i = rest[k]
             results[i] = r
+            say(f"point {i + 1}/{len(todo)} {'read back' if r.get('resumed') else 'done'} (ray): {todo[i][1].name}")
     elif jobs > 1:
         # spawn, not fork: a forked child of a process that ran torch can deadlock on a lock held at fork time
         with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
