@@ -8,6 +8,7 @@ already holds a finished run of the same resolved scenario is read back, not rec
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import itertools
 import json
 import math
@@ -222,6 +223,8 @@ def run_sweep(path: Path, vary: list[tuple[str, list[str]]], out_dir: Path, *, s
         raise SimflError(f"--seeds {seeds}: must be at least 1")
     if executor not in ("local", "ray"):
         raise SimflError(f"--executor {executor}: choose local or ray")
+    if executor == "ray" and importlib.util.find_spec("ray") is None:  # say so before anything trains
+        raise SimflError("--executor ray needs Ray: pip install 'simfl[ray]'")
     points = plan_points(path, vary, seeds, base_overrides)
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = [(sc, out_dir / "points" / _slug(i, list(v.values()), sc.seed)) for i, (v, sc) in enumerate(points)]

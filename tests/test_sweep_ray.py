@@ -55,3 +55,12 @@ def test_ray_executor_gives_the_local_table(tiny: Path, tmp_path: Path, monkeypa
     with pytest.raises(SimflError, match="holds a different finished run"):
         run_sweep(tiny, vary, Path("d"), base_overrides=base, executor="ray", progress=False)
     assert not ray.is_initialized()
+
+
+def test_missing_ray_is_reported_before_any_training(tiny: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    with pytest.raises(SimflError, match=r"pip install 'simfl\[ray\]'"):
+        run_sweep(tiny, parse_vary(["experiment.rounds=1,2"]), tmp_path / "s", executor="ray", progress=False)
+    assert not (tmp_path / "s").exists()
