@@ -144,6 +144,8 @@ def test_cli_run_default_dirs_and_output(tmp_path, monkeypatch, capsys):
 
 
 def test_cli_runs_the_default_scenario(tmp_path, capsys):
-    assert main(["run", "--quiet", "--out", str(tmp_path / "d"), "--set", "synthetic.pattern=[\"gather\"]"]) == 0
+    # the default scenario's network with the quick network-only workload (its own workload trains for minutes)
+    assert main(["run", "--quiet", "--out", str(tmp_path / "d"), "--set", 'workload="synthetic"',
+                 "--set", "synthetic.pattern=[\"gather\"]"]) == 0
     s = json.loads((tmp_path / "d" / "summary.json").read_text())
     assert s["scenario"] == "default" and s["totals"]["messages"] == 90
