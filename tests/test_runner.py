@@ -71,11 +71,11 @@ def test_gather_and_broadcast_patterns(tmp_path):
 
 
 def test_same_scenario_and_seed_give_identical_files(tmp_path):
-    sc = load_scenario(TOPO / "default.toml")
+    pattern = ['synthetic.pattern=["allpairs", "gather", "broadcast"]']
     a = tmp_path / "a"
     b = tmp_path / "b"
-    run_scenario(sc, a, progress=False)
-    run_scenario(load_scenario(TOPO / "default.toml"), b, progress=False)
+    run_scenario(load_scenario(TOPO / "allpairs-90.toml", pattern), a, progress=False)
+    run_scenario(load_scenario(TOPO / "allpairs-90.toml", pattern), b, progress=False)
     for f in FILES:
         assert (a / f).read_bytes() == (b / f).read_bytes(), f
     assert pl.read_parquet(a / "messages.parquet").height == 90 * 89 + 90 + 90
