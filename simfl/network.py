@@ -10,17 +10,19 @@ order of `send` calls: a message waits in its flow's FIFO queue until the previo
 (`t_start`). Different flows share every resource on their routes fairly. (So a link direction is FIFO per flow and
 fairly shared between flows, as TCP connections share a link.)
 
-Fair share. A transmitting message occupies each resource of its route once per hop that uses it (a message between
-two stations of one cell crosses the cell twice). With n_r occupancies on resource r, every occupancy is entitled to
-C_r / n_r, and the message's rate is the smallest share on its route (its bottleneck):
+Max-min fair share. A transmitting message occupies each resource of its route once per hop that uses it (a message
+between two stations of one cell crosses the cell twice: m_r(f) = 2). The rates R_f are max-min fair: no resource
+carries more than its capacity (sum over f of m_r(f) R_f <= C_r) and every flow is bottlenecked, i.e. some resource
+on its route is saturated and no flow on it runs faster. They are computed by progressive filling: all rates rise
+together; a resource saturates at the level (C_r - load of its fixed flows) / (occupancies of its unfixed flows);
+the first resource to saturate fixes its unfixed flows at that level; repeat until every flow is fixed. Capacity a
+flow cannot use because it is bottlenecked elsewhere goes to the others (a on a 10 Mbps uplink and b on a 100 Mbps
+uplink both sending to c's 100 Mbps downlink get 10 and 90 Mbps). For symmetric patterns (all-pairs, gather and
+broadcast on a star or a cell) this is the equal split R = min over hops of C_r / n_r.
 
-    R = min over hops h of  C_r(h) / n_r(h)
-
-Rates change only when a transmission starts or ends, and then only for the flows that share a resource with it,
-so the event count is proportional to messages, not packets. A resource never carries more than C_r (each of its
-n_r occupancies gets at most C_r / n_r). Capacity that a flow leaves unused because it is bottlenecked elsewhere is
-not redistributed (equal-split bottleneck sharing; exact for symmetric patterns such as all-pairs, gather and
-broadcast on a star or a cell, a lower bound on max-min fairness otherwise).
+Rates change only when a transmission starts or ends, and then only for the flows of the connected component of
+the resources it uses (resources linked by the flows that cross them; every other flow's rate stays max-min fair),
+so the event count is proportional to messages, not packets.
 
 Delivery time. A message of W wire bits (see `simfl.messages`: payload bytes plus per-packet headers) transmits
 from t_start until t_tx, when the integral of R(t) reaches W. Its last bit is delivered at
@@ -76,10 +78,12 @@ class _Wake(Event):
 
 
 class _Res:
-    __slots__ = ("spec", "capacity", "n", "flows", "busy_since", "busy_s", "bytes", "messages")
+    __slots__ = ("spec", "idx", "capacity", "n", "flows", "busy_since", "busy_s", "bytes", "messages", "mark",
+                 "wf_load", "wf_m", "wf_key")
 
-    def __init__(self, spec: Resource) -> None:
+    def __init__(self, spec: Resource, idx: int) -> None:
         self.spec = spec
+        self.idx = idx
         self.capacity = spec.capacity_bps
         self.n = 0  # active occupancies
         self.flows: dict[_Flow, int] = {}  # active flow -> occupancies (insertion-ordered: deterministic)
@@ -87,6 +91,10 @@ class _Res:
         self.busy_s = 0.0
         self.bytes = 0
         self.messages = 0
+        self.mark = 0  # component search stamp (see Network._rates)
+        self.wf_load = 0.0  # water-filling: load of the flows fixed so far
+        self.wf_m = 0  # water-filling: occupancies of the flows not fixed yet
+        self.wf_key = 0.0  # water-filling: the level at which this resource saturates
 
 
 class _Tx:
@@ -112,7 +120,7 @@ class _Tx:
 
 class _Flow:
     __slots__ = ("id", "src", "dst", "res", "n_hops", "latency", "sf_per_bit", "queue", "cur", "remaining",
-                 "rate", "t_last", "version", "last_deliver")
+                 "rate", "t_last", "version", "last_deliver", "mark", "new_rate")
 
     def __init__(self, fid: int, src: str, dst: str, res: tuple[tuple[_Res, int], ...], n_hops: int,
                  latency: float, sf_per_bit: float) -> None:
@@ -130,6 +138,8 @@ class _Flow:
         self.t_last = 0.0
         self.version = 0
         self.last_deliver = 0.0
+        self.mark = 0
+        self.new_rate = 0.0
 
 
 class Network:
@@ -142,7 +152,9 @@ class Network:
         self.params = params or NetworkParams()
         self.recorder = recorder if recorder is not None else TraceRecorder()
         self.recorder.set_link_source(self.link_columns)
-        self._res = {r.id: _Res(r) for r in topology.resources}
+        self._res = {r.id: _Res(r, i) for i, r in enumerate(topology.resources)}
+        self._res_list = list(self._res.values())
+        self._stamp = 0
         self._flows: dict[tuple[str, str], _Flow] = {}
         self._pending: list[_Flow] = []
         self._heap: list[tuple[float, int, int, _Flow]] = []
@@ -301,11 +313,8 @@ class Network:
                 f.cur.t_start = now
                 f.t_last = now
                 f.rate = 0.0
-            affected: dict[_Flow, int] = {}
-            for r in dirty:
-                affected.update(r.flows)
-            for f in affected:
-                rate = min([r.capacity / r.n for r, _ in f.res])
+            for f in self._rates(dirty):
+                rate = f.new_rate
                 if rate != f.rate:
                     if f.rate:
                         rem = f.remaining - f.rate * (now - f.t_last)
@@ -323,6 +332,69 @@ class Network:
             self._wake(heap[0][0] if not deliveries or heap[0][0] < deliveries[0][0] else deliveries[0][0])
         elif deliveries:
             self._wake(deliveries[0][0])
+
+    def _rates(self, dirty: dict[_Res, None]) -> list[_Flow]:
+        """Max-min fair rates (in `new_rate`) for the flows connected to the `dirty` resources; returns those flows.
+
+        Only the connected component of the changed resources (resources linked by the flows that cross them) can
+        change; the rates of all other flows stay max-min fair. Progressive filling: every unfixed flow's rate
+        rises at one level; a resource saturates at (C - load of its fixed flows) / (occupancies of its unfixed
+        flows); the resource that saturates first fixes its unfixed flows at that level; repeat. A heap holds the
+        saturation levels, which only rise as flows are fixed, so each is pushed again only when it changes.
+        """
+        self._stamp += 1
+        stamp = self._stamp
+        stack = []
+        for r in dirty:
+            r.mark = stamp
+            stack.append(r)
+        flows: list[_Flow] = []
+        heap: list[tuple[float, int]] = []
+        while stack:
+            r = stack.pop()
+            if not r.n:
+                continue
+            r.wf_load = 0.0
+            r.wf_m = r.n
+            r.wf_key = key = r.capacity / r.n
+            heap.append((key, r.idx))
+            for f in r.flows:
+                if f.mark != stamp:
+                    f.mark = stamp
+                    f.new_rate = 0.0
+                    flows.append(f)
+                    for r2, _ in f.res:
+                        if r2.mark != stamp:
+                            r2.mark = stamp
+                            stack.append(r2)
+        heapq.heapify(heap)
+        heappop, heappush = heapq.heappop, heapq.heappush
+        res_list = self._res_list
+        level = 0.0
+        while heap:
+            key, idx = heappop(heap)
+            r = res_list[idx]
+            if key != r.wf_key or not r.wf_m:
+                continue  # superseded by a later entry, or all its flows are fixed
+            if key > level:
+                level = key
+            touched: dict[_Res, None] = {}
+            for f in r.flows:
+                if not f.new_rate:
+                    f.new_rate = level
+                    for r2, m in f.res:
+                        r2.wf_load += m * level
+                        r2.wf_m -= m
+                        touched[r2] = None
+            for r2 in touched:
+                if r2.wf_m:
+                    key = (r2.capacity - r2.wf_load) / r2.wf_m
+                    if key < level:  # rounding: a level never falls
+                        key = level
+                    if key != r2.wf_key:
+                        r2.wf_key = key
+                        heappush(heap, (key, r2.idx))
+        return flows
 
     def _finish(self, f: _Flow, now: float, dirty: dict[_Res, None]) -> None:
         tx = f.cur

@@ -243,6 +243,43 @@ def test_wifi_uplink_and_downlink_share_the_channel():
     assert out["down"].t_deliver == pytest.approx(0.007367008, rel=REL)
 
 
+def test_max_min_hands_unused_capacity_to_the_others():
+    # a (10 Mbps uplink) and b (100 Mbps uplink) both send to c (100 Mbps downlink), no latency. a is bottlenecked
+    # by its uplink at 10 Mbps, so b gets the rest of c's downlink: 90 Mbps (an equal split would give it 50).
+    # b: W / 9e7 = 0.00120622..., a: W / 1e7 = 0.010856 (b's end changes nothing: a stays at its uplink's 10);
+    # each + P (1/C_up + 1/1e8 - 1/C_min) = P / 1e8 = 1.2304e-4.
+    w = world([switch("s1"), client("a", to="s1", bw="10 Mbps"), client("b", to="s1"), client("c", to="s1")])
+    out = {}
+    send_at(w, 0.0, "a", "c", out=out, key="a")
+    send_at(w, 0.0, "b", "c", out=out, key="b")
+    w.env.run()
+    assert out["b"].t_deliver == pytest.approx(108_560 / 9e7 + 1.2304e-4, rel=REL)  # 0.00132926222...
+    assert out["a"].t_deliver == pytest.approx(0.010856 + 1.2304e-4, rel=REL)  # 0.01097904
+
+
+def test_max_min_three_resource_chain():
+    # n0 -X- n1 -Y- n2 -Z- n3 with X = 20, Y = 50, Z = 100 Mbps, no latency, no headers (W = payload bits,
+    # P = 1460 x 8 = 11,680). Flows: f0 n0->n3 (X, Y, Z, 1e6 bits), f1 n0->n1 (X, 2e5), f2 n1->n2 (Y, 1e6),
+    # f3 n2->n3 (Z, 1e6). Progressive filling: X saturates first at 20/2: f0 = f1 = 10; then Y: f2 = 50 - 10 = 40;
+    # then Z: f3 = 100 - 10 = 90 (equal split: f0 = f1 = 10, f2 = 25, f3 = 50).
+    #   t = 1e6 / 9e7 = 0.0111...: f3 ends; f0 stays at 10 (X).
+    #   t = 2e5 / 1e7 = 0.02: f1 ends; f0 has 8e5 bits left, f2 2e5. X: f0 = 20; Y: f2 = 50 - 20 = 30.
+    #   t = 0.02 + 2e5 / 3e7 = 0.0266...: f2 ends; f0 stays at 20 (X). f0 ends at 0.02 + 8e5 / 2e7 = 0.06,
+    #   delivered P (1/2e7 + 1/5e7 + 1/1e8 - 1/2e7) = 3.504e-4 later; one-hop messages add nothing.
+    w = world([client("n0"), client("n1", to="n0", bw="20 Mbps"), client("n2", to="n1", bw="50 Mbps"),
+               client("n3", to="n2", bw="100 Mbps")], headers=False)
+    out = {}
+    for key, src, dst, bits in [(0, "n0", "n3", 10**6), (1, "n0", "n1", 2 * 10**5), (2, "n1", "n2", 10**6),
+                                (3, "n2", "n3", 10**6)]:
+        send_at(w, 0.0, src, dst, bits=bits, out=out, key=key)
+    w.env.run()
+    assert out[3].t_deliver == pytest.approx(1 / 90, rel=REL)
+    assert out[1].t_deliver == pytest.approx(0.02, rel=REL)
+    assert out[2].t_deliver == pytest.approx(0.02 + 2e5 / 3e7, rel=REL)
+    assert out[0].t_deliver == pytest.approx(0.06 + 3.504e-4, rel=REL)
+    assert out[0].hops == 3
+
+
 def test_inbox_and_errors():
     w = world([client("a"), client("b", to="a")])
     got = {}
@@ -291,16 +328,28 @@ def test_compute_time_from_profile():
 
 # --------------------------------------------------------------------------------------------- invariants
 class CheckedNetwork(Network):
-    """Checks after every batch of rate changes that no resource carries more than its capacity."""
+    """Checks after every batch of rate changes that no resource carries more than its capacity, and that the rates
+    are max-min fair: every transmitting flow is bottlenecked, i.e. some resource on its route is saturated and no
+    flow on that resource runs faster than it."""
 
     max_load = 0.0
+    checked_flows = 0
 
     def _process(self, event):
         super()._process(event)
+        load = {}
+        fastest = {}
         for r in self._res.values():
-            load = sum(m * f.rate for f, m in r.flows.items())
-            assert load <= r.capacity * (1 + 1e-9), (r.spec.id, load, r.capacity)
-            CheckedNetwork.max_load = max(CheckedNetwork.max_load, load / r.capacity)
+            load[r] = sum(m * f.rate for f, m in r.flows.items())
+            fastest[r] = max((f.rate for f in r.flows), default=0.0)
+            assert load[r] <= r.capacity * (1 + 1e-9), (r.spec.id, load[r], r.capacity)
+            CheckedNetwork.max_load = max(CheckedNetwork.max_load, load[r] / r.capacity)
+        active = {f for r in self._res.values() for f in r.flows}
+        for f in active:
+            assert f.rate > 0.0, (f.src, f.dst)
+            assert any(load[r] >= r.capacity * (1 - 1e-9) and f.rate >= fastest[r] * (1 - 1e-9) for r, _ in f.res), \
+                (f.src, f.dst, f.rate, [(r.spec.id, load[r], r.capacity, fastest[r]) for r, _ in f.res])
+        CheckedNetwork.checked_flows += len(active)
 
 
 @st.composite
