@@ -30,6 +30,7 @@ from simfl.communities import association_matrix, find_communities, one_sided, p
 from simfl.config import Experiment
 from simfl.data import Partition, find_data_dir, load_fashion_mnist, make_partition
 from simfl.learning import Engine, ScoreJob, TrainJob, TrainResult, auc, threshold
+from simfl.learning_worker import init_state
 from simfl.messages import payload_bits_of
 
 Progress = Callable[[str], None]
@@ -39,14 +40,6 @@ def derive_seed(seed: int, *tags: object) -> int:
     """A 31-bit seed for one purpose, derived from the run seed and tags (stable across runs and machines)."""
     h = hashlib.sha256(repr((seed, *tags)).encode()).digest()
     return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
-
-
-def initial_state(model: str, seed: int) -> dict[str, torch.Tensor]:
-    """A fresh model's weights from a seed: every member of a federation starts from the same ones."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = models.build_model(model)
-    return {k: v.detach().clone().contiguous() for k, v in net.state_dict().items()}
 
 
 @dataclass
@@ -154,7 +147,7 @@ def plan_federated(
     """FedAvg per group for `exp.rounds` rounds, all groups' clients trained together each round."""
     model = exp.phase2_model
     groups = [sorted(g) for g in groups]
-    globals_ = [initial_state(model, derive_seed(seed, phase, "init", g[0])) for g in groups]
+    globals_ = [init_state(model, derive_seed(seed, phase, "init", g[0])) for g in groups]
     group_of = {i: gi for gi, g in enumerate(groups) for i in g}
     opt: dict[int, object] = {}
     rounds: list[list[TrainResult]] = []
