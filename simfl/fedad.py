@@ -22,7 +22,8 @@ from simfl.world import World
 APPROACHES = ("local", "method", "ideal", "centralised")
 
 
-def _progress(enabled: bool) -> Callable[[str], None]:
+def progress_printer(enabled: bool) -> Callable[[str], None]:
+    """A `say(stage)` that prints the stage with the time elapsed since its creation ([mm:ss.s]), or nothing."""
     start = time.perf_counter()
 
     def say(stage: str) -> None:
@@ -99,7 +100,7 @@ def run_fedad(world: World, scenario: Scenario, run_dir: Path, progress: bool = 
     n = exp.clients_per_class * len(exp.classes)
     if len(scenario.clients) < n:
         raise SimflError(f"{scenario.source}: experiment needs {n} clients, the scenario has {len(scenario.clients)}")
-    say = _progress(progress)
+    say = progress_printer(progress)
     t0 = time.perf_counter()
     plan, from_cache = cached_plan(exp, scenario.seed, say, default_cache_dir())
     learn_wall = time.perf_counter() - t0

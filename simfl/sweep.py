@@ -14,7 +14,6 @@ import json
 import math
 import multiprocessing
 import re
-import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -24,6 +23,7 @@ import polars as pl
 
 from simfl.config import DEFAULT_SCENARIO, Scenario, load_scenario
 from simfl.errors import SimflError
+from simfl.fedad import progress_printer
 from simfl.runner import INCOMPLETE, run_scenario
 from simfl.units import parse_rate, parse_size, parse_time
 
@@ -228,12 +228,7 @@ def run_sweep(path: Path, vary: list[tuple[str, list[str]]], out_dir: Path, *, s
     points = plan_points(path, vary, seeds, base_overrides)
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = [(sc, out_dir / "points" / _slug(i, list(v.values()), sc.seed)) for i, (v, sc) in enumerate(points)]
-    t0 = time.perf_counter()
-
-    def say(msg: str) -> None:
-        if progress:
-            print(f"  [{time.perf_counter() - t0:7.1f} s] {msg}", flush=True)
-
+    say = progress_printer(progress)
     say(f"{len(todo)} points into {out_dir}")
     # Points that share a learning plan: the first of each runs alone (it trains and fills the cache), the rest
     # replay from the cache, so parallel executors never train the same plan twice.
