@@ -32,9 +32,9 @@ import sys
 import tempfile
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from multiprocessing.connection import Listener
+from multiprocessing.connection import Listener, wait
 from typing import Any
 
 import numpy as np
@@ -247,7 +247,8 @@ class _Pool:
         finally:
             listener.close()
 
-    def run(self, tasks: list[_Task]) -> list[Any]:
+    def run(self, tasks: list[_Task], on_tick: Callable[[int, int], None] | None = None) -> list[Any]:
+        """Run ``tasks`` on the workers; ``on_tick(done, total)`` after each finished task."""
         n = len(self.workers)
         load = [0.0] * n
         plan: list[list[int]] = [[] for _ in range(n)]
@@ -288,19 +289,28 @@ class _Pool:
             worker.conn.send(("run", new, drop, [tasks[i].payload for i in idx]))
         results: list[Any] = [None] * len(tasks)
         errors = []
-        for w, idx in enumerate(plan):
-            if not idx:
-                continue
-            try:
-                status, out = self.workers[w].conn.recv()
-            except EOFError:
-                status, out = "error", f"worker {w} died"
-            if status != "ok":
-                errors.append(out)
-                self.workers[w].resident.clear()
-                continue
-            for i, r in zip(idx, out, strict=True):
-                results[i] = r
+        pending = {self.workers[w].conn: w for w, idx in enumerate(plan) if idx}
+        done = 0
+        while pending:
+            for conn in wait(list(pending)):
+                w = pending[conn]
+                try:
+                    msg = conn.recv()
+                except EOFError:
+                    msg = ("error", f"worker {w} died")
+                if msg[0] == "tick":
+                    done += 1
+                    if on_tick is not None:
+                        on_tick(done, len(tasks))
+                    continue
+                del pending[conn]
+                status, out = msg
+                if status != "ok":
+                    errors.append(out)
+                    self.workers[w].resident.clear()
+                    continue
+                for i, r in zip(plan[w], out, strict=True):
+                    results[i] = r
         if errors:
             raise RuntimeError("learning worker failed:\n" + "\n".join(errors))
         return results
@@ -350,6 +360,7 @@ class Engine:
         self.score_batch = score_batch or (8192 if self.is_cuda else SCORE_BATCH)
         self.cache_bytes = cache_bytes
         self._pool: _Pool | None = None
+        self.on_progress: Callable[[int, int], None] | None = None  # (done, total) tasks of the current request
         self._local = DataCache()
         self._local_lru: OrderedDict[str, int] = OrderedDict()
         self._dev_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
@@ -383,7 +394,7 @@ class Engine:
         if self.workers > 0:
             if self._pool is None:
                 self._pool = _Pool(self.workers, self.cache_bytes)
-            return self._pool.run(tasks)
+            return self._pool.run(tasks, self.on_progress)
         out = []
         with _torch_threads(1 if self.deterministic else None):
             for t in tasks:
@@ -393,6 +404,8 @@ class Engine:
                     self._local_lru[k] = x.nbytes
                     self._local_lru.move_to_end(k)
                 out.append(run_task(t.payload, self._local))
+                if self.on_progress is not None:
+                    self.on_progress(len(out), len(tasks))
                 while sum(self._local_lru.values()) > self.cache_bytes and len(self._local_lru) > 1:
                     k, _ = self._local_lru.popitem(last=False)
                     self._local.drop(k)
@@ -463,7 +476,9 @@ class Engine:
         else:
             keys = [data_key(x) for x in xs]
             data = {k: np.asarray(x) for k, x in zip(keys, xs, strict=True)}
-            n_chunks = max(1, self.workers) if self.workers else 1
+            # a few chunks per worker: the engine can report progress between them (each worker concatenates
+            # the shards once and keeps them for its next chunk)
+            n_chunks = min(len(states), 5 * max(1, self.workers))
             bounds = np.linspace(0, len(states), n_chunks + 1).round().astype(int)
             tasks = []
             for a, b in zip(bounds[:-1], bounds[1:], strict=True):

@@ -289,13 +289,14 @@ def cross_counts(
     states: list[Mapping[str, Any]],
     thresholds: list[float],
     xs_uint8: list[np.ndarray],
-    xs_float: list[torch.Tensor | None],
+    big: torch.Tensor | None = None,
 ) -> np.ndarray:
-    """counts[j, i] = samples of shard i that model j calls inliers (score <= threshold_j)."""
+    """counts[j, i] = samples of shard i that model j calls inliers (score <= threshold_j).
+
+    ``big`` is the float copy of all shards concatenated (made here when not given)."""
     counts = np.zeros((len(states), len(xs_uint8)), dtype=np.int64)
-    if model != "ocsvm":
-        big = torch.cat([xf if xf is not None else to_float_images(xu) for xf, xu in zip(xs_float, xs_uint8,
-                                                                                       strict=True)])
+    if model != "ocsvm" and big is None:
+        big = torch.cat([to_float_images(x) for x in xs_uint8])
     bounds = np.cumsum([0] + [len(x) for x in xs_uint8])
     for j, (state, thr) in enumerate(zip(states, thresholds, strict=True)):
         if model == "ocsvm":
@@ -316,6 +317,7 @@ class DataCache:
     def __init__(self) -> None:
         self.raw: dict[str, np.ndarray] = {}
         self.flt: dict[str, torch.Tensor] = {}
+        self._cat: tuple[list[str] | None, torch.Tensor | None] = (None, None)
 
     def put(self, key: str, x: np.ndarray) -> None:
         self.raw[key] = x
@@ -324,6 +326,13 @@ class DataCache:
     def drop(self, key: str) -> None:
         self.raw.pop(key, None)
         self.flt.pop(key, None)
+        self._cat = (None, None)
+
+    def concat(self, keys: list[str]) -> torch.Tensor:
+        """The float copies of ``keys`` concatenated; the last one is kept (cross tasks come in chunks)."""
+        if self._cat[0] != keys:
+            self._cat = (list(keys), torch.cat([self.flt[k] for k in keys]))
+        return self._cat[1]
 
 
 def tree_np(obj: Any) -> Any:
@@ -366,12 +375,13 @@ def run_task(task: tuple, cache: DataCache) -> Any:
         if model != "ocsvm":
             states = [tree_torch(s) for s in states]
         return cross_counts(model, states, thresholds, [cache.raw[k] for k in dkeys],
-                            [cache.flt.get(k) for k in dkeys])
+                            cache.concat(dkeys) if model != "ocsvm" else None)
     raise ValueError(f"unknown task {kind!r}")
 
 
 def worker_main(conn: Any, threads: int = 1) -> None:
-    """Loop of a worker process: ("run", new_data {key: x}, drop [keys], tasks) -> ("ok", results)."""
+    """Loop of a worker process: ("run", new_data {key: x}, drop [keys], tasks) -> ("tick",) per task, then
+    ("ok", results) or ("error", traceback)."""
     torch.set_num_threads(threads)
     try:
         torch.set_num_interop_threads(1)
@@ -391,7 +401,10 @@ def worker_main(conn: Any, threads: int = 1) -> None:
                 cache.drop(key)
             for key, x in new_data.items():
                 cache.put(key, x)
-            results = [run_task(t, cache) for t in tasks]
+            results = []
+            for t in tasks:
+                results.append(run_task(t, cache))
+                conn.send(("tick",))  # lets the engine show progress inside a long request
             conn.send(("ok", results))
         except Exception:  # report, keep serving
             conn.send(("error", traceback.format_exc()))

@@ -34,6 +34,21 @@ from simfl.learning_worker import init_state
 from simfl.messages import payload_bits_of
 
 Progress = Callable[[str], None]
+PROGRESS_EVERY_S = 30.0
+
+
+def _ticker(engine: Engine, say: Progress, unit: str) -> None:
+    """Make `engine` report '<done>/<total> <unit>' through `say` at most every PROGRESS_EVERY_S seconds."""
+    last = time.perf_counter()
+
+    def tick(done: int, total: int) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        if done < total and now - last >= PROGRESS_EVERY_S:
+            last = now
+            say(f"  ... {done}/{total} {unit}")
+
+    engine.on_progress = tick
 
 
 def derive_seed(seed: int, *tags: object) -> int:
@@ -116,6 +131,7 @@ def plan_phase1(engine: Engine, exp: Experiment, partition: Partition, seed: int
     n = len(partition.clients)
     xs = [s.x for s in partition.clients]
     say(f"phase I: training {model} on {n} clients x {exp.phase1_epochs} epochs")
+    _ticker(engine, say, "clients trained")
     train = engine.train(_train_jobs(exp, partition, model, exp.phase1_epochs, seed, "phase1"))
     own = engine.score([ScoreJob(key=r.key, model=model, state=r.state, x=x) for r, x in zip(train, xs)])
     thresholds = np.array([threshold(s, exp.outlier_fraction) for s in own], dtype=np.float32)
@@ -124,6 +140,7 @@ def plan_phase1(engine: Engine, exp: Experiment, partition: Partition, seed: int
     ]
     say(f"phase I: cross-evaluation ({n} models x {n} shards)")
     t0 = time.perf_counter()
+    _ticker(engine, say, "groups of models done")
     ratios = engine.cross_inlier_ratios(model, [r.state for r in train], thresholds.tolist(), xs)
     score_wall = time.perf_counter() - t0
     sided = one_sided(ratios, exp.tau)
@@ -165,6 +182,7 @@ def plan_federated(
             )
             for s in partition.clients
         ]
+        _ticker(engine, say, "clients trained")
         results = engine.train(jobs)
         opt = {r.key: r.opt_state for r in results}
         for r in results:  # the optimiser state lives on in `opt` only: plans stay small (and cacheable)
@@ -242,6 +260,7 @@ def build_plan(exp: Experiment, seed: int, say: Progress, device: str | None = N
             ))
         if jobs:
             t0 = time.perf_counter()
+            _ticker(engine, say, "baseline models trained")
             results = engine.train(jobs)
             walls["baselines"] = time.perf_counter() - t0
         if "local" in exp.baselines:

@@ -179,3 +179,17 @@ def test_ocsvm_through_the_same_jobs(part):
     ref = -OneClassSVM(kernel="rbf", nu=0.1, gamma="scale").fit(flat).decision_function(flat)
     got = eng.score([ScoreJob(0, "ocsvm", res.state, x)])[0]
     assert np.allclose(got, ref, atol=1e-4)
+
+
+def test_engine_reports_progress_per_finished_task(part, pool):
+    xs = [c.x[:60] for c in part.clients[:5]]
+    jobs = [TrainJob(key=i, model="ae5", x=x, epochs=1, seed=i) for i, x in enumerate(xs)]
+    for eng in (Engine(workers=0), pool):
+        ticks: list[tuple[int, int]] = []
+        eng.on_progress = lambda d, t, ticks=ticks: ticks.append((d, t))
+        res = eng.train(jobs)
+        assert ticks == [(i, 5) for i in range(1, 6)]
+        ticks.clear()
+        eng.cross_inlier_ratios("ae5", [r.state for r in res], [1.0] * 5, xs)
+        assert ticks and ticks[-1][0] == ticks[-1][1] == len(ticks) <= 5  # one tick per chunk of models
+        eng.on_progress = None
