@@ -207,13 +207,14 @@ def train_ocsvm(x_uint8: np.ndarray) -> dict[str, Any]:
 def _conv3x3_to_one(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """conv2d(h, weight [1, C, 3, 3], padding=1) as one GEMM into the 9 taps plus 8 shifted adds.
 
-    oneDNN is slow for a single output channel; this computes the same sums (in another order) ~2.5x faster.
+    oneDNN is slow for a single output channel; this computes the same sums (in another order) ~3x faster.
+    One [9, C] x [C, B*H*W] product (no copies: h is channels_last, so its transpose is a free view), then the
+    taps' planes are shifted onto the centre tap's plane in place.
     """
     b, c, hh, ww = h.shape
     taps = weight[0].permute(1, 2, 0).reshape(9, c)  # [ky*3+kx, c]
-    hn = h.permute(0, 2, 3, 1).reshape(b, hh * ww, c)  # free view when h is channels_last
-    z = torch.matmul(taps, hn.transpose(1, 2)).view(b, 3, 3, hh, ww)
-    out = z[:, 1, 1].clone()
+    z = torch.mm(taps, h.permute(0, 2, 3, 1).reshape(b * hh * ww, c).t()).view(3, 3, b, hh, ww)
+    out = z[1, 1]
     for ky in range(3):
         for kx in range(3):
             if ky == 1 and kx == 1:
@@ -221,7 +222,7 @@ def _conv3x3_to_one(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -
             dy, dx = ky - 1, kx - 1
             y0, y1 = max(0, -dy), min(hh, hh - dy)
             x0, x1 = max(0, -dx), min(ww, ww - dx)
-            out[:, y0:y1, x0:x1] += z[:, ky, kx, y0 + dy : y1 + dy, x0 + dx : x1 + dx]
+            out[:, y0:y1, x0:x1] += z[ky, kx, :, y0 + dy : y1 + dy, x0 + dx : x1 + dx]
     return out.add_(bias[0]).unsqueeze(1)
 
 
