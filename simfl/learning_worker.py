@@ -411,11 +411,28 @@ def worker_main(conn: Any, threads: int = 1) -> None:
             conn.send(("error", traceback.format_exc()))
 
 
+def _exit_with_parent(interval_s: float = 1.0) -> None:
+    """Exit this worker as soon as the process that started it is gone (killed runs leave no busy orphans)."""
+    import os
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval_s)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="simfl-parent-watch").start()
+
+
 def _main() -> None:
     import os
     import sys
     from multiprocessing.connection import Client
 
+    _exit_with_parent()
     conn = Client(sys.argv[1], family="AF_UNIX", authkey=bytes.fromhex(os.environ["SIMFL_WORKER_KEY"]))
     worker_main(conn, 1)
 

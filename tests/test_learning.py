@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -193,3 +198,33 @@ def test_engine_reports_progress_per_finished_task(part, pool):
         eng.cross_inlier_ratios("ae5", [r.state for r in res], [1.0] * 5, xs)
         assert ticks and ticks[-1][0] == ticks[-1][1] == len(ticks) <= 5  # one tick per chunk of models
         eng.on_progress = None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "State:\tZ" not in f.read()  # an exited worker may linger as a zombie of pid 1
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc")
+def test_workers_exit_when_their_run_is_killed():
+    code = (  # two workers busy with a minute of scoring each when their parent dies
+        "import time\nimport numpy as np\nfrom simfl.learning import _Pool\n"
+        "from simfl.learning_worker import init_state, tree_np\n"
+        "p = _Pool(2, 1 << 30)\nx = np.zeros((20000, 28, 28), np.uint8)\n"
+        "st = [tree_np(init_state('ae5', 0))] * 60\n"
+        "for w in p.workers:\n    w.conn.send(('run', {'k': x}, [], [('cross', 'ae5', st, [1.0] * 60, ['k'])]))\n"
+        "print(*[w.proc.pid for w in p.workers], flush=True)\ntime.sleep(600)\n"
+    )
+    run = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    pids = [int(p) for p in run.stdout.readline().split()]
+    assert len(pids) == 2 and all(_alive(p) for p in pids)
+    time.sleep(1.0)
+    run.kill()
+    run.wait()
+    deadline = time.monotonic() + 15
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(p) for p in pids)
