@@ -133,6 +133,7 @@ def plan_phase1(engine: Engine, exp: Experiment, partition: Partition, seed: int
     say(f"phase I: training {model} on {n} clients x {exp.phase1_epochs} epochs")
     _ticker(engine, say, "clients trained")
     train = engine.train(_train_jobs(exp, partition, model, exp.phase1_epochs, seed, "phase1"))
+    engine.on_progress = None
     own = engine.score([ScoreJob(key=r.key, model=model, state=r.state, x=x) for r, x in zip(train, xs)])
     thresholds = np.array([threshold(s, exp.outlier_fraction) for s in own], dtype=np.float32)
     payloads = [
@@ -201,6 +202,7 @@ def _evaluate(
     engine: Engine, partition: Partition, model: str, state_of_client: Sequence[dict[str, torch.Tensor]]
 ) -> list[float]:
     """AUC-ROC of each client's detector on its inlier class's test set (shared scoring where models coincide)."""
+    engine.on_progress = None  # short; and not the previous stage's count
     jobs: list[ScoreJob] = []
     slot: dict[tuple[int, int], int] = {}
     index: list[int] = []
