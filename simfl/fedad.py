@@ -136,7 +136,7 @@ def run_fedad(world: World, scenario: Scenario, run_dir: Path, progress: bool = 
         "ari": plan.ari,
         "nmi": plan.nmi,
         "leader_communities_match": fed.leader_communities == comms,
-        "learning_wall_s": {**plan.wall_s, "total": learn_wall},
+        "learning_wall_s": {**plan.wall_s, "phase1_cross_evaluation": plan.phase1.score_wall_s, "total": learn_wall},
         "learning_from_cache": from_cache,
         "simulation_wall_s": sim_wall,
         "preset_note": exp.preset_note,

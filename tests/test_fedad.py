@@ -96,6 +96,9 @@ def test_end_to_end_small_run(tiny: Path, tmp_path: Path) -> None:
     assert set(s["auc_mean"]) == {"local", "method", "ideal", "centralised"}
     assert all(0.0 <= v <= 1.0 for v in s["auc_mean"].values())
     assert s["leader_communities_match"] is True
+    walls = s["learning_wall_s"]
+    assert s["learning_from_cache"] is False  # a fresh cache: every wall time below was measured now
+    assert 0 < walls["phase1_cross_evaluation"] < walls["phase1"] < walls["total"]
     report = (out / "report.md").read_text()
     for title in ("Table 2", "Table 3", "Table 4", "test preset"):
         assert title in report
