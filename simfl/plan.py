@@ -12,12 +12,13 @@ communities), phase II (FedAvg per community), the baselines (local, ideal, cent
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,8 +38,9 @@ Progress = Callable[[str], None]
 PROGRESS_EVERY_S = 30.0
 
 
-def _ticker(engine: Engine, say: Progress, unit: str) -> None:
-    """Make `engine` report '<done>/<total> <unit>' through `say` at most every PROGRESS_EVERY_S seconds."""
+@contextlib.contextmanager
+def _ticking(engine: Engine, say: Progress, unit: str) -> Iterator[None]:
+    """While inside, `engine` reports '<done>/<total> <unit>' through `say` at most every PROGRESS_EVERY_S seconds."""
     last = time.perf_counter()
 
     def tick(done: int, total: int) -> None:
@@ -49,6 +51,10 @@ def _ticker(engine: Engine, say: Progress, unit: str) -> None:
             say(f"  ... {done}/{total} {unit}")
 
     engine.on_progress = tick
+    try:
+        yield
+    finally:
+        engine.on_progress = None
 
 
 def derive_seed(seed: int, *tags: object) -> int:
@@ -131,9 +137,8 @@ def plan_phase1(engine: Engine, exp: Experiment, partition: Partition, seed: int
     n = len(partition.clients)
     xs = [s.x for s in partition.clients]
     say(f"phase I: training {model} on {n} clients x {exp.phase1_epochs} epochs")
-    _ticker(engine, say, "clients trained")
-    train = engine.train(_train_jobs(exp, partition, model, exp.phase1_epochs, seed, "phase1"))
-    engine.on_progress = None
+    with _ticking(engine, say, "clients trained"):
+        train = engine.train(_train_jobs(exp, partition, model, exp.phase1_epochs, seed, "phase1"))
     own = engine.score([ScoreJob(key=r.key, model=model, state=r.state, x=x) for r, x in zip(train, xs)])
     thresholds = np.array([threshold(s, exp.outlier_fraction) for s in own], dtype=np.float32)
     payloads = [
@@ -141,8 +146,8 @@ def plan_phase1(engine: Engine, exp: Experiment, partition: Partition, seed: int
     ]
     say(f"phase I: cross-evaluation ({n} models x {n} shards)")
     t0 = time.perf_counter()
-    _ticker(engine, say, "groups of models done")
-    ratios = engine.cross_inlier_ratios(model, [r.state for r in train], thresholds.tolist(), xs)
+    with _ticking(engine, say, "groups of models done"):
+        ratios = engine.cross_inlier_ratios(model, [r.state for r in train], thresholds.tolist(), xs)
     score_wall = time.perf_counter() - t0
     sided = one_sided(ratios, exp.tau)
     adjacency = association_matrix(ratios, exp.tau)
@@ -183,8 +188,8 @@ def plan_federated(
             )
             for s in partition.clients
         ]
-        _ticker(engine, say, "clients trained")
-        results = engine.train(jobs)
+        with _ticking(engine, say, "clients trained"):
+            results = engine.train(jobs)
         opt = {r.key: r.opt_state for r in results}
         for r in results:  # the optimiser state lives on in `opt` only: plans stay small (and cacheable)
             r.opt_state = None
@@ -202,7 +207,6 @@ def _evaluate(
     engine: Engine, partition: Partition, model: str, state_of_client: Sequence[dict[str, torch.Tensor]]
 ) -> list[float]:
     """AUC-ROC of each client's detector on its inlier class's test set (shared scoring where models coincide)."""
-    engine.on_progress = None  # short; and not the previous stage's count
     jobs: list[ScoreJob] = []
     slot: dict[tuple[int, int], int] = {}
     index: list[int] = []
@@ -262,8 +266,8 @@ def build_plan(exp: Experiment, seed: int, say: Progress, device: str | None = N
             ))
         if jobs:
             t0 = time.perf_counter()
-            _ticker(engine, say, "baseline models trained")
-            results = engine.train(jobs)
+            with _ticking(engine, say, "baseline models trained"):
+                results = engine.train(jobs)
             walls["baselines"] = time.perf_counter() - t0
         if "local" in exp.baselines:
             plan.local = results[: len(partition.clients)]

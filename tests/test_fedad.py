@@ -160,3 +160,19 @@ def test_crossover_interpolates_in_log_space() -> None:
     # fed - cen = +1 at x=1, -1 at x=100: crossing at the geometric midpoint, 10
     assert crossover([1, 100], [2, 1], [1, 2]) == pytest.approx(10.0)
     assert crossover([1, 10], [1, 1], [2, 2]) is None
+
+
+def test_progress_counts_are_scoped_to_one_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    from simfl import plan
+    from simfl.learning import Engine
+
+    monkeypatch.setattr(plan, "PROGRESS_EVERY_S", 0.0)
+    said: list[str] = []
+    eng = Engine(workers=0)
+    with plan._ticking(eng, said.append, "clients trained"):
+        eng.on_progress(1, 3)
+        eng.on_progress(3, 3)  # the last one is the stage's end: not repeated as a count
+    assert said == ["  ... 1/3 clients trained"] and eng.on_progress is None
+    with pytest.raises(RuntimeError), plan._ticking(eng, said.append, "x"):
+        raise RuntimeError
+    assert eng.on_progress is None
