@@ -14,7 +14,7 @@ import json
 import math
 import multiprocessing
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -107,20 +107,25 @@ def row_of(values: dict[str, str], summary: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+RAY_MISSING = "--executor ray needs Ray: pip install 'simfl[ray]'"
+
+
 def _finished(out: Path, sc: Scenario) -> dict[str, Any] | None:
+    """The summary of a finished run of `sc` in `out`, marked resumed; None when there is none."""
     try:
         if (out / INCOMPLETE).exists() or (out / "scenario.toml").read_text() != sc.to_toml():
             return None
-        return json.loads((out / "summary.json").read_text())
+        done = json.loads((out / "summary.json").read_text())
     except (OSError, ValueError):
         return None
+    done["resumed"] = True
+    return done
 
 
 def run_point(sc: Scenario, out: Path, progress: bool = False) -> dict[str, Any]:
     """Run one point (or read it back when it already finished with the same scenario)."""
     done = _finished(out, sc)
     if done is not None:
-        done["resumed"] = True
         return done
     if out.exists() and any(out.iterdir()) and not (out / INCOMPLETE).exists():
         raise SimflError(f"{out}: holds a different finished run; remove it or sweep into another directory")
@@ -128,7 +133,7 @@ def run_point(sc: Scenario, out: Path, progress: bool = False) -> dict[str, Any]
 
 
 def _run_ray(jobs: list[tuple[Scenario, Path]], address: str | None, cpus: int,
-             say: Any) -> Iterator[tuple[int, dict[str, Any]]]:
+             say: Callable[[str], None]) -> Iterator[tuple[int, dict[str, Any]]]:
     """Run points as Ray tasks; yields (index in jobs, summary) as each finishes.
 
     Without an address a private local Ray instance is started (and shut down afterwards); with one, the sweep
@@ -149,7 +154,6 @@ def _run_ray(jobs: list[tuple[Scenario, Path]], address: str | None, cpus: int,
         if done is None:
             todo.append(k)
         else:  # read back here: a resumed sweep starts no Ray for points that already finished
-            done["resumed"] = True
             yield k, done
     if not todo:
         return
@@ -157,7 +161,7 @@ def _run_ray(jobs: list[tuple[Scenario, Path]], address: str | None, cpus: int,
         import ray
         from ray.exceptions import RayTaskError
     except ImportError as e:
-        raise SimflError("--executor ray needs Ray: pip install 'simfl[ray]'") from e
+        raise SimflError(RAY_MISSING) from e
     cache = default_cache_dir()
     env = {"SIMFL_CACHE": str(cache.resolve()) if cache is not None else "off"}
     if os.environ.get("SIMFL_DATA"):
@@ -224,7 +228,7 @@ def run_sweep(path: Path, vary: list[tuple[str, list[str]]], out_dir: Path, *, s
     if executor not in ("local", "ray"):
         raise SimflError(f"--executor {executor}: choose local or ray")
     if executor == "ray" and importlib.util.find_spec("ray") is None:  # say so before anything trains
-        raise SimflError("--executor ray needs Ray: pip install 'simfl[ray]'")
+        raise SimflError(RAY_MISSING)
     points = plan_points(path, vary, seeds, base_overrides)
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = [(sc, out_dir / "points" / _slug(i, list(v.values()), sc.seed)) for i, (v, sc) in enumerate(points)]
