@@ -127,6 +127,12 @@ class SyntheticParams:
     target: str | None = None  # resolved: the server, else the first client
 
 
+# What each client detects with after FedAvg: "global" = its community's final average (sent to it after the
+# last round); "last_fit" = its own last local fit, as the authors' code leaves it (Flower with evaluation off:
+# the aggregator sends the initial model and each average before the next round, never the last one).
+DETECTORS = ("global", "last_fit")
+
+
 @dataclass(frozen=True)
 class Experiment:
     """The [experiment] table. Lists are held as tuples (the dataclass is frozen)."""
@@ -150,6 +156,7 @@ class Experiment:
     lr: float = 1e-3
     val_fraction: float = 0.1
     persist_optimizer: bool = True
+    detector: str = "global"
     baselines: tuple[str, ...] = ("local", "ideal", "centralised")
     data_dir: str | None = None
     device: str = "auto"
@@ -472,6 +479,7 @@ def _experiment(ctx: _Ctx, t: Any) -> Experiment:
         lr=lr,
         val_fraction=val,
         persist_optimizer=_bool(ctx, g("persist_optimizer"), key("persist_optimizer")),
+        detector=_str(ctx, g("detector"), key("detector"), DETECTORS),
         baselines=tuple(baselines),
         data_dir=data_dir,
         device=_str(ctx, g("device"), key("device"), ("cpu", "cuda", "auto")),

@@ -12,7 +12,7 @@ import numpy as np
 import polars as pl
 
 from simfl import costs, models
-from simfl.config import Scenario
+from simfl.config import DETECTORS, Scenario
 from simfl.errors import SimflError
 from simfl.plan import LearningPlan, cached_plan, default_cache_dir
 from simfl.protocol import simulate
@@ -77,20 +77,28 @@ def closed_forms(scenario: Scenario, plan: LearningPlan) -> dict[str, float]:
     }
 
 
-def _auc_tables(plan: LearningPlan) -> tuple[pl.DataFrame, dict[str, dict[str, float]], dict[str, float]]:
+def _auc_key(approach: str, detector: str) -> str:
+    """Where `plan.auc` keeps an approach's AUCs for this detector (only FedAvg runs have a last fit)."""
+    return f"{approach}_last_fit" if detector == "last_fit" and approach in ("method", "ideal") else approach
+
+
+def _auc_tables(
+    plan: LearningPlan, detector: str
+) -> tuple[pl.DataFrame, dict[str, dict[str, float]], dict[str, float]]:
     gof = plan.method.group_of()
     rows: dict[str, list[Any]] = {
         "client": [s.client for s in plan.partition.clients],
         "inlier_class": [s.inlier_class for s in plan.partition.clients],
         "community": [gof[s.client] for s in plan.partition.clients],
     }
+    auc = {a: plan.auc[_auc_key(a, detector)] for a in APPROACHES if _auc_key(a, detector) in plan.auc}
     for a in APPROACHES:
-        rows[a] = plan.auc.get(a, [float("nan")] * len(plan.partition.clients))
+        rows[a] = auc.get(a, [float("nan")] * len(plan.partition.clients))
     per_client = pl.DataFrame(rows, schema_overrides={a: pl.Float64 for a in APPROACHES})
-    present = [a for a in APPROACHES if a in plan.auc]
+    present = [a for a in APPROACHES if a in auc]
     by_class_df = per_client.group_by("inlier_class").agg([pl.col(a).mean() for a in present]).sort("inlier_class")
     by_class = {str(r["inlier_class"]): {a: float(r[a]) for a in present} for r in by_class_df.iter_rows(named=True)}
-    means = {a: float(np.mean(plan.auc[a])) for a in present}
+    means = {a: float(np.mean(auc[a])) for a in present}
     return per_client, by_class, means
 
 
@@ -107,14 +115,14 @@ def run_fedad(world: World, scenario: Scenario, run_dir: Path, progress: bool = 
     say("replaying every message on the simulated network")
     t0 = time.perf_counter()
     fed = simulate(world, plan, clients=scenario.clients[:n], server=scenario.server, aggregator=exp.aggregator,
-                   community_method=exp.community_method, seed=scenario.seed)
+                   community_method=exp.community_method, seed=scenario.seed, detector=exp.detector)
     sim_wall = time.perf_counter() - t0
     messages = world.recorder.messages_frame()
     compute = world.recorder.compute_frame()
     spans = phase_spans(messages, compute)
     bits = _by_phase(messages, "payload_bits")
     wire = _by_phase(messages, "wire_bytes")
-    per_client, by_class, means = _auc_tables(plan)
+    per_client, by_class, means = _auc_tables(plan, exp.detector)
     comms = plan.phase1.communities
     upload = messages.filter(pl.col("phase") == "centralised")
     summary: dict[str, Any] = {
@@ -129,6 +137,11 @@ def run_fedad(world: World, scenario: Scenario, run_dir: Path, progress: bool = 
         "phase_span_s": {p: [a, b] for p, (a, b) in spans.items()},
         "centralised_upload_s": float(upload["t_deliver"].max() - upload["t_send"].min()) if upload.height else None,
         "auc_mean": means,
+        "detector": exp.detector,
+        "auc_mean_by_detector": {
+            d: {a: float(np.mean(plan.auc[_auc_key(a, d)])) for a in ("method", "ideal") if _auc_key(a, d) in plan.auc}
+            for d in DETECTORS
+        },
         "auc_by_class": by_class,
         "communities": comms,
         "community_member_classes": [[plan.partition.clients[i].inlier_class for i in c] for c in comms],

@@ -89,8 +89,9 @@ class FLPlan:
     groups: list[list[int]]
     rounds: list[list[TrainResult]]
     update_bits: list[list[int]]  # [round][client]
-    global_bits: list[list[int]]  # [round][group]
+    global_bits: list[list[int]]  # [round][group]: the average after each round
     final: list[dict[str, torch.Tensor]]  # final global model per group
+    initial_bits: list[int]  # per group: the initial model (sent in round 1 when clients keep their last fit)
     aggregate_flops: list[float]  # per group, one FedAvg
 
     def group_of(self) -> dict[int, int]:
@@ -171,6 +172,7 @@ def plan_federated(
     model = exp.phase2_model
     groups = [sorted(g) for g in groups]
     globals_ = [init_state(model, derive_seed(seed, phase, "init", g[0])) for g in groups]
+    initial_bits = [payload_bits_of(s) for s in globals_]
     group_of = {i: gi for gi, g in enumerate(groups) for i in g}
     opt: dict[int, object] = {}
     rounds: list[list[TrainResult]] = []
@@ -199,7 +201,7 @@ def plan_federated(
         global_bits.append([payload_bits_of(s) for s in globals_])
     return FLPlan(
         phase=phase, groups=groups, rounds=rounds, update_bits=update_bits, global_bits=global_bits,
-        final=globals_, aggregate_flops=[2.0 * len(g) * n_params for g in groups],
+        final=globals_, initial_bits=initial_bits, aggregate_flops=[2.0 * len(g) * n_params for g in groups],
     )
 
 
@@ -225,6 +227,15 @@ def _evaluate(
     return aucs
 
 
+def _evaluate_fl(engine: Engine, plan: LearningPlan, name: str, fl: FLPlan, model: str) -> None:
+    """AUC per client of both detectors of a FedAvg run: the group's final average and the client's last fit."""
+    gof = fl.group_of()
+    clients = plan.partition.clients
+    plan.auc[name] = _evaluate(engine, plan.partition, model, [fl.final[gof[s.client]] for s in clients])
+    last = {r.key: r.state for r in fl.rounds[-1]}
+    plan.auc[f"{name}_last_fit"] = _evaluate(engine, plan.partition, model, [last[s.client] for s in clients])
+
+
 def build_plan(exp: Experiment, seed: int, say: Progress, device: str | None = None) -> LearningPlan:
     """Run every learning stage of the method and the requested baselines."""
     data = load_fashion_mnist(find_data_dir(exp.data_dir))
@@ -237,19 +248,13 @@ def build_plan(exp: Experiment, seed: int, say: Progress, device: str | None = N
         t0 = time.perf_counter()
         method = plan_federated(engine, exp, partition, p1.communities, seed, "phase2", say)
         walls["phase2"] = time.perf_counter() - t0
-        gof = method.group_of()
         plan = LearningPlan(partition=partition, phase1=p1, method=method, ideal=None, local=None, central=None)
-        plan.auc["method"] = _evaluate(
-            engine, partition, exp.phase2_model, [method.final[gof[s.client]] for s in partition.clients]
-        )
+        _evaluate_fl(engine, plan, "method", method, exp.phase2_model)
         if "ideal" in exp.baselines:
             t0 = time.perf_counter()
             plan.ideal = plan_federated(engine, exp, partition, partition.true_groups(), seed, "ideal", say)
             walls["ideal"] = time.perf_counter() - t0
-            igof = plan.ideal.group_of()
-            plan.auc["ideal"] = _evaluate(
-                engine, partition, exp.phase2_model, [plan.ideal.final[igof[s.client]] for s in partition.clients]
-            )
+            _evaluate_fl(engine, plan, "ideal", plan.ideal, exp.phase2_model)
         # The baselines without communication train in one request: the single centralised job shares the
         # workers with the 90 local ones instead of leaving all but one idle.
         jobs: list[TrainJob] = []
@@ -287,7 +292,8 @@ def build_plan(exp: Experiment, seed: int, say: Progress, device: str | None = N
 # ---------------------------------------------------------------------------------------------------- caching
 PLAN_FORMAT = 1
 # Experiment fields that do not change what is learned (who aggregates, how fast, how it is labelled).
-NOT_LEARNING = frozenset({"aggregator", "workers", "preset_note", "data_dir", "device"})
+# (Both detectors are evaluated in every plan, so `detector` only picks which AUCs the report shows.)
+NOT_LEARNING = frozenset({"aggregator", "workers", "preset_note", "data_dir", "device", "detector"})
 
 
 def default_cache_dir() -> Path | None:
@@ -347,10 +353,41 @@ def cached_plan(exp: Experiment, seed: int, say: Progress, cache_dir: Path | Non
             say(f"learning results from the cache ({path})")
             data = load_fashion_mnist(find_data_dir(exp.data_dir))
             stored.partition = make_partition(data, exp.classes, exp.clients_per_class, exp.outlier_fraction, seed)
+            if _complete(stored, exp, seed, dev, say):
+                _save(stored, path)
             return stored, True
     plan = build_plan(exp, seed, say, dev)
+    _save(plan, path)
+    return plan, False
+
+
+def _save(plan: LearningPlan, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     torch.save(dataclasses.replace(plan, partition=None), tmp)  # the partition is rebuilt from the seed
     os.replace(tmp, path)
-    return plan, False
+
+
+def _complete(plan: LearningPlan, exp: Experiment, seed: int, device: str, say: Progress) -> bool:
+    """Add what a plan cached by an earlier simfl lacks (nothing is retrained); True if anything was added."""
+    fls = [fl for fl in (plan.method, plan.ideal) if fl is not None]
+    added = False
+    for fl in fls:
+        if not hasattr(fl, "initial_bits"):
+            fl.initial_bits = [
+                payload_bits_of(init_state(exp.phase2_model, derive_seed(seed, fl.phase, "init", g[0])))
+                for g in fl.groups
+            ]
+            added = True
+    missing = [fl for fl in fls if f"{_auc_name(fl)}_last_fit" not in plan.auc]
+    if missing:
+        say("evaluating the clients' last local fits (missing from this cached plan)")
+        with Engine(device=device, workers=exp.workers) as engine:
+            for fl in missing:
+                _evaluate_fl(engine, plan, _auc_name(fl), fl, exp.phase2_model)
+        added = True
+    return added
+
+
+def _auc_name(fl: FLPlan) -> str:
+    return "method" if fl.phase == "phase2" else fl.phase

@@ -10,9 +10,12 @@ receives and send that peer its one-sided association bit; combine both sides in
 candidate group (2-byte IDs) to the leader (lowest ID), which builds the association graph, runs community
 detection and sends every other client its community's member IDs.
 
-Phase II, per community: every member starts from the same seeded weights; each round all members train, the
-non-aggregator members send their update to the aggregator (the lowest-ID member, or the server node), which
-averages and sends the new global model back to them.
+Phase II, per community: each round all members train, the non-aggregator members send their update to the
+aggregator (the lowest-ID member, or the server node), which averages them. With detector "global" every member
+starts from the same seeded weights and the aggregator sends each new average back after its round (the last
+one is the members' detector). With detector "last_fit" (the authors' Flower setup) the aggregator sends the
+initial model before round 1 and each average before the next round; the last average is never sent and every
+member keeps its own last local fit. Both send r models each way per member (the paper's Eq. 2 and 3).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ class FedAD:
     """Node processes of one federated run over a `World`, replaying a `LearningPlan`."""
 
     def __init__(self, world: World, plan: LearningPlan, *, clients: Sequence[str], server: str | None,
-                 aggregator: str, community_method: str, seed: int) -> None:
+                 aggregator: str, community_method: str, seed: int, detector: str = "global") -> None:
         self.world = world
         self.env = world.env
         self.net = world.network
@@ -44,6 +47,7 @@ class FedAD:
         self.index = {name: i for i, name in enumerate(self.nodes)}
         self.server = server
         self.aggregator = aggregator
+        self.pull = detector == "last_fit"  # members receive the model to train from before each round
         self.community_method = community_method
         self.seed = seed
         self.n = len(self.nodes)
@@ -133,10 +137,13 @@ class FedAD:
             return
         for t, results in enumerate(fl.rounds):
             r = results[i]
+            if self.pull:
+                yield self._get(node, "global", fl.phase, t + 1)
             yield self.world.compute(node, r.flops, kind="train", phase=fl.phase, round=t + 1, wall_s=r.wall_s)
             self.net.send(node, agg, kind="update", phase=fl.phase, round=t + 1,
                           payload_bits=fl.update_bits[t][i], payload=r.state)
-            yield self._get(node, "global", fl.phase, t + 1)
+            if not self.pull:
+                yield self._get(node, "global", fl.phase, t + 1)
 
     def fl_aggregator(self, fl: FLPlan, g: int, own: int | None) -> Proc:
         """The aggregator of group g (a member when `own` is its index, else the server node)."""
@@ -144,6 +151,11 @@ class FedAD:
         members = fl.groups[g]
         senders = [i for i in members if i != own]
         for t, results in enumerate(fl.rounds):
+            if self.pull:  # the model of round t+1: the initial one, then the average of round t
+                bits = fl.initial_bits[g] if t == 0 else fl.global_bits[t - 1][g]
+                for i in senders:
+                    self.net.send(agg, self.nodes[i], kind="global", phase=fl.phase, round=t + 1,
+                                  payload_bits=bits, payload=g)
             if own is not None:
                 r = results[own]
                 yield self.world.compute(agg, r.flops, kind="train", phase=fl.phase, round=t + 1,
@@ -151,9 +163,10 @@ class FedAD:
             for _ in senders:
                 yield self._get(agg, "update", fl.phase, t + 1)
             yield self.world.compute(agg, fl.aggregate_flops[g], kind="aggregate", phase=fl.phase, round=t + 1)
-            for i in senders:
-                self.net.send(agg, self.nodes[i], kind="global", phase=fl.phase, round=t + 1,
-                              payload_bits=fl.global_bits[t][g], payload=g)
+            if not self.pull:
+                for i in senders:
+                    self.net.send(agg, self.nodes[i], kind="global", phase=fl.phase, round=t + 1,
+                                  payload_bits=fl.global_bits[t][g], payload=g)
 
     def federated(self, fl: FLPlan) -> Proc:
         """A FedAvg run over fixed groups (the ideal baseline): all clients start now."""
@@ -201,10 +214,10 @@ class FedAD:
 
 
 def simulate(world: World, plan: LearningPlan, *, clients: Sequence[str], server: str | None,
-             aggregator: str, community_method: str, seed: int) -> FedAD:
+             aggregator: str, community_method: str, seed: int, detector: str = "global") -> FedAD:
     """Replay the plan on the world's network until every phase has finished."""
     fed = FedAD(world, plan, clients=clients, server=server, aggregator=aggregator,
-                community_method=community_method, seed=seed)
+                community_method=community_method, seed=seed, detector=detector)
     done = world.env.process(fed.run_all())
     world.env.run(until=done)
     return fed

@@ -61,6 +61,20 @@ def table3(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _detector_line(summary: dict[str, Any]) -> str:
+    """Which FedAvg model the method and ideal columns score, with the other choice's means beside it."""
+    det = summary.get("detector", "global")
+    what = ("each client's own last local fit (the authors' code: the last average is never sent)"
+            if det == "last_fit" else "the community's final average (sent to every member after the last round)")
+    other = "global" if det == "last_fit" else "last_fit"
+    alt = summary.get("auc_mean_by_detector", {}).get(other, {})
+    line = f"Detector after FedAvg (`experiment.detector = \"{det}\"`): {what}."
+    if alt:
+        line += (f" With `{other}` instead: method {_f(alt.get('method'))}, ideal {_f(alt.get('ideal'))} "
+                 "(same training, scored from the same plan).")
+    return line
+
+
 def table4(summary: dict[str, Any]) -> str:
     pb, wb, cf, du = (summary["payload_bytes"], summary["wire_bytes"], summary["closed_form_bytes"],
                       summary["duration_s"])
@@ -110,6 +124,8 @@ def render(summary: dict[str, Any], scenario_name: str) -> str:
         "Each client's detector scored on its inlier class's test set (outlier fraction d); means over the class's "
         "clients. local = each client alone (early stopping); method = FedAvg within the communities found; "
         "ideal = FedAvg within the true groups; centralised = one model trained on all uploaded shards.",
+        "",
+        _detector_line(summary),
         "",
         table3(summary),
         "",

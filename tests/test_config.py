@@ -97,7 +97,8 @@ def test_experiment_fields_and_defaults():
                 community_method="leiden", phase1_model="ae5", phase1_epochs=100, phase2_model="ae7", rounds=10,
                 local_epochs=(1, 10), local_baseline_epochs=40, patience=3, centralised_epochs=10,
                 aggregator="member", batch_size=32, lr=1e-3, val_fraction=0.1, persist_optimizer=True,
-                baselines=("local", "ideal", "centralised"), data_dir=None, device="auto", workers=2, preset_note="")
+                detector="global", baselines=("local", "ideal", "centralised"), data_dir=None, device="auto",
+                workers=2, preset_note="")
     assert [f.name for f in dataclasses.fields(Experiment)] == list(want)
     assert dataclasses.asdict(Experiment()) == want
 
@@ -217,6 +218,8 @@ LINK = '\n[[links]]\na = "c0"\nb = "c1"\nbandwidth = {bw}\nlatency = "1 ms"\n'
     (BASE + '\n[experiment]\nlocal_epochs = [1, 0]\n', "experiment.local_epochs[1]", "0", "must be >= 1"),
     (BASE + '\n[experiment]\ncommunity_method = "louvian"\n', "experiment.community_method", '"louvian"',
      "must be one of leiden, fastgreedy"),
+    (BASE + '\n[experiment]\ndetector = "final"\n', "experiment.detector", '"final"',
+     "must be one of global, last_fit"),
     (BASE + '\n[experiment]\nbaselines = ["local", "oracle"]\n', "experiment.baselines[1]", '"oracle"',
      "must be one of"),
     (BASE + '\n[experiment]\nrounds = "ten"\n', "experiment.rounds", '"ten"', "expected an integer"),

@@ -176,3 +176,50 @@ def test_progress_counts_are_scoped_to_one_request(monkeypatch: pytest.MonkeyPat
     with pytest.raises(RuntimeError), plan._ticking(eng, said.append, "x"):
         raise RuntimeError
     assert eng.on_progress is None
+
+
+def test_last_fit_detector_scores_each_clients_own_last_fit(tiny: Path, tmp_path: Path, builds: list[int]) -> None:
+    """detector = last_fit reuses the cached plan, and its method/ideal AUCs are those of each client's own last
+    local fit, recomputed here with a plain torch forward pass and scikit-learn; a plan cached before the option
+    existed (no last-fit AUCs, no initial-model sizes) is completed without retraining."""
+    import numpy as np
+    import torch
+    from sklearn.metrics import roc_auc_score
+
+    from simfl import models
+    from simfl.data import find_data_dir, load_fashion_mnist, make_partition
+
+    main(["run", str(tiny), "--out", str(tmp_path / "g"), "--quiet"])
+    (cache,) = (tmp_path / "cache").glob("plan-*.pt")
+    plan = torch.load(cache, weights_only=False)
+    for fl in (plan.method, plan.ideal):  # make it look like a plan cached by an earlier simfl
+        del fl.initial_bits
+    del plan.auc["method_last_fit"], plan.auc["ideal_last_fit"]
+    torch.save(plan, cache)
+    assert main(["run", str(tiny), "--out", str(tmp_path / "l"), "--quiet",
+                 "--set", 'experiment.detector="last_fit"']) == 0
+    assert len(builds) == 1  # the second run trained nothing
+    g = json.loads((tmp_path / "g" / "summary.json").read_text())
+    s = json.loads((tmp_path / "l" / "summary.json").read_text())
+    assert s["detector"] == "last_fit" and s["auc_mean_by_detector"]["global"]["method"] == g["auc_mean"]["method"]
+    assert s["payload_bytes"]["phase2"] == g["payload_bytes"]["phase2"] and s["auc_mean"]["local"] == g["auc_mean"][
+        "local"]
+    exp = load_scenario(tiny).experiment
+    part = make_partition(load_fashion_mnist(find_data_dir(None)), exp.classes, exp.clients_per_class,
+                          exp.outlier_fraction, 3)
+    auc = pl.read_parquet(tmp_path / "l" / "auc.parquet")
+    for name, fl in (("method", plan.method), ("ideal", plan.ideal)):
+        last = {r.key: r.state for r in fl.rounds[-1]}
+        want = []
+        for shard in part.clients:
+            net = models.build_model("ae7")
+            net.load_state_dict(last[shard.client])
+            x, is_out = part.tests[shard.inlier_class]
+            xt = torch.from_numpy(x.astype(np.float32) / 255.0).unsqueeze(1)
+            with torch.no_grad():
+                dist = (net(xt) - xt).flatten(1).norm(dim=1).numpy()
+            want.append(roc_auc_score(is_out, dist))
+        assert np.allclose(auc[name].to_list(), want, atol=1e-6), name
+    msgs = pl.read_parquet(tmp_path / "l" / "messages.parquet").filter(pl.col("phase") == "phase2")
+    assert msgs.sort("t_send")["kind"][0] == "global"  # the aggregator sends the initial model first
+    assert (tmp_path / "l" / "report.md").read_text().count("last local fit") == 1

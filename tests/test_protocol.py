@@ -70,7 +70,7 @@ def synthetic_plan(p: int, n_classes: int, ratios: np.ndarray, tau: float, round
         phase="phase2", groups=groups, rounds=[[result(i, s7) for i in range(n)] for _ in range(rounds)],
         update_bits=[[32 * AE7] * n for _ in range(rounds)],
         global_bits=[[32 * AE7] * len(groups) for _ in range(rounds)],
-        final=[s7] * len(groups), aggregate_flops=[1e3] * len(groups),
+        final=[s7] * len(groups), initial_bits=[32 * AE7] * len(groups), aggregate_flops=[1e3] * len(groups),
     )
     return LearningPlan(partition=part, phase1=p1, method=method, ideal=None, local=None, central=None)
 
@@ -81,11 +81,11 @@ def block_ratios(p: int, n_classes: int) -> np.ndarray:
     return np.where(cls[:, None] == cls[None, :], 0.9, 0.5)
 
 
-def run(plan: LearningPlan, n: int, aggregator: str = "member", headers: bool = True):
+def run(plan: LearningPlan, n: int, aggregator: str = "member", headers: bool = True, detector: str = "global"):
     sc = scenario(n, headers=headers)
     world = World(sc)
     fed = simulate(world, plan, clients=sc.clients[:n], server=sc.server, aggregator=aggregator,
-                   community_method="leiden", seed=5)
+                   community_method="leiden", seed=5, detector=detector)
     return world, fed, world.recorder.messages_frame(), world.recorder.compute_frame()
 
 
@@ -173,6 +173,33 @@ def test_causal_order() -> None:
             g = msgs.filter((pl.col("dst") == node) & (pl.col("kind") == "global")).sort("round")
             starts = mine.filter((pl.col("phase") == "phase2") & (pl.col("kind") == "train")).sort("round")
             assert starts["t_start"][1] >= g["t_deliver"][0] - 1e-12
+
+
+@pytest.mark.parametrize("aggregator", ["member", "server"])
+def test_last_fit_detector_pulls_models_before_rounds(aggregator: str) -> None:
+    """detector = last_fit: the aggregator sends the model of round t before round t (the initial one first) and
+    never the last average; the bytes stay those of Eq. 3 (member) and Eq. 2 (server)."""
+    p, c, rounds = 3, 2, 3
+    n = p * c
+    plan = synthetic_plan(p, c, block_ratios(p, c), 0.06, rounds)
+    _, _, msgs, comp = run(plan, n, aggregator=aggregator, detector="last_fit")
+    members = n if aggregator == "server" else n - c  # who talks to an aggregator
+    assert bits(msgs, "phase2") == 2 * rounds * members * 32 * AE7
+    names = scenario(n).clients
+    ph2 = msgs.filter(pl.col("phase") == "phase2")
+    for i in range(n):
+        if aggregator == "member" and i % p == 0:
+            continue  # the lowest-ID member aggregates
+        node = names[i]
+        got = ph2.filter((pl.col("dst") == node) & (pl.col("kind") == "global")).sort("round")
+        sent = ph2.filter((pl.col("src") == node) & (pl.col("kind") == "update")).sort("round")
+        assert got["round"].to_list() == sent["round"].to_list() == list(range(1, rounds + 1))
+        train = comp.filter((pl.col("node") == node) & (pl.col("phase") == "phase2")).sort("round")
+        for t in range(rounds):  # round t's model arrives before round t's training; the update leaves after it
+            assert train["t_start"][t] >= got["t_deliver"][t] - 1e-12
+            assert sent["t_send"][t] >= train["t_end"][t] - 1e-12
+        # nothing reaches the member after its last update: it keeps its own last fit
+        assert got["t_send"].max() < sent["t_send"].max()
 
 
 def test_same_plan_same_trace() -> None:
