@@ -164,6 +164,11 @@ def plan_phase1(engine: Engine, exp: Experiment, partition: Partition, seed: int
     )
 
 
+def _initial_models(model: str, groups: Sequence[Sequence[int]], seed: int, phase: str) -> list[dict]:
+    """The seeded weights each group's FedAvg starts from."""
+    return [init_state(model, derive_seed(seed, phase, "init", g[0])) for g in groups]
+
+
 def plan_federated(
     engine: Engine, exp: Experiment, partition: Partition, groups: Sequence[Sequence[int]], seed: int,
     phase: str, say: Progress,
@@ -171,7 +176,7 @@ def plan_federated(
     """FedAvg per group for `exp.rounds` rounds, all groups' clients trained together each round."""
     model = exp.phase2_model
     groups = [sorted(g) for g in groups]
-    globals_ = [init_state(model, derive_seed(seed, phase, "init", g[0])) for g in groups]
+    globals_ = _initial_models(model, groups, seed, phase)
     initial_bits = [payload_bits_of(s) for s in globals_]
     group_of = {i: gi for gi, g in enumerate(groups) for i in g}
     opt: dict[int, object] = {}
@@ -374,10 +379,7 @@ def _complete(plan: LearningPlan, exp: Experiment, seed: int, device: str, say: 
     added = False
     for fl in fls:
         if not hasattr(fl, "initial_bits"):
-            fl.initial_bits = [
-                payload_bits_of(init_state(exp.phase2_model, derive_seed(seed, fl.phase, "init", g[0])))
-                for g in fl.groups
-            ]
+            fl.initial_bits = [payload_bits_of(m) for m in _initial_models(exp.phase2_model, fl.groups, seed, fl.phase)]
             added = True
     missing = [fl for fl in fls if f"{_auc_name(fl)}_last_fit" not in plan.auc]
     if missing:
