@@ -150,6 +150,7 @@ class Experiment:
     local_epochs: tuple[int, ...] = (1, 10)
     local_baseline_epochs: int = 40
     patience: int = 3
+    restore_best: bool = False
     centralised_epochs: int = 10
     aggregator: str = "member"
     batch_size: int = 32
@@ -473,6 +474,7 @@ def _experiment(ctx: _Ctx, t: Any) -> Experiment:
         local_epochs=tuple(local_epochs),
         local_baseline_epochs=_int(ctx, g("local_baseline_epochs"), key("local_baseline_epochs"), 1),
         patience=_int(ctx, g("patience"), key("patience"), 1),
+        restore_best=_bool(ctx, g("restore_best"), key("restore_best")),
         centralised_epochs=_int(ctx, g("centralised_epochs"), key("centralised_epochs"), 1),
         aggregator=_str(ctx, g("aggregator"), key("aggregator"), ("member", "server")),
         batch_size=_int(ctx, g("batch_size"), key("batch_size"), 1),

@@ -15,8 +15,9 @@ cross-evaluation) arrive in batches, one per simulated instant, and run together
 * Scores are L2 reconstruction distances; ``threshold`` is the 100*(1-d) percentile of the owner's training scores;
   ``auc`` is scikit-learn's ROC AUC with outliers as the positive class.
 
-Training follows the authors: Adam (lr 1e-3), MSE, batch 32, a seeded 10% validation split per job, optional
-early stopping on the validation loss that restores the best weights (the local baseline).
+Training follows the authors: Adam (lr 1e-3), MSE, batch 32, Keras' validation split (the last 10% of a client's
+shard, the same in every round), optional early stopping on the validation loss (the local baseline; like Keras'
+EarlyStopping it keeps the last weights unless ``restore_best``).
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ class TrainJob:
     lr: float = 1e-3
     val_fraction: float = 0.1
     opt_state: object | None = None  # Adam state of an earlier TrainResult (persists across rounds)
-    patience: int | None = None  # early stopping on the validation loss, best weights restored
+    patience: int | None = None  # early stopping: stop after this many epochs without a lower validation loss
+    restore_best: bool = False  # on stopping, return the best epoch's weights (Keras' default: the last ones)
 
 
 @dataclass
@@ -158,6 +160,7 @@ def _train_kwargs(job: TrainJob) -> dict[str, Any]:
         "val_fraction": float(job.val_fraction),
         "opt_state": tree_np(job.opt_state) if job.opt_state else None,
         "patience": job.patience,
+        "restore_best": bool(job.restore_best),
     }
 
 
@@ -569,7 +572,7 @@ def train_stacked(jobs: Sequence[TrainJob], device: torch.device | str = "cpu") 
     net = build_model(model).to(device)
     names = [n for n, _ in net.named_parameters()]
     rngs = [job_rng(j.seed) for j in jobs]
-    splits = [split_indices(len(j.x), j.val_fraction, r) for j, r in zip(jobs, rngs, strict=True)]
+    splits = [split_indices(len(j.x), j.val_fraction) for j in jobs]
     inits = [dict(j.init_state) if j.init_state is not None else init_state(model, j.seed) for j in jobs]
     params = _stack_states(inits, names, device)
     exp_avg = {n: torch.zeros_like(p) for n, p in params.items()}
@@ -608,8 +611,9 @@ def train_stacked(jobs: Sequence[TrainJob], device: torch.device | str = "cpu") 
     val_losses: list[list[float]] = [[] for _ in jobs]
     best_val = np.full(n_c, np.inf)
     since_best = np.zeros(n_c, dtype=np.int64)
+    restore = [j.patience is not None and j.restore_best for j in jobs]
     best_params: dict[str, torch.Tensor] | None = None
-    if any(p is not None for p in patience):
+    if any(restore):
         best_params = {n: p.clone() for n, p in params.items()}
     arange_c = torch.arange(n_c, device=device)
     for epoch in range(int(epochs.max())):
@@ -669,9 +673,10 @@ def train_stacked(jobs: Sequence[TrainJob], device: torch.device | str = "cpu") 
                     if vloss[c] < best_val[c]:
                         best_val[c] = vloss[c]
                         since_best[c] = 0
-                        assert best_params is not None
-                        for n in names:
-                            best_params[n][c] = params[n][c]
+                        if restore[c]:
+                            assert best_params is not None
+                            for n in names:
+                                best_params[n][c] = params[n][c]
                     else:
                         since_best[c] += 1
                         if since_best[c] >= patience[c]:
@@ -679,7 +684,7 @@ def train_stacked(jobs: Sequence[TrainJob], device: torch.device | str = "cpu") 
     wall = time.perf_counter() - t0
     out = []
     for c, j in enumerate(jobs):
-        src = best_params if (patience[c] is not None and n_va[c] and best_params is not None) else params
+        src = best_params if (restore[c] and n_va[c] and best_params is not None) else params
         state = {n: src[n][c].detach().cpu().contiguous().clone() for n in names}
         opt = {
             "step": int(steps[c]),

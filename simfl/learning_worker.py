@@ -34,11 +34,13 @@ def to_float_images(x: np.ndarray) -> torch.Tensor:
     return t.to(torch.float32).div_(255.0)
 
 
-def split_indices(n: int, val_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded validation split: a random ``n - floor(n * (1 - val_fraction))`` samples (Keras' count)."""
+def split_indices(n: int, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Keras' ``validation_split``: the last ``n - floor(n * (1 - val_fraction))`` samples validate, the rest train.
+
+    The same split in every call, so a client's validation samples are never trained on in any FedAvg round, as
+    in the authors' code (shards are already shuffled when they are made)."""
     n_train = math.floor(n * (1.0 - val_fraction) + 1e-9) if val_fraction > 0 else n
-    perm = rng.permutation(n)
-    return np.sort(perm[:n_train]), np.sort(perm[n_train:])
+    return np.arange(n_train), np.arange(n_train, n)
 
 
 def job_rng(seed: int) -> np.random.Generator:
@@ -112,6 +114,7 @@ def train_torch(
     val_fraction: float,
     opt_state: Mapping | None,
     patience: int | None,
+    restore_best: bool = False,
 ) -> dict[str, Any]:
     """Train one client's autoencoder (Adam, MSE, shuffled minibatches, per-epoch validation loss).
 
@@ -119,7 +122,7 @@ def train_torch(
     """
     t0 = time.perf_counter()
     rng = job_rng(seed)
-    tr_idx, va_idx = split_indices(x.shape[0], val_fraction, rng)
+    tr_idx, va_idx = split_indices(x.shape[0], val_fraction)
     net = build_model(model)
     net.load_state_dict(dict(init) if init is not None else init_state(model, seed))
     net = net.to(memory_format=torch.channels_last)
@@ -154,13 +157,14 @@ def train_torch(
                 val_losses.append(float(F.mse_loss(net(x_va), x_va)))
             if patience is not None:
                 if best is None or val_losses[-1] < best[0]:
-                    best = (val_losses[-1], {k: v.detach().clone() for k, v in net.state_dict().items()})
+                    weights = {k: v.detach().clone() for k, v in net.state_dict().items()} if restore_best else {}
+                    best = (val_losses[-1], weights)
                     since_best = 0
                 else:
                     since_best += 1
                     if since_best >= patience:
                         break
-    if best is not None:
+    if best is not None and restore_best:
         net.load_state_dict(best[1])
     state = {k: v.detach().contiguous().clone() for k, v in net.state_dict().items()}
     return {

@@ -266,7 +266,7 @@ def build_plan(exp: Experiment, seed: int, say: Progress, device: str | None = N
         if "local" in exp.baselines:
             say(f"local baseline: {len(partition.clients)} clients, up to {exp.local_baseline_epochs} epochs")
             jobs += _train_jobs(exp, partition, exp.phase2_model, exp.local_baseline_epochs, seed, "local",
-                                patience=exp.patience)
+                                patience=exp.patience, restore_best=exp.restore_best)
         if "centralised" in exp.baselines:
             say(f"centralised baseline: one {exp.phase2_model} on all shards x {exp.centralised_epochs} epochs")
             jobs.append(TrainJob(
@@ -295,7 +295,7 @@ def build_plan(exp: Experiment, seed: int, say: Progress, device: str | None = N
 
 
 # ---------------------------------------------------------------------------------------------------- caching
-PLAN_FORMAT = 1
+PLAN_FORMAT = 2  # 2: Keras' fixed validation split and EarlyStopping without restoring
 # Experiment fields that do not change what is learned (who aggregates, how fast, how it is labelled).
 # (Both detectors are evaluated in every plan, so `detector` only picks which AUCs the report shows.)
 NOT_LEARNING = frozenset({"aggregator", "workers", "preset_note", "data_dir", "device", "detector"})

@@ -90,7 +90,8 @@ def test_stacked_clients_equal_per_client_training(part):
     # shard sizes differ (padding + masks), one client stops early, one carries Adam state
     xs = [part.clients[0].x[:90], part.clients[20].x[:61], part.clients[40].x[:47]]
     jobs = [TrainJob(key=i, model="ae5", x=x, epochs=3, seed=i, batch_size=16) for i, x in enumerate(xs)]
-    jobs[1] = TrainJob(key=1, model="ae5", x=xs[1], epochs=2, seed=1, batch_size=16, patience=1)
+    jobs[1] = TrainJob(key=1, model="ae5", x=xs[1], epochs=2, seed=1, batch_size=16, patience=1, restore_best=True)
+    jobs[0] = TrainJob(key=0, model="ae5", x=xs[0], epochs=3, seed=0, batch_size=16, patience=1)
     ref = Engine(workers=0).train(jobs)
     got = Engine(workers=0, stacked=True).train(jobs)
     for r, g in zip(ref, got, strict=True):
@@ -146,18 +147,29 @@ def test_short_training_lowers_the_loss(part, pool):
     assert res.flops == 3 * 599 * 3 * 903168
 
 
-def test_early_stopping_restores_the_best_weights(part):
-    x = part.clients[5].x[:200]
-    res = Engine(workers=0).train([TrainJob(key=0, model="ae5", x=x, epochs=6, seed=2, lr=0.05, patience=1)])[0]
-    assert 1 <= res.epochs_run <= 6 and len(res.val_losses) == res.epochs_run
-    from simfl.learning_worker import job_rng, split_indices
+def test_early_stopping_keeps_the_last_or_restores_the_best_weights(part):
+    from simfl.learning_worker import split_indices
 
-    _, va = split_indices(len(x), 0.1, job_rng(2))
-    net = build_model("ae5")
-    net.load_state_dict(res.state)
-    with torch.no_grad():
-        xv = to_t(x[va])
-        assert float(F.mse_loss(net(xv), xv)) == pytest.approx(min(res.val_losses), rel=1e-4)
+    x = part.clients[5].x[:200]
+    _, va = split_indices(len(x), 0.1)
+    assert va.tolist() == list(range(180, 200))  # Keras: the last 10% validate
+    xv = to_t(x[va])
+
+    def val_loss_of(state):
+        net = build_model("ae5")
+        net.load_state_dict(state)
+        with torch.no_grad():
+            return float(F.mse_loss(net(xv), xv))
+
+    runs = {}
+    for restore in (False, True):
+        job = TrainJob(key=0, model="ae5", x=x, epochs=6, seed=2, lr=0.05, patience=1, restore_best=restore)
+        runs[restore] = Engine(workers=0).train([job])[0]
+    last, best = runs[False], runs[True]
+    assert last.val_losses == best.val_losses and 1 <= last.epochs_run <= 6
+    assert len(last.val_losses) == last.epochs_run
+    assert val_loss_of(last.state) == pytest.approx(last.val_losses[-1], rel=1e-4)  # Keras' default
+    assert val_loss_of(best.state) == pytest.approx(min(best.val_losses), rel=1e-4)
 
 
 def test_trained_ae7_detects_outliers(part, pool):
