@@ -2,7 +2,7 @@
 
 Everything here works on plain numpy arrays and torch tensors so that it runs the same in the engine's own
 process (``workers=0``) and in its worker processes. One job = one client: its own model, its own Adam, its own
-seeded random stream (initialisation, validation split, shuffling); nothing depends on which process runs it.
+seeded random stream (initialisation, shuffling); nothing depends on which process runs it.
 """
 
 from __future__ import annotations
