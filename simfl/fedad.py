@@ -16,7 +16,7 @@ from simfl.config import DETECTORS, Scenario
 from simfl.errors import SimflError
 from simfl.plan import LearningPlan, cached_plan, default_cache_dir
 from simfl.protocol import simulate
-from simfl.report import write_report
+from simfl.report import method_above_local, write_report
 from simfl.world import World
 
 APPROACHES = ("local", "method", "ideal", "centralised")
@@ -143,6 +143,7 @@ def run_fedad(world: World, scenario: Scenario, run_dir: Path, progress: bool = 
             for d in DETECTORS
         },
         "auc_by_class": by_class,
+        "method_above_local": method_above_local(by_class),
         "communities": comms,
         "community_member_classes": [[plan.partition.clients[i].inlier_class for i in c] for c in comms],
         "k": len(comms),

@@ -58,7 +58,18 @@ def table3(summary: dict[str, Any]) -> str:
     m = summary["auc_mean"]
     lines.append("| **mean** | " + " | ".join(f"**{_f(m.get(c))}**" for c in cols) + " | "
                  + " | ".join(_f(p) for p in PAPER_AUC_MEAN) + " |")
+    above = method_above_local(summary["auc_by_class"])
+    if above is not None:
+        paper = sum(1 for lo, me, _ in PAPER_AUC.values() if me > lo)
+        lines += ["", f"Method above local in {above[0]} of {above[1]} inlier classes (paper: {paper} of "
+                  f"{len(PAPER_AUC)})."]
     return "\n".join(lines)
+
+
+def method_above_local(by_class: dict[str, dict[str, float]]) -> tuple[int, int] | None:
+    """(classes where the method's mean AUC beats the local baseline's, classes compared), if both ran."""
+    rows = [r for r in by_class.values() if "method" in r and "local" in r]
+    return (sum(1 for r in rows if r["method"] > r["local"]), len(rows)) if rows else None
 
 
 def _detector_line(summary: dict[str, Any]) -> str:

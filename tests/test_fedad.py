@@ -102,6 +102,9 @@ def test_end_to_end_small_run(tiny: Path, tmp_path: Path) -> None:
     report = (out / "report.md").read_text()
     for title in ("Table 2", "Table 3", "Table 4", "test preset"):
         assert title in report
+    above = sum(1 for r in s["auc_by_class"].values() if r["method"] > r["local"])
+    assert s["method_above_local"] == [above, 2]
+    assert f"Method above local in {above} of 2 inlier classes (paper: 7 of 10)." in report
     auc = pl.read_parquet(out / "auc.parquet")
     assert auc.height == n and set(auc.columns) >= {"client", "inlier_class", "local", "method", "ideal"}
 
