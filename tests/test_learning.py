@@ -256,3 +256,50 @@ def test_subpixel_transposed_convolution_equals_torch(cin, cout, hw):
     assert got.shape == want.shape == (6, cout, 2 * hw, 2 * hw)
     assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
     assert not _SubPixelConvT.applies(torch.nn.ConvTranspose2d(cin, cout, 3, stride=2, padding=1))  # no output_padding
+
+
+# ------------------------------------------------------------------------------------------- CUDA (skipped here)
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@cuda
+@pytest.mark.parametrize("model", ["ae5", "ae7"])
+def test_cuda_engine_step_equals_the_plain_cpu_step(part, model):
+    """The stacked GPU path, fp32 with TF32 off: one step from the same weights and batch as the CPU textbook step."""
+    xs = [part.clients[i].x[:32] for i in (0, 30, 60)]
+    inits = [init_state(model, 11 + i) for i in range(3)]
+    jobs = [TrainJob(key=i, model=model, x=x, epochs=1, seed=5, init_state=s, val_fraction=0.0)
+            for i, (x, s) in enumerate(zip(xs, inits, strict=True))]
+    with Engine(device="cuda") as eng:
+        got = eng.train(jobs)
+    for g, x, s in zip(got, xs, inits, strict=True):
+        assert g.opt_state["step"] == 1 and all(v.device.type == "cpu" for v in g.state.values())
+        assert_close_states(g.state, plain_steps(model, s, [to_t(x)]), atol=1e-5)
+
+
+@cuda
+def test_cuda_stacked_training_equals_per_client_cpu_training(part):
+    """Shards of different sizes (padding and masks), early stopping and Adam state carried, on the GPU."""
+    xs = [part.clients[0].x[:90], part.clients[20].x[:61], part.clients[40].x[:47]]
+    jobs = [TrainJob(key=i, model="ae7", x=x, epochs=3, seed=i, batch_size=16) for i, x in enumerate(xs)]
+    jobs[1] = TrainJob(key=1, model="ae7", x=xs[1], epochs=2, seed=1, batch_size=16, patience=1, restore_best=True)
+    ref = Engine(workers=0).train(jobs)
+    with Engine(device="cuda") as eng:
+        got = eng.train(jobs)
+    for r, g in zip(ref, got, strict=True):
+        assert (g.n_train, g.epochs_run, g.opt_state["step"]) == (r.n_train, r.epochs_run, r.opt_state["step"])
+        assert_close_states(g.state, r.state, atol=1e-4)
+        assert np.allclose(g.val_losses, r.val_losses, rtol=1e-4)
+
+
+@cuda
+def test_cuda_scores_and_cross_ratios_equal_cpu(part):
+    xs = [c.x[:300] for c in part.clients[::30]]
+    states = [init_state("ae5", s) for s in range(len(xs))]
+    thr = [float(np.median(brute_scores("ae5", s, x))) for s, x in zip(states, xs, strict=True)]
+    with Engine(device="cuda") as eng:
+        got = eng.score([ScoreJob(0, "ae7", init_state("ae7", 1), xs[0])])[0]
+        ratios = eng.cross_inlier_ratios("ae5", states, thr, xs)
+    assert np.allclose(got, brute_scores("ae7", init_state("ae7", 1), xs[0]), rtol=1e-5, atol=1e-5)
+    want = Engine(workers=0).cross_inlier_ratios("ae5", states, thr, xs)
+    assert np.abs(ratios - want).max() <= 2 / 300  # a sample on the threshold may flip
