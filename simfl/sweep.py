@@ -65,8 +65,8 @@ def _toml_literal(v: str) -> str:
 
 
 def _slug(i: int, combo: Sequence[str], seed: int) -> str:
-    s = "-".join(re.sub(r"[^A-Za-z0-9.]+", "", v) for v in combo)
-    return f"p{i:03d}-{s}-seed{seed}"[:80]
+    parts = [f"p{i:03d}", *(re.sub(r"[^A-Za-z0-9.]+", "", v) for v in combo), f"seed{seed}"]
+    return "-".join(parts)[:80]
 
 
 def plan_points(path: Path, vary: list[tuple[str, list[str]]], seeds: int,
@@ -321,17 +321,33 @@ def plot_sweep(table: pl.DataFrame, keys: list[str], out_dir: Path) -> float | N
     return cross
 
 
+def seed_spread(table: pl.DataFrame, keys: list[str], stats: Sequence[str]) -> list[str]:
+    """One line per grid point: mean +- sample standard deviation of each statistic over the point's seeds."""
+    present = [c for c in stats if c in table.columns and table[c].null_count() < table.height]
+    lines = []
+    groups = table.partition_by(keys, maintain_order=True) if keys else [table]
+    for g in groups:
+        where = ", ".join(f"{k} = {g[k][0]}" for k in keys) or "the scenario"
+        parts = [f"{c} {g[c].mean():.4g} +- {g[c].std():.2g}" for c in present]
+        lines.append(f"{where}, over {g.height} seeds (mean +- sd): " + ", ".join(parts))
+    return lines
+
+
 def sweep_cli(args: argparse.Namespace) -> int:
     path = Path(args.scenario) if args.scenario else DEFAULT_SCENARIO
     vary = parse_vary(args.vary)
-    if not vary:
-        raise SimflError("give at least one --vary KEY=V1,V2,...")
+    if not vary and args.seeds < 2:
+        raise SimflError("give at least one --vary KEY=V1,V2,... or --seeds N with N >= 2 (how much the seed matters)")
     out = Path(args.out) if args.out else Path("runs") / f"sweep-{path.stem}"
     table = run_sweep(path, vary, out, seeds=args.seeds, base_overrides=args.overrides, executor=args.executor,
                       jobs=args.jobs, address=args.address, progress=not args.quiet)
-    cols = [c for c in table.columns if c in dict(vary)] + [
-        c for c in ("seed", "duration_s_method", "centralised_upload_s", "auc_method") if c in table.columns]
+    keys = [k for k, _ in vary]
+    stats = ("duration_s_method", "centralised_upload_s", "auc_local", "auc_method", "auc_ideal", "ari")
+    cols = keys + [c for c in ("seed", *stats) if c in table.columns]
     with pl.Config(tbl_rows=50, tbl_cols=12, fmt_str_lengths=20):
         print(table.select(cols))
+    if args.seeds > 1:
+        for line in seed_spread(table, keys, stats):
+            print(line)
     print(f"simfl: sweep table in {out / 'sweep.parquet'} and {out / 'sweep.csv'}")
     return 0

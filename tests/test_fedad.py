@@ -13,7 +13,7 @@ from simfl.cli import main
 from simfl.config import load_scenario
 from simfl.errors import SimflError
 from simfl.runner import run_scenario
-from simfl.sweep import crossover, parse_vary, run_sweep
+from simfl.sweep import crossover, parse_vary, run_sweep, seed_spread
 
 TINY = """
 name = "tiny"
@@ -157,6 +157,17 @@ def test_sweep_bad_input(tiny: Path, tmp_path: Path) -> None:
     assert main(["sweep", str(tiny), "--vary", "experiment.roundz=1,2", "--out", str(tmp_path / "x")]) == 2
     assert main(["sweep", str(tiny), "--vary", "experiment.rounds=0,1", "--out", str(tmp_path / "y")]) == 2
     assert not (tmp_path / "y").exists()  # validated before anything ran
+    assert main(["sweep", str(tiny), "--out", str(tmp_path / "z")]) == 2  # neither --vary nor --seeds >= 2
+
+
+def test_seed_spread_is_mean_and_sample_sd_per_point() -> None:
+    table = pl.DataFrame({"k": ["a", "a", "b", "b", "b"], "auc_method": [0.6, 0.8, 0.5, 0.7, 0.9],
+                          "ari": [None] * 5}, schema_overrides={"ari": pl.Float64})
+    lines = seed_spread(table, ["k"], ["auc_method", "ari", "missing"])
+    # a: mean 0.7, sd sqrt(((0.1)^2 + (0.1)^2) / 1) = 0.1414; b: mean 0.7, sd sqrt((0.04 + 0 + 0.04) / 2) = 0.2
+    assert lines == ["k = a, over 2 seeds (mean +- sd): auc_method 0.7 +- 0.14",
+                     "k = b, over 3 seeds (mean +- sd): auc_method 0.7 +- 0.2"]
+    assert seed_spread(table, [], ["auc_method"]) == ["the scenario, over 5 seeds (mean +- sd): auc_method 0.7 +- 0.16"]
 
 
 def test_crossover_interpolates_in_log_space() -> None:
