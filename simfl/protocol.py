@@ -152,10 +152,7 @@ class FedAD:
         senders = [i for i in members if i != own]
         for t, results in enumerate(fl.rounds):
             if self.pull:  # the model of round t+1: the initial one, then the average of round t
-                bits = fl.initial_bits[g] if t == 0 else fl.global_bits[t - 1][g]
-                for i in senders:
-                    self.net.send(agg, self.nodes[i], kind="global", phase=fl.phase, round=t + 1,
-                                  payload_bits=bits, payload=g)
+                self._send_model(agg, senders, fl, g, t + 1, fl.initial_bits[g] if t == 0 else fl.global_bits[t - 1][g])
             if own is not None:
                 r = results[own]
                 yield self.world.compute(agg, r.flops, kind="train", phase=fl.phase, round=t + 1,
@@ -164,9 +161,12 @@ class FedAD:
                 yield self._get(agg, "update", fl.phase, t + 1)
             yield self.world.compute(agg, fl.aggregate_flops[g], kind="aggregate", phase=fl.phase, round=t + 1)
             if not self.pull:
-                for i in senders:
-                    self.net.send(agg, self.nodes[i], kind="global", phase=fl.phase, round=t + 1,
-                                  payload_bits=fl.global_bits[t][g], payload=g)
+                self._send_model(agg, senders, fl, g, t + 1, fl.global_bits[t][g])
+
+    def _send_model(self, agg: str, members: Sequence[int], fl: FLPlan, g: int, rnd: int, bits: int) -> None:
+        """Group g's aggregator sends a model of `bits` to each member, labelled round `rnd`."""
+        for i in members:
+            self.net.send(agg, self.nodes[i], kind="global", phase=fl.phase, round=rnd, payload_bits=bits, payload=g)
 
     def federated(self, fl: FLPlan) -> Proc:
         """A FedAvg run over fixed groups (the ideal baseline): all clients start now."""
