@@ -14,7 +14,7 @@ import polars as pl
 from simfl import costs, models
 from simfl.config import DETECTORS, Scenario
 from simfl.errors import SimflError
-from simfl.plan import LearningPlan, cached_plan, default_cache_dir
+from simfl.plan import LearningPlan, auc_key, cached_plan, default_cache_dir
 from simfl.protocol import simulate
 from simfl.report import method_above_local, write_report
 from simfl.world import World
@@ -77,11 +77,6 @@ def closed_forms(scenario: Scenario, plan: LearningPlan) -> dict[str, float]:
     }
 
 
-def _auc_key(approach: str, detector: str) -> str:
-    """Where `plan.auc` keeps an approach's AUCs for this detector (only FedAvg runs have a last fit)."""
-    return f"{approach}_last_fit" if detector == "last_fit" and approach in ("method", "ideal") else approach
-
-
 def _auc_tables(
     plan: LearningPlan, detector: str
 ) -> tuple[pl.DataFrame, dict[str, dict[str, float]], dict[str, float]]:
@@ -91,7 +86,7 @@ def _auc_tables(
         "inlier_class": [s.inlier_class for s in plan.partition.clients],
         "community": [gof[s.client] for s in plan.partition.clients],
     }
-    auc = {a: plan.auc[_auc_key(a, detector)] for a in APPROACHES if _auc_key(a, detector) in plan.auc}
+    auc = {a: plan.auc[auc_key(a, detector)] for a in APPROACHES if auc_key(a, detector) in plan.auc}
     for a in APPROACHES:
         rows[a] = auc.get(a, [float("nan")] * len(plan.partition.clients))
     per_client = pl.DataFrame(rows, schema_overrides={a: pl.Float64 for a in APPROACHES})
@@ -139,7 +134,7 @@ def run_fedad(world: World, scenario: Scenario, run_dir: Path, progress: bool = 
         "auc_mean": means,
         "detector": exp.detector,
         "auc_mean_by_detector": {
-            d: {a: float(np.mean(plan.auc[_auc_key(a, d)])) for a in ("method", "ideal") if _auc_key(a, d) in plan.auc}
+            d: {a: float(np.mean(plan.auc[auc_key(a, d)])) for a in ("method", "ideal") if auc_key(a, d) in plan.auc}
             for d in DETECTORS
         },
         "auc_by_class": by_class,

@@ -28,7 +28,7 @@ import torch
 from simfl import models
 from simfl.aggregation import fedavg
 from simfl.communities import association_matrix, find_communities, one_sided, partition_scores
-from simfl.config import Experiment
+from simfl.config import DETECTORS, Experiment
 from simfl.data import Partition, find_data_dir, load_fashion_mnist, make_partition
 from simfl.learning import Engine, ScoreJob, TrainJob, TrainResult, auc, threshold
 from simfl.learning_worker import init_state
@@ -232,13 +232,27 @@ def _evaluate(
     return aucs
 
 
-def _evaluate_fl(engine: Engine, plan: LearningPlan, name: str, fl: FLPlan, model: str) -> None:
-    """AUC per client of both detectors of a FedAvg run: the group's final average and the client's last fit."""
+def auc_key(approach: str, detector: str) -> str:
+    """Where `LearningPlan.auc` keeps an approach's AUCs for a detector (only FedAvg runs have a last fit)."""
+    return f"{approach}_last_fit" if detector == "last_fit" and approach in ("method", "ideal") else approach
+
+
+def _auc_name(fl: FLPlan) -> str:
+    return "method" if fl.phase == "phase2" else fl.phase
+
+
+def _missing_detectors(plan: LearningPlan, fl: FLPlan) -> list[str]:
+    return [d for d in DETECTORS if auc_key(_auc_name(fl), d) not in plan.auc]
+
+
+def _evaluate_fl(engine: Engine, plan: LearningPlan, fl: FLPlan, model: str) -> None:
+    """AUC per client of each detector of a FedAvg run not yet in the plan: the group's final average ("global")
+    and the client's own last fit ("last_fit")."""
     gof = fl.group_of()
-    clients = plan.partition.clients
-    plan.auc[name] = _evaluate(engine, plan.partition, model, [fl.final[gof[s.client]] for s in clients])
     last = {r.key: r.state for r in fl.rounds[-1]}
-    plan.auc[f"{name}_last_fit"] = _evaluate(engine, plan.partition, model, [last[s.client] for s in clients])
+    for d in _missing_detectors(plan, fl):
+        states = [fl.final[gof[s.client]] if d == "global" else last[s.client] for s in plan.partition.clients]
+        plan.auc[auc_key(_auc_name(fl), d)] = _evaluate(engine, plan.partition, model, states)
 
 
 def build_plan(exp: Experiment, seed: int, say: Progress, device: str | None = None) -> LearningPlan:
@@ -254,12 +268,12 @@ def build_plan(exp: Experiment, seed: int, say: Progress, device: str | None = N
         method = plan_federated(engine, exp, partition, p1.communities, seed, "phase2", say)
         walls["phase2"] = time.perf_counter() - t0
         plan = LearningPlan(partition=partition, phase1=p1, method=method, ideal=None, local=None, central=None)
-        _evaluate_fl(engine, plan, "method", method, exp.phase2_model)
+        _evaluate_fl(engine, plan, method, exp.phase2_model)
         if "ideal" in exp.baselines:
             t0 = time.perf_counter()
             plan.ideal = plan_federated(engine, exp, partition, partition.true_groups(), seed, "ideal", say)
             walls["ideal"] = time.perf_counter() - t0
-            _evaluate_fl(engine, plan, "ideal", plan.ideal, exp.phase2_model)
+            _evaluate_fl(engine, plan, plan.ideal, exp.phase2_model)
         # The baselines without communication train in one request: the single centralised job shares the
         # workers with the 90 local ones instead of leaving all but one idle.
         jobs: list[TrainJob] = []
@@ -381,15 +395,11 @@ def _complete(plan: LearningPlan, exp: Experiment, seed: int, device: str, say: 
         if not hasattr(fl, "initial_bits"):
             fl.initial_bits = [payload_bits_of(m) for m in _initial_models(exp.phase2_model, fl.groups, seed, fl.phase)]
             added = True
-    missing = [fl for fl in fls if f"{_auc_name(fl)}_last_fit" not in plan.auc]
+    missing = [fl for fl in fls if _missing_detectors(plan, fl)]
     if missing:
         say("evaluating the clients' last local fits (missing from this cached plan)")
         with Engine(device=device, workers=exp.workers) as engine:
             for fl in missing:
-                _evaluate_fl(engine, plan, _auc_name(fl), fl, exp.phase2_model)
+                _evaluate_fl(engine, plan, fl, exp.phase2_model)
         added = True
     return added
-
-
-def _auc_name(fl: FLPlan) -> str:
-    return "method" if fl.phase == "phase2" else fl.phase
