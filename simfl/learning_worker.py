@@ -136,7 +136,8 @@ def train_torch(
     n_tr = x_tr.shape[0]
     losses: list[float] = []
     val_losses: list[float] = []
-    best: tuple[float, dict[str, torch.Tensor]] | None = None
+    best_val: float | None = None
+    best_weights: dict[str, torch.Tensor] | None = None  # kept only when they are to be restored
     since_best = 0
     epochs_run = 0
     for _ in range(epochs):
@@ -156,16 +157,17 @@ def train_torch(
             with torch.inference_mode():
                 val_losses.append(float(F.mse_loss(net(x_va), x_va)))
             if patience is not None:
-                if best is None or val_losses[-1] < best[0]:
-                    weights = {k: v.detach().clone() for k, v in net.state_dict().items()} if restore_best else {}
-                    best = (val_losses[-1], weights)
+                if best_val is None or val_losses[-1] < best_val:
+                    best_val = val_losses[-1]
+                    if restore_best:
+                        best_weights = {k: v.detach().clone() for k, v in net.state_dict().items()}
                     since_best = 0
                 else:
                     since_best += 1
                     if since_best >= patience:
                         break
-    if best is not None and restore_best:
-        net.load_state_dict(best[1])
+    if best_weights is not None:
+        net.load_state_dict(best_weights)
     state = {k: v.detach().contiguous().clone() for k, v in net.state_dict().items()}
     return {
         "state": state,
