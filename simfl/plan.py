@@ -164,19 +164,32 @@ def plan_phase1(engine: Engine, exp: Experiment, partition: Partition, seed: int
     )
 
 
-def _initial_models(model: str, groups: Sequence[Sequence[int]], seed: int, phase: str) -> list[dict]:
+# Every FedAvg run (the method's communities, the ideal baseline's true groups) draws from one seed stream: a
+# client's shuffles in round t and a group's initial model depend on the run seed, the client or group and t, not
+# on which run it is. A group the communities share with the true groups therefore trains identically in both
+# runs, and `plan_federated(..., reuse=)` computes it once. (The tag is the method's, so its results are the same
+# as before the streams were shared.)
+FL_SEED_TAG = "phase2"
+
+
+def _initial_models(model: str, groups: Sequence[Sequence[int]], seed: int) -> list[dict]:
     """The seeded weights each group's FedAvg starts from."""
-    return [init_state(model, derive_seed(seed, phase, "init", g[0])) for g in groups]
+    return [init_state(model, derive_seed(seed, FL_SEED_TAG, "init", g[0])) for g in groups]
 
 
 def plan_federated(
     engine: Engine, exp: Experiment, partition: Partition, groups: Sequence[Sequence[int]], seed: int,
-    phase: str, say: Progress,
+    phase: str, say: Progress, reuse: FLPlan | None = None,
 ) -> FLPlan:
-    """FedAvg per group for `exp.rounds` rounds, all groups' clients trained together each round."""
+    """FedAvg per group for `exp.rounds` rounds, all groups' clients trained together each round.
+
+    Groups that also appear in `reuse` (an FLPlan of the same experiment and seed) are not trained again: their
+    training is the same computation (see FL_SEED_TAG), so their results are taken from `reuse`."""
     model = exp.phase2_model
     groups = [sorted(g) for g in groups]
-    globals_ = _initial_models(model, groups, seed, phase)
+    shared = {tuple(g) for g in groups} & {tuple(g) for g in reuse.groups} if reuse is not None else set()
+    copied = {i for g in shared for i in g}
+    globals_ = _initial_models(model, groups, seed)
     initial_bits = [payload_bits_of(s) for s in globals_]
     group_of = {i: gi for gi, g in enumerate(groups) for i in g}
     opt: dict[int, object] = {}
@@ -184,23 +197,29 @@ def plan_federated(
     update_bits: list[list[int]] = []
     global_bits: list[list[int]] = []
     n_params = sum(v.numel() for v in globals_[0].values())
+    to_train = [s for s in partition.clients if s.client not in copied]
     for t in range(exp.rounds):
         epochs = exp.local_epochs[min(t, len(exp.local_epochs) - 1)]
-        say(f"{phase}: round {t + 1}/{exp.rounds}, {len(partition.clients)} clients x {epochs} epochs")
+        note = f" ({len(copied)} more in groups shared with {reuse.phase}, not retrained)" if copied else ""
+        say(f"{phase}: round {t + 1}/{exp.rounds}, {len(to_train)} clients x {epochs} epochs{note}")
         jobs = [
             TrainJob(
-                key=s.client, model=model, x=s.x, epochs=epochs, seed=derive_seed(seed, phase, t, s.client),
+                key=s.client, model=model, x=s.x, epochs=epochs, seed=derive_seed(seed, FL_SEED_TAG, t, s.client),
                 init_state=globals_[group_of[s.client]], batch_size=exp.batch_size, lr=exp.lr,
                 val_fraction=exp.val_fraction, opt_state=opt.get(s.client) if exp.persist_optimizer else None,
             )
-            for s in partition.clients
+            for s in to_train
         ]
         with _ticking(engine, say, "clients trained"):
-            results = engine.train(jobs)
-        opt = {r.key: r.opt_state for r in results}
-        for r in results:  # the optimiser state lives on in `opt` only: plans stay small (and cacheable)
+            trained = engine.train(jobs) if jobs else []
+        opt = {r.key: r.opt_state for r in trained}
+        for r in trained:  # the optimiser state lives on in `opt` only: plans stay small (and cacheable)
             r.opt_state = None
-        globals_ = [fedavg([results[i].state for i in g], [results[i].n_train for i in g]) for g in groups]
+        by_client = {r.key: r for r in trained}
+        if copied:
+            by_client |= {r.key: r for r in reuse.rounds[t] if r.key in copied}  # type: ignore[union-attr]
+        results = [by_client[s.client] for s in partition.clients]
+        globals_ = [fedavg([by_client[i].state for i in g], [by_client[i].n_train for i in g]) for g in groups]
         rounds.append(results)
         update_bits.append([payload_bits_of(r.state) for r in results])
         global_bits.append([payload_bits_of(s) for s in globals_])
@@ -255,10 +274,16 @@ def _evaluate_fl(engine: Engine, plan: LearningPlan, fl: FLPlan, model: str) -> 
         plan.auc[auc_key(_auc_name(fl), d)] = _evaluate(engine, plan.partition, model, states)
 
 
+def partition_of(exp: Experiment, seed: int) -> Partition:
+    """The clients' shards and test sets of `exp` for run seed `seed` (or `exp.split_seed` where it is set)."""
+    data = load_fashion_mnist(find_data_dir(exp.data_dir))
+    split_seed = seed if exp.split_seed is None else exp.split_seed
+    return make_partition(data, exp.classes, exp.clients_per_class, exp.outlier_fraction, split_seed, exp.split)
+
+
 def build_plan(exp: Experiment, seed: int, say: Progress, device: str | None = None) -> LearningPlan:
     """Run every learning stage of the method and the requested baselines."""
-    data = load_fashion_mnist(find_data_dir(exp.data_dir))
-    partition = make_partition(data, exp.classes, exp.clients_per_class, exp.outlier_fraction, seed)
+    partition = partition_of(exp, seed)
     walls: dict[str, float] = {}
     with Engine(device=device or exp.device, workers=exp.workers) as engine:
         t0 = time.perf_counter()
@@ -271,7 +296,9 @@ def build_plan(exp: Experiment, seed: int, say: Progress, device: str | None = N
         _evaluate_fl(engine, plan, method, exp.phase2_model)
         if "ideal" in exp.baselines:
             t0 = time.perf_counter()
-            plan.ideal = plan_federated(engine, exp, partition, partition.true_groups(), seed, "ideal", say)
+            plan.ideal = plan_federated(
+                engine, exp, partition, partition.true_groups(), seed, "ideal", say, reuse=method
+            )
             walls["ideal"] = time.perf_counter() - t0
             _evaluate_fl(engine, plan, plan.ideal, exp.phase2_model)
         # The baselines without communication train in one request: the single centralised job shares the
@@ -309,7 +336,7 @@ def build_plan(exp: Experiment, seed: int, say: Progress, device: str | None = N
 
 
 # ---------------------------------------------------------------------------------------------------- caching
-PLAN_FORMAT = 2  # 2: Keras' fixed validation split and EarlyStopping without restoring
+PLAN_FORMAT = 3  # 2: Keras' fixed validation split and EarlyStopping without restoring; 3: one FedAvg seed stream
 # Experiment fields that do not change what is learned (who aggregates, how fast, how it is labelled).
 # (Both detectors are evaluated in every plan, so `detector` only picks which AUCs the report shows.)
 NOT_LEARNING = frozenset({"aggregator", "workers", "preset_note", "data_dir", "device", "detector"})
@@ -370,8 +397,7 @@ def cached_plan(exp: Experiment, seed: int, say: Progress, cache_dir: Path | Non
             stored = None
         if isinstance(stored, LearningPlan):
             say(f"learning results from the cache ({path})")
-            data = load_fashion_mnist(find_data_dir(exp.data_dir))
-            stored.partition = make_partition(data, exp.classes, exp.clients_per_class, exp.outlier_fraction, seed)
+            stored.partition = partition_of(exp, seed)
             if _complete(stored, exp, seed, dev, say):
                 _save(stored, path)
             return stored, True
@@ -393,7 +419,7 @@ def _complete(plan: LearningPlan, exp: Experiment, seed: int, device: str, say: 
     added = False
     for fl in fls:
         if not hasattr(fl, "initial_bits"):
-            fl.initial_bits = [payload_bits_of(m) for m in _initial_models(exp.phase2_model, fl.groups, seed, fl.phase)]
+            fl.initial_bits = [payload_bits_of(m) for m in _initial_models(exp.phase2_model, fl.groups, seed)]
             added = True
     missing = [fl for fl in fls if _missing_detectors(plan, fl)]
     if missing:
