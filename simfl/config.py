@@ -131,6 +131,9 @@ class SyntheticParams:
 # last round); "last_fit" = its own last local fit, as the authors' code leaves it (Flower with evaluation off:
 # the aggregator sends the initial model and each average before the next round, never the last one).
 DETECTORS = ("global", "last_fit")
+# How the clients' shards and the test sets are drawn (simfl.data): "balanced" = the authors' scheme with evenly
+# mixed outliers and exact per-class shares; "authors" = their code's own draw (with split_seed 42: their data).
+SPLITS = ("balanced", "authors")
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,8 @@ class Experiment:
     clients_per_class: int = 9
     clients: int | None = None
     outlier_fraction: float = 0.1
+    split: str = "balanced"  # how shards and test sets are drawn: "balanced" or "authors" (simfl.data)
+    split_seed: int | None = None  # the draw's seed; None: the run's seed (the authors' is 42)
     tau: float = 0.06
     community_method: str = "leiden"
     phase1_model: str = "ae5"
@@ -437,6 +442,9 @@ def _experiment(ctx: _Ctx, t: Any) -> Experiment:
     d_out = _float(ctx, g("outlier_fraction"), key("outlier_fraction"))
     if not 0 < d_out < 0.5:
         ctx.fail(key("outlier_fraction"), d_out, "must lie in (0, 0.5)")
+    split_seed = t.get("split_seed")
+    if split_seed is not None:
+        _int(ctx, split_seed, key("split_seed"), 0)
     tau = _float(ctx, g("tau"), key("tau"))
     if tau <= 0:
         ctx.fail(key("tau"), tau, "must be positive")
@@ -465,6 +473,8 @@ def _experiment(ctx: _Ctx, t: Any) -> Experiment:
         clients_per_class=p,
         clients=n_clients,
         outlier_fraction=d_out,
+        split=_str(ctx, g("split"), key("split"), SPLITS),
+        split_seed=split_seed,
         tau=tau,
         community_method=_str(ctx, g("community_method"), key("community_method"), ("leiden", "fastgreedy")),
         phase1_model=_str(ctx, g("phase1_model"), key("phase1_model"), ("ae5", "ocsvm")),

@@ -20,6 +20,15 @@ and valid for any number of clients per class ``p``, class subset and outlier fr
   clients.
 
 Everything is drawn from one ``numpy.random.Generator`` seeded with ``seed``: same inputs, same partition.
+
+``split="authors"`` instead repeats the authors' ``datautil.partition`` draw for draw (pandas' ``sample`` with an
+integer ``random_state`` is numpy's legacy ``RandomState(seed)``, fresh at every call, taking
+``permutation(n)[:size]``), so with their seed (42) it gives the very shards and test sets behind the paper's
+numbers: a random ``1 - d`` of all the chosen classes' images is the inlier source (about, not exactly, 90% of
+each class), chunked per class in the sampled order; each client's outliers are drawn from the rest, which shrinks
+client after client (the last ones take what is left); the test sets are the same function with one client per
+class on the test images, so a class's test set is about 90% of its test images plus outliers from a shared
+10% pool (the last class gets fewer).
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from simfl.config import SPLITS
 from simfl.errors import SimflError
 
 DEFAULT_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -193,10 +203,62 @@ def _check_args(classes: Sequence[int], p: int, d: float) -> tuple[int, ...]:
     return cls
 
 
-def make_partition(fm: FashionMNIST, classes: Sequence[int], p: int, d: float, seed: int) -> Partition:
-    """The authors' split (module docstring): ``p`` clients per class of ``classes``, outlier fraction d."""
+def _authors_draw(y: np.ndarray, cls: Sequence[int], p: int, d: float, seed: int) -> list[list[np.ndarray]]:
+    """Rows of ``y`` per client, [class][j], as the authors' ``datautil.partition(x, y, p, d, seed)`` picks them
+    (module docstring), restricted to the labels in ``cls``; each client's rows in their shuffled order."""
+    rows = np.flatnonzero(np.isin(y, cls))  # the data frame, in file order
+
+    def sample(n_rows: int, size: int) -> np.ndarray:  # DataFrame.sample(n=size, random_state=seed) positions
+        return np.random.RandomState(seed).permutation(n_rows)[:size]
+
+    m1 = rows[sample(len(rows), round((1.0 - d) * len(rows)))]
+    m2 = np.setdiff1d(rows, m1)  # df.drop(m1.index) keeps file order
+    chunks = {c: np.array_split(m1[y[m1] == c], p) for c in cls}
+    out: list[list[np.ndarray]] = []
+    for c in cls:
+        mine = []
+        for ii in chunks[c]:
+            n_oo = math.floor(d * (len(ii) / (1 - d)))
+            cand = m2[y[m2] != c]
+            oo = cand[sample(len(cand), min(n_oo, len(cand)))]  # too few left: all of them, shuffled
+            m2 = m2[~np.isin(m2, oo)]
+            dd = np.concatenate([ii, oo])
+            mine.append(dd[sample(len(dd), len(dd))])
+        out.append(mine)
+    return out
+
+
+def _authors_partition(fm: FashionMNIST, cls: tuple[int, ...], p: int, d: float, seed: int) -> Partition:
+    y_train = fm.y_train.astype(np.int64)
+    clients = []
+    for a, (c, mine) in enumerate(zip(cls, _authors_draw(y_train, cls, p, d, seed), strict=True)):
+        for j, index in enumerate(mine):
+            labels = y_train[index]
+            clients.append(ClientShard(client=a * p + j, inlier_class=c, x=fm.x_train[index], labels=labels,
+                                       is_outlier=labels != c, index=index))
+    y_test = fm.y_test.astype(np.int64)
+    tests = {}
+    for c, (index,) in zip(cls, _authors_draw(y_test, cls, 1, d, seed), strict=True):
+        out = y_test[index] != c
+        if out.all() or not out.any():
+            lack = "inliers" if out.all() else "outliers"
+            raise SimflError(f"split 'authors': the test set of class {c} has no {lack} (d={d}, classes={list(cls)}); "
+                             'use split = "balanced" or a larger d')
+        tests[c] = (fm.x_test[index], out)
+    return Partition(classes=cls, p=p, d=float(d), seed=int(seed), clients=tuple(clients), tests=tests)
+
+
+def make_partition(
+    fm: FashionMNIST, classes: Sequence[int], p: int, d: float, seed: int, split: str = "balanced"
+) -> Partition:
+    """``p`` clients per class of ``classes``, outlier fraction d (module docstring); ``split`` "balanced" (the
+    authors' scheme, balanced) or "authors" (their exact draw)."""
     cls = _check_args(classes, p, d)
     p = int(p)
+    if split not in SPLITS:
+        raise SimflError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    if split == "authors":
+        return _authors_partition(fm, cls, p, d, seed)
     k = len(cls)
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x51F1]))
     y_train = fm.y_train.astype(np.int64)

@@ -93,7 +93,8 @@ def test_default_and_allpairs_extend_paper_90():
 
 
 def test_experiment_fields_and_defaults():
-    want = dict(classes=tuple(range(10)), clients_per_class=9, clients=None, outlier_fraction=0.1, tau=0.06,
+    want = dict(classes=tuple(range(10)), clients_per_class=9, clients=None, outlier_fraction=0.1, split="balanced",
+                split_seed=None, tau=0.06,
                 community_method="leiden", phase1_model="ae5", phase1_epochs=100, phase2_model="ae7", rounds=10,
                 local_epochs=(1, 10), local_baseline_epochs=40, patience=3, restore_best=False,
                 centralised_epochs=10,
@@ -221,6 +222,8 @@ LINK = '\n[[links]]\na = "c0"\nb = "c1"\nbandwidth = {bw}\nlatency = "1 ms"\n'
      "must be one of leiden, fastgreedy"),
     (BASE + '\n[experiment]\ndetector = "final"\n', "experiment.detector", '"final"',
      "must be one of global, last_fit"),
+    (BASE + '\n[experiment]\nsplit = "paper"\n', "experiment.split", '"paper"', "must be one of balanced, authors"),
+    (BASE + '\n[experiment]\nsplit_seed = -1\n', "experiment.split_seed", "-1", "must be >= 0"),
     (BASE + '\n[experiment]\nbaselines = ["local", "oracle"]\n', "experiment.baselines[1]", '"oracle"',
      "must be one of"),
     (BASE + '\n[experiment]\nrounds = "ten"\n', "experiment.rounds", '"ten"', "expected an integer"),

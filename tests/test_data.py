@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 from collections import Counter
 
 import numpy as np
@@ -114,3 +115,49 @@ def test_partition_is_seeded(fm):
 def test_partition_rejects_bad_arguments(fm, classes, p, d):
     with pytest.raises(SimflError):
         make_partition(fm, classes, p, d, seed=0)
+
+
+def test_authors_split_is_their_draw_of_the_paper_setting(fm):
+    """split="authors" with their seed 42: the shards and test sets of the paper's runs."""
+    part = make_partition(fm, range(10), 9, 0.1, seed=42, split="authors")
+    assert len(part.clients) == 90
+    rows = np.concatenate([c.index for c in part.clients])
+    assert len(np.unique(rows)) == len(rows), "shards overlap"
+    n_in = np.array([int((~c.is_outlier).sum()) for c in part.clients])
+    assert n_in.sum() == 54000  # a random 90% of all 60,000 images is the inlier source
+    for k in range(10):
+        chunk = n_in[9 * k : 9 * (k + 1)]
+        assert max(chunk) - min(chunk) <= 1 and abs(chunk.sum() - 5400) < 200  # about 90% of each class
+    for i, c in enumerate(part.clients):
+        assert c.inlier_class == i // 9 and np.array_equal(c.labels, fm.y_train[c.index])
+        assert int(c.is_outlier.sum()) == math.floor(0.1 * n_in[i] / 0.9)  # the 10% pool suffices here
+        assert c.inlier_class not in set(c.labels[c.is_outlier].tolist())
+    test_in = {k: int((~out).sum()) for k, (_, out) in part.tests.items()}
+    test_out = {k: int(out.sum()) for k, (_, out) in part.tests.items()}
+    assert sum(test_in.values()) == 9000
+    for k in range(9):
+        assert test_out[k] == math.floor(0.1 * test_in[k] / 0.9)
+    # The authors' notebook (step_2.ipynb) printed "request, remaining 99 95" while building these test sets:
+    # class 8 had drawn 99 outliers, and class 9 found only 95 non-9 images left in the shared pool.
+    assert test_out[8] == 99 and test_out[9] == 95 < math.floor(0.1 * test_in[9] / 0.9)
+
+
+def test_authors_split_any_setting_and_seeded(fm):
+    classes, p, d = (0, 3, 5), 4, 0.2
+    a = make_partition(fm, classes, p, d, seed=7, split="authors")
+    b = make_partition(fm, classes, p, d, seed=7, split="authors")
+    c = make_partition(fm, classes, p, d, seed=8, split="authors")
+    assert all(np.array_equal(x.index, y.index) for x, y in zip(a.clients, b.clients, strict=True))
+    assert not np.array_equal(a.clients[0].index, c.clients[0].index)
+    rows = np.concatenate([s.index for s in a.clients])
+    assert len(np.unique(rows)) == len(rows) and set(fm.y_train[rows].tolist()) == set(classes)
+    n_in = [int((~s.is_outlier).sum()) for s in a.clients]
+    assert sum(n_in) == round(0.8 * 18000)
+    want = [math.floor(d * n / (1 - d)) for n in n_in]
+    got = [int(s.is_outlier.sum()) for s in a.clients]
+    assert got[:p] == want[:p]  # the first class draws from a full pool
+    assert all(g <= w for g, w in zip(got, want, strict=True)) and sum(got) <= 18000 - sum(n_in)
+    for k, cls in enumerate(classes):
+        assert all(s.inlier_class == cls for s in a.clients[k * p : (k + 1) * p])
+        _, out = a.tests[cls]
+        assert 0 < int(out.sum()) and int((~out).sum()) > 0.7 * 1000
