@@ -86,6 +86,22 @@ def _detector_line(summary: dict[str, Any]) -> str:
     return line
 
 
+AUTHORS_SEED = 42  # random_state of the authors' runconfig (github mirqr/FedAD)
+
+
+def _data_line(summary: dict[str, Any]) -> str:
+    """Which shards and test sets the run used (experiment.split / split_seed)."""
+    exp, sizes = summary["experiment"], summary.get("samples_per_client") or [0]
+    split, seed = exp.get("split", "balanced"), exp.get("split_seed")
+    how = ("the authors' own draw (their `datautil.partition`)" if split == "authors"
+           else "simfl's balanced draw (evenly mixed outliers, exact per-class shares)")
+    seed_txt = "the run seed" if seed is None else f"split_seed {seed}"
+    if split == "authors" and seed == AUTHORS_SEED:
+        seed_txt += ", the authors' seed: the very shards and test sets of the paper's runs"
+    return (f"Data: {len(sizes)} shards of {min(sizes)}-{max(sizes)} Fashion-MNIST training images, {how}, "
+            f"{seed_txt} (`experiment.split`).")
+
+
 def table4(summary: dict[str, Any]) -> str:
     pb, wb, cf, du = (summary["payload_bytes"], summary["wire_bytes"], summary["closed_form_bytes"],
                       summary["duration_s"])
@@ -120,6 +136,7 @@ def render(summary: dict[str, Any], scenario_name: str) -> str:
         f"x {exp['rounds']} rounds (local epochs {exp['local_epochs']}), aggregator: {exp['aggregator']}.",
         "",
     ]
+    out += [_data_line(summary), ""]
     if note:
         out += [f"**Shortened preset.** {note}", ""]
     out += [

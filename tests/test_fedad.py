@@ -102,6 +102,9 @@ def test_end_to_end_small_run(tiny: Path, tmp_path: Path) -> None:
     report = (out / "report.md").read_text()
     for title in ("Table 2", "Table 3", "Table 4", "test preset"):
         assert title in report
+    sizes = s["samples_per_client"]
+    assert f"Data: 4 shards of {min(sizes)}-{max(sizes)} Fashion-MNIST training images, simfl's balanced" in report
+    assert "the run seed (`experiment.split`)" in report
     above = sum(1 for r in s["auc_by_class"].values() if r["method"] > r["local"])
     assert s["method_above_local"] == [above, 2]
     assert f"Method above local in {above} of 2 inlier classes (paper: 7 of 10)." in report
@@ -237,3 +240,15 @@ def test_last_fit_detector_scores_each_clients_own_last_fit(tiny: Path, tmp_path
     msgs = pl.read_parquet(tmp_path / "l" / "messages.parquet").filter(pl.col("phase") == "phase2")
     assert msgs.sort("t_send")["kind"][0] == "global"  # the aggregator sends the initial model first
     assert (tmp_path / "l" / "report.md").read_text().count("last local fit") == 1
+
+
+def test_report_names_the_authors_data_when_their_draw_and_seed_are_used() -> None:
+    from simfl.report import _data_line
+
+    summary = {"experiment": {"split": "authors", "split_seed": 42}, "samples_per_client": [664, 668, 667]}
+    assert _data_line(summary) == (
+        "Data: 3 shards of 664-668 Fashion-MNIST training images, the authors' own draw (their "
+        "`datautil.partition`), split_seed 42, the authors' seed: the very shards and test sets of the paper's "
+        "runs (`experiment.split`).")
+    summary["experiment"]["split_seed"] = 7
+    assert _data_line(summary).endswith("own draw (their `datautil.partition`), split_seed 7 (`experiment.split`).")
