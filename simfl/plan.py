@@ -200,7 +200,7 @@ def plan_federated(
     to_train = [s for s in partition.clients if s.client not in copied]
     for t in range(exp.rounds):
         epochs = exp.local_epochs[min(t, len(exp.local_epochs) - 1)]
-        note = f" ({len(copied)} more in groups shared with {reuse.phase}, not retrained)" if copied else ""
+        note = f" (+{len(copied)} in groups the {_auc_name(reuse)} run has too: reused)" if copied else ""
         say(f"{phase}: round {t + 1}/{exp.rounds}, {len(to_train)} clients x {epochs} epochs{note}")
         jobs = [
             TrainJob(
