@@ -203,6 +203,13 @@ def _check_args(classes: Sequence[int], p: int, d: float) -> tuple[int, ...]:
     return cls
 
 
+def _shard(fm: FashionMNIST, client: int, inlier_class: int, index: np.ndarray) -> ClientShard:
+    """Client ``client``'s shard: the training images at rows ``index`` (in that order)."""
+    labels = fm.y_train[index].astype(np.int64)
+    return ClientShard(client=client, inlier_class=inlier_class, x=fm.x_train[index], labels=labels,
+                       is_outlier=labels != inlier_class, index=index)
+
+
 def _authors_draw(y: np.ndarray, cls: Sequence[int], p: int, d: float, seed: int) -> list[list[np.ndarray]]:
     """Rows of ``y`` per client, [class][j], as the authors' ``datautil.partition(x, y, p, d, seed)`` picks them
     (module docstring), restricted to the labels in ``cls``; each client's rows in their shuffled order."""
@@ -229,13 +236,9 @@ def _authors_draw(y: np.ndarray, cls: Sequence[int], p: int, d: float, seed: int
 
 
 def _authors_partition(fm: FashionMNIST, cls: tuple[int, ...], p: int, d: float, seed: int) -> Partition:
-    y_train = fm.y_train.astype(np.int64)
-    clients = []
-    for a, (c, mine) in enumerate(zip(cls, _authors_draw(y_train, cls, p, d, seed), strict=True)):
-        for j, index in enumerate(mine):
-            labels = y_train[index]
-            clients.append(ClientShard(client=a * p + j, inlier_class=c, x=fm.x_train[index], labels=labels,
-                                       is_outlier=labels != c, index=index))
+    draw = _authors_draw(fm.y_train.astype(np.int64), cls, p, d, seed)
+    clients = [_shard(fm, a * p + j, c, index) for a, (c, mine) in enumerate(zip(cls, draw, strict=True))
+               for j, index in enumerate(mine)]
     y_test = fm.y_test.astype(np.int64)
     tests = {}
     for c, (index,) in zip(cls, _authors_draw(y_test, cls, 1, d, seed), strict=True):
@@ -297,18 +300,7 @@ def make_partition(
         for j, chunk in enumerate(chunks[c]):
             out = class_outliers[c][start : start + need[c][j]]
             start += need[c][j]
-            index = rng.permutation(np.concatenate([chunk, out]))
-            labels = y_train[index]
-            clients.append(
-                ClientShard(
-                    client=a * p + j,
-                    inlier_class=c,
-                    x=fm.x_train[index],
-                    labels=labels,
-                    is_outlier=labels != c,
-                    index=index,
-                )
-            )
+            clients.append(_shard(fm, a * p + j, c, rng.permutation(np.concatenate([chunk, out]))))
 
     y_test = fm.y_test.astype(np.int64)
     by_class = {c: np.flatnonzero(y_test == c) for c in cls}
