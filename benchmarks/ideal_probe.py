@@ -12,9 +12,9 @@ ten classes take ~25 min on 2 CPU cores.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,14 +41,6 @@ def keras_init(model: str, seed: int) -> dict[str, torch.Tensor]:
     return out
 
 
-@dataclass
-class _Subset:
-    """The clients of the chosen classes, keyed by their IDs in the full partition."""
-
-    clients: list = field(default_factory=list)
-    tests: dict = field(default_factory=dict)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seed", type=int, default=None, help="run seed (default: the preset's)")
@@ -63,7 +55,8 @@ def main() -> None:
         plan.init_state = keras_init  # the shared starting model of each group is made in this process
     part = plan.partition_of(exp, seed)
     groups = [g for g, c in zip(part.true_groups(), exp.classes, strict=True) if c in classes]
-    sub = _Subset([part.clients[i] for g in groups for i in g], part.tests)
+    # only the chosen classes' clients (plan_federated and _evaluate key them by ID, not position)
+    sub = dataclasses.replace(part, clients=tuple(part.clients[i] for g in groups for i in g))
     t0 = time.perf_counter()
     with Engine(device="cpu", workers=exp.workers) as engine:
         fl = plan.plan_federated(engine, exp, sub, groups, seed, "ideal", lambda _m: None)

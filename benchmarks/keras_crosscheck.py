@@ -29,9 +29,14 @@ P = 9
 
 
 def export() -> None:
-    from simfl.data import find_data_dir, load_fashion_mnist, make_partition
+    from pathlib import Path
 
-    part = make_partition(load_fashion_mnist(find_data_dir(None)), range(10), P, 0.1, 42, "authors")
+    from simfl.config import load_scenario
+    from simfl.plan import partition_of
+
+    scenario = load_scenario(Path(__file__).resolve().parent.parent / "topologies" / "paper-90.toml")
+    part = partition_of(scenario.experiment, scenario.seed)  # split "authors", split_seed 42
+    assert part.p == P, part.p
     arrays = {f"x{s.client}": s.x for s in part.clients}
     for c, (x, out) in part.tests.items():
         arrays[f"tx{c}"], arrays[f"to{c}"] = x, out
@@ -86,6 +91,7 @@ def fedavg(c: int) -> None:
     xs, tx, out = _load(c)
     clients = [_keras_ae7() for _ in xs]
     weights = _keras_ae7().get_weights()
+    n = [len(x) for x in xs]
     t0 = time.time()
     for rnd in range(1, 11):
         fits = []
@@ -93,7 +99,6 @@ def fedavg(c: int) -> None:
             m.set_weights(weights)
             m.fit(x, x, epochs=1 if rnd == 1 else 10, batch_size=32, shuffle=True, validation_split=0.1, verbose=0)
             fits.append(m.get_weights())
-        n = [len(x) for x in xs]
         weights = [sum(k * f[i] for f, k in zip(fits, n, strict=True)) / sum(n) for i in range(len(fits[0]))]
         aucs = [_auc(m, tx, out) for m in clients]
         print(f"round {rnd}: last fits' mean AUC {np.mean(aucs):.3f} ({time.time() - t0:.0f} s)", flush=True)
