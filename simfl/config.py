@@ -146,6 +146,7 @@ class Experiment:
     outlier_fraction: float = 0.1
     split: str = "balanced"  # how shards and test sets are drawn: "balanced" or "authors" (simfl.data)
     split_seed: int | None = None  # the draw's seed; None: the run's seed (the authors' is 42)
+    max_samples_per_client: int | None = None  # cut each shard to its first N samples (quick runs); None: all
     tau: float = 0.06
     community_method: str = "leiden"
     phase1_model: str = "ae5"
@@ -445,6 +446,9 @@ def _experiment(ctx: _Ctx, t: Any) -> Experiment:
     split_seed = t.get("split_seed")
     if split_seed is not None:
         _int(ctx, split_seed, key("split_seed"), 0)
+    cap = t.get("max_samples_per_client")
+    if cap is not None:
+        _int(ctx, cap, key("max_samples_per_client"), 2)
     tau = _float(ctx, g("tau"), key("tau"))
     if tau <= 0:
         ctx.fail(key("tau"), tau, "must be positive")
@@ -475,6 +479,7 @@ def _experiment(ctx: _Ctx, t: Any) -> Experiment:
         outlier_fraction=d_out,
         split=_str(ctx, g("split"), key("split"), SPLITS),
         split_seed=split_seed,
+        max_samples_per_client=cap,
         tau=tau,
         community_method=_str(ctx, g("community_method"), key("community_method"), ("leiden", "fastgreedy")),
         phase1_model=_str(ctx, g("phase1_model"), key("phase1_model"), ("ae5", "ocsvm")),

@@ -58,7 +58,7 @@ Table 4 reproduction (n = 90, |C| = 10, r = 10, MB = 1e6 bytes), all with these 
   number of 784-byte samples: 57,448.98). With the authors' partition (90 clients of 600 inliers + 66
   outliers, 59,940 samples) it is 46,992,960 bytes = 46.99 MB.
 - Exact model sizes (AE-5 3,217 params, AE-7 28,353): Eq. 1 = 103,076,885.25 bytes = 103.077 MB (the
-  103.07 MB quoted in DESIGN.md is this figure truncated, or the model term alone, 103,072,680 bytes);
+  103.07 MB one may see quoted is this figure truncated, or the model term alone, 103,072,680 bytes);
   Eq. 2 = 204,141,600 bytes = 204.1 MB; Eq. 3 with k = 7 = 188,263,920 bytes = 188.3 MB.
 """
 
@@ -80,7 +80,7 @@ THRESHOLD_BYTES = 4  # the inlier threshold carried by a phase-I model message (
 SAMPLE_BYTES = 784  # one Fashion-MNIST image, 28 x 28 uint8
 MB = 10**6
 
-# Model sizes (params). Rounded: the paper's Table 1 / Table 4; exact: DESIGN.md ('same' padding).
+# Model sizes (params). Rounded: the paper's Table 1 / Table 4; exact: simfl.models ('same' padding).
 PAPER_PHASE1_PARAMS = 4_000
 PAPER_PHASE2_PARAMS = 28_000
 PAPER_FLAT_AE_PARAMS = 100_000

@@ -7,7 +7,7 @@ and valid for any number of clients per class ``p``, class subset and outlier fr
 * Per chosen class, a random ``floor((1-d) * N_c)`` of its training images are the inlier source, split into
   ``p`` disjoint chunks whose sizes differ by at most one (``np.array_split``); the other ``ceil(d * N_c)``
   images form that class's share of the outlier pool. (The authors sample ``1 - outlier_fraction`` of the
-  data set as the inlier source: with d = 0.1 this is the 90% / 10% split of DESIGN.md; tying the pool to
+  data set as the inlier source: with d = 0.1 this is a 90% / 10% split; tying the pool to
   ``d`` keeps it large enough for every ``d`` below 0.5.)
 * A client holding ``n_in`` inliers adds ``floor(d * n_in / (1 - d))`` outliers (computed in exact rational
   arithmetic on ``d``'s decimal form), so its outlier fraction is ``d`` rounded down. Outliers are drawn
@@ -33,6 +33,7 @@ class on the test images, so a class's test set is about 90% of its test images 
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import math
 import os
@@ -171,6 +172,15 @@ class Partition:
     @property
     def n_clients(self) -> int:
         return len(self.clients)
+
+    def capped(self, n: int | None) -> Partition:
+        """The same partition with each client's shard cut to its first ``n`` samples (None: unchanged). The
+        shards are shuffled, so the cut keeps their mix of inliers and outliers up to sampling."""
+        if n is None or all(len(s.x) <= n for s in self.clients):
+            return self
+        cut = tuple(dataclasses.replace(s, x=s.x[:n], labels=s.labels[:n], is_outlier=s.is_outlier[:n],
+                                        index=s.index[:n]) for s in self.clients)
+        return dataclasses.replace(self, clients=cut)
 
     def true_groups(self) -> list[list[int]]:
         """Client ids grouped by inlier class, in ``classes`` order (the ideal partition)."""

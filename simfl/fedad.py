@@ -14,12 +14,10 @@ import polars as pl
 from simfl import costs, models
 from simfl.config import DETECTORS, Scenario
 from simfl.errors import SimflError
-from simfl.plan import LearningPlan, auc_key, cached_plan, default_cache_dir
+from simfl.plan import APPROACHES, LearningPlan, auc_key, cached_plan, default_cache_dir
 from simfl.protocol import simulate
 from simfl.report import method_above_local, write_report
 from simfl.world import World
-
-APPROACHES = ("local", "method", "ideal", "centralised")
 
 
 def progress_printer(enabled: bool) -> Callable[[str], None]:

@@ -1,6 +1,6 @@
 """The `Message` record and the exact byte accounting.
 
-Two sizes are kept apart (DESIGN: "keep the paper's payload accounting apart from what the wire carries"):
+Two sizes are kept apart (the paper's payload accounting, and what the wire carries):
 
 * `payload_bits`: what the method sends, counted as the paper counts it: 32 bits per float32 parameter, 16 bits per
   client ID (`ids_bits`), 1 bit per association flag (`flag_bits`); `payload_bits_of` counts the real bytes of

@@ -1,8 +1,8 @@
 """The models of the paper's Table 1 with exact sizes and FLOP counts.
 
 * ``ae5``  phase I convolutional autoencoder (Appendix A.1): 3,217 parameters.
-* ``ae7``  phase II convolutional autoencoder (Appendix A.2 with two stride-2 transposed convolutions, see
-  DESIGN.md): 28,353 parameters.
+* ``ae7``  phase II convolutional autoencoder (Appendix A.2 with two stride-2 transposed convolutions and
+  'same' padding): 28,353 parameters.
 * ``flat`` the authors' earlier dense autoencoder [64, 32, 64] on 784 inputs: 105,392 parameters.
 * ``ocsvm`` the authors' earlier phase I model, scikit-learn ``OneClassSVM`` (RBF, nu = 0.1): its size
   depends on the support vectors found in training, so its bytes come from the fitted state

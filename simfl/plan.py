@@ -251,6 +251,11 @@ def _evaluate(
     return aucs
 
 
+# The approaches whose AUCs a run reports: each client alone, FedAvg in the communities found, FedAvg in the true
+# groups, one model on all the data.
+APPROACHES = ("local", "method", "ideal", "centralised")
+
+
 def auc_key(approach: str, detector: str) -> str:
     """Where `LearningPlan.auc` keeps an approach's AUCs for a detector (only FedAvg runs have a last fit)."""
     return f"{approach}_last_fit" if detector == "last_fit" and approach in ("method", "ideal") else approach
@@ -278,7 +283,8 @@ def partition_of(exp: Experiment, seed: int) -> Partition:
     """The clients' shards and test sets of `exp` for run seed `seed` (or `exp.split_seed` where it is set)."""
     data = load_fashion_mnist(find_data_dir(exp.data_dir))
     split_seed = seed if exp.split_seed is None else exp.split_seed
-    return make_partition(data, exp.classes, exp.clients_per_class, exp.outlier_fraction, split_seed, exp.split)
+    partition = make_partition(data, exp.classes, exp.clients_per_class, exp.outlier_fraction, split_seed, exp.split)
+    return partition.capped(exp.max_samples_per_client)
 
 
 def build_plan(exp: Experiment, seed: int, say: Progress, device: str | None = None) -> LearningPlan:
@@ -364,14 +370,20 @@ def _data_fingerprint(directory: Path) -> str:
     return h.hexdigest()
 
 
+def learning_identity(exp: Experiment, seed: int) -> str:
+    """What is learned, as canonical JSON: the experiment's learning fields and the seed. Two runs with the same
+    identity (and data, device kind, simfl and torch versions: see `plan_key`) learn the same plan."""
+    fields = {k: v for k, v in dataclasses.asdict(exp).items() if k not in NOT_LEARNING}
+    return json.dumps({"exp": fields, "seed": seed}, sort_keys=True, default=list)
+
+
 def plan_key(exp: Experiment, seed: int, device: str) -> str:
     """Content hash of everything a learning plan depends on: experiment, seed, data, device kind, plan format."""
-    fields = {k: v for k, v in dataclasses.asdict(exp).items() if k not in NOT_LEARNING}
     from simfl import __version__
 
     blob = json.dumps(
-        {"exp": fields, "seed": seed, "device": device.split(":")[0], "format": PLAN_FORMAT, "version": __version__,
-         "data": _data_fingerprint(find_data_dir(exp.data_dir)), "torch": torch.__version__},
+        {"learning": learning_identity(exp, seed), "device": device.split(":")[0], "format": PLAN_FORMAT,
+         "version": __version__, "data": _data_fingerprint(find_data_dir(exp.data_dir)), "torch": torch.__version__},
         sort_keys=True, default=list,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:24]

@@ -52,10 +52,8 @@ def _run_workload(world: World, scenario: Scenario, out: Path, progress: bool) -
 
         return run_synthetic(world, scenario)
     if scenario.workload == "fedad":
-        import importlib.util
+        from simfl.fedad import run_fedad
 
-        mod = "simfl.fedad" if importlib.util.find_spec("simfl.fedad") else "simfl.protocol"
-        run_fedad = importlib.import_module(mod).run_fedad
         return run_fedad(world, scenario, out, progress)
     raise SimflError(f"unknown workload {scenario.workload!r}")
 

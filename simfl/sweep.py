@@ -24,11 +24,11 @@ import polars as pl
 from simfl.config import DEFAULT_SCENARIO, Scenario, load_scenario
 from simfl.errors import SimflError
 from simfl.fedad import progress_printer
+from simfl.plan import APPROACHES, learning_identity
 from simfl.runner import INCOMPLETE, run_scenario
 from simfl.units import parse_rate, parse_size, parse_time
 
 PHASES = ("phase1", "phase2", "ideal", "centralised", "local")
-APPROACHES = ("local", "method", "ideal", "centralised")
 
 
 def parse_vary(items: Sequence[str]) -> list[tuple[str, list[str]]]:
@@ -239,7 +239,7 @@ def run_sweep(path: Path, vary: list[tuple[str, list[str]]], out_dir: Path, *, s
     first: dict[tuple[str, int], int] = {}
     for i, (sc, _) in enumerate(todo):
         if sc.workload == "fedad":
-            first.setdefault((repr(sorted(vars(sc.experiment).items())), sc.seed), i)
+            first.setdefault(learning_identity(sc.experiment, sc.seed), i)
     results: dict[int, dict[str, Any]] = {}
     for i in sorted(set(first.values())):
         say(f"point {i + 1}/{len(todo)} (learns): {todo[i][1].name}")

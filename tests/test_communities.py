@@ -129,7 +129,7 @@ def test_table2_ari_nmi():
     # found: 6 * 36 + C(36, 2) = 216 + 630 = 846; C(90, 2) = 4005; expected = 360 * 846 / 4005.
     # ARI = (360 - expected) / ((360 + 846) / 2 - expected) = 1,137,240 / 2,110,455 = 227,448 / 422,091.
     assert ari == pytest.approx(227_448 / 422_091, abs=1e-12)
-    assert round(ari, 3) == 0.539  # the paper's figure (DESIGN.md)
+    assert round(ari, 3) == 0.539  # the paper's figure (its Table 2)
     # found is a coarsening of truth: MI = H(found) = 0.6 ln 10 + 0.4 ln 2.5; H(truth) = ln 10;
     # NMI (arithmetic) = 2 H(found) / (ln 10 + H(found)) = 0.8631
     h = 0.6 * math.log(10) + 0.4 * math.log(2.5)

@@ -94,7 +94,7 @@ def test_default_and_allpairs_extend_paper_90():
 
 def test_experiment_fields_and_defaults():
     want = dict(classes=tuple(range(10)), clients_per_class=9, clients=None, outlier_fraction=0.1, split="balanced",
-                split_seed=None, tau=0.06,
+                split_seed=None, max_samples_per_client=None, tau=0.06,
                 community_method="leiden", phase1_model="ae5", phase1_epochs=100, phase2_model="ae7", rounds=10,
                 local_epochs=(1, 10), local_baseline_epochs=40, patience=3, restore_best=False,
                 centralised_epochs=10,

@@ -161,3 +161,15 @@ def test_authors_split_any_setting_and_seeded(fm):
         assert all(s.inlier_class == cls for s in a.clients[k * p : (k + 1) * p])
         _, out = a.tests[cls]
         assert 0 < int(out.sum()) and int((~out).sum()) > 0.7 * 1000
+
+
+def test_capped_partition_cuts_each_shard_to_its_first_samples():
+    fm = load_fashion_mnist(find_data_dir())
+    full = make_partition(fm, [1, 7], 2, 0.1, seed=5)
+    cut = full.capped(40)
+    for a, b in zip(full.clients, cut.clients, strict=True):
+        assert len(b.x) == 40
+        assert np.array_equal(b.index, a.index[:40]) and np.array_equal(b.x, fm.x_train[b.index])
+        assert np.array_equal(b.is_outlier, fm.y_train[b.index] != a.inlier_class)
+    assert full.capped(None) is full and full.capped(10**6) is full
+    assert cut.tests is full.tests

@@ -20,7 +20,7 @@ from simfl.plan import FLPlan, LearningPlan, Phase1Plan, derive_seed
 from simfl.protocol import simulate
 from simfl.world import World
 
-AE5, AE7 = 3217, 28353  # parameters (DESIGN.md)
+AE5, AE7 = 3217, 28353  # parameters (simfl.models)
 
 
 def scenario(n: int, *, aggregator: str = "member", headers: bool = True) -> object:
