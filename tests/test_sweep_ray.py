@@ -11,7 +11,8 @@ import test_fedad
 
 from simfl.config import load_scenario
 from simfl.errors import SimflError
-from simfl.sweep import _run_ray, parse_vary, run_sweep
+from simfl.sweep import parse_vary, run_sweep
+from simfl.sweep_ray import run_ray
 
 tiny = test_fedad.tiny  # the tiny real scenario, its learning cache under tmp_path
 
@@ -19,7 +20,7 @@ tiny = test_fedad.tiny  # the tiny real scenario, its learning cache under tmp_p
 def test_missing_ray_says_how_to_install_it(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     with pytest.raises(SimflError, match=r"pip install 'simfl\[ray\]'"):
-        list(_run_ray([(load_scenario(tiny), tmp_path / "p")], None, 2, print))
+        list(run_ray([(load_scenario(tiny), tmp_path / "p")], None, 2, print))
 
 
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed")
