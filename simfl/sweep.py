@@ -206,7 +206,8 @@ def plan_points(path: Path, vary: Vary, seeds: int,
 
 # ---------------------------------------------------------------------------------------------------- points
 def point_summary(out: Path) -> dict[str, Any]:
-    """The summary of the finished run in `out`: the one place a sweep reads run summaries."""
+    """The summary of the finished run in `out`, as a dict: the one place a sweep reads run summaries (a typed
+    summary that keeps the JSON's field names reads here as `dataclasses.asdict(...)` of it)."""
     return json.loads((out / "summary.json").read_text(encoding="utf-8"))
 
 
