@@ -54,17 +54,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser("sweep", help="run a grid of scenario variants; one table row per point")
     w.add_argument("scenario", nargs="?", default=None, help="scenario TOML (default: topologies/default.toml)")
-    w.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2,...",
-                   help='vary a scenario key, e.g. --vary "node_groups[0].uplink.bandwidth=1 Mbps,10 Mbps" '
-                        "(repeatable: the grid is the product)")
-    w.add_argument("--seeds", type=int, default=1, help="seeds per point: the scenario's seed, +1, ... (default 1)")
+    w.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2,...|KEY=[V1,...]",
+                   help='vary a scenario key (repeatable: the grid is the product). Plain values: '
+                        '"node_groups[0].uplink.bandwidth=1 Mbps,10 Mbps"; a value in double quotes keeps its '
+                        'commas: \'synthetic.message_bytes=12 kB,"12,868 B"\'. A TOML/JSON array for any values, '
+                        'lists included: \'synthetic.pattern=[["gather"], ["allpairs"]]\'')
+    w.add_argument("--seeds", type=int, default=1,
+                   help="seeds per point: the scenario's seed, +1, ... (default 1; every seed < 2^32)")
     w.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key for every point (repeatable)")
     w.add_argument("--out", default=None, help="sweep directory (default: runs/sweep-<scenario>)")
     w.add_argument("--executor", default="local", choices=["local", "ray"],
                    help="local processes (default) or Ray tasks")
-    w.add_argument("--jobs", type=int, default=1, help="parallel local processes for the replayed points")
-    w.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray instance)")
+    w.add_argument("--jobs", type=int, default=1,
+                   help="parallel local processes for the replayed points (>= 1; default 1); with --executor ray, "
+                        "the CPUs of the local Ray instance (at least 2)")
+    w.add_argument("--address", default=None,
+                   help="Ray cluster address (default: start a local Ray instance); a cluster with token "
+                        "authentication needs RAY_AUTH_MODE=token and its token in RAY_AUTH_TOKEN, the file "
+                        "RAY_AUTH_TOKEN_PATH names, or ~/.ray/auth_token")
     w.add_argument("--quiet", action="store_true", help="no progress display")
     w.add_argument("--no-cache", action="store_true", help="retrain at every point (for comparison)")
     w.set_defaults(handler=_cmd_sweep)

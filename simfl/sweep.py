@@ -1,96 +1,379 @@
 """Parameter sweeps: a grid of scenario overrides x seeds, one table row per point, resumable.
 
+`--vary` takes one key and its values, in one of two forms:
+
+    KEY=V1,V2,...          plain values: numbers and true/false as such, anything else a string ("10 Mbps");
+                           a value in double quotes keeps its commas: KEY=12 kB,"12,868 B"
+    KEY=[V1, V2, ...]      a TOML (or JSON) array: any value, lists included, e.g.
+                           'synthetic.message_bytes=["12,868 B", "1 kB"]'
+                           'synthetic.pattern=[["gather"], ["allpairs"]]'
+
 Learning results do not depend on the network, so a sweep first builds each distinct learning plan once (through
 the content-addressed cache of `simfl.plan`), then replays every point on its network. A point whose directory
-already holds a finished run of the same resolved scenario is read back, not recomputed.
+already holds a finished run of the same resolved scenario is read back, not recomputed: an interrupted sweep,
+run again, resumes. Network-only (synthetic) scenarios need no learning: every point is one network run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import importlib.util
 import itertools
 import json
 import math
 import multiprocessing
 import re
+import tomllib
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from simfl.config import DEFAULT_SCENARIO, Scenario, load_scenario
+from simfl.config import DEFAULT_SCENARIO, Scenario, ScenarioError, load_scenario, toml_value
 from simfl.errors import SimflError
-from simfl.fedad import progress_printer
-from simfl.plan import APPROACHES, learning_identity
 from simfl.runner import INCOMPLETE, run_scenario
 from simfl.units import parse_rate, parse_size, parse_time
 
 PHASES = ("phase1", "phase2", "ideal", "centralised", "local")
+MAX_SEED = 2**32 - 1
+EXECUTORS = ("local", "ray")
+VARY_EXAMPLE = "--vary 'synthetic.pattern=[[\"gather\"], [\"allpairs\"]]'"
+# Errors of the file system a sweep writes to (permissions, read-only or full disks): one line, not a traceback.
+_DISK_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR,
+                errno.ENAMETOOLONG}
+Outcome = tuple[int, dict[str, Any], bool]  # (point index, its summary, read back from an earlier run)
 
 
-def parse_vary(items: Sequence[str]) -> list[tuple[str, list[str]]]:
-    """`KEY=V1,V2,...` -> (KEY, [V1, V2, ...]); errors name the bad item."""
-    out: list[tuple[str, list[str]]] = []
+@dataclass(frozen=True)
+class Level:
+    """One value of a varied key: `text` as the table and directory names show it, `value` as the scenario gets it."""
+
+    text: str
+    value: Any
+
+
+Vary = list[tuple[str, list[Level]]]
+
+
+# ----------------------------------------------------------------------------------------------------- --vary
+def parse_vary(items: Sequence[str]) -> Vary:
+    """`KEY=V1,V2,...` or `KEY=[V1, V2, ...]` -> (KEY, levels); errors name the bad item (see the module doc)."""
+    out: Vary = []
     for item in items:
         if "=" not in item:
-            raise SimflError(f"--vary {item}: expected KEY=V1,V2,..., e.g. --vary experiment.rounds=2,5")
-        key, raw = item.split("=", 1)
-        values = [v.strip() for v in raw.split(",") if v.strip()]
-        if not key.strip() or not values:
+            raise SimflError(f"--vary {item}: expected KEY=V1,V2,... or KEY=[V1, V2, ...], e.g. --vary "
+                             "experiment.rounds=2,5")
+        key, raw = (s.strip() for s in item.split("=", 1))
+        if not key or not raw:
             raise SimflError(f"--vary {item}: needs a key and at least one value")
-        if key.strip() in [k for k, _ in out]:
-            raise SimflError(f"--vary {key.strip()}: given twice")
-        out.append((key.strip(), values))
+        if key in [k for k, _ in out]:
+            raise SimflError(f"--vary {key}: given twice (give all its values in one --vary)")
+        levels = _array_levels(key, raw) if raw.startswith("[") else _plain_levels(key, raw)
+        if not levels:
+            raise SimflError(f"--vary {key}={raw}: needs at least one value")
+        seen = Counter(toml_value(lv.value) for lv in levels)
+        twice = [v for v, n in seen.items() if n > 1]
+        if twice:
+            raise SimflError(f"--vary {key}: value {twice[0]} given twice")
+        out.append((key, levels))
     return out
 
 
-def numeric(value: str) -> float | None:
+# a plain value: "quoted" (commas kept) or unquoted up to the next comma; then a comma or the end
+_PLAIN = re.compile(r'\s*(?:"([^"]*)"|([^",]*?))\s*(,|\Z)')
+
+
+def _plain_levels(key: str, raw: str) -> list[Level]:
+    levels: list[Level] = []
+    pos = 0
+    while True:
+        m = _PLAIN.match(raw, pos)
+        if m is None:
+            raise SimflError(f'--vary {key}={raw}: misplaced or unclosed double quote in value {len(levels) + 1}; '
+                             f'quote whole values ("12,868 B") or give an array: {key}=["a, b", "c"]')
+        quoted, plain, sep = m.groups()
+        if quoted is None and not plain:
+            raise SimflError(f"--vary {key}={raw}: value {len(levels) + 1} is empty (a stray comma?)")
+        levels.append(Level(quoted, quoted) if quoted is not None else Level(plain, _scalar(plain)))
+        if not sep:
+            return levels
+        pos = m.end()
+
+
+def _toml(raw: str) -> Any:
+    """`raw` read as one TOML value (tomllib.TOMLDecodeError when it is not one)."""
+    d = tomllib.loads(f"v = {raw}")
+    if len(d) != 1:
+        raise tomllib.TOMLDecodeError("text after the value")
+    return d["v"]
+
+
+def _scalar(text: str) -> Any:
+    """A plain value: a TOML number or boolean as such, anything else the string itself."""
+    try:
+        v = _toml(text)
+    except tomllib.TOMLDecodeError:
+        return text
+    return v if isinstance(v, int | float) else text
+
+
+def _array_levels(key: str, raw: str) -> list[Level]:
+    try:
+        values = _toml(raw)
+    except tomllib.TOMLDecodeError as e:
+        try:
+            values = json.loads(raw)
+        except ValueError:
+            why = re.sub(r" \(at line \d+, column \d+\)", "", str(e))
+            with contextlib.suppress(tomllib.TOMLDecodeError):
+                _toml(f"[{raw}]")
+                why += f"; several arrays? put them in one: {key}=[{raw}]"
+            raise SimflError(f"--vary {key}={raw}: not a TOML or JSON array ({why}); e.g. {VARY_EXAMPLE}") from None
+    if not isinstance(values, list):
+        raise SimflError(f"--vary {key}={raw}: expected an array of values, e.g. {VARY_EXAMPLE}")
+    if any(v is None for v in values):
+        raise SimflError(f"--vary {key}={raw}: null is not a scenario value")
+    return [Level(v if isinstance(v, str) else toml_value(v), v) for v in values]
+
+
+def numeric(value: Any) -> float | None:
     """A number for plotting: plain numbers, rates (bit/s), times (s) or sizes (bytes); None if none parse."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
     for parse in (float, parse_rate, parse_time, parse_size):
         try:
-            return float(parse(value.strip('"')))
+            return float(parse(value))
         except (ValueError, TypeError, SimflError):
             continue
     return None
 
 
-def _toml_literal(v: str) -> str:
-    """Values with units ('100 Mbps') are strings in TOML; numbers, booleans and arrays pass as written."""
-    if re.fullmatch(r"-?\d+(\.\d*)?([eE][-+]?\d+)?|true|false|\[.*\]|\".*\"", v):
-        return v
-    return json.dumps(v)
+# ------------------------------------------------------------------------------------------------------ grid
+def check_options(*, seeds: int, jobs: int, executor: str, address: str | None) -> None:
+    """The sweep's own options, before anything is loaded or written."""
+    if seeds < 1:
+        raise SimflError(f"--seeds {seeds}: must be >= 1")
+    if jobs < 1:
+        raise SimflError(f"--jobs {jobs}: must be >= 1")
+    if executor not in EXECUTORS:
+        raise SimflError(f"--executor {executor}: choose {' or '.join(EXECUTORS)}")
+    if address and executor != "ray":
+        raise SimflError(f"--address {address}: only used with --executor ray")
 
 
-def _slug(i: int, combo: Sequence[str], seed: int) -> str:
-    parts = [f"p{i:03d}", *(re.sub(r"[^A-Za-z0-9.]+", "", v) for v in combo), f"seed{seed}"]
+def _slug(i: int, texts: Sequence[str], seed: int) -> str:
+    parts = [f"p{i:03d}", *(re.sub(r"[^A-Za-z0-9.]+", "", v) for v in texts), f"seed{seed}"]
     return "-".join(parts)[:80]
 
 
-def plan_points(path: Path, vary: list[tuple[str, list[str]]], seeds: int,
-                base_overrides: Sequence[str] = ()) -> list[tuple[dict[str, str], Scenario]]:
-    """Every grid point's values and validated scenario (all validated before anything runs)."""
-    base = load_scenario(path, list(base_overrides))
+def _vary_error(e: ScenarioError, values: dict[str, Level]) -> SimflError:
+    """A point's scenario error, told as the --vary value it comes from."""
+    msg = str(e)
+    for k, lv in values.items():
+        said = f"--set {k}={toml_value(lv.value)}:"
+        if said in msg:
+            return SimflError(msg.replace(said, f"--vary {k}={lv.text}:", 1))
+    point = ", ".join(f"{k}={lv.text}" for k, lv in values.items())
+    return SimflError(f"--vary point {point}: {msg}")
+
+
+def plan_points(path: Path, vary: Vary, seeds: int,
+                base_overrides: Sequence[str] = ()) -> list[tuple[dict[str, Level], Scenario]]:
+    """Every grid point's values and validated scenario (all validated before anything runs). Each combination
+    of values runs with seeds s, s + 1, ..., s + seeds - 1, s its scenario's seed."""
+    load_scenario(path, list(base_overrides))  # errors of the file and of --set first
     points = []
-    for combo in itertools.product(*[vals for _, vals in vary]):
-        for s in range(seeds):
-            overrides = list(base_overrides) + [f"{k}={_toml_literal(v)}" for (k, _), v in zip(vary, combo)]
-            sc = load_scenario(path, overrides, seed=base.seed + s)
-            points.append(({k: v for (k, _), v in zip(vary, combo)}, sc))
-    if not points:
-        raise SimflError("the sweep grid is empty")
+    for combo in itertools.product(*[levels for _, levels in vary]):
+        values = {k: lv for (k, _), lv in zip(vary, combo)}
+        overrides = [*base_overrides, *(f"{k}={toml_value(lv.value)}" for k, lv in values.items())]
+        try:
+            first = load_scenario(path, overrides)
+            if first.seed + seeds - 1 > MAX_SEED:
+                raise SimflError(f"--seeds {seeds}: seeds {first.seed}..{first.seed + seeds - 1} pass the largest "
+                                 f"seed, 2^32 - 1 = {MAX_SEED}; give fewer seeds or a smaller scenario seed")
+            points += [(values, load_scenario(path, overrides, seed=first.seed + s) if s else first)
+                       for s in range(seeds)]
+        except ScenarioError as e:
+            raise _vary_error(e, values) from None
     return points
 
 
-def row_of(values: dict[str, str], summary: dict[str, Any]) -> dict[str, Any]:
-    """One table row: the varied values (as written and as numbers), bytes, durations and AUC of a point."""
+# ---------------------------------------------------------------------------------------------------- points
+def point_summary(out: Path) -> dict[str, Any]:
+    """The summary of the finished run in `out`, as a dict: the one place a sweep reads run summaries (a typed
+    summary that keeps the JSON's field names reads here as `dataclasses.asdict(...)` of it)."""
+    return json.loads((out / "summary.json").read_text(encoding="utf-8"))
+
+
+@contextlib.contextmanager
+def disk_errors(where: Path) -> Iterator[None]:
+    """File-system failures (permissions, read-only or full disk) under `where` as one SimflError line."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in _DISK_ERRNOS:
+            raise
+        raise SimflError(f"{e.filename or where}: cannot write ({e.strerror}); make room or fix the permissions, "
+                         "then run the sweep again (finished points are kept)") from None
+
+
+def finished(out: Path, sc: Scenario) -> dict[str, Any] | None:
+    """The summary of a finished run of `sc` in `out`; None when there is none."""
+    try:
+        if (out / INCOMPLETE).exists() or (out / "scenario.toml").read_text(encoding="utf-8") != sc.to_toml():
+            return None
+        return point_summary(out)
+    except (OSError, ValueError):
+        return None
+
+
+def run_point(sc: Scenario, out: Path, progress: bool = False) -> tuple[dict[str, Any], bool]:
+    """Run one point, or read it back when it already finished with the same scenario: (summary, read back)."""
+    done = finished(out, sc)
+    if done is not None:
+        return done, True
+    with disk_errors(out):
+        if out.exists() and any(out.iterdir()) and not (out / INCOMPLETE).exists():
+            raise SimflError(f"{out}: holds a different finished run; remove it or sweep into another directory")
+        run_scenario(sc, out, progress=progress)
+        return point_summary(out), False
+
+
+def _prepare_out(out_dir: Path) -> None:
+    """Create the sweep directory and check it takes files: one line when it cannot."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SimflError(f"--out {out_dir}: exists and is not a directory")
+    try:
+        (out_dir / "points").mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".simfl-write-check"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise SimflError(f"--out {out_dir}: cannot write there ({e.strerror or e}); choose a writable "
+                         "directory") from None
+
+
+def _run_serial(todo: list[tuple[Scenario, Path]], idx: Sequence[int]) -> Iterator[Outcome]:
+    for i in idx:
+        yield i, *run_point(*todo[i])
+
+
+def _run_pool(todo: list[tuple[Scenario, Path]], idx: Sequence[int], jobs: int) -> Iterator[Outcome]:
+    # spawn, not fork: a forked child of a process that ran torch can deadlock on a lock held at fork time
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futs = {pool.submit(run_point, *todo[i]): i for i in idx}
+        try:
+            for f in as_completed(futs):
+                yield futs[f], *f.result()
+        finally:  # on an error or an interrupt, start no further point
+            pool.shutdown(cancel_futures=True)
+
+
+def _run_points(todo: list[tuple[Scenario, Path]], executor: str, jobs: int, address: str | None,
+                say: Callable[[str], None], progress: bool) -> dict[int, dict[str, Any]]:
+    """Every point's summary, by index. Points that share a learning plan: the first of each runs alone (it trains
+    and fills the cache), the rest replay from the cache, so parallel executors never train one plan twice."""
+    first: dict[str, int] = {}
+    if any(sc.workload == "fedad" for sc, _ in todo):
+        from simfl.plan import learning_identity
+
+        for i, (sc, _) in enumerate(todo):
+            if sc.workload == "fedad":
+                first.setdefault(learning_identity(sc.experiment, sc.seed), i)
+    results: dict[int, dict[str, Any]] = {}
+    for i in sorted(set(first.values())):
+        say(f"point {i + 1}/{len(todo)} (learns): {todo[i][1].name}")
+        results[i] = run_point(*todo[i], progress=progress)[0]
+    rest = [i for i in range(len(todo)) if i not in results]
+    if executor == "ray":
+        from simfl.sweep_ray import run_ray
+
+        runs = ((rest[k], s, r) for k, s, r in run_ray([todo[i] for i in rest], address, max(jobs, 2), say))
+    else:
+        runs = _run_pool(todo, rest, jobs) if jobs > 1 and len(rest) > 1 else _run_serial(todo, rest)
+    via = " (ray)" if executor == "ray" else ""
+    for i, summary, resumed in runs:
+        results[i] = summary
+        say(f"point {i + 1}/{len(todo)} {'read back' if resumed else 'done'}{via}: {todo[i][1].name}")
+    return results
+
+
+def run_sweep(path: Path, vary: Vary, out_dir: Path, *, seeds: int = 1, base_overrides: Sequence[str] = (),
+              executor: str = "local", jobs: int = 1, address: str | None = None,
+              progress: bool = True) -> pl.DataFrame:
+    """Run the grid into out_dir (points/, sweep.parquet, sweep.csv, plots) and return the table."""
+    check_options(seeds=seeds, jobs=jobs, executor=executor, address=address)
+    if executor == "ray" and importlib.util.find_spec("ray") is None:  # say so before anything trains
+        from simfl.sweep_ray import RAY_MISSING
+
+        raise SimflError(RAY_MISSING)
+    points = plan_points(path, vary, seeds, base_overrides)
+    _prepare_out(out_dir)
+    todo = [(sc, out_dir / "points" / _slug(i, [lv.text for lv in v.values()], sc.seed))
+            for i, (v, sc) in enumerate(points)]
+    say = _progress(progress)
+    say(f"{len(todo)} points into {out_dir}")
+    results = _run_points(todo, executor, jobs, address, say, progress)
+    table = pl.DataFrame([row_of(points[i][0], results[i]) for i in range(len(todo))], infer_schema_length=None)
+    table = table.select(pl.exclude("wall_time_s"), "wall_time_s")  # last, after the columns of every workload
+    with disk_errors(out_dir):
+        table.write_parquet(out_dir / "sweep.parquet")
+        table.write_csv(out_dir / "sweep.csv")
+        plot_sweep(table, [k for k, _ in vary], out_dir)
+    say(f"table: {out_dir / 'sweep.parquet'} ({table.height} rows)")
+    return table
+
+
+def _progress(enabled: bool) -> Callable[[str], None]:
+    if not enabled:
+        return lambda _: None
+    from simfl.fedad import progress_printer
+
+    return progress_printer(True)
+
+
+# ----------------------------------------------------------------------------------------------------- table
+def row_of(values: dict[str, Level], summary: dict[str, Any]) -> dict[str, Any]:
+    """One table row: the varied values (as written and as numbers), the run's totals (messages, payload and wire
+    bytes, simulated time), then the workload's own columns (see `fedad_columns`, `synthetic_columns`)."""
     row: dict[str, Any] = {}
-    for k, v in values.items():
-        row[k] = v
-        row[f"{k}__value"] = numeric(v)
+    for k, lv in values.items():
+        row[k] = lv.text
+        row[f"{k}__value"] = numeric(lv.value)
     row["seed"] = summary.get("seed")
+    row["workload"] = summary.get("workload")
+    totals = summary.get("totals", {})
+    for c in ("messages", "payload_bytes", "wire_bytes", "sim_time_s"):
+        row[c] = totals.get(c)
+    row.update(synthetic_columns(summary) if summary.get("workload") == "synthetic" else fedad_columns(summary))
+    row["wall_time_s"] = summary.get("wall_time_s")
+    return row
+
+
+def synthetic_columns(summary: dict[str, Any]) -> dict[str, Any]:
+    """message_bytes, target, and per pattern (in order; a repeated pattern gets _2, _3, ...) its duration and
+    message count: duration_s_<pattern>, messages_<pattern>."""
+    row: dict[str, Any] = {"message_bytes": summary.get("message_bytes"), "target": summary.get("target")}
+    seen: Counter[str] = Counter()
+    for p in summary.get("patterns", []):
+        seen[p["pattern"]] += 1
+        name = p["pattern"] if seen[p["pattern"]] == 1 else f"{p['pattern']}_{seen[p['pattern']]}"
+        row[f"duration_s_{name}"] = p["duration_s"]
+        row[f"messages_{name}"] = p["messages"]
+    return row
+
+
+def fedad_columns(summary: dict[str, Any]) -> dict[str, Any]:
+    """Per phase payload/wire bytes and durations, the method's duration, the centralised upload, AUCs, ARI."""
+    from simfl.plan import APPROACHES  # torch: only for learning sweeps
+
+    row: dict[str, Any] = {}
     pb, wb, du = summary.get("payload_bytes", {}), summary.get("wire_bytes", {}), summary.get("duration_s", {})
     for p in PHASES:
         row[f"payload_bytes_{p}"] = pb.get(p)
@@ -103,173 +386,16 @@ def row_of(values: dict[str, str], summary: dict[str, Any]) -> dict[str, Any]:
     row["communities"] = summary.get("k")
     row["ari"] = summary.get("ari")
     row["learning_from_cache"] = summary.get("learning_from_cache")
-    row["wall_time_s"] = summary.get("wall_time_s")
     return row
 
 
-RAY_MISSING = "--executor ray needs Ray: pip install 'simfl[ray]'"
+def synthetic_durations(table: pl.DataFrame) -> list[str]:
+    """The per-pattern duration columns of a synthetic sweep's table, plus sim_time_s when there are several."""
+    cols = [c for c in table.columns if c.startswith("duration_s_")]
+    return cols + ["sim_time_s"] if len(cols) > 1 else cols
 
 
-def _finished(out: Path, sc: Scenario) -> dict[str, Any] | None:
-    """The summary of a finished run of `sc` in `out`, marked resumed; None when there is none."""
-    try:
-        if (out / INCOMPLETE).exists() or (out / "scenario.toml").read_text() != sc.to_toml():
-            return None
-        done = json.loads((out / "summary.json").read_text())
-    except (OSError, ValueError):
-        return None
-    done["resumed"] = True
-    return done
-
-
-def run_point(sc: Scenario, out: Path, progress: bool = False) -> dict[str, Any]:
-    """Run one point (or read it back when it already finished with the same scenario)."""
-    done = _finished(out, sc)
-    if done is not None:
-        return done
-    if out.exists() and any(out.iterdir()) and not (out / INCOMPLETE).exists():
-        raise SimflError(f"{out}: holds a different finished run; remove it or sweep into another directory")
-    return run_scenario(sc, out, progress=progress)
-
-
-def _run_ray(jobs: list[tuple[Scenario, Path]], address: str | None, cpus: int,
-             say: Callable[[str], None]) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Run points as Ray tasks; yields (index in jobs, summary) as each finishes.
-
-    Without an address a private local Ray instance is started (and shut down afterwards); with one, the sweep
-    connects to that cluster, whose nodes need simfl installed and the sweep and cache directories at the same
-    paths (a shared file system). Tasks replay learning plans from the cache the driver filled: its absolute path
-    (and the data directory, if $SIMFL_DATA names one) reaches them through the task's environment."""
-    import logging
-    import os
-    import shutil
-    import socket
-    import tempfile
-
-    from simfl.plan import default_cache_dir
-
-    todo = []
-    for k, (sc, out) in enumerate(jobs):
-        done = _finished(out, sc)
-        if done is None:
-            todo.append(k)
-        else:  # read back here: a resumed sweep starts no Ray for points that already finished
-            yield k, done
-    if not todo:
-        return
-    try:
-        import ray
-        from ray.exceptions import RayTaskError
-    except ImportError as e:
-        raise SimflError(RAY_MISSING) from e
-    cache = default_cache_dir()
-    env = {"SIMFL_CACHE": str(cache.resolve()) if cache is not None else "off"}
-    if os.environ.get("SIMFL_DATA"):
-        env["SIMFL_DATA"] = str(Path(os.environ["SIMFL_DATA"]).expanduser().resolve())
-    quiet = {"log_to_driver": False, "logging_level": logging.ERROR}
-    ours, tmp = not ray.is_initialized(), None
-    try:
-        if ours and address:
-            say(f"ray: connecting to {address}")
-            hostport = re.fullmatch(r"(?:ray://)?([^:/]+):(\d+)/?", address)
-            if hostport:  # Ray itself retries a dead address for minutes
-                try:
-                    socket.create_connection((hostport[1], int(hostport[2])), timeout=10).close()
-                except OSError as e:
-                    raise SimflError(f"--address {address}: no Ray cluster answers there ({e})") from None
-            logging.getLogger("ray").setLevel(logging.ERROR)
-            try:
-                # As address="auto" does: use the token of a cluster with token authentication (Ray's default
-                # for `ray start` since 2.59) when one is at hand; an explicit address alone skips it (Ray 2.60).
-                from ray._private.authentication.authentication_token_setup import (
-                    maybe_enable_token_auth_if_token_available,
-                )
-
-                maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
-            except Exception:  # a private helper: without it, RAY_AUTH_MODE=token does the same
-                pass
-            try:
-                ray.init(address=address, **quiet)
-            except (ConnectionError, RuntimeError, ValueError) as e:
-                raise SimflError(f"--address {address}: cannot connect to a Ray cluster there ({e}); with token "
-                                 "authentication, set RAY_AUTH_MODE=token and the cluster's token "
-                                 "(RAY_AUTH_TOKEN or ~/.ray/auth_token)") from None
-        elif ours:
-            tmp = tempfile.mkdtemp(prefix="simfl-ray-", dir="/tmp")  # short: Ray's socket paths live under it
-            ray.init(address="local", num_cpus=cpus, include_dashboard=False, object_store_memory=128 * 2**20,
-                     _temp_dir=tmp, **quiet)
-            say(f"ray: local instance with {cpus} CPUs")
-        task = ray.remote(run_point).options(runtime_env={"env_vars": env})
-        pending = {task.remote(jobs[k][0], jobs[k][1].resolve()): k for k in todo}
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            for ref in done:
-                k = pending.pop(ref)
-                try:
-                    r = ray.get(ref)
-                except RayTaskError as e:  # a point's own error (bad scenario, occupied directory) reads as one
-                    if isinstance(e.cause, SimflError):
-                        raise e.cause from None
-                    raise
-                yield k, r
-    finally:
-        if ours:
-            ray.shutdown()
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def run_sweep(path: Path, vary: list[tuple[str, list[str]]], out_dir: Path, *, seeds: int = 1,
-              base_overrides: Sequence[str] = (), executor: str = "local", jobs: int = 1,
-              address: str | None = None, progress: bool = True) -> pl.DataFrame:
-    """Run the grid into out_dir (points/, sweep.parquet, sweep.csv, plots) and return the table."""
-    if seeds < 1:
-        raise SimflError(f"--seeds {seeds}: must be at least 1")
-    if executor not in ("local", "ray"):
-        raise SimflError(f"--executor {executor}: choose local or ray")
-    if executor == "ray" and importlib.util.find_spec("ray") is None:  # say so before anything trains
-        raise SimflError(RAY_MISSING)
-    points = plan_points(path, vary, seeds, base_overrides)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    todo = [(sc, out_dir / "points" / _slug(i, list(v.values()), sc.seed)) for i, (v, sc) in enumerate(points)]
-    say = progress_printer(progress)
-    say(f"{len(todo)} points into {out_dir}")
-    # Points that share a learning plan: the first of each runs alone (it trains and fills the cache), the rest
-    # replay from the cache, so parallel executors never train the same plan twice.
-    first: dict[tuple[str, int], int] = {}
-    for i, (sc, _) in enumerate(todo):
-        if sc.workload == "fedad":
-            first.setdefault(learning_identity(sc.experiment, sc.seed), i)
-    results: dict[int, dict[str, Any]] = {}
-    for i in sorted(set(first.values())):
-        say(f"point {i + 1}/{len(todo)} (learns): {todo[i][1].name}")
-        results[i] = run_point(*todo[i], progress=progress)
-    rest = [i for i in range(len(todo)) if i not in results]
-    if executor == "ray":
-        for k, r in _run_ray([todo[i] for i in rest], address, jobs if jobs > 1 else 2, say):
-            i = rest[k]
-            results[i] = r
-            say(f"point {i + 1}/{len(todo)} {'read back' if r.get('resumed') else 'done'} (ray): {todo[i][1].name}")
-    elif jobs > 1:
-        # spawn, not fork: a forked child of a process that ran torch can deadlock on a lock held at fork time
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futs = {i: pool.submit(run_point, *todo[i]) for i in rest}
-            for i, f in futs.items():
-                results[i] = f.result()
-                say(f"point {i + 1}/{len(todo)} done")
-    else:
-        for i in rest:
-            results[i] = run_point(*todo[i])
-            say(f"point {i + 1}/{len(todo)} {'read back' if results[i].get('resumed') else 'done'}: "
-                f"{todo[i][1].name}")
-    table = pl.DataFrame([row_of(points[i][0], results[i]) for i in range(len(todo))], infer_schema_length=None)
-    table.write_parquet(out_dir / "sweep.parquet")
-    table.write_csv(out_dir / "sweep.csv")
-    plot_sweep(table, [k for k, _ in vary], out_dir)
-    say(f"table: {out_dir / 'sweep.parquet'} ({table.height} rows)")
-    return table
-
-
+# ----------------------------------------------------------------------------------------------------- plots
 def crossover(x: Sequence[float], fed: Sequence[float], cen: Sequence[float]) -> float | None:
     """The x (interpolated in log x) where the federated duration stops being longer than the centralised one,
     or the other way round; None without a sign change."""
@@ -284,20 +410,53 @@ def crossover(x: Sequence[float], fed: Sequence[float], cen: Sequence[float]) ->
 
 
 def plot_sweep(table: pl.DataFrame, keys: list[str], out_dir: Path) -> float | None:
-    """Phase durations of the method vs the centralised upload against the first numeric varied key."""
-    key = next((k for k in keys if table[f"{k}__value"].null_count() == 0), None)
-    if key is None or "duration_s_method" not in table.columns or table["duration_s_method"].null_count():
+    """durations.png against the first numeric varied key. Learning sweeps: phase durations of the method vs the
+    centralised upload (and their crossover, also in crossover.json, which this returns). Synthetic sweeps: each
+    pattern's duration (against the first varied key as categories when none is numeric)."""
+    if not keys or table.height == 0:
         return None
+    if (table["workload"] == "synthetic").all():
+        _plot_synthetic(table, keys, out_dir)
+        return None
+    return _plot_fedad(table, keys, out_dir)
+
+
+def _numeric_key(table: pl.DataFrame, keys: list[str]) -> str | None:
+    return next((k for k in keys if table[f"{k}__value"].null_count() == 0), None)
+
+
+def _axes(title: str, xlabel: str) -> tuple[Any, Any]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig, ax = plt.subplots(figsize=(8, 5))
+    ax.set_title(title)
+    ax.set_xlabel(xlabel + (" (bit/s)" if "bandwidth" in xlabel else ""))
+    ax.set_ylabel("simulated duration (s)")
+    return fig, ax
+
+
+def _save(fig: Any, ax: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_fedad(table: pl.DataFrame, keys: list[str], out_dir: Path) -> float | None:
+    key = _numeric_key(table, keys)
+    if key is None or table["duration_s_method"].null_count():
+        return None
     t = table.group_by(f"{key}__value").agg(pl.col("duration_s_phase1", "duration_s_phase2", "duration_s_method",
                                                    "centralised_upload_s", "duration_s_centralised").mean())
     t = t.sort(f"{key}__value")
     x = t[f"{key}__value"].to_list()
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = _axes("Federated method vs centralising the data", key)
     ax.plot(x, t["duration_s_phase1"], "o-", label="federated: phase I")
     ax.plot(x, t["duration_s_phase2"], "o-", label="federated: phase II")
     ax.plot(x, t["duration_s_method"], "o-", lw=2.5, label="federated: phase I + II")
@@ -309,16 +468,36 @@ def plot_sweep(table: pl.DataFrame, keys: list[str], out_dir: Path) -> float | N
             ax.axvline(cross, color="k", ls=":", label=f"crossover ~ {cross:.3g}")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel(key + (" (bit/s)" if "bandwidth" in key else ""))
-    ax.set_ylabel("simulated duration (s)")
-    ax.set_title("Federated method vs centralising the data")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out_dir / "durations.png", dpi=110)
-    plt.close(fig)
+    _save(fig, ax, out_dir / "durations.png")
     (out_dir / "crossover.json").write_text(json.dumps({"key": key, "crossover": cross}, indent=2) + "\n")
     return cross
+
+
+def _plot_synthetic(table: pl.DataFrame, keys: list[str], out_dir: Path) -> None:
+    """One line per pattern and per combination of the other varied keys, each averaged over the seeds."""
+    key = _numeric_key(table, keys)
+    xkey = key or keys[0]
+    xcol = f"{key}__value" if key else xkey
+    others = [k for k in keys if k != xkey]
+    categories = table[xkey].unique(maintain_order=True).to_list()
+    fig, ax = _axes("Synthetic exchange: simulated duration", xkey)
+    for g in table.partition_by(others, maintain_order=True) if others else [table]:
+        cols = synthetic_durations(g.select(c for c in g.columns if g[c].null_count() < g.height))
+        t = g.group_by(xcol, maintain_order=True).agg(pl.col(cols).mean())
+        t = t.sort(xcol) if key else t
+        x = t[xcol].to_list() if key else [categories.index(v) for v in t[xcol]]
+        tag = ", ".join(f"{k} = {g[k][0]}" for k in others)
+        for c in cols:
+            label = "all patterns" if c == "sim_time_s" else c.removeprefix("duration_s_")
+            ax.plot(x, t[c].to_numpy(), "o-" if key else "o", lw=2.5 if c == "sim_time_s" else 1.5,
+                    label=f"{label} ({tag})" if tag else label)
+    if key is None:
+        ax.set_xticks(range(len(categories)), categories)
+    elif table[xcol].min() > 0:
+        ax.set_xscale("log")
+    if table.select(pl.min_horizontal(synthetic_durations(table))).to_series().drop_nulls().gt(0).all():
+        ax.set_yscale("log")
+    _save(fig, ax, out_dir / "durations.png")
 
 
 def seed_spread(table: pl.DataFrame, keys: list[str], stats: Sequence[str]) -> list[str]:
@@ -333,7 +512,9 @@ def seed_spread(table: pl.DataFrame, keys: list[str], stats: Sequence[str]) -> l
     return lines
 
 
+# ------------------------------------------------------------------------------------------------------- CLI
 def sweep_cli(args: argparse.Namespace) -> int:
+    check_options(seeds=args.seeds, jobs=args.jobs, executor=args.executor, address=args.address)
     path = Path(args.scenario) if args.scenario else DEFAULT_SCENARIO
     vary = parse_vary(args.vary)
     if not vary and args.seeds < 2:
@@ -342,7 +523,10 @@ def sweep_cli(args: argparse.Namespace) -> int:
     table = run_sweep(path, vary, out, seeds=args.seeds, base_overrides=args.overrides, executor=args.executor,
                       jobs=args.jobs, address=args.address, progress=not args.quiet)
     keys = [k for k, _ in vary]
-    stats = ("duration_s_method", "centralised_upload_s", "auc_local", "auc_method", "auc_ideal", "ari")
+    if (table["workload"] == "synthetic").all():
+        stats: Sequence[str] = (*synthetic_durations(table), "messages", "wire_bytes")
+    else:
+        stats = ("duration_s_method", "centralised_upload_s", "auc_local", "auc_method", "auc_ideal", "ari")
     cols = keys + [c for c in ("seed", *stats) if c in table.columns]
     with pl.Config(tbl_rows=50, tbl_cols=12, fmt_str_lengths=20):
         print(table.select(cols))

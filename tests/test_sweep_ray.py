@@ -11,7 +11,8 @@ import test_fedad
 
 from simfl.config import load_scenario
 from simfl.errors import SimflError
-from simfl.sweep import _run_ray, parse_vary, run_sweep
+from simfl.sweep import parse_vary, run_sweep
+from simfl.sweep_ray import run_ray
 
 tiny = test_fedad.tiny  # the tiny real scenario, its learning cache under tmp_path
 
@@ -19,7 +20,7 @@ tiny = test_fedad.tiny  # the tiny real scenario, its learning cache under tmp_p
 def test_missing_ray_says_how_to_install_it(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     with pytest.raises(SimflError, match=r"pip install 'simfl\[ray\]'"):
-        list(_run_ray([(load_scenario(tiny), tmp_path / "p")], None, 2, print))
+        list(run_ray([(load_scenario(tiny), tmp_path / "p")], None, 2, print))
 
 
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed")
@@ -64,3 +65,19 @@ def test_missing_ray_is_reported_before_any_training(tiny: Path, tmp_path: Path,
     with pytest.raises(SimflError, match=r"pip install 'simfl\[ray\]'"):
         run_sweep(tiny, parse_vary(["experiment.rounds=1,2"]), tmp_path / "s", executor="ray", progress=False)
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed")
+def test_dead_cluster_address_is_one_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on: bound, never listening
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+        allpairs = Path(__file__).resolve().parent.parent / "topologies" / "allpairs-90.toml"
+        with pytest.raises(SimflError, match=rf"^--address {address}: no Ray cluster answers there \("):
+            run_sweep(allpairs, parse_vary(["seed=1,2"]), tmp_path / "s", executor="ray", address=address,
+                      progress=False)
+    import ray
+
+    assert not ray.is_initialized()

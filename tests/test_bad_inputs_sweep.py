@@ -1,0 +1,139 @@
+"""Bad input to `simfl sweep`: exit status 2, no traceback, one line that names the flag, key, value or path.
+
+Everything here fails before a point runs (or on its first write), on the shipped network-only scenario."""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+import simfl.runner
+from simfl.cli import main
+from simfl.config import REPO_ROOT
+
+ALLPAIRS = str(REPO_ROOT / "topologies" / "allpairs-90.toml")
+GATHER = ["--set", 'synthetic.pattern=["gather"]']  # 90 messages a point, for the cases that run one
+
+
+def sweep_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Run `simfl sweep ARGV`; assert exit status 2 and no traceback; return the error line."""
+    capsys.readouterr()
+    try:
+        rc = main(["sweep", *argv])
+    except SystemExit as e:  # argparse's own checks (a choice, a type) exit from the parser
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    if "usage:" in err:  # argparse: its usage, then one error line
+        return lines[-1]
+    assert len(lines) == 1 and lines[0].startswith("simfl: error: "), err
+    return lines[0]
+
+
+# (case, arguments after the scenario, what the line must say); {out} is the sweep directory
+BEFORE_ANYTHING_RUNS = [
+    ("no =", ["--vary", "experiment.rounds"], "--vary experiment.rounds: expected KEY=V1,V2,..."),
+    ("no key", ["--vary", "=1,2"], "--vary =1,2: needs a key"),
+    ("no values", ["--vary", "synthetic.message_bytes="], "--vary synthetic.message_bytes=: needs a key and at least"),
+    ("empty list", ["--vary", "synthetic.message_bytes=[]"], "synthetic.message_bytes=[]: needs at least one value"),
+    ("stray comma", ["--vary", "synthetic.message_bytes=1 kB,,2 kB"], "synthetic.message_bytes=1 kB,,2 kB: value 2 is"),
+    ("unclosed quote", ["--vary", 'synthetic.message_bytes=1 kB,"2 kB'], "unclosed double quote in value 2"),
+    ("bad array", ["--vary", 'synthetic.pattern=[["gather"], ["allpairs"'], "synthetic.pattern=[[\"gather\"], "
+     "[\"allpairs\": not a TOML or JSON array (Unclosed array"),
+    ("two arrays", ["--vary", 'synthetic.pattern=["gather"],["allpairs"]'],
+     'put them in one: synthetic.pattern=[["gather"],["allpairs"]]'),
+    ("null value", ["--vary", "synthetic.message_bytes=[null]"], "synthetic.message_bytes=[null]: null is not"),
+    ("duplicate key", ["--vary", "synthetic.message_bytes=1 kB", "--vary", "synthetic.message_bytes=2 kB"],
+     "--vary synthetic.message_bytes: given twice"),
+    ("duplicate value", ["--vary", "synthetic.message_bytes=1 kB,2 kB,1 kB"], 'value "1 kB" given twice'),
+    ("unknown key", ["--vary", "synthetic.message_bites=1 kB,2 kB"],
+     "--vary synthetic.message_bites=1 kB: unknown key 'message_bites' in [synthetic]; did you mean 'message_bytes'"),
+    ("bad unit", ["--vary", "synthetic.message_bytes=1 kB,1 parsec"],
+     "--vary point synthetic.message_bytes=1 parsec: "),
+    ("bad list item", ["--vary", 'synthetic.pattern=[["gather"], ["everything"]]'],
+     'synthetic.pattern=["everything"]: ' + ALLPAIRS + ': synthetic.pattern[0] = "everything": must be one of'),
+    ("jobs 0", ["--vary", "seed=1,2", "--jobs", "0"], "--jobs 0: must be >= 1"),
+    ("jobs -3", ["--vary", "seed=1,2", "--jobs", "-3"], "--jobs -3: must be >= 1"),
+    ("jobs -3 on ray", ["--vary", "seed=1,2", "--jobs", "-3", "--executor", "ray"], "--jobs -3: must be >= 1"),
+    ("jobs not a number", ["--vary", "seed=1,2", "--jobs", "two"], "argument --jobs: invalid int value: 'two'"),
+    ("seeds 0", ["--seeds", "0"], "--seeds 0: must be >= 1"),
+    ("seeds -1", ["--vary", "seed=1,2", "--seeds", "-1"], "--seeds -1: must be >= 1"),
+    ("huge seeds", ["--seeds", str(2**32)], "--seeds 4294967296: seeds 1..4294967296 pass the largest seed"),
+    ("seeds past 2^32", ["--vary", f"seed=7,{2**32 - 2}", "--seeds", "3"],
+     "--seeds 3: seeds 4294967294..4294967296 pass the largest seed"),
+    ("executor bogus", ["--vary", "seed=1,2", "--executor", "bogus"], "argument --executor: invalid choice: 'bogus'"),
+    ("address without ray", ["--vary", "seed=1,2", "--address", "10.0.0.1:6379"],
+     "--address 10.0.0.1:6379: only used with --executor ray"),
+    ("nothing to vary", [], "give at least one --vary"),
+    ("bad --set", ["--vary", "seed=1,2", "--set", "synthetic.patern=1"], "--set synthetic.patern=1: unknown key"),
+]
+
+
+@pytest.mark.parametrize("argv, says", [c[1:] for c in BEFORE_ANYTHING_RUNS], ids=[c[0] for c in BEFORE_ANYTHING_RUNS])
+def test_bad_input_is_one_line_and_nothing_is_written(argv: list[str], says: str, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    line = sweep_error([ALLPAIRS, *argv, "--out", str(tmp_path / "s"), "--quiet"], capsys)
+    assert says in line
+    assert not (tmp_path / "s").exists()
+
+
+def test_unknown_scenario_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nowhere.toml"
+    line = sweep_error([str(missing), "--vary", "seed=1,2", "--out", str(tmp_path / "s")], capsys)
+    assert line == f"simfl: error: {missing}: no such scenario file"
+
+
+def test_out_is_a_file_or_under_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "f"
+    f.write_text("not a directory\n")
+    line = sweep_error([ALLPAIRS, "--vary", "seed=1,2", "--out", str(f)], capsys)
+    assert line == f"simfl: error: --out {f}: exists and is not a directory"
+    line = sweep_error([ALLPAIRS, "--vary", "seed=1,2", "--out", str(f / "sub")], capsys)
+    assert line == f"simfl: error: --out {f / 'sub'}: cannot write there (Not a directory); choose a writable directory"
+    assert f.read_text() == "not a directory\n"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/sys: Linux's read-only kernel file system")
+def test_out_on_a_file_system_nobody_writes(capsys: pytest.CaptureFixture[str]) -> None:
+    line = sweep_error([ALLPAIRS, "--vary", "seed=1,2", "--out", "/sys/simfl-sweep-test"], capsys)
+    assert line.startswith("simfl: error: --out /sys/simfl-sweep-test: cannot write there (")
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="permissions do not stop root")
+def test_read_only_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        line = sweep_error([ALLPAIRS, "--vary", "seed=1,2", "--out", str(ro)], capsys)
+    finally:
+        ro.chmod(0o700)
+    assert line == f"simfl: error: --out {ro}: cannot write there (Permission denied); choose a writable directory"
+
+
+def test_disk_full_during_a_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    def full(recorder: object, out: Path) -> None:  # the disk fills while a point writes its traces
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out / "messages.parquet"))
+
+    monkeypatch.setattr(simfl.runner, "write_traces", full)
+    out = tmp_path / "s"
+    line = sweep_error([ALLPAIRS, *GATHER, "--vary", "seed=1,2", "--out", str(out), "--quiet"], capsys)
+    point = out / "points" / "p000-1-seed1"
+    assert line.startswith(f"simfl: error: {point / 'messages.parquet'}: cannot write (No space left on device); ")
+    assert (point / "INCOMPLETE").exists()  # the run of it resumes once there is room
+
+
+def test_point_directory_holding_another_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    taken = tmp_path / "s" / "points" / "p001-2-seed2"
+    taken.mkdir(parents=True)
+    (taken / "summary.json").write_text("{}")
+    line = sweep_error([ALLPAIRS, *GATHER, "--vary", "seed=1,2", "--out", str(tmp_path / "s"), "--quiet"], capsys)
+    assert line == f"simfl: error: {taken}: holds a different finished run; remove it or sweep into another directory"
+    assert (taken / "summary.json").read_text() == "{}"
