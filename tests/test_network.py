@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from simfl.config import scenario_from_dict
-from simfl.messages import flag_bits, ids_bits, packetize, payload_bits_of, wire_bytes
+from simfl.messages import flag_bits, ids_bits, packetize, payload_bits_of
 from simfl.network import Network
 from simfl.world import World
 
@@ -63,8 +63,8 @@ def test_wire_bytes_by_hand():
     assert packetize(MODEL).wire_bytes * 8 == W
     assert packetize(MODEL).n_packets == 9
     assert packetize(MODEL).first_packet_bytes * 8 == P
-    assert wire_bytes(MODEL) == 13_570
-    assert wire_bytes(MODEL, header_bytes=0) == 12_868
+    assert packetize(MODEL).wire_bytes == 13_570
+    assert packetize(MODEL).last_packet_bytes == 1_188 + 78 and packetize(MODEL).payload_bytes == 12_868
     assert packetize(MODEL, headers=False).wire_bytes == 12_868
     assert packetize(13).wire_bytes == 2 + 78  # 13 bits -> 2 bytes, one packet
     assert packetize(0).wire_bytes == 78 and packetize(0, headers=False).wire_bytes == 0
