@@ -127,8 +127,8 @@ def make_hand_run(path: Path, *, headers: bool = True, seed: int = 0) -> pl.Data
         t_start = t_send + float(rng.choice([0.0, 0.01]))
         t_tx = t_start + 8 * wire * share / min(h[4] for h in hops)
         rows.append(dict(msg_id=i, phase="synthetic", round=i % 3, kind=kinds[i % len(kinds)], src=src, dst=dst,
-                         payload_bits=bits, wire_bytes=wire, n_packets=n, hops=len(hops), t_send=t_send,
-                         t_start=t_start, t_deliver=t_tx + lat + first * sf))
+                         payload_bits=bits, wire_bytes=wire, retransmitted_bytes=0, n_packets=n, hops=len(hops),
+                         t_send=t_send, t_start=t_start, t_tx=t_tx, t_deliver=t_tx + lat + first * sf))
         for link, a, b_, *_ in hops:
             link_bytes[(link, a, b_)] += wire
     msgs = pl.DataFrame(rows, schema=MESSAGE_SCHEMA)
