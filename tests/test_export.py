@@ -303,6 +303,24 @@ def test_pcap_times_spread_packets_over_the_transmission(hand_run, tmp_path):
         assert abs(r["ts_ns"] - want * 1e9) <= 1.0
 
 
+def test_pcap_times_follow_the_traces_t_tx(tmp_path):
+    """The packets are spread over [t_start, t_tx] as the trace records it (t_tx is read, not re-derived from
+    t_deliver): halve every transmission in the trace and the packet times follow."""
+    run = tmp_path / "run"
+    make_hand_run(run)
+    p = run / "messages.parquet"
+    df = pl.read_parquet(p).with_columns(t_tx=pl.col("t_start") + (pl.col("t_tx") - pl.col("t_start")) / 2)
+    df.write_parquet(p)
+    msgs = {r["msg_id"]: r for r in df.iter_rows(named=True)}
+    _, recs = read_pcap(exported(run, tmp_path / "net.pcap"))
+    assert max(r["marker"][3] for r in recs) > 1  # multi-packet messages, whose times depend on t_tx
+    for r in recs:
+        _, msg_id, k, _, _ = r["marker"]
+        m = msgs[msg_id]
+        want = m["t_start"] + k * (MSS + HDR) / m["wire_bytes"] * (m["t_tx"] - m["t_start"])
+        assert abs(r["ts_ns"] - want * 1e9) <= 1.0
+
+
 @needs_tshark
 @pytest.mark.parametrize("which", ["real_run", "hand_run"])
 def test_tshark_conversations_equal_the_trace(which, request, tmp_path):
