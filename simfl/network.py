@@ -32,7 +32,7 @@ delivered at
 
 with L_h each hop's latency, C_h its nominal capacity and P the wire bits of the message's first (largest) packet:
 store-and-forward pipelining, where every hop but the slowest adds one packet's serialisation (for hops of equal
-capacity: every hop after the first); `pipeline_offsets` gives these terms for a route and for each hop of it.
+capacity: every hop after the first); `route_terms` gives L and S of a route, `pipeline_offsets` for each hop of it.
 Messages of one flow are delivered in order: a message is never delivered before the previous message of its flow
 (a short message behind a long one waits for it; then t_deliver exceeds the formula).
 
@@ -66,33 +66,37 @@ from simfl.messages import Message, packetize
 from simfl.topology import Hop, Resource, Topology
 from simfl.trace import TraceRecorder
 
-__all__ = ["Network", "pipeline_offsets"]
+__all__ = ["Network", "pipeline_offsets", "route_terms"]
 
 _WAKE_PRIORITY = 2  # after simpy's URGENT (0) and NORMAL (1): runs when all activity of the instant is done
 _TOL = 1e-12  # relative tolerance on finish times: completions this close are handled together
 _PACKETS_CACHE = 4096  # payload sizes whose packetisation Network.send keeps (runs send a handful of sizes)
 
 
-def pipeline_offsets(hops: Sequence[Hop]) -> tuple[list[float], list[float]]:
-    """The store-and-forward terms of a route of H hops: (lat, sf), H + 1 entries each, sf in seconds per bit.
-
-    lat[j] is the latency of hops 0..j-1 and sf[j] = sum_{i<=j} 1/C_i - max_{i<=j} 1/C_i: a packet of P bits that
-    the sender starts at t starts crossing hop j at t + lat[j] + P * sf[j] (every hop before j but the slowest adds
-    its serialisation). Entry H is the delivery term: lat[H] = L (the route's latency), sf[H] = sf[H-1] = S, and a
-    message whose transmission ends at t_tx, first packet P bits, is delivered at t_tx + L + P * S."""
-    lat = [0.0]
-    sf = []
+def route_terms(hops: Sequence[Hop]) -> tuple[float, float]:
+    """(L, S) of a route: its summed latency L and its store-and-forward term S = sum_h 1/C_h - max_h 1/C_h
+    (seconds per bit). A message whose transmission ends at t_tx, first packet P bits, is delivered at
+    t_tx + L + P * S (or with the previous message of its flow, if that is later)."""
     latency = inv_sum = inv_max = 0.0
     for h in hops:
+        latency += h.latency_s
         inv = 1.0 / h.capacity_bps
         inv_sum += inv
         if inv > inv_max:
             inv_max = inv
-        sf.append(inv_sum - inv_max)
-        latency += h.latency_s
-        lat.append(latency)
-    sf.append(inv_sum - inv_max)
-    return lat, sf
+    return latency, inv_sum - inv_max
+
+
+def pipeline_offsets(hops: Sequence[Hop]) -> tuple[list[float], list[float]]:
+    """`route_terms` along a route of H hops: (lat, sf), H + 1 entries each.
+
+    lat[j] is the latency of hops 0..j-1 and sf[j] the S of hops 0..j: a packet of P bits that the sender starts
+    at t starts crossing hop j at t + lat[j] + P * sf[j] (every hop before j but the slowest adds its
+    serialisation). Entry H is the route's (L, S), the delivery term."""
+    h = len(hops)
+    lat = [route_terms(hops[:j])[0] for j in range(h + 1)]
+    sf = [route_terms(hops[:j + 1])[1] for j in range(h)]
+    return lat, sf + [sf[-1] if sf else 0.0]
 
 
 class _Wake(Event):
@@ -273,8 +277,8 @@ class Network:
         for h in hops:
             counts[h.resource] = counts.get(h.resource, 0) + 1
         res = tuple([(self._res[rid], m) for rid, m in counts.items()])
-        lat, sf = pipeline_offsets(hops)
-        flow = _Flow(len(self._flows), src, dst, res, len(hops), lat[-1], sf[-1])
+        latency, sf = route_terms(hops)
+        flow = _Flow(len(self._flows), src, dst, res, len(hops), latency, sf)
         self._flows[(src, dst)] = flow
         return flow
 
