@@ -33,22 +33,26 @@ pcap (libpcap classic format, readable by tshark / Wireshark / tcpdump / scapy)
       Header-less runs (network.headers = false, h = 0) charge the payload alone, but a packet cannot exist
       without headers: their pcap holds the same packets, each with its payload bytes plus the 28-byte synthetic
       IPv4/UDP header, so tools' totals are wire_bytes + 28 * n_packets there (the same applies whenever h < 28).
+      Each packet is in the file once: where a backend retransmitted (`retransmitted_bytes` > 0, counted in
+      `wire_bytes`), tools' totals are wire_bytes - retransmitted_bytes.
     * incl_len = min(orig_len, snaplen) (default 64: IPv4 + UDP + the marker + 12 zero bytes), so a 1 M packet
       file is about 80 MB whatever the payloads; the IP header keeps the true length.
     * Times (the rule that spreads a message over its packets). The network is a fluid model (`simfl.network`):
-      a message of W wire bytes transmits from t_start to t_tx, when its fair-share rate has carried all W bytes,
-      and is delivered at t_deliver = t_tx + L + P * S, with L the route's summed latency, P the bits of its first
-      (largest) packet and S = sum_h 1/C_h - max_h 1/C_h the store-and-forward term of the hops' capacities C_h.
-      The export recovers t_tx = t_deliver - L - P * S from the route, and lays the packets over the transmission
-      interval in proportion to the bytes sent before them (the fluid rate is not in the trace, so it is taken as
-      constant over the interval): packet k (0-based) of a message starts crossing hop j (0-based) at
+      a message of W wire bytes transmits from t_start to t_tx, when its fair-share rate has carried all W bytes;
+      both times are in the trace. The export lays the packets over that interval in proportion to the bytes sent
+      before them (the fluid rate is not in the trace, so it is taken as constant over the interval): packet k
+      (0-based) of a message starts crossing hop j (0-based) at
 
           t_start + O_j + (bytes of packets 0..k-1 / W) * (t_tx - t_start)
           O_j = (latency of hops 0..j-1) + P * (sum_{i<=j} 1/C_i - max_{i<=j} 1/C_i)
 
-      O_0 = 0 (the sender transmits over exactly [t_start, t_tx]); O_j grows along the route, and on the last hop
-      the last bit then arrives at exactly t_deliver. So every record of a message lies in [t_start, t_deliver]
-      (the timestamp is the packet's start on that hop, rounded to the nanosecond). The whole-network file shows
+      with P the bits of its first (largest) packet and C_i the hops' capacities: the network's own store-and-
+      forward offsets (`simfl.network.pipeline_offsets`). O_0 = 0 (the sender transmits over exactly
+      [t_start, t_tx]); O_j grows along the route, and on the last hop the last bit arrives at the network's
+      delivery time (t_deliver, or before it when the message waited for an earlier, longer one of its flow). So
+      every record of a message lies in [t_start, t_deliver] (the timestamp is the packet's start on that hop,
+      rounded to the nanosecond). Run folders written before t_tx was recorded cannot be exported as pcap (a
+      one-line error asks to re-run them); csv and parquet exports take any trace. The whole-network file shows
       each packet once, at the sender (j = 0); per-link files show it on every hop it crosses (a message between
       two stations of one cell crosses the cell twice, so the cell's file holds its packets twice, with TTL 64
       and 63). Records in a file are in time order (ties: msg_id, then k).
@@ -65,13 +69,16 @@ Routes come from the run's resolved `scenario.toml` (`Topology.from_scenario`); 
 message's hop count and wire bytes agree with that scenario.
 
 Bad input (run directory missing or incomplete, files missing, unknown format, output that exists without
---force, ...) raises `SimflError`; nothing is overwritten unless --force, and files are written to a temporary name
-then renamed, so a failed export leaves no half-written output.
+--force, an output path that cannot be written: read-only, under a file, disk full, ...) raises `SimflError` naming
+the path; nothing is overwritten unless --force, and files are written to a temporary name then renamed, so a
+failed export leaves no half-written file.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import os
 import struct
 import time
@@ -83,6 +90,8 @@ import numpy as np
 import polars as pl
 
 from simfl.errors import SimflError
+from simfl.messages import packetize
+from simfl.network import pipeline_offsets
 
 __all__ = [
     "FORMATS",
@@ -121,8 +130,8 @@ MIN_SNAPLEN = IP_UDP_HEADER
 MAX_SNAPLEN = 65535
 TTL0 = 64
 
-MESSAGE_COLUMNS = ("msg_id", "round", "kind", "src", "dst", "payload_bits", "wire_bytes", "n_packets", "hops",
-                   "t_start", "t_deliver")
+MESSAGE_COLUMNS = ("msg_id", "round", "kind", "src", "dst", "payload_bits", "wire_bytes", "retransmitted_bytes",
+                   "n_packets", "hops", "t_start", "t_tx", "t_deliver")
 _GLOBAL_HEADER = struct.Struct("<IHHiIII")
 _HDR = 16  # pcap record header bytes
 
@@ -196,10 +205,17 @@ def read_messages(run: Run, columns: Sequence[str] | None = None) -> pl.DataFram
     except Exception as e:  # noqa: BLE001 - any reader failure is a damaged file for the user
         raise SimflError(f"{run.messages}: cannot read the message trace: {e}") from None
     if columns is not None:
+        if "t_tx" in columns and "t_tx" not in df.columns:
+            raise SimflError(f"{run.messages}: no t_tx column (transmission ends): the run was written by an older "
+                             "simfl; re-run the scenario with `simfl run` to export it as pcap")
         missing = [c for c in columns if c not in df.columns]
         if missing:
             raise SimflError(f"{run.messages}: missing column(s) {', '.join(missing)} "
                              f"(columns: {', '.join(df.columns)})")
+        empty = [c for c in columns if df[c].null_count()]
+        if empty:
+            raise SimflError(f"{run.messages}: column {empty[0]} has {df[empty[0]].null_count()} empty value(s); the "
+                             "message trace is damaged (re-run the scenario)")
     return df
 
 
@@ -226,19 +242,18 @@ class PacketTable:
 
 @dataclass(frozen=True)
 class Routes:
-    """Per message: its hops as a slice of the flat per-hop arrays, its latency and store-and-forward terms."""
+    """Per message: its hops as a slice of the flat per-hop arrays; per hop: the pipeline's offset terms."""
 
     hop_start: np.ndarray  # int64 per message: offset of its first hop in the per-hop arrays
     hop_count: np.ndarray  # int64 per message
-    path_latency: np.ndarray  # float64 per message: sum of hop latencies
-    path_sf: np.ndarray  # float64 per message: sum_h 1/C_h - max_h 1/C_h (s per bit)
     hop_res: np.ndarray  # int64 per hop: resource index (links.parquet row)
     hop_lat_before: np.ndarray  # float64 per hop: latency of the hops before it
     hop_sf: np.ndarray  # float64 per hop j: store-and-forward of hops 0..j (s per bit)
 
 
 def _routes(df: pl.DataFrame, topology, resource_index: dict[str, int]) -> Routes:
-    """Route of every message from the topology, computed once per distinct (src, dst) pair."""
+    """Route of every message from the topology, computed once per distinct (src, dst) pair; the per-hop terms
+    are `simfl.network.pipeline_offsets`, the network's own."""
     nodes = list(topology.nodes)
     code = {n: i for i, n in enumerate(nodes)}
     unknown = sorted((set(df["src"].unique().to_list()) | set(df["dst"].unique().to_list())) - set(code))
@@ -253,37 +268,104 @@ def _routes(df: pl.DataFrame, topology, resource_index: dict[str, int]) -> Route
     upairs, inv = np.unique(s * nn + d, return_inverse=True)
     p_start: list[int] = []
     p_count: list[int] = []
-    p_lat: list[float] = []
-    p_sf: list[float] = []
     res: list[int] = []
     lat_before: list[float] = []
     sf: list[float] = []
-    hop_info: dict[str, tuple[int, float, float]] = {}  # resource id -> (index, latency, 1 / capacity)
     route = topology.route_tuple
     for pc in upairs.tolist():
         src, dst = nodes[pc // nn], nodes[pc % nn]
         hops = route(src, dst) if src != dst else ()
         p_start.append(len(res))
         p_count.append(len(hops))
-        lat = inv_sum = inv_max = 0.0
-        for h in hops:
-            info = hop_info.get(h.resource)
-            if info is None:
-                info = hop_info[h.resource] = (resource_index[h.resource], h.latency_s, 1.0 / h.capacity_bps)
-            r, hl, inv_c = info
-            res.append(r)
-            lat_before.append(lat)
-            lat += hl
-            inv_sum += inv_c
-            if inv_c > inv_max:
-                inv_max = inv_c
-            sf.append(inv_sum - inv_max)
-        p_lat.append(lat)
-        p_sf.append(inv_sum - inv_max)
-    p_start, p_count = np.asarray(p_start, np.int64), np.asarray(p_count, np.int64)
-    p_lat, p_sf = np.asarray(p_lat, np.float64), np.asarray(p_sf, np.float64)
-    return Routes(p_start[inv], p_count[inv], p_lat[inv], p_sf[inv], np.asarray(res, np.int64),
-                  np.asarray(lat_before, np.float64), np.asarray(sf, np.float64))
+        lat, hop_sf = pipeline_offsets(hops)
+        res.extend(resource_index[h.resource] for h in hops)
+        lat_before.extend(lat[:-1])
+        sf.extend(hop_sf[:-1])
+    p_start_a, p_count_a = np.asarray(p_start, np.int64), np.asarray(p_count, np.int64)
+    return Routes(p_start_a[inv], p_count_a[inv], np.asarray(res, np.int64), np.asarray(lat_before, np.float64),
+                  np.asarray(sf, np.float64))
+
+
+def _check_hops(df: pl.DataFrame, routes: Routes) -> None:
+    bad = np.flatnonzero(df["hops"].to_numpy().astype(np.int64) != routes.hop_count)
+    if len(bad):
+        r = df.row(int(bad[0]), named=True)
+        raise SimflError(f"message {r['msg_id']} ({r['src']} -> {r['dst']}) took {r['hops']} hop(s) in the trace but "
+                         f"{int(routes.hop_count[bad[0]])} on the run's scenario.toml route; the trace and the "
+                         "scenario do not belong together")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Per message (arrays) and per run (ints): its packets, by `simfl.messages.packetize`."""
+
+    n_packets: np.ndarray  # int64
+    sent: np.ndarray  # int64: wire bytes sent once (wire_bytes - retransmitted_bytes)
+    first_bits: np.ndarray  # float64: wire bits of the first (largest) packet
+    last_payload: np.ndarray  # int64: payload bytes of the last packet
+    mss: int  # payload bytes of every packet but the last
+    h: int  # header bytes per packet in the trace (0 in header-less mode)
+    hdr: int  # header bytes per pcap record: max(h, IPv4 + UDP)
+
+
+def _sizes(df: pl.DataFrame, network) -> Sizes:
+    """Packetise every message with the run's `NetworkParams` and check the trace agrees."""
+    def pkt(bits: int):
+        return packetize(bits, network.mtu, network.ip_header_bytes, network.link_header_bytes, network.headers)
+
+    sizes, inv = np.unique(df["payload_bits"].to_numpy().astype(np.int64), return_inverse=True)
+    pks = [pkt(b) for b in sizes.tolist()]
+    mss, h = pkt(0).mss, pkt(0).header_bytes
+    hdr = max(h, IP_UDP_HEADER)
+    if mss + hdr > 65535:
+        raise SimflError(f"an MTU of {network.mtu} bytes gives packets of {mss + hdr} bytes, more than an IPv4 "
+                         "packet can hold (65,535); pcap cannot represent them")
+
+    def per_message(field: str) -> np.ndarray:
+        return np.asarray([getattr(p, field) for p in pks], np.int64)[inv]
+
+    k_want, wire_want = per_message("n_packets"), per_message("wire_bytes")
+    K = df["n_packets"].to_numpy().astype(np.int64)
+    sent = df["wire_bytes"].to_numpy().astype(np.int64) - df["retransmitted_bytes"].to_numpy().astype(np.int64)
+    bad = np.flatnonzero((K != k_want) | (sent != wire_want))
+    if len(bad):
+        r = df.row(int(bad[0]), named=True)
+        raise SimflError(f"message {r['msg_id']}: {r['payload_bits']} payload bits as {r['n_packets']} packet(s) "
+                         f"and {r['wire_bytes']} wire bytes ({r['retransmitted_bytes']} retransmitted) do not follow "
+                         f"the run's scenario.toml (mtu {network.mtu}, {h} header bytes per packet: "
+                         f"{int(k_want[bad[0]])} packets, {int(wire_want[bad[0]])} bytes)")
+    return Sizes(K, sent, 8.0 * per_message("first_packet_bytes"), per_message("last_packet_bytes") - h, mss, h, hdr)
+
+
+def _expand_rows(routes: Routes, first_bits: np.ndarray, per_link: bool):
+    """Rows to expand into packets: one per message on the wire (sender side), or one per (message, hop).
+    Returns (message row, hop index j, file group or None, time offset O_j of the hop)."""
+    H = routes.hop_count
+    m_idx = np.flatnonzero(H > 0)
+    if not per_link:
+        return m_idx, np.zeros(len(m_idx), np.int64), None, np.zeros(len(m_idx), np.float64)
+    m_rows = np.repeat(m_idx, H[m_idx])
+    first_hop = np.cumsum(H[m_idx]) - H[m_idx]
+    j = np.arange(len(m_rows), dtype=np.int64) - np.repeat(first_hop, H[m_idx])
+    flat = routes.hop_start[m_rows] + j
+    offset = routes.hop_lat_before[flat] + first_bits[m_rows] * routes.hop_sf[flat]
+    return m_rows, j, routes.hop_res[flat], offset
+
+
+def _message_fields(df: pl.DataFrame, topology) -> dict[str, np.ndarray]:
+    """Per message: source and destination addresses, port of its kind, msg_id, round."""
+    addr = node_addresses(topology.nodes)
+    amap = pl.DataFrame({"name": list(addr), "ip": np.fromiter(addr.values(), np.int64, len(addr))})
+    ports = kind_ports(df["kind"].unique().sort().to_list())
+    pmap = pl.DataFrame({"kind": list(ports), "port": list(ports.values())})
+
+    def mapped(col: str, table: pl.DataFrame) -> np.ndarray:
+        key, value = table.columns
+        return df.select(pl.col(col).replace_strict(table[key], table[value], return_dtype=pl.Int64)).to_series() \
+            .to_numpy()
+
+    return {"src_ip": mapped("src", amap), "dst_ip": mapped("dst", amap), "port": mapped("kind", pmap),
+            "msg_id": df["msg_id"].to_numpy().astype(np.int64), "round": df["round"].to_numpy().astype(np.int32)}
 
 
 def message_packets(df: pl.DataFrame, topology, network, *, per_link: bool) -> tuple[PacketTable, list]:
@@ -292,94 +374,32 @@ def message_packets(df: pl.DataFrame, topology, network, *, per_link: bool) -> t
     `network` is the scenario's `NetworkParams`. Returns the packets (sorted by file, then time, msg_id, k) and the
     topology's resources (the per-link files, in links.parquet order)."""
     resources = list(topology.resources)
-    rindex = {r.id: i for i, r in enumerate(resources)}
     df = df.sort("msg_id")
-    routes = _routes(df, topology, rindex)
+    routes = _routes(df, topology, {r.id: i for i, r in enumerate(resources)})
+    _check_hops(df, routes)
+    sz = _sizes(df, network)
+    m_rows, j, group, offset = _expand_rows(routes, sz.first_bits, per_link)
 
-    hops_col = df["hops"].to_numpy().astype(np.int64)
-    bad = np.flatnonzero(hops_col != routes.hop_count)
-    if len(bad):
-        r = df.row(int(bad[0]), named=True)
-        raise SimflError(f"message {r['msg_id']} ({r['src']} -> {r['dst']}) took {r['hops']} hop(s) in the trace but "
-                         f"{int(routes.hop_count[bad[0]])} on the run's scenario.toml route; the trace and the "
-                         "scenario do not belong together")
-
-    mss = network.mtu - network.ip_header_bytes
-    h = network.ip_header_bytes + network.link_header_bytes if network.headers else 0
-    hdr = max(h, IP_UDP_HEADER)
-    if mss + hdr > 65535:
-        raise SimflError(f"an MTU of {network.mtu} bytes gives packets of {mss + hdr} bytes, more than an IPv4 "
-                         "packet can hold (65,535); pcap cannot represent them")
-    pbits = df["payload_bits"].to_numpy().astype(np.int64)
-    B = (pbits + 7) // 8
-    K = df["n_packets"].to_numpy().astype(np.int64)
-    wire = df["wire_bytes"].to_numpy().astype(np.int64)
-    k_expected = np.maximum(1, -(-B // mss))
-    bad = np.flatnonzero((K != k_expected) | (wire != B + K * h))
-    if len(bad):
-        r = df.row(int(bad[0]), named=True)
-        raise SimflError(f"message {r['msg_id']}: {r['payload_bits']} payload bits as {r['n_packets']} packet(s) "
-                         f"and {r['wire_bytes']} wire bytes do not follow the run's scenario.toml (mtu "
-                         f"{network.mtu}, {h} header bytes per packet: {int(k_expected[bad[0]])} packets, "
-                         f"{int(B[bad[0]] + k_expected[bad[0]] * h)} bytes)")
-
-    on_wire = routes.hop_count > 0
-    t0 = df["t_start"].to_numpy().astype(np.float64)
-    t1 = df["t_deliver"].to_numpy().astype(np.float64)
-    H = routes.hop_count
-    first_bits = 8.0 * (np.minimum(B, mss) + h)  # the first (largest) packet, as the network counts it
-    t_tx = t1 - routes.path_latency - first_bits * routes.path_sf  # the sender's last bit leaves (fluid model)
-    T = np.maximum(t_tx - t0, 0.0)
-    full = mss + h  # wire bytes of every packet but the last
-    W = np.maximum(wire, 1)
-
-    addr = node_addresses(topology.nodes)
-    amap = pl.DataFrame({"name": list(addr), "ip": np.fromiter(addr.values(), np.int64, len(addr))})
-    src_ip = df.select(pl.col("src").replace_strict(amap["name"], amap["ip"], return_dtype=pl.Int64)).to_series()
-    dst_ip = df.select(pl.col("dst").replace_strict(amap["name"], amap["ip"], return_dtype=pl.Int64)).to_series()
-    kinds = df["kind"].unique().sort().to_list()
-    ports = kind_ports(kinds)
-    pmap = pl.DataFrame({"kind": list(ports), "port": list(ports.values())})
-    port = df.select(pl.col("kind").replace_strict(pmap["kind"], pmap["port"], return_dtype=pl.Int64)).to_series()
-    msg_cols = {
-        "src_ip": src_ip.to_numpy(), "dst_ip": dst_ip.to_numpy(), "port": port.to_numpy(),
-        "msg_id": df["msg_id"].to_numpy().astype(np.int64), "round": df["round"].to_numpy().astype(np.int32),
-    }
-
-    # rows to expand: one per message (sender) or one per (message, hop)
-    m_idx = np.flatnonzero(on_wire)
-    if per_link:
-        m_rows = np.repeat(m_idx, H[m_idx])
-        first_hop = np.cumsum(H[m_idx]) - H[m_idx]
-        j = np.arange(len(m_rows), dtype=np.int64) - np.repeat(first_hop, H[m_idx])
-        flat = routes.hop_start[m_rows] + j
-        group = routes.hop_res[flat]
-        offset = routes.hop_lat_before[flat] + first_bits[m_rows] * routes.hop_sf[flat]
-    else:
-        m_rows = m_idx
-        j = np.zeros(len(m_rows), np.int64)
-        group = None
-        offset = np.zeros(len(m_rows), np.float64)
-
-    # one row per packet
+    # one row per packet: packet k of message m, on hop j
+    K = sz.n_packets
     Kr = K[m_rows]
     p_rows = np.repeat(np.arange(len(m_rows), dtype=np.int64), Kr)
-    first_packet = np.cumsum(Kr) - Kr
-    k = np.arange(len(p_rows), dtype=np.int64) - np.repeat(first_packet, Kr)
+    k = np.arange(len(p_rows), dtype=np.int64) - np.repeat(np.cumsum(Kr) - Kr, Kr)
     m = m_rows[p_rows]
-    jp = j[p_rows]
-    payload = np.where(k < K[m] - 1, mss, B[m] - (K[m] - 1) * mss)
-    t = t0[m] + offset[p_rows] + np.minimum(k * full / W[m], 1.0) * T[m]
+    payload = np.where(k < K[m] - 1, sz.mss, sz.last_payload[m])
+    t0 = df["t_start"].to_numpy().astype(np.float64)
+    T = np.maximum(df["t_tx"].to_numpy().astype(np.float64) - t0, 0.0)  # the sender's transmission interval
+    W = np.maximum(sz.sent, 1)
+    t = t0[m] + offset[p_rows] + np.minimum(k * (sz.mss + sz.h) / W[m], 1.0) * T[m]
     ts_ns = np.rint(t * 1e9).astype(np.int64)
     g = group[p_rows] if group is not None else None
-    # file order: group (per-link), then time, msg_id, k
-    msg_id = msg_cols["msg_id"][m]
-    order = np.lexsort((k, msg_id, ts_ns, g) if g is not None else (k, msg_id, ts_ns))
+    f = _message_fields(df, topology)
+    msg_id = f["msg_id"][m]
+    order = np.lexsort((k, msg_id, ts_ns, g) if g is not None else (k, msg_id, ts_ns))  # file order
     pk = PacketTable(
-        ts_ns=ts_ns[order], orig_len=(payload + hdr)[order], src_ip=msg_cols["src_ip"][m][order],
-        dst_ip=msg_cols["dst_ip"][m][order], port=msg_cols["port"][m][order],
-        ttl=np.maximum(TTL0 - jp, 1)[order], msg_id=msg_id[order], k=k[order],
-        n_packets=K[m][order], round=msg_cols["round"][m][order],
+        ts_ns=ts_ns[order], orig_len=(payload + sz.hdr)[order], src_ip=f["src_ip"][m][order],
+        dst_ip=f["dst_ip"][m][order], port=f["port"][m][order], ttl=np.maximum(TTL0 - j[p_rows], 1)[order],
+        msg_id=msg_id[order], k=k[order], n_packets=K[m][order], round=f["round"][m][order],
         group=g[order] if g is not None else None,
     )
     return pk, resources
@@ -457,17 +477,51 @@ def _global_header(snaplen: int) -> bytes:
     return _GLOBAL_HEADER.pack(PCAP_MAGIC_NS, 2, 4, 0, 0, snaplen, LINKTYPE_RAW)
 
 
+_WRITE_ERRORS = {errno.ENOSPC: "no space left on the device; free some or choose another --out",
+                 errno.EDQUOT: "disk quota exceeded; free some space or choose another --out",
+                 errno.EROFS: "read-only file system; choose another --out",
+                 errno.EACCES: "permission denied; choose another --out",
+                 errno.EPERM: "permission denied; choose another --out"}
+
+
+def _file_above(path: Path) -> Path | None:
+    """The nearest existing ancestor of `path` if it is not a directory (then nothing can be written there)."""
+    for parent in path.parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
+def _unwritable(path: Path, e: OSError) -> SimflError:
+    """The one-line error for an output path that cannot be written."""
+    above = _file_above(path)
+    if above is not None:
+        return SimflError(f"{path}: cannot be written: {above} is a file, not a directory; choose another --out")
+    why = _WRITE_ERRORS.get(e.errno) or f"{e.strerror or type(e).__name__}; choose another --out"
+    return SimflError(f"{path}: cannot be written ({why})")
+
+
+def _mkdir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _unwritable(path, e) from None
+
+
 def _write_atomic(path: Path, chunks: Sequence[bytes | memoryview | np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write `chunks` to a temporary file beside `path`, then rename it; SimflError naming `path` if that fails."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             for c in chunks:
                 f.write(c)
         os.replace(tmp, path)
+    except OSError as e:
+        raise _unwritable(path, e) from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def write_pcap(path: str | Path, pk: PacketTable, snaplen: int = DEFAULT_SNAPLEN) -> int:
@@ -487,16 +541,23 @@ def _check_snaplen(snaplen: int) -> int:
 
 
 def _check_out(out: Path, force: bool, *, directory: bool, sources: Sequence[Path]) -> None:
+    """Refuse, before any work, an --out that is a source, lies under a file, or exists without --force."""
     for s in sources:
         if out.resolve() == s.resolve():
             raise SimflError(f"{out}: is the run's own {s.name}; choose another --out")
+    above = _file_above(out)
+    if above is not None:
+        raise SimflError(f"{out}: cannot be written: {above} is a file, not a directory; choose another --out")
     if out.exists():
         if directory and not out.is_dir():
             raise SimflError(f"{out}: exists and is not a directory (per-link export writes a directory)")
         if not directory and out.is_dir():
             raise SimflError(f"{out}: is a directory; give a file path for --out")
-        if directory and not any(out.iterdir()):
-            return
+        try:
+            if directory and not any(out.iterdir()):
+                return
+        except OSError as e:
+            raise SimflError(f"{out}: cannot be read ({e.strerror}); choose another --out") from None
         if not force:
             raise SimflError(f"{out}: already exists; use --force to overwrite it")
 
@@ -543,7 +604,7 @@ def export_pcap(run_dir: str | Path, out: str | Path | None = None, *, per_link:
         names = [f"{r.link}.pcap" if r.medium == "cell" else f"{r.link}.{r.src}.pcap" for r in resources]
         if len(set(names)) != len(names):
             raise SimflError("link and cell names give clashing per-link file names")
-        out.mkdir(parents=True, exist_ok=True)
+        _mkdir(out)
         flat, offsets = pcap_records(pk, snaplen)
         bounds = np.searchsorted(pk.group, np.arange(len(resources) + 1))
         orig = pk.orig_len.astype(np.int64)

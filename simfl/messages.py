@@ -5,21 +5,22 @@ Two sizes are kept apart (the paper's payload accounting, and what the wire carr
 * `payload_bits`: what the method sends, counted as the paper counts it: 32 bits per float32 parameter, 16 bits per
   client ID (`ids_bits`), 1 bit per association flag (`flag_bits`); `payload_bits_of` counts the real bytes of
   tensors / arrays / bytes objects.
-* `wire_bytes`: what the links carry. With B = ceil(payload_bits / 8) payload bytes and a maximum segment size
-  MSS = mtu - ip_header_bytes (1500 - 40 = 1460 by default), the message travels as
-  n_packets = max(1, ceil(B / MSS)) packets, each adding ip_header_bytes + link_header_bytes (40 IPv4+TCP, 38 Ethernet:
-  preamble/SFD 8, MAC header 14, FCS 4, inter-frame gap 12) of headers:
+* `wire_bytes`: what the links carry. `packetize` is the one home of the rule: with B = ceil(payload_bits / 8)
+  payload bytes and a maximum segment size MSS = mtu - ip_header_bytes (1500 - 40 = 1460 by default), the message
+  travels as n_packets = max(1, ceil(B / MSS)) packets; packets 0..n-2 carry MSS payload bytes, the last one the
+  rest; each adds h = ip_header_bytes + link_header_bytes (40 IPv4+TCP, 38 Ethernet: preamble/SFD 8, MAC header 14,
+  FCS 4, inter-frame gap 12) of headers, h = 0 in header-less mode (pure payload):
 
-      wire_bytes = B + n_packets * (ip_header_bytes + link_header_bytes)      (headers on, the default)
-      wire_bytes = B                                                          (header-less mode: pure payload)
+      wire_bytes = B + n_packets * h
 
-  The first (largest) packet is min(B, MSS) + headers bytes; the network uses it for the per-hop store-and-forward
-  term. A 0-byte message is one header-only packet (or 0 wire bytes without headers).
+  The first (largest) packet is min(B, MSS) + h bytes; the network uses it for the per-hop store-and-forward
+  term. A 0-byte message is one header-only packet (or 0 wire bytes without headers). A backend that retransmits
+  (a packet-level one) adds what it sent again to `wire_bytes` and counts it in `retransmitted_bytes`; the fluid
+  network never retransmits (0).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +29,6 @@ __all__ = [
     "payload_bits_of",
     "ids_bits",
     "flag_bits",
-    "wire_bytes",
     "packetize",
     "Packetization",
 ]
@@ -37,7 +37,9 @@ __all__ = [
 @dataclass(frozen=True, slots=True, eq=False)
 class Message:
     """A delivered message. Times are simulated seconds: `t_send` when `Network.send` was called, `t_start` when
-    it left its flow's FIFO queue and started transmitting, `t_deliver` when its last bit reached `dst`."""
+    it left its flow's FIFO queue and started transmitting, `t_tx` when its last bit left the sender (its flow
+    finished transmitting it), `t_deliver` when its last bit reached `dst`. `wire_bytes` includes the
+    `retransmitted_bytes` (bytes sent again; always 0 in the fluid network)."""
 
     msg_id: int
     src: str
@@ -51,8 +53,10 @@ class Message:
     hops: int
     t_send: float
     t_start: float
+    t_tx: float
     t_deliver: float
     payload: Any = None
+    retransmitted_bytes: int = 0
 
 
 def ids_bits(n: int) -> int:
@@ -86,29 +90,26 @@ def payload_bits_of(obj: Any) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Packetization:
-    payload_bytes: int
-    wire_bytes: int
+    """How one payload travels (see the module docstring for the rule)."""
+
+    payload_bytes: int  # B = ceil(payload_bits / 8)
+    wire_bytes: int  # B + n_packets * header_bytes
     n_packets: int
     first_packet_bytes: int  # wire bytes of the first (largest) packet
+    last_packet_bytes: int  # wire bytes of the last packet (packets 0..n-2 are mss + header_bytes each)
+    mss: int  # payload bytes of every packet but the last
+    header_bytes: int  # header bytes per packet (0 in header-less mode)
 
 
 def packetize(payload_bits: int, mtu: int = 1500, ip_header_bytes: int = 40, link_header_bytes: int = 38,
               headers: bool = True) -> Packetization:
-    """Split a payload into packets (see the module docstring for the exact rule)."""
+    """Split a payload into packets: the one place of the rule (the network, the export and the tests use it)."""
     if payload_bits < 0:
         raise ValueError(f"payload_bits must be >= 0, got {payload_bits}")
     mss = mtu - ip_header_bytes
     if mss <= 0:
         raise ValueError(f"mtu ({mtu}) must exceed ip_header_bytes ({ip_header_bytes})")
     b = (int(payload_bits) + 7) // 8
-    n = max(1, math.ceil(b / mss))
-    per = ip_header_bytes + link_header_bytes if headers else 0
-    return Packetization(b, b + n * per, n, min(b, mss) + per)
-
-
-def wire_bytes(payload_bits: int, mtu: int = 1500, header_bytes: int = 78, *, ip_header_bytes: int = 40) -> int:
-    """Bytes on the wire for a payload: ceil(bits/8) plus `header_bytes` per packet of at most
-    mtu - ip_header_bytes payload bytes. `header_bytes=0` gives the paper's pure payload accounting."""
-    b = (int(payload_bits) + 7) // 8
-    n = max(1, math.ceil(b / (mtu - ip_header_bytes)))
-    return b + n * header_bytes
+    n = max(1, (b + mss - 1) // mss)
+    h = ip_header_bytes + link_header_bytes if headers else 0
+    return Packetization(b, b + n * h, n, min(b, mss) + h, b - (n - 1) * mss + h, mss, h)

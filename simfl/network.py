@@ -24,15 +24,17 @@ Rates change only when a transmission starts or ends, and then only for the flow
 the resources it uses (resources linked by the flows that cross them; every other flow's rate stays max-min fair),
 so the event count is proportional to messages, not packets.
 
-Delivery time. A message of W wire bits (see `simfl.messages`: payload bytes plus per-packet headers) transmits
-from t_start until t_tx, when the integral of R(t) reaches W. Its last bit is delivered at
+Delivery time. A message of W wire bits (`simfl.messages.packetize`: payload bytes plus per-packet headers)
+transmits from t_start until t_tx, when the integral of R(t) reaches W (both are in the trace). Its last bit is
+delivered at
 
     t_deliver = t_tx + sum_h L_h + P * (sum_h 1 / C_h  -  1 / min_h C_h)
 
 with L_h each hop's latency, C_h its nominal capacity and P the wire bits of the message's first (largest) packet:
 store-and-forward pipelining, where every hop but the slowest adds one packet's serialisation (for hops of equal
-capacity: every hop after the first). Messages of one flow are delivered in order: a message is never delivered
-before the previous message of its flow (a short message behind a long one waits for it).
+capacity: every hop after the first); `route_terms` gives L and S of a route, `pipeline_offsets` for each hop of it.
+Messages of one flow are delivered in order: a message is never delivered before the previous message of its flow
+(a short message behind a long one waits for it; then t_deliver exceeds the formula).
 
 Alone on its path (R = min_h C_h = C_b) this is the closed form
 
@@ -43,12 +45,14 @@ e.g. one hop: t_start + L + W / C; k equal messages started together on one link
 Implementation: rates change lazily (a flow's remaining bits are settled only when its rate changes); finish times
 sit in a heap; all starts and ends of one simulated instant are handled in one batch by an event of lower priority
 than SimPy's normal events, so a burst of sends (e.g. 999,000 all-pairs messages) costs one rate computation.
+The inboxes live in `simfl.mailbox`, the per-link counters and the links table in `simfl.linkstats`.
 """
 
 from __future__ import annotations
 
 import heapq
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 import simpy
@@ -56,14 +60,43 @@ from simpy.events import Event
 
 from simfl.config import NetworkParams
 from simfl.errors import SimflError
-from simfl.messages import Message
-from simfl.topology import Resource, Topology
+from simfl.linkstats import LinkStats
+from simfl.mailbox import Mailboxes
+from simfl.messages import Message, packetize
+from simfl.topology import Hop, Resource, Topology
 from simfl.trace import TraceRecorder
 
-__all__ = ["Network"]
+__all__ = ["Network", "pipeline_offsets", "route_terms"]
 
 _WAKE_PRIORITY = 2  # after simpy's URGENT (0) and NORMAL (1): runs when all activity of the instant is done
 _TOL = 1e-12  # relative tolerance on finish times: completions this close are handled together
+_PACKETS_CACHE = 4096  # payload sizes whose packetisation Network.send keeps (runs send a handful of sizes)
+
+
+def route_terms(hops: Sequence[Hop]) -> tuple[float, float]:
+    """(L, S) of a route: its summed latency L and its store-and-forward term S = sum_h 1/C_h - max_h 1/C_h
+    (seconds per bit). A message whose transmission ends at t_tx, first packet P bits, is delivered at
+    t_tx + L + P * S (or with the previous message of its flow, if that is later)."""
+    latency = inv_sum = inv_max = 0.0
+    for h in hops:
+        latency += h.latency_s
+        inv = 1.0 / h.capacity_bps
+        inv_sum += inv
+        if inv > inv_max:
+            inv_max = inv
+    return latency, inv_sum - inv_max
+
+
+def pipeline_offsets(hops: Sequence[Hop]) -> tuple[list[float], list[float]]:
+    """`route_terms` along a route of H hops: (lat, sf), H + 1 entries each.
+
+    lat[j] is the latency of hops 0..j-1 and sf[j] the S of hops 0..j: a packet of P bits that the sender starts
+    at t starts crossing hop j at t + lat[j] + P * sf[j] (every hop before j but the slowest adds its
+    serialisation). Entry H is the route's (L, S), the delivery term."""
+    h = len(hops)
+    lat = [route_terms(hops[:j])[0] for j in range(h + 1)]
+    sf = [route_terms(hops[:j + 1])[1] for j in range(h)]
+    return lat, sf + [sf[-1] if sf else 0.0]
 
 
 class _Wake(Event):
@@ -78,19 +111,14 @@ class _Wake(Event):
 
 
 class _Res:
-    __slots__ = ("spec", "idx", "capacity", "n", "flows", "busy_since", "busy_s", "bytes", "messages", "mark",
-                 "wf_load", "wf_m", "wf_key")
+    __slots__ = ("spec", "idx", "capacity", "n", "flows", "mark", "wf_load", "wf_m", "wf_key")
 
     def __init__(self, spec: Resource, idx: int) -> None:
         self.spec = spec
-        self.idx = idx
+        self.idx = idx  # index in the topology's resources (and in LinkStats)
         self.capacity = spec.capacity_bps
         self.n = 0  # active occupancies
         self.flows: dict[_Flow, int] = {}  # active flow -> occupancies (insertion-ordered: deterministic)
-        self.busy_since = 0.0
-        self.busy_s = 0.0
-        self.bytes = 0
-        self.messages = 0
         self.mark = 0  # component search stamp (see Network._rates)
         self.wf_load = 0.0  # water-filling: load of the flows fixed so far
         self.wf_m = 0  # water-filling: occupancies of the flows not fixed yet
@@ -99,7 +127,7 @@ class _Res:
 
 class _Tx:
     __slots__ = ("msg_id", "kind", "phase", "round", "payload_bits", "wire_bytes", "n_packets", "packet_bits",
-                 "t_send", "t_start", "payload", "event", "flow")
+                 "t_send", "t_start", "t_tx", "payload", "event", "flow")
 
     def __init__(self, msg_id: int, kind: str, phase: str, rnd: int, payload_bits: int, wire_bytes: int,
                  n_packets: int, packet_bits: int, t_send: float, payload: Any, event: Event, flow: _Flow) -> None:
@@ -113,6 +141,7 @@ class _Tx:
         self.packet_bits = packet_bits
         self.t_send = t_send
         self.t_start = t_send
+        self.t_tx = t_send
         self.payload = payload
         self.event = event
         self.flow = flow
@@ -152,6 +181,8 @@ class Network:
         self.params = params or NetworkParams()
         self.recorder = recorder if recorder is not None else TraceRecorder()
         self.recorder.set_link_source(self.link_columns)
+        self.links = LinkStats(topology.resources)
+        self.mailboxes = Mailboxes(env, topology.nodes)
         self._res = {r.id: _Res(r, i) for i, r in enumerate(topology.resources)}
         self._res_list = list(self._res.values())
         self._stamp = 0
@@ -160,14 +191,7 @@ class Network:
         self._heap: list[tuple[float, int, int, _Flow]] = []
         self._wake_times: list[float] = []
         self._deliveries: list[tuple[float, int, _Tx]] = []
-        self._inboxes: dict[str, simpy.FilterStore] = {}
-        self._unclaimed: dict[str, list[Message]] = {}
-        self._node_set = frozenset(topology.nodes)
-        # Messages delivered to a node whose inbox nobody has asked for yet are kept and handed to the inbox when
-        # it is first requested; a workload that never reads inboxes may set this to False to save memory.
-        self.keep_unclaimed = True
-        self._mss = self.params.mtu - self.params.ip_header_bytes
-        self._hdr = self.params.header_bytes
+        self._packets: dict[int, tuple[int, int, int]] = {}  # payload bits -> (wire bytes, packets, first packet bits)
         self._next_id = 0
         self.sent = 0
         self.delivered = 0
@@ -180,15 +204,12 @@ class Network:
         if flow is None:
             flow = self._new_flow(src, dst)
         bits = int(payload_bits)
-        if bits < 0:
-            raise ValueError(f"send {src}->{dst}: payload_bits must be >= 0, got {payload_bits}")
-        b = (bits + 7) // 8
-        mss = self._mss
-        n = max(1, (b + mss - 1) // mss)
+        pk = self._packets.get(bits)
+        if pk is None:
+            pk = self._packetize(src, dst, bits)
         env = self.env
         ev = Event(env)
-        tx = _Tx(self._next_id, kind, phase, int(round), bits, b + n * self._hdr, n, 8 * (min(b, mss) + self._hdr),
-                 env.now, payload, ev, flow)
+        tx = _Tx(self._next_id, kind, phase, int(round), bits, pk[0], pk[1], pk[2], env.now, payload, ev, flow)
         self._next_id += 1
         self.sent += 1
         if flow.cur is None:
@@ -203,14 +224,17 @@ class Network:
         return ev
 
     def inbox(self, node: str) -> simpy.FilterStore:
-        """The store where messages to `node` are put on delivery (created on first use)."""
-        box = self._inboxes.get(node)
-        if box is None:
-            if node not in self._node_set:
-                raise SimflError(f"inbox: unknown node {node!r}")
-            box = self._inboxes[node] = simpy.FilterStore(self.env)
-            box.items.extend(self._unclaimed.pop(node, ()))  # delivered before anyone asked for the inbox
-        return box
+        """The store where messages to `node` are put on delivery (created on first use; see `simfl.mailbox`)."""
+        return self.mailboxes.inbox(node)
+
+    @property
+    def keep_unclaimed(self) -> bool:
+        """Keep messages delivered to an inbox nobody has asked for yet (False: drop them, to save memory)."""
+        return self.mailboxes.keep_unclaimed
+
+    @keep_unclaimed.setter
+    def keep_unclaimed(self, keep: bool) -> None:
+        self.mailboxes.keep_unclaimed = keep
 
     def route(self, src: str, dst: str):
         return self.topology.route(src, dst)
@@ -231,25 +255,20 @@ class Network:
 
     def link_columns(self) -> dict[str, list[Any]]:
         """The links table (see `simfl.trace.LINK_SCHEMA`) as columns, as of now."""
-        now = self.env.now
-        cols: dict[str, list[Any]] = {k: [] for k in ("link", "medium", "src", "dst", "capacity_bps", "latency_s",
-                                                      "bytes", "messages", "busy_s", "utilisation")}
-        for r in self._res.values():
-            s = r.spec
-            busy = r.busy_s + (now - r.busy_since if r.n > 0 else 0.0)
-            cols["link"].append(s.link)
-            cols["medium"].append(s.medium)
-            cols["src"].append(s.src)
-            cols["dst"].append(s.dst)
-            cols["capacity_bps"].append(s.capacity_bps)
-            cols["latency_s"].append(s.latency_s)
-            cols["bytes"].append(r.bytes)
-            cols["messages"].append(r.messages)
-            cols["busy_s"].append(busy)
-            cols["utilisation"].append(8.0 * r.bytes / (s.capacity_bps * now) if now > 0 else 0.0)
-        return cols
+        return self.links.columns(self.env.now)
 
     # ------------------------------------------------------------------ internals
+    def _packetize(self, src: str, dst: str, bits: int) -> tuple[int, int, int]:
+        """(wire bytes, packets, first packet bits) of a payload, remembered per size for the next sends."""
+        if bits < 0:
+            raise ValueError(f"send {src}->{dst}: payload_bits must be >= 0, got {bits}")
+        p = self.params
+        pk = packetize(bits, p.mtu, p.ip_header_bytes, p.link_header_bytes, p.headers)
+        if len(self._packets) >= _PACKETS_CACHE:
+            self._packets.clear()
+        out = self._packets[bits] = (pk.wire_bytes, pk.n_packets, 8 * pk.first_packet_bytes)
+        return out
+
     def _new_flow(self, src: str, dst: str) -> _Flow:
         if src == dst:
             raise SimflError(f"send: source and destination are the same node ({src!r})")
@@ -258,16 +277,7 @@ class Network:
         for h in hops:
             counts[h.resource] = counts.get(h.resource, 0) + 1
         res = tuple([(self._res[rid], m) for rid, m in counts.items()])
-        latency = 0.0
-        inv_sum = 0.0
-        inv_max = 0.0
-        for h in hops:
-            latency += h.latency_s
-            inv = 1.0 / h.capacity_bps
-            inv_sum += inv
-            if inv > inv_max:
-                inv_max = inv
-        sf = inv_sum - inv_max
+        latency, sf = route_terms(hops)
         flow = _Flow(len(self._flows), src, dst, res, len(hops), latency, sf)
         self._flows[(src, dst)] = flow
         return flow
@@ -303,10 +313,11 @@ class Network:
                 self._finish(f, now, dirty)
             pending = self._pending
             self._pending = []
+            links = self.links
             for f in pending:
                 for r, m in f.res:
                     if r.n == 0:
-                        r.busy_since = now
+                        links.busy(r.idx, now)
                     r.n += m
                     r.flows[f] = m
                     dirty[r] = None
@@ -398,14 +409,15 @@ class Network:
 
     def _finish(self, f: _Flow, now: float, dirty: dict[_Res, None]) -> None:
         tx = f.cur
+        tx.t_tx = now
         wire = tx.wire_bytes
+        links = self.links
         for r, m in f.res:
             r.n -= m
             del r.flows[f]
-            r.bytes += wire * m
-            r.messages += m
+            links.carried(r.idx, wire, m)
             if r.n == 0:
-                r.busy_s += now - r.busy_since
+                links.idle(r.idx, now)
             dirty[r] = None
         f.rate = 0.0
         f.remaining = 0.0
@@ -425,12 +437,8 @@ class Network:
     def _deliver(self, tx: _Tx, now: float) -> None:
         f = tx.flow
         msg = Message(tx.msg_id, f.src, f.dst, tx.kind, tx.phase, tx.round, tx.payload_bits, tx.wire_bytes,
-                      tx.n_packets, f.n_hops, tx.t_send, tx.t_start, now, tx.payload)
+                      tx.n_packets, f.n_hops, tx.t_send, tx.t_start, tx.t_tx, now, tx.payload)
         self.recorder.record_message(msg)
         self.delivered += 1
         tx.event.succeed(msg)
-        box = self._inboxes.get(f.dst)
-        if box is not None:
-            box.put(msg)
-        elif self.keep_unclaimed:
-            self._unclaimed.setdefault(f.dst, []).append(msg)
+        self.mailboxes.put(msg)

@@ -1,8 +1,10 @@
 """The trace recorder and its three fixed schemas; parquet and CSV writers.
 
 messages (one row per delivered message, sorted by msg_id):
-    msg_id i64, phase str, round i32, kind str, src str, dst str, payload_bits i64, wire_bytes i64, n_packets i64,
-    hops i32, t_send f64, t_start f64, t_deliver f64            (times in simulated seconds)
+    msg_id i64, phase str, round i32, kind str, src str, dst str, payload_bits i64, wire_bytes i64,
+    retransmitted_bytes i64, n_packets i64, hops i32, t_send f64, t_start f64, t_tx f64, t_deliver f64
+    (times in simulated seconds: send called, transmission start, transmission end (last bit left the sender),
+    delivery; wire_bytes includes retransmitted_bytes, which the fluid network never has: 0)
 compute (one row per computation, in the order they ended):
     node str, phase str, round i32, kind str, t_start f64, t_end f64, flops f64, wall_s f64
     (wall_s is measured on this machine and never feeds the clock; it is the only column that can differ between two
@@ -28,8 +30,9 @@ __all__ = ["MESSAGE_SCHEMA", "COMPUTE_SCHEMA", "LINK_SCHEMA", "TraceRecorder", "
 
 MESSAGE_SCHEMA = pl.Schema({
     "msg_id": pl.Int64, "phase": pl.String, "round": pl.Int32, "kind": pl.String, "src": pl.String,
-    "dst": pl.String, "payload_bits": pl.Int64, "wire_bytes": pl.Int64, "n_packets": pl.Int64, "hops": pl.Int32,
-    "t_send": pl.Float64, "t_start": pl.Float64, "t_deliver": pl.Float64,
+    "dst": pl.String, "payload_bits": pl.Int64, "wire_bytes": pl.Int64, "retransmitted_bytes": pl.Int64,
+    "n_packets": pl.Int64, "hops": pl.Int32, "t_send": pl.Float64, "t_start": pl.Float64, "t_tx": pl.Float64,
+    "t_deliver": pl.Float64,
 })
 COMPUTE_SCHEMA = pl.Schema({
     "node": pl.String, "phase": pl.String, "round": pl.Int32, "kind": pl.String, "t_start": pl.Float64,
@@ -66,10 +69,12 @@ class TraceRecorder:
         c["dst"].append(m.dst)
         c["payload_bits"].append(m.payload_bits)
         c["wire_bytes"].append(m.wire_bytes)
+        c["retransmitted_bytes"].append(m.retransmitted_bytes)
         c["n_packets"].append(m.n_packets)
         c["hops"].append(m.hops)
         c["t_send"].append(m.t_send)
         c["t_start"].append(m.t_start)
+        c["t_tx"].append(m.t_tx)
         c["t_deliver"].append(m.t_deliver)
         self.payload_bits += m.payload_bits
         self.wire_bytes += m.wire_bytes

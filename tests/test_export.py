@@ -127,8 +127,8 @@ def make_hand_run(path: Path, *, headers: bool = True, seed: int = 0) -> pl.Data
         t_start = t_send + float(rng.choice([0.0, 0.01]))
         t_tx = t_start + 8 * wire * share / min(h[4] for h in hops)
         rows.append(dict(msg_id=i, phase="synthetic", round=i % 3, kind=kinds[i % len(kinds)], src=src, dst=dst,
-                         payload_bits=bits, wire_bytes=wire, n_packets=n, hops=len(hops), t_send=t_send,
-                         t_start=t_start, t_deliver=t_tx + lat + first * sf))
+                         payload_bits=bits, wire_bytes=wire, retransmitted_bytes=0, n_packets=n, hops=len(hops),
+                         t_send=t_send, t_start=t_start, t_tx=t_tx, t_deliver=t_tx + lat + first * sf))
         for link, a, b_, *_ in hops:
             link_bytes[(link, a, b_)] += wire
     msgs = pl.DataFrame(rows, schema=MESSAGE_SCHEMA)
@@ -300,6 +300,24 @@ def test_pcap_times_spread_packets_over_the_transmission(hand_run, tmp_path):
         lat, sf, first = route_terms(m["src"], m["dst"], m["payload_bits"])
         t_tx = m["t_deliver"] - lat - first * sf
         want = m["t_start"] + k * (MSS + HDR) / m["wire_bytes"] * (t_tx - m["t_start"])
+        assert abs(r["ts_ns"] - want * 1e9) <= 1.0
+
+
+def test_pcap_times_follow_the_traces_t_tx(tmp_path):
+    """The packets are spread over [t_start, t_tx] as the trace records it (t_tx is read, not re-derived from
+    t_deliver): halve every transmission in the trace and the packet times follow."""
+    run = tmp_path / "run"
+    make_hand_run(run)
+    p = run / "messages.parquet"
+    df = pl.read_parquet(p).with_columns(t_tx=pl.col("t_start") + (pl.col("t_tx") - pl.col("t_start")) / 2)
+    df.write_parquet(p)
+    msgs = {r["msg_id"]: r for r in df.iter_rows(named=True)}
+    _, recs = read_pcap(exported(run, tmp_path / "net.pcap"))
+    assert max(r["marker"][3] for r in recs) > 1  # multi-packet messages, whose times depend on t_tx
+    for r in recs:
+        _, msg_id, k, _, _ = r["marker"]
+        m = msgs[msg_id]
+        want = m["t_start"] + k * (MSS + HDR) / m["wire_bytes"] * (m["t_tx"] - m["t_start"])
         assert abs(r["ts_ns"] - want * 1e9) <= 1.0
 
 

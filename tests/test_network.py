@@ -14,8 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from simfl.config import scenario_from_dict
-from simfl.messages import flag_bits, ids_bits, packetize, payload_bits_of, wire_bytes
-from simfl.network import Network
+from simfl.errors import SimflError
+from simfl.messages import flag_bits, ids_bits, packetize, payload_bits_of
+from simfl.network import Network, pipeline_offsets
 from simfl.world import World
 
 MODEL = 12868 * 8  # payload bits of one AE-5 model
@@ -63,13 +64,24 @@ def test_wire_bytes_by_hand():
     assert packetize(MODEL).wire_bytes * 8 == W
     assert packetize(MODEL).n_packets == 9
     assert packetize(MODEL).first_packet_bytes * 8 == P
-    assert wire_bytes(MODEL) == 13_570
-    assert wire_bytes(MODEL, header_bytes=0) == 12_868
+    assert packetize(MODEL).wire_bytes == 13_570
+    assert packetize(MODEL).last_packet_bytes == 1_188 + 78 and packetize(MODEL).payload_bytes == 12_868
     assert packetize(MODEL, headers=False).wire_bytes == 12_868
     assert packetize(13).wire_bytes == 2 + 78  # 13 bits -> 2 bytes, one packet
     assert packetize(0).wire_bytes == 78 and packetize(0, headers=False).wire_bytes == 0
     assert packetize(1460 * 8).n_packets == 1 and packetize(1461 * 8).n_packets == 2
     assert packetize(1461 * 8, mtu=9000).n_packets == 1
+
+
+@pytest.mark.parametrize("headers", [True, False])
+@pytest.mark.parametrize("bits", [0, 1, 8 * 1460, 8 * 1461, MODEL, 8 * 100_000 + 3])
+def test_packets_add_up_to_the_wire_bytes(bits, headers):
+    pk = packetize(bits, headers=headers)
+    h = 78 if headers else 0
+    sizes = [1460 + h] * (pk.n_packets - 1) + [pk.last_packet_bytes]
+    assert (pk.mss, pk.header_bytes, pk.payload_bytes) == (1460, h, (bits + 7) // 8)
+    assert sum(sizes) == pk.wire_bytes and sizes[0] == pk.first_packet_bytes
+    assert sum(s - h for s in sizes) == pk.payload_bytes and 0 <= pk.last_packet_bytes - h <= 1460
 
 
 def test_payload_bits_of():
@@ -166,6 +178,8 @@ def test_late_joiner_slows_the_first_transfer():
     assert out["b"].t_deliver == pytest.approx(0.0016712 + 1.2304e-4, rel=REL)
     assert out["c"].t_deliver == pytest.approx(0.0021712 + 1.2304e-4, rel=REL)
     assert out["c"].t_start == pytest.approx(0.0005, rel=REL)
+    assert out["b"].t_tx == pytest.approx(0.0016712, rel=REL)  # the transmission ends
+    assert out["c"].t_tx == pytest.approx(0.0021712, rel=REL)
 
 
 def test_messages_queue_behind_each_other_fifo():
@@ -404,6 +418,9 @@ def test_invariants_over_random_topologies(case):
         floor = sum(h.latency_s for h in hops) + 8 * m["wire_bytes"] / min(h.capacity_bps for h in hops)
         assert m["t_deliver"] >= m["t_send"] + floor * (1 - 1e-9) - 1e-15
         assert m["t_start"] >= m["t_send"]
+        # the transmission takes at least W / (bottleneck capacity)
+        assert m["t_tx"] - m["t_start"] >= 8 * m["wire_bytes"] / min(h.capacity_bps for h in hops) * (1 - 1e-9)
+        assert m["retransmitted_bytes"] == 0
         for h in hops:
             k = (h.link, h.src if h.medium == "p2p" else "cell")
             expected_bytes[k] = expected_bytes.get(k, 0) + m["wire_bytes"]
@@ -415,11 +432,21 @@ def test_invariants_over_random_topologies(case):
         # no link above capacity: the bits it carried fit in its busy time at full capacity
         assert 8 * r["bytes"] <= r["capacity_bps"] * r["busy_s"] * (1 + 1e-9) + 1e-6
     assert links["bytes"].sum() == sum(m["wire_bytes"] * m["hops"] for m in frame.iter_rows(named=True))
-    # FIFO per flow: in send order
-    for (_src, _dst), g in frame.group_by(["src", "dst"], maintain_order=True):
+    # FIFO per flow: in send order; each message starts when the previous one has been transmitted, and is
+    # delivered at t_tx + L + P * S (lat[-1], sf[-1] of its route), or with the previous one if that is later
+    for (src, dst), g in frame.group_by(["src", "dst"], maintain_order=True):
         ids, starts, delivers = g["msg_id"].to_list(), g["t_start"].to_list(), g["t_deliver"].to_list()
         assert ids == sorted(ids)
         assert starts == sorted(starts) and delivers == sorted(delivers)
+        lat, sf = pipeline_offsets(topo.route(src, dst))
+        prev_tx = prev_deliver = 0.0
+        for m in g.iter_rows(named=True):
+            p = packetize(m["payload_bits"], sc.network.mtu, sc.network.ip_header_bytes,
+                          sc.network.link_header_bytes, headers)
+            assert m["t_start"] == max(m["t_send"], prev_tx)
+            want = max(m["t_tx"] + lat[-1] + 8 * p.first_packet_bytes * sf[-1], prev_deliver)
+            assert m["t_deliver"] == pytest.approx(want, rel=1e-12, abs=1e-15)
+            prev_tx, prev_deliver = m["t_tx"], m["t_deliver"]
 
 
 def test_routes_least_latency_then_fewest_hops_then_smallest_name():
@@ -439,3 +466,102 @@ def test_routes_least_latency_then_fewest_hops_then_smallest_name():
     assert [h.dst for h in topo(False).route("b", "a")] == ["sx", "a"]
     assert [h.dst for h in topo(True).route("a", "b")] == ["s1", "s2", "s3", "b"]
     assert topo(True).path_latency("a", "b") == pytest.approx(1.6e-3)
+
+
+# --------------------------------------------------------------------------------------------- t_tx, pipeline
+def test_pipeline_offsets_by_hand():
+    # hops 100 Mbps / 0.5 ms, 1 Gbps / 1 ms, 100 Mbps / 0.5 ms: 1/C = 1e-8, 1e-9, 1e-8 s per bit.
+    # sf: hop 0: 1e-8 - 1e-8 = 0; hop 1: 1.1e-8 - 1e-8 = 1e-9; hop 2: 2.1e-8 - 1e-8 = 1.1e-8; delivery: 1.1e-8.
+    w = world([switch("s1"), switch("s2", to="s1", bw="1 Gbps", lat="1 ms"),
+               client("a", to="s1", lat="0.5 ms"), client("b", to="s2", lat="0.5 ms")])
+    lat, sf = pipeline_offsets(w.topology.route("a", "b"))
+    assert lat == pytest.approx([0.0, 0.5e-3, 1.5e-3, 2e-3], rel=REL)
+    assert sf == pytest.approx([0.0, 1e-9, 1.1e-8, 1.1e-8], rel=REL)
+    assert pipeline_offsets(()) == ([0.0], [0.0])
+
+
+def test_t_tx_is_the_end_of_the_transmission():
+    # a -(100 Mbps, 0.5 ms)- s1 -(1 Gbps, 1 ms)- s2 -(100 Mbps, 0.5 ms)- b, sent at 0.25 s: the sender's last bit
+    # leaves W / C = 0.0010856 after t_start, and arrives L + P S = 0.002 + 1.35344e-4 later (test_multi_hop_pipelined)
+    w = world([switch("s1"), switch("s2", to="s1", bw="1 Gbps", lat="1 ms"),
+               client("a", to="s1", lat="0.5 ms"), client("b", to="s2", lat="0.5 ms")])
+    out = {}
+    send_at(w, 0.25, "a", "b", out=out, key="m")
+    w.env.run()
+    m = out["m"]
+    assert (m.t_send, m.t_start, m.retransmitted_bytes) == (0.25, 0.25, 0)
+    assert m.t_tx == pytest.approx(0.25 + 0.0010856, rel=REL)
+    assert m.t_deliver - m.t_tx == pytest.approx(0.002 + 1.35344e-4, rel=1e-9)
+    row = w.recorder.messages_frame().row(0, named=True)
+    assert (row["t_tx"], row["retransmitted_bytes"]) == (m.t_tx, 0)
+
+
+def test_short_message_behind_a_long_one_is_delivered_in_order():
+    # a -s1- b, two 100 Mbps hops without latency. #1: the model (W = 108,560, P = 12,304 bits): t_tx = 1.0856e-3,
+    # delivered P / C later = 1.20864e-3. #2: 1 byte (79 wire bytes = 632 bits, one packet) starts at 1.0856e-3,
+    # t_tx = 1.0856e-3 + 6.32e-6 = 1.09192e-3; alone it would arrive 6.32e-6 later (1.09824e-3), before #1: it
+    # waits for #1 and is delivered with it, at 1.20864e-3.
+    w = world([switch("s1"), client("a", to="s1"), client("b", to="s1")])
+    out = {}
+    send_at(w, 0.0, "a", "b", out=out, key=1)
+    send_at(w, 0.0, "a", "b", bits=8, out=out, key=2)
+    w.env.run()
+    assert out[1].t_tx == pytest.approx(1.0856e-3, rel=REL)
+    assert out[1].t_deliver == pytest.approx(1.20864e-3, rel=REL)
+    assert (out[2].t_start, out[2].t_tx) == (out[1].t_tx, pytest.approx(1.09192e-3, rel=REL))
+    assert out[2].t_deliver == out[1].t_deliver
+
+
+# --------------------------------------------------------------------------------------------- links, inboxes
+def test_busy_time_counts_busy_periods_only():
+    # two messages a->b on one 100 Mbps link, at 0 and 0.01 s: busy 2 x W / C = 2.1712e-3, not 0.01 + W / C.
+    # Asked mid-way through the second (at 0.0105), busy_s counts its open period up to then.
+    w = world([client("a"), client("b", to="a")])
+    send_at(w, 0.0, "a", "b")
+    send_at(w, 0.01, "a", "b")
+    seen = {}
+
+    def look():
+        yield w.env.timeout(0.0105)
+        seen["mid"] = w.network.link_columns()
+
+    w.env.process(look())
+    w.env.run()
+    cols = w.network.link_columns()
+    i = cols["src"].index("a")
+    assert cols["busy_s"][i] == pytest.approx(2 * 1.0856e-3, rel=REL)
+    assert cols["bytes"][i] == 2 * 13_570 and cols["messages"][i] == 2
+    assert cols["utilisation"][i] == pytest.approx(8 * 2 * 13_570 / (1e8 * w.env.now), rel=REL)
+    assert seen["mid"]["busy_s"][i] == pytest.approx(1.0856e-3 + 0.0005, rel=1e-9)
+    assert seen["mid"]["bytes"][i] == 13_570  # the second is still on the wire
+    assert cols["busy_s"][1 - i] == 0.0 and cols["bytes"][1 - i] == 0
+
+
+def test_unclaimed_messages_are_dropped_when_not_kept():
+    w = world([client("a"), client("b", to="a")])
+    w.network.keep_unclaimed = False
+    w.network.send("a", "b", kind="model", phase="p", round=0, payload_bits=8)
+    w.env.run()
+    assert w.network.delivered == 1 and w.network.inbox("b").items == []
+    w.network.send("a", "b", kind="model", phase="p", round=1, payload_bits=8)  # the inbox exists now
+    w.env.run()
+    assert [m.round for m in w.network.inbox("b").items] == [1]
+    with pytest.raises(SimflError, match="unknown node 'zz'"):
+        w.network.inbox("zz")
+
+
+def test_network_routes_around_a_down_link():
+    # a ring a - b - c - d - a of 100 Mbps / 1 ms links; a -> c goes a - b - c, or a - d - c with a-b down:
+    # 2 ms + W / C + P / C = 0.002 + 0.0010856 + 0.00012304 = 0.00320864 either way; the bytes land on d's links.
+    sc = scenario_from_dict({"workload": "synthetic", "nodes": [{"name": n, "kind": "client"} for n in "abcd"],
+                             "links": [{"name": f"{x}-{y}", "a": x, "b": y, "bandwidth": "100 Mbps",
+                                        "latency": "1 ms"} for x, y in ("ab", "bc", "cd", "da")]})
+    w = World(sc)
+    w.network = Network(w.env, w.topology.without(["a-b"]), sc.network, w.recorder)
+    out = {}
+    send_at(w, 0.0, "a", "c", out=out, key=0)
+    w.env.run()
+    assert out[0].hops == 2 and out[0].t_deliver == pytest.approx(0.00320864, rel=REL)
+    links = w.recorder.links_frame()
+    carried = {(r["link"], r["src"]) for r in links.iter_rows(named=True) if r["bytes"]}
+    assert carried == {("d-a", "a"), ("c-d", "d")} and links.height == 8

@@ -19,7 +19,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from simfl.config import load_scenario
+from simfl.config import load_scenario, scenario_from_dict
+from simfl.errors import SimflError
 from simfl.runner import run_scenario
 from simfl.topology import Topology
 
@@ -217,3 +218,57 @@ def test_library_comments_state_the_numbers_they_use():
         rates |= {c["bandwidth"] for c in data.get("cells", [])} | {ln["bandwidth"] for ln in data.get("links", [])}
         for rate in rates:
             assert rate in comment, f"{stem}: {rate} not explained in the comment block"
+
+
+# ----------------------------------------------------------------------------------------- connectivity (networkx)
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def test_shipped_networks_are_one_component(path):
+    sc = load_scenario(path)
+    topo = Topology.from_scenario(sc)
+    assert topo.nodes == tuple(n.name for n in sc.nodes)  # declaration order
+    assert topo.components() == (topo.nodes,)
+    assert topo.reachable(sc.server) == set(topo.nodes)
+
+
+def test_wan_outage_cuts_the_cloud_off():
+    # hierarchical-plant: the cloud (the server) hangs off the edge by the "wan" link alone
+    sc = load_scenario(TOPO / "hierarchical-plant.toml")
+    topo = Topology.from_scenario(sc)
+    down = topo.without(["wan"])
+    assert down.components() == (tuple(n for n in topo.nodes if n != "cloud"), ("cloud",))
+    assert down.reachable("cloud") == {"cloud"} and "cloud" not in down.reachable("c00")
+    # c00 still reaches the other 89 clients, the 10 cell switches, the backbone and the edge: 101 nodes
+    with pytest.raises(SimflError, match="no route from c00 to cloud.*reaches 101 other node"):
+        down.route("c00", "cloud")
+    # the rest routes as before, the links table keeps its rows, and the original topology is untouched
+    assert down.route("c00", "c89") == topo.route("c00", "c89")
+    assert down.resources == topo.resources
+    assert len(topo.route("c00", "cloud")) == 4 and topo.components() == (topo.nodes,)
+
+
+def test_cell_outage_isolates_its_stations():
+    sc = load_scenario(TOPO / "wifi-factory.toml")
+    topo = Topology.from_scenario(sc)
+    stations = [n.name for n in sc.nodes if n.cell == "cell1"]
+    assert len(stations) == 30
+    comps = topo.without(["cell1"]).components()
+    assert len(comps) == 31 and sorted(comps[1:]) == [(s,) for s in sorted(stations)]
+    assert set(comps[0]) == set(topo.nodes) - set(stations)
+    with pytest.raises(SimflError, match="unknown link or cell 'cell9'"):
+        topo.without(["cell9"])
+
+
+def test_routes_go_around_a_down_link():
+    # a ring a - b - c - d - a of 1 ms links: a -> c ties over b and d (2 ms, 2 hops): b, the smaller name, wins;
+    # with a-b down the route is a - d - c; with a-b and c-d down there is none.
+    sc = scenario_from_dict({"workload": "synthetic", "nodes": [
+        {"name": n, "kind": "client"} for n in "abcd"], "links": [
+        {"name": f"{x}-{y}", "a": x, "b": y, "bandwidth": "100 Mbps", "latency": "1 ms"}
+        for x, y in ("ab", "bc", "cd", "da")]})
+    topo = Topology.from_scenario(sc)
+    assert [h.dst for h in topo.route("a", "c")] == ["b", "c"]
+    assert [h.dst for h in topo.without(["a-b"]).route("a", "c")] == ["d", "c"]
+    assert topo.without(["a-b"]).path_latency("a", "c") == pytest.approx(2e-3)
+    assert topo.without(["a-b", "c-d"]).components() == (("a", "d"), ("b", "c"))
+    with pytest.raises(SimflError, match="no route from a to c"):
+        topo.without(["a-b", "c-d"]).route("a", "c")
