@@ -146,7 +146,7 @@ def _run_ray(jobs: list[tuple[Scenario, Path]], address: str | None, cpus: int,
     import socket
     import tempfile
 
-    from simfl.plan import default_cache_dir
+    from simfl.cache import default_cache_dir
 
     todo = []
     for k, (sc, out) in enumerate(jobs):
