@@ -123,8 +123,10 @@ def _encode(obj: Any) -> Any:
     """`obj` as plain containers and tensors: dataclasses and numpy arrays become tagged dicts."""
     if obj is None or type(obj) in (bool, int, float, str) or isinstance(obj, torch.Tensor):
         return obj
-    if isinstance(obj, np.ndarray | np.generic):  # a numpy scalar comes back as one (a 0-d array, indexed)
-        return {_TAG_ARRAY: torch.from_numpy(np.ascontiguousarray(obj)), "scalar": isinstance(obj, np.generic)}
+    if isinstance(obj, np.ndarray | np.generic):  # a numpy scalar is stored as a 0-d array and comes back as one
+        array = np.asarray(obj)
+        array = array if array.flags.c_contiguous else array.copy(order="C")
+        return {_TAG_ARRAY: torch.from_numpy(array), "scalar": isinstance(obj, np.generic)}
     if isinstance(obj, list):
         return [_encode(v) for v in obj]
     if isinstance(obj, dict):
@@ -186,16 +188,16 @@ def read_plan(path: Path, key: str) -> LearningPlan:
     CacheFileError when the file is not exactly such a plan; never runs code from the file."""
     with open(path, "rb") as f:
         line = f.readline(MAX_HEADER_BYTES)
+        if not line:
+            raise CacheFileError("it is empty")
+        try:
+            header = json.loads(line) if line.endswith(b"\n") else None
+        except ValueError:
+            header = None
+        if header is None:
+            raise CacheFileError("it has no simfl header (not a plan file, or one written by an older simfl)")
+        _check(header, "header", key)
         payload = f.read()
-    if not line:
-        raise CacheFileError("it is empty")
-    try:
-        header = json.loads(line) if line.endswith(b"\n") else None
-    except ValueError:
-        header = None
-    if header is None:
-        raise CacheFileError("it has no simfl header (not a plan file, or one written by an older simfl)")
-    _check(header, "header", key)
     if len(payload) != header.get("bytes"):
         raise CacheFileError(f"it is truncated or padded: {len(payload)} payload bytes, its header says "
                              f"{header.get('bytes')}")
@@ -279,8 +281,8 @@ def _save(plan: LearningPlan, path: Path, key: str) -> str:
             reason = "it is a file, not a folder"
         else:
             reason = e.strerror or str(e)
-            if isinstance(e.filename, str) and Path(e.filename) not in (folder, path) and ".tmp" not in e.filename:
-                folder = Path(e.filename)  # a parent that could not be created
+            if isinstance(e.filename, str) and not Path(e.filename).is_relative_to(folder):
+                folder = Path(e.filename)  # a parent folder that could not be created
         return (f"cannot save the learning plan in {folder} ({reason}); the run goes on without caching it "
                 "(free space, fix the folder's permissions, or point SIMFL_CACHE elsewhere or to 'off')")
     return ""
@@ -302,22 +304,28 @@ def cached_plan(exp: Experiment, seed: int, say: Say, cache_dir: Path | None, de
     key = plan_key(exp, seed, dev)
     path = plan_path(cache_dir, key)
     plan, bad = _load(path, key)
-    if plan is None and bad:
-        warn(f"learning cache: {path}: {bad}; rebuilding the plan")
     if plan is None:
+        if bad:
+            warn(f"learning cache: {path}: {bad}; rebuilding the plan")
         with _building(path):
             if not bad:  # another run may have built it while this one waited for the lock
                 plan, _ = _load(path, key)
             if plan is None:
-                plan = planning.build_plan(exp, seed, say, dev)
-                if path.is_dir():  # already said: never replaced
-                    not_saved = "not saved: a folder is in its place"
-                else:
-                    not_saved = _save(plan, path, key)
-                    if not_saved:
-                        warn(f"learning cache: {not_saved}")
-                note = "; ".join(n for n in (f"{path.name}: {bad}" if bad else "", not_saved) if n)
-                return CacheResult(plan, path, False, not not_saved, note)
+                return _build_and_save(exp, seed, say, dev, path, key, bad, warn)
     say(f"learning results from the cache ({path})")
     plan.partition = planning.partition_of(exp, seed)
     return CacheResult(plan, path, True, False, "")
+
+
+def _build_and_save(exp: Experiment, seed: int, say: Say, device: str, path: Path, key: str, bad: str,
+                    warn: Say) -> CacheResult:
+    """Build the plan and cache it if possible; `bad` says what was wrong with the file it replaces, if any."""
+    plan = planning.build_plan(exp, seed, say, device)
+    if path.is_dir():  # said when it was read: never replaced
+        not_saved = "not saved: a folder is in its place"
+    else:
+        not_saved = _save(plan, path, key)
+        if not_saved:
+            warn(f"learning cache: {not_saved}")
+    note = "; ".join(n for n in (f"{path.name}: {bad}" if bad else "", not_saved) if n)
+    return CacheResult(plan, path, False, not not_saved, note)
