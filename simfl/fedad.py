@@ -12,9 +12,10 @@ import numpy as np
 import polars as pl
 
 from simfl import costs, models
+from simfl.cache import cached_plan, default_cache_dir
 from simfl.config import DETECTORS, Scenario
 from simfl.errors import SimflError
-from simfl.plan import APPROACHES, LearningPlan, auc_key, cached_plan, default_cache_dir
+from simfl.plan import APPROACHES, LearningPlan, auc_key
 from simfl.protocol import simulate
 from simfl.report import method_above_local, write_report
 from simfl.world import World
@@ -103,7 +104,8 @@ def run_fedad(world: World, scenario: Scenario, run_dir: Path, progress: bool = 
         raise SimflError(f"{scenario.source}: experiment needs {n} clients, the scenario has {len(scenario.clients)}")
     say = progress_printer(progress)
     t0 = time.perf_counter()
-    plan, from_cache = cached_plan(exp, scenario.seed, say, default_cache_dir())
+    cached = cached_plan(exp, scenario.seed, say, default_cache_dir())
+    plan = cached.plan
     learn_wall = time.perf_counter() - t0
     say("replaying every message on the simulated network")
     t0 = time.perf_counter()
@@ -144,7 +146,8 @@ def run_fedad(world: World, scenario: Scenario, run_dir: Path, progress: bool = 
         "nmi": plan.nmi,
         "leader_communities_match": fed.leader_communities == comms,
         "learning_wall_s": {**plan.wall_s, "phase1_cross_evaluation": plan.phase1.score_wall_s, "total": learn_wall},
-        "learning_from_cache": from_cache,
+        "learning_from_cache": cached.from_cache,
+        "cache": cached.summary(),
         "simulation_wall_s": sim_wall,
         "preset_note": exp.preset_note,
         "experiment": {k: getattr(exp, k) for k in exp.__dataclass_fields__},

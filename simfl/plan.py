@@ -16,11 +16,9 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -199,7 +197,7 @@ def plan_federated(
     n_params = sum(v.numel() for v in globals_[0].values())
     to_train = [s for s in partition.clients if s.client not in copied]
     for t in range(exp.rounds):
-        epochs = exp.local_epochs[min(t, len(exp.local_epochs) - 1)]
+        epochs = exp.epochs_in_round(t)
         note = f" (+{len(copied)} in groups the {_auc_name(reuse)} run has too: reused)" if copied else ""
         say(f"{phase}: round {t + 1}/{exp.rounds}, {len(to_train)} clients x {epochs} epochs{note}")
         jobs = [
@@ -341,103 +339,15 @@ def build_plan(exp: Experiment, seed: int, say: Progress, device: str | None = N
     return plan
 
 
-# ---------------------------------------------------------------------------------------------------- caching
+# ---------------------------------------------------------------------------------------------------- identity
 PLAN_FORMAT = 3  # 2: Keras' fixed validation split and EarlyStopping without restoring; 3: one FedAvg seed stream
 # Experiment fields that do not change what is learned (who aggregates, how fast, how it is labelled).
 # (Both detectors are evaluated in every plan, so `detector` only picks which AUCs the report shows.)
 NOT_LEARNING = frozenset({"aggregator", "workers", "preset_note", "data_dir", "device", "detector"})
 
 
-def default_cache_dir() -> Path | None:
-    """$SIMFL_CACHE (``off`` disables caching), else .cache/simfl under the working directory."""
-    env = os.environ.get("SIMFL_CACHE", "")
-    if env.lower() in ("off", "0", "no", "false"):
-        return None
-    return Path(env) if env else Path(".cache") / "simfl"
-
-
-_FILE_HASHES: dict[tuple[str, int, int], str] = {}
-
-
-def _data_fingerprint(directory: Path) -> str:
-    h = hashlib.sha256()
-    for f in sorted(directory.glob("*-ubyte.gz")):
-        st = f.stat()
-        k = (str(f), st.st_size, st.st_mtime_ns)
-        if k not in _FILE_HASHES:
-            _FILE_HASHES[k] = hashlib.sha256(f.read_bytes()).hexdigest()
-        h.update(f.name.encode() + _FILE_HASHES[k].encode())
-    return h.hexdigest()
-
-
 def learning_identity(exp: Experiment, seed: int) -> str:
     """What is learned, as canonical JSON: the experiment's learning fields and the seed. Two runs with the same
-    identity (and data, device kind, simfl and torch versions: see `plan_key`) learn the same plan."""
+    identity (and data, device kind, simfl and torch versions: see `simfl.cache.plan_key`) learn the same plan."""
     fields = {k: v for k, v in dataclasses.asdict(exp).items() if k not in NOT_LEARNING}
     return json.dumps({"exp": fields, "seed": seed}, sort_keys=True, default=list)
-
-
-def plan_key(exp: Experiment, seed: int, device: str) -> str:
-    """Content hash of everything a learning plan depends on: experiment, seed, data, device kind, plan format."""
-    from simfl import __version__
-
-    blob = json.dumps(
-        {"learning": learning_identity(exp, seed), "device": device.split(":")[0], "format": PLAN_FORMAT,
-         "version": __version__, "data": _data_fingerprint(find_data_dir(exp.data_dir)), "torch": torch.__version__},
-        sort_keys=True, default=list,
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]
-
-
-def cached_plan(exp: Experiment, seed: int, say: Progress, cache_dir: Path | None,
-                device: str | None = None) -> tuple[LearningPlan, bool]:
-    """`build_plan` through a content-addressed cache: (plan, whether it came from the cache).
-
-    A network-only change (link speeds, topology, aggregator placement) reuses the plan; any change to what is
-    learned (data split, models, epochs, rounds, hyperparameters, seed) gives a new key. Clear the cache by
-    deleting its directory."""
-    dev = device or exp.device
-    if dev == "auto":
-        dev = "cuda" if torch.cuda.is_available() else "cpu"
-    if cache_dir is None:
-        return build_plan(exp, seed, say, dev), False
-    path = Path(cache_dir) / f"plan-{plan_key(exp, seed, dev)}.pt"
-    if path.exists():
-        try:
-            stored = torch.load(path, weights_only=False)
-        except Exception:  # a damaged cache entry is rebuilt, never trusted
-            stored = None
-        if isinstance(stored, LearningPlan):
-            say(f"learning results from the cache ({path})")
-            stored.partition = partition_of(exp, seed)
-            if _complete(stored, exp, seed, dev, say):
-                _save(stored, path)
-            return stored, True
-    plan = build_plan(exp, seed, say, dev)
-    _save(plan, path)
-    return plan, False
-
-
-def _save(plan: LearningPlan, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(dataclasses.replace(plan, partition=None), tmp)  # the partition is rebuilt from the seed
-    os.replace(tmp, path)
-
-
-def _complete(plan: LearningPlan, exp: Experiment, seed: int, device: str, say: Progress) -> bool:
-    """Add what a plan cached by an earlier simfl lacks (nothing is retrained); True if anything was added."""
-    fls = [fl for fl in (plan.method, plan.ideal) if fl is not None]
-    added = False
-    for fl in fls:
-        if not hasattr(fl, "initial_bits"):
-            fl.initial_bits = [payload_bits_of(m) for m in _initial_models(exp.phase2_model, fl.groups, seed)]
-            added = True
-    missing = [fl for fl in fls if _missing_detectors(plan, fl)]
-    if missing:
-        say("evaluating the clients' last local fits (missing from this cached plan)")
-        with Engine(device=device, workers=exp.workers) as engine:
-            for fl in missing:
-                _evaluate_fl(engine, plan, fl, exp.phase2_model)
-        added = True
-    return added

@@ -16,6 +16,9 @@ starts from the same seeded weights and the aggregator sends each new average ba
 one is the members' detector). With detector "last_fit" (the authors' Flower setup) the aggregator sends the
 initial model before round 1 and each average before the next round; the last average is never sent and every
 member keeps its own last local fit. Both send r models each way per member (the paper's Eq. 2 and 3).
+
+Rounds are numbered 1..r here and in the trace's `round` column (0: messages outside FedAvg rounds); the plan's
+per-round lists are 0-based, so round `rnd` reads entry `rnd - 1`.
 """
 
 from __future__ import annotations
@@ -47,7 +50,9 @@ class FedAD:
         self.index = {name: i for i, name in enumerate(self.nodes)}
         self.server = server
         self.aggregator = aggregator
-        self.pull = detector == "last_fit"  # members receive the model to train from before each round
+        # detector "last_fit": members receive the model to train from before each round (and keep their last
+        # fit); detector "global": they receive each round's average after it
+        self.models_before_round = detector == "last_fit"
         self.community_method = community_method
         self.seed = seed
         self.n = len(self.nodes)
@@ -135,33 +140,33 @@ class FedAD:
         if agg == node:
             yield self.env.process(self.fl_aggregator(fl, g, own=i))
             return
-        for t, results in enumerate(fl.rounds):
-            r = results[i]
-            if self.pull:
-                yield self._get(node, "global", fl.phase, t + 1)
-            yield self.world.compute(node, r.flops, kind="train", phase=fl.phase, round=t + 1, wall_s=r.wall_s)
-            self.net.send(node, agg, kind="update", phase=fl.phase, round=t + 1,
-                          payload_bits=fl.update_bits[t][i], payload=r.state)
-            if not self.pull:
-                yield self._get(node, "global", fl.phase, t + 1)
+        for rnd in range(1, len(fl.rounds) + 1):
+            r = fl.rounds[rnd - 1][i]
+            if self.models_before_round:
+                yield self._get(node, "global", fl.phase, rnd)
+            yield self.world.compute(node, r.flops, kind="train", phase=fl.phase, round=rnd, wall_s=r.wall_s)
+            self.net.send(node, agg, kind="update", phase=fl.phase, round=rnd,
+                          payload_bits=fl.update_bits[rnd - 1][i], payload=r.state)
+            if not self.models_before_round:
+                yield self._get(node, "global", fl.phase, rnd)
 
     def fl_aggregator(self, fl: FLPlan, g: int, own: int | None) -> Proc:
         """The aggregator of group g (a member when `own` is its index, else the server node)."""
         agg = self._aggregator_of(fl, g)
         members = fl.groups[g]
         senders = [i for i in members if i != own]
-        for t, results in enumerate(fl.rounds):
-            if self.pull:  # the model of round t+1: the initial one, then the average of round t
-                self._send_model(agg, senders, fl, g, t + 1, fl.initial_bits[g] if t == 0 else fl.global_bits[t - 1][g])
+        for rnd in range(1, len(fl.rounds) + 1):
+            if self.models_before_round:  # round rnd's model: the initial one, then the average of round rnd - 1
+                bits = fl.initial_bits[g] if rnd == 1 else fl.global_bits[rnd - 2][g]
+                self._send_model(agg, senders, fl, g, rnd, bits)
             if own is not None:
-                r = results[own]
-                yield self.world.compute(agg, r.flops, kind="train", phase=fl.phase, round=t + 1,
-                                         wall_s=r.wall_s)
+                r = fl.rounds[rnd - 1][own]
+                yield self.world.compute(agg, r.flops, kind="train", phase=fl.phase, round=rnd, wall_s=r.wall_s)
             for _ in senders:
-                yield self._get(agg, "update", fl.phase, t + 1)
-            yield self.world.compute(agg, fl.aggregate_flops[g], kind="aggregate", phase=fl.phase, round=t + 1)
-            if not self.pull:
-                self._send_model(agg, senders, fl, g, t + 1, fl.global_bits[t][g])
+                yield self._get(agg, "update", fl.phase, rnd)
+            yield self.world.compute(agg, fl.aggregate_flops[g], kind="aggregate", phase=fl.phase, round=rnd)
+            if not self.models_before_round:
+                self._send_model(agg, senders, fl, g, rnd, fl.global_bits[rnd - 1][g])
 
     def _send_model(self, agg: str, members: Sequence[int], fl: FLPlan, g: int, rnd: int, bits: int) -> None:
         """Group g's aggregator sends a model of `bits` to each member, labelled round `rnd`."""

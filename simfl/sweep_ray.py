@@ -96,7 +96,7 @@ def _connect(ray: Any, address: str, say: Callable[[str], None]) -> None:
 def _task_env() -> dict[str, str]:
     """The tasks replay learning plans from the cache the driver filled: its absolute path (and the data
     directory, if $SIMFL_DATA names one) reach them through the task's environment."""
-    from simfl.plan import default_cache_dir
+    from simfl.cache import default_cache_dir
 
     cache = default_cache_dir()
     env = {"SIMFL_CACHE": str(cache.resolve()) if cache is not None else "off"}

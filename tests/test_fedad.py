@@ -197,28 +197,26 @@ def test_progress_counts_are_scoped_to_one_request(monkeypatch: pytest.MonkeyPat
 
 def test_last_fit_detector_scores_each_clients_own_last_fit(tiny: Path, tmp_path: Path, builds: list[int]) -> None:
     """detector = last_fit reuses the cached plan, and its method/ideal AUCs are those of each client's own last
-    local fit, recomputed here with a plain torch forward pass and scikit-learn; a plan cached before the option
-    existed (no last-fit AUCs, no initial-model sizes) is completed without retraining."""
+    local fit, recomputed here with a plain torch forward pass and scikit-learn."""
     import numpy as np
     import torch
     from sklearn.metrics import roc_auc_score
 
     from simfl import models
+    from simfl.cache import read_plan
     from simfl.data import find_data_dir, load_fashion_mnist, make_partition
 
     main(["run", str(tiny), "--out", str(tmp_path / "g"), "--quiet"])
     (cache,) = (tmp_path / "cache").glob("plan-*.pt")
-    plan = torch.load(cache, weights_only=False)
-    for fl in (plan.method, plan.ideal):  # make it look like a plan cached by an earlier simfl
-        del fl.initial_bits
-    del plan.auc["method_last_fit"], plan.auc["ideal_last_fit"]
-    torch.save(plan, cache)
+    plan = read_plan(cache, cache.stem.removeprefix("plan-"))
     assert main(["run", str(tiny), "--out", str(tmp_path / "l"), "--quiet",
                  "--set", 'experiment.detector="last_fit"']) == 0
     assert len(builds) == 1  # the second run trained nothing
     g = json.loads((tmp_path / "g" / "summary.json").read_text())
     s = json.loads((tmp_path / "l" / "summary.json").read_text())
     assert s["detector"] == "last_fit" and s["auc_mean_by_detector"]["global"]["method"] == g["auc_mean"]["method"]
+    assert g["cache"] == {"path": str(cache), "from_cache": False, "saved": True, "note": ""}
+    assert s["cache"] == {"path": str(cache), "from_cache": True, "saved": False, "note": ""}
     assert s["payload_bytes"]["phase2"] == g["payload_bytes"]["phase2"] and s["auc_mean"]["local"] == g["auc_mean"][
         "local"]
     exp = load_scenario(tiny).experiment
