@@ -189,7 +189,7 @@ class _NodeSpec:
 def _compute(ck: Checker, t: Mapping[str, Any], where: str, profiles: Mapping[str, float], s: _NodeSpec) -> None:
     """The profile or flops of `t` (a validated node, group or override table) onto `s`."""
     if t.get("profile") is not None and t.get("flops") is not None:
-        ck.fail(f"{where}.flops", t["flops"], "give either profile or flops, not both")
+        ck.fail(f"{where}.flops", ck.given[f"{where}.flops"], "give either profile or flops, not both")
     if t.get("profile") is not None:
         p = t["profile"]
         if p not in profiles:
@@ -441,6 +441,11 @@ def _workload_needs(ck: Checker, workload: str, exp: Experiment, clients: list[s
     if "centralised" in exp.baselines and server is None:
         ck.fail("experiment.baselines", list(exp.baselines), "the \"centralised\" baseline needs a node of kind "
                 "server or cloud; the scenario has none (drop it from baselines or add a server)")
+    missing = data.missing_files(Path(exp.data_dir).expanduser()) if exp.data_dir else []
+    if missing:
+        ck.fail("experiment.data_dir", exp.data_dir, f"this folder lacks the Fashion-MNIST file(s) "
+                f"{', '.join(missing)}; point experiment.data_dir at a folder holding the four IDX .gz files "
+                f"({', '.join(data.FILES.values())})")
 
 
 # ------------------------------------------------------------------------------------------------ memory
@@ -459,9 +464,13 @@ def physical_memory() -> int:
     return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def _memory(ck: Checker, workload: str, exp: Experiment, syn: SyntheticParams, clients: list[str]) -> None:
-    n = exp.n_clients if workload == "fedad" else len(clients)
-    m = estimated_messages(workload, n, exp.rounds, syn.pattern)
+def _memory(ck: Checker, v: Mapping[str, Any]) -> None:
+    """Refuse a run whose messages would not fit in memory (before building its nodes)."""
+    workload, exp = v["workload"], v["experiment"]
+    clients = sum(t["kind"] == "client" for t in v["nodes"]) + sum(t["count"] for t in v["node_groups"]
+                                                                    if t["kind"] == "client")
+    n = exp["clients_per_class"] * len(exp["classes"]) if workload == "fedad" else clients
+    m = estimated_messages(workload, n, exp["rounds"], v["synthetic"]["pattern"])
     need, have = m * MESSAGE_BYTES_IN_MEMORY, physical_memory()
     if need > have:
         ck.fail("workload", workload, f"{n:,} clients send about {m:,} messages, which need about "
@@ -479,6 +488,7 @@ def scenario_from_dict(d: Mapping[str, Any], source: str | Path = "<dict>") -> S
     v = ck.table(SCENARIO, d, "")
     if v["extends"] is not None:
         ck.fail("extends", v["extends"], "extends is resolved by load_scenario (files only)")
+    _memory(ck, v)
     profiles = {**DEFAULT_PROFILES, **v["profiles"]}
     specs = _node_specs(ck, v, profiles)
     by_name = {s.name: s for s in specs}
@@ -492,7 +502,6 @@ def scenario_from_dict(d: Mapping[str, Any], source: str | Path = "<dict>") -> S
     server = servers[0].name if servers else None
     synthetic = _synthetic(ck, v["synthetic"], by_name, clients, server)
     _workload_needs(ck, v["workload"], experiment, clients, server)
-    _memory(ck, v["workload"], experiment, synthetic, clients)
     return Scenario(
         name=v["name"] or (Path(src).stem if src != "<dict>" else "scenario"),
         description=v["description"],

@@ -68,8 +68,13 @@ class DataFormatError(SimflError):
     """An IDX file is unreadable or has the wrong shape or labels."""
 
 
+def missing_files(directory: str | Path) -> list[str]:
+    """Which of the four IDX files ``directory`` lacks."""
+    return [name for name in FILES.values() if not (Path(directory) / name).is_file()]
+
+
 def _has_files(directory: Path) -> bool:
-    return all((directory / name).is_file() for name in FILES.values())
+    return not missing_files(directory)
 
 
 def find_data_dir(explicit: str | Path | None = None) -> Path:
@@ -83,9 +88,9 @@ def find_data_dir(explicit: str | Path | None = None) -> Path:
         origin, directory = f"${ENV_VAR}", Path(env).expanduser()
     else:
         origin, directory = "default", DEFAULT_DATA_DIR
-    if _has_files(directory):
+    missing = missing_files(directory)
+    if not missing:
         return directory
-    missing = [name for name in FILES.values() if not (directory / name).is_file()]
     if origin != "default":
         raise DataNotFoundError(
             f"{origin} = {directory}: this folder lacks the Fashion-MNIST file(s) {', '.join(missing)}; point "

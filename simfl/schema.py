@@ -51,7 +51,7 @@ _QUANTITY: dict[str, tuple[Callable[[Any], float], Callable[[float], str], str, 
     FLOPS: (units.parse_flops, units.format_flops, "compute speed", "FLOP/s"),
 }
 _TYPE = {INT: int, FLOAT: float, BOOL: bool, STR: str, NAME: str, RATE: float, TIME: float, SIZE: int, FLOPS: float}
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
 
 NODE_KINDS = ("client", "switch", "ap", "gateway", "server", "cloud")
 SERVER_KINDS = ("server", "cloud")
@@ -152,7 +152,7 @@ class Map:
 Entry = Key | Table | Array | Map
 
 # ----------------------------------------------------------------------------------------------------- the tables
-_LATENCY = dict(lo=0.0, hi=MAX_LATENCY, why="one hour")
+_LATENCY = dict(lo=0.0, hi=MAX_LATENCY)
 _SEED = dict(lo=0, hi=MAX_SEED, why="seeds are 32-bit: 0 .. 2^32 - 1")
 _BANDWIDTH = dict(lo=MIN_BANDWIDTH, hi=MAX_BANDWIDTH)
 _SPEED = dict(lo=MIN_FLOPS, hi=MAX_FLOPS)
@@ -266,7 +266,8 @@ SCENARIO = Table("", (
         "named compute speeds (built in: edge = 10 GFLOP/s, server = 1 TFLOP/s)"),
     Array("nodes", _NODE, "single nodes, in declaration order"),
     Array("node_groups", _GROUP, "numbered nodes sharing one description, after the [[nodes]]"),
-    Map("node_overrides", _OVERRIDE, "node", "changes to single nodes: any of profile, flops, uplink keys, cell"),
+    Map("node_overrides", _OVERRIDE, "node", "changes to one node of [[nodes]] or [[node_groups]]: any of these "
+        "keys; uplink keys change only what is given (a node without an uplink needs to and bandwidth)"),
     Array("links", _LINK, "full-duplex point-to-point links: each direction has the bandwidth"),
     Array("cells", _CELLS, "shared media (WiFi cells): all stations share one channel"),
     EXPERIMENT,
@@ -300,6 +301,7 @@ def join(where: str, k: str | int) -> str:
     """The dotted key of `k` inside `where`: "links[2]", "experiment.rounds"."""
     if isinstance(k, int):
         return f"{where}[{k}]"
+    k = _inline_key(k)  # quoted where TOML would quote it: one line, whatever the key holds
     return f"{where}.{k}" if where else k
 
 
@@ -355,6 +357,7 @@ class Checker:
 
     def __init__(self, source: str) -> None:
         self.source = source
+        self.given: dict[str, Any] = {}  # quantities as written, by dotted key (for messages after parsing)
 
     def fail(self, key: str, value: Any, msg: str) -> NoReturn:
         raise ScenarioError(f"{self.source}: {key} = {show(value)}: {msg}")
@@ -404,7 +407,7 @@ class Checker:
         out = {}
         for k, v in t.items():
             w = join(where, k)
-            if not _NAME_RE.match(str(k)):
+            if not _NAME_RE.fullmatch(str(k)):
                 self.fail(w, v, f"a {spec.label} name may use only letters, digits, '_', '-' and '.'")
             out[k] = self.entry(spec.value, v, w, partial=True)
         return out
@@ -440,11 +443,12 @@ class Checker:
             self.fail(where, v, "expected a string")
         if key.choices and v not in key.choices:
             self.fail(where, v, f"must be one of {', '.join(key.choices)}" + did_you_mean(v, key.choices))
-        if key.kind == NAME and not _NAME_RE.match(v):
+        if key.kind == NAME and not _NAME_RE.fullmatch(v):
             self.fail(where, v, "names may use only letters, digits, '_', '-' and '.'")
         return v
 
     def _quantity(self, key: Key, v: Any, where: str) -> float | int:
+        self.given[where] = v
         parse = _QUANTITY[key.kind][0]
         try:
             x = parse(v)
@@ -502,8 +506,8 @@ it equal to the code.
 
 - **Names** (nodes, links, cells, profiles, prefixes) use only letters, digits, `_`, `-` and `.`.
 - **Quantities** are written with a unit, as people write them: `"100 Mbps"`, `"1 Gbit/s"`, `"12.5 MB/s"` (bytes
-  per second, x 8), `"250 us"`, `"2 ms"`, `"5 GFLOP/s"`, `"12 kB"`, `"1 MiB"`. Prefixes are decimal (k, M, G, T, P);
-  sizes also know KiB, MiB and GiB. A **bare number** is read in the base unit: a rate in bit/s, a time in seconds,
+  per second, x 8), `"250 us"`, `"2 ms"`, `"5 GFLOP/s"`, `"12 kB"`, `"1 MiB"`. Prefixes are decimal (k, M, G, T, P, E);
+  sizes also know KiB, MiB, GiB and TiB. A **bare number** is read in the base unit: a rate in bit/s, a time in seconds,
   a size in bytes, a compute speed in FLOP/s (`bandwidth = 1e6` is 1 Mbps). A string without a unit is an error.
 - **Numbers at the edges** are rejected with the key: every bound is in the tables below. Latencies lie in 0 .. 1
   hour, bandwidths in 1 bit/s .. 1 Pbit/s, message sizes in 0 .. 2^40 bytes, compute speeds in 1 kFLOP/s ..
@@ -512,6 +516,10 @@ it equal to the code.
 - **Memory**: before running, simfl estimates the memory the run's messages need (about {per_message:,} bytes per
   message in flight and in the trace, measured on an all-pairs run: all-pairs sends n (n - 1) messages for n
   clients, fedad about 2 n (n - 1) in phase I) and refuses a run that would not fit in the machine's memory.
+- **Data**: workload fedad reads Fashion-MNIST from `experiment.data_dir` if it is set, else from the folder in the
+  environment variable `SIMFL_DATA` if that is set, else from `/usr/share/datasets/fashion-mnist` (Debian's
+  dataset-fashion-mnist package). A folder given in the scenario or the variable that lacks any of the four IDX
+  files is an error naming the folder and where it came from; the default folder is used only when none is given.
 
 ## Overrides, extends, client IDs
 
@@ -533,7 +541,9 @@ it equal to the code.
 """
 
 
-def _default_text(k: Key) -> str:
+def _default_text(k: Key, partial: bool) -> str:
+    if partial:
+        return "unchanged"
     if k.default is REQUIRED:
         return "required"
     if k.default is None:
@@ -566,25 +576,26 @@ def _type_text(k: Key) -> str:
     return _KIND_TEXT[k.kind]
 
 
-def _key_rows(spec: Table, prefix: str) -> list[str]:
+def _key_rows(spec: Table, prefix: str, partial: bool) -> list[str]:
     rows = []
     for e in spec.entries:
         if isinstance(e, Key):
-            rows.append(f"| `{prefix}{e.name}` | {_type_text(e)} | {_default_text(e)} | {_allowed_text(e)} | "
-                        f"{e.doc} |")
+            rows.append(f"| `{prefix}{e.name}` | {_type_text(e)} | {_default_text(e, partial)} | "
+                        f"{_allowed_text(e)} | {e.doc} |")
         elif isinstance(e, Table):
-            rows += [f"| `{prefix}{e.name}` | table | {'none' if e.optional else ''} | | {e.doc} |"]
-            rows += _key_rows(e, f"{prefix}{e.name}.")
+            default = "unchanged" if partial else "unset" if e.optional else ""
+            rows += [f"| `{prefix}{e.name}` | table | {default} | | {e.doc} |"]
+            rows += _key_rows(e, f"{prefix}{e.name}.", partial)
     return rows
 
 
-def _section(title: str, doc: str, spec: Table | None, key: Key | None = None) -> list[str]:
+def _section(title: str, doc: str, spec: Table | None, key: Key | None = None, partial: bool = False) -> list[str]:
     out = ["", f"## {title}", "", doc[:1].upper() + doc[1:] + ".", "",
            "| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]
     if key is not None:
         out.append(f"| `<name>` | {_type_text(key)} | | {_allowed_text(key)} | {key.doc} |")
     if spec is not None:
-        out += _key_rows(spec, "")
+        out += _key_rows(spec, "", partial)
     return out
 
 
@@ -602,7 +613,7 @@ def markdown() -> str:
             out += _section(f"[{e.name}]", e.doc, None, e.value)
         elif isinstance(e, Map):
             assert isinstance(e.value, Table)
-            out += _section(f"[{e.name}.<{e.label}>]", e.doc, e.value)
+            out += _section(f"[{e.name}.<{e.label}>]", e.doc, e.value, partial=True)
     return "\n".join(out) + "\n"
 
 
