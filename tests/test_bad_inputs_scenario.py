@@ -15,30 +15,13 @@ from dataclasses import dataclass, field
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_config import BASE  # switch s1, server srv, clients c0 .. c2 (synthetic workload)
 
 from simfl import schema
 from simfl.cli import main
 from simfl.config import ScenarioError, load_scenario, scenario_from_dict
 from simfl.data import FILES, find_data_dir
 
-BASE = """\
-name = "bad"
-workload = "synthetic"
-
-[[nodes]]
-name = "s1"
-kind = "switch"
-
-[[nodes]]
-name = "srv"
-kind = "server"
-uplink = { to = "s1", bandwidth = "1 Gbps", latency = "0.5 ms" }
-
-[[node_groups]]
-prefix = "c"
-count = 3
-uplink = { to = "s1", bandwidth = "100 Mbps", latency = "1 ms" }
-"""
 # a fedad run small enough to start: 2 classes x 1 client
 FEDAD = BASE.replace('"synthetic"', '"fedad"') + "\n[experiment]\nclasses = [0, 1]\nclients_per_class = 1\n"
 LINK = '\n[[links]]\na = "c0"\nb = "c1"\nbandwidth = {bw}\nlatency = {lat}\n'
@@ -75,7 +58,7 @@ CASES = {
     # ----------------------------------------------------------------------------------------- top level
     "unknown-table": Bad("experimnt = { rounds = 3 }: unknown key; did you mean 'experiment'?",
                          BASE + "\n[experimnt]\nrounds = 3\n"),
-    "name-with-space": Bad('name = "my run": names may use only', BASE.replace('"bad"', '"my run"')),
+    "name-with-space": Bad('name = "my run": names may use only', BASE.replace('"t"', '"my run"')),
     "seed-negative": Bad("seed = -1: must be >= 0", "seed = -1\n" + BASE),
     "seed-2^32": Bad("seed = 4294967296: must be <= 4,294,967,295", "seed = 4294967296\n" + BASE),
     "seed-bool": Bad("seed = true: expected an integer", "seed = true\n" + BASE),
