@@ -489,6 +489,7 @@ def scenario_from_dict(d: Mapping[str, Any], source: str | Path = "<dict>") -> S
     if v["extends"] is not None:
         ck.fail("extends", v["extends"], "extends is resolved by load_scenario (files only)")
     _memory(ck, v)
+    network = _network(ck, v["network"])
     profiles = {**DEFAULT_PROFILES, **v["profiles"]}
     specs = _node_specs(ck, v, profiles)
     by_name = {s.name: s for s in specs}
@@ -511,7 +512,7 @@ def scenario_from_dict(d: Mapping[str, Any], source: str | Path = "<dict>") -> S
         links=tuple(links),
         cells=tuple(cells),
         profiles=tuple(sorted(profiles.items())),
-        network=_network(ck, v["network"]),
+        network=network,
         experiment=experiment,
         synthetic=synthetic,
         source=Path(src) if src != "<dict>" else None,

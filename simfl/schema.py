@@ -73,9 +73,9 @@ MAX_MESSAGE_BYTES = 2**40  # 1 TiB: bits and wire bytes of a message stay exact 
 MIN_FLOPS, MAX_FLOPS = 1e3, 1e18  # FLOP/s: 1 kFLOP/s .. 1 EFLOP/s
 MAX_GROUP = 100_000  # nodes in one [[node_groups]] entry
 MAX_EPOCHS = 100_000  # epochs, rounds, patience
-# Peak memory per simulated message (its objects while in flight and its trace row), measured as the growth of
-# peak RSS between network-only all-pairs runs of 200, 400 and 600 clients (39,800 .. 359,400 messages): 1.71 to
-# 1.76 kB per message; rounded up.
+# Peak memory per simulated message (its objects in flight, its routes and its trace row): the growth of peak RSS
+# between network-only all-pairs runs of 100, 200, 400 and 600 clients (9,900 .. 359,400 messages) was 1.70 to 1.85 kB
+# per message (tests/test_config.py measures it again).
 MESSAGE_BYTES_IN_MEMORY = 1_800
 
 

@@ -111,13 +111,28 @@ def test_experiment_fields_and_defaults():
     assert dataclasses.asdict(Experiment()) == want
 
 
-@pytest.mark.parametrize("name", ["paper-90", "wifi-factory", "default", "allpairs-90"])
+@pytest.mark.parametrize("name", sorted(p.stem for p in TOPO.glob("*.toml")))
 def test_resolved_toml_loads_back_equal(name, tmp_path):
     sc = load_scenario(TOPO / f"{name}.toml", ["experiment.rounds=3", "network.headers=false"], seed=7)
     text = sc.to_toml()
     again = scenario_from_dict(tomllib.loads(text), source="resolved.toml")
     assert again == sc
     assert again.to_toml().split("\n", 1)[1] == text.split("\n", 1)[1]
+
+
+def test_resolved_toml_keeps_what_the_shipped_files_do_not_set(tmp_path):
+    """Direct flops, cells, renamed links, optional experiment keys and a synthetic target survive the writer."""
+    p = write(tmp_path, BASE + '\n[[nodes]]\nname = "ap1"\nkind = "ap"\nflops = "3.5 GFLOP/s"\n'
+                               'uplink = { to = "s1", bandwidth = "866.7 Mbps", latency = "12 us", name = "air" }\n'
+                               '\n[[cells]]\nname = "w"\nap = "ap1"\nbandwidth = "54 Mbps"\nlatency = "0.1 ms"\n'
+                               '\n[[nodes]]\nname = "c9"\nkind = "client"\ncell = "w"\n'
+                               '\n[experiment]\nsplit_seed = 42\nmax_samples_per_client = 64\nclients = 90\n'
+                               'data_dir = "/some/where"\n\n[synthetic]\ntarget = "c1"\nmessage_bytes = "1 MiB"\n')
+    sc = load_scenario(p)
+    again = scenario_from_dict(tomllib.loads(sc.to_toml()))
+    assert again == sc and again.node("ap1").flops == 3.5e9 and again.synthetic.message_bytes == 2**20
+    assert (again.experiment.split_seed, again.experiment.data_dir, again.synthetic.target) == (42, "/some/where", "c1")
+    assert next(ln for ln in again.links if ln.name == "air").bandwidth_bps == 866.7e6
 
 
 # ------------------------------------------------------------------------------------------------ features
@@ -417,3 +432,30 @@ def test_connectivity_through_cells_and_links(tmp_path):
     assert "client far is disconnected" in error_of(p)  # the cell is an island
     sc = load_scenario(p, ['links=[{a = "ap", b = "s1", bandwidth = "1 Gbps"}]'])
     assert "far" in sc.clients and sc.node("far").cell == "w"
+
+
+_PEAK = """
+import resource, sys, tempfile
+from simfl.config import scenario_from_dict
+from simfl.runner import run_scenario
+sc = scenario_from_dict({"workload": "synthetic", "nodes": [{"name": "s1", "kind": "switch"}],
+                         "node_groups": [{"prefix": "c", "count": int(sys.argv[1]),
+                                          "uplink": {"to": "s1", "bandwidth": "100 Mbps", "latency": "0.5 ms"}}]})
+with tempfile.TemporaryDirectory() as out:
+    run_scenario(sc, out, progress=False)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+@pytest.mark.slow
+def test_the_memory_per_message_is_what_a_run_takes():
+    """The marginal peak RSS of an all-pairs run, per message, against the constant the estimate uses."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    peak = {n: int(subprocess.run([sys.executable, "-c", _PEAK, str(n)], capture_output=True, text=True, env=env,
+                                  check=True).stdout) for n in (100, 220)}
+    per_message = (peak[220] - peak[100]) / (220 * 219 - 100 * 99)
+    assert 0.6 * schema.MESSAGE_BYTES_IN_MEMORY < per_message < 1.2 * schema.MESSAGE_BYTES_IN_MEMORY, per_message
