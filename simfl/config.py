@@ -551,10 +551,16 @@ def apply_overrides(d: dict[str, Any], overrides: Iterable[str], source: str = "
     VALUE is read as a TOML value (`3`, `true`, `[1, 2]`, `"x"`) and otherwise kept as a string."""
     for item in overrides:
         if "=" not in item:
-            raise ScenarioError(f"{source}: --set {item}: expected KEY=VALUE, e.g. --set experiment.rounds=3")
+            raise ScenarioError(f"{source}: --set {_one_line(item)}: expected KEY=VALUE, e.g. "
+                                "--set experiment.rounds=3")
         key, raw = item.split("=", 1)
-        _set(d, key.strip(), _parse_value(raw.strip()), f"{source}: --set {key.strip()}={raw}")
+        _set(d, key.strip(), _parse_value(raw.strip()), f"{source}: --set {_one_line(key.strip())}={_one_line(raw)}")
     return d
+
+
+def _one_line(s: str) -> str:
+    """`s` with control characters escaped ("\\n"), for messages."""
+    return re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], s)
 
 
 def _sub(spec: Any, name: str, where: str, head: str) -> Any:
@@ -660,7 +666,7 @@ def _resolve_extends(d: dict[str, Any], p: Path, src: str, seen: tuple[Path, ...
 def load_scenario(path: str | Path, overrides: Iterable[str] = (), seed: int | None = None) -> Scenario:
     """Read, override (`--set`), re-seed and validate a scenario file."""
     p = Path(path)
-    src = str(path)
+    src = _one_line(str(path))
     d = _resolve_extends(_read_toml(p, src), p, src, (p.resolve(),))
     apply_overrides(d, overrides, src)
     if seed is not None:

@@ -382,7 +382,7 @@ class Checker:
             self.fail(where or "the scenario", t, "expected a table")
         for k, v in t.items():
             if spec.entry(k) is None:
-                self.fail(join(where, k), v, f"unknown key{did_you_mean(k, spec.names)} (known keys: "
+                self.fail(join(where, str(k)), v, f"unknown key{did_you_mean(str(k), spec.names)} (known keys: "
                           f"{', '.join(spec.names)})")
         out: dict[str, Any] = {}
         for e in spec.entries:
@@ -405,7 +405,8 @@ class Checker:
         if not isinstance(t, Mapping):
             self.fail(where, t, f"expected a table of {spec.label} names")
         out = {}
-        for k, v in t.items():
+        for key, v in t.items():
+            k = str(key)  # TOML keys are strings; a dict built in code may hold others
             w = join(where, k)
             if not _NAME_RE.fullmatch(str(k)):
                 self.fail(w, v, f"a {spec.label} name may use only letters, digits, '_', '-' and '.'")

@@ -226,6 +226,7 @@ CASES = {
     "set-into-value": Bad("--set experiment.rounds.x=1: experiment.rounds is a value, not a table",
                           args=("--set", "experiment.rounds.x=1")),
     "set-bad-key": Bad("--set a..b=1: cannot read the key", args=("--set", "a..b=1")),
+    "set-newline": Bad("--set links[0].a=c0\\n: links has no entries", args=("--set", "links[0].a=c0\n")),
     "set-bandwidth": Bad('node_groups[0].uplink.bandwidth = "1e-320 bps"',
                          args=("--set", "node_groups[0].uplink.bandwidth=1e-320 bps")),
     "set-seed": Bad("seed = 4294967296: must be <= 4,294,967,295", args=("--set", "seed=4294967296")),
@@ -282,6 +283,8 @@ def test_bad_input_ends_in_one_line_naming_it(case, tmp_path, monkeypatch, capsy
 # --------------------------------------------------------------------------------------------------- fuzzing
 NAMES = ["s1", "srv", "c0", "c1", "c2", "ap1", "x", "edge"]
 BAD_NAMES = ["bad name", "", "c0\n"]
+# names in [profiles] and [node_overrides]; a dict built in code may even use numbers
+_MAP_KEYS = st.one_of(st.sampled_from(NAMES), st.sampled_from(NAMES), st.sampled_from(BAD_NAMES), st.integers(0, 3))
 _UNITS = {"rate": ["bps", "Mbps", "Gbps", "MB/s", "Pbps", "Hz"], "time": ["s", "ms", "us", "min", "h"],
           "size": ["B", "kB", "MiB", "TiB", "bit"], "flops": ["FLOP/s", "GFLOP/s", "EFLOP/s", "GHz"]}
 _ANY = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(), st.text(max_size=8),
@@ -327,10 +330,9 @@ def table_of(spec: schema.Table, depth: int = 0) -> st.SearchStrategy:
         elif isinstance(e, schema.Array):
             optional[e.name] = st.lists(table_of(e.table, depth + 1), max_size=2)
         elif isinstance(e.value, schema.Key):
-            optional[e.name] = st.dictionaries(_rarely(st.sampled_from(NAMES), st.sampled_from(BAD_NAMES), 5),
-                                               value_of(e.value), max_size=2)
+            optional[e.name] = st.dictionaries(_MAP_KEYS, value_of(e.value), max_size=2)
         else:
-            optional[e.name] = st.dictionaries(st.sampled_from(NAMES), table_of(e.value, depth + 1), max_size=2)
+            optional[e.name] = st.dictionaries(_MAP_KEYS, table_of(e.value, depth + 1), max_size=2)
     unknown = st.fixed_dictionaries({"unknwn": _ANY}, optional=optional)
     return _rarely(st.fixed_dictionaries({}, optional=optional), unknown, 30)
 
