@@ -48,6 +48,7 @@ from simfl.schema import (
     join,
     model,
     show,
+    toml_value,
 )
 
 __all__ = [
@@ -68,6 +69,7 @@ __all__ = [
     "scenario_from_dict",
     "apply_overrides",
     "estimated_messages",
+    "toml_value",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -17,6 +17,7 @@ import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any, NoReturn
 
 import tomli_w
@@ -24,7 +25,7 @@ import tomli_w
 from simfl import units
 from simfl.errors import SimflError
 
-__all__ = ["ScenarioError", "Key", "Table", "Array", "Map", "Checker", "SCENARIO", "model", "markdown",
+__all__ = ["ScenarioError", "Key", "Table", "Array", "Map", "Checker", "SCENARIO", "model", "markdown", "toml_value",
            "NODE_KINDS", "SERVER_KINDS", "DETECTORS", "SPLITS", "PATTERNS", "WORKLOADS", "BASELINES",
            "MAX_SEED", "REQUIRED"]
 
@@ -276,21 +277,26 @@ SCENARIO = Table("", (
 
 
 # ----------------------------------------------------------------------------------------------- messages
-def show(v: Any) -> str:
-    """A value in TOML syntax on one line (for messages), cut to 80 characters."""
-    s = _inline(v)
-    return s if len(s) <= 80 else s[:77] + "..."
-
-
-def _inline(v: Any) -> str:
+def toml_value(v: Any) -> str:
+    """`v` as a TOML value on one line (strings, bools, numbers, lists, inline tables; a Path as its string)."""
     if isinstance(v, Mapping):
-        return "{ " + ", ".join(f"{_inline_key(str(k))} = {_inline(x)}" for k, x in v.items()) + " }"
+        return "{ " + ", ".join(f"{_inline_key(str(k))} = {toml_value(x)}" for k, x in v.items()) + " }"
     if isinstance(v, list | tuple):
-        return "[" + ", ".join(_inline(x) for x in v) + "]"
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, PurePath):
+        v = str(v)
+    if not isinstance(v, bool | int | float | str):
+        raise TypeError(f"cannot write {type(v).__name__} as TOML")
+    return tomli_w.dumps({"v": v})[4:-1]
+
+
+def show(v: Any) -> str:
+    """A value as TOML writes it, on one line (for messages), cut to 80 characters."""
     try:
-        return tomli_w.dumps({"v": v})[4:-1]
-    except (TypeError, ValueError):
-        return repr(v)
+        s = toml_value(v)
+    except TypeError:
+        s = repr(v)
+    return s if len(s) <= 80 else s[:77] + "..."
 
 
 def _inline_key(k: str) -> str:
