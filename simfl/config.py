@@ -1,25 +1,13 @@
-"""Scenario files: the TOML schema, `--set` overrides and validation.
+"""Scenario files: reading, `extends`, `--set` overrides, the checks across keys, and the frozen model.
 
-A scenario is a TOML file (see `topologies/`). `load_scenario` reads it, applies `--set KEY=VALUE` overrides to the
-TOML dict, validates everything by hand and returns a frozen `Scenario`. Every mistake raises one `ScenarioError`
-whose message names the file, the dotted key and the bad value, e.g.
+A scenario is a TOML file (see `topologies/` and docs/scenarios.md). `load_scenario` reads it, resolves `extends`,
+applies `--set KEY=VALUE` overrides to the TOML dict, validates it and returns a frozen `Scenario`. Every key is
+declared once in `simfl.schema` (kind, default, bounds, doc), which checks single values; this module checks what
+relates keys to each other (unknown nodes and cells, duplicates, connectivity, a server where one is needed, enough
+clients, shards the data can fill, memory) and builds the model. Every mistake raises one `ScenarioError` whose
+message names the file, the dotted key and the bad value, e.g.
 
     topologies/x.toml: links[2].bandwidth = "-5 Mbps": bandwidth must be positive
-
-Schema (all tables optional except that a scenario needs nodes):
-
-    name, description, seed, workload              top-level keys ("fedad" | "synthetic")
-    extends                                        another scenario file (relative path) this one starts from:
-                                                   its tables merge key by key, other values (arrays too) replace
-    [network]        mtu, ip_header_bytes, link_header_bytes, headers
-    [profiles]       <profile> = "<speed>"   (built in: edge = 10 GFLOP/s, server = 1 TFLOP/s)
-    [[nodes]]        name, kind, profile | flops, uplink = {to, bandwidth, latency, name}, cell
-    [[node_groups]]  prefix, count, start, kind, profile | flops, uplink, cell   -> <prefix>00 .. <prefix>NN
-    [node_overrides.<node>]  profile | flops, uplink (partial: any of to, bandwidth, latency, name), cell
-    [[links]]        a, b, bandwidth, latency, name       (full duplex: each direction has the bandwidth)
-    [[cells]]        name, ap, bandwidth, latency         (shared medium: all its stations share bandwidth)
-    [experiment]     see `Experiment`
-    [synthetic]      message_bytes, pattern, target
 
 Declaration order (it fixes the client IDs): the [[nodes]] entries in order, then each [[node_groups]] entry's nodes.
 Generated names are zero-padded to the width of the largest index: count = 90 gives c00 .. c89.
@@ -28,18 +16,40 @@ Generated names are zero-padded to the width of the largest index: count = 90 gi
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import json
-import math
+import os
 import re
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-from simfl import units
-from simfl.errors import SimflError
+import networkx as nx
+import tomli_w
+
+from simfl import data, units
+from simfl.schema import (
+    DETECTORS,
+    EXPERIMENT,
+    MAX_SEED,
+    MESSAGE_BYTES_IN_MEMORY,
+    NETWORK,
+    NODE_KINDS,
+    SCENARIO,
+    SERVER_KINDS,
+    SPLITS,
+    SYNTHETIC,
+    Array,
+    Checker,
+    Map,
+    ScenarioError,
+    Table,
+    did_you_mean,
+    join,
+    model,
+    show,
+    toml_value,
+)
 
 __all__ = [
     "ScenarioError",
@@ -53,41 +63,48 @@ __all__ = [
     "DEFAULT_SCENARIO",
     "DEFAULT_PROFILES",
     "NODE_KINDS",
+    "DETECTORS",
+    "SPLITS",
     "load_scenario",
     "scenario_from_dict",
     "apply_overrides",
+    "estimated_messages",
+    "toml_value",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SCENARIO = REPO_ROOT / "topologies" / "default.toml"
 
-NODE_KINDS = ("client", "switch", "ap", "gateway", "server", "cloud")
-SERVER_KINDS = ("server", "cloud")
 # Compute speeds used when a scenario does not redefine them (FLOP/s). Sources are in topologies/*.toml comments:
 # edge ~ a Raspberry-Pi-4-class quad-core ARM board, server ~ a multi-core x86 server CPU at a fraction of peak.
 DEFAULT_PROFILES: dict[str, float] = {"edge": 10e9, "server": 1e12}
 DEFAULT_PROFILE_OF_KIND = {"client": "edge", "server": "server", "cloud": "server"}
-WORKLOADS = ("fedad", "synthetic")
-PATTERNS = ("allpairs", "gather", "broadcast")
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
-
-
-class ScenarioError(SimflError):
-    """A scenario file (or override) that is malformed or inconsistent."""
 
 
 # ----------------------------------------------------------------------------------------------- the frozen model
-@dataclass(frozen=True)
-class NetworkParams:
-    mtu: int = 1500
-    ip_header_bytes: int = 40
-    link_header_bytes: int = 38
-    headers: bool = True
+def _header_bytes(self: Any) -> int:
+    """Header bytes added per packet (0 in header-less mode)."""
+    return self.ip_header_bytes + self.link_header_bytes if self.headers else 0
 
-    @property
-    def header_bytes(self) -> int:
-        """Header bytes added per packet (0 in header-less mode)."""
-        return self.ip_header_bytes + self.link_header_bytes if self.headers else 0
+
+def _n_clients(self: Any) -> int:
+    """n = clients_per_class * len(classes)."""
+    return self.clients_per_class * len(self.classes)
+
+
+def _epochs_in_round(self: Any, i: int) -> int:
+    """Local epochs in round i (0-based): local_epochs[min(i, len - 1)]."""
+    return self.local_epochs[min(i, len(self.local_epochs) - 1)]
+
+
+NetworkParams = model("NetworkParams", NETWORK, __name__, "The [network] table (simfl.schema.NETWORK).",
+                      {"header_bytes": property(_header_bytes)})
+Experiment = model("Experiment", EXPERIMENT, __name__,
+                   "The [experiment] table (simfl.schema.EXPERIMENT). Lists are held as tuples (it is frozen).",
+                   {"n_clients": property(_n_clients), "epochs_in_round": _epochs_in_round})
+SyntheticParams = model("SyntheticParams", SYNTHETIC, __name__,
+                        "The [synthetic] table (simfl.schema.SYNTHETIC); target resolved: the server, else the "
+                        "first client.")
 
 
 @dataclass(frozen=True)
@@ -118,66 +135,6 @@ class Cell:
     ap: str
     bandwidth_bps: float
     latency_s: float
-
-
-@dataclass(frozen=True)
-class SyntheticParams:
-    message_bytes: int = 12868
-    pattern: tuple[str, ...] = ("allpairs",)
-    target: str | None = None  # resolved: the server, else the first client
-
-
-# What each client detects with after FedAvg: "global" = its community's final average (sent to it after the
-# last round); "last_fit" = its own last local fit, as the authors' code leaves it (Flower with evaluation off:
-# the aggregator sends the initial model and each average before the next round, never the last one).
-DETECTORS = ("global", "last_fit")
-# How the clients' shards and the test sets are drawn (simfl.data): "balanced" = the authors' scheme with evenly
-# mixed outliers and exact per-class shares; "authors" = their code's own draw (with split_seed 42: their data).
-SPLITS = ("balanced", "authors")
-
-
-@dataclass(frozen=True)
-class Experiment:
-    """The [experiment] table. Lists are held as tuples (the dataclass is frozen)."""
-
-    classes: tuple[int, ...] = tuple(range(10))
-    clients_per_class: int = 9
-    clients: int | None = None
-    outlier_fraction: float = 0.1
-    split: str = "balanced"  # how shards and test sets are drawn: "balanced" or "authors" (simfl.data)
-    split_seed: int | None = None  # the draw's seed; None: the run's seed (the authors' is 42)
-    max_samples_per_client: int | None = None  # cut each shard to its first N samples (quick runs); None: all
-    tau: float = 0.06
-    community_method: str = "leiden"
-    phase1_model: str = "ae5"
-    phase1_epochs: int = 100
-    phase2_model: str = "ae7"
-    rounds: int = 10
-    local_epochs: tuple[int, ...] = (1, 10)
-    local_baseline_epochs: int = 40
-    patience: int = 3
-    restore_best: bool = False
-    centralised_epochs: int = 10
-    aggregator: str = "member"
-    batch_size: int = 32
-    lr: float = 1e-3
-    val_fraction: float = 0.1
-    persist_optimizer: bool = True
-    detector: str = "global"
-    baselines: tuple[str, ...] = ("local", "ideal", "centralised")
-    data_dir: str | None = None
-    device: str = "auto"
-    workers: int = 2
-    preset_note: str = ""
-
-    @property
-    def n_clients(self) -> int:
-        """n = clients_per_class * len(classes)."""
-        return self.clients_per_class * len(self.classes)
-
-    def epochs_in_round(self, i: int) -> int:
-        """Local epochs in round i (0-based): local_epochs[min(i, len - 1)]."""
-        return self.local_epochs[min(i, len(self.local_epochs) - 1)]
 
 
 @dataclass(frozen=True)
@@ -214,297 +171,12 @@ class Scenario:
     def to_toml(self) -> str:
         """The resolved scenario (groups expanded, overrides and seed applied) as TOML that loads back to an
         equal Scenario."""
-        return _scenario_to_toml(self)
+        head = (f"# Resolved scenario written by simfl (source: {self.source or 'built in code'}).\n"
+                "# Groups are expanded into nodes and uplinks into links; overrides and the seed are applied.\n\n")
+        return head + tomli_w.dumps(_scenario_to_dict(self))
 
 
-# ------------------------------------------------------------------------------------------------ schema (keys)
-LEAF = None
-_UPLINK = {"to": LEAF, "bandwidth": LEAF, "latency": LEAF, "name": LEAF}
-_NODE = {"name": LEAF, "kind": LEAF, "profile": LEAF, "flops": LEAF, "uplink": _UPLINK, "cell": LEAF}
-_GROUP = {"prefix": LEAF, "count": LEAF, "start": LEAF, "kind": LEAF, "profile": LEAF, "flops": LEAF,
-          "uplink": _UPLINK, "cell": LEAF}
-_OVERRIDE = {"profile": LEAF, "flops": LEAF, "uplink": _UPLINK, "cell": LEAF}
-_LINK = {"name": LEAF, "a": LEAF, "b": LEAF, "bandwidth": LEAF, "latency": LEAF}
-_CELL = {"name": LEAF, "ap": LEAF, "bandwidth": LEAF, "latency": LEAF}
-_NETWORK = {f.name: LEAF for f in dataclasses.fields(NetworkParams)}
-_EXPERIMENT = {f.name: LEAF for f in dataclasses.fields(Experiment)}
-_SYNTHETIC = {"message_bytes": LEAF, "pattern": LEAF, "target": LEAF}
-SCHEMA: dict[str, Any] = {
-    "name": LEAF, "description": LEAF, "seed": LEAF, "workload": LEAF, "extends": LEAF,
-    "network": _NETWORK,
-    "profiles": {"*": LEAF},
-    "nodes": [_NODE],
-    "node_groups": [_GROUP],
-    "node_overrides": {"*": _OVERRIDE},
-    "links": [_LINK],
-    "cells": [_CELL],
-    "experiment": _EXPERIMENT,
-    "synthetic": _SYNTHETIC,
-}
-
-
-# --------------------------------------------------------------------------------------------- TOML value writer
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-def _toml_key(k: str) -> str:
-    return k if _BARE_KEY.match(k) else _toml_str(k)
-
-
-def _toml_str(s: str) -> str:
-    return json.dumps(s, ensure_ascii=False).replace("\x7f", "\\u007f")
-
-
-def toml_value(v: Any) -> str:
-    """A value in TOML syntax (strings, bools, ints, floats, lists, inline tables)."""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
-        if math.isinf(v):
-            return "inf" if v > 0 else "-inf"
-        return repr(v)
-    if isinstance(v, str):
-        return _toml_str(v)
-    if isinstance(v, Mapping):
-        return "{ " + ", ".join(f"{_toml_key(str(k))} = {toml_value(x)}" for k, x in v.items()) + " }"
-    if isinstance(v, Sequence):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    if isinstance(v, Path):
-        return _toml_str(str(v))
-    raise TypeError(f"cannot write {type(v).__name__} as TOML")
-
-
-def _show(v: Any) -> str:
-    try:
-        s = toml_value(v)
-    except TypeError:
-        s = repr(v)
-    return s if len(s) <= 80 else s[:77] + "..."
-
-
-# ------------------------------------------------------------------------------------------------ validation
-class _Ctx:
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def fail(self, key: str, value: Any, msg: str) -> NoReturn:
-        raise ScenarioError(f"{self.source}: {key} = {_show(value)}: {msg}")
-
-    def fail_key(self, key: str, msg: str) -> NoReturn:
-        raise ScenarioError(f"{self.source}: {key}: {msg}")
-
-    def check_keys(self, table: Any, schema: Mapping[str, Any], where: str) -> dict[str, Any]:
-        if not isinstance(table, dict):
-            self.fail(where, table, "expected a table")
-        allowed = sorted(schema)
-        for k, v in table.items():
-            if k not in schema:
-                self.fail(_join(where, k), v, "unknown key" + _suggest(k, allowed))
-        return table
-
-
-def _join(where: str, k: str | int) -> str:
-    if isinstance(k, int):
-        return f"{where}[{k}]"
-    return f"{where}.{k}" if where else k
-
-
-def _suggest(k: str, allowed: Sequence[str]) -> str:
-    close = difflib.get_close_matches(k, allowed, n=3, cutoff=0.6)
-    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    return f"{hint} (known keys: {', '.join(allowed)})"
-
-
-def _req(ctx: _Ctx, t: dict, k: str, where: str) -> Any:
-    if k not in t:
-        ctx.fail_key(_join(where, k), "missing (required)")
-    return t[k]
-
-
-def _str(ctx: _Ctx, v: Any, key: str, choices: Sequence[str] | None = None, name: bool = False) -> str:
-    if not isinstance(v, str):
-        ctx.fail(key, v, "expected a string")
-    if choices is not None and v not in choices:
-        ctx.fail(key, v, f"must be one of {', '.join(choices)}" + _did_you_mean(v, choices))
-    if name and not _NAME_RE.match(v):
-        ctx.fail(key, v, "names may use only letters, digits, '_', '-' and '.'")
-    return v
-
-
-def _did_you_mean(v: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(v, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _int(ctx: _Ctx, v: Any, key: str, lo: int | None = None) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
-        ctx.fail(key, v, "expected an integer")
-    if lo is not None and v < lo:
-        ctx.fail(key, v, f"must be >= {lo}")
-    return v
-
-
-def _float(ctx: _Ctx, v: Any, key: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        ctx.fail(key, v, "expected a number")
-    if not math.isfinite(v):
-        ctx.fail(key, v, "must be finite")
-    return float(v)
-
-
-def _bool(ctx: _Ctx, v: Any, key: str) -> bool:
-    if not isinstance(v, bool):
-        ctx.fail(key, v, "expected true or false")
-    return v
-
-
-def _list(ctx: _Ctx, v: Any, key: str) -> list:
-    if not isinstance(v, list | tuple):
-        ctx.fail(key, v, "expected a list")
-    return list(v)
-
-
-def _qty(ctx: _Ctx, v: Any, key: str, parse, what: str, positive: bool) -> float:
-    try:
-        x = parse(v)
-    except units.UnitError as e:
-        ctx.fail(key, v, str(e))
-    if positive and x <= 0:
-        ctx.fail(key, v, f"{what} must be positive")
-    if not positive and x < 0:
-        ctx.fail(key, v, f"{what} must not be negative")
-    return x
-
-
-def _bandwidth(ctx: _Ctx, v: Any, key: str) -> float:
-    return _qty(ctx, v, key, units.parse_rate, "bandwidth", True)
-
-
-def _latency(ctx: _Ctx, v: Any, key: str) -> float:
-    return _qty(ctx, v, key, units.parse_time, "latency", False)
-
-
-def _speed(ctx: _Ctx, v: Any, key: str) -> float:
-    return _qty(ctx, v, key, units.parse_flops, "compute speed", True)
-
-
-def _network(ctx: _Ctx, t: Any) -> NetworkParams:
-    t = ctx.check_keys(t, _NETWORK, "network")
-    d = NetworkParams()
-    ip = _int(ctx, t.get("ip_header_bytes", d.ip_header_bytes), "network.ip_header_bytes", 0)
-    link = _int(ctx, t.get("link_header_bytes", d.link_header_bytes), "network.link_header_bytes", 0)
-    mtu = _int(ctx, t.get("mtu", d.mtu), "network.mtu", 1)
-    if mtu <= ip:
-        ctx.fail("network.mtu", mtu, f"mtu must exceed ip_header_bytes ({ip})")
-    headers = _bool(ctx, t.get("headers", d.headers), "network.headers")
-    return NetworkParams(mtu, ip, link, headers)
-
-
-def _profiles(ctx: _Ctx, t: Any) -> dict[str, float]:
-    if not isinstance(t, dict):
-        ctx.fail("profiles", t, "expected a table of name = \"<speed>\"")
-    out = dict(DEFAULT_PROFILES)
-    for k, v in t.items():
-        _str(ctx, k, f"profiles.{k}", name=True)
-        out[k] = _speed(ctx, v, f"profiles.{k}")
-    return out
-
-
-def _experiment(ctx: _Ctx, t: Any) -> Experiment:
-    t = ctx.check_keys(t, _EXPERIMENT, "experiment")
-    d = Experiment()
-
-    def g(k: str) -> Any:
-        return t.get(k, getattr(d, k))
-
-    def key(k: str) -> str:
-        return f"experiment.{k}"
-
-    classes = _list(ctx, g("classes"), key("classes"))
-    for i, c in enumerate(classes):
-        _int(ctx, c, f"{key('classes')}[{i}]", 0)
-        if c > 9:
-            ctx.fail(f"{key('classes')}[{i}]", c, "Fashion-MNIST classes are 0..9")
-    if len(set(classes)) != len(classes):
-        ctx.fail(key("classes"), classes, "classes must be unique")
-    if len(classes) < 2:
-        ctx.fail(key("classes"), classes, "need at least 2 classes")
-    p = _int(ctx, g("clients_per_class"), key("clients_per_class"), 1)
-    n_clients = t.get("clients")
-    if n_clients is not None:
-        _int(ctx, n_clients, key("clients"), 1)
-        if n_clients != p * len(classes):
-            ctx.fail(key("clients"), n_clients, f"must equal clients_per_class x len(classes) = {p} x "
-                     f"{len(classes)} = {p * len(classes)} (or leave it out)")
-    d_out = _float(ctx, g("outlier_fraction"), key("outlier_fraction"))
-    if not 0 < d_out < 0.5:
-        ctx.fail(key("outlier_fraction"), d_out, "must lie in (0, 0.5)")
-    split_seed = t.get("split_seed")
-    if split_seed is not None:
-        _int(ctx, split_seed, key("split_seed"), 0)
-    cap = t.get("max_samples_per_client")
-    if cap is not None:
-        _int(ctx, cap, key("max_samples_per_client"), 2)
-    tau = _float(ctx, g("tau"), key("tau"))
-    if tau <= 0:
-        ctx.fail(key("tau"), tau, "must be positive")
-    local_epochs = _list(ctx, g("local_epochs"), key("local_epochs"))
-    if not local_epochs:
-        ctx.fail(key("local_epochs"), local_epochs, "need at least one entry")
-    for i, e in enumerate(local_epochs):
-        _int(ctx, e, f"{key('local_epochs')}[{i}]", 1)
-    lr = _float(ctx, g("lr"), key("lr"))
-    if lr <= 0:
-        ctx.fail(key("lr"), lr, "must be positive")
-    val = _float(ctx, g("val_fraction"), key("val_fraction"))
-    if not 0 <= val < 1:
-        ctx.fail(key("val_fraction"), val, "must lie in [0, 1)")
-    baselines = _list(ctx, g("baselines"), key("baselines"))
-    for i, b in enumerate(baselines):
-        _str(ctx, b, f"{key('baselines')}[{i}]", ("local", "ideal", "centralised"))
-    if len(set(baselines)) != len(baselines):
-        ctx.fail(key("baselines"), baselines, "baselines must be unique")
-    data_dir = t.get("data_dir")
-    if data_dir is not None:
-        _str(ctx, data_dir, key("data_dir"))
-        data_dir = data_dir or None
-    return Experiment(
-        classes=tuple(classes),
-        clients_per_class=p,
-        clients=n_clients,
-        outlier_fraction=d_out,
-        split=_str(ctx, g("split"), key("split"), SPLITS),
-        split_seed=split_seed,
-        max_samples_per_client=cap,
-        tau=tau,
-        community_method=_str(ctx, g("community_method"), key("community_method"), ("leiden", "fastgreedy")),
-        phase1_model=_str(ctx, g("phase1_model"), key("phase1_model"), ("ae5", "ocsvm")),
-        phase1_epochs=_int(ctx, g("phase1_epochs"), key("phase1_epochs"), 1),
-        phase2_model=_str(ctx, g("phase2_model"), key("phase2_model"), ("ae7", "flat")),
-        rounds=_int(ctx, g("rounds"), key("rounds"), 1),
-        local_epochs=tuple(local_epochs),
-        local_baseline_epochs=_int(ctx, g("local_baseline_epochs"), key("local_baseline_epochs"), 1),
-        patience=_int(ctx, g("patience"), key("patience"), 1),
-        restore_best=_bool(ctx, g("restore_best"), key("restore_best")),
-        centralised_epochs=_int(ctx, g("centralised_epochs"), key("centralised_epochs"), 1),
-        aggregator=_str(ctx, g("aggregator"), key("aggregator"), ("member", "server")),
-        batch_size=_int(ctx, g("batch_size"), key("batch_size"), 1),
-        lr=lr,
-        val_fraction=val,
-        persist_optimizer=_bool(ctx, g("persist_optimizer"), key("persist_optimizer")),
-        detector=_str(ctx, g("detector"), key("detector"), DETECTORS),
-        baselines=tuple(baselines),
-        data_dir=data_dir,
-        device=_str(ctx, g("device"), key("device"), ("cpu", "cuda", "auto")),
-        workers=_int(ctx, g("workers"), key("workers"), 0),
-        preset_note=_str(ctx, g("preset_note"), key("preset_note")),
-    )
-
-
+# ------------------------------------------------------------------------------------------------ nodes
 @dataclass
 class _NodeSpec:
     name: str
@@ -516,154 +188,117 @@ class _NodeSpec:
     cell: tuple[str, str] | None = None
 
 
-def _uplink(ctx: _Ctx, t: Any, where: str, base: dict[str, Any] | None) -> dict[str, Any]:
-    t = ctx.check_keys(t, _UPLINK, where)
+def _compute(ck: Checker, t: Mapping[str, Any], where: str, profiles: Mapping[str, float], s: _NodeSpec) -> None:
+    """The profile or flops of `t` (a validated node, group or override table) onto `s`."""
+    if t.get("profile") is not None and t.get("flops") is not None:
+        ck.fail(f"{where}.flops", ck.given[f"{where}.flops"], "give either profile or flops, not both")
+    if t.get("profile") is not None:
+        p = t["profile"]
+        if p not in profiles:
+            ck.fail(f"{where}.profile", p, "unknown profile" + did_you_mean(p, list(profiles))
+                    + f" (profiles: {', '.join(profiles)})")
+        s.profile, s.flops = (p, f"{where}.profile"), None
+    if t.get("flops") is not None:
+        s.flops, s.profile = t["flops"], None
+
+
+def _uplink(ck: Checker, t: Mapping[str, Any] | None, where: str, base: dict[str, Any] | None) -> dict[str, Any]:
+    """A validated uplink table (partial in overrides) on top of `base`."""
     up = dict(base) if base else {"latency": 0.0, "name": None}
-    if "to" in t:
-        up["to"] = (_str(ctx, t["to"], f"{where}.to"), f"{where}.to")
-    if "bandwidth" in t:
-        up["bandwidth"] = _bandwidth(ctx, t["bandwidth"], f"{where}.bandwidth")
-    if "latency" in t:
-        up["latency"] = _latency(ctx, t["latency"], f"{where}.latency")
-    if "name" in t:
-        up["name"] = _str(ctx, t["name"], f"{where}.name", name=True)
-    if "to" not in up:
-        ctx.fail_key(f"{where}.to", "missing (an uplink needs the node it connects to)")
-    if "bandwidth" not in up:
-        ctx.fail_key(f"{where}.bandwidth", "missing (an uplink needs a bandwidth)")
+    for k, v in (t or {}).items():
+        up[k] = (v, f"{where}.to") if k == "to" else v
+    for k in ("to", "bandwidth"):
+        if up.get(k) is None:
+            ck.fail_key(f"{where}.{k}", "missing (an uplink needs the node it connects to and a bandwidth)")
     up["key"] = where
     return up
 
 
-def _compute_fields(ctx: _Ctx, t: dict, where: str, profiles: dict[str, float], spec: _NodeSpec) -> None:
-    if "profile" in t and "flops" in t:
-        ctx.fail(f"{where}.flops", t["flops"], "give either profile or flops, not both")
-    if "profile" in t:
-        p = _str(ctx, t["profile"], f"{where}.profile")
-        if p not in profiles:
-            ctx.fail(f"{where}.profile", p, "unknown profile" + _did_you_mean(p, list(profiles))
-                     + f" (profiles: {', '.join(profiles)})")
-        spec.profile, spec.flops = (p, f"{where}.profile"), None
-    if "flops" in t:
-        spec.flops, spec.profile = _speed(ctx, t["flops"], f"{where}.flops"), None
+def _cell_of(t: Mapping[str, Any], where: str) -> tuple[str, str] | None:
+    return (t["cell"], f"{where}.cell") if t.get("cell") is not None else None
 
 
-def _node_specs(ctx: _Ctx, d: dict, profiles: dict[str, float]) -> list[_NodeSpec]:
+def _declared(ck: Checker, v: Mapping[str, Any], profiles: Mapping[str, float]) -> list[_NodeSpec]:
+    """[[nodes]] then [[node_groups]] expanded, in declaration order, names unique."""
     specs: list[_NodeSpec] = []
     where_of: dict[str, str] = {}
 
-    def add(spec: _NodeSpec, name_key: str) -> None:
-        if spec.name in where_of:
-            ctx.fail(name_key, spec.name, f"duplicate node (already declared at {where_of[spec.name]})")
-        where_of[spec.name] = spec.key
-        specs.append(spec)
+    def add(s: _NodeSpec, name_key: str) -> None:
+        if s.name in where_of:
+            ck.fail(name_key, s.name, f"duplicate node (already declared at {where_of[s.name]})")
+        where_of[s.name] = s.key
+        specs.append(s)
 
-    for i, t in enumerate(_list(ctx, d.get("nodes", []), "nodes")):
+    for i, t in enumerate(v["nodes"]):
         w = f"nodes[{i}]"
-        ctx.check_keys(t, _NODE, w)
-        name = _str(ctx, _req(ctx, t, "name", w), f"{w}.name", name=True)
-        kind = _str(ctx, _req(ctx, t, "kind", w), f"{w}.kind", NODE_KINDS)
-        s = _NodeSpec(name, kind, w)
-        _compute_fields(ctx, t, w, profiles, s)
-        if "uplink" in t:
-            s.uplink = _uplink(ctx, t["uplink"], f"{w}.uplink", None)
-        if "cell" in t:
-            s.cell = (_str(ctx, t["cell"], f"{w}.cell"), f"{w}.cell")
+        s = _NodeSpec(t["name"], t["kind"], w, cell=_cell_of(t, w))
+        _compute(ck, t, w, profiles, s)
+        s.uplink = _uplink(ck, t["uplink"], f"{w}.uplink", None) if t["uplink"] is not None else None
         add(s, f"{w}.name")
-
-    for i, t in enumerate(_list(ctx, d.get("node_groups", []), "node_groups")):
+    for i, t in enumerate(v["node_groups"]):
         w = f"node_groups[{i}]"
-        ctx.check_keys(t, _GROUP, w)
-        prefix = _str(ctx, _req(ctx, t, "prefix", w), f"{w}.prefix", name=True)
-        count = _int(ctx, _req(ctx, t, "count", w), f"{w}.count", 1)
-        start = _int(ctx, t.get("start", 0), f"{w}.start", 0)
-        kind = _str(ctx, t.get("kind", "client"), f"{w}.kind", NODE_KINDS)
-        proto = _NodeSpec("", kind, w)
-        _compute_fields(ctx, t, w, profiles, proto)
-        uplink = _uplink(ctx, t["uplink"], f"{w}.uplink", None) if "uplink" in t else None
-        if uplink is not None and uplink["name"] is not None:
-            ctx.fail(f"{w}.uplink.name", uplink["name"], "a group's uplinks are named <node>-<to>; "
-                     "name single links in [node_overrides.<node>] instead")
-        cell = (_str(ctx, t["cell"], f"{w}.cell"), f"{w}.cell") if "cell" in t else None
+        proto = _NodeSpec("", t["kind"], w, cell=_cell_of(t, w))
+        _compute(ck, t, w, profiles, proto)
+        up = t["uplink"]
+        if up is not None and up["name"] is not None:
+            ck.fail(f"{w}.uplink.name", up["name"], "a group's uplinks are named <node>-<to>; "
+                    "name single links in [node_overrides.<node>] instead")
+        uplink = _uplink(ck, up, f"{w}.uplink", None) if up is not None else None
+        start, count = t["start"], t["count"]
         width = len(str(start + count - 1))
         for j in range(start, start + count):
-            name = f"{prefix}{j:0{width}d}"
-            s = dataclasses.replace(proto, name=name, uplink=dict(uplink) if uplink else None, cell=cell)
+            s = dataclasses.replace(proto, name=f"{t['prefix']}{j:0{width}d}", uplink=dict(uplink) if uplink else None)
             add(s, f"{w}.prefix")
-
-    overrides = d.get("node_overrides", {})
-    if not isinstance(overrides, dict):
-        ctx.fail("node_overrides", overrides, "expected a table of [node_overrides.<node>] tables")
-    by_name = {s.name: s for s in specs}
-    for name, t in overrides.items():
-        w = f"node_overrides.{name}"
-        if name not in by_name:
-            ctx.fail(w, t, "unknown node" + _did_you_mean(name, list(by_name)))
-        ctx.check_keys(t, _OVERRIDE, w)
-        s = by_name[name]
-        _compute_fields(ctx, t, w, profiles, s)
-        if "uplink" in t:
-            s.uplink = _uplink(ctx, t["uplink"], f"{w}.uplink", s.uplink)
-        if "cell" in t:
-            s.cell = (_str(ctx, t["cell"], f"{w}.cell"), f"{w}.cell")
     return specs
 
 
-def _known(ctx: _Ctx, name: str, key: str, nodes: Mapping[str, Any]) -> None:
-    if name not in nodes:
-        close = difflib.get_close_matches(name, list(nodes), n=3, cutoff=0.5)
-        near = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        ctx.fail(key, name, "unknown node" + near)
-
-
-def scenario_from_dict(d: Mapping[str, Any], source: str | Path = "<dict>") -> Scenario:
-    """Validate a scenario given as a TOML-like dict (e.g. built in code) and return the frozen Scenario."""
-    src = str(source)
-    ctx = _Ctx(src)
-    if not isinstance(d, Mapping):
-        raise ScenarioError(f"{src}: a scenario must be a table")
-    d = dict(d)
-    ctx.check_keys(d, SCHEMA, "")
-    if "extends" in d:
-        ctx.fail("extends", d["extends"], "extends is resolved by load_scenario (files only)")
-    default_name = Path(src).stem if src != "<dict>" else "scenario"
-    name = _str(ctx, d.get("name", default_name), "name", name=True)
-    description = _str(ctx, d.get("description", ""), "description")
-    seed = _int(ctx, d.get("seed", 0), "seed", 0)
-    workload = _str(ctx, d.get("workload", "fedad"), "workload", WORKLOADS)
-    network = _network(ctx, d.get("network", {}))
-    profiles = _profiles(ctx, d.get("profiles", {}))
-    specs = _node_specs(ctx, d, profiles)
+def _node_specs(ck: Checker, v: Mapping[str, Any], profiles: Mapping[str, float]) -> list[_NodeSpec]:
+    """The declared nodes with [node_overrides.<node>] applied."""
+    specs = _declared(ck, v, profiles)
     if not specs:
-        ctx.fail_key("nodes", "the scenario declares no nodes (use [[nodes]] or [[node_groups]])")
-    nodes_by_name = {s.name: s for s in specs}
+        ck.fail_key("nodes", "the scenario declares no nodes (use [[nodes]] or [[node_groups]])")
+    by_name = {s.name: s for s in specs}
+    for name, t in v["node_overrides"].items():
+        w = f"node_overrides.{name}"
+        if name not in by_name:
+            ck.fail(w, t, "unknown node" + did_you_mean(name, list(by_name)))
+        s = by_name[name]
+        _compute(ck, t, w, profiles, s)
+        if "uplink" in t:
+            s.uplink = _uplink(ck, t["uplink"], f"{w}.uplink", s.uplink)
+        if "cell" in t:
+            s.cell = _cell_of(t, w)
+    return specs
 
-    # cells
+
+def _known(ck: Checker, name: str, key: str, nodes: Mapping[str, Any]) -> None:
+    if name not in nodes:
+        ck.fail(key, name, "unknown node" + did_you_mean(name, list(nodes), cutoff=0.5))
+
+
+def _cells(ck: Checker, entries: list[dict[str, Any]], nodes: Mapping[str, _NodeSpec]) -> list[Cell]:
     cells: list[Cell] = []
-    cell_names: dict[str, str] = {}
+    where_of: dict[str, str] = {}
     ap_cell: dict[str, str] = {}
-    for i, t in enumerate(_list(ctx, d.get("cells", []), "cells")):
+    for i, t in enumerate(entries):
         w = f"cells[{i}]"
-        ctx.check_keys(t, _CELL, w)
-        cname = _str(ctx, _req(ctx, t, "name", w), f"{w}.name", name=True)
-        if cname in cell_names:
-            ctx.fail(f"{w}.name", cname, f"duplicate cell (already declared at {cell_names[cname]})")
-        ap = _str(ctx, _req(ctx, t, "ap", w), f"{w}.ap")
-        _known(ctx, ap, f"{w}.ap", nodes_by_name)
-        if nodes_by_name[ap].kind != "ap":
-            ctx.fail(f"{w}.ap", ap, f"a cell's access point must be a node of kind \"ap\" (it is "
-                     f"{nodes_by_name[ap].kind!r})")
+        name, ap = t["name"], t["ap"]
+        if name in where_of:
+            ck.fail(f"{w}.name", name, f"duplicate cell (already declared at {where_of[name]})")
+        _known(ck, ap, f"{w}.ap", nodes)
+        if nodes[ap].kind != "ap":
+            ck.fail(f"{w}.ap", ap, f"a cell's access point must be a node of kind \"ap\" (it is {nodes[ap].kind!r})")
         if ap in ap_cell:
-            ctx.fail(f"{w}.ap", ap, f"this access point already serves cell {ap_cell[ap]!r}")
-        bw = _bandwidth(ctx, _req(ctx, t, "bandwidth", w), f"{w}.bandwidth")
-        lat = _latency(ctx, t.get("latency", 0.0), f"{w}.latency")
-        cell_names[cname] = w
-        ap_cell[ap] = cname
-        cells.append(Cell(cname, ap, bw, lat))
-    cell_by_name = {c.name: c for c in cells}
+            ck.fail(f"{w}.ap", ap, f"this access point already serves cell {ap_cell[ap]!r}")
+        where_of[name] = w
+        ap_cell[ap] = name
+        cells.append(Cell(name, ap, t["bandwidth"], t["latency"]))
+    return cells
 
-    # nodes (compute speed, cell membership)
-    nodes: list[Node] = []
+
+def _nodes(ck: Checker, specs: list[_NodeSpec], cells: Mapping[str, Cell], profiles: Mapping[str, float]) -> list[Node]:
+    """The model's nodes: compute speed (profile, flops or the kind's default profile) and cell membership."""
+    nodes = []
     for s in specs:
         profile = s.profile[0] if s.profile else None
         flops = s.flops
@@ -674,116 +309,207 @@ def scenario_from_dict(d: Mapping[str, Any], source: str | Path = "<dict>") -> S
         cell = None
         if s.cell is not None:
             cell, ckey = s.cell
-            if cell not in cell_by_name:
-                ctx.fail(ckey, cell, "unknown cell" + _did_you_mean(cell, list(cell_by_name))
-                         + (f" (cells: {', '.join(cell_by_name)})" if cell_by_name else " (no [[cells]] declared)"))
-            if cell_by_name[cell].ap == s.name:
-                ctx.fail(ckey, cell, "an access point is not a station of its own cell")
+            if cell not in cells:
+                ck.fail(ckey, cell, "unknown cell" + did_you_mean(cell, list(cells))
+                        + (f" (cells: {', '.join(cells)})" if cells else " (no [[cells]] declared)"))
+            if cells[cell].ap == s.name:
+                ck.fail(ckey, cell, "an access point is not a station of its own cell")
         nodes.append(Node(s.name, s.kind, profile, flops, cell))
+    return nodes
 
-    # links: explicit ones, then uplinks in node order
-    links: list[Link] = []
-    link_where: dict[str, str] = {}
-    pair_where: dict[frozenset, str] = {}
 
-    def add_link(lname: str, a: str, b: str, bw: float, lat: float, w: str, name_key: str) -> None:
-        if a == b:
-            ctx.fail(f"{w}.b", b, "a link needs two different ends")
-        if lname in link_where or lname in cell_names:
-            ctx.fail(name_key, lname, f"duplicate link name (already used at "
-                     f"{link_where.get(lname) or cell_names.get(lname)})")
-        pair = frozenset((a, b))
-        if pair in pair_where:
-            ctx.fail(w, lname, f"duplicate link between {a} and {b} (already linked at {pair_where[pair]})")
-        link_where[lname] = w
-        pair_where[pair] = w
-        links.append(Link(lname, a, b, bw, lat))
+# ------------------------------------------------------------------------------------------------ links
+class _Links:
+    """Collects links with unique names (cells share their namespace) and at most one link per pair of nodes."""
 
-    for i, t in enumerate(_list(ctx, d.get("links", []), "links")):
+    def __init__(self, ck: Checker, cells: list[Cell]) -> None:
+        self.ck = ck
+        self.where: dict[str, str] = {c.name: f"cells[{i}]" for i, c in enumerate(cells)}
+        self.pairs: dict[frozenset[str], str] = {}
+        self.links: list[Link] = []
+
+    def add(self, ln: Link, w: str, name_key: str) -> None:
+        if ln.a == ln.b:
+            self.ck.fail(f"{w}.b", ln.b, "a link needs two different ends")
+        if ln.name in self.where:
+            self.ck.fail(name_key, ln.name, f"duplicate link name (already used at {self.where[ln.name]})")
+        pair = frozenset((ln.a, ln.b))
+        if pair in self.pairs:
+            self.ck.fail(w, ln.name, f"duplicate link between {ln.a} and {ln.b} (already linked at {self.pairs[pair]})")
+        self.where[ln.name] = w
+        self.pairs[pair] = w
+        self.links.append(ln)
+
+
+def _links(ck: Checker, entries: list[dict[str, Any]], specs: list[_NodeSpec], cells: list[Cell]) -> list[Link]:
+    """[[links]] in order, then the uplinks in node order; a station is not also linked to its access point."""
+    by_name = {s.name: s for s in specs}
+    acc = _Links(ck, cells)
+    for i, t in enumerate(entries):
         w = f"links[{i}]"
-        ctx.check_keys(t, _LINK, w)
-        a = _str(ctx, _req(ctx, t, "a", w), f"{w}.a")
-        b = _str(ctx, _req(ctx, t, "b", w), f"{w}.b")
-        _known(ctx, a, f"{w}.a", nodes_by_name)
-        _known(ctx, b, f"{w}.b", nodes_by_name)
-        bw = _bandwidth(ctx, _req(ctx, t, "bandwidth", w), f"{w}.bandwidth")
-        lat = _latency(ctx, t.get("latency", 0.0), f"{w}.latency")
-        lname = _str(ctx, t.get("name", f"{a}-{b}"), f"{w}.name", name=True)
-        add_link(lname, a, b, bw, lat, w, f"{w}.name")
+        _known(ck, t["a"], f"{w}.a", by_name)
+        _known(ck, t["b"], f"{w}.b", by_name)
+        name = t["name"] or f"{t['a']}-{t['b']}"
+        acc.add(Link(name, t["a"], t["b"], t["bandwidth"], t["latency"]), w, f"{w}.name")
     for s in specs:
-        if s.uplink is None:
-            continue
-        up = s.uplink
-        to, tokey = up["to"]
-        _known(ctx, to, tokey, nodes_by_name)
-        lname = up["name"] or f"{s.name}-{to}"
-        add_link(lname, s.name, to, up["bandwidth"], up["latency"], up["key"], f"{up['key']}.name")
-
+        if s.uplink is not None:
+            up = s.uplink
+            to, tokey = up["to"]
+            _known(ck, to, tokey, by_name)
+            ln = Link(up["name"] or f"{s.name}-{to}", s.name, to, up["bandwidth"], up["latency"])
+            acc.add(ln, up["key"], f"{up['key']}.name")
+    ap_of = {c.name: c.ap for c in cells}
     for s in specs:
-        if s.cell is not None:
-            pair = frozenset((s.name, cell_by_name[s.cell[0]].ap))
-            if pair in pair_where:
-                ctx.fail(s.cell[1], s.cell[0], f"{s.name} is already linked to this cell's access point at "
-                         f"{pair_where[pair]}; use either the cell or the link")
+        if s.cell is not None and frozenset((s.name, ap_of[s.cell[0]])) in acc.pairs:
+            ck.fail(s.cell[1], s.cell[0], f"{s.name} is already linked to this cell's access point at "
+                    f"{acc.pairs[frozenset((s.name, ap_of[s.cell[0]]))]}; use either the cell or the link")
+    return acc.links
 
-    # at most one server/cloud node
+
+def _servers(ck: Checker, specs: list[_NodeSpec]) -> list[_NodeSpec]:
     servers = [s for s in specs if s.kind in SERVER_KINDS]
     if len(servers) > 1:
-        ctx.fail(f"{servers[1].key}", servers[1].name, f"at most one node of kind server/cloud (already have "
-                 f"{servers[0].name!r} from {servers[0].key})")
+        ck.fail(servers[1].key, servers[1].name, f"at most one node of kind server/cloud (already have "
+                f"{servers[0].name!r} from {servers[0].key})")
+    return servers
 
-    # connectivity: every client (and the server) reachable from the reference node
-    adj: dict[str, set[str]] = {s.name: set() for s in specs}
-    for ln in links:
-        adj[ln.a].add(ln.b)
-        adj[ln.b].add(ln.a)
-    for n in nodes:
-        if n.cell is not None:
-            ap = cell_by_name[n.cell].ap
-            adj[n.name].add(ap)
-            adj[ap].add(n.name)
+
+def _connected(ck: Checker, specs: list[_NodeSpec], nodes: list[Node], links: list[Link], cells: list[Cell]) -> None:
+    """Every client and the server reachable from the server (else the first client) over links and cells."""
+    g = nx.Graph()
+    g.add_nodes_from(n.name for n in nodes)
+    g.add_edges_from((ln.a, ln.b) for ln in links)
+    ap_of = {c.name: c.ap for c in cells}
+    g.add_edges_from((n.name, ap_of[n.cell]) for n in nodes if n.cell is not None)
     must = [s for s in specs if s.kind == "client" or s.kind in SERVER_KINDS]
-    if must:
-        ref = servers[0].name if servers else must[0].name
-        seen = {ref}
-        stack = [ref]
-        while stack:
-            u = stack.pop()
-            for v in adj[u]:
-                if v not in seen:
-                    seen.add(v)
-                    stack.append(v)
-        for s in must:
-            if s.name not in seen:
-                ctx.fail(s.key, s.name, f"{s.kind} {s.name} is disconnected: no chain of links or cells "
-                         f"connects it to {ref} (give it an uplink, a cell or a [[links]] entry)")
+    if not must:
+        return
+    ref = next((s.name for s in must if s.kind in SERVER_KINDS), must[0].name)
+    reach = nx.node_connected_component(g, ref)
+    for s in must:
+        if s.name not in reach:
+            ck.fail(s.key, s.name, f"{s.kind} {s.name} is disconnected: no chain of links or cells connects it to "
+                    f"{ref} (give it an uplink, a cell or a [[links]] entry)")
 
-    experiment = _experiment(ctx, d.get("experiment", {}))
+
+# ------------------------------------------------------------------------------------------------ experiment
+def _experiment(ck: Checker, e: dict[str, Any]) -> Experiment:
+    p, classes = e["clients_per_class"], e["classes"]
+    if e["clients"] is not None and e["clients"] != p * len(classes):
+        ck.fail("experiment.clients", e["clients"], f"must equal clients_per_class x len(classes) = {p} x "
+                f"{len(classes)} = {p * len(classes)} (or leave it out)")
+    e = dict(e, data_dir=e["data_dir"] or None)
+    _shards(ck, e)
+    return Experiment(**e)
+
+
+def _shards(ck: Checker, e: Mapping[str, Any]) -> None:
+    """Every client keeps a training sample: a shard cap that the validation split empties, or shards that
+    Fashion-MNIST's 6,000 training images per class cannot fill (exact for "balanced"; for "authors" only where
+    every draw fails, the rest is checked when the draw is made)."""
+    val, cap, p = e["val_fraction"], e["max_samples_per_client"], e["clients_per_class"]
+    need = data.min_shard(val)
+    if cap is not None and cap < need:
+        ck.fail("experiment.max_samples_per_client", cap, f"leaves no training sample: with val_fraction = {val} "
+                f"a client needs at least {need} samples")
+    smallest = data.smallest_shard(len(e["classes"]), p, e["outlier_fraction"], e["split"])
+    if smallest < need:
+        what = "exactly" if e["split"] == "balanced" else "at best"
+        ck.fail("experiment.clients_per_class", p, f"too many clients per class for split \"{e['split']}\": "
+                f"{data.TRAIN_PER_CLASS:,} training images per class leave the smallest shard {what} {smallest} "
+                f"samples, and with val_fraction = {val} a client needs at least {need} to train")
+
+
+def _synthetic(ck: Checker, t: dict[str, Any], nodes: Mapping[str, Any], clients: list[str],
+               server: str | None) -> SyntheticParams:
+    if t["target"] is not None:
+        _known(ck, t["target"], "synthetic.target", nodes)
+        return SyntheticParams(**t)
+    return SyntheticParams(**dict(t, target=server if server is not None else (clients[0] if clients else None)))
+
+
+def _workload_needs(ck: Checker, workload: str, exp: Experiment, clients: list[str], server: str | None) -> None:
+    if workload == "synthetic" and not clients:
+        ck.fail_key("nodes", "workload \"synthetic\" needs at least one client node")
+    if workload != "fedad":
+        return
+    n = exp.n_clients
+    if len(clients) < n:
+        ck.fail("experiment.clients_per_class", exp.clients_per_class,
+                f"workload \"fedad\" needs n = clients_per_class x len(classes) = {exp.clients_per_class} x "
+                f"{len(exp.classes)} = {n} client nodes; the scenario has {len(clients)}")
+    if exp.aggregator == "server" and server is None:
+        ck.fail("experiment.aggregator", "server", "needs a node of kind server or cloud; the scenario has none")
+    if "centralised" in exp.baselines and server is None:
+        ck.fail("experiment.baselines", list(exp.baselines), "the \"centralised\" baseline needs a node of kind "
+                "server or cloud; the scenario has none (drop it from baselines or add a server)")
+    missing = data.missing_files(Path(exp.data_dir).expanduser()) if exp.data_dir else []
+    if missing:
+        ck.fail("experiment.data_dir", exp.data_dir, f"this folder lacks the Fashion-MNIST file(s) "
+                f"{', '.join(missing)}; point experiment.data_dir at a folder holding the four IDX .gz files "
+                f"({', '.join(data.FILES.values())})")
+
+
+# ------------------------------------------------------------------------------------------------ memory
+def estimated_messages(workload: str, n_clients: int, rounds: int, patterns: Iterable[str]) -> int:
+    """Messages a run sends, about: synthetic all-pairs n (n - 1), gather and broadcast n each; fedad 2 n (n - 1)
+    in phase I (models and association bits), 2 n per FedAvg round for the method and again for the ideal
+    baseline, and 2 n for the candidate groups, communities and centralised upload."""
+    n = n_clients
+    if workload == "synthetic":
+        return sum(n * (n - 1) if p == "allpairs" else n for p in patterns)
+    return 2 * n * (n - 1) + 4 * n * rounds + 2 * n
+
+
+def physical_memory() -> int:
+    """This machine's memory in bytes."""
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def _memory(ck: Checker, v: Mapping[str, Any]) -> None:
+    """Refuse a run whose messages would not fit in memory (before building its nodes)."""
+    workload, exp = v["workload"], v["experiment"]
+    clients = sum(t["kind"] == "client" for t in v["nodes"]) + sum(t["count"] for t in v["node_groups"]
+                                                                    if t["kind"] == "client")
+    n = exp["clients_per_class"] * len(exp["classes"]) if workload == "fedad" else clients
+    m = estimated_messages(workload, n, exp["rounds"], v["synthetic"]["pattern"])
+    need, have = m * MESSAGE_BYTES_IN_MEMORY, physical_memory()
+    if need > have:
+        ck.fail("workload", workload, f"{n:,} clients send about {m:,} messages, which need about "
+                f"{need / 2**30:,.1f} GiB of memory ({MESSAGE_BYTES_IN_MEMORY:,} bytes each); this machine has "
+                f"{have / 2**30:,.1f} GiB: use fewer clients (or patterns)")
+
+
+# ------------------------------------------------------------------------------------------------ scenario
+def scenario_from_dict(d: Mapping[str, Any], source: str | Path = "<dict>") -> Scenario:
+    """Validate a scenario given as a TOML-like dict (e.g. built in code) and return the frozen Scenario."""
+    src = str(source)
+    ck = Checker(src)
+    if not isinstance(d, Mapping):
+        raise ScenarioError(f"{src}: a scenario must be a table")
+    v = ck.table(SCENARIO, d, "")
+    if v["extends"] is not None:
+        ck.fail("extends", v["extends"], "extends is resolved by load_scenario (files only)")
+    _memory(ck, v)
+    network = _network(ck, v["network"])
+    profiles = {**DEFAULT_PROFILES, **v["profiles"]}
+    specs = _node_specs(ck, v, profiles)
+    by_name = {s.name: s for s in specs}
+    cells = _cells(ck, v["cells"], by_name)
+    nodes = _nodes(ck, specs, {c.name: c for c in cells}, profiles)
+    links = _links(ck, v["links"], specs, cells)
+    servers = _servers(ck, specs)
+    _connected(ck, specs, nodes, links, cells)
+    experiment = _experiment(ck, v["experiment"])
     clients = [n.name for n in nodes if n.kind == "client"]
     server = servers[0].name if servers else None
-    synthetic = _synthetic(ctx, d.get("synthetic", {}), nodes_by_name, clients, server)
-
-    if workload == "fedad":
-        n = experiment.n_clients
-        if len(clients) < n:
-            ctx.fail("experiment.clients_per_class", experiment.clients_per_class,
-                     f"workload \"fedad\" needs n = clients_per_class x len(classes) = "
-                     f"{experiment.clients_per_class} x {len(experiment.classes)} = {n} client nodes; "
-                     f"the scenario has {len(clients)}")
-        if experiment.aggregator == "server" and server is None:
-            ctx.fail("experiment.aggregator", "server", "needs a node of kind server or cloud; the scenario has none")
-        if "centralised" in experiment.baselines and server is None:
-            ctx.fail("experiment.baselines", list(experiment.baselines),
-                     "the \"centralised\" baseline needs a node of kind server or cloud; the scenario has none "
-                     "(drop it from baselines or add a server)")
-    elif workload == "synthetic" and not clients:
-        ctx.fail_key("nodes", "workload \"synthetic\" needs at least one client node")
-
+    synthetic = _synthetic(ck, v["synthetic"], by_name, clients, server)
+    _workload_needs(ck, v["workload"], experiment, clients, server)
     return Scenario(
-        name=name,
-        description=description,
-        seed=seed,
-        workload=workload,
+        name=v["name"] or (Path(src).stem if src != "<dict>" else "scenario"),
+        description=v["description"],
+        seed=v["seed"],
+        workload=v["workload"],
         nodes=tuple(nodes),
         links=tuple(links),
         cells=tuple(cells),
@@ -795,28 +521,10 @@ def scenario_from_dict(d: Mapping[str, Any], source: str | Path = "<dict>") -> S
     )
 
 
-def _synthetic(ctx: _Ctx, t: Any, nodes: Mapping[str, Any], clients: list[str],
-               server: str | None) -> SyntheticParams:
-    t = ctx.check_keys(t, _SYNTHETIC, "synthetic")
-    mb = t.get("message_bytes", SyntheticParams.message_bytes)
-    size = _qty(ctx, mb, "synthetic.message_bytes", units.parse_size, "message size", False)
-    if not float(size).is_integer():
-        ctx.fail("synthetic.message_bytes", mb, "must be a whole number of bytes")
-    pattern = t.get("pattern", list(SyntheticParams.pattern))
-    if isinstance(pattern, str):
-        pattern = [pattern]
-    _list(ctx, pattern, "synthetic.pattern")
-    if not pattern:
-        ctx.fail("synthetic.pattern", pattern, "need at least one pattern")
-    for i, p in enumerate(pattern):
-        _str(ctx, p, f"synthetic.pattern[{i}]", PATTERNS)
-    target = t.get("target")
-    if target is not None:
-        _str(ctx, target, "synthetic.target")
-        _known(ctx, target, "synthetic.target", nodes)
-    else:
-        target = server if server is not None else (clients[0] if clients else None)
-    return SyntheticParams(int(size), tuple(pattern), target)
+def _network(ck: Checker, t: dict[str, Any]) -> NetworkParams:
+    if t["mtu"] <= t["ip_header_bytes"]:
+        ck.fail("network.mtu", t["mtu"], f"mtu must exceed ip_header_bytes ({t['ip_header_bytes']})")
+    return NetworkParams(**t)
 
 
 # ---------------------------------------------------------------------------------------------- overrides / load
@@ -845,72 +553,83 @@ def apply_overrides(d: dict[str, Any], overrides: Iterable[str], source: str = "
     VALUE is read as a TOML value (`3`, `true`, `[1, 2]`, `"x"`) and otherwise kept as a string."""
     for item in overrides:
         if "=" not in item:
-            raise ScenarioError(f"{source}: --set {item}: expected KEY=VALUE, e.g. --set experiment.rounds=3")
+            raise ScenarioError(f"{source}: --set {_one_line(item)}: expected KEY=VALUE, e.g. "
+                                "--set experiment.rounds=3")
         key, raw = item.split("=", 1)
-        key = key.strip()
-        value = _parse_value(raw.strip())
-        _set(d, key, value, raw, source)
+        _set(d, key.strip(), _parse_value(raw.strip()), f"{source}: --set {_one_line(key.strip())}={_one_line(raw)}")
     return d
 
 
-def _set(d: dict[str, Any], key: str, value: Any, raw: str, source: str) -> None:
+def _one_line(s: str) -> str:
+    """`s` with control characters escaped ("\\n"), for messages."""
+    return re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], s)
+
+
+def _sub(spec: Any, name: str, where: str, head: str) -> Any:
+    """The schema entry `name` inside `spec` (a table, array or map), or an error listing the keys there."""
+    if isinstance(spec, Array):
+        spec = spec.table
+    if isinstance(spec, Map):
+        return spec.value
+    if not isinstance(spec, Table):
+        raise ScenarioError(f"{head}: {where} is a value, not a table")
+    e = spec.entry(name)
+    if e is None:
+        place = f"[{where}]" if where else "the top level"
+        raise ScenarioError(f"{head}: unknown key {name!r} in {place}{did_you_mean(name, spec.names, 0.5)} "
+                            f"(keys there: {', '.join(spec.names)})")
+    return e
+
+
+def _set(d: dict[str, Any], key: str, value: Any, head: str) -> None:
     segs = _split_key(key)
-    head = f"{source}: --set {key}={raw}"
     if not segs:
         raise ScenarioError(f"{head}: cannot read the key (write it like experiment.rounds or links[0].bandwidth)")
     node: Any = d
-    schema: Any = SCHEMA
+    spec: Any = SCENARIO
     where = ""
     for i, (name, idxs) in enumerate(segs):
-        last = i == len(segs) - 1
-        if not isinstance(schema, dict):
-            raise ScenarioError(f"{head}: {where} is a value, not a table")
-        if "*" in schema:
-            sub = schema["*"]
-        elif name in schema:
-            sub = schema[name]
-        else:
-            allowed = sorted(schema)
-            place = f"[{where}]" if where else "the top level"
-            close = difflib.get_close_matches(name, allowed, n=3, cutoff=0.5)
-            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-            raise ScenarioError(f"{head}: unknown key {name!r} in {place}{hint} (keys there: {', '.join(allowed)})")
-        where = _join(where, name)
+        spec = _sub(spec, name, where, head)
+        where = join(where, name)
         if not isinstance(node, dict):
             raise ScenarioError(f"{head}: {where} is not a table in the scenario")
+        last = i == len(segs) - 1
         if not idxs:
             if last:
                 node[name] = value
                 return
-            if name not in node:
-                node[name] = {}
-            node = node[name]
-            schema = sub
+            node = node.setdefault(name, {})
             continue
-        arr = node.get(name)
-        for k, idx in enumerate(idxs):
-            if arr is None or arr == []:
-                raise ScenarioError(f"{head}: {where} has no entries")
-            if not isinstance(arr, list):
-                raise ScenarioError(f"{head}: {where} is not a list in the scenario")
-            if idx >= len(arr):
-                raise ScenarioError(f"{head}: {where} has {len(arr)} entries (indices 0..{len(arr) - 1})")
-            if last and k == len(idxs) - 1:
-                arr[idx] = value
-                return
-            where = f"{where}[{idx}]"
-            if k == len(idxs) - 1:
-                node = arr[idx]
-            else:
-                arr = arr[idx]
-        schema = sub[0] if isinstance(sub, list) else LEAF
+        node, where = _index(node, name, idxs, where, head, value if last else None)
+        if last:
+            return
 
 
-def _read_toml(p: Path, src: str, text: str | None = None) -> dict[str, Any]:
+def _index(node: dict[str, Any], name: str, idxs: list[int], where: str, head: str, value: Any) -> tuple[Any, str]:
+    """Walk `node[name][i][j]...`; with a `value`, set the last entry to it."""
+    arr = node.get(name)
+    for k, idx in enumerate(idxs):
+        if arr is None or arr == []:
+            raise ScenarioError(f"{head}: {where} has no entries")
+        if not isinstance(arr, list):
+            raise ScenarioError(f"{head}: {where} is not a list in the scenario")
+        if idx >= len(arr):
+            raise ScenarioError(f"{head}: {where} has {len(arr)} entries (indices 0..{len(arr) - 1})")
+        if value is not None and k == len(idxs) - 1:
+            arr[idx] = value
+            return arr, where
+        where = f"{where}[{idx}]"
+        arr = arr[idx]
+    return arr, where
+
+
+def _read_toml(p: Path, src: str) -> dict[str, Any]:
     try:
-        if text is None:
-            text = p.read_text(encoding="utf-8")
-        return tomllib.loads(text)
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ScenarioError(f"{src}: no such scenario file") from None
+    except IsADirectoryError:
+        raise ScenarioError(f"{src}: is a directory, not a scenario file") from None
     except tomllib.TOMLDecodeError as e:
         raise ScenarioError(f"{src}: not valid TOML: {e}") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -934,12 +653,12 @@ def _resolve_extends(d: dict[str, Any], p: Path, src: str, seen: tuple[Path, ...
         return d
     ext = d.pop("extends")
     if not isinstance(ext, str):
-        raise ScenarioError(f"{src}: extends = {_show(ext)}: expected the path of another scenario file")
+        raise ScenarioError(f"{src}: extends = {show(ext)}: expected the path of another scenario file")
     bp = (p.parent / ext).resolve()
     if bp in seen:
-        raise ScenarioError(f"{src}: extends = {_show(ext)}: scenarios extend each other in a cycle")
+        raise ScenarioError(f"{src}: extends = {show(ext)}: scenarios extend each other in a cycle")
     if not bp.is_file():
-        raise ScenarioError(f"{src}: extends = {_show(ext)}: no such file ({bp})")
+        raise ScenarioError(f"{src}: extends = {show(ext)}: no such file ({bp})")
     base = _resolve_extends(_read_toml(bp, str(bp)), bp, str(bp), (*seen, bp))
     base.pop("name", None)
     base.pop("description", None)
@@ -949,66 +668,43 @@ def _resolve_extends(d: dict[str, Any], p: Path, src: str, seen: tuple[Path, ...
 def load_scenario(path: str | Path, overrides: Iterable[str] = (), seed: int | None = None) -> Scenario:
     """Read, override (`--set`), re-seed and validate a scenario file."""
     p = Path(path)
-    src = str(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ScenarioError(f"{src}: no such scenario file") from None
-    except IsADirectoryError:
-        raise ScenarioError(f"{src}: is a directory, not a scenario file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ScenarioError(f"{src}: cannot read: {e}") from None
-    d = _read_toml(p, src, text)
-    d = _resolve_extends(d, p, src, (p.resolve(),))
+    src = _one_line(str(path))
+    d = _resolve_extends(_read_toml(p, src), p, src, (p.resolve(),))
     apply_overrides(d, overrides, src)
     if seed is not None:
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ScenarioError(f"{src}: --seed {seed}: the seed must be an integer >= 0")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+            raise ScenarioError(f"{src}: --seed {seed}: the seed must be an integer in 0 .. {MAX_SEED} (2^32 - 1)")
         d["seed"] = seed
     return scenario_from_dict(d, source=src)
 
 
 # ------------------------------------------------------------------------------------------------- TOML writer
-def _scenario_to_toml(sc: Scenario) -> str:
-    out: list[str] = [
-        f"# Resolved scenario written by simfl (source: {sc.source or 'built in code'}).",
-        "# Groups are expanded into [[nodes]] and uplinks into [[links]]; overrides and the seed are applied.",
-        "",
-        f"name = {toml_value(sc.name)}",
-        f"description = {toml_value(sc.description)}",
-        f"seed = {sc.seed}",
-        f"workload = {toml_value(sc.workload)}",
-        "",
-        "[network]",
-    ]
-    for f in dataclasses.fields(NetworkParams):
-        out.append(f"{f.name} = {toml_value(getattr(sc.network, f.name))}")
-    out += ["", "[profiles]"]
-    for pname, flops in sc.profiles:
-        out.append(f"{_toml_key(pname)} = {toml_value(units.format_flops(flops))}")
+def _scenario_to_dict(sc: Scenario) -> dict[str, Any]:
+    """The resolved scenario as a TOML dict: quantities with units, unset values left out."""
+    def kept(obj: Any) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(obj).items()
+                if v is not None}
+
+    nodes = []
     for n in sc.nodes:
-        out += ["", "[[nodes]]", f"name = {toml_value(n.name)}", f"kind = {toml_value(n.kind)}"]
+        t: dict[str, Any] = {"name": n.name, "kind": n.kind}
         if n.profile is not None:
-            out.append(f"profile = {toml_value(n.profile)}")
+            t["profile"] = n.profile
         elif n.flops is not None:
-            out.append(f"flops = {toml_value(units.format_flops(n.flops))}")
+            t["flops"] = units.format_flops(n.flops)
         if n.cell is not None:
-            out.append(f"cell = {toml_value(n.cell)}")
-    for ln in sc.links:
-        out += ["", "[[links]]", f"name = {toml_value(ln.name)}", f"a = {toml_value(ln.a)}",
-                f"b = {toml_value(ln.b)}", f"bandwidth = {toml_value(units.format_rate(ln.bandwidth_bps))}",
-                f"latency = {toml_value(units.format_time(ln.latency_s))}"]
-    for c in sc.cells:
-        out += ["", "[[cells]]", f"name = {toml_value(c.name)}", f"ap = {toml_value(c.ap)}",
-                f"bandwidth = {toml_value(units.format_rate(c.bandwidth_bps))}",
-                f"latency = {toml_value(units.format_time(c.latency_s))}"]
-    out += ["", "[experiment]"]
-    for f in dataclasses.fields(Experiment):
-        v = getattr(sc.experiment, f.name)
-        if v is not None:
-            out.append(f"{f.name} = {toml_value(v)}")
-    out += ["", "[synthetic]", f"message_bytes = {sc.synthetic.message_bytes}",
-            f"pattern = {toml_value(list(sc.synthetic.pattern))}"]
-    if sc.synthetic.target is not None:
-        out.append(f"target = {toml_value(sc.synthetic.target)}")
-    return "\n".join(out) + "\n"
+            t["cell"] = n.cell
+        nodes.append(t)
+    out: dict[str, Any] = {
+        "name": sc.name, "description": sc.description, "seed": sc.seed, "workload": sc.workload,
+        "network": kept(sc.network),
+        "profiles": {k: units.format_flops(f) for k, f in sc.profiles},
+        "nodes": nodes,
+        "links": [{"name": ln.name, "a": ln.a, "b": ln.b, "bandwidth": units.format_rate(ln.bandwidth_bps),
+                   "latency": units.format_time(ln.latency_s)} for ln in sc.links],
+        "cells": [{"name": c.name, "ap": c.ap, "bandwidth": units.format_rate(c.bandwidth_bps),
+                   "latency": units.format_time(c.latency_s)} for c in sc.cells],
+        "experiment": kept(sc.experiment),
+        "synthetic": kept(sc.synthetic),
+    }
+    return {k: v for k, v in out.items() if v != []}

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import hashlib
 import math
 import os
 from collections.abc import Sequence
@@ -44,8 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
-from simfl.config import SPLITS
 from simfl.errors import SimflError
+from simfl.schema import SPLITS
 
 DEFAULT_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
 ENV_VAR = "SIMFL_DATA"
@@ -56,6 +57,7 @@ FILES = {
     "y_test": "t10k-labels-idx1-ubyte.gz",
 }
 N_CLASSES = 10
+TRAIN_PER_CLASS = 6000  # Fashion-MNIST's training images per class (and 1,000 test images)
 
 
 class DataNotFoundError(SimflError):
@@ -66,33 +68,61 @@ class DataFormatError(SimflError):
     """An IDX file is unreadable or has the wrong shape or labels."""
 
 
+def missing_files(directory: str | Path) -> list[str]:
+    """Which of the four IDX files ``directory`` lacks."""
+    return [name for name in FILES.values() if not (Path(directory) / name).is_file()]
+
+
 def _has_files(directory: Path) -> bool:
-    return all((directory / name).is_file() for name in FILES.values())
+    return not missing_files(directory)
 
 
 def find_data_dir(explicit: str | Path | None = None) -> Path:
-    """First directory with the four IDX .gz files: ``explicit``, then ``$SIMFL_DATA``, then Debian's."""
-    tried: list[str] = []
-    candidates: list[tuple[str, Path]] = []
-    if explicit is not None and str(explicit) != "":
-        candidates.append(("[experiment].data_dir", Path(explicit).expanduser()))
+    """The folder with the four IDX .gz files: ``explicit`` (the scenario's experiment.data_dir) if given, else
+    ``$SIMFL_DATA`` if set, else Debian's. A folder that was given but lacks the files is an error naming it and
+    where it came from; only with nothing given is the default folder used."""
     env = os.environ.get(ENV_VAR)
-    if env:
-        candidates.append((f"${ENV_VAR}", Path(env).expanduser()))
-    candidates.append(("default", DEFAULT_DATA_DIR))
-    for origin, directory in candidates:
-        if _has_files(directory):
-            return directory
-        tried.append(f"{directory} ({origin})")
+    if explicit is not None and str(explicit) != "":
+        origin, directory = "experiment.data_dir", Path(explicit).expanduser()
+    elif env:
+        origin, directory = f"${ENV_VAR}", Path(env).expanduser()
+    else:
+        origin, directory = "default", DEFAULT_DATA_DIR
+    missing = missing_files(directory)
+    if not missing:
+        return directory
+    if origin != "default":
+        raise DataNotFoundError(
+            f"{origin} = {directory}: this folder lacks the Fashion-MNIST file(s) {', '.join(missing)}; point "
+            f"{origin} at a folder holding the four IDX .gz files ({', '.join(FILES.values())})"
+            + (f", or unset it to use {DEFAULT_DATA_DIR}" if origin == f"${ENV_VAR}" else "")
+        )
     raise DataNotFoundError(
-        "Fashion-MNIST not found: no directory with the four IDX files ("
-        + ", ".join(FILES.values())
-        + ") among: "
-        + "; ".join(tried)
-        + ". To get the data either install Debian's package (sudo apt-get install dataset-fashion-mnist, "
-        f"which puts them in {DEFAULT_DATA_DIR}), or point [experiment].data_dir in the scenario (or the "
-        f"{ENV_VAR} environment variable) at a folder holding the four IDX .gz files."
+        f"Fashion-MNIST not found: {DEFAULT_DATA_DIR} (the default folder) lacks {', '.join(missing)}. To get "
+        "the data either install Debian's package (sudo apt-get install dataset-fashion-mnist, which puts them "
+        f"there), or point [experiment].data_dir in the scenario (or the {ENV_VAR} environment variable) at a "
+        f"folder holding the four IDX .gz files ({', '.join(FILES.values())})."
     )
+
+
+_FILE_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def data_fingerprint(directory: str | Path) -> dict[str, str]:
+    """SHA-256 (hex) of each of the four IDX files in ``directory``, by file name; hashes are cached per process
+    by (path, size, modification time)."""
+    out = {}
+    for name in sorted(FILES.values()):
+        f = Path(directory) / name
+        try:
+            st = f.stat()
+            k = (str(f.resolve()), st.st_size, st.st_mtime_ns)
+            if k not in _FILE_HASHES:
+                _FILE_HASHES[k] = hashlib.sha256(f.read_bytes()).hexdigest()
+        except OSError as e:
+            raise DataNotFoundError(f"cannot read {f}: {e}") from None
+        out[name] = _FILE_HASHES[k]
+    return out
 
 
 @dataclass(frozen=True)
@@ -202,6 +232,30 @@ def _spread(total: int, k: int, offset: int) -> list[int]:
     return counts
 
 
+def min_shard(val_fraction: float) -> int:
+    """The fewest samples a shard needs to keep one training sample after the validation split, which trains on
+    the first ``floor(n * (1 - val_fraction) + 1e-9)`` samples (``learning_worker.split_indices``; a test checks
+    the two agree)."""
+    if val_fraction <= 0:
+        return 1
+    n = max(1, math.floor(1 / (1.0 - val_fraction)) - 1)
+    while math.floor(n * (1.0 - val_fraction) + 1e-9) < 1:
+        n += 1
+    return n
+
+
+def smallest_shard(n_classes: int, p: int, d: float, split: str) -> int:
+    """Samples of the smallest client shard with ``p`` clients per class of ``n_classes`` classes of
+    TRAIN_PER_CLASS images: exact for "balanced"; for "authors" an upper bound (its random draw fixes the class
+    sizes, of which the smallest is at most the mean)."""
+    if split == "balanced":
+        chunk = math.floor((1 - Fraction(repr(float(d)))) * TRAIN_PER_CLASS) // p
+        return chunk + outliers_for(chunk, d)
+    rows = TRAIN_PER_CLASS * n_classes
+    chunk = round((1.0 - d) * rows) // n_classes // p  # as _authors_draw: m1 rows, chunked per class
+    return chunk + math.floor(d * (chunk / (1 - d)))
+
+
 def _check_args(classes: Sequence[int], p: int, d: float) -> tuple[int, ...]:
     cls = tuple(int(c) for c in classes)
     if len(cls) < 2 or len(set(cls)) != len(cls) or any(not 0 <= c < N_CLASSES for c in cls):
@@ -225,8 +279,12 @@ def _authors_draw(y: np.ndarray, cls: Sequence[int], p: int, d: float, seed: int
     (module docstring), restricted to the labels in ``cls``; each client's rows in their shuffled order."""
     rows = np.flatnonzero(np.isin(y, cls))  # the data frame, in file order
 
+    perms: dict[int, np.ndarray] = {}  # a fresh RandomState(seed) per call: its permutation depends on n only
+
     def sample(n_rows: int, size: int) -> np.ndarray:  # DataFrame.sample(n=size, random_state=seed) positions
-        return np.random.RandomState(seed).permutation(n_rows)[:size]
+        if n_rows not in perms:
+            perms[n_rows] = np.random.RandomState(seed).permutation(n_rows)
+        return perms[n_rows][:size]
 
     m1 = rows[sample(len(rows), round((1.0 - d) * len(rows)))]
     m2 = np.setdiff1d(rows, m1)  # df.drop(m1.index) keeps file order
@@ -238,7 +296,8 @@ def _authors_draw(y: np.ndarray, cls: Sequence[int], p: int, d: float, seed: int
             n_oo = math.floor(d * (len(ii) / (1 - d)))
             cand = m2[y[m2] != c]
             oo = cand[sample(len(cand), min(n_oo, len(cand)))]  # too few left: all of them, shuffled
-            m2 = m2[~np.isin(m2, oo)]
+            if len(oo):
+                m2 = m2[~np.isin(m2, oo)]
             dd = np.concatenate([ii, oo])
             mine.append(dd[sample(len(dd), len(dd))])
         out.append(mine)
@@ -262,16 +321,34 @@ def _authors_partition(fm: FashionMNIST, cls: tuple[int, ...], p: int, d: float,
 
 
 def make_partition(
-    fm: FashionMNIST, classes: Sequence[int], p: int, d: float, seed: int, split: str = "balanced"
+    fm: FashionMNIST, classes: Sequence[int], p: int, d: float, seed: int, split: str = "balanced",
+    min_samples: int = 1,
 ) -> Partition:
     """``p`` clients per class of ``classes``, outlier fraction d (module docstring); ``split`` "balanced" (the
-    authors' scheme, balanced) or "authors" (their exact draw)."""
+    authors' scheme, balanced) or "authors" (their exact draw). Every shard must hold ``min_samples`` samples (see
+    `min_shard`), else a SimflError naming experiment.clients_per_class."""
     cls = _check_args(classes, p, d)
     p = int(p)
     if split not in SPLITS:
         raise SimflError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     if split == "authors":
-        return _authors_partition(fm, cls, p, d, seed)
+        return _enough(_authors_partition(fm, cls, p, d, seed), min_samples)
+    return _enough(_balanced_partition(fm, cls, p, d, seed), min_samples)
+
+
+def _enough(part: Partition, min_samples: int) -> Partition:
+    small = min(part.clients, key=lambda s: len(s.x))
+    if len(small.x) < min_samples:
+        raise SimflError(
+            f"experiment.clients_per_class = {part.p}: too many clients per class for this draw (split, "
+            f"split_seed): client {small.client} (class {small.inlier_class}) gets {len(small.x)} samples and needs "
+            f"at least {min_samples} to keep one for training after the validation split; use fewer clients per "
+            "class or a smaller val_fraction"
+        )
+    return part
+
+
+def _balanced_partition(fm: FashionMNIST, cls: tuple[int, ...], p: int, d: float, seed: int) -> Partition:
     k = len(cls)
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x51F1]))
     y_train = fm.y_train.astype(np.int64)

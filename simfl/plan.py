@@ -27,7 +27,7 @@ from simfl import models
 from simfl.aggregation import fedavg
 from simfl.communities import association_matrix, find_communities, one_sided, partition_scores
 from simfl.config import DETECTORS, Experiment
-from simfl.data import Partition, find_data_dir, load_fashion_mnist, make_partition
+from simfl.data import Partition, find_data_dir, load_fashion_mnist, make_partition, min_shard
 from simfl.learning import Engine, ScoreJob, TrainJob, TrainResult, auc, threshold
 from simfl.learning_worker import init_state
 from simfl.messages import payload_bits_of
@@ -281,7 +281,8 @@ def partition_of(exp: Experiment, seed: int) -> Partition:
     """The clients' shards and test sets of `exp` for run seed `seed` (or `exp.split_seed` where it is set)."""
     data = load_fashion_mnist(find_data_dir(exp.data_dir))
     split_seed = seed if exp.split_seed is None else exp.split_seed
-    partition = make_partition(data, exp.classes, exp.clients_per_class, exp.outlier_fraction, split_seed, exp.split)
+    partition = make_partition(data, exp.classes, exp.clients_per_class, exp.outlier_fraction, split_seed, exp.split,
+                               min_samples=min_shard(exp.val_fraction))
     return partition.capped(exp.max_samples_per_client)
 
 

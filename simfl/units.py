@@ -1,9 +1,10 @@
 """Quantities as people write them ("100 Mbps", "2 ms", "5 GFLOP/s", "12 kB") -> SI floats.
 
 Every parser takes a string with a number and a unit, or a bare number (int/float) that is already in the SI base unit
-(bit/s, s, FLOP/s, bytes). Prefixes are decimal (k = 1e3, M = 1e6, G = 1e9, T = 1e12); only sizes also know the
-binary KiB/MiB/GiB. Rates in bytes per second ("12.5 MB/s") are converted to bits (x 8). Numbers may carry
-underscores or comma thousands separators ("12,868 B"). Anything else raises `UnitError` with the list of known units.
+(bit/s, s, FLOP/s, bytes). Prefixes are decimal (k = 1e3, M = 1e6, G = 1e9, T = 1e12, P = 1e15, E = 1e18); only
+sizes also know the binary KiB/MiB/GiB/TiB. Rates in bytes per second ("12.5 MB/s") are converted to bits (x 8).
+Numbers may carry underscores or comma thousands separators ("12,868 B"). Anything else raises `UnitError` with
+the list of known units.
 
 The `format_*` functions write a value back in the largest unit that represents it exactly (used by the resolved
 `scenario.toml`), so that `parse_x(format_x(v)) == v` for every finite value.
@@ -39,6 +40,7 @@ _RATE = {
     "Mbps": 1e6, "Mbit/s": 1e6, "Mb/s": 1e6,
     "Gbps": 1e9, "Gbit/s": 1e9, "Gb/s": 1e9,
     "Tbps": 1e12, "Tbit/s": 1e12, "Tb/s": 1e12,
+    "Pbps": 1e15, "Pbit/s": 1e15, "Pb/s": 1e15,
     "B/s": 8.0, "Bps": 8.0,
     "kB/s": 8e3, "KB/s": 8e3, "kBps": 8e3, "KBps": 8e3,
     "MB/s": 8e6, "MBps": 8e6,
@@ -54,11 +56,12 @@ _FLOPS = {
     "GFLOP/s": 1e9, "GFLOPS": 1e9,
     "TFLOP/s": 1e12, "TFLOPS": 1e12,
     "PFLOP/s": 1e15, "PFLOPS": 1e15,
+    "EFLOP/s": 1e18, "EFLOPS": 1e18,
 }
 _SIZE = {
     "B": 1.0, "byte": 1.0, "bytes": 1.0,
     "kB": 1e3, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12,
-    "KiB": 1024.0, "MiB": 1024.0**2, "GiB": 1024.0**3,
+    "KiB": 1024.0, "MiB": 1024.0**2, "GiB": 1024.0**3, "TiB": 1024.0**4,
     "bit": 1 / 8, "bits": 1 / 8,
 }
 
@@ -133,7 +136,8 @@ def _format(x: float, units: list[tuple[str, float]], parse) -> str:
 
 
 def format_rate(bps: float) -> str:
-    return _format(bps, [("Tbps", 1e12), ("Gbps", 1e9), ("Mbps", 1e6), ("kbps", 1e3), ("bps", 1.0)], parse_rate)
+    return _format(bps, [("Pbps", 1e15), ("Tbps", 1e12), ("Gbps", 1e9), ("Mbps", 1e6), ("kbps", 1e3), ("bps", 1.0)],
+                   parse_rate)
 
 
 def format_time(s: float) -> str:
@@ -143,11 +147,17 @@ def format_time(s: float) -> str:
 
 
 def format_flops(f: float) -> str:
-    return _format(f, [("TFLOP/s", 1e12), ("GFLOP/s", 1e9), ("MFLOP/s", 1e6), ("kFLOP/s", 1e3),
-                       ("FLOP/s", 1.0)], parse_flops)
+    return _format(f, [("EFLOP/s", 1e18), ("PFLOP/s", 1e15), ("TFLOP/s", 1e12), ("GFLOP/s", 1e9), ("MFLOP/s", 1e6),
+                       ("kFLOP/s", 1e3), ("FLOP/s", 1.0)], parse_flops)
 
 
 def format_size(b: float) -> str:
-    if float(b).is_integer():
-        return f"{int(b)} B"
-    return repr(float(b))
+    """Whole multiples of a decimal or binary unit in that unit ("12 kB", "1 TiB"), other sizes in bytes."""
+    if not float(b).is_integer():
+        return repr(float(b))
+    n = int(b)
+    for name, scale in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("kB", 10**3), ("TiB", 2**40),
+                        ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n and n % scale == 0:
+            return f"{n // scale} {name}"
+    return f"{n} B"

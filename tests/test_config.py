@@ -1,16 +1,22 @@
 from __future__ import annotations
 
 import dataclasses
+import pickle
+import re
 import tomllib
 from pathlib import Path
 
 import pytest
 
+from simfl import config, schema
 from simfl.cli import main
 from simfl.config import (
     DEFAULT_SCENARIO,
     Experiment,
+    NetworkParams,
     ScenarioError,
+    SyntheticParams,
+    estimated_messages,
     load_scenario,
     scenario_from_dict,
 )
@@ -105,13 +111,28 @@ def test_experiment_fields_and_defaults():
     assert dataclasses.asdict(Experiment()) == want
 
 
-@pytest.mark.parametrize("name", ["paper-90", "wifi-factory", "default", "allpairs-90"])
+@pytest.mark.parametrize("name", sorted(p.stem for p in TOPO.glob("*.toml")))
 def test_resolved_toml_loads_back_equal(name, tmp_path):
     sc = load_scenario(TOPO / f"{name}.toml", ["experiment.rounds=3", "network.headers=false"], seed=7)
     text = sc.to_toml()
     again = scenario_from_dict(tomllib.loads(text), source="resolved.toml")
     assert again == sc
     assert again.to_toml().split("\n", 1)[1] == text.split("\n", 1)[1]
+
+
+def test_resolved_toml_keeps_what_the_shipped_files_do_not_set(tmp_path):
+    """Direct flops, cells, renamed links, optional experiment keys and a synthetic target survive the writer."""
+    p = write(tmp_path, BASE + '\n[[nodes]]\nname = "ap1"\nkind = "ap"\nflops = "3.5 GFLOP/s"\n'
+                               'uplink = { to = "s1", bandwidth = "866.7 Mbps", latency = "12 us", name = "air" }\n'
+                               '\n[[cells]]\nname = "w"\nap = "ap1"\nbandwidth = "54 Mbps"\nlatency = "0.1 ms"\n'
+                               '\n[[nodes]]\nname = "c9"\nkind = "client"\ncell = "w"\n'
+                               '\n[experiment]\nsplit_seed = 42\nmax_samples_per_client = 64\nclients = 90\n'
+                               'data_dir = "/some/where"\n\n[synthetic]\ntarget = "c1"\nmessage_bytes = "1 MiB"\n')
+    sc = load_scenario(p)
+    again = scenario_from_dict(tomllib.loads(sc.to_toml()))
+    assert again == sc and again.node("ap1").flops == 3.5e9 and again.synthetic.message_bytes == 2**20
+    assert (again.experiment.split_seed, again.experiment.data_dir, again.synthetic.target) == (42, "/some/where", "c1")
+    assert next(ln for ln in again.links if ln.name == "air").bandwidth_bps == 866.7e6
 
 
 # ------------------------------------------------------------------------------------------------ features
@@ -276,3 +297,169 @@ def test_cli_errors_exit_nonzero_without_traceback(tmp_path, capsys):
     assert main(["run", str(tmp_path / "missing.toml")]) == 2
     assert "no such scenario file" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------------ the schema table
+def _keys(spec=schema.SCENARIO, where=""):
+    """(dotted key, Key) of every value key in the schema (Map values under "<name>")."""
+    for e in spec.entries:
+        w = f"{where}.{e.name}" if where else e.name
+        if isinstance(e, schema.Key):
+            yield w, e
+        elif isinstance(e, schema.Table):
+            yield from _keys(e, w)
+        elif isinstance(e, schema.Array):
+            yield from _keys(e.table, w)
+        elif isinstance(e.value, schema.Key):
+            yield f"{w}.<name>", e.value
+        else:
+            yield from _keys(e.value, f"{w}.<name>")
+
+
+def test_every_default_passes_its_own_check():
+    ck = schema.Checker("t")
+    checked = 0
+    for where, key in _keys():
+        if key.default is not schema.REQUIRED and key.default is not None:
+            assert ck.value(key, key.default, where) == key.default, where
+            checked += 1
+    assert checked >= 40
+
+
+@pytest.mark.parametrize("where, key", [(w, k) for w, k in _keys() if k.kind in ("int", "float", "rate", "time",
+                                                                                   "size", "flops")])
+def test_no_number_accepts_a_boolean(where, key):
+    with pytest.raises(ScenarioError, match=rf"^t: {re.escape(where)} = true: "):
+        schema.Checker("t").value(key, True, where)
+
+
+def test_dataclasses_are_generated_from_the_table():
+    for cls, spec in ((Experiment, schema.EXPERIMENT), (NetworkParams, schema.NETWORK),
+                      (SyntheticParams, schema.SYNTHETIC)):
+        fields = dataclasses.fields(cls)
+        assert [f.name for f in fields] == [k.name for k in spec.entries]
+        assert [f.default for f in fields] == [k.default for k in spec.entries]
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            cls().x = 1
+    assert NetworkParams().header_bytes == 78 and NetworkParams(headers=False).header_bytes == 0
+    e = Experiment(classes=(3, 4, 5), clients_per_class=2, local_epochs=(1, 4, 7))
+    assert e.n_clients == 6 and [e.epochs_in_round(i) for i in range(5)] == [1, 4, 7, 7, 7]
+    assert pickle.loads(pickle.dumps(e)) == e  # sweeps and workers pickle it
+
+
+def test_committed_reference_matches_the_schema():
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "scenarios.md").read_text(encoding="utf-8")
+    assert doc == schema.markdown(), "regenerate: python -m simfl.schema --markdown > docs/scenarios.md"
+    for where, _ in _keys():  # every key has a row in its table's section
+        rel = (where.split(".", 1)[1] if "." in where else where).removeprefix("<name>.")
+        assert f"| `{rel}` |" in doc, where
+
+
+@pytest.mark.parametrize("where, value, why", [
+    ("node_groups[0].uplink.latency", '"1e300 s"', "latency must be at most 3600 s"),
+    ("node_groups[0].uplink.latency", '"-1 ms"', "latency must not be negative"),
+    ("node_groups[0].uplink.bandwidth", '"1e-320 bps"', "bandwidth must be at least 1 bps"),
+    ("node_groups[0].uplink.bandwidth", '"2 Pbps"', "bandwidth must be at most 1 Pbps"),
+    ("synthetic.message_bytes", '"2e18 B"', "size must be at most 1 TiB"),
+    ("synthetic.message_bytes", '"12 bit"', "must be a whole number of bytes"),
+    ("profiles.edge", '"1e30 FLOP/s"', "compute speed must be at most 1 EFLOP/s"),
+    ("profiles.edge", '"10 FLOP/s"', "compute speed must be at least 1 kFLOP/s"),
+    ("seed", "4294967296", "must be <= 4,294,967,295 (seeds are 32-bit: 0 .. 2^32 - 1)"),
+    ("experiment.split_seed", "-1", "must be >= 0 (seeds are 32-bit: 0 .. 2^32 - 1)"),
+    ("network.mtu", "65536", "must be <= 65,535"),
+    ("node_groups[0].count", "100001", "must be <= 100,000"),
+    ("experiment.lr", "inf", "must be finite"),
+    ("experiment.tau", "nan", "must be finite"),
+])
+def test_numbers_at_the_edges(tmp_path, where, value, why):
+    p = write(tmp_path, BASE)
+    assert error_of(p, [f"{where}={value}"]) == f"{p}: {where} = {value}: {why}"
+
+
+def test_values_on_the_bounds_load_and_round_trip(tmp_path):
+    p = write(tmp_path, BASE)
+    sc = load_scenario(p, ['node_groups[0].uplink.latency="3600 s"', "node_groups[0].uplink.bandwidth=1",
+                           'synthetic.message_bytes="1 TiB"', 'profiles.edge="1 EFLOP/s"', "network.mtu=65535",
+                           'synthetic.pattern="gather"'], seed=2**32 - 1)
+    c0 = next(ln for ln in sc.links if ln.a == "c0")
+    assert (c0.latency_s, c0.bandwidth_bps, sc.synthetic.message_bytes) == (3600.0, 1.0, 2**40)
+    assert sc.seed == 2**32 - 1 and sc.node("c0").flops == 1e18
+    assert scenario_from_dict(tomllib.loads(sc.to_toml())) == sc
+    with pytest.raises(ScenarioError, match=r"--seed 4294967296: the seed must be an integer in 0 \.\. 4294967295"):
+        load_scenario(p, seed=2**32)
+
+
+def test_estimated_messages_by_hand():
+    assert estimated_messages("synthetic", 90, 10, ["allpairs"]) == 90 * 89
+    assert estimated_messages("synthetic", 5, 10, ["allpairs", "gather", "broadcast"]) == 20 + 5 + 5
+    # fedad: 2 x 90 x 89 (models, association bits) + 4 x 90 x 10 (FedAvg both ways, method and ideal) + 2 x 90;
+    # the paper-90 run (10 rounds, detector last_fit) sent 19,548 messages
+    assert estimated_messages("fedad", 90, 10, ["allpairs"]) == 16020 + 3600 + 180 == 19800
+
+
+def test_a_run_too_big_for_memory_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(config, "physical_memory", lambda: 2**30)
+    p = write(tmp_path, BASE)
+    # 700 clients: 700 x 699 = 489,300 messages x 1,800 B = 0.82 GiB fits; 800: 639,200 x 1,800 B = 1.07 GiB not
+    assert len(load_scenario(p, ["node_groups[0].count=700"]).clients) == 700
+    msg = error_of(p, ["node_groups[0].count=800"])
+    assert msg.startswith(f'{p}: workload = "synthetic": 800 clients send about 639,200 messages, which need about '
+                          "1.1 GiB of memory (1,800 bytes each); this machine has 1.0 GiB")
+    # gather adds one message per client: 800 + 639,200
+    assert "about 640,000 messages" in error_of(p, ["node_groups[0].count=800",
+                                                    'synthetic.pattern=["gather", "allpairs"]'])
+
+
+@pytest.mark.parametrize("sets, key, why", [
+    (["experiment.clients_per_class=5401", 'experiment.split="authors"', "experiment.classes=[0, 1]"],
+     "experiment.clients_per_class", "leave the smallest shard at best 0 samples"),
+    (["experiment.clients_per_class=5401", "experiment.classes=[0, 1]"], "experiment.clients_per_class",
+     "leave the smallest shard exactly 0 samples"),
+    (["experiment.clients_per_class=2700", "experiment.classes=[0, 1]", "experiment.val_fraction=0.6"],
+     "experiment.clients_per_class", "exactly 2 samples, and with val_fraction = 0.6 a client needs at least 3"),
+    (["experiment.max_samples_per_client=2", "experiment.val_fraction=0.6"], "experiment.max_samples_per_client",
+     "with val_fraction = 0.6 a client needs at least 3 samples"),
+])
+def test_shards_the_data_cannot_fill_are_refused(tmp_path, sets, key, why):
+    p = write(tmp_path, BASE)
+    msg = error_of(p, sets)
+    assert msg.startswith(f"{p}: {key} = ") and why in msg, msg
+
+
+def test_connectivity_through_cells_and_links(tmp_path):
+    p = write(tmp_path, BASE + '\n[[nodes]]\nname = "ap"\nkind = "ap"\n\n[[cells]]\nname = "w"\nap = "ap"\n'
+                               'bandwidth = "54 Mbps"\n\n[[nodes]]\nname = "far"\nkind = "client"\ncell = "w"\n')
+    assert "client far is disconnected" in error_of(p)  # the cell is an island
+    sc = load_scenario(p, ['links=[{a = "ap", b = "s1", bandwidth = "1 Gbps"}]'])
+    assert "far" in sc.clients and sc.node("far").cell == "w"
+
+
+_PEAK = """
+import re, sys, tempfile
+from pathlib import Path
+from simfl.config import scenario_from_dict
+from simfl.runner import run_scenario
+sc = scenario_from_dict({"workload": "synthetic", "nodes": [{"name": "s1", "kind": "switch"}],
+                         "node_groups": [{"prefix": "c", "count": int(sys.argv[1]),
+                                          "uplink": {"to": "s1", "bandwidth": "100 Mbps", "latency": "0.5 ms"}}]})
+with tempfile.TemporaryDirectory() as out:
+    run_scenario(sc, out, progress=False)
+# this process's own peak (ru_maxrss would carry over the parent's from before exec)
+print(int(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024)
+"""
+
+
+@pytest.mark.slow
+def test_the_memory_per_message_is_what_a_run_takes():
+    """The marginal peak RSS of an all-pairs run, per message, against the constant the estimate uses."""
+    import os
+    import subprocess
+    import sys
+
+    if not Path("/proc/self/status").is_file():
+        pytest.skip("needs Linux's /proc/self/status (VmHWM)")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    peak = {n: int(subprocess.run([sys.executable, "-c", _PEAK, str(n)], capture_output=True, text=True, env=env,
+                                  check=True).stdout) for n in (100, 220)}
+    per_message = (peak[220] - peak[100]) / (220 * 219 - 100 * 99)
+    assert 0.6 * schema.MESSAGE_BYTES_IN_MEMORY < per_message < 1.2 * schema.MESSAGE_BYTES_IN_MEMORY, per_message

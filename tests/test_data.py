@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import math
 from collections import Counter
 
@@ -41,26 +42,102 @@ def test_idx_parser_on_a_hand_made_file(tmp_path):
         data_mod._read_idx(path)
 
 
-def test_missing_data_gives_one_clear_message(tmp_path, monkeypatch):
+def test_missing_default_data_gives_one_clear_message(tmp_path, monkeypatch):
     monkeypatch.delenv("SIMFL_DATA", raising=False)
     monkeypatch.setattr(data_mod, "DEFAULT_DATA_DIR", tmp_path / "nowhere")
     with pytest.raises(DataNotFoundError) as err:
-        find_data_dir(tmp_path / "empty")
+        find_data_dir(None)
     msg = str(err.value)
     assert "apt-get install dataset-fashion-mnist" in msg
-    assert "SIMFL_DATA" in msg and "data_dir" in msg
-    assert str(tmp_path / "empty") in msg and str(tmp_path / "nowhere") in msg
-    assert isinstance(err.value, SimflError)
+    assert "SIMFL_DATA" in msg and "data_dir" in msg and str(tmp_path / "nowhere") in msg
+    assert "\n" not in msg and isinstance(err.value, SimflError)
 
 
-def test_search_order_explicit_then_env(tmp_path, monkeypatch):
+def _link_files(real, folder, names):
+    folder.mkdir(exist_ok=True)
+    for name in names:
+        (folder / name).symlink_to(real / name)
+
+
+def test_a_given_folder_without_the_files_is_an_error_not_a_fallback(tmp_path, monkeypatch):
     real = find_data_dir()
+    monkeypatch.setattr(data_mod, "DEFAULT_DATA_DIR", real)  # the files are there: never fall back to them
+    partial = tmp_path / "partial"
+    _link_files(real, partial, list(data_mod.FILES.values())[:3])
+    monkeypatch.delenv("SIMFL_DATA", raising=False)
+    with pytest.raises(DataNotFoundError) as err:
+        find_data_dir(partial)
+    msg = str(err.value)
+    assert msg.startswith(f"experiment.data_dir = {partial}: ") and "t10k-labels-idx1-ubyte.gz" in msg
+    assert "t10k-images" not in msg.split(";")[0]  # only the missing file is named as missing
+    monkeypatch.setenv("SIMFL_DATA", str(tmp_path / "nothing"))
+    with pytest.raises(DataNotFoundError) as err:
+        find_data_dir(None)
+    assert str(err.value).startswith(f"$SIMFL_DATA = {tmp_path / 'nothing'}: ")
+    with pytest.raises(DataNotFoundError, match="^experiment.data_dir = "):
+        find_data_dir(partial)  # the scenario's folder comes first, also when $SIMFL_DATA is set
+
+
+def test_search_order_explicit_then_env_then_default(tmp_path, monkeypatch):
+    real = find_data_dir()
+    monkeypatch.setattr(data_mod, "DEFAULT_DATA_DIR", tmp_path / "nowhere")
     monkeypatch.setenv("SIMFL_DATA", str(real))
-    assert find_data_dir(None) == real
-    assert find_data_dir(tmp_path) == real  # explicit dir lacks the files: falls through to $SIMFL_DATA
-    for name in data_mod.FILES.values():
-        (tmp_path / name).symlink_to(real / name)
-    assert find_data_dir(tmp_path) == tmp_path
+    assert find_data_dir(None) == real and find_data_dir("") == real
+    mine = tmp_path / "mine"
+    _link_files(real, mine, data_mod.FILES.values())
+    assert find_data_dir(mine) == mine
+    monkeypatch.delenv("SIMFL_DATA")
+    monkeypatch.setattr(data_mod, "DEFAULT_DATA_DIR", mine)
+    assert find_data_dir(None) == mine
+
+
+def test_data_fingerprint_hashes_each_file(tmp_path):
+    real = find_data_dir()
+    fp = data_mod.data_fingerprint(real)
+    assert sorted(fp) == sorted(data_mod.FILES.values())
+    name = data_mod.FILES["y_test"]
+    assert fp[name] == hashlib.sha256((real / name).read_bytes()).hexdigest()
+    copy = tmp_path / "copy"
+    _link_files(real, copy, [n for n in data_mod.FILES.values() if n != name])
+    (copy / name).write_bytes((real / name).read_bytes()[:-1] + b"x")
+    other = data_mod.data_fingerprint(copy)
+    assert {k for k in fp if fp[k] != other[k]} == {name}
+    with pytest.raises(DataNotFoundError, match="cannot read"):
+        data_mod.data_fingerprint(tmp_path)
+
+
+@pytest.mark.parametrize("val", [0.0, 0.1, 0.2, 0.25, 0.3, 1 / 3, 0.5, 0.6, 0.75, 0.9, 0.95, 0.99])
+def test_min_shard_agrees_with_the_training_split(val):
+    from simfl.learning_worker import split_indices
+
+    need = data_mod.min_shard(val)
+    assert len(split_indices(need, val)[0]) >= 1
+    assert need == 1 or len(split_indices(need - 1, val)[0]) == 0
+
+
+@pytest.mark.parametrize(("classes", "p", "d"), [((0, 1), 9, 0.1), ((1, 2, 3), 700, 0.2),
+                                                 ((2, 5, 8), 5400, 0.1), ((3, 4), 7, 0.45)])
+def test_smallest_shard(fm, classes, p, d):
+    """Exact for the balanced split; for the authors' draw at least its smallest shard."""
+    bal = make_partition(fm, classes, p, d, seed=1)
+    assert min(len(s.x) for s in bal.clients) == data_mod.smallest_shard(len(classes), p, d, "balanced")
+    aut = make_partition(fm, classes, p, d, seed=1, split="authors") if p < 5000 else None
+    if aut is not None:
+        assert min(len(s.x) for s in aut.clients) <= data_mod.smallest_shard(len(classes), p, d, "authors")
+
+
+def test_partition_with_too_small_shards_names_clients_per_class(fm):
+    # 2 classes, d = 0.1, seed 3: the authors' draw takes round(0.9 x 12,000) = 10,800 images, of which 5,396 are
+    # class 0 (counted with numpy from the labels). 2,699 clients of class 0 get 5,396 = 2,697 x 2 + 2 x 1 inliers
+    # and floor(0.1 x 1 / 0.9) = 0 outliers: the smallest shard holds 1 sample.
+    part = make_partition(fm, (0, 1), 2699, 0.1, seed=3, split="authors")
+    assert min(len(s.x) for s in part.clients) == 1
+    with pytest.raises(SimflError, match=r"^experiment.clients_per_class = 2699: .* gets 1 samples and needs at "
+                                         r"least 2 to keep one for training"):
+        make_partition(fm, (0, 1), 2699, 0.1, seed=3, split="authors", min_samples=2)
+    # 5,398 clients for 5,396 images: two of them get none
+    with pytest.raises(SimflError, match=r"^experiment.clients_per_class = 5398: .* gets 0 samples"):
+        make_partition(fm, (0, 1), 5398, 0.1, seed=3, split="authors")
 
 
 # (classes, p, d, inliers per client (sorted), outliers per client for those sizes, test outliers)

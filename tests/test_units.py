@@ -75,3 +75,27 @@ def test_format_round_trips_exactly(x):
     assert parse_rate(format_rate(x)) == x
     assert parse_time(format_time(x)) == x
     assert parse_flops(format_flops(x)) == x
+
+
+def test_peta_and_exa_units_at_the_schema_bounds():
+    assert parse_rate("1 Pbps") == parse_rate("1 Pbit/s") == 1e15 and format_rate(1e15) == "1 Pbps"
+    assert parse_flops("1 EFLOP/s") == 1e18 and format_flops(1e18) == "1 EFLOP/s"
+    assert parse_size("1 TiB") == 2**40 and format_size(2**40) == "1 TiB"
+    assert format_rate(1.0) == "1 bps" and format_flops(1e3) == "1 kFLOP/s" and format_time(3600.0) == "3600 s"
+
+
+@pytest.mark.parametrize("size, text", [(0, "0 B"), (12868, "12868 B"), (12000, "12 kB"), (2_000_000, "2 MB"),
+                                        (1024, "1 KiB"), (3 * 2**20, "3 MiB"), (5 * 10**12, "5 TB"), (1.5, "1.5")])
+def test_format_size_uses_the_largest_exact_unit(size, text):
+    assert format_size(size) == text
+
+
+@given(st.integers(min_value=0, max_value=2**40))
+def test_format_size_round_trips_exactly(n):
+    assert parse_size(format_size(n)) == n
+
+
+@pytest.mark.parametrize("text", ["1e400 bps", "-1e400 s"])
+def test_overflowing_numbers_are_not_finite(text):
+    with pytest.raises(UnitError, match="not a finite"):
+        (parse_rate if "bps" in text else parse_time)(text)
