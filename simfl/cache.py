@@ -38,7 +38,7 @@ import torch
 
 from simfl import plan as planning
 from simfl.config import Experiment
-from simfl.data import find_data_dir
+from simfl.data import data_fingerprint, find_data_dir
 from simfl.learning import TrainResult
 from simfl.plan import CentralPlan, FLPlan, LearningPlan, Phase1Plan
 
@@ -87,17 +87,11 @@ def warn_stderr(message: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- the key
-_FILE_HASHES: dict[tuple[str, int, int], str] = {}
-
-
 def _data_fingerprint(directory: Path) -> str:
+    """One hash of the data files' hashes (what the plan was learned from)."""
     h = hashlib.sha256()
-    for f in sorted(directory.glob("*-ubyte.gz")):
-        st = f.stat()
-        k = (str(f), st.st_size, st.st_mtime_ns)
-        if k not in _FILE_HASHES:
-            _FILE_HASHES[k] = hashlib.sha256(f.read_bytes()).hexdigest()
-        h.update(f.name.encode() + _FILE_HASHES[k].encode())
+    for name, digest in data_fingerprint(directory).items():
+        h.update(name.encode() + digest.encode())
     return h.hexdigest()
 
 

@@ -38,10 +38,10 @@ import polars as pl
 from simfl.config import DEFAULT_SCENARIO, Scenario, ScenarioError, load_scenario, toml_value
 from simfl.errors import SimflError
 from simfl.runner import INCOMPLETE, run_scenario
+from simfl.schema import MAX_SEED
 from simfl.units import parse_rate, parse_size, parse_time
 
 PHASES = ("phase1", "phase2", "ideal", "centralised", "local")
-MAX_SEED = 2**32 - 1
 EXECUTORS = ("local", "ray")
 VARY_EXAMPLE = "--vary 'synthetic.pattern=[[\"gather\"], [\"allpairs\"]]'"
 # Errors of the file system a sweep writes to (permissions, read-only or full disks): one line, not a traceback.
