@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import errno
 import os
+import select
 import signal
 import sys
 import threading
@@ -187,26 +188,30 @@ def _os_error_line(e: OSError) -> str:
     where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
     what = e.strerror or str(e)
     hint = _HINTS.get(e.errno or 0, "check the path and the disk")
+    if e.errno in (errno.EEXIST, errno.ENOTDIR) and e.filename is not None and os.path.isfile(e.filename):
+        hint = "it is a file where a folder is needed: choose another path"
     return f"{where or 'a file operation'}: {what} ({hint})"
 
 
 def _stdout_gone() -> bool:
-    """Whether stdout's reader has gone; if so stdout now points at /dev/null (the interpreter's last flush would
-    fail again)."""
+    """Whether stdout is a pipe or socket whose reader has gone; if so stdout now points at /dev/null (the
+    interpreter's last flush would fail again)."""
     try:
-        sys.stdout.flush()
-        return False
-    except (BrokenPipeError, ValueError):
-        pass
-    with contextlib.suppress(OSError, ValueError, AttributeError):
+        fd = sys.stdout.fileno()
+        poll = select.poll()
+        poll.register(fd, select.POLLOUT)
+        if not any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poll.poll(0)):
+            return False
         devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        os.dup2(devnull, fd)
         os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (captured output)
+        return False
     return True
 
 
 def _fail(line: str, status: int = EXIT_USER) -> int:
-    print(f"simfl: {line}", file=sys.stderr)
+    print(f"simfl: {' '.join(line.splitlines())}", file=sys.stderr)  # one line, whatever the message holds
     return status
 
 

@@ -86,16 +86,28 @@ class Progress:
     def _live(self) -> Any:
         if self._bars is None:
             from rich.console import Console
-            from rich.progress import BarColumn, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import BarColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
             from rich.progress import Progress as RichProgress
 
             console = Console(file=self.stream or sys.stderr)
             self._bars = RichProgress(
                 SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[counts]}"),
-                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=True,
+                TimeElapsedColumn(), _eta_column(), console=console, transient=True,
             )
             self._bars.start()
         return self._bars
+
+
+def _eta_column() -> Any:
+    """'ETA h:mm:ss' once a stage has counts (rich's own column shows nothing or '-:--:--' before)."""
+    from rich.progress import TimeRemainingColumn
+    from rich.text import Text
+
+    class Eta(TimeRemainingColumn):
+        def render(self, task: Any) -> Text:
+            return Text("ETA ") + super().render(task) if task.total is not None else Text("")
+
+    return Eta()
 
 
 def make_progress(quiet: bool = False, stream: TextIO | None = None) -> Progress:
