@@ -163,7 +163,8 @@ def render(summary: RunSummary) -> str:
         f"x {exp['rounds']} rounds (local epochs {exp['local_epochs']}), aggregator: {exp['aggregator']}.",
         "",
     ]
-    out += [_data_line(f), "", *_source_lines(f, summary.cache), ""]
+    for line in (_data_line(f), *_source_lines(f, summary.cache)):
+        out += [line, ""]
     if note:
         out += [f"**Shortened preset.** {note}", ""]
     out += [

@@ -73,6 +73,7 @@ def _locked(out: Path) -> Iterator[None]:
     if out.exists() and not out.is_dir():
         raise SimflError(f"run folder {out}: is a file, not a folder; choose another --out")
     lock = out / LOCK
+    fd = -1
     try:
         out.mkdir(parents=True, exist_ok=True)
         while True:
@@ -81,20 +82,24 @@ def _locked(out: Path) -> Iterator[None]:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = os.read(fd, 32).decode(errors="replace").strip()
-                os.close(fd)
                 raise SimflError(f"run folder {out}: another simfl run is writing into it right now (process "
                                  f"{holder or '?'} holds {lock}); wait for it to end or choose another --out") from None
             with contextlib.suppress(FileNotFoundError):  # the holder may have removed the file before we locked it
                 if os.path.samestat(os.fstat(fd), os.stat(lock)):
                     break
             os.close(fd)
+            fd = -1
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
-    except (NotADirectoryError, FileExistsError):
-        raise SimflError(f"run folder {out}: a part of this path is a file, not a folder; choose another --out") \
-            from None
-    except OSError as e:
-        raise _os_problem(out, e) from None
+    except BaseException as e:
+        if fd >= 0:
+            os.close(fd)
+        if isinstance(e, NotADirectoryError | FileExistsError):
+            raise SimflError(f"run folder {out}: a part of this path is a file, not a folder; choose another "
+                             "--out") from None
+        if isinstance(e, OSError):
+            raise _os_problem(out, e) from None
+        raise
     try:
         yield
     finally:
@@ -165,7 +170,7 @@ def run(scenario: Scenario, out_dir: str | Path, progress: bool | Progress = Tru
         except BaseException as e:
             (out / SUMMARY_FILE).unlink(missing_ok=True)
             if not isinstance(e, Exception):  # Ctrl-C, SIGTERM: say where the unfinished run is
-                e.add_note(f"{out} keeps its {INCOMPLETE} marker: run again to start it afresh")
+                e.add_note(f"{out} keeps its {INCOMPLETE} marker: run again with --out {out} to start it afresh")
             oe = os_error_of(e, out) if isinstance(e, Exception) and not isinstance(e, SimflError) else None
             if oe is not None and oe is not e:
                 raise oe from e

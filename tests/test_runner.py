@@ -215,6 +215,27 @@ def test_a_locked_run_folder_is_refused_at_once_and_the_lock_goes_with_the_run(t
     assert not (out / LOCK).exists()  # released and removed after the run
 
 
+def test_two_runs_started_together_into_one_folder(tmp_path):
+    """Exactly one of them writes the folder; the other is refused in one line (locked, or already finished)."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "r"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    cmd = [sys.executable, "-m", "simfl.cli", "run", str(TOPO / "allpairs-90.toml"), "--quiet", "--out", str(out)]
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    results = sorted((p.wait(timeout=120), p.stderr.read()) for p in procs)
+    assert [r for r, _ in results] == [0, 2]
+    assert results[0][1] == ""
+    refused = results[1][1]
+    assert len(refused.splitlines()) == 1 and refused.startswith(f"simfl: error: run folder {out}: ")
+    assert ("another simfl run is writing into it" in refused) or ("already holds a finished run" in refused)
+    assert read_summary(out).totals.messages == 90 * 89
+    assert sorted(p.name for p in out.iterdir()) == sorted(FILES + ["summary.json"])
+
+
 def test_run_folder_path_problems_are_one_clear_error(tmp_path):
     f = tmp_path / "file"
     f.write_text("x")
