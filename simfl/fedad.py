@@ -14,23 +14,15 @@ import polars as pl
 from simfl import costs, models
 from simfl.cache import cached_plan, default_cache_dir
 from simfl.config import DETECTORS, Scenario
+from simfl.data import data_fingerprint, find_data_dir
 from simfl.errors import SimflError
 from simfl.plan import APPROACHES, LearningPlan, auc_key
+from simfl.progress import Progress, progress_printer
 from simfl.protocol import simulate
-from simfl.report import method_above_local, write_report
+from simfl.report import method_above_local
 from simfl.world import World
 
-
-def progress_printer(enabled: bool) -> Callable[[str], None]:
-    """A `say(stage)` that prints the stage with the time elapsed since its creation ([mm:ss.s]), or nothing."""
-    start = time.perf_counter()
-
-    def say(stage: str) -> None:
-        if enabled:
-            el = time.perf_counter() - start
-            print(f"  [{int(el // 60):02d}:{el % 60:04.1f}] {stage}", flush=True)
-
-    return say
+__all__ = ["run_fedad", "closed_forms", "phase_spans", "data_used", "progress_printer"]  # sweep: progress_printer
 
 
 def phase_spans(messages: pl.DataFrame, compute: pl.DataFrame) -> dict[str, tuple[float, float]]:
@@ -96,13 +88,26 @@ def _auc_tables(
     return per_client, by_class, means
 
 
-def run_fedad(world: World, scenario: Scenario, run_dir: Path, progress: bool = True) -> dict[str, Any]:
-    """Learn, replay on the network, and write communities.csv, auc.parquet, report.md; return the summary."""
+def data_used(data_dir: str | Path | None) -> dict[str, Any]:
+    """The Fashion-MNIST folder a run reads (`experiment.data_dir`, $SIMFL_DATA or the default) and the sha256 of
+    each of its four IDX files."""
+    directory = find_data_dir(data_dir)
+    files = data_fingerprint(directory)
+    return {"data_dir": str(directory), "data_files": files}
+
+
+def run_fedad(world: World, scenario: Scenario, run_dir: Path,
+              say: Callable[[str], None] | bool = True) -> dict[str, Any]:
+    """Learn, replay on the network, write communities.csv and auc.parquet; return the workload's summary keys
+    (`simfl.summary.FedadPart`). `say(stage)` hears of each stage (a `simfl.progress.Progress` also draws bars);
+    True / False: plain lines on stderr / nothing."""
     exp = scenario.experiment
     n = exp.clients_per_class * len(exp.classes)
     if len(scenario.clients) < n:
         raise SimflError(f"{scenario.source}: experiment needs {n} clients, the scenario has {len(scenario.clients)}")
-    say = progress_printer(progress)
+    if isinstance(say, bool):
+        say = Progress("plain" if say else "quiet")
+    data = data_used(exp.data_dir)
     t0 = time.perf_counter()
     cached = cached_plan(exp, scenario.seed, say, default_cache_dir())
     plan = cached.plan
@@ -151,6 +156,7 @@ def run_fedad(world: World, scenario: Scenario, run_dir: Path, progress: bool = 
         "simulation_wall_s": sim_wall,
         "preset_note": exp.preset_note,
         "experiment": {k: getattr(exp, k) for k in exp.__dataclass_fields__},
+        **data,
     }
     pl.DataFrame({
         "community": [g for g, c in enumerate(comms) for _ in c],
@@ -159,5 +165,4 @@ def run_fedad(world: World, scenario: Scenario, run_dir: Path, progress: bool = 
         "inlier_class": [plan.partition.clients[i].inlier_class for c in comms for i in c],
     }).write_csv(run_dir / "communities.csv")
     per_client.write_parquet(run_dir / "auc.parquet")
-    write_report(run_dir, summary, scenario=scenario, messages=messages, links=world.recorder.links_frame())
     return summary

@@ -236,19 +236,26 @@ class _Pool:
         self._tmp = tempfile.mkdtemp(prefix="simfl-learn-")
         address = os.path.join(self._tmp, "sock")
         authkey = secrets.token_bytes(16)
-        listener = Listener(address, family="AF_UNIX", authkey=authkey)
+        procs: list[subprocess.Popen] = []
         try:
-            procs = []
-            for _ in range(n):
-                env = dict(os.environ, SIMFL_WORKER_KEY=authkey.hex(), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-                env.update(_tcmalloc_env(env))
-                procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "simfl.learning_worker", address], env=env, stdin=subprocess.DEVNULL
-                ))
+            listener = Listener(address, family="AF_UNIX", authkey=authkey)
+            try:
+                for _ in range(n):
+                    env = dict(os.environ, SIMFL_WORKER_KEY=authkey.hex(), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+                    env.update(_tcmalloc_env(env))
+                    procs.append(subprocess.Popen(
+                        [sys.executable, "-m", "simfl.learning_worker", address], env=env, stdin=subprocess.DEVNULL
+                    ))
+                for proc in procs:
+                    self.workers.append(_Worker(proc, listener.accept()))
+            finally:
+                listener.close()
+        except BaseException:  # failed or interrupted while starting: no worker and no temp folder outlives it
             for proc in procs:
-                self.workers.append(_Worker(proc, listener.accept()))
-        finally:
-            listener.close()
+                proc.kill()
+                proc.wait()
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            raise
 
     def run(self, tasks: list[_Task], on_tick: Callable[[int, int], None] | None = None) -> list[Any]:
         """Run ``tasks`` on the workers; ``on_tick(done, total)`` after each finished task."""

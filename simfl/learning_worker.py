@@ -479,11 +479,16 @@ def _exit_with_parent(interval_s: float = 1.0) -> None:
 
 def _main() -> None:
     import os
+    import signal
     import sys
     from multiprocessing.connection import Client
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the engine stops us
     _exit_with_parent()
-    conn = Client(sys.argv[1], family="AF_UNIX", authkey=bytes.fromhex(os.environ["SIMFL_WORKER_KEY"]))
+    try:
+        conn = Client(sys.argv[1], family="AF_UNIX", authkey=bytes.fromhex(os.environ["SIMFL_WORKER_KEY"]))
+    except OSError:  # the engine stopped before we connected (interrupted while starting): nothing to do
+        sys.exit(1)
     worker_main(conn, 1)
 
 

@@ -31,20 +31,25 @@ from simfl.data import Partition, find_data_dir, load_fashion_mnist, make_partit
 from simfl.learning import Engine, ScoreJob, TrainJob, TrainResult, auc, threshold
 from simfl.learning_worker import init_state
 from simfl.messages import payload_bits_of
+from simfl.progress import PLAIN_EVERY_S
 
 Progress = Callable[[str], None]
-PROGRESS_EVERY_S = 30.0
 
 
 @contextlib.contextmanager
 def _ticking(engine: Engine, say: Progress, unit: str) -> Iterator[None]:
-    """While inside, `engine` reports '<done>/<total> <unit>' through `say` at most every PROGRESS_EVERY_S seconds."""
+    """While inside, `engine` reports '<done>/<total> <unit>': to `say.count(done, total, unit)` where `say` has it
+    (a `simfl.progress.Progress`: a live bar), else through `say` at most every PLAIN_EVERY_S seconds."""
     last = time.perf_counter()
+    count = getattr(say, "count", None)
 
     def tick(done: int, total: int) -> None:
         nonlocal last
+        if count is not None:
+            count(done, total, unit)
+            return
         now = time.perf_counter()
-        if done < total and now - last >= PROGRESS_EVERY_S:
+        if done < total and now - last >= PLAIN_EVERY_S:
             last = now
             say(f"  ... {done}/{total} {unit}")
 

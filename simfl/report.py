@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from simfl.costs import PAPER_TABLE4_MB
+from simfl.summary import FedadPart, RunSummary, read_summary
 
 # The paper's Table 3 (mean AUC-ROC per inlier class) and Table 4 (MB = 1e6 bytes, rounded model sizes).
 PAPER_AUC: dict[int, tuple[float, float, float]] = {
@@ -26,6 +28,10 @@ def _f(x: Any, digits: int = 3) -> str:
     return f"{x:.{digits}f}"
 
 
+def _nan(x: float | None) -> float:
+    return math.nan if x is None else x
+
+
 def _mb(b: float | None) -> str:
     return "-" if b is None else f"{b / 1e6:,.2f}"
 
@@ -36,10 +42,10 @@ def _seconds(s: float | None) -> str:
     return f"{s:,.3f} s" if s < 100 else f"{s:,.1f} s ({s / 60:.1f} min)"
 
 
-def table2(summary: dict[str, Any]) -> str:
+def table2(f: FedadPart) -> str:
     lines = ["| community | clients | inlier classes (clients per class) |", "|---|---|---|"]
-    for g, members in enumerate(summary["communities"]):
-        classes = summary["community_member_classes"][g]
+    for g, members in enumerate(f.communities):
+        classes = f.community_member_classes[g]
         counts: dict[int, int] = {}
         for c in classes:
             counts[c] = counts.get(c, 0) + 1
@@ -48,18 +54,18 @@ def table2(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def table3(summary: dict[str, Any]) -> str:
+def table3(f: FedadPart) -> str:
     cols = ["local", "method", "ideal", "centralised"]
     head = "| inlier class | " + " | ".join(cols) + " | paper local | paper method | paper ideal |"
     lines = [head, "|" + "---|" * (len(cols) + 4)]
-    for cls, row in summary["auc_by_class"].items():
+    for cls, row in f.auc_by_class.items():
         paper = PAPER_AUC.get(int(cls), (None, None, None))
         lines.append(f"| {cls} | " + " | ".join(_f(row.get(c)) for c in cols) + " | "
                      + " | ".join(_f(p) for p in paper) + " |")
-    m = summary["auc_mean"]
+    m = f.auc_mean
     lines.append("| **mean** | " + " | ".join(f"**{_f(m.get(c))}**" for c in cols) + " | "
                  + " | ".join(_f(p) for p in PAPER_AUC_MEAN) + " |")
-    above = method_above_local(summary["auc_by_class"])
+    above = method_above_local(f.auc_by_class)
     if above is not None:
         paper = sum(1 for lo, me, _ in PAPER_AUC.values() if me > lo)
         lines += ["", f"Method above local in {above[0]} of {above[1]} inlier classes (paper: {paper} of "
@@ -67,19 +73,19 @@ def table3(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def method_above_local(by_class: dict[str, dict[str, float]]) -> tuple[int, int] | None:
+def method_above_local(by_class: Mapping[str, Mapping[str, float | None]]) -> tuple[int, int] | None:
     """(classes where the method's mean AUC beats the local baseline's, classes compared), if both ran."""
-    rows = [r for r in by_class.values() if "method" in r and "local" in r]
+    rows = [r for r in by_class.values() if r.get("method") is not None and r.get("local") is not None]
     return (sum(1 for r in rows if r["method"] > r["local"]), len(rows)) if rows else None
 
 
-def _detector_line(summary: dict[str, Any]) -> str:
+def _detector_line(f: FedadPart) -> str:
     """Which FedAvg model the method and ideal columns score, with the other choice's means beside it."""
-    det = summary.get("detector", "global")
+    det = f.detector
     what = ("each client's own last local fit (the authors' code: the last average is never sent)"
             if det == "last_fit" else "the community's final average (sent to every member after the last round)")
     other = "global" if det == "last_fit" else "last_fit"
-    alt = summary.get("auc_mean_by_detector", {}).get(other, {})
+    alt = f.auc_mean_by_detector.get(other, {})
     line = f"Detector after FedAvg (`experiment.detector = \"{det}\"`): {what}."
     if alt:
         line += (f" With `{other}` instead: method {_f(alt.get('method'))}, ideal {_f(alt.get('ideal'))} "
@@ -90,9 +96,12 @@ def _detector_line(summary: dict[str, Any]) -> str:
 AUTHORS_SEED = 42  # random_state of the authors' runconfig (github mirqr/FedAD)
 
 
-def _data_line(summary: dict[str, Any]) -> str:
-    """Which shards and test sets the run used (experiment.split / split_seed)."""
-    exp, sizes = summary["experiment"], summary.get("samples_per_client") or [0]
+def _data_line(summary: FedadPart | Mapping[str, Any]) -> str:
+    """Which shards and test sets the run used (experiment.split / split_seed); a summary.json object also works."""
+    if isinstance(summary, FedadPart):
+        exp, sizes = summary.experiment, summary.samples_per_client or [0]
+    else:
+        exp, sizes = summary["experiment"], summary.get("samples_per_client") or [0]
     split, seed = exp.get("split", "balanced"), exp.get("split_seed")
     how = ("the authors' own draw (their `datautil.partition`)" if split == "authors"
            else "simfl's balanced draw (evenly mixed outliers, exact per-class shares)")
@@ -103,9 +112,22 @@ def _data_line(summary: dict[str, Any]) -> str:
             f"{seed_txt} (`experiment.split`).")
 
 
-def table4(summary: dict[str, Any]) -> str:
-    pb, wb, cf, du = (summary["payload_bytes"], summary["wire_bytes"], summary["closed_form_bytes"],
-                      summary["duration_s"])
+def _source_lines(f: FedadPart, cache: dict[str, Any] | None) -> list[str]:
+    """The data folder and file hashes the run read, and where its learning results came from."""
+    out = []
+    if f.data_dir is not None:
+        files = ", ".join(f"`{name}` {digest[:16]}" for name, digest in (f.data_files or {}).items())
+        out.append(f"Data folder `{f.data_dir}`; sha256 (first 16 hex digits): {files}.")
+    learned = {True: "read from the learning cache", False: "computed in this run (not from the learning cache)",
+               None: "not recorded"}[f.learning_from_cache]
+    line = f"Learning results: {learned}."
+    if cache:
+        line += " Cache: " + ", ".join(f"{k} {v}" for k, v in cache.items()) + "."
+    return out + [line]
+
+
+def table4(f: FedadPart) -> str:
+    pb, wb, cf, du = f.payload_bytes, f.wire_bytes, f.closed_form_bytes, f.duration_s
     rows = [
         ("phase I", "phase1", f"Eq. 1: {_mb(cf['eq1'])} (measured structure: {_mb(cf['eq1_measured_structure'])})",
          PAPER_TABLE4_MB["phase1"]),
@@ -125,28 +147,33 @@ def table4(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def render(summary: dict[str, Any], scenario_name: str) -> str:
-    note = summary.get("preset_note") or ""
-    exp = summary["experiment"]
+def render(summary: RunSummary) -> str:
+    """report.md of a finished fedad run."""
+    f = summary.fedad
+    if f is None:
+        raise ValueError(f"render: run {summary.scenario} is a {summary.workload} run, not fedad")
+    note = f.preset_note
+    exp = f.experiment
     out = [
-        f"# simfl run: {scenario_name}",
+        f"# simfl run: {summary.scenario}",
         "",
-        f"{summary['clients']} clients, inlier classes {summary['classes']}, p = {exp['clients_per_class']}, "
+        f"{f.clients} clients, inlier classes {f.classes}, p = {exp['clients_per_class']}, "
         f"d = {exp['outlier_fraction']}, tau = {exp['tau']}, community method {exp['community_method']}, "
         f"phase I {exp['phase1_model']} x {exp['phase1_epochs']} epochs, phase II {exp['phase2_model']} "
         f"x {exp['rounds']} rounds (local epochs {exp['local_epochs']}), aggregator: {exp['aggregator']}.",
         "",
     ]
-    out += [_data_line(summary), ""]
+    for line in (_data_line(f), *_source_lines(f, summary.cache)):
+        out += [line, ""]
     if note:
         out += [f"**Shortened preset.** {note}", ""]
     out += [
         "## Table 2: communities found in phase I",
         "",
-        f"{summary['k']} communities; against the true groups (clients by inlier class): "
-        f"ARI {_f(summary['ari'])}, NMI {_f(summary['nmi'])}. Paper: {PAPER_TABLE2}.",
+        f"{f.k} communities; against the true groups (clients by inlier class): "
+        f"ARI {_f(f.ari)}, NMI {_f(f.nmi)}. Paper: {PAPER_TABLE2}.",
         "",
-        table2(summary),
+        table2(f),
         "",
         "## Table 3: AUC-ROC, mean per inlier class",
         "",
@@ -154,9 +181,9 @@ def render(summary: dict[str, Any], scenario_name: str) -> str:
         "clients. local = each client alone (early stopping); method = FedAvg within the communities found; "
         "ideal = FedAvg within the true groups; centralised = one model trained on all uploaded shards.",
         "",
-        _detector_line(summary),
+        _detector_line(f),
         "",
-        table3(summary),
+        table3(f),
         "",
         "## Table 4: communication cost and time on this network",
         "",
@@ -165,17 +192,16 @@ def render(summary: dict[str, Any], scenario_name: str) -> str:
         "first send or computation to its last delivery or computation. Paper column: Table 4 (rounded model "
         "sizes 4,000 and 28,000 parameters).",
         "",
-        table4(summary),
+        table4(f),
         "",
     ]
-    if summary.get("centralised_upload_s") is not None:
-        out += [f"Centralised: uploading the raw shards alone takes {_seconds(summary['centralised_upload_s'])}.",
-                ""]
+    if f.centralised_upload_s is not None:
+        out += [f"Centralised: uploading the raw shards alone takes {_seconds(f.centralised_upload_s)}.", ""]
     out += ["Plots: `bytes_over_time.png`, `link_utilisation.png`, `auc_by_class.png`, `cost_vs_clients.png`.", ""]
     return "\n".join(out)
 
 
-def _plots(run_dir: Path, summary: dict[str, Any], messages: pl.DataFrame, links: pl.DataFrame) -> None:
+def _plots(run_dir: Path, f: FedadPart, messages: pl.DataFrame, links: pl.DataFrame) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -204,17 +230,17 @@ def _plots(run_dir: Path, summary: dict[str, Any], messages: pl.DataFrame, links
         fig.tight_layout()
         fig.savefig(run_dir / "link_utilisation.png", dpi=110)
         plt.close(fig)
-    by_class = summary["auc_by_class"]
+    by_class = f.auc_by_class
     if by_class:
         import numpy as np
 
         classes = [int(c) for c in by_class]
         fig, ax = plt.subplots(figsize=(9, 4.5))
-        cols = [c for c in ("local", "method", "ideal", "centralised") if c in summary["auc_mean"]]
+        cols = [c for c in ("local", "method", "ideal", "centralised") if c in f.auc_mean]
         w = 0.8 / (len(cols) + 1)
         x = np.arange(len(classes))
         for k, c in enumerate(cols):
-            ax.bar(x + k * w, [by_class[str(cl)].get(c, np.nan) for cl in classes], w, label=c)
+            ax.bar(x + k * w, [_nan(by_class[str(cl)].get(c)) for cl in classes], w, label=c)
         ax.scatter(x + w, [PAPER_AUC.get(cl, (np.nan,) * 3)[1] for cl in classes], marker="_", s=200, c="k",
                    label="paper: method", zorder=3)
         ax.set_xticks(x + w * (len(cols) - 1) / 2, [str(c) for c in classes])
@@ -227,7 +253,7 @@ def _plots(run_dir: Path, summary: dict[str, Any], messages: pl.DataFrame, links
         plt.close(fig)
 
 
-def plot_cost_vs_clients(path: Path, summary: dict[str, Any]) -> None:
+def plot_cost_vs_clients(path: Path, f: FedadPart) -> None:
     """The closed forms (Eq. 1, Eq. 3, centralised) against the number of clients, with this run's measured bytes."""
     import matplotlib
 
@@ -236,11 +262,11 @@ def plot_cost_vs_clients(path: Path, summary: dict[str, Any]) -> None:
 
     from simfl import costs, models
 
-    exp = summary["experiment"]
-    n_run = summary["clients"]
-    per_client = sum(summary["samples_per_client"]) / n_run
+    exp = f.experiment
+    n_run = f.clients
+    per_client = sum(f.samples_per_client) / n_run if f.samples_per_client else 0
     ns = sorted({20, 30, 50, 90, 150, 300, 500, 1000, n_run})
-    t = costs.cost_table(ns, classes=len(summary["classes"]), rounds=exp["rounds"],
+    t = costs.cost_table(ns, classes=len(f.classes), rounds=exp["rounds"],
                          phase1_params=models.param_count(exp["phase1_model"]),
                          phase2_params=models.param_count(exp["phase2_model"]), samples_per_client=round(per_client))
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -248,7 +274,7 @@ def plot_cost_vs_clients(path: Path, summary: dict[str, Any]) -> None:
     ax.plot(t["n"], t["phase2_eq3_bytes"] / 1e6, label="phase II (Eq. 3, k = |C|)")
     ax.plot(t["n"], t["total_eq3_bytes"] / 1e6, lw=2.5, label="federated total")
     ax.plot(t["n"], t["centralised_bytes"] / 1e6, "--", lw=2.5, label=f"centralised ({per_client:.0f} samples/client)")
-    pb = summary["payload_bytes"]
+    pb = f.payload_bytes
     for key, marker, label in (("phase1", "o", "measured phase I"), ("phase2", "s", "measured phase II"),
                                ("centralised", "^", "measured centralised")):
         if key in pb:
@@ -265,9 +291,14 @@ def plot_cost_vs_clients(path: Path, summary: dict[str, Any]) -> None:
     plt.close(fig)
 
 
-def write_report(run_dir: Path, summary: dict[str, Any], *, scenario: Any, messages: pl.DataFrame,
-                 links: pl.DataFrame) -> None:
-    """Write report.md and the plots into run_dir."""
-    (run_dir / "report.md").write_text(render(summary, scenario.name))
-    _plots(run_dir, summary, messages, links)
-    plot_cost_vs_clients(run_dir / "cost_vs_clients.png", summary)
+def write_report(run_dir: str | Path, summary: RunSummary | None = None) -> None:
+    """Write report.md and the plots of the finished fedad run in `run_dir` (its summary.json and message and link
+    traces; `summary`: the summary already read)."""
+    run_dir = Path(run_dir)
+    summary = summary or read_summary(run_dir)
+    if summary.fedad is None:
+        raise ValueError(f"write_report: {run_dir} holds a {summary.workload} run, not fedad")
+    (run_dir / "report.md").write_text(render(summary), encoding="utf-8")
+    _plots(run_dir, summary.fedad, pl.read_parquet(run_dir / "messages.parquet"),
+           pl.read_parquet(run_dir / "links.parquet"))
+    plot_cost_vs_clients(run_dir / "cost_vs_clients.png", summary.fedad)

@@ -11,6 +11,7 @@ round = the pattern's index):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from simfl.config import Scenario
@@ -31,8 +32,9 @@ def pattern_pairs(pattern: str, clients: list[str], target: str | None) -> list[
     raise ValueError(f"unknown pattern {pattern!r}")
 
 
-def run_synthetic(world: World, scenario: Scenario) -> dict[str, Any]:
-    """Run the scenario's synthetic patterns on `world` to completion; returns a summary dict."""
+def run_synthetic(world: World, scenario: Scenario, say: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the scenario's synthetic patterns on `world` to completion; returns a summary dict. `say(stage)` hears
+    of each pattern as it starts."""
     syn = scenario.synthetic
     env, net = world.env, world.network
     net.keep_unclaimed = False  # nothing here reads inboxes
@@ -44,6 +46,8 @@ def run_synthetic(world: World, scenario: Scenario) -> dict[str, Any]:
         for i, pattern in enumerate(syn.pattern):
             t0 = env.now
             pairs = pattern_pairs(pattern, clients, syn.target)
+            if say is not None:
+                say(f"synthetic: pattern {i + 1}/{len(syn.pattern)}, {pattern}: {len(pairs):,} messages")
             events = [net.send(a, b, kind="synthetic", phase="synthetic", round=i, payload_bits=bits)
                       for a, b in pairs]
             if events:

@@ -1,0 +1,216 @@
+"""A run's summary: the typed `RunSummary`, written to summary.json by `write_summary`, read by `read_summary`.
+
+summary.json is one flat JSON object (the layout every simfl version wrote, kept so that old files read back):
+
+    scenario, seed, workload      the run
+    totals                        {messages, messages_undelivered, payload_bits, payload_bytes, wire_bytes,
+                                   sim_time_s, wall_time_s, events_processed}
+    <the workload's keys>         fedad: bytes per phase, closed forms, durations, AUCs, communities, ...
+                                  (`FedadPart`); synthetic: message_bytes, target, patterns (`SyntheticPart`)
+    <each total>                  copied to the top level where the workload has no key of that name (so for
+                                  fedad the top-level payload_bytes and wire_bytes are per phase)
+    cache                         what the learning cache did (fedad; absent when not reported)
+
+JSON has no inf/nan: they are written as null and read back as None.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from simfl.errors import SimflError
+
+__all__ = ["SUMMARY_FILE", "RunSummary", "Totals", "FedadPart", "SyntheticPart", "SyntheticPattern",
+           "summary_from_dict", "write_summary", "read_summary"]
+
+SUMMARY_FILE = "summary.json"
+
+
+@dataclass(kw_only=True)
+class Totals:
+    """What the network carried in the whole run, and how long it took (simulated and on this machine)."""
+
+    messages: int
+    messages_undelivered: int = 0
+    payload_bits: int
+    payload_bytes: float
+    wire_bytes: int
+    sim_time_s: float
+    wall_time_s: float
+    events_processed: int = 0
+
+
+@dataclass(kw_only=True)
+class SyntheticPattern:
+    pattern: str
+    round: int
+    messages: int
+    t_start: float
+    t_end: float
+    duration_s: float
+
+
+@dataclass(kw_only=True)
+class SyntheticPart:
+    """The synthetic workload's results: one entry per pattern, in the order they ran."""
+
+    message_bytes: int
+    target: str | None = None
+    patterns: list[SyntheticPattern] = field(default_factory=list)
+
+
+@dataclass(kw_only=True)
+class FedadPart:
+    """The fedad workload's results. Bytes and durations are keyed by trace phase (phase1, phase2, ideal, local,
+    centralised); AUC tables by approach (local, method, ideal, centralised)."""
+
+    clients: int
+    classes: list[int]
+    samples_per_client: list[int] = field(default_factory=list)
+    payload_bytes: dict[str, float]
+    wire_bytes: dict[str, int]
+    closed_form_bytes: dict[str, float]  # eq1, eq1_measured_structure, eq2, eq3, centralised
+    duration_s: dict[str, float]
+    phase_span_s: dict[str, list[float]]  # [first send or compute start, last delivery or compute end]
+    centralised_upload_s: float | None = None
+    auc_mean: dict[str, float | None]
+    detector: str = "global"
+    auc_mean_by_detector: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    auc_by_class: dict[str, dict[str, float | None]]  # inlier class (as text) -> approach -> mean AUC
+    method_above_local: list[int] | None = None  # [classes where the method beats local, classes compared]
+    communities: list[list[int]]
+    community_member_classes: list[list[int]]
+    k: int
+    ari: float | None
+    nmi: float | None
+    leader_communities_match: bool
+    learning_wall_s: dict[str, float]
+    learning_from_cache: bool | None = None
+    simulation_wall_s: float
+    preset_note: str = ""
+    experiment: dict[str, Any]
+    data_dir: str | None = None  # the Fashion-MNIST folder the run read
+    data_files: dict[str, str] | None = None  # file name -> sha256 of the IDX files in it
+
+
+@dataclass(kw_only=True)
+class RunSummary:
+    """One run's summary. Exactly one of `fedad` / `synthetic` is set, after `workload`."""
+
+    scenario: str
+    seed: int
+    workload: str
+    totals: Totals
+    fedad: FedadPart | None = None
+    synthetic: SyntheticPart | None = None
+    cache: dict[str, Any] | None = None  # the learning cache's outcome, as the plan module reports it
+    extra: dict[str, Any] = field(default_factory=dict)  # keys this simfl does not know: kept, written back
+
+    @property
+    def part(self) -> FedadPart | SyntheticPart | None:
+        return self.fedad if self.workload == "fedad" else self.synthetic
+
+    def to_dict(self) -> dict[str, Any]:
+        """The summary.json object (see the module docstring), with inf/nan as None."""
+        d: dict[str, Any] = {"scenario": self.scenario, "seed": self.seed, "workload": self.workload}
+        if self.part is not None:
+            d.update(dataclasses.asdict(self.part))
+        if self.cache is not None:
+            d["cache"] = self.cache
+        d.update(self.extra)
+        totals = dataclasses.asdict(self.totals)
+        d["totals"] = totals
+        for k, v in totals.items():
+            d.setdefault(k, v)
+        return _finite(d)
+
+
+_PARTS: dict[str, type] = {"fedad": FedadPart, "synthetic": SyntheticPart}
+_TOP = ("scenario", "seed", "workload", "totals", "cache")
+
+
+def _finite(o: Any) -> Any:
+    """JSON-ready: inf/nan as None, tuples as lists, numpy scalars as Python numbers, paths as text."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {str(k): _finite(v) for k, v in o.items()}
+    if isinstance(o, list | tuple | set | frozenset):
+        return [_finite(v) for v in (sorted(o) if isinstance(o, set | frozenset) else o)]
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "item") and callable(o.item) and getattr(o, "ndim", 0) == 0:  # numpy scalar
+        return _finite(o.item())
+    if hasattr(o, "tolist"):
+        return _finite(o.tolist())
+    return o
+
+
+def _build(cls: type, d: dict[str, Any], what: str) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    required = [f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [k for k in required if k not in d]
+    if missing:
+        raise ValueError(f"{what}: missing {', '.join(missing)}")
+    return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def summary_from_dict(d: dict[str, Any], source: str = "summary") -> RunSummary:
+    """A RunSummary from the summary.json object (or a workload's flat dict with the totals under `totals`);
+    ValueError when a key it needs is missing."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{source}: a JSON object was expected, not {type(d).__name__}")
+    d = _finite(d)
+    workload = d.get("workload")
+    totals = _build(Totals, d["totals"] if isinstance(d.get("totals"), dict) else d, f"{source}: totals")
+    part_cls = _PARTS.get(workload)  # type: ignore[arg-type]
+    part = None
+    if part_cls is not None:
+        part = _build(part_cls, d, f"{source} ({workload})")
+        if isinstance(part, SyntheticPart):
+            part.patterns = [p if isinstance(p, SyntheticPattern) else _build(SyntheticPattern, p, source)
+                             for p in part.patterns]
+    known = set(_TOP) | {f.name for f in dataclasses.fields(part_cls)} if part_cls else set(_TOP)
+    copied = {k for k in dataclasses.asdict(totals) if k not in known}
+    extra = {k: v for k, v in d.items() if k not in known and k not in copied}
+    base = _build(RunSummary, {**d, "totals": totals}, source)
+    return dataclasses.replace(base, fedad=part if workload == "fedad" else None,
+                               synthetic=part if workload == "synthetic" else None, extra=extra)
+
+
+def write_summary(run_dir: str | Path, summary: RunSummary) -> Path:
+    """Write `summary` as `run_dir`/summary.json (atomically: a reader sees the old file or the whole new one)."""
+    path = Path(run_dir) / SUMMARY_FILE
+    tmp = path.with_name(f".{SUMMARY_FILE}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(summary.to_dict(), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_summary(path: str | Path) -> RunSummary:
+    """The summary of a run: `path` is its summary.json or its run folder."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / SUMMARY_FILE
+    try:
+        d = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SimflError(f"{p}: no such file (a run folder holds summary.json once its run has finished)") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SimflError(f"{p}: cannot read: {e}") from None
+    except ValueError as e:
+        raise SimflError(f"{p}: not valid JSON ({e}); the file is damaged") from None
+    try:
+        return summary_from_dict(d, str(p))
+    except (ValueError, TypeError) as e:
+        raise SimflError(f"not a simfl run summary: {e}; the file is damaged or was not written by simfl") from None
