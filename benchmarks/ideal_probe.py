@@ -3,10 +3,10 @@
     .venv/bin/python benchmarks/ideal_probe.py [--seed S] [--classes 0,3,5] [--init torch|keras]
 
 Prints, per round, the mean AUC-ROC per inlier class (and over the classes asked for), the figures behind the
-README's seed spread and the Keras comparison. ``--init keras`` replaces PyTorch's default initialisation of the
-shared starting model with Keras' (glorot-uniform weights, zero biases). With the file's own seed and init a class's
-last line equals the ideal column of ``simfl run topologies/paper-90.toml``: groups are trained independently. All
-ten classes take ~25 min on 2 CPU cores.
+seed spread and the Keras comparison in docs/reproducing-the-paper.md. ``--init keras`` replaces PyTorch's default
+initialisation of the shared starting model with Keras' (glorot-uniform weights, zero biases). With the file's own
+seed and init a class's last line equals the ideal column of ``simfl run topologies/paper-90.toml``: groups are
+trained independently. All ten classes take ~25 min on 2 CPU cores.
 """
 
 from __future__ import annotations

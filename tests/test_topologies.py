@@ -97,7 +97,7 @@ HAND: dict[str, tuple[Cut, Cut]] = {  # stem -> (all-pairs cut, gather cut)
                           Cut("radio1", "bs1", "*", 10e6, 10, 20.3e-3, ("c00", "server"))),
 }
 
-# the scenario library of README's "Scenario library" section
+# the shipped networks of docs/network-model.md ("The shipped networks")
 LIBRARY = ("ethernet-100m", "ethernet-1g", "wifi-cells", "hierarchical-plant", "constrained-plant")
 
 
