@@ -183,7 +183,7 @@ def test_progress_counts_are_scoped_to_one_request(monkeypatch: pytest.MonkeyPat
     from simfl import plan
     from simfl.learning import Engine
 
-    monkeypatch.setattr(plan, "PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr(plan, "PLAIN_EVERY_S", 0.0)
     said: list[str] = []
     eng = Engine(workers=0)
     with plan._ticking(eng, said.append, "clients trained"):
