@@ -43,7 +43,8 @@ def _prefix() -> tuple[Path, str]:
     root = Path(next(iter(spec.submodule_search_locations)))
     libs = sorted((root / "lib64").glob("libns3*-core.so")) or sorted((root / "lib").glob("libns3*-core.so"))
     if not libs:
-        raise SimflError(f"the ns3 package at {root} has no libns3*-core.so; reinstall it: pip install --force-reinstall ns3")
+        raise SimflError(f"the ns3 package at {root} has no libns3*-core.so; reinstall it: "
+                         "pip install --force-reinstall ns3")
     version = libs[0].name[len("libns"):-len("-core.so")]
     return root, version
 
@@ -228,18 +229,33 @@ class Hub {
     }
 
     // A full-duplex link; returns the device index of a's end (b's is the next one). Addresses: the /30 `subnet`.
+    // qa, qb: each end's queue (see SetupQueue); a host's end gets flow control so that its queue disc works.
     uint32_t AddLink(uint32_t a, uint32_t b, uint64_t bps, int64_t delayNs, int64_t gapNs, uint32_t mtu,
-                     uint32_t linkHdr, uint32_t subnet)
+                     uint32_t linkHdr, uint32_t subnet, uint32_t qa, uint32_t qb, uint32_t buffer)
     {
-        PointToPointHelper h;
-        h.SetDeviceAttribute("DataRate", DataRateValue(DataRate(bps)));
-        h.SetDeviceAttribute("Mtu", UintegerValue(mtu));
-        h.SetDeviceAttribute("InterframeGap", TimeValue(NanoSeconds(gapNs)));
-        h.SetChannelAttribute("Delay", TimeValue(NanoSeconds(delayNs)));
-        NetDeviceContainer d = h.Install(nodes[a], nodes[b]);
-        uint32_t da = AddInterface(a, d.Get(0), subnet + 1, 30, linkHdr, 2);
-        AddInterface(b, d.Get(1), subnet + 2, 30, linkHdr, 2);
-        return da;
+        Ptr<PointToPointChannel> ch = CreateObject<PointToPointChannel>();
+        ch->SetAttribute("Delay", TimeValue(NanoSeconds(delayNs)));
+        uint32_t first = devs.size();
+        uint32_t ends[2] = {a, b}, queues[2] = {qa, qb};
+        for (int k = 0; k < 2; ++k) {
+            Ptr<PointToPointNetDevice> d = CreateObject<PointToPointNetDevice>();
+            d->SetAddress(Mac48Address::Allocate());
+            d->SetDataRate(DataRate(bps));
+            d->SetInterframeGap(NanoSeconds(gapNs));
+            d->SetMtu(mtu);
+            Ptr<Queue<Packet>> q = CreateObject<DropTailQueue<Packet>>();
+            d->SetQueue(q);
+            nodes[ends[k]]->AddDevice(d);
+            if (queues[k] != 0) {
+                Ptr<NetDeviceQueueInterface> ndqi = CreateObject<NetDeviceQueueInterface>();
+                ndqi->GetTxQueue(0)->ConnectQueueTraces(q);
+                d->AggregateObject(ndqi);
+            }
+            d->Attach(ch);
+            uint32_t di = AddInterface(ends[k], d, subnet + 1 + k, 30, linkHdr, 2);
+            SetupQueue(di, queues[k], buffer);
+        }
+        return first;
     }
 
     void AddRoute(uint32_t node, uint32_t dst, uint32_t dev, uint32_t gateway)

@@ -43,19 +43,21 @@ class Ns3Options:
     syn_timeout: float = 1.0  # TCP connection (SYN) retransmission timeout, s (Linux: 1 s; ns-3's default: 3 s)
     host_qdisc: str = "fq"  # end hosts' queue discipline: "fifo" | "fq" | "fq_codel"
 
-    @classmethod
-    def from_params(cls, params: Any) -> Ns3Options:
-        d = cls()
-        o = cls(**{f.name: getattr(params, f.name, getattr(d, f.name)) for f in dataclasses.fields(cls)})
-        if isinstance(o.buffer_packets, bool) or not isinstance(o.buffer_packets, int) or o.buffer_packets < 1:
-            raise SimflError(f"network.buffer_packets = {o.buffer_packets!r}: must be an integer >= 1 (packets)")
+    def __post_init__(self) -> None:
+        b = self.buffer_packets
+        if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+            raise SimflError(f"network.buffer_packets = {b!r}: must be an integer >= 1 (packets)")
         for k in ("min_rto", "delayed_ack", "syn_timeout"):
-            v = getattr(o, k)
+            v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < math.inf:
                 raise SimflError(f"network.{k} = {v!r}: must be a positive number of seconds")
-        if o.host_qdisc not in HOST_QDISCS:
-            raise SimflError(f"network.host_qdisc = {o.host_qdisc!r}: must be one of {', '.join(HOST_QDISCS)}")
-        return o
+        if self.host_qdisc not in HOST_QDISCS:
+            raise SimflError(f"network.host_qdisc = {self.host_qdisc!r}: must be one of {', '.join(HOST_QDISCS)}")
+
+    @classmethod
+    def from_params(cls, params: Any) -> Ns3Options:
+        """The options that `params` has (attributes of these names); the defaults for the others."""
+        return cls(**{f.name: getattr(params, f.name) for f in dataclasses.fields(cls) if hasattr(params, f.name)})
 
 
 class _Flow:
@@ -93,11 +95,11 @@ class Ns3Network:
     in_flight = Network.in_flight
 
     def __init__(self, env: simpy.Environment, topology: Topology, params: NetworkParams | None = None,
-                 recorder: TraceRecorder | None = None, *, seed: int = 1) -> None:
+                 recorder: TraceRecorder | None = None, *, seed: int = 1, options: Ns3Options | None = None) -> None:
         self.env = env
         self.topology = topology
         self.params = params or NetworkParams()
-        self.options = Ns3Options.from_params(self.params)
+        self.options = options or Ns3Options.from_params(self.params)
         self.recorder = recorder if recorder is not None else TraceRecorder()
         self.recorder.set_link_source(self.link_columns)
         self.keep_unclaimed = True  # as Network.keep_unclaimed
@@ -206,14 +208,14 @@ class Ns3Network:
             if ra.link != rb.link or (ra.src, ra.dst) != (rb.dst, rb.src):
                 raise SimflError(f"ns3 backend: link {ra.link!r}: expected its two directions next to each other")
             gap = max(0, p.link_header_bytes - 2) * 8 / ra.capacity_bps  # the PPP header is 2 of the framing bytes
+            qa, qb = (HOST_QDISCS[o.host_qdisc] if topo.kind(n) in HOST_KINDS else 0 for n in (ra.src, rb.src))
             da = hub.AddLink(self._idx[ra.src], self._idx[ra.dst], round(ra.capacity_bps), _ns(ra.latency_s),
-                             _ns(gap), p.mtu, p.link_header_bytes, 0x0A000000 + 4 * (k // 2))
+                             _ns(gap), p.mtu, p.link_header_bytes, 0x0A000000 + 4 * (k // 2), qa, qb,
+                             o.buffer_packets)
             for d, r in ((da, ra), (da + 1, rb)):
                 self._dev[(r.link, r.src)] = d
                 self._addr[d] = int(hub.devs[d].address)
                 self._res_devs[r.id] = [d]
-                kind = HOST_QDISCS[o.host_qdisc] if topo.kind(r.src) in HOST_KINDS else 0
-                hub.SetupQueue(d, kind, o.buffer_packets)
         if any(r.medium == "cell" for r in topo.resources):
             raise SimflError("ns3 backend: WiFi cells are not supported yet; use network.model = \"fluid\"")
 
