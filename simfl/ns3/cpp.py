@@ -132,6 +132,7 @@ struct Dev {
     uint32_t linkHdr = 0;  // bytes of framing counted per packet on top of the IP packet
     uint32_t l2Hdr = 0;    // bytes of the device's own header that the trace's packet carries
     uint64_t bytes = 0, packets = 0, drops = 0;
+    uint64_t received = 0;  // WiFi: packets received from the cell (its losses: sent into it - received from it)
 };
 
 class Hub {
@@ -143,6 +144,7 @@ class Hub {
     std::vector<int64_t> done;
     std::unordered_map<uint64_t, uint32_t> byPeer;
     std::vector<char> listening;
+    std::vector<std::vector<int32_t>> ifDev;  // node -> IPv4 interface -> device index (-1: none)
     uint64_t inflight = 0;
     uint32_t hdr = 0;
     uint16_t port = 5000;
@@ -177,6 +179,7 @@ class Hub {
         c.Create(n);
         for (uint32_t i = 0; i < n; ++i) { nodes.push_back(c.Get(i)); }
         listening.resize(nodes.size(), 0);
+        ifDev.resize(nodes.size());
         InternetStackHelper st;
         Ipv4StaticRoutingHelper sr;
         st.SetRoutingHelper(sr);
@@ -184,7 +187,8 @@ class Hub {
         st.Install(c);
     }
 
-    // queue: 0 = forwarding node (drop-tail device queue of `buffer` packets, no queue disc); hosts keep a
+    // queue: 0 = forwarding node (drop-tail device queue of `buffer` packets, no queue disc; on WiFi, see below);
+    // hosts keep a
     // 1-packet device queue under a queue disc: 1 = FIFO of 1000 packets, 2 = fq_codel's fair queueing with its
     // drop law off (target 1000 s), 3 = fq_codel as configured by default
     void SetupQueue(uint32_t di, uint32_t queue, uint32_t buffer)
@@ -195,9 +199,12 @@ class Hub {
             p2p->GetQueue()->SetMaxSize(QueueSize(QueueSizeUnit::PACKETS, queue == 0 ? buffer : 1));
             p2p->GetQueue()->TraceConnectWithoutContext("Drop", MakeBoundCallback(&Hub::OnDevDrop, this, di));
         }
-        if (queue == 0) { return; }
+        if (queue == 0 && p2p) { return; }
         TrafficControlHelper tch;
-        if (queue == 1) {
+        if (queue == 0) {  // a forwarding node's WiFi device: the MAC queue holds `buffer` packets (see AddCell),
+                           // a 1-packet queue disc above it drops (with a trace) when the MAC queue is full
+            tch.SetRootQueueDisc("ns3::FifoQueueDisc", "MaxSize", QueueSizeValue(QueueSize("1p")));
+        } else if (queue == 1) {
             tch.SetRootQueueDisc("ns3::FifoQueueDisc", "MaxSize", QueueSizeValue(QueueSize("1000p")));
         } else if (queue == 2) {
             tch.SetRootQueueDisc("ns3::FqCoDelQueueDisc", "Target", StringValue("1000s"));
@@ -218,13 +225,17 @@ class Hub {
         ip->SetMetric(ifi, 1);
         ip->SetUp(ifi);
         uint32_t di = devs.size();
+        ifDev[node].resize(ifi + 1, -1);
+        ifDev[node][ifi] = di;
         Dev dv;
         dv.dev = d;
         dv.address = address;
         dv.linkHdr = linkHdr;
         dv.l2Hdr = l2Hdr;
         devs.push_back(dv);
-        d->TraceConnectWithoutContext("PhyTxBegin", MakeBoundCallback(&Hub::OnPhyTx, this, di));
+        if (DynamicCast<PointToPointNetDevice>(d)) {
+            d->TraceConnectWithoutContext("PhyTxBegin", MakeBoundCallback(&Hub::OnPhyTx, this, di));
+        }
         return di;
     }
 
@@ -405,6 +416,7 @@ class Hub {
         c.highest = std::max(c.highest, e);
     }
 
+  public:
     static void OnPhyTx(Hub* h, uint32_t di, Ptr<const Packet> p)
     {
         Dev& d = h->devs[di];
@@ -420,6 +432,103 @@ class Hub {
 """
 
 WIFI_SOURCE = r"""
+#include <cmath>
+#include <string>
+
 namespace simfl_ns3 {
+using namespace ns3;
+
+// A cell's traffic is counted at the IP layer: what its members sent into it, and what they received from it
+static void OnIpTx(Hub* h, uint32_t node, Ptr<const Packet>, Ptr<Ipv4>, uint32_t ifi)
+{
+    int32_t di = h->ifDev[node][ifi];
+    if (di >= 0 && h->devs[di].l2Hdr == 8) { h->devs[di].packets += 1; }
+}
+
+static void OnIpRx(Hub* h, uint32_t node, Ptr<const Packet> p, Ptr<Ipv4>, uint32_t ifi)
+{
+    int32_t di = h->ifDev[node][ifi];
+    if (di >= 0 && h->devs[di].l2Hdr == 8) {
+        Dev& d = h->devs[di];
+        d.received += 1;
+        d.bytes += p->GetSize() + d.linkHdr;
+    }
+}
+
+// A WiFi cell (802.11ac, VHT mode `mcs` with `nss` spatial streams on a `width` MHz channel of its own, so cells do
+// not interfere): members[0] is the access point, the others its stations, within 5 m of it. Addresses: the /16
+// `subnet`. Returns the device index of the access point's device (the stations' follow in order).
+uint32_t AddCell(Hub& h, const std::vector<uint32_t>& members, const std::vector<uint32_t>& queues, uint32_t buffer,
+                 uint32_t subnet, uint32_t width, uint32_t nss, uint32_t mcs, uint32_t mtu, uint32_t linkHdr,
+                 const std::string& name)
+{
+    YansWifiPhyHelper phy;
+    phy.SetChannel(YansWifiChannelHelper::Default().Create());
+    phy.Set("ChannelSettings", StringValue("{0, " + std::to_string(width) + ", BAND_5GHZ, 0}"));
+    phy.Set("Antennas", UintegerValue(nss));
+    phy.Set("MaxSupportedTxSpatialStreams", UintegerValue(nss));
+    phy.Set("MaxSupportedRxSpatialStreams", UintegerValue(nss));
+    WifiHelper wifi;
+    wifi.SetStandard(WIFI_STANDARD_80211ac);
+    wifi.SetRemoteStationManager("ns3::ConstantRateWifiManager", "DataMode",
+                                 StringValue("VhtMcs" + std::to_string(mcs)));
+    WifiMacHelper mac;
+    Ssid ssid(name);
+    uint32_t first = h.devs.size();
+    for (size_t i = 0; i < members.size(); ++i) {
+        Ptr<Node> node = h.nodes[members[i]];
+        if (i == 0) {
+            mac.SetType("ns3::ApWifiMac", "Ssid", SsidValue(ssid));
+        } else {
+            mac.SetType("ns3::StaWifiMac", "Ssid", SsidValue(ssid));
+        }
+        Ptr<NetDevice> d = wifi.Install(phy, mac, node).Get(0);
+        d->SetMtu(mtu);
+        if (queues[i] == 0) {  // a forwarding node: its port queue (best effort, where TCP goes) holds `buffer`
+            DynamicCast<WifiNetDevice>(d)->GetMac()->GetTxopQueue(AC_BE)->SetMaxSize(
+                QueueSize(QueueSizeUnit::PACKETS, buffer));
+        }
+        if (!node->GetObject<MobilityModel>()) {
+            Ptr<ConstantPositionMobilityModel> m = CreateObject<ConstantPositionMobilityModel>();
+            double a = 6.283185307179586 * i / members.size();
+            m->SetPosition(i == 0 ? Vector(0, 0, 0) : Vector(5 * std::cos(a), 5 * std::sin(a), 0));
+            node->AggregateObject(m);
+        }
+        uint32_t di = h.AddInterface(members[i], d, subnet + 1 + i, 16, linkHdr, 8);
+        h.SetupQueue(di, queues[i], buffer);
+        Ptr<Ipv4> ip = node->GetObject<Ipv4>();
+        ip->TraceConnectWithoutContext("Tx", MakeBoundCallback(&OnIpTx, &h, members[i]));
+        ip->TraceConnectWithoutContext("Rx", MakeBoundCallback(&OnIpRx, &h, members[i]));
+    }
+    return first;
+}
+
+// Packets now in the queue discs and MAC queues of devices d0 .. d0 + n (MPDUs stay queued until acknowledged).
+uint64_t Queued(Hub& h, uint32_t d0, uint32_t n)
+{
+    uint64_t q = 0;
+    for (uint32_t i = d0; i <= d0 + n; ++i) {
+        Ptr<NetDevice> d = h.devs[i].dev;
+        Ptr<QueueDisc> qd = d->GetNode()->GetObject<TrafficControlLayer>()->GetRootQueueDiscOnDevice(d);
+        if (qd) { q += qd->GetNPackets(); }
+        Ptr<WifiMac> m = DynamicCast<WifiNetDevice>(d)->GetMac();
+        for (AcIndex ac : {AC_BE, AC_BK, AC_VI, AC_VO}) { q += m->GetTxopQueue(ac)->GetNPackets(); }
+    }
+    return q;
+}
+
+// Static ARP entries everywhere (no ARP traffic, which a cell would broadcast).
+void FillArp() { NeighborCacheHelper().PopulateNeighborCache(); }
+
+// Whether the stations of the cell whose access point is device `ap` (stations: the next n devices) are associated.
+bool Associated(Hub& h, uint32_t ap, uint32_t n)
+{
+    for (uint32_t i = ap + 1; i <= ap + n; ++i) {
+        Ptr<StaWifiMac> m = DynamicCast<StaWifiMac>(DynamicCast<WifiNetDevice>(h.devs[i].dev)->GetMac());
+        if (!m || !m->IsAssociated()) { return false; }
+    }
+    return true;
+}
+
 }  // namespace simfl_ns3
 """
