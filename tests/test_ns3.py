@@ -23,6 +23,7 @@ from simfl.config import scenario_from_dict
 from simfl.errors import SimflError
 from simfl.messages import packetize
 from simfl.ns3 import Ns3Network, Ns3Options, available
+from simfl.ns3.network import vht_mode
 from simfl.world import World
 
 if not available():
@@ -169,3 +170,34 @@ def test_options_and_one_network_per_process():
     pair_world()
     with pytest.raises(SimflError, match="closed"):
         first.network.send("a", "b", kind="x", phase="t", round=0, payload_bits=8)
+
+
+def test_vht_mode_by_hand():
+    # target PHY rate = goodput / 0.70; VHT rate = data subcarriers x bits x coding rate x streams / 4 us
+    assert vht_mode(165e6) == (80, 1, 5, 234 * 4.0 / 4e-6)  # 235.7 Mbps wanted: 80 MHz 16-QAM 3/4, 234 Mbps
+    assert vht_mode(10e6) == (40, 1, 0, 108 * 0.5 / 4e-6)  # 14.3 wanted: 13.5 (40 MHz BPSK 1/2) beats 13.0 (20 MHz)
+
+
+def test_wifi_cell_delivers_with_simfl_routes_and_byte_counts():
+    d = {"name": "t", "workload": "synthetic",
+         "nodes": [{"name": "sw", "kind": "switch"},
+                   {"name": "server", "kind": "server", "uplink": {"to": "sw", "bandwidth": "1 Gbps"}},
+                   {"name": "ap", "kind": "ap", "uplink": {"to": "sw", "bandwidth": "1 Gbps"}}],
+         "cells": [{"name": "cell", "ap": "ap", "bandwidth": "50 Mbps", "latency": "1 ms"}],
+         "node_groups": [{"prefix": "c", "count": 3, "kind": "client", "cell": "cell"}]}
+    w = ns3_world(d)
+    out: list = []
+    for c in ("c0", "c1", "c2"):
+        send_at(w, 0.0, c, "server", MODEL, out)
+    send_at(w, 0.0, "c0", "c2", MODEL, out)  # station to station: twice through the cell, via the access point
+    w.env.run()
+    net = w.network
+    assert len(out) == 4 and net.in_flight == 0 and net.totals()["drops"] == 0
+    assert sorted(m.hops for m in out) == [2, 3, 3, 3]
+    assert all((m.wire_bytes, m.n_packets) == (W, 9) for m in out)
+    assert all(net.retransmitted_bytes[m.msg_id] == 0 for m in out)
+    cols = net.link_columns()
+    cell = cols["bytes"][cols["link"].index("cell")]
+    assert cell >= 5 * W  # three messages cross the cell once, one twice (plus ACKs and handshakes)
+    phy = net.cell_modes["cell"]["phy_bps"]
+    assert min(m.t_deliver for m in out) > 8 * W / phy  # no faster than the PHY rate
