@@ -183,16 +183,9 @@ class Ns3Network:
         return ev
 
     def totals(self) -> dict[str, Any]:
-        rec = self.recorder
-        return {
-            "messages": self.delivered,
-            "messages_undelivered": self.in_flight,
-            "payload_bits": rec.payload_bits,
-            "payload_bytes": rec.payload_bits / 8,
-            "wire_bytes": rec.wire_bytes,
-            "retransmitted_bytes": sum(self.retransmitted_bytes.values()),
-            "drops": sum(self.link_drops().values()),
-        }
+        """`Network.totals`, plus retransmitted wire bytes and dropped packets."""
+        return {**Network.totals(self), "retransmitted_bytes": sum(self.retransmitted_bytes.values()),
+                "drops": sum(self.link_drops().values())}
 
     def link_drops(self) -> dict[str, int]:
         """Packets dropped so far per resource id: by a link direction's queue; in a cell, the IP packets its
