@@ -28,14 +28,17 @@ What is simulated (per link of the scenario):
 - TCP (ns-3's, CUBIC, SACK, no timestamps so that a full segment is mtu bytes): one persistent connection per
   sender-receiver pair, opened at its first message (the handshake is paid once); messages on a pair are written
   into it back to back, FIFO. Segment size mtu - ip_header_bytes; Linux-like timers: minimum RTO `min_rto` (200 ms),
-  delayed ACK `delayed_ack` (40 ms), SYN timeout `syn_timeout` (1 s); initial window 10 segments.
+  delayed ACK `delayed_ack` (40 ms), SYN timeout `syn_timeout` (1 s); initial window 10 segments; a connection
+  gives up after 6 SYN or 15 data retransmissions (Linux's tcp_syn_retries and tcp_retries2): its messages then
+  stay undelivered (`in_flight`).
 - WiFi cells: 802.11ac, each cell on its own channel (no interference between cells, as the fluid model assumes),
   the access point and its stations within 5 m, one fixed VHT mode per cell: the one whose PHY rate is closest to
   the cell's capacity / 0.70 (a station alone in a cell gets about 70% of the PHY rate as TCP goodput in ns-3;
   `cell_modes` says what was chosen). Stations associate before simulated time 0; ARP tables are filled statically.
   Approximations: the cell's `latency` is not modelled (channel access and aggregation give their own delays; a
-  propagation delay of milliseconds would break 802.11's timing); the access point's port queue is its MAC queue
-  of `buffer_packets` packets; stations' MAC queues keep ns-3's default (500 packets).
+  propagation delay of milliseconds would break 802.11's timing); the access point's port queue is its
+  best-effort MAC queue of `buffer_packets` packets; a station's MAC queue holds 64 packets (enough for an
+  aggregate) under its queue discipline, like a driver's small queue under Linux's.
 
 Trace: `wire_bytes` of a message = the payload bytes of every segment transmitted for it (retransmissions included)
 plus `header_bytes` per segment whose first byte is its (so without losses, and with one message at a time on its

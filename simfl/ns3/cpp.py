@@ -162,6 +162,7 @@ class Hub {
         Config::SetDefault("ns3::TcpSocket::ConnTimeout", TimeValue(NanoSeconds(connTimeoutNs)));
         Config::SetDefault("ns3::TcpSocketBase::MinRto", TimeValue(NanoSeconds(minRtoNs)));
         Config::SetDefault("ns3::TcpSocketBase::Timestamp", BooleanValue(false));
+        Config::SetDefault("ns3::TcpSocket::DataRetries", UintegerValue(15));  // Linux's tcp_retries2
     }
 
     void Clear()
@@ -484,10 +485,11 @@ uint32_t AddCell(Hub& h, const std::vector<uint32_t>& members, const std::vector
         }
         Ptr<NetDevice> d = wifi.Install(phy, mac, node).Get(0);
         d->SetMtu(mtu);
-        if (queues[i] == 0) {  // a forwarding node: its port queue (best effort, where TCP goes) holds `buffer`
-            DynamicCast<WifiNetDevice>(d)->GetMac()->GetTxopQueue(AC_BE)->SetMaxSize(
-                QueueSize(QueueSizeUnit::PACKETS, buffer));
-        }
+        // the best-effort MAC queue (where TCP goes): a forwarding node's port queue holds `buffer` packets; a
+        // host's holds 64 (enough for an aggregate), its backlog waits in its queue disc (as a driver's small
+        // queue under Linux's qdisc; ns-3's default of 500 packets would expire them after 500 ms)
+        DynamicCast<WifiNetDevice>(d)->GetMac()->GetTxopQueue(AC_BE)->SetMaxSize(
+            QueueSize(QueueSizeUnit::PACKETS, queues[i] == 0 ? buffer : 64));
         if (!node->GetObject<MobilityModel>()) {
             Ptr<ConstantPositionMobilityModel> m = CreateObject<ConstantPositionMobilityModel>();
             double a = 6.283185307179586 * i / members.size();

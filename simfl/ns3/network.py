@@ -140,6 +140,9 @@ class Ns3Network:
         self._pump_t: float | None = None
         self._token = 0
         self._closed = False
+        if self.params.ip_header_bytes < 40:
+            raise SimflError(f"network.ip_header_bytes = {self.params.ip_header_bytes}: the ns3 backend sends real "
+                             "TCP/IP headers (40 bytes); a smaller value would make segments exceed the MTU")
         mod = cpp.load(wifi=any(r.medium == "cell" for r in topology.resources))
         for ref in _current:
             old = ref()
