@@ -189,9 +189,8 @@ class Hub {
     }
 
     // queue: 0 = forwarding node (drop-tail device queue of `buffer` packets, no queue disc; on WiFi, see below);
-    // hosts keep a
-    // 1-packet device queue under a queue disc: 1 = FIFO of 1000 packets, 2 = fq_codel's fair queueing with its
-    // drop law off (target 1000 s), 3 = fq_codel as configured by default
+    // hosts keep a 1-packet device queue under a queue disc: 1 = FIFO of 1000 packets, 2 = fq_codel's fair
+    // queueing with its drop law off (target 1000 s), 3 = fq_codel as configured by default
     void SetupQueue(uint32_t di, uint32_t queue, uint32_t buffer)
     {
         Ptr<NetDevice> d = devs[di].dev;
@@ -328,7 +327,6 @@ class Hub {
     }
 
     static int64_t NowNs() { return Simulator::Now().GetNanoSeconds(); }
-    static bool Idle() { return Simulator::IsFinished(); }
 
   private:
     static void DoStop() { Simulator::Stop(); }
