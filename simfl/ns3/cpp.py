@@ -113,6 +113,7 @@ using namespace ns3;
 struct MsgAcct {
     uint64_t start = 0, end = 0;  // the message's bytes in its connection's stream: [start, end)
     int64_t tFirst = -1;          // ns: first transmission of one of its bytes (-1: none yet)
+    int64_t tLast = -1;           // ns: last transmission (retransmissions too) of one of its bytes
     uint64_t wire = 0;            // payload bytes transmitted for it (retransmissions too) + headers of its segments
     uint64_t retx = 0;            // the part of `wire` that was retransmitted
     uint32_t segs = 0;            // segments whose first byte is its (retransmissions too)
@@ -405,6 +406,7 @@ class Hub {
             m.wire += up - lo;
             if (lo < hi) { m.retx += std::min(up, hi) - lo; }
             if (m.tFirst < 0) { m.tFirst = now; }
+            m.tLast = now;
             if (first) {
                 m.segs += 1;
                 m.wire += h->hdr;

@@ -24,7 +24,6 @@ __all__ = ["Ns3Network", "Ns3Options", "HOST_QDISCS"]
 
 HOST_KINDS = ("client", "server", "cloud")  # end hosts: a queue discipline; every other node forwards (drop-tail)
 HOST_QDISCS = {"fifo": 1, "fq": 2, "fq_codel": 3}  # the hub's queue codes (see cpp.HUB_SOURCE, Hub::SetupQueue)
-_MESSAGE_FIELDS = frozenset(f.name for f in dataclasses.fields(Message))
 _PORT0 = 49152  # first source port of a node's connections
 _current: list[weakref.ref] = []  # the live Ns3Network (ns-3 has one simulator per process)
 _ASSOCIATION_LIMIT = 10.0  # s of ns-3 time for WiFi stations to associate before the simulation starts
@@ -383,14 +382,10 @@ class Ns3Network:
         f = tx.flow
         a = self._hub.acct[tx.msg_id]
         retx = int(a.retx)
-        fields = {"msg_id": tx.msg_id, "src": f.src, "dst": f.dst, "kind": tx.kind, "phase": tx.phase,
-                  "round": tx.round, "payload_bits": tx.payload_bits, "wire_bytes": int(a.wire),
-                  "n_packets": int(a.segs), "hops": len(f.hops), "t_send": tx.t_send,
-                  "t_start": max(tx.t_send, (int(a.tFirst) - self._t0_ns) * 1e-9), "t_deliver": now,
-                  "payload": tx.payload}
-        if "retransmitted_bytes" in _MESSAGE_FIELDS:
-            fields["retransmitted_bytes"] = retx
-        msg = Message(**fields)
+        t_start = max(tx.t_send, (int(a.tFirst) - self._t0_ns) * 1e-9)
+        t_tx = min(now, max(t_start, (int(a.tLast) - self._t0_ns) * 1e-9))
+        msg = Message(tx.msg_id, f.src, f.dst, tx.kind, tx.phase, tx.round, tx.payload_bits, int(a.wire),
+                      int(a.segs), len(f.hops), tx.t_send, t_start, t_tx, now, tx.payload, retransmitted_bytes=retx)
         self.retransmitted_bytes[tx.msg_id] = retx
         for h in f.hops:
             self._res_msgs[h.resource] += 1
