@@ -1,8 +1,11 @@
-"""Compute kernels of the learning engine and the worker-process loop.
+"""Compute kernels of the learning engine, the training rule both of its backends follow, and the worker loop.
 
 Everything here works on plain numpy arrays and torch tensors so that it runs the same in the engine's own
 process (``workers=0``) and in its worker processes. One job = one client: its own model, its own Adam, its own
-seeded random stream (initialisation, shuffling); nothing depends on which process runs it.
+seeded random stream (initialisation, shuffling); nothing depends on which process runs it. The rule lives here
+once, for the per-client path (``train_torch``) and the stacked one (``simfl.learning.train_stacked``): Keras'
+validation split (``split_indices``), the job's random stream (``job_rng``), the Adam update (``adam_step``,
+``AdamState``) and early stopping (``EarlyStopping``).
 """
 
 from __future__ import annotations
