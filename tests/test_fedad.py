@@ -63,55 +63,80 @@ def partition_of(scenario: Path):
     return part.capped(exp.max_samples_per_client)
 
 
-@pytest.mark.slow
-def test_end_to_end_small_run(tiny_full: Path, tmp_path: Path) -> None:
-    """The one end-to-end check on full shards (~3,000 Fashion-MNIST images per client), from an empty cache."""
-    out = tmp_path / "run"
-    assert main(["run", str(tiny_full), "--out", str(out), "--quiet"]) == 0
-    s = json.loads((out / "summary.json").read_text())
-    assert not (out / "INCOMPLETE").exists()
-    for f in ("messages.parquet", "compute.parquet", "links.parquet", "communities.csv", "auc.parquet",
-              "report.md", "scenario.toml", "bytes_over_time.png", "auc_by_class.png"):
-        assert (out / f).exists(), f
-    n = 4
-    # measured phase-I bytes equal the closed form for the structure the run produced, to the byte
+def check_phase_bytes(s: dict, out: Path, n: int = 4) -> None:
+    """Measured bytes of a run against the closed forms, to the byte."""
     comms = s["communities"]
-    msgs = pl.read_parquet(out / "messages.parquet")
-    p1 = msgs.filter(pl.col("phase") == "phase1")
-    model_bits = p1.filter(pl.col("kind") == "model")["payload_bits"]
-    assert set(model_bits.to_list()) == {32 * (3217 + 1)}
+    p1 = pl.read_parquet(out / "messages.parquet").filter(pl.col("phase") == "phase1")
+    assert set(p1.filter(pl.col("kind") == "model")["payload_bits"].to_list()) == {32 * (3217 + 1)}
     assert s["payload_bytes"]["phase1"] == s["closed_form_bytes"]["eq1_measured_structure"]
     # that closed form, by hand: n(n-1)(S_m+4) + n(n-1)/8 + 2*(IDs in candidates + IDs in community messages)
     cand_ids = sum(p1.filter(pl.col("kind") == "candidates")["payload_bits"]) // 16
     comm_ids = sum(len(c) for c in comms for i in c if i != 0)
     assert s["payload_bytes"]["phase1"] == n * (n - 1) * 4 * 3218 + n * (n - 1) / 8 + 2 * (cand_ids + comm_ids)
-    k = len(comms)
-    assert s["payload_bytes"]["phase2"] == 2 * 2 * (n - k) * 4 * 28353 == s["closed_form_bytes"]["eq3"]
+    assert s["payload_bytes"]["phase2"] == 2 * 2 * (n - len(comms)) * 4 * 28353 == s["closed_form_bytes"]["eq3"]
+
+
+def test_end_to_end_small_run(tiny_cached: Path, tmp_path: Path) -> None:
+    """Every output of a run of the tiny scenario (its plan from the session's cache) against closed forms and
+    independent recomputations."""
+    out = tmp_path / "run"
+    assert main(["run", str(tiny_cached), "--out", str(out), "--quiet"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert not (out / "INCOMPLETE").exists() and s["learning_from_cache"] is True
+    for f in ("messages.parquet", "compute.parquet", "links.parquet", "communities.csv", "auc.parquet",
+              "report.md", "scenario.toml", "bytes_over_time.png", "auc_by_class.png"):
+        assert (out / f).exists(), f
+    n = 4
+    part = partition_of(tiny_cached)
+    assert s["samples_per_client"] == [len(c.x) for c in part.clients] == [300] * n  # the cap
+    check_phase_bytes(s, out)
     assert s["payload_bytes"]["ideal"] == 2 * 2 * (n - 2) * 4 * 28353
-    assert s["payload_bytes"]["centralised"] == 784 * sum(s["samples_per_client"])
+    assert s["payload_bytes"]["centralised"] == 784 * 300 * n
     auc = pl.read_parquet(out / "auc.parquet")
-    assert auc.height == n and auc["client"].to_list() == list(range(n))
+    assert auc["client"].to_list() == list(range(n)) and auc["inlier_class"].to_list() == [1, 1, 7, 7]
     assert s["auc_mean"] == {a: pytest.approx(auc[a].mean(), abs=1e-12) for a in ("local", "method", "ideal",
                                                                                    "centralised")}
-    # the centralised model's AUCs, recomputed from the cached plan with a plain forward pass and scikit-learn
-    part = partition_of(tiny_full)
-    assert [len(c.x) for c in part.clients] == s["samples_per_client"] and min(s["samples_per_client"]) > 2900
+    # the local and centralised models' AUCs, recomputed from the cached plan (plain forward pass, scikit-learn)
     _, plan = cached_plan_of(tmp_path / "cache")
-    want = plain_aucs([plan.central.train.state] * n, [c.inlier_class for c in part.clients], part.tests)
-    assert auc["centralised"].to_list() == pytest.approx(want, abs=1e-6)
+    classes = [c.inlier_class for c in part.clients]
+    assert auc["centralised"].to_list() == pytest.approx(
+        plain_aucs([plan.central.train.state] * n, classes, part.tests), abs=1e-6)
+    assert auc["local"].to_list() == pytest.approx(plain_aucs([r.state for r in plan.local], classes, part.tests),
+                                                   abs=1e-6)
     assert s["leader_communities_match"] is True
-    walls = s["learning_wall_s"]
-    assert s["learning_from_cache"] is False  # a fresh cache: every wall time below was measured now
-    assert 0 < walls["phase1_cross_evaluation"] < walls["phase1"] < walls["total"]
     report = (out / "report.md").read_text()
     for title in ("Table 2", "Table 3", "Table 4", "test preset"):
         assert title in report
-    sizes = s["samples_per_client"]
-    assert f"Data: 4 shards of {min(sizes)}-{max(sizes)} Fashion-MNIST training images, simfl's balanced" in report
+    assert "Data: 4 shards of 300-300 Fashion-MNIST training images, simfl's balanced" in report
     assert "the run seed (`experiment.split`)" in report
     above = sum(1 for r in s["auc_by_class"].values() if r["method"] > r["local"])
     assert s["method_above_local"] == [above, 2]
     assert f"Method above local in {above} of 2 inlier classes (paper: 7 of 10)." in report
+
+
+@pytest.mark.slow
+def test_end_to_end_on_full_shards(tiny_full: Path, tmp_path: Path) -> None:
+    """The one end-to-end check on full shards (3,000 Fashion-MNIST images per client), from an empty cache: the
+    method and the ideal baseline (the others are checked on the capped shards above)."""
+    out = tmp_path / "run"
+    assert main(["run", str(tiny_full), "--out", str(out), "--quiet", "--set", 'experiment.baselines=["ideal"]']) == 0
+    s = json.loads((out / "summary.json").read_text())
+    part = partition_of(tiny_full)
+    assert s["samples_per_client"] == [len(c.x) for c in part.clients] == [3000] * 4
+    walls = s["learning_wall_s"]
+    assert s["learning_from_cache"] is False  # a fresh cache: every wall time below was measured now
+    assert 0 < walls["phase1_cross_evaluation"] < walls["phase1"] < walls["total"]
+    # on real data phase I finds the two classes, and FedAvg in them learns to tell the other classes
+    assert s["communities"] == [[0, 1], [2, 3]] and s["ari"] == 1.0
+    check_phase_bytes(s, out)
+    _, plan = cached_plan_of(tmp_path / "cache")
+    gof = plan.method.group_of()
+    want = plain_aucs([plan.method.final[gof[c.client]] for c in part.clients], [c.inlier_class for c in
+                                                                                  part.clients], part.tests)
+    auc = pl.read_parquet(out / "auc.parquet")
+    assert auc["method"].to_list() == pytest.approx(want, abs=1e-6) and auc["ideal"].to_list() == auc[
+        "method"].to_list()
+    assert s["auc_mean"]["method"] > 0.85
 
 
 def test_failed_run_leaves_incomplete_marker(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
