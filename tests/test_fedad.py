@@ -10,6 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from conftest import TINY  # noqa: F401  (the scenario's text; other test modules import it from here)
 from sklearn.metrics import roc_auc_score
 
 import simfl.plan as plan_mod
@@ -63,7 +64,7 @@ def partition_of(scenario: Path):
     return part.capped(exp.max_samples_per_client)
 
 
-def check_phase_bytes(s: dict, out: Path, n: int = 4) -> None:
+def check_phase_bytes(s: dict, out: Path, rounds: int, n: int = 4) -> None:
     """Measured bytes of a run against the closed forms, to the byte."""
     comms = s["communities"]
     p1 = pl.read_parquet(out / "messages.parquet").filter(pl.col("phase") == "phase1")
@@ -73,7 +74,8 @@ def check_phase_bytes(s: dict, out: Path, n: int = 4) -> None:
     cand_ids = sum(p1.filter(pl.col("kind") == "candidates")["payload_bits"]) // 16
     comm_ids = sum(len(c) for c in comms for i in c if i != 0)
     assert s["payload_bytes"]["phase1"] == n * (n - 1) * 4 * 3218 + n * (n - 1) / 8 + 2 * (cand_ids + comm_ids)
-    assert s["payload_bytes"]["phase2"] == 2 * 2 * (n - len(comms)) * 4 * 28353 == s["closed_form_bytes"]["eq3"]
+    # each non-aggregator sends one update and gets one average per round
+    assert s["payload_bytes"]["phase2"] == 2 * rounds * (n - len(comms)) * 4 * 28353 == s["closed_form_bytes"]["eq3"]
 
 
 def test_end_to_end_small_run(tiny_cached: Path, tmp_path: Path) -> None:
@@ -89,7 +91,7 @@ def test_end_to_end_small_run(tiny_cached: Path, tmp_path: Path) -> None:
     n = 4
     part = partition_of(tiny_cached)
     assert s["samples_per_client"] == [len(c.x) for c in part.clients] == [300] * n  # the cap
-    check_phase_bytes(s, out)
+    check_phase_bytes(s, out, rounds=2)
     assert s["payload_bytes"]["ideal"] == 2 * 2 * (n - 2) * 4 * 28353
     assert s["payload_bytes"]["centralised"] == 784 * 300 * n
     auc = pl.read_parquet(out / "auc.parquet")
@@ -116,10 +118,11 @@ def test_end_to_end_small_run(tiny_cached: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_end_to_end_on_full_shards(tiny_full: Path, tmp_path: Path) -> None:
-    """The one end-to-end check on full shards (3,000 Fashion-MNIST images per client), from an empty cache: the
-    method and the ideal baseline (the others are checked on the capped shards above)."""
+    """The one end-to-end check on full shards (3,000 Fashion-MNIST images per client), from an empty cache: phase I
+    and one FedAvg round of the method (the baselines and later rounds are checked on the capped shards above)."""
     out = tmp_path / "run"
-    assert main(["run", str(tiny_full), "--out", str(out), "--quiet", "--set", 'experiment.baselines=["ideal"]']) == 0
+    assert main(["run", str(tiny_full), "--out", str(out), "--quiet", "--set", "experiment.baselines=[]",
+                 "--set", "experiment.rounds=1"]) == 0
     s = json.loads((out / "summary.json").read_text())
     part = partition_of(tiny_full)
     assert s["samples_per_client"] == [len(c.x) for c in part.clients] == [3000] * 4
@@ -128,15 +131,14 @@ def test_end_to_end_on_full_shards(tiny_full: Path, tmp_path: Path) -> None:
     assert 0 < walls["phase1_cross_evaluation"] < walls["phase1"] < walls["total"]
     # on real data phase I finds the two classes, and FedAvg in them learns to tell the other classes
     assert s["communities"] == [[0, 1], [2, 3]] and s["ari"] == 1.0
-    check_phase_bytes(s, out)
+    check_phase_bytes(s, out, rounds=1)
     _, plan = cached_plan_of(tmp_path / "cache")
     gof = plan.method.group_of()
     want = plain_aucs([plan.method.final[gof[c.client]] for c in part.clients], [c.inlier_class for c in
                                                                                   part.clients], part.tests)
     auc = pl.read_parquet(out / "auc.parquet")
-    assert auc["method"].to_list() == pytest.approx(want, abs=1e-6) and auc["ideal"].to_list() == auc[
-        "method"].to_list()
-    assert s["auc_mean"]["method"] > 0.85
+    assert auc["method"].to_list() == pytest.approx(want, abs=1e-6)
+    assert s["auc_mean"]["method"] > 0.7  # one round: 0.78 (0.5 would be chance)
 
 
 def test_failed_run_leaves_incomplete_marker(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
