@@ -350,3 +350,21 @@ def test_stacked_scores_and_cross_ratios_equal_the_per_client_ones(part, device)
     assert np.allclose(got, brute_scores("ae7", init_state("ae7", 1), xs[0]), rtol=1e-5, atol=1e-5)
     want = Engine(workers=0).cross_inlier_ratios("ae5", states, thr, xs)
     assert np.abs(ratios - want).max() <= 2 / 300  # a sample on the threshold may flip
+
+
+def test_stacked_engine_leaves_ocsvm_to_the_per_client_backend(part):
+    """scikit-learn's OC-SVM has no stacked form: in a mixed request it trains and scores per client, the same as
+    on the per-client engine, and the autoencoder jobs around it keep their places."""
+    x = part.clients[7].x[:200]
+    jobs = [TrainJob(key=0, model="ae5", x=x, epochs=1, seed=0), TrainJob(key=1, model="ocsvm", x=x, epochs=1, seed=0),
+            TrainJob(key=2, model="ae5", x=x[:100], epochs=1, seed=1)]
+    per_client = Engine(workers=0)
+    with Engine(workers=0, stacked=True) as eng:
+        got = eng.train(jobs)
+        want = per_client.train(jobs)
+        assert [r.key for r in got] == [0, 1, 2] and [r.n_train for r in got] == [180, 200, 90]
+        assert all(np.array_equal(got[1].state[k], want[1].state[k]) for k in want[1].state)
+        sc = eng.score([ScoreJob(0, "ocsvm", got[1].state, x), ScoreJob(1, "ae5", got[0].state, x)])
+        ratios = eng.cross_inlier_ratios("ocsvm", [got[1].state], [0.0], [x])
+    assert np.array_equal(sc[0], per_client.score([ScoreJob(0, "ocsvm", want[1].state, x)])[0])
+    assert ratios.tolist() == [[np.mean(sc[0] <= 0.0)]]
