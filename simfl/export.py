@@ -297,7 +297,8 @@ def _check_hops(df: pl.DataFrame, routes: Routes) -> None:
 
 @dataclass(frozen=True)
 class Sizes:
-    """Per message (arrays) and per run (ints): its packets, by `simfl.messages.packetize`."""
+    """Per message (arrays) and per run (ints): its packets, by `simfl.messages.packetize` or, for a message that
+    a packet-level backend segmented otherwise (`spread`), its payload spread evenly over its packets."""
 
     n_packets: np.ndarray  # int64
     sent: np.ndarray  # int64: wire bytes sent once (wire_bytes - retransmitted_bytes)
@@ -306,10 +307,24 @@ class Sizes:
     mss: int  # payload bytes of every packet but the last
     h: int  # header bytes per packet in the trace (0 in header-less mode)
     hdr: int  # header bytes per pcap record: max(h, IPv4 + UDP)
+    spread: np.ndarray  # bool: B payload bytes over K packets, B // K each, one more in the first B % K
+
+    def layout(self, m: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(payload bytes of packet k of message m, wire bytes of its packets before k)."""
+        K = np.maximum(self.n_packets[m], 1)
+        B = self.sent[m] - self.n_packets[m] * self.h
+        q, r = B // K, B % K
+        even = self.spread[m]
+        payload = np.where(even, q + (k < r), np.where(k < self.n_packets[m] - 1, self.mss, self.last_payload[m]))
+        before = np.where(even, k * (q + self.h) + np.minimum(k, r), k * (self.mss + self.h))
+        return payload, before
 
 
 def _sizes(df: pl.DataFrame, network) -> Sizes:
-    """Packetise every message with the run's `NetworkParams` and check the trace agrees."""
+    """Packetise every message with the run's `NetworkParams` and check the trace agrees. A run of the ns3
+    backend may also have messages whose segments ns-3 cut otherwise (a retransmission that carried new bytes
+    along; a 0-byte message, which sends no segment): their K packets and S = B + K h bytes sent once (B payload
+    bytes) must be consistent, none larger than the MSS."""
     def pkt(bits: int):
         return packetize(bits, network.mtu, network.ip_header_bytes, network.link_header_bytes, network.headers)
 
@@ -327,14 +342,21 @@ def _sizes(df: pl.DataFrame, network) -> Sizes:
     k_want, wire_want = per_message("n_packets"), per_message("wire_bytes")
     K = df["n_packets"].to_numpy().astype(np.int64)
     sent = df["wire_bytes"].to_numpy().astype(np.int64) - df["retransmitted_bytes"].to_numpy().astype(np.int64)
-    bad = np.flatnonzero((K != k_want) | (sent != wire_want))
+    spread = (K != k_want) | (sent != wire_want)
+    if getattr(network, "model", "fluid") == "ns3":
+        B = per_message("payload_bytes")
+        ok = (sent == B + K * h) & (K * mss >= B) & ((K > 0) | (B == 0))
+    else:
+        ok = ~spread
+    bad = np.flatnonzero(~ok)
     if len(bad):
         r = df.row(int(bad[0]), named=True)
         raise SimflError(f"message {r['msg_id']}: {r['payload_bits']} payload bits as {r['n_packets']} packet(s) "
                          f"and {r['wire_bytes']} wire bytes ({r['retransmitted_bytes']} retransmitted) do not follow "
                          f"the run's scenario.toml (mtu {network.mtu}, {h} header bytes per packet: "
                          f"{int(k_want[bad[0]])} packets, {int(wire_want[bad[0]])} bytes)")
-    return Sizes(K, sent, 8.0 * per_message("first_packet_bytes"), per_message("last_packet_bytes") - h, mss, h, hdr)
+    first = np.where(spread, -(-(sent - K * h) // np.maximum(K, 1)) + h, per_message("first_packet_bytes"))
+    return Sizes(K, sent, 8.0 * first, per_message("last_packet_bytes") - h, mss, h, hdr, spread)
 
 
 def _expand_rows(routes: Routes, first_bits: np.ndarray, per_link: bool):
@@ -386,11 +408,11 @@ def message_packets(df: pl.DataFrame, topology, network, *, per_link: bool) -> t
     p_rows = np.repeat(np.arange(len(m_rows), dtype=np.int64), Kr)
     k = np.arange(len(p_rows), dtype=np.int64) - np.repeat(np.cumsum(Kr) - Kr, Kr)
     m = m_rows[p_rows]
-    payload = np.where(k < K[m] - 1, sz.mss, sz.last_payload[m])
+    payload, before = sz.layout(m, k)
     t0 = df["t_start"].to_numpy().astype(np.float64)
     T = np.maximum(df["t_tx"].to_numpy().astype(np.float64) - t0, 0.0)  # the sender's transmission interval
     W = np.maximum(sz.sent, 1)
-    t = t0[m] + offset[p_rows] + np.minimum(k * (sz.mss + sz.h) / W[m], 1.0) * T[m]
+    t = t0[m] + offset[p_rows] + np.minimum(before / W[m], 1.0) * T[m]
     ts_ns = np.rint(t * 1e9).astype(np.int64)
     g = group[p_rows] if group is not None else None
     f = _message_fields(df, topology)

@@ -189,10 +189,11 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, progress: bool | Progr
 def _run(scenario: Scenario, out: Path, say: Progress) -> RunSummary:
     (out / "scenario.toml").write_text(scenario.to_toml(), encoding="utf-8")
     t0 = time.perf_counter()
-    world = World(scenario)
+    world = World(scenario, run_dir=out)
     result = dict(_run_workload(world, scenario, out, say))
     write_traces(world.recorder, out)
     totals = world.network.totals()
+    world.close()
     totals.update(sim_time_s=float(world.env.now), wall_time_s=time.perf_counter() - t0,
                   events_processed=world.events_processed)
     flat = {**result, "scenario": scenario.name, "seed": scenario.seed, "workload": scenario.workload,

@@ -185,6 +185,7 @@ NETWORK = Table("network", (
     Key("min_rto", TIME, 0.2, "ns3: TCP's minimum retransmission timeout (Linux: 200 ms)", lo=0.001, hi=60.0),
     Key("delayed_ack", TIME, 0.04, "ns3: TCP's delayed-ACK timeout (Linux: 40 ms)", lo=0.001, hi=1.0),
     Key("syn_timeout", TIME, 1.0, "ns3: TCP's first SYN retransmission timeout (Linux: 1 s)", lo=0.001, hi=60.0),
+    Key("ns3_pcap", BOOL, False, "ns3: ns-3 writes its own pcap per link direction and WiFi device (RUN/ns3-pcap)"),
 ), "packetisation of every message, and the network backend")
 
 EXPERIMENT = Table("experiment", (

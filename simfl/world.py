@@ -7,6 +7,7 @@ simulated seconds. The measured wall time a caller passes (`wall_s`) is only log
 from __future__ import annotations
 
 import gc
+from pathlib import Path
 from typing import Any
 
 import simpy
@@ -44,18 +45,27 @@ class CountingEnvironment(simpy.Environment):
 
 
 class World:
-    def __init__(self, scenario: Scenario) -> None:
+    """`run_dir`: the run folder, where a backend writes files of its own (the ns3 backend's pcap files)."""
+
+    def __init__(self, scenario: Scenario, run_dir: str | Path | None = None) -> None:
         self.scenario = scenario
         self.env = CountingEnvironment()
         self.topology = Topology.from_scenario(scenario)
         self.recorder = TraceRecorder()
         if scenario.network.model == "ns3":
-            from simfl.ns3 import Ns3Network  # loads ns-3 (10-20 s the first time in a process)
+            from simfl.ns3 import PCAP_DIR, Ns3Network  # loads ns-3 (10-20 s the first time in a process)
 
             self.network: Network = Ns3Network(self.env, self.topology, scenario.network, self.recorder,
-                                               seed=scenario.seed)
+                                               seed=scenario.seed,
+                                               pcap_dir=None if run_dir is None else Path(run_dir) / PCAP_DIR)
         else:
             self.network = Network(self.env, self.topology, scenario.network, self.recorder)
+
+    def close(self) -> None:
+        """Release the network backend (the ns3 backend: ns-3, which completes the pcap files it writes)."""
+        close = getattr(self.network, "close", None)
+        if close is not None:
+            close()
 
     @property
     def events_processed(self) -> int:

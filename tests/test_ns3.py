@@ -13,34 +13,53 @@ Ethernet's 38 bytes of framing, and reaches the far end (IP bytes + 2) x 8 / C +
 
 A later message on the open connection skips the handshake and the ACK: t_send + (W - 36) x 8 / C + L (+ 1 ns:
 ns-3 sends new socket data one time step after the write).
+
+ns-3 is loaded once for the whole file (one import per test process); without the ns3 package every test is
+skipped but the one that simulates its absence.
 """
 
 from __future__ import annotations
 
+import os
+import struct
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from pathlib import Path
+
+import polars as pl
 import pytest
 
-from simfl.config import scenario_from_dict
+from simfl.config import load_scenario, scenario_from_dict
 from simfl.errors import SimflError
+from simfl.export import export_pcap
 from simfl.messages import packetize
-from simfl.ns3 import Ns3Network, Ns3Options, available
+from simfl.ns3 import PCAP_DIR, Ns3Network, Ns3Options, available
 from simfl.ns3.network import vht_mode
+from simfl.runner import run
 from simfl.world import World
-
-if not available():
-    pytest.skip("the ns3 package is not installed (pip install ns3; the dev extra includes it)",
-                allow_module_level=True)
 
 MODEL = 12868 * 8  # payload bits of one AE-5 model
 W = 13_570  # its wire bytes (9 packets)
 NS = 2e-9  # ns-3 counts time in nanoseconds
+ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ns3_loaded():
+@pytest.fixture(scope="module")
+def _ns3():
     """Pay ns-3's import and the hub's compilation (10-20 s) once for the whole file."""
+    if not available():
+        pytest.skip("the ns3 package is not installed (pip install ns3; the dev extra includes it)")
     from simfl.ns3 import cpp
 
     cpp.load()
+
+
+@pytest.fixture(autouse=True)
+def ns3_loaded(request):
+    if not getattr(request.function, "without_ns3", False):
+        request.getfixturevalue("_ns3")
 
 
 def star(n_clients: int, client_bw="100 Mbps", server_bw="1 Gbps", lat="0.5 ms") -> dict:
@@ -208,3 +227,114 @@ def test_wifi_cell_delivers_with_simfl_routes_and_byte_counts():
     assert cell >= 5 * W  # three messages cross the cell once, one twice (plus ACKs and handshakes)
     phy = net.cell_modes["cell"]["phy_bps"]
     assert min(m.t_deliver for m in out) > 8 * W / phy  # no faster than the PHY rate
+
+
+def test_tiny_fedad_on_ns3_has_the_fluid_payload_and_communities(tiny_cached, tmp_path):
+    """The real protocol on both backends: payload bytes per phase and the leader's communities do not depend on
+    the network; the closed forms still equal what was measured; first transmissions are simfl's packets."""
+    out = {}
+    for model in ("fluid", "ns3"):
+        sc = load_scenario(tiny_cached, [f'network.model="{model}"'])
+        out[model] = (run(sc, tmp_path / model, progress=False), pl.read_parquet(tmp_path / model / "messages.parquet"))
+    (fs, fm), (ns, nm) = out["fluid"], out["ns3"]
+    fluid, ns3 = fs.fedad, ns.fedad
+    assert ns3.payload_bytes == fluid.payload_bytes and set(ns3.payload_bytes) >= {"phase1", "phase2", "centralised"}
+    assert ns3.communities == fluid.communities and ns3.leader_communities_match
+    cf = ns3.closed_form_bytes
+    assert ns3.payload_bytes["phase1"] == cf["eq1_measured_structure"]
+    assert ns3.payload_bytes["phase2"] == cf["eq3"]
+    assert ns3.payload_bytes["centralised"] == cf["centralised"]
+    assert ns.totals.messages == fs.totals.messages and ns.totals.messages_undelivered == 0
+    key = ["phase", "round", "kind", "src", "dst", "payload_bits", "sent", "n_packets"]  # ids follow send order
+    nm = nm.with_columns(sent=pl.col("wire_bytes") - pl.col("retransmitted_bytes")).select(key).sort(key)
+    fm = fm.with_columns(sent=pl.col("wire_bytes")).select(key).sort(key)
+    assert nm.equals(fm)
+
+
+def test_without_the_ns3_package_fluid_works_and_ns3_is_a_clear_error(tmp_path):
+    """A child process where importing ns3 or cppyy fails (as without the package)."""
+    code = textwrap.dedent("""
+        import importlib.abc, sys
+
+        class NoNs3(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("ns3", "cppyy", "libcppyy"):
+                    raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+                return None
+
+        sys.meta_path.insert(0, NoNs3())
+        from simfl.config import scenario_from_dict
+        from simfl.errors import SimflError
+        from simfl.ns3 import available
+        from simfl.world import World
+
+        d = {"name": "t", "workload": "synthetic",
+             "nodes": [{"name": "a", "kind": "client", "uplink": {"to": "b", "bandwidth": "8 Mbps"}},
+                       {"name": "b", "kind": "client"}]}
+        w = World(scenario_from_dict(d))
+        ev = w.network.send("a", "b", kind="x", phase="t", round=0, payload_bits=8 * 922)  # 1,000 wire bytes
+        w.env.run()
+        print("fluid", ev.value.t_deliver, "available", available())
+        try:
+            World(scenario_from_dict({**d, "network": {"model": "ns3"}}))
+        except SimflError as e:
+            print("error", e)
+    """)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "fluid 0.001 available False"  # 8,000 bits at 8 Mbps, no latency
+    assert lines[1].startswith("error ") and "pip install ns3" in lines[1]
+
+
+test_without_the_ns3_package_fluid_works_and_ns3_is_a_clear_error.without_ns3 = True  # runs without ns-3
+
+
+def _pcap(path: Path) -> tuple[int, list[tuple[int, bytes]]]:
+    """(link type, [(orig_len, captured bytes)]) of a classic pcap file."""
+    data = path.read_bytes()
+    linktype = struct.unpack_from("<I", data, 20)[0]
+    out, off = [], 24
+    while off < len(data):
+        incl, orig = struct.unpack_from("<II", data, off + 8)
+        out.append((orig, data[off + 16:off + 16 + incl]))
+        off += 16 + incl
+    return linktype, out
+
+
+def _tcp_data(path: Path) -> list[int]:
+    """IP lengths of the TCP segments with payload in one of ns-3's point-to-point pcap files (PPP framing)."""
+    linktype, recs = _pcap(path)
+    assert linktype == 9  # PPP
+    out = []
+    for _, b in recs:
+        assert b[:2] == b"\x00\x21"  # PPP protocol: IPv4
+        ip = b[2:]
+        total, ihl = struct.unpack_from(">H", ip, 2)[0], (ip[0] & 15) * 4
+        if total - ihl - (ip[ihl + 12] >> 4) * 4 > 0:
+            out.append(total)
+    return out
+
+
+def test_ns3_pcap_is_an_independent_check_of_the_exporter(tmp_path):
+    """ns-3's own pcap per link direction against simfl's per-link export of the same (lossless) run: the same
+    data packets on every link direction, with the same sizes (exporter: IP bytes + 38 of framing)."""
+    d = {**star(3), "network": {"model": "ns3", "ns3_pcap": True},
+         "synthetic": {"message_bytes": 20_000, "pattern": ["gather", "allpairs"]}}
+    run(scenario_from_dict(d), tmp_path / "run", progress=False)
+    ex = export_pcap(tmp_path / "run", per_link=True)
+    ns3_dir = tmp_path / "run" / PCAP_DIR
+    files = sorted(p.name for p in ns3_dir.glob("*.pcap"))
+    assert files == sorted(p.name for p in ex["files"]) and len(files) == 8  # 4 links, 2 directions
+    checked = 0
+    for name in files:
+        ours = Counter(orig for orig, _ in _pcap(ex["out"] / name)[1])
+        theirs = Counter(n + 38 for n in _tcp_data(ns3_dir / name))
+        assert ours == theirs, name
+        checked += sum(ours.values())
+    msgs = pl.read_parquet(tmp_path / "run" / "messages.parquet")
+    assert checked == int((msgs["n_packets"] * msgs["hops"]).sum()) and msgs["retransmitted_bytes"].sum() == 0
+    hosts = (ns3_dir / "hosts").read_text().split()
+    assert hosts[:2] == ["10.0.0.1", "server"]  # the first link's first end

@@ -53,6 +53,6 @@ time per process (ns-3 has one simulator): creating one closes the previous one.
 """
 
 from simfl.ns3.cpp import available
-from simfl.ns3.network import HOST_QDISCS, Ns3Network, Ns3Options, vht_mode
+from simfl.ns3.network import HOST_QDISCS, PCAP_DIR, Ns3Network, Ns3Options, vht_mode
 
-__all__ = ["Ns3Network", "Ns3Options", "HOST_QDISCS", "available", "vht_mode"]
+__all__ = ["Ns3Network", "Ns3Options", "HOST_QDISCS", "PCAP_DIR", "available", "vht_mode"]

@@ -31,15 +31,27 @@ _NOISE = "Failed to materialize symbols"
 _state: dict[str, Any] = {}
 
 
+_MISSING = "network.model = \"ns3\" needs the ns3 package (ns-3 with its cppyy bindings): pip install ns3 (or pip " \
+    "install -e .[ns3])"
+
+
+def _spec(name: str) -> Any:
+    """The module's import spec, or None where it cannot be imported."""
+    try:
+        return importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+
+
 def available() -> bool:
     """True when the `ns3` package (ns-3 with cppyy bindings) is installed."""
-    return importlib.util.find_spec("ns3") is not None and importlib.util.find_spec("cppyy") is not None
+    return _spec("ns3") is not None and _spec("cppyy") is not None
 
 
 def _prefix() -> tuple[Path, str]:
-    spec = importlib.util.find_spec("ns3")
-    if spec is None or not spec.submodule_search_locations:
-        raise SimflError("network.model = \"ns3\" needs the ns3 package: pip install ns3 (or pip install -e .[ns3])")
+    spec = _spec("ns3")
+    if spec is None or not spec.submodule_search_locations or _spec("cppyy") is None:
+        raise SimflError(_MISSING)
     root = Path(next(iter(spec.submodule_search_locations)))
     libs = sorted((root / "lib64").glob("libns3*-core.so")) or sorted((root / "lib").glob("libns3*-core.so"))
     if not libs:
@@ -74,8 +86,11 @@ def load(wifi: bool = False) -> Any:
         return _state["gbl"].simfl_ns3
     root, version = _prefix()
     with _QuietStderr():
-        import cppyy
-        import libcppyy
+        try:
+            import cppyy
+            import libcppyy
+        except ImportError as e:
+            raise SimflError(f"{_MISSING} ({e})") from None
 
         if not _state.get("setup"):
             if "ns3.ns" not in sys.modules:  # the ns package registers Ptr itself
@@ -104,11 +119,14 @@ def load(wifi: bool = False) -> Any:
 HUB_SOURCE = r"""
 #include <algorithm>
 #include <cstdint>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
 namespace simfl_ns3 {
 using namespace ns3;
+
+const uint32_t PCAP_SNAPLEN = 192;  // bytes of each packet in ns-3's pcap files: every header, a little payload
 
 struct MsgAcct {
     uint64_t start = 0, end = 0;  // the message's bytes in its connection's stream: [start, end)
@@ -116,7 +134,7 @@ struct MsgAcct {
     int64_t tLast = -1;           // ns: last transmission (retransmissions too) of one of its bytes
     uint64_t wire = 0;            // payload bytes transmitted for it (retransmissions too) + headers of its segments
     uint64_t retx = 0;            // the part of `wire` that was retransmitted
-    uint32_t segs = 0;            // segments whose first byte is its (retransmissions too)
+    uint32_t segs = 0;            // first transmissions: segments whose first new byte is its
 };
 
 struct Conn {
@@ -125,6 +143,8 @@ struct Conn {
     uint32_t isn = 0;
     std::vector<int64_t> msgs;  // message ids in stream order
     size_t nextDone = 0;
+    size_t nextPush = 0;       // the message being written into the socket
+    bool pushPending = false;  // a Push is scheduled
 };
 
 struct Dev {
@@ -148,9 +168,10 @@ class Hub {
     std::vector<std::vector<int32_t>> ifDev;  // node -> IPv4 interface -> device index (-1: none)
     uint64_t inflight = 0;
     uint32_t hdr = 0;
+    uint32_t mss = 0;
     uint16_t port = 5000;
 
-    explicit Hub(uint32_t headerBytes) : hdr(headerBytes) {}
+    Hub(uint32_t headerBytes, uint32_t segmentSize) : hdr(headerBytes), mss(segmentSize) {}
 
     static void Configure(uint32_t mss, int64_t minRtoNs, int64_t delAckNs, int64_t connTimeoutNs,
                           uint32_t seed, uint32_t run)
@@ -164,6 +185,17 @@ class Hub {
         Config::SetDefault("ns3::TcpSocketBase::MinRto", TimeValue(NanoSeconds(minRtoNs)));
         Config::SetDefault("ns3::TcpSocketBase::Timestamp", BooleanValue(false));
         Config::SetDefault("ns3::TcpSocket::DataRetries", UintegerValue(15));  // Linux's tcp_retries2
+        Config::SetDefaultFailSafe("ns3::PcapFileWrapper::NanosecMode", BooleanValue(true));
+        Config::SetDefaultFailSafe("ns3::PcapFileWrapper::CaptureSize", UintegerValue(PCAP_SNAPLEN));
+    }
+
+    // Write every packet that device `di` (a point-to-point link direction) starts to transmit to a pcap file
+    // (link type PPP: the 2-byte PPP header, then the IP packet; nanosecond timestamps of ns-3's clock).
+    void PcapDevice(uint32_t di, const std::string& path)
+    {
+        PcapHelper ph;
+        Ptr<PcapFileWrapper> f = ph.CreateFile(path, std::ios::out, PcapHelper::DLT_PPP);
+        devs[di].dev->TraceConnectWithoutContext("PhyTxBegin", MakeBoundCallback(&Hub::OnPcapTx, f));
     }
 
     void Clear()
@@ -331,17 +363,36 @@ class Hub {
 
   private:
     static void DoStop() { Simulator::Stop(); }
+    static void OnPcapTx(Ptr<PcapFileWrapper> f, Ptr<const Packet> p) { f->Write(Simulator::Now(), p); }
 
+    // Write the connection's messages into its socket, one message at a time: the next message is written once
+    // every byte of the previous one has been transmitted, so that each message starts a segment of its own (its
+    // segments are simfl's packetization), and a message is written in whole segments (MSS multiples from its
+    // start) so that the socket's buffer never ends mid-segment.
     void Push(uint32_t ci)
     {
         Conn& c = conns[ci];
-        while (c.pushed < c.written) {
-            uint32_t av = c.sock->GetTxAvailable();
-            if (av == 0) { return; }
-            uint32_t n = uint32_t(std::min<uint64_t>(av, c.written - c.pushed));
-            if (c.sock->Send(Create<Packet>(n), 0) < 0) { return; }
+        while (c.nextPush < c.msgs.size()) {
+            const MsgAcct& m = acct[c.msgs[c.nextPush]];
+            if (c.pushed >= m.end) {
+                if (c.highest < m.end) { return; }  // OnSegment calls again when its last byte is sent
+                ++c.nextPush;
+                continue;
+            }
+            uint64_t left = m.end - c.pushed, n = std::min<uint64_t>(c.sock->GetTxAvailable(), left);
+            if (n < left) {
+                uint64_t off = c.pushed - m.start;
+                n = (off + n) / mss * mss - off;
+            }
+            if (n == 0 || c.sock->Send(Create<Packet>(uint32_t(n)), 0) < 0) { return; }
             c.pushed += n;
         }
+    }
+
+    static void DoPush(Hub* h, uint32_t ci)
+    {
+        h->conns[ci].pushPending = false;
+        h->Push(ci);
     }
 
     bool CheckDone(uint32_t ci)
@@ -394,11 +445,13 @@ class Hub {
         if (s > c.highest + (uint64_t(1) << 31)) { s -= uint64_t(1) << 32; }
         else if (s + (uint64_t(1) << 31) < c.highest) { s += uint64_t(1) << 32; }
         uint64_t e = s + len, hi = c.highest;
+        // the segment's header goes to the message of its first new byte (a first transmission: one of that
+        // message's packets) or, when it carries none, to the message of its first byte (a retransmission)
+        uint64_t head = e > hi ? std::max(s, hi) : s;
         auto& A = h->acct;
         auto it = std::upper_bound(c.msgs.begin(), c.msgs.end(), s,
                                    [&A](uint64_t v, int64_t id) { return v < A[id].end; });
         int64_t now = Simulator::Now().GetNanoSeconds();
-        bool first = true;
         for (; it != c.msgs.end() && A[*it].start < e; ++it) {
             MsgAcct& m = A[*it];
             if (m.end == m.start) { continue; }
@@ -407,14 +460,17 @@ class Hub {
             if (lo < hi) { m.retx += std::min(up, hi) - lo; }
             if (m.tFirst < 0) { m.tFirst = now; }
             m.tLast = now;
-            if (first) {
-                m.segs += 1;
+            if (m.start <= head && head < m.end) {
                 m.wire += h->hdr;
-                if (s < hi) { m.retx += h->hdr; }
-                first = false;
+                if (head < hi) { m.retx += h->hdr; }
+                else { m.segs += 1; }
             }
         }
         c.highest = std::max(c.highest, e);
+        if (!c.pushPending && c.pushed < c.written && c.highest >= c.pushed) {
+            c.pushPending = true;  // the message written last is all sent: write the next one (not from inside
+            Simulator::ScheduleNow(&Hub::DoPush, h, ci);  // TCP's transmission, whose trace this is)
+        }
     }
 
   public:
@@ -458,12 +514,14 @@ static void OnIpRx(Hub* h, uint32_t node, Ptr<const Packet> p, Ptr<Ipv4>, uint32
 
 // A WiFi cell (802.11ac, VHT mode `mcs` with `nss` spatial streams on a `width` MHz channel of its own, so cells do
 // not interfere): members[0] is the access point, the others its stations, within 5 m of it. Addresses: the /16
-// `subnet`. Returns the device index of the access point's device (the stations' follow in order).
+// `subnet`. `pcap`: none, or a pcap file per member (radiotap, every frame its PHY sends or receives). Returns the
+// device index of the access point's device (the stations' follow in order).
 uint32_t AddCell(Hub& h, const std::vector<uint32_t>& members, const std::vector<uint32_t>& queues, uint32_t buffer,
                  uint32_t subnet, uint32_t width, uint32_t nss, uint32_t mcs, uint32_t mtu, uint32_t linkHdr,
-                 const std::string& name)
+                 const std::string& name, const std::vector<std::string>& pcap)
 {
     YansWifiPhyHelper phy;
+    phy.SetPcapDataLinkType(WifiPhyHelper::DLT_IEEE802_11_RADIO);
     phy.SetChannel(YansWifiChannelHelper::Default().Create());
     phy.Set("ChannelSettings", StringValue("{0, " + std::to_string(width) + ", BAND_5GHZ, 0}"));
     phy.Set("Antennas", UintegerValue(nss));
@@ -485,6 +543,7 @@ uint32_t AddCell(Hub& h, const std::vector<uint32_t>& members, const std::vector
         }
         Ptr<NetDevice> d = wifi.Install(phy, mac, node).Get(0);
         d->SetMtu(mtu);
+        if (!pcap.empty()) { phy.EnablePcap(pcap[i], d, false, true); }
         // the best-effort MAC queue (where TCP goes): a forwarding node's port queue holds `buffer` packets; a
         // host's holds 64 (enough for an aggregate), its backlog waits in its queue disc (as a driver's small
         // queue under Linux's qdisc; ns-3's default of 500 packets would expire them after 500 ms)

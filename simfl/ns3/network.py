@@ -7,6 +7,7 @@ import dataclasses
 import math
 import weakref
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import simpy
@@ -14,14 +15,16 @@ from simpy.events import Event
 
 from simfl.config import NetworkParams
 from simfl.errors import SimflError
+from simfl.mailbox import Mailboxes
 from simfl.messages import Message
 from simfl.network import Network, _Wake
 from simfl.ns3 import cpp
 from simfl.topology import Hop, Resource, Topology
 from simfl.trace import LINK_SCHEMA, TraceRecorder
 
-__all__ = ["Ns3Network", "Ns3Options", "HOST_QDISCS"]
+__all__ = ["Ns3Network", "Ns3Options", "HOST_QDISCS", "PCAP_DIR"]
 
+PCAP_DIR = "ns3-pcap"  # the run folder's subfolder for ns-3's own pcap files (network.ns3_pcap)
 HOST_KINDS = ("client", "server", "cloud")  # end hosts: a queue discipline; every other node forwards (drop-tail)
 HOST_QDISCS = {"fifo": 1, "fq": 2, "fq_codel": 3}  # the hub's queue codes (see cpp.HUB_SOURCE, Hub::SetupQueue)
 _PORT0 = 49152  # first source port of a node's connections
@@ -56,6 +59,10 @@ def _ns(t: float) -> int:
     return round(t * 1e9)
 
 
+def _ip(a: int) -> str:
+    return ".".join(str((a >> k) & 255) for k in (24, 16, 8, 0))
+
+
 @dataclass(frozen=True)
 class Ns3Options:
     """The ns-3 knobs, read from the network parameters (`getattr(params, key, default)`)."""
@@ -65,6 +72,7 @@ class Ns3Options:
     delayed_ack: float = 0.04  # TCP delayed-ACK timeout, s (Linux: 40 ms; ns-3's default: 200 ms)
     syn_timeout: float = 1.0  # TCP connection (SYN) retransmission timeout, s (Linux: 1 s; ns-3's default: 3 s)
     host_qdisc: str = "fq"  # end hosts' queue discipline: "fifo" | "fq" | "fq_codel"
+    ns3_pcap: bool = False  # ns-3 writes a pcap file per link direction and per WiFi device (needs pcap_dir)
 
     def __post_init__(self) -> None:
         b = self.buffer_packets
@@ -114,24 +122,23 @@ class Ns3Network:
     """Messages over the topology, simulated packet by packet by ns-3 (TCP/IP). See `simfl.ns3` for the model."""
 
     inbox = Network.inbox
+    keep_unclaimed = Network.keep_unclaimed
     route = Network.route
     in_flight = Network.in_flight
 
     def __init__(self, env: simpy.Environment, topology: Topology, params: NetworkParams | None = None,
-                 recorder: TraceRecorder | None = None, *, seed: int = 1, options: Ns3Options | None = None) -> None:
+                 recorder: TraceRecorder | None = None, *, seed: int = 1, options: Ns3Options | None = None,
+                 pcap_dir: str | Path | None = None) -> None:
         self.env = env
         self.topology = topology
         self.params = params or NetworkParams()
         self.options = options or Ns3Options.from_params(self.params)
         self.recorder = recorder if recorder is not None else TraceRecorder()
         self.recorder.set_link_source(self.link_columns)
-        self.keep_unclaimed = True  # as Network.keep_unclaimed
+        self.mailboxes = Mailboxes(env, topology.nodes)
         self.sent = 0
         self.delivered = 0
         self.retransmitted_bytes: dict[int, int] = {}  # msg_id -> retransmitted wire bytes (delivered messages)
-        self._inboxes: dict[str, simpy.FilterStore] = {}
-        self._unclaimed: dict[str, list[Message]] = {}
-        self._node_set = frozenset(topology.nodes)
         self._flows: dict[tuple[str, str], _Flow] = {}
         self._txs: dict[int, _Tx] = {}
         self._outbox: list[_Tx] = []
@@ -139,6 +146,7 @@ class Ns3Network:
         self._pump_t: float | None = None
         self._token = 0
         self._closed = False
+        self._final: tuple[dict[str, int], dict[str, list[Any]]] = ({}, {})  # drops and links table at close
         if self.params.ip_header_bytes < 40:
             raise SimflError(f"network.ip_header_bytes = {self.params.ip_header_bytes}: the ns3 backend sends real "
                              "TCP/IP headers (40 bytes); a smaller value would make segments exceed the MTU")
@@ -151,7 +159,8 @@ class Ns3Network:
         o = self.options
         mss = self.params.mtu - self.params.ip_header_bytes
         mod.Hub.Configure(mss, _ns(o.min_rto), _ns(o.delayed_ack), _ns(o.syn_timeout), int(seed) & 0xFFFFFFFF or 1, 1)
-        self._hub = mod.Hub(self.params.header_bytes)
+        self._hub = mod.Hub(self.params.header_bytes, mss)
+        self.pcap_dir = self._pcap_dir(pcap_dir)
         self._idx = {n: i for i, n in enumerate(topology.nodes)}
         self._dev: dict[tuple[str, str], int] = {}  # (link or cell name, node) -> hub device index
         self._addr: dict[int, int] = {}  # hub device index -> IPv4 address (int)
@@ -193,6 +202,8 @@ class Ns3Network:
         """Packets dropped so far per resource id: by a link direction's queue; in a cell, the IP packets its
         members sent into it that neither arrived nor are still queued (queue discs, MAC queues; a frame in the air
         or in a block-ack reordering buffer counts as dropped until it arrives)."""
+        if self._closed:
+            return dict(self._final[0])
         devs = self._hub.devs
         out = {rid: sum(int(devs[d].drops) for d in ds) for rid, ds in self._res_devs.items()}
         if self._cells:  # ns-3 3.44 leaves some WiFi queue drops without a trace: count what went missing instead
@@ -207,6 +218,8 @@ class Ns3Network:
         link direction (or a cell) transmitted, ACKs and retransmissions included, as IP bytes plus
         `link_header_bytes`; `busy_s` is their transmission time; `drops` (when the schema has it) the packets its
         queue dropped."""
+        if self._closed:
+            return {k: list(v) for k, v in self._final[1].items()}
         now = self.env.now
         devs = self._hub.devs
         drops = self.link_drops()
@@ -222,12 +235,32 @@ class Ns3Network:
         return cols
 
     def close(self) -> None:
-        """Release ns-3 (done automatically when another Ns3Network is created: ns-3 runs one at a time)."""
+        """Release ns-3, which also completes its pcap files (done at the end of `simfl run`, and when another
+        Ns3Network is created: ns-3 runs one at a time). The links table and drops stay readable as of now."""
         if not self._closed:
+            self._final = (self.link_drops(), self.link_columns())
             self._closed = True
             self._hub.Clear()
 
     # ------------------------------------------------------------------ building
+    def _pcap_dir(self, pcap_dir: str | Path | None) -> Path | None:
+        if not self.options.ns3_pcap:
+            return None
+        if pcap_dir is None:
+            raise SimflError("network.ns3_pcap = true needs a folder for ns-3's pcap files (simfl run puts them in "
+                             f"RUN/{PCAP_DIR}; a World needs run_dir)")
+        d = Path(pcap_dir)
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise SimflError(f"{d}: cannot create the folder for ns-3's pcap files: {e.strerror or e}") from None
+        return d
+
+    def _write_hosts(self) -> None:
+        """`hosts` beside ns-3's pcap files: each interface's IPv4 address and its node."""
+        rows = sorted((self._addr[d], node) for (_, node), d in self._dev.items())
+        (self.pcap_dir / "hosts").write_text("".join(f"{_ip(a)}\t{n}\n" for a, n in rows), encoding="utf-8")
+
     def _queue(self, node: str) -> int:
         return HOST_QDISCS[self.options.host_qdisc] if self.topology.kind(node) in HOST_KINDS else 0
 
@@ -248,8 +281,12 @@ class Ns3Network:
                 self._dev[(r.link, r.src)] = d
                 self._addr[d] = int(hub.devs[d].address)
                 self._res_devs[r.id] = [d]
+                if self.pcap_dir is not None:
+                    hub.PcapDevice(d, str(self.pcap_dir / f"{r.link}.{r.src}.pcap"))
         for j, r in enumerate(r for r in topo.resources if r.medium == "cell"):
             self._add_cell(j, r)
+        if self.pcap_dir is not None:
+            self._write_hosts()
 
     def _add_cell(self, j: int, r: Resource) -> None:
         """One WiFi cell: its access point and stations, the VHT mode closest to the cell's capacity."""
@@ -261,10 +298,11 @@ class Ns3Network:
         self.cell_modes[r.link] = {"standard": "802.11ac", "width_mhz": width, "streams": nss, "mcs": mcs,
                                    "phy_bps": phy_bps}
         p = self.params
+        pcap = [] if self.pcap_dir is None else [str(self.pcap_dir / f"{r.link}.{n}.pcap") for n in members]
         d0 = int(cpp.load(wifi=True).AddCell(self._hub, [self._idx[n] for n in members],
                                              [self._queue(n) for n in members], self.options.buffer_packets,
                                              0x0A800000 + (j << 16), width, nss, mcs, p.mtu, p.link_header_bytes,
-                                             r.link))
+                                             r.link, pcap))
         for i, n in enumerate(members):
             self._dev[(r.link, n)] = d0 + i
             self._addr[d0 + i] = int(self._hub.devs[d0 + i].address)
@@ -392,11 +430,7 @@ class Ns3Network:
         self.recorder.record_message(msg)
         self.delivered += 1
         tx.event.succeed(msg)
-        box = self._inboxes.get(f.dst)
-        if box is not None:
-            box.put(msg)
-        elif self.keep_unclaimed:
-            self._unclaimed.setdefault(f.dst, []).append(msg)
+        self.mailboxes.put(msg)
 
 
 @atexit.register
