@@ -338,3 +338,18 @@ def test_ns3_pcap_is_an_independent_check_of_the_exporter(tmp_path):
     assert checked == int((msgs["n_packets"] * msgs["hops"]).sum()) and msgs["retransmitted_bytes"].sum() == 0
     hosts = (ns3_dir / "hosts").read_text().split()
     assert hosts[:2] == ["10.0.0.1", "server"]  # the first link's first end
+
+
+def test_a_connection_that_gives_up_stops_the_run_with_a_clear_error():
+    """The receiver's interface is down: every SYN is lost; after 6 retransmissions (1 + 2 + ... + 32 ms with a 1 ms
+    SYN timeout, then 64 ms more) the connection gives up at about 127 ms and the run stops, naming it."""
+    import cppyy
+
+    w = ns3_world({"name": "t", "workload": "synthetic",
+                   "nodes": [{"name": "a", "kind": "client", "uplink": {"to": "b", "bandwidth": "10 Mbps"}},
+                             {"name": "b", "kind": "client"}]}, syn_timeout=0.001)
+    hub = w.network._hub
+    hub.nodes[1].GetObject[cppyy.gbl.ns3.Ipv4]().SetDown(1)
+    w.network.send("a", "b", kind="x", phase="t", round=0, payload_bits=MODEL)
+    with pytest.raises(SimflError, match=r"a -> b gave up at t = 0\.127.* \(6 SYN retransmissions unanswered\)"):
+        w.env.run()

@@ -163,6 +163,7 @@ class Hub {
     std::vector<Conn> conns;
     std::vector<MsgAcct> acct;
     std::vector<int64_t> done;
+    std::vector<uint32_t> failed;  // connections that gave up (SYN or data retransmissions exhausted)
     std::unordered_map<uint64_t, uint32_t> byPeer;
     std::vector<char> listening;
     std::vector<std::vector<int32_t>> ifDev;  // node -> IPv4 interface -> device index (-1: none)
@@ -185,6 +186,7 @@ class Hub {
         Config::SetDefault("ns3::TcpSocketBase::MinRto", TimeValue(NanoSeconds(minRtoNs)));
         Config::SetDefault("ns3::TcpSocketBase::Timestamp", BooleanValue(false));
         Config::SetDefault("ns3::TcpSocket::DataRetries", UintegerValue(15));  // Linux's tcp_retries2
+        Config::SetDefault("ns3::TcpSocket::ConnCount", UintegerValue(7));  // the SYN + Linux's tcp_syn_retries (6)
         Config::SetDefaultFailSafe("ns3::PcapFileWrapper::NanosecMode", BooleanValue(true));
         Config::SetDefaultFailSafe("ns3::PcapFileWrapper::CaptureSize", UintegerValue(PCAP_SNAPLEN));
     }
@@ -327,6 +329,8 @@ class Hub {
         byPeer[(uint64_t(srcAddr) << 16) | srcPort] = ci;
         s->TraceConnectWithoutContext("Tx", MakeBoundCallback(&Hub::OnSegment, this, ci));
         s->SetSendCallback(MakeBoundCallback(&Hub::OnSendSpace, this, ci));
+        s->SetCloseCallbacks(MakeNullCallback<void, Ptr<Socket>>(), MakeBoundCallback(&Hub::OnGiveUp, this, ci));
+        s->SetConnectCallback(MakeNullCallback<void, Ptr<Socket>>(), MakeBoundCallback(&Hub::OnGiveUp, this, ci));
         s->Connect(InetSocketAddress(Ipv4Address(dstAddr), port));
         conns[ci].sock = s;
         return ci;
@@ -429,6 +433,12 @@ class Hub {
     }
 
     static void OnSendSpace(Hub* h, uint32_t ci, Ptr<Socket>, uint32_t) { h->Push(ci); }
+
+    static void OnGiveUp(Hub* h, uint32_t ci, Ptr<Socket>)
+    {
+        h->failed.push_back(ci);
+        Simulator::Stop();
+    }
 
     static void OnSegment(Hub* h, uint32_t ci, Ptr<const Packet> p, const TcpHeader& th, Ptr<const TcpSocketBase>)
     {
@@ -547,8 +557,10 @@ uint32_t AddCell(Hub& h, const std::vector<uint32_t>& members, const std::vector
         // the best-effort MAC queue (where TCP goes): a forwarding node's port queue holds `buffer` packets; a
         // host's holds 64 (enough for an aggregate), its backlog waits in its queue disc (as a driver's small
         // queue under Linux's qdisc; ns-3's default of 500 packets would expire them after 500 ms)
-        DynamicCast<WifiNetDevice>(d)->GetMac()->GetTxopQueue(AC_BE)->SetMaxSize(
-            QueueSize(QueueSizeUnit::PACKETS, queues[i] == 0 ? buffer : 64));
+        // it drops only when full: no lifetime (ns-3 drops MPDUs queued for 500 ms, a driver does not)
+        Ptr<WifiMacQueue> q = DynamicCast<WifiNetDevice>(d)->GetMac()->GetTxopQueue(AC_BE);
+        q->SetMaxSize(QueueSize(QueueSizeUnit::PACKETS, queues[i] == 0 ? buffer : 64));
+        q->SetAttribute("MaxDelay", TimeValue(Seconds(3600)));
         if (!node->GetObject<MobilityModel>()) {
             Ptr<ConstantPositionMobilityModel> m = CreateObject<ConstantPositionMobilityModel>();
             double a = 6.283185307179586 * i / members.size();

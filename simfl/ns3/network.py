@@ -399,12 +399,29 @@ class Ns3Network:
             return
         stop = t0 + _ns(t_next if t_next < math.inf else now + _HORIZON)
         t_ns = hub.RunUntil(stop)
+        if hub.failed.size():
+            self._gave_up((t_ns - t0) * 1e-9)
         if hub.done.size():
             self._schedule(min(max((t_ns - t0) * 1e-9, now), t_next))
         elif stop <= t_ns and t_next < math.inf:
             self._schedule(t_next)
-        # else: no completion within the horizon, or ns-3 ran out of events, with messages in flight (their
-        # connection gave up): they stay undelivered
+        # else: no completion within the horizon (ns-3 has events but no message progresses): they stay in flight
+
+    def _gave_up(self, t: float) -> None:
+        """A TCP connection gave up (Linux's limits: 6 SYN, 15 data retransmissions unanswered): its messages
+        would never arrive. Stop the run with what happened (`MessageLost` once the fluid network has it)."""
+        ci = int(self._hub.failed[0])
+        flow = next(f for f in self._flows.values() if f.conn == ci)
+        c = self._hub.conns[ci]
+        what = "6 SYN" if int(c.highest) == 0 else "15 data"
+        stuck = sum(1 for tx in self._txs.values() if tx.flow is flow)
+        drops = sorted(((n, rid) for rid, n in self.link_drops().items() if n), reverse=True)
+        most = ", ".join(f"{rid} {n:,}" for n, rid in drops[:3]) or "none"
+        raise SimflError(f"ns3 backend: the TCP connection {flow.src} -> {flow.dst} gave up at t = {t:.6g} s ({what} "
+                         f"retransmissions unanswered) with {stuck} message(s) undelivered; the queues had dropped "
+                         f"{sum(n for n, _ in drops):,} packets (most: {most}): a burst that TCP does not get "
+                         "through these buffers (an incast); larger port buffers or a smaller burst (fewer messages "
+                         "sent at one instant) would let it through")
 
     def _collect(self, now: float) -> None:
         done = self._hub.done
