@@ -1,38 +1,54 @@
-"""Validation of the ns-3 backend (simfl.ns3) against the fluid model (simfl.network): network-only patterns.
+"""Validation of the ns-3 backend (simfl.ns3) against the fluid model (simfl.network), case by case.
 
-    .venv/bin/python benchmarks/validate_ns3.py              # every case (several minutes: 90-client all-pairs)
+    .venv/bin/python benchmarks/validate_ns3.py              # every case (an hour or more: WiFi is slow in ns-3)
     .venv/bin/python benchmarks/validate_ns3.py --quick      # the small reference cases only
     .venv/bin/python benchmarks/validate_ns3.py --only incast allpairs-90
+    .venv/bin/python benchmarks/validate_ns3.py --skip fedad
 
-Every message of a case is sent at t = 0; both backends run it to completion. Printed as a markdown table, per
-case: messages; the last and the median delivery time under both backends (simulated seconds) and their ratio
-ns-3 / fluid; `+hs` is that ratio once the fluid time counts the TCP handshake (one round trip of a 48-byte SYN on
-the slowest pair's path, which the fluid model does not have); ns-3's dropped packets and retransmitted bytes; the
-wall time of each run (ns-3's import and compilation, paid once per process, is printed apart).
+Printed as a markdown table, per case: messages; when the last message is delivered and the median message's
+completion time (delivery - send) under both backends (simulated seconds) and their ratio ns-3 / fluid; `+hs` is
+the last-message ratio once the fluid time counts the TCP handshake (one round trip of a 48-byte SYN on the
+slowest pair's path, which the fluid model does not have); ns-3's dropped packets and retransmitted bytes; the wall
+time of each backend's run (ns-3's import and compilation, paid once per process, is printed apart). A case where
+a TCP connection gave up (Linux's limits) says so in the ns-3 columns.
 
-Cases: reference cases (a 1 MB transfer over a 10 Mbps then 2 Mbps line; ten 1 MB flows through one 10 Mbps link;
-gather and all-pairs of 10 clients on the paper-90 network, clients sending in id order or rotated order, hosts
-with a FIFO or a fair-queueing queue discipline); the incast cases (90 clients, 12,868-byte messages: gather to the
-1 Gbps server and all-pairs, with 100- or 1,000-packet switch ports and a 1 s or 200 ms minimum RTO); and gather and
-all-pairs on each shipped topology (`--set workload=synthetic`) under the backend's defaults (with WiFi cells,
-all-pairs among 15 clients spread over the cells: ns-3's WiFi costs far more per packet than its wired links).
+Cases:
+- reference: a 1 MB transfer over a 10 Mbps then 2 Mbps line; ten 1 MB flows through one 10 Mbps link; gather and
+  all-pairs of 10 clients on the paper-90 network, clients sending in id order or rotated order, hosts with a FIFO
+  or a fair-queueing queue discipline.
+- incast: 90 clients, 12,868-byte messages: gather to the 1 Gbps server and all-pairs ("allpairs-90"), with 100- or
+  1,000-packet switch ports and a 1 s or 200 ms minimum RTO.
+- topologies: on each network of topologies/ (files that share one are run once) under the backend's defaults:
+  gather to the server and all-pairs of every client, 12,868-byte messages sent at t = 0 (with WiFi cells,
+  all-pairs among 15 clients spread over the cells: ns-3's WiFi costs far more per packet than its wired links).
+- cells (each network with WiFi cells, its first cell): a gather into the cell (every client outside it sends to
+  its first station: the access point relays everything) and an all-pairs exchange inside the cell (each message
+  crosses the channel twice).
+- fedad: the default run's phase I and II message schedule (the protocol replayed on the network with the learning
+  plan of topologies/default.toml capped at --samples samples per client, read from the learning cache or trained
+  once; baselines left out): last = phase II's last delivery, median = the median message's delivery - send.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from simfl.cache import cached_plan, default_cache_dir  # noqa: E402
 from simfl.config import Scenario, load_scenario, scenario_from_dict  # noqa: E402
 from simfl.errors import SimflError  # noqa: E402
 from simfl.ns3 import Ns3Network, Ns3Options, cpp  # noqa: E402
+from simfl.plan import LearningPlan  # noqa: E402
+from simfl.protocol import simulate  # noqa: E402
 from simfl.topology import Topology  # noqa: E402
 from simfl.workloads import pattern_pairs  # noqa: E402
 from simfl.world import World  # noqa: E402
@@ -40,6 +56,7 @@ from simfl.world import World  # noqa: E402
 MODEL_BYTES = 12868  # one AE-5 model
 SYN_BYTES = 48 + 38  # a SYN or SYN-ACK on the wire: 20 IP + 28 TCP (with options) + 38 of framing
 WIFI_ALLPAIRS = 15  # topologies with WiFi cells: all-pairs among this many clients, spread over the cells
+FEDAD_PHASES = ("phase1", "phase2")
 
 
 @dataclass
@@ -47,10 +64,10 @@ class Case:
     name: str
     group: str
     scenario: Scenario
-    pairs: list[tuple[str, str]]
+    pairs: list[tuple[str, str]] | None  # None: the fedad schedule (the protocol replayed with `plan`)
     message_bytes: int = MODEL_BYTES
     options: Ns3Options = field(default_factory=Ns3Options)
-    note: str = ""
+    plan: LearningPlan | None = None
 
 
 def rotated(clients: list[str]) -> list[tuple[str, str]]:
@@ -111,8 +128,9 @@ def incast_cases() -> list[Case]:
     return out
 
 
-def topology_cases() -> list[Case]:
-    out: list[Case] = []
+def networks() -> list[tuple[str, Scenario]]:
+    """(file name, scenario as a synthetic workload) of each distinct network in topologies/."""
+    out: list[tuple[str, Scenario]] = []
     seen: dict[tuple, str] = {}
     for path in sorted((ROOT / "topologies").glob("*.toml")):
         sc = load_scenario(path, ["workload=synthetic"])
@@ -121,16 +139,51 @@ def topology_cases() -> list[Case]:
             print(f"- {path.name}: the network of {seen[key]}, not run again")
             continue
         seen[key] = path.name
-        clients = list(sc.clients)
-        target = sc.server or clients[0]
-        out.append(Case(f"{path.name}: gather", "topologies", sc, pattern_pairs("gather", clients, target),
-                        sc.synthetic.message_bytes))
-        name, some = f"{path.name}: allpairs", clients
-        if sc.cells and len(clients) > WIFI_ALLPAIRS:  # ns-3's WiFi is slow: all-pairs of a spread-out sample
-            some = clients[::-(-len(clients) // WIFI_ALLPAIRS)]
-            name = f"{path.name}: allpairs of {len(some)} ({', '.join(some[:3])}, ...)"
-        out.append(Case(name, "topologies", sc, pattern_pairs("allpairs", some, None), sc.synthetic.message_bytes))
+        out.append((path.name, sc))
     return out
+
+
+def topology_cases(name: str, sc: Scenario) -> list[Case]:
+    clients = list(sc.clients)
+    target = sc.server or clients[0]
+    out = [Case(f"{name}: gather", "topologies", sc, pattern_pairs("gather", clients, target),
+                sc.synthetic.message_bytes)]
+    label, some = f"{name}: allpairs", clients
+    if sc.cells and len(clients) > WIFI_ALLPAIRS:  # ns-3's WiFi is slow: all-pairs of a spread-out sample
+        some = clients[::-(-len(clients) // WIFI_ALLPAIRS)]
+        label = f"{name}: allpairs of {len(some)} ({', '.join(some[:3])}, ...)"
+    out.append(Case(label, "topologies", sc, pattern_pairs("allpairs", some, None), sc.synthetic.message_bytes))
+    return out
+
+
+def cell_cases(name: str, sc: Scenario) -> list[Case]:
+    """A gather into the first cell (from every client outside it) and all-pairs among its stations."""
+    if not sc.cells:
+        return []
+    cell = sc.cells[0].name
+    inside = [c for c in sc.clients if sc.node(c).cell == cell]
+    outside = [c for c in sc.clients if sc.node(c).cell != cell]
+    return [
+        Case(f"{name}: gather of {len(outside)} into cell {cell} (-> {inside[0]})", "cells", sc,
+             pattern_pairs("gather", outside, inside[0]), sc.synthetic.message_bytes),
+        Case(f"{name}: all-pairs inside cell {cell} ({len(inside)} stations)", "cells", sc,
+             pattern_pairs("allpairs", inside, None), sc.synthetic.message_bytes),
+    ]
+
+
+def default_plan(samples: int) -> tuple[Scenario, LearningPlan]:
+    """topologies/default.toml capped at `samples` per client, and its learning plan without the baselines."""
+    sc = load_scenario(ROOT / "topologies" / "default.toml", [f"experiment.max_samples_per_client={samples}"])
+    t0 = time.perf_counter()
+    plan = cached_plan(sc.experiment, sc.seed, lambda _stage: None, default_cache_dir()).plan
+    print(f"learning plan of default.toml, {samples} samples per client: {time.perf_counter() - t0:.1f} s")
+    return sc, dataclasses.replace(plan, ideal=None, local=None, central=None)
+
+
+def fedad_case(name: str, sc: Scenario, default: Scenario, plan: LearningPlan) -> Case:
+    """The default run's phase I and II on this network (the default experiment, this file's nodes and links)."""
+    return Case(f"{name}: fedad phase I + II", "fedad", sc.replace(experiment=default.experiment), None,
+                plan=plan)
 
 
 def handshake_rtt(topo: Topology, pairs: list[tuple[str, str]]) -> float:
@@ -141,25 +194,78 @@ def handshake_rtt(topo: Topology, pairs: list[tuple[str, str]]) -> float:
     return max(rtt(a, b) for a, b in set(pairs))
 
 
-def run(case: Case, backend: str) -> dict[str, float]:
+def run(case: Case, backend: str) -> dict[str, Any]:
+    """One case on one backend: last delivery, median completion, drops, retransmitted bytes, wall time."""
     t0 = time.perf_counter()
-    w = World(case.scenario)
+    sc = case.scenario
+    w = World(sc)
     if backend == "ns3":
-        w.network = Ns3Network(w.env, w.topology, case.scenario.network, w.recorder, seed=case.scenario.seed,
-                               options=case.options)
+        w.network = Ns3Network(w.env, w.topology, sc.network, w.recorder, seed=sc.seed, options=case.options)
     net = w.network
-    net.keep_unclaimed = False
-    bits = 8 * case.message_bytes
-    for a, b in case.pairs:
-        net.send(a, b, kind="synthetic", phase="synthetic", round=0, payload_bits=bits)
-    w.env.run()
+    try:
+        if case.pairs is None:
+            exp = sc.experiment
+            n = exp.clients_per_class * len(exp.classes)
+            simulate(w, case.plan, clients=sc.clients[:n], server=sc.server, aggregator=exp.aggregator,
+                     community_method=exp.community_method, seed=sc.seed, detector=exp.detector)
+        else:
+            net.keep_unclaimed = False
+            bits = 8 * case.message_bytes
+            for a, b in case.pairs:
+                net.send(a, b, kind="synthetic", phase="synthetic", round=0, payload_bits=bits)
+            w.env.run()
+    except SimflError as e:  # a TCP connection gave up
+        return {"error": str(e).split(" with ")[0].removeprefix("ns3 backend: the TCP connection "),
+                "wall": time.perf_counter() - t0, "drops": net.totals().get("drops", 0)}
     wall = time.perf_counter() - t0
     if net.in_flight:
         raise SimflError(f"{case.name}: {net.in_flight} messages undelivered under {backend}")
-    t = w.recorder.messages_frame()["t_deliver"].to_list()
+    m = w.recorder.messages_frame()
+    if case.pairs is None:
+        m = m.filter(m["phase"].is_in(FEDAD_PHASES))
+    t = m["t_deliver"].to_list()
     tot = net.totals()
-    return {"last": max(t), "median": statistics.median(t), "wall": wall, "drops": tot.get("drops", 0),
-            "retx": tot.get("retransmitted_bytes", 0), "messages": len(t)}
+    return {"last": max(t), "median": statistics.median((m["t_deliver"] - m["t_send"]).to_list()), "wall": wall,
+            "drops": tot.get("drops", 0), "retx": tot.get("retransmitted_bytes", 0), "messages": len(t)}
+
+
+HEADER = ("| case | ns-3 hosts, ports, min RTO | messages | fluid last (s) | ns-3 last (s) | ratio | +hs | "
+          "fluid median (s) | ns-3 median (s) | ratio | drops | retransmitted B | fluid wall (s) | ns-3 wall (s) |\n"
+          "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+
+
+def row(c: Case, f: dict[str, Any], n: dict[str, Any]) -> str:
+    o = c.options
+    head = f"| {c.name} | {o.host_qdisc}, {o.buffer_packets} p, {o.min_rto:g} s | {f['messages']} | {f['last']:.4g} |"
+    if "error" in n:
+        return (f"{head} gave up: {n['error']} | | | {f['median']:.4g} | | | {n['drops']} | | {f['wall']:.2f} | "
+                f"{n['wall']:.1f} |")
+    hs = ""
+    if c.pairs is not None:
+        hs = f"{n['last'] / (f['last'] + handshake_rtt(Topology.from_scenario(c.scenario), c.pairs)):.3f}"
+    return (f"{head} {n['last']:.4g} | {n['last'] / f['last']:.2f} | {hs} | {f['median']:.4g} | "
+            f"{n['median']:.4g} | {n['median'] / f['median']:.2f} | {n['drops']} | {n['retx']} | {f['wall']:.2f} | "
+            f"{n['wall']:.1f} |")
+
+
+def cases(args: argparse.Namespace) -> list[Case]:
+    def wanted(name: str, group: str) -> bool:
+        if args.only and not any(w in name or w in group for w in args.only):
+            return False
+        return not (args.skip and any(w in name or w in group for w in args.skip))
+
+    out = [c for c in reference_cases() if wanted(c.name, c.group)]
+    if args.quick:
+        return out
+    out += [c for c in incast_cases() if wanted(c.name, c.group)]
+    fedad = wanted("fedad", "fedad")
+    default, plan = default_plan(args.samples) if fedad else (None, None)
+    for name, sc in networks():
+        more = topology_cases(name, sc) + cell_cases(name, sc)
+        if fedad:
+            more.append(fedad_case(name, sc, default, plan))
+        out += [c for c in more if wanted(c.name, c.group)]
+    return out
 
 
 def main() -> None:
@@ -167,28 +273,21 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="the reference cases only")
     ap.add_argument("--only", nargs="+", default=None, metavar="WORD",
                     help="run the cases whose name or group contains one of these words")
+    ap.add_argument("--skip", nargs="+", default=None, metavar="WORD",
+                    help="leave out the cases whose name or group contains one of these words")
+    ap.add_argument("--samples", type=int, default=100,
+                    help="fedad cases: samples per client of the default run's learning plan (default 100)")
     args = ap.parse_args()
     t0 = time.perf_counter()
     cpp.load()
-    print(f"ns-3 import and hub compilation: {time.perf_counter() - t0:.1f} s")
-    cases = reference_cases() + ([] if args.quick else incast_cases() + topology_cases())
-    if args.only:
-        cases = [c for c in cases if any(w in c.name or w in c.group for w in args.only)]
+    run(Case("warm-up", "", line(), [("a", "b")], 1000), "ns3")  # compiles the calls a first network makes
+    print(f"ns-3 import, hub compilation and a first network: {time.perf_counter() - t0:.1f} s")
     rows = []
-    for c in cases:
-        f, n = run(c, "fluid"), run(c, "ns3")
-        hs = handshake_rtt(Topology.from_scenario(c.scenario), c.pairs)
-        o = c.options
-        rows.append(f"| {c.name} | {o.host_qdisc}, {o.buffer_packets} p, {o.min_rto:g} s | {n['messages']} | "
-                    f"{f['last']:.4g} | {n['last']:.4g} | {n['last'] / f['last']:.2f} | "
-                    f"{n['last'] / (f['last'] + hs):.3f} | {f['median']:.4g} | {n['median']:.4g} | "
-                    f"{n['median'] / f['median']:.2f} | {n['drops']} | {n['retx']} | {f['wall']:.2f} | "
-                    f"{n['wall']:.1f} |")
+    for c in cases(args):
+        rows.append(row(c, run(c, "fluid"), run(c, "ns3")))
         print(rows[-1], flush=True)
     print()
-    print("| case | ns-3 hosts, ports, min RTO | messages | fluid last (s) | ns-3 last (s) | ratio | +hs | "
-          "fluid median (s) | ns-3 median (s) | ratio | drops | retransmitted B | fluid wall (s) | ns-3 wall (s) |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(HEADER)
     print("\n".join(rows))
 
 
