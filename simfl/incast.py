@@ -35,8 +35,10 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
@@ -47,10 +49,13 @@ from simfl.messages import packetize
 from simfl.network import pipeline_offsets
 from simfl.topology import Hop, Topology
 
-__all__ = ["PortPeak", "Incast", "port_peaks", "find_incast", "warn_incast"]
+__all__ = ["PortPeak", "Incast", "port_peaks", "find_incast", "check_trace", "warn_incast"]
 
 _LOCAL = "(sender)"  # the ingress of a route's first hop: the sending node itself
-_SCALE = 1 << 30  # ingress capacities in units of the port's capacity / _SCALE (exact integer sums)
+_SCALE = 1 << 29  # ingress capacities in units of the port's capacity / _SCALE (exact integer sums, int32 each)
+_PS, _NS, _PS_UP_TO_S = 1e-12, 1e-9, 1e6  # time unit of the sweep: picoseconds up to 1e6 s (int64), then ns
+_BATCH = 1 << 16  # port visits swept at once (about 8 MB of arrays)
+_CHUNK = 1 << 16  # messages whose port visits are built at once
 
 
 @dataclass(frozen=True)
@@ -66,7 +71,7 @@ class PortPeak:
     flows: int  # flows in flight at the worst converging moment (0: the flows never converged)
     packets: int  # their first windows, in packets
     ingresses: int  # the ingresses they arrived over
-    t: float  # when that moment begins (simulated s)
+    at_s: float  # when that moment begins (simulated s)
 
     @property
     def overflows(self) -> bool:
@@ -86,7 +91,7 @@ class Incast:
     ingresses: int
     buffer: int
     initial_window: int
-    t: float
+    at_s: float  # when the worst moment begins (simulated s)
     ports: int
 
     @property
@@ -100,164 +105,194 @@ class Incast:
 
 
 class _Routes:
-    """The ports (output queues) and ingresses of the routes, numbered as they are met, and each route's hops as
-    consecutive rows of flat columns: port, ingress, ingress capacity (x _SCALE of the port's), and the hop's
-    offset terms (latency, store-and-forward per bit of the first packet)."""
+    """The routes of the trace's (source, destination) pairs, compact (a trace of a million messages may hold a
+    million routes): per route its shape (the capacities and latencies of its hops, which fix the offsets
+    `simfl.network.pipeline_offsets` gives), per hop its port. A port is the output queue of a link direction, or
+    of one transmitter on a cell; its ingress for a hop is the previous hop's resource (the sender at the first)."""
 
     def __init__(self, topology: Topology, scenario: Scenario) -> None:
         self.topology = topology
         default = scenario.network.buffer
         self.buffer_of = {ln.name: ln.buffer or default for ln in scenario.links}
         self.buffer_of.update({c.name: c.buffer or default for c in scenario.cells})
+        self.res_index = {r.id: i for i, r in enumerate(topology.resources)}
         self.ports: dict[tuple[str, str], int] = {}
         self.info: list[tuple[str, str, str, int]] = []  # port name, resource, node, buffer
-        self.ingresses: dict[tuple[int, str], int] = {}
-        self.ids: dict[tuple[str, str], int] = {}
-        self.first: list[int] = []  # route -> its first row
-        self.length: list[int] = []  # route -> hops
-        self.capacity: list[float] = []  # route -> its first hop's capacity (the sender's card)
-        self.rows: tuple[list[Any], ...] = ([], [], [], [], [])
-        self._offsets: dict[tuple[tuple[float, float], ...], tuple[list[float], list[float]]] = {}
+        self.port_res: list[int] = []  # the port's resource (index in the topology's resources)
+        self.port_cap: list[float] = []
+        self.shapes: dict[tuple[tuple[float, float], ...], int] = {}
+        self.shape_rows: tuple[list[float], list[float], list[float]] = ([], [], [])  # latency, s-a-f, capacity
+        self.shape_first: list[int] = []
+        self.shape_of = array("i")  # per route
+        self.hops = array("i")  # per hop of each route in turn: its port
 
-    def route(self, src: str, dst: str) -> int:
-        r = self.ids.get((src, dst))
-        return self._add(src, dst) if r is None else r
-
-    def _hop(self, prev: Hop | None, h: Hop) -> tuple[int, int, int]:
-        """(port, ingress, ingress capacity x _SCALE of the port's) of hop h, entered from hop `prev`."""
-        key = (h.resource, h.src)
-        p = self.ports.get(key)
+    def _port(self, h: Hop) -> int:
+        p = self.ports.get((h.resource, h.src))
         if p is None:
-            p = self.ports[key] = len(self.info)
+            p = self.ports[(h.resource, h.src)] = len(self.info)
             name = f"{h.src}>{h.dst} (link {h.link})" if h.medium == "p2p" else f"{h.src} on cell {h.link}"
             self.info.append((name, h.resource, h.src, self.buffer_of.get(h.link, 0)))
-        if prev is None:
-            src, ratio = _LOCAL, _SCALE
-        else:  # a faster ingress than 2x the port changes nothing
-            src, ratio = prev.resource, min(2 * _SCALE, int(prev.capacity_bps / h.capacity_bps * _SCALE))
-        ing = self.ingresses.get((p, src))
-        if ing is None:
-            ing = self.ingresses[(p, src)] = len(self.ingresses)
-        return p, ing, ratio
+            self.port_res.append(self.res_index[h.resource])
+            self.port_cap.append(h.capacity_bps)
+        return p
 
-    def _add(self, src: str, dst: str) -> int:
+    def add(self, src: str, dst: str) -> None:
         hops = self.topology.route_tuple(src, dst)
         shape = tuple([(h.capacity_bps, h.latency_s) for h in hops])
-        offsets = self._offsets.get(shape)
-        if offsets is None:
-            offsets = self._offsets[shape] = pipeline_offsets(hops)
-        r = self.ids[(src, dst)] = len(self.first)
-        port, ing, ratio, lat, sf = self.rows
-        self.first.append(len(port))
-        self.length.append(len(hops))
-        self.capacity.append(hops[0].capacity_bps)
-        prev = None
-        for h in hops:
-            p, i, q = self._hop(prev, h)
-            port.append(p)
-            ing.append(i)
-            ratio.append(q)
-            prev = h
-        lat += offsets[0][:len(hops)]
-        sf += offsets[1][:len(hops)]
-        return r
-
-
-def _first_window(bits: int, scenario: Scenario) -> tuple[int, float, float, bool]:
-    """(packets, wire bits) of a message's first window, its first packet's wire bits, and whether the window
-    holds the whole message."""
-    net = scenario.network
-    pk = packetize(bits, net.mtu, net.ip_header_bytes, net.link_header_bytes, net.headers)
-    k = min(net.initial_window, pk.n_packets)
-    whole = k == pk.n_packets
-    burst = 8 * (pk.wire_bytes if whole else k * pk.first_packet_bytes)
-    return k, float(burst), 8.0 * pk.first_packet_bytes, whole
-
-
-def _bursts(messages: pl.DataFrame, routes: _Routes, scenario: Scenario) -> tuple[list[Any], ...]:
-    """Per message (in order of t_start, then msg_id): route, phase (numbered as met), first-window packets, wire
-    bits of its first packet, and its interval at the sender (steps 1-3 of the module doc); then the phases."""
-    m = messages.sort(["t_start", "msg_id"])
-    sizes: dict[int, tuple[int, float, float, bool]] = {}
-    phases: dict[str, int] = {}
-    busy_until: dict[str, float] = {}  # sender -> end of its last burst
-    out: tuple[list[Any], ...] = ([], [], [], [], [], [])
-    route_l, phase_l, pk_l, bits_l, b_l, end_l = out
-    cols = (m[c].to_list() for c in ("src", "dst", "phase", "payload_bits", "t_start", "t_tx"))
-    for src, dst, phase, bits, t_start, t_tx in zip(*cols):
-        r = routes.route(src, dst)
-        s = sizes.get(bits)
+        s = self.shapes.get(shape)
         if s is None:
-            s = sizes[bits] = _first_window(bits, scenario)
-        k, burst, first_bits, whole = s
-        b = max(t_start, busy_until.get(src, t_start))
-        e = busy_until[src] = b + burst / routes.capacity[r]
-        route_l.append(r)
-        phase_l.append(phases.setdefault(phase, len(phases)))
-        pk_l.append(k)
-        bits_l.append(first_bits)
-        b_l.append(b)
-        end_l.append(e if whole else max(e, t_tx))
-    return (*out, list(phases))
+            s = self.shapes[shape] = len(self.shape_first)
+            self.shape_first.append(len(self.shape_rows[0]))
+            lat, sf = pipeline_offsets(hops)
+            for col, v in zip(self.shape_rows, (lat[:-1], sf[:-1], [hops[0].capacity_bps] * len(hops))):
+                col.extend(v)
+        self.shape_of.append(s)
+        for h in hops:
+            self.hops.append(self._port(h))
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """Per route: its first hop row, length and shape row; per shape row: latency, s-a-f, first capacity; per
+        hop row: port, ingress (resource index; the sender: one past the last) and its capacity x _SCALE of the
+        port's (a faster ingress than 2x the port changes nothing); per port: can flows converge on it at all
+        (its ingresses together faster than it)."""
+        shape = np.frombuffer(self.shape_of, np.int32)
+        starts = np.asarray(self.shape_first + [len(self.shape_rows[0])], np.int64)
+        length = np.diff(starts)[shape]
+        first = np.cumsum(length) - length
+        port = np.frombuffer(self.hops, np.int32)
+        prev = np.full(len(port), -1, np.int32)
+        prev[1:] = port[:-1]
+        prev[first] = -1
+        res, cap = np.asarray(self.port_res, np.int64), np.asarray(self.port_cap, np.float64)
+        ing = np.where(prev >= 0, res[prev], len(self.res_index))
+        ratio = np.where(prev >= 0, np.minimum(2 * _SCALE, np.floor(cap[prev] / cap[port] * _SCALE)), _SCALE)
+        _, one = np.unique(port.astype(np.int64) * (len(self.res_index) + 1) + ing, return_index=True)
+        can = np.bincount(port[one], weights=ratio[one], minlength=len(self.info)) > _SCALE
+        return {"first": first, "length": length, "shape_row": starts[:-1][shape], "port": port, "ing": ing,
+                "ratio": ratio.astype(np.int32), "can": can,
+                **{c: np.asarray(x, np.float64) for c, x in zip(("lat", "sf", "c0"), self.shape_rows)}}
 
 
-def _intervals(messages: pl.DataFrame, routes: _Routes, scenario: Scenario) -> tuple[Any, ...]:
-    """Per message and hop of its route (step 4): port, ingress, ingress capacity, phase, packets, start, end (numpy
-    columns), and the phases."""
-    *cols, phases = _bursts(messages, routes, scenario)
-    rid, phase, pk = (np.asarray(c, np.int64) for c in cols[:3])
-    first_bits, b, end = (np.asarray(c, np.float64) for c in cols[3:])
-    length = np.asarray(routes.length, np.int64)[rid]
-    msg = np.repeat(np.arange(len(rid)), length)
-    row = np.repeat(np.asarray(routes.first, np.int64)[rid] - (np.cumsum(length) - length), length) \
-        + np.arange(len(msg))
-    port, ing, ratio = (np.asarray(c, np.int64)[row] for c in routes.rows[:3])
-    lat, sf = (np.asarray(c, np.float64)[row] for c in routes.rows[3:])
-    off = lat + first_bits[msg] * sf
-    return port, ing, ratio, phase[msg], pk[msg], b[msg] + off, end[msg] + off, phases
+def _first_windows(bits: np.ndarray, scenario: Scenario) -> tuple[np.ndarray, ...]:
+    """Per payload size: packets and wire bits of its first window, its first packet's wire bits, and whether the
+    window holds the whole message."""
+    net = scenario.network
+    out: tuple[list[Any], ...] = ([], [], [], [])
+    for b in bits.tolist():
+        pk = packetize(b, net.mtu, net.ip_header_bytes, net.link_header_bytes, net.headers)
+        k = min(net.initial_window, pk.n_packets)
+        whole = k == pk.n_packets
+        for col, v in zip(out, (k, 8 * (pk.wire_bytes if whole else k * pk.first_packet_bytes),
+                                8 * pk.first_packet_bytes, whole)):
+            col.append(v)
+    return np.array(out[0], np.int32), np.array(out[1], np.float64), np.array(out[2], np.float64), \
+        np.array(out[3], bool)
 
 
-def _sweep(key: np.ndarray, grp: np.ndarray, ratio: np.ndarray, pk: np.ndarray, t0: np.ndarray,
-           t1: np.ndarray) -> tuple[np.ndarray, ...]:
-    """The start and end events of the intervals in sweep order (per key, then time, ends before starts), with the
-    state after each: flows in flight, their packets, ingresses in use and their capacity (x _SCALE of the port's).
-    Cumulative sums restart at each key by themselves: every key's starts and ends cancel."""
-    n = len(key)
-    kind = np.concatenate([np.ones(n, np.int8), np.zeros(n, np.int8)])  # 1 start, 0 end
-    t = np.concatenate([t0, t1])
-    ek, eg = np.concatenate([key, key]), np.concatenate([grp, grp])
-    d = np.where(kind == 1, 1, -1).astype(np.int64)
+def _codes(messages: pl.LazyFrame, topology: Topology) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The trace's columns the check reads, in order of t_start then msg_id, names as numbers (never as strings,
+    a million of which would cost memory): src and dst index the topology's nodes, phase the phases in the order
+    met."""
+    first = messages.group_by("phase").agg(pl.col("t_start").min(), pl.col("msg_id").min())
+    phases = first.sort("t_start", "msg_id").collect()["phase"].to_list()
+    nodes = pl.Enum(list(topology.nodes))
+    m = messages.select(pl.col("src").cast(nodes).to_physical(), pl.col("dst").cast(nodes).to_physical(),
+                        pl.col("phase").cast(pl.Enum(phases)).to_physical(), "payload_bits", "t_start", "t_tx",
+                        "msg_id").sort("t_start", "msg_id").drop("msg_id").collect()
+    return {c: m.get_column(c).to_numpy() for c in m.columns}, phases
+
+
+def _bursts(cols: dict[str, np.ndarray], routes: _Routes, scenario: Scenario, unit: float) -> dict[str, Any]:
+    """Per message: its route, size and phase, and its interval [b, end) at the sender in integer time units
+    (steps 1-3 of the module doc); the routes' and sizes' columns. Integers keep "a burst ends as the next one of
+    its sender begins" exact."""
+    n_nodes = len(routes.topology.nodes)
+    pairs, rid = np.unique(cols["src"].astype(np.int64) * n_nodes + cols["dst"], return_inverse=True)
+    nodes = routes.topology.nodes
+    for code in pairs.tolist():
+        routes.add(nodes[code // n_nodes], nodes[code % n_nodes])
+    del pairs
+    r = routes.columns()
+    sizes, sid = np.unique(cols["payload_bits"], return_inverse=True)
+    k, burst, first_bits, whole = _first_windows(sizes, scenario)
+    d = np.rint(burst[sid] / r["c0"][r["shape_row"][rid]] / unit).astype(np.int64)
+    t = np.rint(cols["t_start"] / unit).astype(np.int64)
+    b = np.empty_like(t)
+    src = cols["src"]
+    by_sender = np.argsort(src, kind="stable")  # each sender's messages in send order
+    for idx in np.split(by_sender, np.flatnonzero(np.diff(src[by_sender])) + 1):
+        # b_m = max(t_m, b_(m-1) + d_(m-1)) = S_m + max over j <= m of (t_j - S_j), S_m = sum of d before m
+        dd = d[idx]
+        s = np.cumsum(dd) - dd
+        b[idx] = s + np.maximum.accumulate(t[idx] - s)
+    del by_sender, t
+    end = b + d
+    del d
+    end = np.where(whole[sid], end, np.maximum(end, np.rint(cols["t_tx"] / unit).astype(np.int64)))
+    return {"rid": rid.astype(np.int32), "sid": sid.astype(np.int32), "phase": cols["phase"].astype(np.int32),
+            "b": b, "end": end, "routes": r, "k": k, "first_bits": first_bits}
+
+
+def _visits(msg: dict[str, Any], n_ph: int, unit: float) -> dict[str, np.ndarray]:
+    """Per message and hop of its route (step 4) into a port where flows can converge at all (the others are left
+    out): key (port and phase), ingress group (ingress and phase), ingress capacity, packets, and the interval
+    [t0, t1) at the port. Built in chunks of messages, so that only the hops kept take memory."""
+    r = msg["routes"]
+    n_ing = int(r["ing"].max()) + 1
+    parts: list[dict[str, np.ndarray]] = []
+    for a in range(0, len(msg["rid"]), _CHUNK):
+        rid = msg["rid"][a:a + _CHUNK]
+        length = r["length"][rid]
+        which = np.repeat(np.arange(a, a + len(rid), dtype=np.int64), length)
+        j = np.arange(len(which), dtype=np.int64) - np.repeat(np.cumsum(length) - length, length)  # hop index
+        row = r["first"][rid][which - a] + j
+        keep = r["can"][r["port"][row]]
+        which, j, row = which[keep], j[keep], row[keep]
+        srow = r["shape_row"][msg["rid"][which]] + j
+        sid = msg["sid"][which]
+        off = np.rint((r["lat"][srow] + msg["first_bits"][sid] * r["sf"][srow]) / unit).astype(np.int64)
+        phase = msg["phase"][which]
+        port = r["port"][row].astype(np.int64)
+        parts.append({"key": port * n_ph + phase, "grp": (port * n_ing + r["ing"][row]) * n_ph + phase,
+                      "ratio": r["ratio"][row], "pk": msg["k"][sid], "t0": msg["b"][which] + off,
+                      "t1": msg["end"][which] + off})
+    return {c: np.concatenate([p[c] for p in parts]) for c in parts[0]} if len(parts) > 1 else parts[0]
+
+
+def _sweep(v: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
+    """The start and end events of the intervals `v` in sweep order (per key, then time, ends before starts), with
+    the state after each: flows in flight, their packets, ingresses in use and their capacity (x _SCALE of the
+    port's). Cumulative sums restart at each key by themselves: every key's starts and ends cancel."""
+    n = len(v["key"])
+    kind = np.repeat(np.array([1, 0], np.int8), n)  # 1 start, 0 end
+    t = np.concatenate([v["t0"], v["t1"]])
+    d = kind.astype(np.int64) * 2 - 1
     # an ingress joins when its first flow starts and leaves when its last one ends (per port and phase)
+    eg = np.concatenate([v["grp"], v["grp"]])
     o2 = np.lexsort((kind, t, eg))
+    del eg
     count = np.cumsum(d[o2])
-    up = o2[(kind[o2] == 1) & (count == 1)]
-    down = o2[(kind[o2] == 0) & (count == 0)]
     joined = np.zeros(2 * n, np.int64)
-    joined[up], joined[down] = 1, -1
-    r = np.concatenate([ratio, ratio])
+    joined[o2[(kind[o2] == 1) & (count == 1)]] = 1
+    joined[o2[(kind[o2] == 0) & (count == 0)]] = -1
+    del o2, count
+    ek = np.concatenate([v["key"], v["key"]])
     order = np.lexsort((kind, t, ek))
     flows = np.cumsum(d[order])
-    packets = np.cumsum((d * np.concatenate([pk, pk]))[order])
+    packets = np.cumsum((d * np.concatenate([v["pk"], v["pk"]]))[order])
     ingresses = np.cumsum(joined[order])
-    capacity = np.cumsum((joined * r)[order])
+    capacity = np.cumsum((joined * np.concatenate([v["ratio"], v["ratio"]]))[order])
     return ek[order], kind[order], t[order], flows, packets, ingresses, capacity
 
 
-def port_peaks(messages: pl.DataFrame, topology: Topology, scenario: Scenario) -> list[PortPeak]:
-    """Every port a message crossed, per phase (phases in the order their first message started, then ports in
-    the order met): the most flows in flight through it and its worst converging moment (module doc)."""
-    routes = _Routes(topology, scenario)
-    port, ing, ratio, phase, pk, t0, t1, phases = _intervals(messages, routes, scenario)
-    keep = t1 > t0  # an empty message (0 wire bits, no headers) occupies no port
-    if not keep.any():
-        return []
-    n_ph = len(phases)
-    ks, kind, t, flows, packets, ingresses, capacity = _sweep(
-        (port * n_ph + phase)[keep], (ing * n_ph + phase)[keep], ratio[keep], pk[keep], t0[keep], t1[keep])
+def _peaks(v: dict[str, np.ndarray], routes: _Routes, phases: list[str], unit: float) -> list[PortPeak]:
+    """The `PortPeak` of each key of the visits `v` (whole keys only)."""
+    ks, kind, t, flows, packets, ingresses, capacity = _sweep(v)
     score = np.where((kind == 1) & (capacity > _SCALE), packets, -1)
     first = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
     last = np.r_[first[1:], len(ks)]
     most = np.maximum.reduceat(flows, first)
+    n_ph = len(phases)
     out = []
     for g, (a, b) in enumerate(zip(first.tolist(), last.tolist())):
         key = int(ks[a])
@@ -266,15 +301,44 @@ def port_peaks(messages: pl.DataFrame, topology: Topology, scenario: Scenario) -
         hit = score[i] >= 0
         out.append(PortPeak(phases[key % n_ph], name, resource, node, buffer, int(most[g]),
                             int(flows[i]) if hit else 0, int(packets[i]) if hit else 0,
-                            int(ingresses[i]) if hit else 0, float(t[i]) if hit else float("nan")))
-    rank = {p: i for i, p in enumerate(phases)}
-    out.sort(key=lambda p: rank[p.phase])  # stable: ports stay in the order met
+                            int(ingresses[i]) if hit else 0, float(t[i]) * unit if hit else float("nan")))
     return out
 
 
-def find_incast(messages: pl.DataFrame, topology: Topology, scenario: Scenario) -> list[Incast]:
+def port_peaks(messages: pl.DataFrame | pl.LazyFrame, topology: Topology, scenario: Scenario) -> list[PortPeak]:
+    """Every port a message crossed where flows can converge (its ingresses together faster than it), per phase
+    (phases in the order their first message started, then ports in the order met): the most flows in flight
+    through it and its worst converging moment (module doc)."""
+    cols, phases = _codes(messages.lazy(), topology)
+    if not phases:
+        return []
+    unit = _PS if float(cols["t_tx"].max()) < _PS_UP_TO_S else _NS
+    routes = _Routes(topology, scenario)
+    msg = _bursts(cols, routes, scenario, unit)
+    del cols
+    v = _visits(msg, len(phases), unit)
+    del msg
+    keep = v["t1"] > v["t0"]  # an empty message (0 wire bits, no headers) occupies no port
+    order = np.argsort(v["key"], kind="stable")
+    order = order[keep[order]]
+    keys = v["key"][order]
+    out: list[PortPeak] = []
+    a = 0
+    while a < len(order):  # whole keys in batches of about _BATCH visits: the sweep's memory stays bounded
+        z = min(a + _BATCH, len(order))
+        z = int(np.searchsorted(keys, keys[z - 1], side="right"))
+        sel = order[a:z]
+        out += _peaks({c: x[sel] for c, x in v.items()}, routes, phases, unit)
+        a = z
+    rank = {p: i for i, p in enumerate(phases)}
+    out.sort(key=lambda p: (rank[p.phase], routes.ports[(p.resource, p.node)]))
+    return out
+
+
+def find_incast(messages: pl.DataFrame | pl.LazyFrame, topology: Topology, scenario: Scenario) -> list[Incast]:
     """Per phase where some port overflows (module doc): its worst port (most packets per buffer slot, then most
-    packets, then most flows, then the first met). Empty when the fluid model's times need no warning."""
+    packets, then most flows, then the earliest moment, then the first met). Empty when the fluid model's times
+    need no warning."""
     worst: dict[str, tuple[PortPeak, int]] = {}
     for p in port_peaks(messages, topology, scenario):
         if not p.overflows:
@@ -283,11 +347,17 @@ def find_incast(messages: pl.DataFrame, topology: Topology, scenario: Scenario) 
             worst[p.phase] = (p, 1)
             continue
         w, n = worst[p.phase]
-        better = (p.packets * w.buffer, p.packets, p.flows) > (w.packets * p.buffer, w.packets, w.flows)
+        better = (p.packets * w.buffer, p.packets, p.flows, -p.at_s) > (w.packets * p.buffer, w.packets, w.flows,
+                                                                         -w.at_s)
         worst[p.phase] = (p if better else w, n + 1)
     iw = scenario.network.initial_window
-    return [Incast(p.phase, p.port, p.resource, p.node, p.flows, p.packets, p.ingresses, p.buffer, iw, p.t, n)
+    return [Incast(p.phase, p.port, p.resource, p.node, p.flows, p.packets, p.ingresses, p.buffer, iw, p.at_s, n)
             for p, n in worst.values()]
+
+
+def check_trace(run_dir: str | Path, topology: Topology, scenario: Scenario) -> list[Incast]:
+    """`find_incast` on the messages trace written into `run_dir` (read lazily: only the columns it needs)."""
+    return find_incast(pl.scan_parquet(Path(run_dir) / "messages.parquet"), topology, scenario)
 
 
 def warn_incast(found: Sequence[Incast], stream: TextIO | None = None) -> None:
