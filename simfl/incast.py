@@ -38,7 +38,6 @@ import sys
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
@@ -49,7 +48,7 @@ from simfl.messages import packetize
 from simfl.network import pipeline_offsets
 from simfl.topology import Hop, Topology
 
-__all__ = ["PortPeak", "Incast", "port_peaks", "find_incast", "check_trace", "warn_incast"]
+__all__ = ["PortPeak", "Incast", "port_peaks", "find_incast", "warn_incast"]
 
 _LOCAL = "(sender)"  # the ingress of a route's first hop: the sending node itself
 _SCALE = 1 << 29  # ingress capacities in units of the port's capacity / _SCALE (exact integer sums, int32 each)
@@ -189,17 +188,26 @@ def _first_windows(bits: np.ndarray, scenario: Scenario) -> tuple[np.ndarray, ..
         np.array(out[3], bool)
 
 
-def _codes(messages: pl.LazyFrame, topology: Topology) -> tuple[dict[str, np.ndarray], list[str]]:
-    """The trace's columns the check reads, in order of t_start then msg_id, names as numbers (never as strings,
-    a million of which would cost memory): src and dst index the topology's nodes, phase the phases in the order
-    met."""
-    first = messages.group_by("phase").agg(pl.col("t_start").min(), pl.col("msg_id").min())
-    phases = first.sort("t_start", "msg_id").collect()["phase"].to_list()
+def _codes(messages: pl.DataFrame, topology: Topology) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The trace's columns the check reads, in order of t_start then msg_id, names as numbers: src and dst index
+    the topology's nodes, phase the phases in the order met."""
+    phase = messages.get_column("phase")
+    phases = phase.unique(maintain_order=True).to_list()
     nodes = pl.Enum(list(topology.nodes))
-    m = messages.select(pl.col("src").cast(nodes).to_physical(), pl.col("dst").cast(nodes).to_physical(),
-                        pl.col("phase").cast(pl.Enum(phases)).to_physical(), "payload_bits", "t_start", "t_tx",
-                        "msg_id").sort("t_start", "msg_id").drop("msg_id").collect()
-    return {c: m.get_column(c).to_numpy() for c in m.columns}, phases
+    cols = {"src": messages.get_column("src").cast(nodes).to_physical().to_numpy().astype(np.int32),
+            "dst": messages.get_column("dst").cast(nodes).to_physical().to_numpy().astype(np.int32),
+            "phase": phase.cast(pl.Enum(phases)).to_physical().to_numpy().astype(np.int32)}
+    for c in ("payload_bits", "t_start", "t_tx"):
+        cols[c] = messages.get_column(c).to_numpy()
+    order = np.lexsort((messages.get_column("msg_id").to_numpy(), cols["t_start"]))
+    cols = {c: x[order] for c, x in cols.items()}
+    # phases renumbered in the order their first message started
+    _, first = np.unique(cols["phase"], return_index=True)
+    met = np.argsort(first)
+    renumber = np.empty(len(phases), np.int32)
+    renumber[met] = np.arange(len(phases), dtype=np.int32)
+    cols["phase"] = renumber[cols["phase"]]
+    return cols, [phases[i] for i in met]
 
 
 def _bursts(cols: dict[str, np.ndarray], routes: _Routes, scenario: Scenario, unit: float) -> dict[str, Any]:
@@ -305,13 +313,13 @@ def _peaks(v: dict[str, np.ndarray], routes: _Routes, phases: list[str], unit: f
     return out
 
 
-def port_peaks(messages: pl.DataFrame | pl.LazyFrame, topology: Topology, scenario: Scenario) -> list[PortPeak]:
+def port_peaks(messages: pl.DataFrame, topology: Topology, scenario: Scenario) -> list[PortPeak]:
     """Every port a message crossed where flows can converge (its ingresses together faster than it), per phase
     (phases in the order their first message started, then ports in the order met): the most flows in flight
     through it and its worst converging moment (module doc)."""
-    cols, phases = _codes(messages.lazy(), topology)
-    if not phases:
+    if not messages.height:
         return []
+    cols, phases = _codes(messages, topology)
     unit = _PS if float(cols["t_tx"].max()) < _PS_UP_TO_S else _NS
     routes = _Routes(topology, scenario)
     msg = _bursts(cols, routes, scenario, unit)
@@ -335,7 +343,7 @@ def port_peaks(messages: pl.DataFrame | pl.LazyFrame, topology: Topology, scenar
     return out
 
 
-def find_incast(messages: pl.DataFrame | pl.LazyFrame, topology: Topology, scenario: Scenario) -> list[Incast]:
+def find_incast(messages: pl.DataFrame, topology: Topology, scenario: Scenario) -> list[Incast]:
     """Per phase where some port overflows (module doc): its worst port (most packets per buffer slot, then most
     packets, then most flows, then the earliest moment, then the first met). Empty when the fluid model's times
     need no warning."""
@@ -353,11 +361,6 @@ def find_incast(messages: pl.DataFrame | pl.LazyFrame, topology: Topology, scena
     iw = scenario.network.initial_window
     return [Incast(p.phase, p.port, p.resource, p.node, p.flows, p.packets, p.ingresses, p.buffer, iw, p.at_s, n)
             for p, n in worst.values()]
-
-
-def check_trace(run_dir: str | Path, topology: Topology, scenario: Scenario) -> list[Incast]:
-    """`find_incast` on the messages trace written into `run_dir` (read lazily: only the columns it needs)."""
-    return find_incast(pl.scan_parquet(Path(run_dir) / "messages.parquet"), topology, scenario)
 
 
 def warn_incast(found: Sequence[Incast], stream: TextIO | None = None) -> None:
