@@ -180,10 +180,10 @@ NETWORK = Table("network", (
         lo=2, hi=65535),
     Key("ip_header_bytes", INT, 40, "IP + transport header bytes per packet", lo=0, hi=65534),
     Key("link_header_bytes", INT, 38, "link-layer framing bytes per packet (Ethernet: 38)", lo=0, hi=65535),
-    Key("headers", BOOL, True, "count header bytes on the wire (false: payload only, as the paper counts)"),
     Key("buffer", INT, 100, "packets a port's drop-tail queue holds, where a link or cell gives none (incast "
         "check)", lo=1, hi=MAX_BUFFER),
     Key("initial_window", INT, 10, "TCP initial window in segments (Linux: 10; incast check)", lo=1, hi=65535),
+    Key("headers", BOOL, True, "count header bytes on the wire (false: payload only, as the paper counts)"),
 ), "packetisation of every message")
 
 EXPERIMENT = Table("experiment", (
