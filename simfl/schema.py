@@ -58,6 +58,8 @@ NODE_KINDS = ("client", "switch", "ap", "gateway", "server", "cloud")
 SERVER_KINDS = ("server", "cloud")
 WORKLOADS = ("fedad", "synthetic")
 PATTERNS = ("allpairs", "gather", "broadcast")
+NETWORK_MODELS = ("fluid", "ns3")
+HOST_QDISCS = ("fq", "fq_codel", "fifo")  # ns3 backend: the hosts' queue discipline
 BASELINES = ("local", "ideal", "centralised")
 # What each client detects with after FedAvg: "global" = its community's final average (sent to it after the
 # last round); "last_fit" = its own last local fit, as the authors' code leaves it (Flower with evaluation off).
@@ -184,7 +186,14 @@ NETWORK = Table("network", (
         "check)", lo=1, hi=MAX_BUFFER),
     Key("initial_window", INT, 10, "TCP initial window in segments (Linux: 10; incast check)", lo=1, hi=65535),
     Key("headers", BOOL, True, "count header bytes on the wire (false: payload only, as the paper counts)"),
-), "packetisation of every message")
+    Key("model", STR, "fluid", "the network backend: fluid (max-min fair flows, fast) or ns3 (packet-level ns-3: "
+        "TCP, finite queues, drops; needs the ns3 package)", choices=NETWORK_MODELS),
+    Key("host_qdisc", STR, "fq", "ns3: the hosts' queue discipline (fq: per-flow fair queueing as Linux's "
+        "fq_codel without its drops; fq_codel; fifo)", choices=HOST_QDISCS),
+    Key("min_rto", TIME, 0.2, "ns3: TCP's minimum retransmission timeout (Linux: 200 ms)", lo=0.001, hi=60.0),
+    Key("delayed_ack", TIME, 0.04, "ns3: TCP's delayed-ACK timeout (Linux: 40 ms)", lo=0.001, hi=1.0),
+    Key("syn_timeout", TIME, 1.0, "ns3: TCP's first SYN retransmission timeout (Linux: 1 s)", lo=0.001, hi=60.0),
+), "packetisation of every message, and the network backend")
 
 EXPERIMENT = Table("experiment", (
     Key("classes", LIST, tuple(range(10)), "the Fashion-MNIST classes that take part",
