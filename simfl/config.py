@@ -98,7 +98,8 @@ def _epochs_in_round(self: Any, i: int) -> int:
 
 
 NetworkParams = model("NetworkParams", NETWORK, __name__, "The [network] table (simfl.schema.NETWORK).",
-                      {"header_bytes": property(_header_bytes)})
+                      {"header_bytes": property(_header_bytes),
+                       "buffer_packets": property(lambda self: self.buffer)})  # the name the ns3 backend reads
 Experiment = model("Experiment", EXPERIMENT, __name__,
                    "The [experiment] table (simfl.schema.EXPERIMENT). Lists are held as tuples (it is frozen).",
                    {"n_clients": property(_n_clients), "epochs_in_round": _epochs_in_round})

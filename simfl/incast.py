@@ -346,7 +346,9 @@ def port_peaks(messages: pl.DataFrame, topology: Topology, scenario: Scenario) -
 def find_incast(messages: pl.DataFrame, topology: Topology, scenario: Scenario) -> list[Incast]:
     """Per phase where some port overflows (module doc): its worst port (most packets per buffer slot, then most
     packets, then most flows, then the earliest moment, then the first met). Empty when the fluid model's times
-    need no warning."""
+    need no warning. The check is about the fluid model: a run on another backend (`network.model`) gets none."""
+    if scenario.network.model != "fluid":
+        return []
     worst: dict[str, tuple[PortPeak, int]] = {}
     for p in port_peaks(messages, topology, scenario):
         if not p.overflows:

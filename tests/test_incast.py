@@ -11,7 +11,6 @@ Numbers used below (default headers, MSS 1,460, 78 header bytes per packet):
 from __future__ import annotations
 
 import json
-import math
 import tomllib
 
 import pytest
@@ -315,3 +314,16 @@ def test_bad_keys_are_one_line_errors(key, value, msg):
     with pytest.raises(SimflError) as e:
         scenario_from_dict(d)
     assert str(e.value) == f"<dict>: {msg}"
+
+
+def test_only_the_fluid_model_is_checked_and_ns3_reads_the_buffer():
+    import dataclasses
+
+    sc = star(11)
+    w, m = run(sc)
+    assert len(find_incast(m, w.topology, sc)) == 1
+    ns3 = sc.replace(network=dataclasses.replace(sc.network, model="ns3", buffer=64))
+    assert find_incast(m, w.topology, ns3) == []  # packet-level timing needs no warning
+    from simfl.ns3 import Ns3Options
+
+    assert Ns3Options.from_params(ns3.network).buffer_packets == 64  # network.buffer is the ns3 ports' queue
