@@ -1,34 +1,43 @@
 """Where the fluid model is optimistic: many TCP flows converging on one switch port at once (incast).
 
 The fluid network (`simfl.network`) has no finite buffers: any number of flows share a port fairly and none loses a
-packet. A packet network does not. Each new TCP transfer starts with a burst of its initial window (IW segments);
-when more bursts converge on one output port than its drop-tail queue holds, the port drops packets, and a
-transfer of a few packets cannot fast-retransmit: it waits for a retransmission timeout (at least 200 ms on Linux).
-Measured in ns-3 for phase I's all-pairs exchange of 90 clients on one switch, that makes the exchange 10x slower
-than the fluid model. This module finds such moments in a finished run's messages trace, per phase and port.
+packet. A packet network does not. Each new TCP transfer starts with a burst of its initial window (IW segments)
+and then doubles its window every round trip (slow start); when more packets converge on one output port at once
+than its drop-tail queue holds, the port drops some, and a transfer of a few packets cannot fast-retransmit: it
+waits for a retransmission timeout (at least 200 ms on Linux). Packet-level (ns-3) the all-pairs exchange of 90
+clients on one switch takes 5-10x the fluid time, a gather of 90 models to a 1 Gbps server 57x. This module finds
+such moments in a finished run's messages trace, per phase and port. It is a check on the fluid model only: a run
+on the ns3 backend (`network.model`) is not checked.
 
 The check, for every message of the trace (route from the topology):
 
-1. **Its first window.** k = min(IW, its packets) packets (`network.initial_window`), the first k packets of its
-   `simfl.messages.packetize` split.
-2. **When it leaves the sender.** A sender's network card emits its bursts one after another, in the order they were
-   sent (`t_start`, then message ID): the burst starts at b = max(t_start, the end of the sender's previous burst)
-   and takes (its wire bits) / (the sender's first-hop capacity). This is where the send order (`simfl.order`)
-   shows: in the fluid model all of a client's messages go out at once.
-3. **How long it is in flight.** A message of at most IW packets is all in its burst: [b, end of the burst). A
-   longer one stays window-limited until its fluid transmission ends: [b, max(end of burst, t_tx)).
+1. **Its burst** (`slow_start_burst`): the most packets it throws at its bottleneck faster than the bottleneck
+   drains them: its first window, k = min(IW, its packets) (`network.initial_window`), or, for a longer message, a
+   later round of slow start, whose window grows by as many packets as the ACKs of the round before release
+   (69 packets: windows 10, 20, 39, a burst of 19).
+2. **When it leaves the sender.** A sender's network card emits the first windows of its transfers one after
+   another, in the order they were sent (`t_start`, then message ID), as a FIFO queue does: the first window starts
+   at b = max(t_start, the end of the sender's previous one) and takes (its wire bits) / (the sender's first-hop
+   capacity). This is where the send order (`simfl.order`) shows: in the fluid model all of a client's messages go
+   out at once.
+3. **How long it is in flight.** A message that fits in its first window is all in it: [b, end of the window). A
+   longer one stays window-limited until its fluid transmission ends: [b, max(end of the window, t_tx)).
 4. **At each port of its route**, that interval shifted by the hop's offset (`simfl.network.pipeline_offsets`:
    latency and store-and-forward of the hops before it). A port is the output queue of one link direction, or one
    transmitter's queue on a cell; its ingress is the link direction (or cell) the message arrived on, or the
    sending node itself at the first hop.
 
 Per port and phase a sweep over the intervals' start and end events finds the moment when the concurrent flows'
-first windows add up to the most packets while they **converge**: they arrive over ingresses that together can
-deliver faster than the port sends (two or more ingresses of the port's speed; one faster link into a slower port
-also converges; the sending node counts at the port's speed, so a node's own flows alone never do). When those
-packets exceed the port's buffer (`buffer` of the link or cell, else `network.buffer`) the run is flagged for that
-phase: the fluid times there are optimistic. Ends sort before starts at the same instant (a burst that ends as the
-next begins does not overlap it). Everything is vectorised: O(M log M) for M messages.
+bursts add up to the most packets while they **converge**: they arrive over ingresses that together can deliver
+faster than the port sends (two or more ingresses of the port's speed; one faster link into a slower port also
+converges; the sending node counts at the port's speed, so a node's own flows alone never do, and ports that no
+flows can converge on are left out). When those packets exceed the port's buffer (`buffer` of the link or cell,
+else `network.buffer`) the run is flagged for that phase: the fluid times there are optimistic. Ends sort before
+starts at the same instant (a burst that ends as the next begins does not overlap it); times are integers
+(picoseconds) so that this holds exactly.
+
+Cost: O(M log M) for M messages, vectorised; its memory is a few numpy columns per message and per port visit,
+built and swept in chunks, and released before the run writes its traces (so a run's peak memory is unchanged).
 """
 
 from __future__ import annotations
@@ -48,7 +57,7 @@ from simfl.messages import packetize
 from simfl.network import pipeline_offsets
 from simfl.topology import Hop, Topology
 
-__all__ = ["PortPeak", "Incast", "port_peaks", "find_incast", "warn_incast"]
+__all__ = ["PortPeak", "Incast", "port_peaks", "find_incast", "warn_incast", "slow_start_burst"]
 
 _LOCAL = "(sender)"  # the ingress of a route's first hop: the sending node itself
 _SCALE = 1 << 29  # ingress capacities in units of the port's capacity / _SCALE (exact integer sums, int32 each)
@@ -172,16 +181,33 @@ class _Routes:
                 **{c: np.asarray(x, np.float64) for c, x in zip(("lat", "sf", "c0"), self.shape_rows)}}
 
 
+def slow_start_burst(packets: int, initial_window: int) -> int:
+    """The most packets a transfer of `packets` packets throws at its bottleneck faster than it drains, in slow
+    start: its first window (min(IW, packets), at line rate), or a later round's growth over the ACK clock. Round i
+    sends w_i = min(2 w_(i-1), what is left) packets, released by the w_(i-1) ACKs of the round before, so w_i -
+    w_(i-1) of them are on top of what the bottleneck drains. 9 packets: 9; 10 to 20: 10; 69 (100 kB): windows 10,
+    20, 39 -> 19; 78 (an AE-7 update): 10, 20, 40, 8 -> 20."""
+    w = min(initial_window, packets)
+    burst, sent = w, w
+    while sent < packets:
+        nxt = min(2 * w, packets - sent)
+        burst = max(burst, nxt - w)
+        sent += nxt
+        w = nxt
+    return burst
+
+
 def _first_windows(bits: np.ndarray, scenario: Scenario) -> tuple[np.ndarray, ...]:
-    """Per payload size: packets and wire bits of its first window, its first packet's wire bits, and whether the
-    window holds the whole message."""
+    """Per payload size: its slow-start burst in packets (`slow_start_burst`), the wire bits of its first window,
+    its first packet's wire bits, and whether the first window holds the whole message."""
     net = scenario.network
     out: tuple[list[Any], ...] = ([], [], [], [])
     for b in bits.tolist():
         pk = packetize(b, net.mtu, net.ip_header_bytes, net.link_header_bytes, net.headers)
         k = min(net.initial_window, pk.n_packets)
         whole = k == pk.n_packets
-        for col, v in zip(out, (k, 8 * (pk.wire_bytes if whole else k * pk.first_packet_bytes),
+        for col, v in zip(out, (slow_start_burst(pk.n_packets, net.initial_window),
+                                8 * (pk.wire_bytes if whole else k * pk.first_packet_bytes),
                                 8 * pk.first_packet_bytes, whole)):
             col.append(v)
     return np.array(out[0], np.int32), np.array(out[1], np.float64), np.array(out[2], np.float64), \

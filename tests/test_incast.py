@@ -1,10 +1,12 @@
 """The incast check (simfl/incast.py) on hand-worked cases, its scenario keys, and where its warning shows.
 
-Numbers used below (default headers, MSS 1,460, 78 header bytes per packet):
-- a 100,000-byte message is 69 packets (68 x 1,460 + 720), more than the initial window: its first window is
-  IW = 10 packets;
-- a 12,868-byte message (one AE-5 model) is 9 packets: its first window is all of it, 9 packets;
-- the first packet of either is 1,538 bytes = 12,304 bits on the wire. Between two hops of 100 Mbps and 0.5 ms the
+Numbers used below (default headers, MSS 1,460, 78 header bytes per packet; slow-start bursts with IW = 10, see
+`simfl.incast.slow_start_burst`):
+- a 29,200-byte message is 20 packets: a first window of 10, then the 10 left, released by the first 10 ACKs: its
+  burst is 10 packets, its first window;
+- a 12,868-byte message (one AE-5 model) is 9 packets: its first window is all of it, a burst of 9 packets;
+- a 100,000-byte message is 69 packets (68 x 1,460 + 720): windows of 10, 20 and 39, a burst of 39 - 20 = 19;
+- the first packet of each is 1,538 bytes = 12,304 bits on the wire. Between two hops of 100 Mbps and 0.5 ms the
   second hop sees a burst 0.5 ms + 12,304 bits / 100 Mbps = 0.00062304 s after it left the sender.
 """
 
@@ -17,18 +19,19 @@ import pytest
 
 from simfl.config import DEFAULT_SCENARIO, load_scenario, scenario_from_dict
 from simfl.errors import SimflError
-from simfl.incast import find_incast, port_peaks
+from simfl.incast import find_incast, port_peaks, slow_start_burst
 from simfl.runner import run_scenario
 from simfl.summary import read_summary, summary_from_dict
 from simfl.workloads import run_synthetic
 from simfl.world import World
 
-BIG = 100_000  # bytes: 69 packets, first window 10
-MODEL = 12_868  # bytes: 9 packets, first window 9
+TWENTY = 29_200  # bytes: 20 packets, burst 10 (the first window)
+MODEL = 12_868  # bytes: 9 packets, burst 9
+BIG = 100_000  # bytes: 69 packets, burst 19
 HOP2 = 0.0005 + 12_304 / 1e8  # when a burst sent at 0 reaches the second hop of a 100 Mbps / 0.5 ms route
 
 
-def star(n: int, *, pattern: str = "gather", size: int = BIG, server_bw: str = "100 Mbps", order: str = "id",
+def star(n: int, *, pattern: str = "gather", size: int = TWENTY, server_bw: str = "100 Mbps", order: str = "id",
          network: dict | None = None, server_buffer: int | None = None):
     """n clients and a server, each on its own 100 Mbps / 0.5 ms link to switch s (the server's speed as given)."""
     up = {"to": "s", "bandwidth": server_bw, "latency": "0.5 ms"}
@@ -61,7 +64,8 @@ def incast(sc):
 
 # ------------------------------------------------------------------------------------------------ gather
 def test_gather_of_10_fills_the_buffer_exactly_and_11_overflow_it():
-    """10 flows x IW 10 = 100 packets = the buffer: no warning; 11 x 10 = 110 > 100: the server's port."""
+    """20-packet messages: 10 flows x IW 10 = 100 packets = the buffer: no warning; 11 x 10 = 110 > 100: the
+    server's port."""
     assert incast(star(10)) == []
     p = peaks(star(10))["s>srv (link srv-s)"]
     assert (p.max_flows, p.flows, p.packets, p.ingresses, p.buffer) == (10, 10, 100, 10, 100)
@@ -72,6 +76,19 @@ def test_gather_of_10_fills_the_buffer_exactly_and_11_overflow_it():
     assert w.message == ('synthetic: the fluid model is optimistic here (11 concurrent flows into port s>srv '
                          '(link srv-s), buffer 100 packets, initial window 10): rerun with network.model = "ns3" for '
                          'packet-level timing')
+
+
+def test_slow_start_bursts_by_hand():
+    assert [slow_start_burst(m, 10) for m in (1, 9, 10, 20, 40, 69, 70, 78, 358)] == [1, 9, 10, 10, 10, 19, 20, 20, 80]
+    assert [slow_start_burst(m, 4) for m in (3, 20, 28)] == [3, 4, 8]  # 4, 8, 8 and 4, 8, 16
+
+
+def test_longer_messages_overflow_in_a_later_round_of_slow_start():
+    """100 kB messages (a burst of 19 in their third round): 5 x 19 = 95 <= 100, 6 x 19 = 114 > 100. Packet-level
+    (ns-3, 100-packet ports, min RTO 200 ms) the same gathers took 1.05x and 4.9x the fluid time."""
+    assert incast(star(5, size=BIG)) == []
+    [w] = incast(star(6, size=BIG))
+    assert (w.flows, w.packets) == (6, 114)
 
 
 def test_a_message_shorter_than_the_window_bursts_all_its_packets():
@@ -115,7 +132,7 @@ def test_one_faster_ingress_into_a_slower_port_converges():
                   {"name": "g", "kind": "gateway", "uplink": {"to": "s", "bandwidth": "10 Gbps"}},
                   {"name": "srv", "kind": "server", "uplink": {"to": "g", "bandwidth": "100 Mbps"}}],
         "node_groups": [{"prefix": "c", "count": 20, "uplink": {"to": "s", "bandwidth": "100 Mbps"}}],
-        "synthetic": {"pattern": ["gather"], "message_bytes": BIG, "target": "srv"},
+        "synthetic": {"pattern": ["gather"], "message_bytes": TWENTY, "target": "srv"},
     })
     [w] = incast(sc)
     assert (w.port, w.flows, w.packets, w.ingresses, w.ports) == ("g>srv (link srv-g)", 20, 200, 1, 1)
@@ -170,7 +187,7 @@ def test_the_paper_network_against_the_ns3_measurements():
 # ------------------------------------------------------------------------------------------------ chain
 def chain(send_every_s: float):
     """Switches s0 - s1 - s2 - s3 (100 Mbps, 0.1 ms), the server on s3, clients x00 .. x10 on s(i % 4); client k
-    sends one 100,000-byte message to the server at k x send_every_s."""
+    sends one 29,200-byte message to the server at k x send_every_s."""
     sc = scenario_from_dict({
         "name": "chain", "workload": "synthetic",
         "nodes": [{"name": f"s{i}", "kind": "switch"} for i in range(4)]
@@ -183,7 +200,7 @@ def chain(send_every_s: float):
 
     def send(k):
         yield w.env.timeout(k * send_every_s)
-        yield w.network.send(f"x{k:02d}", "srv", kind="synthetic", phase="test", round=0, payload_bits=8 * BIG)
+        yield w.network.send(f"x{k:02d}", "srv", kind="synthetic", phase="test", round=0, payload_bits=8 * TWENTY)
 
     for k in range(11):
         w.env.process(send(k))
@@ -193,7 +210,7 @@ def chain(send_every_s: float):
 
 
 def test_flows_converging_on_one_port_but_one_after_another_do_not_overflow_it():
-    """A message alone takes (100,000 + 69 x 78) x 8 / 100 Mbps = 8.4 ms to transmit: sent 20 ms apart, the 11
+    """A message alone takes (29,200 + 20 x 78) x 8 / 100 Mbps = 2.5 ms to transmit: sent 20 ms apart, the 11
     flows into the server's port (from 3 ingresses: s2>s3, x03 and x07) never overlap."""
     sc, w, m = chain(0.020)
     assert m["t_start"].to_list() == pytest.approx([0.02 * k for k in range(11)])
@@ -220,7 +237,7 @@ def cell(pattern: str, cell_buffer: int | None = None):
                   {"name": "srv", "kind": "server", "uplink": {"to": "s", "bandwidth": "1 Gbps"}}],
         "node_groups": [{"prefix": "c", "count": 12, "cell": "w"}],
         "cells": [c],
-        "synthetic": {"pattern": [pattern], "message_bytes": BIG, "target": "srv"},
+        "synthetic": {"pattern": [pattern], "message_bytes": TWENTY, "target": "srv"},
     })
 
 
