@@ -13,8 +13,8 @@ The check, for every message of the trace (route from the topology):
 
 1. **Its burst** (`slow_start_burst`): the most packets it throws at its bottleneck faster than the bottleneck
    drains them: its first window, k = min(IW, its packets) (`network.initial_window`), or, for a longer message, a
-   later round of slow start, whose window grows by as many packets as the ACKs of the round before release
-   (69 packets: windows 10, 20, 39, a burst of 19).
+   later round of slow start, which sends two packets per ACK while the bottleneck drains one (69 packets: windows
+   10, 20, 39, a burst of 20).
 2. **When it leaves the sender.** A sender's network card emits the first windows of its transfers one after
    another, in the order they were sent (`t_start`, then message ID), as a FIFO queue does: the first window starts
    at b = max(t_start, the end of the sender's previous one) and takes (its wire bits) / (the sender's first-hop
@@ -182,18 +182,16 @@ class _Routes:
 
 
 def slow_start_burst(packets: int, initial_window: int) -> int:
-    """The most packets a transfer of `packets` packets throws at its bottleneck faster than it drains, in slow
-    start: its first window (min(IW, packets), at line rate), or a later round's growth over the ACK clock. Round i
-    sends w_i = min(2 w_(i-1), what is left) packets, released by the w_(i-1) ACKs of the round before, so w_i -
-    w_(i-1) of them are on top of what the bottleneck drains. 9 packets: 9; 10 to 20: 10; 69 (100 kB): windows 10,
-    20, 39 -> 19; 78 (an AE-7 update): 10, 20, 40, 8 -> 20."""
-    w = min(initial_window, packets)
-    burst, sent = w, w
+    """The most packets a transfer of `packets` packets puts in its bottleneck's queue in one round of slow start:
+    its first window, w_1 = min(IW, packets), which arrives at line rate; then round i sends w_i = min(2 w_(i-1),
+    what is left), two packets on each of the first w_i / 2 ACKs of the round before while the bottleneck, which
+    clocks those ACKs, drains one: the queue grows by ceil(w_i / 2). 9 packets: 9; 10 to 20: 10; 69 (100 kB):
+    windows 10, 20, 39 -> 20; 78 (an AE-7 update): 10, 20, 40, 8 -> 20."""
+    w = burst = sent = min(initial_window, packets)
     while sent < packets:
-        nxt = min(2 * w, packets - sent)
-        burst = max(burst, nxt - w)
-        sent += nxt
-        w = nxt
+        w = min(2 * w, packets - sent)
+        burst = max(burst, (w + 1) // 2)
+        sent += w
     return burst
 
 
