@@ -77,7 +77,7 @@ class PortPeak:
     buffer: int  # packets
     max_flows: int  # the most flows in flight through the port at one moment, converging or not
     flows: int  # flows in flight at the worst converging moment (0: the flows never converged)
-    packets: int  # their first windows, in packets
+    packets: int  # their bursts (`slow_start_burst`), in packets
     ingresses: int  # the ingresses they arrived over
     at_s: float  # when that moment begins (simulated s)
 
@@ -88,7 +88,9 @@ class PortPeak:
 
 @dataclass(frozen=True)
 class Incast:
-    """The worst overflowing port of one phase (`ports`: how many ports of the phase overflow)."""
+    """The worst overflowing port of one phase: `flows` in flight whose bursts add up to `packets` over
+    `ingresses` ingresses, more than the port's `buffer`, from `at_s` on; `ports`: how many ports of the phase
+    overflow."""
 
     phase: str
     port: str
