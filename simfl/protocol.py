@@ -31,6 +31,7 @@ import simpy
 
 from simfl.communities import find_communities
 from simfl.messages import flag_bits, ids_bits
+from simfl.order import send_order
 from simfl.plan import FLPlan, LearningPlan, derive_seed
 from simfl.world import World
 
@@ -72,10 +73,9 @@ class FedAD:
         node = self.nodes[i]
         tr = p1.train[i]
         yield self.world.compute(node, tr.flops, kind="train", phase="phase1", round=0, wall_s=tr.wall_s)
-        for j in range(self.n):
-            if j != i:
-                self.net.send(node, self.nodes[j], kind="model", phase="phase1", round=0,
-                              payload_bits=p1.payload_bits[i], payload=p1.payloads[i])
+        for j in send_order(i, self.n, self.world.scenario.experiment.send_order, self.seed):
+            self.net.send(node, self.nodes[j], kind="model", phase="phase1", round=0,
+                          payload_bits=p1.payload_bits[i], payload=p1.payloads[i])
         per_score_wall = p1.score_wall_s / max(1, self.n * self.n)
         for _ in range(self.n - 1):
             msg = yield self._get(node, "model", "phase1")
