@@ -23,7 +23,9 @@ Cases:
   all-pairs among 15 clients spread over the cells: ns-3's WiFi costs far more per packet than its wired links).
 - cells (each network with WiFi cells, its first cell): a gather into the cell (every client outside it sends to
   its first station: the access point relays everything) and an all-pairs exchange inside the cell (each message
-  crosses the channel twice).
+  crosses the channel twice), with 100- and 10,000-packet forwarding ports (the access point's queue); and bulk
+  transfers (500 kB each, 10,000-packet ports): the cell's stations to the server, and (cells of up to 15 stations)
+  all-pairs among them.
 - fedad: the default run's phase I and II message schedule (the protocol replayed on the network with the learning
   plan of topologies/default.toml capped at --samples samples per client, read from the learning cache or trained
   once; baselines left out): last = phase II's last delivery, median = the median message's delivery - send.
@@ -56,6 +58,8 @@ from simfl.world import World  # noqa: E402
 MODEL_BYTES = 12868  # one AE-5 model
 SYN_BYTES = 48 + 38  # a SYN or SYN-ACK on the wire: 20 IP + 28 TCP (with options) + 38 of framing
 WIFI_ALLPAIRS = 15  # topologies with WiFi cells: all-pairs among this many clients, spread over the cells
+BIG_BUFFER = 10_000  # packets per forwarding port: a cell case without drops
+BULK_BYTES = 500_000  # a bulk transfer: long enough for TCP's steady state
 FEDAD_PHASES = ("phase1", "phase2")
 
 
@@ -157,18 +161,30 @@ def topology_cases(name: str, sc: Scenario) -> list[Case]:
 
 
 def cell_cases(name: str, sc: Scenario) -> list[Case]:
-    """A gather into the first cell (from every client outside it) and all-pairs among its stations."""
+    """In the first cell: a gather into it (from every client outside it) and all-pairs among its stations, with
+    the default port buffers and with BIG_BUFFER packets (no drops: the cell model alone); bulk transfers of
+    BULK_BYTES with BIG_BUFFER: its stations to the server (the channel shared by contending stations) and, in
+    cells of up to WIFI_ALLPAIRS stations, all-pairs among them."""
     if not sc.cells:
         return []
     cell = sc.cells[0].name
     inside = [c for c in sc.clients if sc.node(c).cell == cell]
     outside = [c for c in sc.clients if sc.node(c).cell != cell]
-    return [
-        Case(f"{name}: gather of {len(outside)} into cell {cell} (-> {inside[0]})", "cells", sc,
-             pattern_pairs("gather", outside, inside[0]), sc.synthetic.message_bytes),
-        Case(f"{name}: all-pairs inside cell {cell} ({len(inside)} stations)", "cells", sc,
-             pattern_pairs("allpairs", inside, None), sc.synthetic.message_bytes),
-    ]
+    into = pattern_pairs("gather", outside, inside[0])
+    among = pattern_pairs("allpairs", inside, None)
+    big = Ns3Options(buffer_packets=BIG_BUFFER)
+    out = []
+    for o in (Ns3Options(), big):
+        out += [Case(f"{name}: gather of {len(outside)} into cell {cell} (-> {inside[0]})", "cells", sc, into,
+                     options=o),
+                Case(f"{name}: all-pairs inside cell {cell} ({len(inside)} stations)", "cells", sc, among,
+                     options=o)]
+    kb = f"{BULK_BYTES // 1000} kB"
+    out.append(Case(f"{name}: {len(inside)} stations of cell {cell} -> server, {kb} each", "cells", sc,
+                    pattern_pairs("gather", inside, sc.server), BULK_BYTES, big))
+    if len(inside) <= WIFI_ALLPAIRS:
+        out.append(Case(f"{name}: all-pairs inside cell {cell}, {kb} each", "cells", sc, among, BULK_BYTES, big))
+    return out
 
 
 def default_plan(samples: int) -> tuple[Scenario, LearningPlan]:

@@ -353,3 +353,30 @@ def test_a_connection_that_gives_up_stops_the_run_with_a_clear_error():
     w.network.send("a", "b", kind="x", phase="t", round=0, payload_bits=MODEL)
     with pytest.raises(SimflError, match=r"a -> b gave up at t = 0\.127.* \(6 SYN retransmissions unanswered\)"):
         w.env.run()
+
+
+def test_port_buffers_and_initial_window_come_from_the_scenario():
+    """network.buffer for every forwarding port, a link's own `buffer` for its two; network.initial_window: a
+    9-segment model that fits a first window of 10 leaves at once; with 4, its 5th segment waits for the first ACK,
+    a round trip (2 L) after the first segment left: it arrives at least 2 L - (the 9 segments' time) later."""
+    d = star(16, server_bw="100 Mbps")
+    d["nodes"][1]["uplink"]["buffer"] = 8  # the server's link: the switch's port towards it holds 8 packets
+    d["network"] = {"model": "ns3", "buffer": 1000}
+    w = World(scenario_from_dict(d))
+    out: list = []
+    for i in range(16):
+        send_at(w, 0.0, f"c{i:02d}", "server", MODEL, out)
+    w.env.run()
+    drops = {k: v for k, v in w.network.link_drops().items() if v}
+    assert list(drops) == ["server-s1:s1>server"] and w.network.options.buffer_packets == 1000
+    t = {}
+    for iw in (10, 4):
+        w = World(scenario_from_dict({"name": "t", "workload": "synthetic", "network": {
+            "model": "ns3", "initial_window": iw}, "nodes": [
+            {"name": "a", "kind": "client", "uplink": {"to": "b", "bandwidth": "10 Mbps", "latency": "20 ms"}},
+            {"name": "b", "kind": "client"}]}))
+        out = []
+        send_at(w, 0.0, "a", "b", MODEL, out)
+        w.env.run()
+        t[iw] = out[0].t_deliver
+    assert t[4] - t[10] >= 2 * 0.02 - 8 * W / 10e6

@@ -175,7 +175,7 @@ class Hub {
     Hub(uint32_t headerBytes, uint32_t segmentSize) : hdr(headerBytes), mss(segmentSize) {}
 
     static void Configure(uint32_t mss, int64_t minRtoNs, int64_t delAckNs, int64_t connTimeoutNs,
-                          uint32_t seed, uint32_t run)
+                          uint32_t initialWindow, uint32_t seed, uint32_t run)
     {
         Simulator::Destroy();
         RngSeedManager::SetSeed(seed);
@@ -185,6 +185,7 @@ class Hub {
         Config::SetDefault("ns3::TcpSocket::ConnTimeout", TimeValue(NanoSeconds(connTimeoutNs)));
         Config::SetDefault("ns3::TcpSocketBase::MinRto", TimeValue(NanoSeconds(minRtoNs)));
         Config::SetDefault("ns3::TcpSocketBase::Timestamp", BooleanValue(false));
+        Config::SetDefault("ns3::TcpSocket::InitialCwnd", UintegerValue(initialWindow));
         Config::SetDefault("ns3::TcpSocket::DataRetries", UintegerValue(15));  // Linux's tcp_retries2
         Config::SetDefault("ns3::TcpSocket::ConnCount", UintegerValue(7));  // the SYN + Linux's tcp_syn_retries (6)
         Config::SetDefaultFailSafe("ns3::PcapFileWrapper::NanosecMode", BooleanValue(true));

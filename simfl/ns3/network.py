@@ -67,17 +67,19 @@ def _ip(a: int) -> str:
 class Ns3Options:
     """The ns-3 knobs, read from the network parameters (`getattr(params, key, default)`)."""
 
-    buffer_packets: int = 100  # drop-tail queue of each forwarding node's port (a link direction), in packets
+    buffer_packets: int = 100  # drop-tail queue of each forwarding node's port (network.buffer), in packets
     min_rto: float = 0.2  # TCP minimum retransmission timeout, s (Linux: 200 ms; ns-3's default: 1 s)
     delayed_ack: float = 0.04  # TCP delayed-ACK timeout, s (Linux: 40 ms; ns-3's default: 200 ms)
     syn_timeout: float = 1.0  # TCP connection (SYN) retransmission timeout, s (Linux: 1 s; ns-3's default: 3 s)
     host_qdisc: str = "fq"  # end hosts' queue discipline: "fifo" | "fq" | "fq_codel"
+    initial_window: int = 10  # TCP's initial congestion window, segments (Linux: 10)
     ns3_pcap: bool = False  # ns-3 writes a pcap file per link direction and per WiFi device (needs pcap_dir)
 
     def __post_init__(self) -> None:
-        b = self.buffer_packets
-        if isinstance(b, bool) or not isinstance(b, int) or b < 1:
-            raise SimflError(f"network.buffer_packets = {b!r}: must be an integer >= 1 (packets)")
+        for k in ("buffer_packets", "initial_window"):
+            b = getattr(self, k)
+            if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+                raise SimflError(f"network.{k} = {b!r}: must be an integer >= 1 (packets)")
         for k in ("min_rto", "delayed_ack", "syn_timeout"):
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < math.inf:
@@ -128,11 +130,12 @@ class Ns3Network:
 
     def __init__(self, env: simpy.Environment, topology: Topology, params: NetworkParams | None = None,
                  recorder: TraceRecorder | None = None, *, seed: int = 1, options: Ns3Options | None = None,
-                 pcap_dir: str | Path | None = None) -> None:
+                 pcap_dir: str | Path | None = None, buffers: dict[str, int] | None = None) -> None:
         self.env = env
         self.topology = topology
         self.params = params or NetworkParams()
         self.options = options or Ns3Options.from_params(self.params)
+        self.buffers = dict(buffers or {})  # link or cell name -> packets of its forwarding ports (else buffer_packets)
         self.recorder = recorder if recorder is not None else TraceRecorder()
         self.recorder.set_link_source(self.link_columns)
         self.mailboxes = Mailboxes(env, topology.nodes)
@@ -158,7 +161,8 @@ class Ns3Network:
         _current[:] = [weakref.ref(self)]
         o = self.options
         mss = self.params.mtu - self.params.ip_header_bytes
-        mod.Hub.Configure(mss, _ns(o.min_rto), _ns(o.delayed_ack), _ns(o.syn_timeout), int(seed) & 0xFFFFFFFF or 1, 1)
+        mod.Hub.Configure(mss, _ns(o.min_rto), _ns(o.delayed_ack), _ns(o.syn_timeout), o.initial_window,
+                          int(seed) & 0xFFFFFFFF or 1, 1)
         self._hub = mod.Hub(self.params.header_bytes, mss)
         self.pcap_dir = self._pcap_dir(pcap_dir)
         self._idx = {n: i for i, n in enumerate(topology.nodes)}
@@ -261,11 +265,14 @@ class Ns3Network:
         rows = sorted((self._addr[d], node) for (_, node), d in self._dev.items())
         (self.pcap_dir / "hosts").write_text("".join(f"{_ip(a)}\t{n}\n" for a, n in rows), encoding="utf-8")
 
+    def _buffer(self, link: str) -> int:
+        return self.buffers.get(link) or self.options.buffer_packets
+
     def _queue(self, node: str) -> int:
         return HOST_QDISCS[self.options.host_qdisc] if self.topology.kind(node) in HOST_KINDS else 0
 
     def _build(self) -> None:
-        hub, p, o = self._hub, self.params, self.options
+        hub, p = self._hub, self.params
         topo = self.topology
         hub.AddNodes(len(topo.nodes))
         p2p = [r for r in topo.resources if r.medium == "p2p"]
@@ -276,7 +283,7 @@ class Ns3Network:
             gap = max(0, p.link_header_bytes - 2) * 8 / ra.capacity_bps  # the PPP header is 2 of the framing bytes
             da = hub.AddLink(self._idx[ra.src], self._idx[ra.dst], round(ra.capacity_bps), _ns(ra.latency_s),
                              _ns(gap), p.mtu, p.link_header_bytes, 0x0A000000 + 4 * (k // 2), self._queue(ra.src),
-                             self._queue(rb.src), o.buffer_packets)
+                             self._queue(rb.src), self._buffer(ra.link))
             for d, r in ((da, ra), (da + 1, rb)):
                 self._dev[(r.link, r.src)] = d
                 self._addr[d] = int(hub.devs[d].address)
@@ -300,7 +307,7 @@ class Ns3Network:
         p = self.params
         pcap = [] if self.pcap_dir is None else [str(self.pcap_dir / f"{r.link}.{n}.pcap") for n in members]
         d0 = int(cpp.load(wifi=True).AddCell(self._hub, [self._idx[n] for n in members],
-                                             [self._queue(n) for n in members], self.options.buffer_packets,
+                                             [self._queue(n) for n in members], self._buffer(r.link),
                                              0x0A800000 + (j << 16), width, nss, mcs, p.mtu, p.link_header_bytes,
                                              r.link, pcap))
         for i, n in enumerate(members):
