@@ -35,6 +35,13 @@ pcap (libpcap classic format, readable by tshark / Wireshark / tcpdump / scapy)
       IPv4/UDP header, so tools' totals are wire_bytes + 28 * n_packets there (the same applies whenever h < 28).
       Each packet is in the file once: where a backend retransmitted (`retransmitted_bytes` > 0, counted in
       `wire_bytes`), tools' totals are wire_bytes - retransmitted_bytes.
+      A run of the ns3 backend (`network.model = "ns3"`) records its real segments: the same K packets except
+      where a retransmission carried a message's new bytes along (K and the bytes sent once, S = wire_bytes -
+      retransmitted_bytes, are then ns-3's: S = B + K h for its B payload bytes, checked) and for a 0-byte
+      message, which sends no segment (K = 0: no record). Such a message's B bytes are spread evenly over its K
+      records (B // K each, one more in the first B % K), none larger than the MSS. Its own pcap files
+      (`network.ns3_pcap`) are a check of this export: per link direction, the same data packets with the same
+      sizes where nothing was retransmitted.
     * incl_len = min(orig_len, snaplen) (default 64: IPv4 + UDP + the marker + 12 zero bytes), so a 1 M packet
       file is about 80 MB whatever the payloads; the IP header keeps the true length.
     * Times (the rule that spreads a message over its packets). The network is a fluid model (`simfl.network`):

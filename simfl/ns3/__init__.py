@@ -19,34 +19,51 @@ What is simulated (per link of the scenario):
   plus `link_header_bytes` (a 2-byte PPP header and an inter-frame gap for the rest: Ethernet's 38 bytes of framing
   by default); the MTU is `mtu`.
 - Forwarding nodes (switches, APs, gateways) are IP routers whose ports (link directions) have drop-tail queues of
-  `buffer_packets` packets (default 100: about 150 kB per port, what commodity switches' shared buffers of a few MB
-  give each of their 24-48 ports, and ns-3's own default device queue). End hosts (clients, servers, clouds) have a
-  queue discipline: `host_qdisc` = "fq" (default: fq_codel's per-flow fair queueing with its drop law off, since
-  ns-3's TCP has no TCP Small Queues and Linux's fq_codel + TSQ keep the backlog in the socket, not the queue),
-  "fq_codel" (as ns-3 configures it) or "fifo" (1,000 packets, Linux's txqueuelen).
+  the link's (or cell's) `buffer`, else `network.buffer` packets (`buffer_packets`, default 100: about 150 kB per
+  port, what commodity switches' shared buffers of a few MB give each of their 24-48 ports, and ns-3's own default
+  device queue). End hosts (clients, servers, clouds) have a queue discipline: `host_qdisc` = "fq" (default:
+  fq_codel's per-flow fair queueing with its drop law off, since ns-3's TCP has no TCP Small Queues and Linux's
+  fq_codel + TSQ keep the backlog in the socket, not the queue), "fq_codel" (as ns-3 configures it) or "fifo"
+  (1,000 packets, Linux's txqueuelen).
 - Routing: static host routes that follow simfl's own routes (`Topology.route_tuple`) for data and ACKs.
 - TCP (ns-3's, CUBIC, SACK, no timestamps so that a full segment is mtu bytes): one persistent connection per
-  sender-receiver pair, opened at its first message (the handshake is paid once); messages on a pair are written
-  into it back to back, FIFO. Segment size mtu - ip_header_bytes; Linux-like timers: minimum RTO `min_rto` (200 ms),
-  delayed ACK `delayed_ack` (40 ms), SYN timeout `syn_timeout` (1 s); initial window 10 segments; a connection
-  gives up after 6 SYN or 15 data retransmissions (Linux's tcp_syn_retries and tcp_retries2): its messages then
-  stay undelivered (`in_flight`).
+  sender-receiver pair, opened at its first message (the handshake is paid once); messages on a pair go through it
+  FIFO, each starting a segment of its own: the next message is written into the socket once every byte of the
+  previous one has been transmitted (1 ns later: ns-3 sends new socket data one time step after the write), so a
+  message's first transmissions are exactly simfl's packetization (Linux would let a short message share the last
+  segment of the one before: at most one header per message of difference). Segment size mtu - ip_header_bytes;
+  Linux-like timers: minimum RTO `min_rto` (200 ms), delayed ACK `delayed_ack` (40 ms), SYN timeout `syn_timeout`
+  (1 s); initial window `network.initial_window` (10 segments). A connection gives up after 6 SYN or 15 data
+  retransmissions (Linux's tcp_syn_retries and tcp_retries2): the run then stops with a `SimflError` that names the
+  connection and the queues that dropped most (an incast TCP does not get through).
 - WiFi cells: 802.11ac, each cell on its own channel (no interference between cells, as the fluid model assumes),
   the access point and its stations within 5 m, one fixed VHT mode per cell: the one whose PHY rate is closest to
   the cell's capacity / 0.70 (a station alone in a cell gets about 70% of the PHY rate as TCP goodput in ns-3;
   `cell_modes` says what was chosen). Stations associate before simulated time 0; ARP tables are filled statically.
   Approximations: the cell's `latency` is not modelled (channel access and aggregation give their own delays; a
   propagation delay of milliseconds would break 802.11's timing); the access point's port queue is its
-  best-effort MAC queue of `buffer_packets` packets; a station's MAC queue holds 64 packets (enough for an
-  aggregate) under its queue discipline, like a driver's small queue under Linux's.
+  best-effort MAC queue of the cell's buffer (see above); a station's MAC queue holds 64 packets (enough for an
+  aggregate) under its queue discipline, like a driver's small queue under Linux's. MAC queues drop only when
+  full (ns-3 would also drop what waited 500 ms; a driver does not). Every cell is 802.11ac, whatever its radio
+  (constrained-plant's cells stand for private LTE).
 
 Trace: `wire_bytes` of a message = the payload bytes of every segment transmitted for it (retransmissions included)
-plus `header_bytes` per segment whose first byte is its (so without losses, and with one message at a time on its
-connection, it equals simfl's packetization); `n_packets` counts those segments; `retransmitted_bytes` (per message
-in the `retransmitted_bytes` dict, and in `Message` when it has the field) is the retransmitted part; `t_start` is
-when its first byte was first transmitted. Links: `bytes` counts every packet a link direction transmitted (ACKs,
-handshakes, retransmissions included), `busy_s` their transmission time, and `link_drops()` the packets each queue
-dropped (also the `drops` column when the links schema has one).
+plus `header_bytes` per segment whose first new byte is its (a segment that retransmits bytes without new ones
+counts its header to the message of its first byte, as retransmitted); `n_packets` counts its first
+transmissions: segments whose first new byte is its; `retransmitted_bytes` (per message in the
+`retransmitted_bytes` dict, and in `Message`) is the retransmitted part, so wire_bytes - retransmitted_bytes =
+payload bytes + n_packets x header_bytes, simfl's packetization (a retransmission that carries new bytes along, or a
+0-byte message, which sends no segment, can differ: `simfl export` handles both). `t_start` is when its first byte
+was first transmitted, `t_tx` when one of its bytes was last (re)transmitted. Links: `bytes` counts every packet a
+link direction transmitted (ACKs, handshakes, retransmissions included), `busy_s` their transmission time, and
+`drops` (`link_drops()`) the packets each queue dropped. `close()` (at the end of `simfl run`) releases ns-3; the
+links table stays readable.
+
+pcap (`network.ns3_pcap = true`): ns-3 writes what it transmits into RUN/ns3-pcap/: one file per link direction,
+`<link>.<sender>.pcap` (the names of `simfl export --per-link`), every packet the sender starts to transmit
+(link type PPP, nanosecond timestamps, 192 bytes captured); and per WiFi device `<cell>.<node>.pcap` (radiotap:
+every frame its radio sends or receives, beacons and block ACKs included); `hosts` maps ns-3's interface addresses
+(one /30 per link, one /16 per cell) to node names.
 
 Determinism: ns-3 is seeded with the scenario's seed; the same scenario gives the same trace. One Ns3Network at a
 time per process (ns-3 has one simulator): creating one closes the previous one.
