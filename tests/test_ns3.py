@@ -380,3 +380,29 @@ def test_port_buffers_and_initial_window_come_from_the_scenario():
         w.env.run()
         t[iw] = out[0].t_deliver
     assert t[4] - t[10] >= 2 * 0.02 - 8 * W / 10e6
+
+
+def test_export_spreads_a_message_that_ns3_segmented_otherwise():
+    """A 12,872-byte message that ns-3 sent as 10 segments (a retransmission carried some of its bytes along) and a
+    0-byte message (no segment): the export writes 10 records of 1,288 / 1,287 payload bytes (12,872 = 2 x 1,288 +
+    8 x 1,287) plus 78 header bytes, and none for the empty one; a fluid run's trace must be simfl's packets."""
+    from simfl.export import message_packets
+    from simfl.topology import Topology
+
+    d = {"name": "t", "workload": "synthetic", "network": {"model": "ns3"},
+         "nodes": [{"name": "a", "kind": "client", "uplink": {"to": "b", "bandwidth": "10 Mbps"}},
+                   {"name": "b", "kind": "client"}]}
+    df = pl.DataFrame({"msg_id": [0, 1], "round": [0, 0], "kind": ["x", "x"], "src": ["a", "a"], "dst": ["b", "b"],
+                       "payload_bits": [8 * 12872, 0], "wire_bytes": [12872 + 10 * 78 + 500, 0],
+                       "retransmitted_bytes": [500, 0], "n_packets": [10, 0], "hops": [1, 1],
+                       "t_start": [0.0, 0.02], "t_tx": [0.01, 0.02], "t_deliver": [0.02, 0.02]})
+    sc = scenario_from_dict(d)
+    pk, _ = message_packets(df, Topology.from_scenario(sc), sc.network, per_link=False)
+    assert Counter(pk.orig_len.tolist()) == {1288 + 78: 2, 1287 + 78: 8} and set(pk.msg_id.tolist()) == {0}
+    assert pk.ts_ns[0] == 0 and pk.ts_ns[-1] < 10_000_000  # spread over [t_start, t_tx] by the bytes before
+    fluid = scenario_from_dict({**d, "network": {}})
+    with pytest.raises(SimflError, match="do not follow the run's scenario.toml"):
+        message_packets(df, Topology.from_scenario(fluid), fluid.network, per_link=False)
+
+
+test_export_spreads_a_message_that_ns3_segmented_otherwise.without_ns3 = True
