@@ -38,6 +38,7 @@ from simfl.messages import packetize
 from simfl.ns3 import PCAP_DIR, Ns3Network, Ns3Options, available
 from simfl.ns3.network import vht_mode
 from simfl.runner import run
+from simfl.trace import LINK_SCHEMA, MESSAGE_SCHEMA
 from simfl.world import World
 
 MODEL = 12868 * 8  # payload bits of one AE-5 model
@@ -245,6 +246,9 @@ def test_tiny_fedad_on_ns3_has_the_fluid_payload_and_communities(tiny_cached, tm
     assert ns3.payload_bytes["phase2"] == cf["eq3"]
     assert ns3.payload_bytes["centralised"] == cf["centralised"]
     assert ns.totals.messages == fs.totals.messages and ns.totals.messages_undelivered == 0
+    links = pl.read_parquet(tmp_path / "ns3" / "links.parquet")  # the documented schemas, drops per direction
+    assert nm.schema == MESSAGE_SCHEMA and links.schema == LINK_SCHEMA
+    assert links.height == 2 * 5 and (links["bytes"] > 0).all()  # 5 links: every direction carried something
     key = ["phase", "round", "kind", "src", "dst", "payload_bits", "sent", "n_packets"]  # ids follow send order
     nm = nm.with_columns(sent=pl.col("wire_bytes") - pl.col("retransmitted_bytes")).select(key).sort(key)
     fm = fm.with_columns(sent=pl.col("wire_bytes")).select(key).sort(key)
