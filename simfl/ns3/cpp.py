@@ -180,6 +180,7 @@ class Hub {
         Simulator::Destroy();
         RngSeedManager::SetSeed(seed);
         RngSeedManager::SetRun(run);
+        RngSeedManager::ResetNextStreamIndex();  // random streams numbered as in a fresh process
         Config::SetDefault("ns3::TcpSocket::SegmentSize", UintegerValue(mss));
         Config::SetDefault("ns3::TcpSocket::DelAckTimeout", TimeValue(NanoSeconds(delAckNs)));
         Config::SetDefault("ns3::TcpSocket::ConnTimeout", TimeValue(NanoSeconds(connTimeoutNs)));
