@@ -317,19 +317,19 @@ class Ns3Network:
         self._cells.append((r.id, d0, len(stations)))
 
     def _start(self) -> None:
-        """Initialise ns-3's nodes (at its time 0); with WiFi cells, fill the ARP caches and let every station
-        associate first: SimPy's time 0 is then ns-3's time `_t0_ns`."""
+        """Initialise ns-3's nodes (at its time 0); with WiFi cells, let every station associate, then fill the ARP
+        caches (an association flushes its station's cache): SimPy's time 0 is then ns-3's time `_t0_ns`."""
         hub = self._hub
         hub.RunUntil(0)
         if not self._cells:
             return
         mod = cpp.load(wifi=True)
-        mod.FillArp()
         step = _ns(0.01)
         while not all(mod.Associated(hub, d0, n) for _, d0, n in self._cells):
             if hub.NowNs() > _ns(_ASSOCIATION_LIMIT):
                 raise SimflError(f"ns3 backend: WiFi stations not associated after {_ASSOCIATION_LIMIT:g} s")
             hub.RunUntil(hub.NowNs() + step)
+        mod.FillArp()
         self._t0_ns = int(hub.NowNs())
 
     def _new_flow(self, src: str, dst: str) -> _Flow:
