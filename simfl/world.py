@@ -49,7 +49,7 @@ class World:
         self.env = CountingEnvironment()
         self.topology = Topology.from_scenario(scenario)
         self.recorder = TraceRecorder()
-        self.network = Network(self.env, self.topology, scenario.network, self.recorder)
+        self.network = Network(self.env, self.topology, scenario.network, self.recorder, seed=scenario.seed)
 
     @property
     def events_processed(self) -> int:
