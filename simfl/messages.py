@@ -74,9 +74,12 @@ class MessageLost(Exception):
     with it; `message` is the record (status "lost"). Protocol code may catch it."""
 
     def __init__(self, message: Message) -> None:
-        super().__init__(f"message {message.msg_id} {message.src}->{message.dst} ({message.kind}) lost: its path "
-                         "stayed down longer than network.give_up")
+        super().__init__(message)  # the only argument: SimPy re-creates the exception from its args
         self.message = message
+
+    def __str__(self) -> str:
+        m = self.message
+        return f"message {m.msg_id} {m.src}->{m.dst} ({m.kind}) lost: its path stayed down longer than network.give_up"
 
 
 def ids_bits(n: int) -> int:

@@ -305,6 +305,7 @@ class Network:
         self._next_edge = 0.0 if self._faults else math.inf  # when the fault state must next be recomputed
         self._edge_armed = False
         self._losses: dict[str, simpy.FilterStore] = {}
+        self._route_info: dict[tuple[Topology, str, str], tuple] = {}  # with [[faults]]: see _route
 
     # ------------------------------------------------------------------ public API
     def send(self, src: str, dst: str, *, kind: str, phase: str, round: int, payload_bits: int,
@@ -429,36 +430,44 @@ class Network:
         """A flow's route and what follows from it (resources, delivery terms, loss, rate cap, handshake), over
         the links that are up now. Without [[faults]] a missing route is an error."""
         x = f.x
-        assert x is not None
         topo = self._topo
-        hops = topo.route_or_none(f.src, f.dst)
-        if hops is None and not self._faults:
-            topo.route_tuple(f.src, f.dst)  # raises: no route
-        x.hops, x.epoch = (hops if self._faults or hops is None else ()), self._epoch
+        info = self._route_info.get((topo, f.src, f.dst))
+        if info is None:
+            info = self._derive_route(topo, f.src, f.dst)
+            if self._faults:  # routes alternate between a few fault states: keep what each gives
+                self._route_info[(topo, f.src, f.dst)] = info
+        hops, res, f.n_hops, f.latency, f.sf_per_bit, x.jitter, x.loss, x.handshake_s, cap = info
+        x.hops, x.epoch = hops, self._epoch
+        if cap < math.inf:
+            if x.cap is None:
+                x.cap = _Res(None, self.links.extra_slot(), cap)
+                self._res_list.append(x.cap)
+            x.cap.capacity = cap
+            res = (*res, (x.cap, 1))
+        f.res = res
+
+    def _derive_route(self, topo: Topology, src: str, dst: str) -> tuple:
+        """(hops or None, resources, hops, L, S, jitter means, loss, handshake time, rate cap) of a route."""
+        hops = topo.route_or_none(src, dst)
         if hops is None:
-            f.res = ()
-            return
+            if not self._faults:
+                topo.route_tuple(src, dst)  # raises: no route
+            return None, (), 0, 0.0, 0.0, (), 0.0, 0.0, math.inf
         counts: dict[str, int] = {}
         for h in hops:
             counts[h.resource] = counts.get(h.resource, 0) + 1
-        res = [(self._res[rid], m) for rid, m in counts.items()]
-        f.n_hops = len(hops)
-        f.latency, f.sf_per_bit = route_terms(hops)
-        x.jitter = tuple(h.jitter_s for h in hops if h.jitter_s)
-        x.loss = path_loss(h.loss for h in hops) if self._lossy else 0.0
-        if self.params.handshake or x.loss:
-            back = topo.route_tuple(f.dst, f.src)  # the graph is undirected: there is a route back
+        res = tuple([(self._res[rid], m) for rid, m in counts.items()])
+        latency, sf = route_terms(hops)
+        loss = path_loss(h.loss for h in hops) if self._lossy else 0.0
+        handshake = 0.0
+        cap = math.inf
+        if self.params.handshake or loss:
+            back = topo.route_tuple(dst, src)  # the graph is undirected: there is a route back
             hb = self._header_bits
-            x.handshake_s = one_way(hops, hb) + one_way(back, hb)
-            cap = mathis_cap(self._full_packet_bits, one_way(hops, self._full_packet_bits) + one_way(back, hb),
-                             x.loss)
-            if math.isfinite(cap):
-                if x.cap is None:
-                    x.cap = _Res(None, self.links.extra_slot(), cap)
-                    self._res_list.append(x.cap)
-                x.cap.capacity = cap
-                res.append((x.cap, 1))
-        f.res = tuple(res)
+            handshake = one_way(hops, hb) + one_way(back, hb)
+            cap = mathis_cap(self._full_packet_bits, one_way(hops, self._full_packet_bits) + one_way(back, hb), loss)
+        jitter = tuple(h.jitter_s for h in hops if h.jitter_s)
+        return hops if self._faults else (), res, len(hops), latency, sf, jitter, loss, handshake, cap
 
     def _advance(self, t: float) -> None:
         """Bring the fault state (what is down, the routes over the rest) up to time t."""
