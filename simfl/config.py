@@ -381,6 +381,13 @@ class _Media:
 
     def fields(self, t: Mapping[str, Any], where: str, cell: bool = False) -> dict[str, Any]:
         ck = self.ck
+        for k, ups, downs in (("bandwidth", ("bandwidth_up", "bandwidth_trace_up"),
+                               ("bandwidth_down", "bandwidth_trace_down")),
+                              ("latency", ("latency_up",), ("latency_down",))):
+            if (f"{where}.{k}" in ck.given and any(t.get(u) is not None for u in ups)
+                    and any(t.get(d) is not None for d in downs)):
+                ck.fail(f"{where}.{k}", ck.given[f"{where}.{k}"], f"is not used: {k}_up and {k}_down (or their "
+                        "traces) give both directions; drop it, or change those")
         period = t.get("bandwidth_trace_period")
         up, down = (self._direction(t, where, d, period) for d in ("up", "down"))
         if period is not None and up.trace is None and down.trace is None:

@@ -473,6 +473,8 @@ uplink = { to = "s1", bandwidth = "100 Mbps" }
 @pytest.mark.parametrize("extra, message", [
     ('\n[[links]]\na = "c0"\nb = "c1"\nbandwidth = "1 Mbps"\nloss = 0.6\n',
      "links[0].loss = 0.6: must lie in [0, 0.5] (beyond, TCP's loss-limited rate formula means nothing)"),
+    ('\n[[links]]\na = "c0"\nb = "c1"\nbandwidth = "1 Mbps"\nbandwidth_up = "2 Mbps"\nbandwidth_trace_down = "t.csv"\n',
+     'links[0].bandwidth = "1 Mbps": is not used: bandwidth_up and bandwidth_down (or their traces) give both'),
     ('\n[[links]]\na = "c0"\nb = "c1"\nloss_up = 0.1\n',
      "links[0].bandwidth: missing (required: each direction's capacity; or give bandwidth_up and bandwidth_down"),
     ('\n[[links]]\na = "c0"\nb = "c1"\nbandwidth = "1 Mbps"\nburst_loss = { bad = 0.5, gap = 10 }\n',
