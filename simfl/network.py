@@ -407,10 +407,11 @@ class Network:
             raise SimflError(f"send: source and destination are the same node ({src!r})")
         if not self._plain:
             self.topology.kind(dst)  # an unknown node is an error, not a stall
-            flow = self._flows[(src, dst)] = _Flow(len(self._flows), src, dst, (), 0, 0.0, 0.0)
+            flow = _Flow(len(self._flows), src, dst, (), 0, 0.0, 0.0)
             flow.x = _FlowState()
             self._advance(self._lim(self.env.now))
             self._route(flow)
+            self._flows[(src, dst)] = flow
             return flow, None
         topo = self.topology
         hops = topo.route_tuple(src, dst)
@@ -430,13 +431,7 @@ class Network:
         """A flow's route and what follows from it (resources, delivery terms, loss, rate cap, handshake), over
         the links that are up now. Without [[faults]] a missing route is an error."""
         x = f.x
-        topo = self._topo
-        info = self._route_info.get((topo, f.src, f.dst))
-        if info is None:
-            info = self._derive_route(topo, f.src, f.dst)
-            if self._faults:  # routes alternate between a few fault states: keep what each gives
-                self._route_info[(topo, f.src, f.dst)] = info
-        hops, res, f.n_hops, f.latency, f.sf_per_bit, x.jitter, x.loss, x.handshake_s, cap = info
+        hops, res, f.n_hops, f.latency, f.sf_per_bit, x.jitter, x.loss, x.handshake_s, cap = self._info(f.src, f.dst)
         x.hops, x.epoch = hops, self._epoch
         if cap < math.inf:
             if x.cap is None:
@@ -445,6 +440,16 @@ class Network:
             x.cap.capacity = cap
             res = (*res, (x.cap, 1))
         f.res = res
+
+    def _info(self, src: str, dst: str) -> tuple:
+        """What the route from src to dst over what is up now gives (see `_derive_route`)."""
+        topo = self._topo
+        if not self._faults:
+            return self._derive_route(topo, src, dst)
+        info = self._route_info.get((topo, src, dst))
+        if info is None:  # routes alternate between a few fault states: keep what each gives
+            info = self._route_info[(topo, src, dst)] = self._derive_route(topo, src, dst)
+        return info
 
     def _derive_route(self, topo: Topology, src: str, dst: str) -> tuple:
         """(hops or None, resources, hops, L, S, jitter means, loss, handshake time, rate cap) of a route."""
@@ -688,12 +693,11 @@ class Network:
 
     def _reroute(self, now: float, dirty: dict[_Res, None]) -> None:
         """The fault state changed: every flow with a head message gets its route over what is up now."""
-        topo = self._topo
         for f in self._flows.values():
             x = f.x
             if f.cur is None or x.epoch == self._epoch:
                 continue
-            if topo.route_or_none(f.src, f.dst) == x.hops:
+            if self._info(f.src, f.dst)[0] == x.hops:
                 x.epoch = self._epoch
                 continue
             attached = bool(f.res) and f in f.res[0][0].flows
