@@ -47,7 +47,7 @@ Imperfect links (the scenario keys are in docs/scenarios.md, the formulas' one h
 Handshake (`network.handshake`, on by default). A flow's first message, and its first after a lost one (the
 connection then closes), waits for TCP's SYN and SYN-ACK before it transmits: t_start = t_send + H with
 
-    H = one_way(route there, 8 h) + one_way(route back, 8 h),   one_way(route, b) = sum_h (L_h + J_h + b / C_h)
+    H = one_way(there, 8 h) + one_way(back, 8 h),   one_way(route, b) = sum_h (L_h + J_h + b / C_h)
 
 i.e. the delivery of a header-only packet (h = ip_header_bytes + link_header_bytes; 0 without headers) alone on
 its path each way (J_h: the hop's mean jitter). The closed forms above then gain + H for such a message. Messages
@@ -118,7 +118,7 @@ from simfl.messages import LOST, Message, MessageLost, packetize
 from simfl.topology import Edge, Hop, Resource, Topology
 from simfl.trace import TraceRecorder
 
-__all__ = ["Network", "MessageLost", "pipeline_offsets", "route_terms", "one_way"]
+__all__ = ["Network", "MessageLost", "pipeline_offsets", "route_terms"]
 
 _WAKE_PRIORITY = 2  # after simpy's URGENT (0) and NORMAL (1): runs when all activity of the instant is done
 _TOL = 1e-12  # relative tolerance on finish times: completions this close are handled together
@@ -153,12 +153,6 @@ def pipeline_offsets(hops: Sequence[Hop]) -> tuple[list[float], list[float]]:
     lat = [route_terms(hops[:j])[0] for j in range(h + 1)]
     sf = [route_terms(hops[:j + 1])[1] for j in range(h)]
     return lat, sf + [sf[-1] if sf else 0.0]
-
-
-def one_way(hops: Sequence[Hop], bits: float) -> float:
-    """The time a packet of `bits` takes alone along a route: sum_h (L_h + J_h + bits / C_h), J_h the mean jitter
-    (the handshake's and the round trip's terms)."""
-    return sum(h.latency_s + h.jitter_s + bits / h.capacity_bps for h in hops)
 
 
 class _Wake(Event):
@@ -425,7 +419,7 @@ class Network:
         if not self.params.handshake:
             return flow, None
         hb = self._header_bits
-        return flow, one_way(hops, hb) + one_way(topo.route_tuple(dst, src), hb)
+        return flow, topo.one_way(src, dst, hb) + topo.one_way(dst, src, hb)
 
     def _route(self, f: _Flow) -> None:
         """A flow's route and what follows from it (resources, delivery terms, loss, rate cap, handshake), over
@@ -467,10 +461,9 @@ class Network:
         handshake = 0.0
         cap = math.inf
         if self.params.handshake or loss:
-            back = topo.route_tuple(dst, src)  # the graph is undirected: there is a route back
-            hb = self._header_bits
-            handshake = one_way(hops, hb) + one_way(back, hb)
-            cap = mathis_cap(self._full_packet_bits, one_way(hops, self._full_packet_bits) + one_way(back, hb), loss)
+            hb, full = self._header_bits, self._full_packet_bits  # the graph is undirected: there is a route back
+            handshake = topo.one_way(src, dst, hb) + topo.one_way(dst, src, hb)
+            cap = mathis_cap(full, topo.one_way(src, dst, full) + topo.one_way(dst, src, hb), loss)
         jitter = tuple(h.jitter_s for h in hops if h.jitter_s)
         return hops if self._faults else (), res, len(hops), latency, sf, jitter, loss, handshake, cap
 

@@ -184,6 +184,20 @@ class Topology:
     def path_latency(self, src: str, dst: str) -> float:
         return sum(h.latency_s for h in self.route_tuple(src, dst))
 
+    def one_way(self, src: str, dst: str, bits: float) -> float:
+        """The time a packet of `bits` takes alone from src to dst: sum over the route's hops of
+        (L_h + J_h + bits / C_h), J_h the mean jitter (the terms of the network's handshake and round trip)."""
+        tree = self._trees.get(src)
+        if tree is None or (dst not in tree and dst != src):
+            self.route_tuple(src, dst)  # builds the tree, or raises: no route
+            tree = self._trees[src]
+        total = 0.0
+        v = dst
+        while v != src:
+            v, h = tree[v]
+            total += h.latency_s + h.jitter_s + bits / h.capacity_bps
+        return total
+
     def _dijkstra(self, src: str) -> dict[str, tuple[str, Hop]]:
         best: dict[str, tuple[int, int]] = {src: (0, 0)}
         pred: dict[str, tuple[str, Hop]] = {}
