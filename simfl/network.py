@@ -361,6 +361,7 @@ class Network:
         self.mailboxes.keep_unclaimed = keep
 
     def route(self, src: str, dst: str):
+        """The route with every link up (under [[faults]] a flow's route changes while some are down)."""
         return self.topology.route(src, dst)
 
     @property
