@@ -279,7 +279,6 @@ class Network:
         self._next_id = 0
         self.sent = 0
         self.delivered = 0
-        self.lost = 0
         # imperfect links
         hops = [h for _, _, pair in topology.graph.edges(data="hops") for h in pair.values()]
         self._lossy = any(h.loss for h in hops)
@@ -365,15 +364,20 @@ class Network:
         return self.topology.route(src, dst)
 
     @property
+    def lost(self) -> int:
+        """Messages given up on (counted by the recorder, so that a backend borrowing `totals` shares it)."""
+        return self.recorder.messages_lost
+
+    @property
     def in_flight(self) -> int:
-        return self.sent - self.delivered - self.lost
+        return self.sent - self.delivered - self.recorder.messages_lost
 
     def totals(self) -> dict[str, Any]:
         rec = self.recorder
         return {
             "messages": self.delivered,
             "messages_undelivered": self.in_flight,
-            "messages_lost": self.lost,
+            "messages_lost": rec.messages_lost,
             "payload_bits": rec.payload_bits,
             "payload_bytes": rec.payload_bits / 8,
             "wire_bytes": rec.wire_bytes,
@@ -606,7 +610,6 @@ class Network:
         msg = Message(tx.msg_id, f.src, f.dst, tx.kind, tx.phase, tx.round, tx.payload_bits, sent, tx.n_packets,
                       f.n_hops, tx.t_send, tx.t_start, math.nan, math.nan, tx.payload, retx, LOST)
         self.recorder.record_message(msg)
-        self.lost += 1
         x.connected = False
         x.stall_id += 1
         x.doing = _SENDING

@@ -27,7 +27,7 @@ from typing import Any
 
 import polars as pl
 
-from simfl.messages import Message
+from simfl.messages import LOST, Message
 
 __all__ = ["MESSAGE_SCHEMA", "COMPUTE_SCHEMA", "LINK_SCHEMA", "TraceRecorder", "write_traces"]
 
@@ -61,6 +61,7 @@ class TraceRecorder:
         self.payload_bits = 0
         self.wire_bytes = 0
         self.retransmitted_bytes = 0
+        self.messages_lost = 0
 
     # ------------------------------------------------------------------ recording
     def record_message(self, m: Message) -> None:
@@ -84,6 +85,8 @@ class TraceRecorder:
         self.payload_bits += m.payload_bits
         self.wire_bytes += m.wire_bytes
         self.retransmitted_bytes += m.retransmitted_bytes
+        if m.status == LOST:
+            self.messages_lost += 1
 
     def record_compute(self, node: str, phase: str, round: int, kind: str, t_start: float, t_end: float,
                        flops: float, wall_s: float = 0.0) -> None:
