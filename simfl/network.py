@@ -3,7 +3,7 @@
 The model (what every simulated time in a trace means)
 -----------------------------------------------------
 Resources. Each direction of a point-to-point link is a resource of capacity C (its bandwidth, bit/s); each shared
-cell (WiFi) is one resource for all of its station<->AP hops in both directions.
+cell (WiFi) is one resource for all of its station<->AP hops in both directions (a duplex cell: one per direction).
 
 Flows and FIFO. The messages from one node to another form a flow. A flow transmits one message at a time, in the
 order of `send` calls: a message waits in its flow's FIFO queue until the previous one has finished transmitting
@@ -48,6 +48,7 @@ Handshake (`network.handshake`, on by default). A flow's first message, and its 
 connection then closes), waits for TCP's SYN and SYN-ACK before it transmits: t_start = t_send + H with
 
     H = one_way(there, 8 h) + one_way(back, 8 h),   one_way(route, b) = sum_h (L_h + J_h + b / C_h)
+                                                          (`Topology.one_way`)
 
 i.e. the delivery of a header-only packet (h = ip_header_bytes + link_header_bytes; 0 without headers) alone on
 its path each way (J_h: the hop's mean jitter). The closed forms above then gain + H for such a message. Messages
@@ -58,8 +59,8 @@ Asymmetry. Each direction of a link has its own capacity, latency and loss; a du
 
 Loss. A route loses a packet with probability p = 1 - prod_h (1 - p_h) (each hop's stationary loss rate), which
   1. caps its flow's rate at Mathis et al.'s loss-limited rate, cap = 8 P_full / RTT * sqrt(3 / (2 p)), where
-     P_full = MSS + h is a full packet and RTT = one_way(route there, 8 P_full) + one_way(route back, 8 h) (a full
-     data packet there, a header-only ACK back). The cap enters the progressive filling as the capacity of a
+     P_full = MSS + h is a full packet and RTT = one_way(there, 8 P_full) + one_way(back, 8 h) (a full data packet
+     there, a header-only ACK back). The cap enters the progressive filling as the capacity of a
      private resource of the flow, so the rates stay exactly max-min fair;
   2. adds retransmissions: when a message reaches the head of its flow it is charged k whole packets, the running
      total of its flow's charges being its running expectation sum n p / (1 - p) rounded half up (one message
@@ -84,7 +85,8 @@ seed (`network.jitter_distribution`). A message is still never delivered before 
 
 Approximations: the per-packet terms (P S, and those in H and RTT) use each hop's nominal capacity (a trace's
 value at time 0); a loss model counts by its stationary rate only; bits in flight on a link that goes down are
-not lost; ACKs are never lost.
+not lost; ACKs are never lost; a rerouted message keeps the retransmissions charged on its first route; the route
+back is that of the moment the route there was computed.
 
 Events: one wake per instant at which something starts, ends or changes (a handshake completes, a trace changes
 while its resource is busy, a fault edge while some flow has a message at its head, a give-up), so change points
@@ -94,8 +96,9 @@ is recomputed from the schedule when it is next needed.
 Implementation: rates change lazily (a flow's remaining bits are settled only when its rate changes); finish times
 sit in a heap; all starts and ends of one simulated instant are handled in one batch by an event of lower priority
 than SimPy's normal events, so a burst of sends (e.g. 999,000 all-pairs messages) costs one rate computation.
-A network without handshake, loss, jitter and faults ("plain") keeps every flow on the short path of the first
-version. The inboxes live in `simfl.mailbox`, the per-link counters and the links table in `simfl.linkstats`.
+Flows of a network without loss, jitter and faults ("plain") keep no state beyond the model's first version (a
+handshake only delays their first start, grouped by the instant it ends); the others keep a `_FlowState`. The
+inboxes live in `simfl.mailbox`, the per-link counters and the links table in `simfl.linkstats`.
 """
 
 from __future__ import annotations

@@ -369,7 +369,8 @@ def test_a_looped_trace_repeats_with_its_period(tmp_path):
     send_at(w, 0.0, "a", "b", out, 0)
     w.env.run()
     assert out[0].t_tx == pytest.approx(0.08428, rel=REL)
-    # 9 change points crossed while busy (at 20, 30, 50, 60, 80 ms: 5) are one wake each; idle ones cost nothing
+    # the change points at 20, 30, 50, 60 and 80 ms, crossed while the link is busy, are one wake each; the later
+    # ones, while it is idle, cost nothing (start, 5 changes, end, delivery and the message's own events)
     assert w.events_processed < 20
 
 
