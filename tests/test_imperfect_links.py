@@ -669,31 +669,11 @@ def test_a_network_only_run_records_lost_messages(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------------ fedad
-TINY_FEDAD = """
-name = "tiny"
-seed = 3
-workload = "fedad"
-[[nodes]]
-name = "s1"
-kind = "switch"
-[[nodes]]
-name = "server"
-kind = "server"
-uplink = { to = "s1", bandwidth = "1 Gbps", latency = "0.5 ms" }
-[[node_groups]]
-prefix = "c"
-count = 4
-kind = "client"
-uplink = { to = "s1", bandwidth = "100 Mbps", latency = "0.5 ms" }
+FEDAD = BASE.replace('workload = "synthetic"', 'workload = "fedad"').replace("count = 2", "count = 4") + """
 [experiment]
 classes = [1, 7]
 clients_per_class = 2
-phase1_epochs = 1
-rounds = 2
-local_epochs = [1]
-local_baseline_epochs = 1
-centralised_epochs = 1
-workers = 0
+baselines = []
 [[faults]]
 node = "c1"
 down = "0 s"
@@ -713,7 +693,7 @@ def test_a_fedad_run_that_loses_a_message_ends_with_one_error_line(tmp_path, mon
     monkeypatch.setattr(fedad, "cached_plan", lambda *a, **k: type("Cached", (), {"plan": None})())
     monkeypatch.setattr(fedad, "data_used", lambda data_dir: {})
     monkeypatch.setattr(fedad, "simulate", protocol)
-    sc = load_scenario(write(tmp_path, "tiny.toml", TINY_FEDAD))
+    sc = load_scenario(write(tmp_path, "tiny.toml", FEDAD))
     with pytest.raises(SimflError) as e:
         fedad.run_fedad(World(sc), sc, tmp_path, say=False)
     assert str(e.value) == (f"{tmp_path / 'tiny.toml'}: message c0->c1 (phase1 model) lost after network.give_up (1 s "
