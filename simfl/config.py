@@ -16,6 +16,7 @@ Generated names are zero-padded to the width of the largest index: count = 90 gi
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import tomllib
@@ -28,11 +29,16 @@ import networkx as nx
 import tomli_w
 
 from simfl import data, units
+from simfl.faults import FAULT_TARGETS, Fault
+from simfl.linkmodels import NO_LOSS, CapacityTrace, Loss, read_trace
 from simfl.schema import (
     DETECTORS,
     EXPERIMENT,
+    MAX_BANDWIDTH,
+    MAX_LOSS,
     MAX_SEED,
     MESSAGE_BYTES_IN_MEMORY,
+    MIN_BANDWIDTH,
     NETWORK,
     NODE_KINDS,
     SCENARIO,
@@ -57,6 +63,7 @@ __all__ = [
     "Node",
     "Link",
     "Cell",
+    "Direction",
     "NetworkParams",
     "SyntheticParams",
     "Experiment",
@@ -118,25 +125,66 @@ class Node:
 
 
 @dataclass(frozen=True)
-class Link:
-    """A full-duplex point-to-point link: each direction has `bandwidth_bps` and `latency_s` of its own."""
+class Direction:
+    """One direction of a link or cell: its capacity (with a trace: the trace's value at time 0), one-way delay,
+    packet loss and capacity trace."""
+
+    bandwidth_bps: float
+    latency_s: float
+    loss: Loss = NO_LOSS
+    trace: CapacityTrace | None = None
+
+
+class _TwoWay:
+    """`up` and `down` of a link or cell whose own fields are the up direction and `reverse` the other."""
+
+    bandwidth_bps: float
+    latency_s: float
+    loss: Loss
+    trace: CapacityTrace | None
+    reverse: Direction | None
+
+    @property
+    def up(self) -> Direction:
+        return Direction(self.bandwidth_bps, self.latency_s, self.loss, self.trace)
+
+    @property
+    def down(self) -> Direction:
+        return self.reverse if self.reverse is not None else self.up
+
+
+@dataclass(frozen=True)
+class Link(_TwoWay):
+    """A full-duplex point-to-point link. `bandwidth_bps`, `latency_s`, `loss` and `trace` are the direction a -> b
+    (`up`); `reverse` is b -> a where it differs (None: the same); `jitter_s` (mean extra delay) is both ways'."""
 
     name: str
     a: str
     b: str
     bandwidth_bps: float
     latency_s: float
+    loss: Loss = NO_LOSS
+    trace: CapacityTrace | None = None
+    reverse: Direction | None = None
+    jitter_s: float = 0.0
     buffer: int | None = None  # packets each sending port queues (None: network.buffer)
 
 
 @dataclass(frozen=True)
-class Cell:
-    """A shared medium (a WiFi cell): every station-AP hop of the cell, in either direction, shares one channel."""
+class Cell(_TwoWay):
+    """A shared medium (a WiFi cell): every station-AP hop of the cell, in either direction, shares one channel;
+    with `duplex`, one channel per direction (FDD): station -> AP hops share `up`, AP -> station hops `down`.
+    The fields are the station -> AP direction (`up`); `reverse` is AP -> station where it differs."""
 
     name: str
     ap: str
     bandwidth_bps: float
     latency_s: float
+    loss: Loss = NO_LOSS
+    trace: CapacityTrace | None = None
+    reverse: Direction | None = None
+    jitter_s: float = 0.0
+    duplex: bool = False
     buffer: int | None = None  # packets each transmitter's queue holds (None: network.buffer)
 
 
@@ -153,6 +201,7 @@ class Scenario:
     network: NetworkParams = NetworkParams()
     experiment: Experiment = Experiment()
     synthetic: SyntheticParams = SyntheticParams()
+    faults: tuple[Fault, ...] = ()
     source: Path | None = field(default=None, compare=False)
     clients: tuple[str, ...] = field(init=False)
     server: str | None = field(init=False)
@@ -206,13 +255,14 @@ def _compute(ck: Checker, t: Mapping[str, Any], where: str, profiles: Mapping[st
 
 
 def _uplink(ck: Checker, t: Mapping[str, Any] | None, where: str, base: dict[str, Any] | None) -> dict[str, Any]:
-    """A validated uplink table (partial in overrides) on top of `base`."""
+    """A validated uplink table (partial in overrides) on top of `base` (its bandwidth is checked by `_Media`)."""
     up = dict(base) if base else {"latency": 0.0, "name": None}
     for k, v in (t or {}).items():
+        if k == "burst_loss" and isinstance(up.get(k), dict) and isinstance(v, dict):
+            v = {**up[k], **v}
         up[k] = (v, f"{where}.to") if k == "to" else v
-    for k in ("to", "bandwidth"):
-        if up.get(k) is None:
-            ck.fail_key(f"{where}.{k}", "missing (an uplink needs the node it connects to and a bandwidth)")
+    if up.get("to") is None:
+        ck.fail_key(f"{where}.to", "missing (an uplink needs the node it connects to and a bandwidth)")
     up["key"] = where
     return up
 
@@ -279,7 +329,7 @@ def _known(ck: Checker, name: str, key: str, nodes: Mapping[str, Any]) -> None:
         ck.fail(key, name, "unknown node" + did_you_mean(name, list(nodes), cutoff=0.5))
 
 
-def _cells(ck: Checker, entries: list[dict[str, Any]], nodes: Mapping[str, _NodeSpec]) -> list[Cell]:
+def _cells(ck: Checker, entries: list[dict[str, Any]], nodes: Mapping[str, _NodeSpec], media: _Media) -> list[Cell]:
     cells: list[Cell] = []
     where_of: dict[str, str] = {}
     ap_cell: dict[str, str] = {}
@@ -295,7 +345,7 @@ def _cells(ck: Checker, entries: list[dict[str, Any]], nodes: Mapping[str, _Node
             ck.fail(f"{w}.ap", ap, f"this access point already serves cell {ap_cell[ap]!r}")
         where_of[name] = w
         ap_cell[ap] = name
-        cells.append(Cell(name, ap, t["bandwidth"], t["latency"], t["buffer"]))
+        cells.append(Cell(name, ap, **media.fields(t, w, cell=True), buffer=t["buffer"]))
     return cells
 
 
@@ -321,6 +371,94 @@ def _nodes(ck: Checker, specs: list[_NodeSpec], cells: Mapping[str, Cell], profi
     return nodes
 
 
+# ------------------------------------------------------------------------------------------------ link media
+class _Media:
+    """Turns the validated keys of a link, an uplink or a cell (bandwidth, latency, loss, burst_loss, jitter,
+    bandwidth traces, each with its _up / _down form) into the fields of `Link` / `Cell`. Trace files are read
+    once each; a relative path is taken relative to `folder` (the scenario file's)."""
+
+    def __init__(self, ck: Checker, folder: Path) -> None:
+        self.ck = ck
+        self.folder = folder
+        self._read: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {}
+
+    def fields(self, t: Mapping[str, Any], where: str, cell: bool = False) -> dict[str, Any]:
+        ck = self.ck
+        for k, ups, downs in (("bandwidth", ("bandwidth_up", "bandwidth_trace_up"),
+                               ("bandwidth_down", "bandwidth_trace_down")),
+                              ("latency", ("latency_up",), ("latency_down",))):
+            if (f"{where}.{k}" in ck.given and any(t.get(u) is not None for u in ups)
+                    and any(t.get(d) is not None for d in downs)):
+                ck.fail(f"{where}.{k}", ck.given[f"{where}.{k}"], f"is not used: {k}_up and {k}_down (or their "
+                        "traces) give both directions; drop it, or change those")
+        period = t.get("bandwidth_trace_period")
+        up, down = (self._direction(t, where, d, period) for d in ("up", "down"))
+        if period is not None and up.trace is None and down.trace is None:
+            ck.fail(f"{where}.bandwidth_trace_period", ck.given[f"{where}.bandwidth_trace_period"],
+                    "repeats a capacity trace, but no bandwidth_trace is given")
+        out: dict[str, Any] = {"bandwidth_bps": up.bandwidth_bps, "latency_s": up.latency_s, "loss": up.loss,
+                               "trace": up.trace, "reverse": None if down == up else down,
+                               "jitter_s": t.get("jitter") or 0.0}
+        if cell:
+            out["duplex"] = any(t.get(k) is not None for k in ("bandwidth_up", "bandwidth_down", "bandwidth_trace_up",
+                                                                "bandwidth_trace_down"))
+        return out
+
+    def _direction(self, t: Mapping[str, Any], where: str, d: str, period: float | None) -> Direction:
+        ck = self.ck
+        if t.get("bandwidth") is not None and t.get("bandwidth_trace") is not None:
+            ck.fail(f"{where}.bandwidth_trace", t["bandwidth_trace"], "give bandwidth or bandwidth_trace, not both")
+        if t.get(f"bandwidth_{d}") is not None and t.get(f"bandwidth_trace_{d}") is not None:
+            ck.fail(f"{where}.bandwidth_trace_{d}", t[f"bandwidth_trace_{d}"],
+                    f"give bandwidth_{d} or bandwidth_trace_{d}, not both")
+        key = next((k for k in (f"bandwidth_{d}", f"bandwidth_trace_{d}", "bandwidth", "bandwidth_trace")
+                    if t.get(k) is not None), None)
+        if key is None:
+            ck.fail_key(f"{where}.bandwidth", "missing (required: each direction's capacity; or give bandwidth_up "
+                        "and bandwidth_down, or a bandwidth_trace)")
+        trace = self._trace(t[key], f"{where}.{key}", period) if "trace" in key else None
+        bandwidth = trace.rates[0] if trace is not None else t[key]
+        latency = t.get(f"latency_{d}")
+        return Direction(bandwidth, latency if latency is not None else t.get("latency") or 0.0,
+                         self._loss(t, where, d), trace)
+
+    def _loss(self, t: Mapping[str, Any], where: str, d: str) -> Loss:
+        ck = self.ck
+        burst = t.get("burst_loss")
+        if burst is None:
+            p = t.get(f"loss_{d}")
+            return Loss(p if p is not None else t.get("loss") or 0.0)
+        if t.get("loss") or t.get("loss_up") is not None or t.get("loss_down") is not None:
+            ck.fail(f"{where}.burst_loss", burst, "give loss (or loss_up, loss_down) or burst_loss, not both")
+        for k in ("burst", "gap"):
+            if burst.get(k) is None:
+                ck.fail_key(f"{where}.burst_loss.{k}", "missing (required: the mean run of each state, in packets)")
+        loss = Loss(burst.get("good", 0.0), burst.get("bad", 1.0), burst["burst"], burst["gap"])
+        if loss.rate > MAX_LOSS:
+            ck.fail(f"{where}.burst_loss", burst, f"its stationary loss rate (gap x good + burst x bad) / (burst + "
+                    f"gap) = {loss.rate:.4g} is above {MAX_LOSS}")
+        return loss
+
+    def _trace(self, value: str, key: str, period: float | None) -> CapacityTrace:
+        ck = self.ck
+        path = os.path.abspath(self.folder / Path(value).expanduser())
+        where = path if path.isprintable() else show(path)  # user input: the message must stay one line
+        if path not in self._read:
+            try:
+                self._read[path] = read_trace(path, MIN_BANDWIDTH, MAX_BANDWIDTH)
+            except (FileNotFoundError, IsADirectoryError):
+                ck.fail(key, value, f"no such trace file ({where})")
+            except ValueError as e:
+                ck.fail(key, value, f"{where}: {e}")
+            except (OSError, UnicodeDecodeError) as e:
+                ck.fail(key, value, f"cannot read {where}: {e}")
+        times, rates = self._read[path]
+        if period is not None and period <= times[-1]:
+            pkey = key.rsplit(".", 1)[0] + ".bandwidth_trace_period"
+            ck.fail(pkey, ck.given[pkey], f"must exceed the trace's last time ({times[-1]:g} s in {where})")
+        return CapacityTrace(path, times, rates, period)
+
+
 # ------------------------------------------------------------------------------------------------ links
 class _Links:
     """Collects links with unique names (cells share their namespace) and at most one link per pair of nodes."""
@@ -344,7 +482,8 @@ class _Links:
         self.links.append(ln)
 
 
-def _links(ck: Checker, entries: list[dict[str, Any]], specs: list[_NodeSpec], cells: list[Cell]) -> list[Link]:
+def _links(ck: Checker, entries: list[dict[str, Any]], specs: list[_NodeSpec], cells: list[Cell],
+           media: _Media) -> list[Link]:
     """[[links]] in order, then the uplinks in node order; a station is not also linked to its access point."""
     by_name = {s.name: s for s in specs}
     acc = _Links(ck, cells)
@@ -353,13 +492,14 @@ def _links(ck: Checker, entries: list[dict[str, Any]], specs: list[_NodeSpec], c
         _known(ck, t["a"], f"{w}.a", by_name)
         _known(ck, t["b"], f"{w}.b", by_name)
         name = t["name"] or f"{t['a']}-{t['b']}"
-        acc.add(Link(name, t["a"], t["b"], t["bandwidth"], t["latency"], t["buffer"]), w, f"{w}.name")
+        acc.add(Link(name, t["a"], t["b"], **media.fields(t, w), buffer=t["buffer"]), w, f"{w}.name")
     for s in specs:
         if s.uplink is not None:
             up = s.uplink
             to, tokey = up["to"]
             _known(ck, to, tokey, by_name)
-            ln = Link(up["name"] or f"{s.name}-{to}", s.name, to, up["bandwidth"], up["latency"], up.get("buffer"))
+            ln = Link(up["name"] or f"{s.name}-{to}", s.name, to, **media.fields(up, up["key"]),
+                      buffer=up.get("buffer"))
             acc.add(ln, up["key"], f"{up['key']}.name")
     ap_of = {c.name: c.ap for c in cells}
     for s in specs:
@@ -498,11 +638,14 @@ def scenario_from_dict(d: Mapping[str, Any], source: str | Path = "<dict>") -> S
     profiles = {**DEFAULT_PROFILES, **v["profiles"]}
     specs = _node_specs(ck, v, profiles)
     by_name = {s.name: s for s in specs}
-    cells = _cells(ck, v["cells"], by_name)
+    media = _Media(ck, Path(src).parent if src != "<dict>" else Path.cwd())
+    cells = _cells(ck, v["cells"], by_name, media)
     nodes = _nodes(ck, specs, {c.name: c for c in cells}, profiles)
-    links = _links(ck, v["links"], specs, cells)
+    links = _links(ck, v["links"], specs, cells, media)
     servers = _servers(ck, specs)
     _connected(ck, specs, nodes, links, cells)
+    faults = _faults(ck, v["faults"], {"link": [ln.name for ln in links], "cell": [c.name for c in cells],
+                                       "node": [n.name for n in nodes]})
     experiment = _experiment(ck, v["experiment"])
     clients = [n.name for n in nodes if n.kind == "client"]
     server = servers[0].name if servers else None
@@ -520,8 +663,56 @@ def scenario_from_dict(d: Mapping[str, Any], source: str | Path = "<dict>") -> S
         network=network,
         experiment=experiment,
         synthetic=synthetic,
+        faults=tuple(faults),
         source=Path(src) if src != "<dict>" else None,
     )
+
+
+def _faults(ck: Checker, entries: list[dict[str, Any]], known: Mapping[str, list[str]]) -> list[Fault]:
+    """[[faults]]: exactly one of link, cell, node, naming one that exists; then its schedule."""
+    out = []
+    for i, t in enumerate(entries):
+        w = f"faults[{i}]"
+        given = [k for k in FAULT_TARGETS if t[k] is not None]
+        if len(given) != 1:
+            ck.fail_key(w, "give exactly one of link, cell and node" + (f" (got {', '.join(given)})" if given else ""))
+        target = given[0]
+        name = t[target]
+        if name not in known[target]:
+            names = known[target]
+            ck.fail(f"{w}.{target}", name, f"unknown {target}" + did_you_mean(name, names, cutoff=0.5)
+                    + (f" ({target}s: {', '.join(names[:8])}{', ...' if len(names) > 8 else ''})" if names else
+                       f" (the scenario has no {target}s)"))
+        out.append(_schedule(ck, t, w, target, name))
+    return out
+
+
+def _schedule(ck: Checker, t: Mapping[str, Any], w: str, target: str, name: str) -> Fault:
+    """One outage (down, up) or repeating ones (every, duration, start, until), checked."""
+    once = t["down"] is not None or t["up"] is not None
+    repeat = any(t[k] is not None for k in ("every", "duration", "start", "until"))
+    if once and repeat:
+        ck.fail_key(w, "give down and up (one outage) or every, duration, start and until (repeating outages), "
+                    "not both")
+    if once:
+        if t["down"] is None:
+            ck.fail_key(f"{w}.down", "missing (required: when the outage begins)")
+        if t["up"] is not None and t["up"] <= t["down"]:
+            ck.fail(f"{w}.up", ck.given[f"{w}.up"], f"must be later than down ({show(ck.given[f'{w}.down'])})")
+        return Fault(target, name, t["down"], t["up"] if t["up"] is not None else math.inf)
+    if not repeat:
+        ck.fail_key(w, "give down (and up) for one outage, or every and duration for repeating outages")
+    for k in ("every", "duration"):
+        if t[k] is None:
+            ck.fail_key(f"{w}.{k}", "missing (required for repeating outages: every and duration)")
+    if t["duration"] >= t["every"]:
+        ck.fail(f"{w}.duration", ck.given[f"{w}.duration"], f"must be shorter than every "
+                f"({show(ck.given[f'{w}.every'])}), else the outages never end")
+    start = t["start"] if t["start"] is not None else 0.0
+    if t["until"] is not None and t["until"] <= start:
+        ck.fail(f"{w}.until", ck.given[f"{w}.until"], f"must be later than start ({units.format_time(start)})")
+    return Fault(target, name, start, every=t["every"], duration=t["duration"],
+                 until=t["until"] if t["until"] is not None else math.inf)
 
 
 def _network(ck: Checker, t: dict[str, Any]) -> NetworkParams:
@@ -662,10 +853,28 @@ def _resolve_extends(d: dict[str, Any], p: Path, src: str, seen: tuple[Path, ...
         raise ScenarioError(f"{src}: extends = {show(ext)}: scenarios extend each other in a cycle")
     if not bp.is_file():
         raise ScenarioError(f"{src}: extends = {show(ext)}: no such file ({bp})")
-    base = _resolve_extends(_read_toml(bp, str(bp)), bp, str(bp), (*seen, bp))
+    base = _anchor_traces(_resolve_extends(_read_toml(bp, str(bp)), bp, str(bp), (*seen, bp)), bp.parent)
     base.pop("name", None)
     base.pop("description", None)
     return _merge(base, d)
+
+
+def _anchor_traces(d: Any, folder: Path) -> Any:
+    """Capacity trace paths in `d` (a scenario dict, walked through) made relative to `folder` where they are
+    relative: a file that extends another keeps the traces that file names."""
+    if isinstance(d, list):
+        return [_anchor_traces(x, folder) for x in d]
+    if not isinstance(d, dict):
+        return d
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, str) and k in _TRACE_KEYS and not Path(v).expanduser().is_absolute():
+            v = os.path.abspath(folder / Path(v).expanduser())
+        out[k] = _anchor_traces(v, folder)
+    return out
+
+
+_TRACE_KEYS = ("bandwidth_trace", "bandwidth_trace_up", "bandwidth_trace_down")
 
 
 def load_scenario(path: str | Path, overrides: Iterable[str] = (), seed: int | None = None) -> Scenario:
@@ -703,10 +912,10 @@ def _scenario_to_dict(sc: Scenario) -> dict[str, Any]:
         "network": kept(sc.network),
         "profiles": {k: units.format_flops(f) for k, f in sc.profiles},
         "nodes": nodes,
-        "links": [_buffered({"name": ln.name, "a": ln.a, "b": ln.b, "bandwidth": units.format_rate(ln.bandwidth_bps),
-                             "latency": units.format_time(ln.latency_s)}, ln.buffer) for ln in sc.links],
-        "cells": [_buffered({"name": c.name, "ap": c.ap, "bandwidth": units.format_rate(c.bandwidth_bps),
-                             "latency": units.format_time(c.latency_s)}, c.buffer) for c in sc.cells],
+        "links": [_buffered({"name": ln.name, "a": ln.a, "b": ln.b, **_medium_dict(ln, False)}, ln.buffer)
+                  for ln in sc.links],
+        "cells": [_buffered({"name": c.name, "ap": c.ap, **_medium_dict(c, c.duplex)}, c.buffer) for c in sc.cells],
+        "faults": [_fault_dict(f) for f in sc.faults],
         "experiment": kept(sc.experiment),
         "synthetic": kept(sc.synthetic),
     }
@@ -716,3 +925,47 @@ def _scenario_to_dict(sc: Scenario) -> dict[str, Any]:
 def _buffered(t: dict[str, Any], buffer: int | None) -> dict[str, Any]:
     """A link or cell table with its buffer, where one was given."""
     return t if buffer is None else {**t, "buffer": buffer}
+
+
+def _medium_dict(m: Link | Cell, duplex: bool) -> dict[str, Any]:
+    """The keys of a link or cell as TOML values: symmetric keys where both directions agree."""
+    up, down = m.up, m.down
+    out: dict[str, Any] = {}
+
+    def capacity(d: Direction) -> tuple[str, str]:
+        return ("bandwidth_trace", d.trace.path) if d.trace else ("bandwidth", units.format_rate(d.bandwidth_bps))
+
+    if not duplex and (up.bandwidth_bps, up.trace) == (down.bandwidth_bps, down.trace):
+        out.update([capacity(up)])
+    else:
+        out.update((f"{k}_{way}", v) for way, d in (("up", up), ("down", down)) for k, v in [capacity(d)])
+    if up.latency_s == down.latency_s:
+        out["latency"] = units.format_time(up.latency_s)
+    else:
+        out["latency_up"], out["latency_down"] = units.format_time(up.latency_s), units.format_time(down.latency_s)
+    if up.loss.bursty:
+        out["burst_loss"] = {"good": up.loss.good, "bad": up.loss.bad, "burst": up.loss.burst, "gap": up.loss.gap}
+    elif up.loss != down.loss:
+        out["loss_up"], out["loss_down"] = up.loss.good, down.loss.good
+    elif up.loss.good:
+        out["loss"] = up.loss.good
+    if m.jitter_s:
+        out["jitter"] = units.format_time(m.jitter_s)
+    period = next((d.trace.period for d in (up, down) if d.trace is not None), None)
+    if period is not None:
+        out["bandwidth_trace_period"] = units.format_time(period)
+    return out
+
+
+def _fault_dict(f: Fault) -> dict[str, Any]:
+    out: dict[str, Any] = {f.target: f.name}
+    if f.every is None:
+        out["down"] = units.format_time(f.down)
+        if math.isfinite(f.up):
+            out["up"] = units.format_time(f.up)
+        return out
+    out.update(every=units.format_time(f.every), duration=units.format_time(f.duration),
+               start=units.format_time(f.down))
+    if math.isfinite(f.until):
+        out["until"] = units.format_time(f.until)
+    return out

@@ -16,6 +16,7 @@ from simfl.cache import cached_plan, default_cache_dir
 from simfl.config import DETECTORS, Scenario
 from simfl.data import data_fingerprint, find_data_dir
 from simfl.errors import SimflError
+from simfl.messages import MessageLost
 from simfl.plan import APPROACHES, LearningPlan, auc_key
 from simfl.progress import Progress, progress_printer
 from simfl.protocol import simulate
@@ -114,8 +115,15 @@ def run_fedad(world: World, scenario: Scenario, run_dir: Path,
     learn_wall = time.perf_counter() - t0
     say("replaying every message on the simulated network")
     t0 = time.perf_counter()
-    fed = simulate(world, plan, clients=scenario.clients[:n], server=scenario.server, aggregator=exp.aggregator,
-                   community_method=exp.community_method, seed=scenario.seed, detector=exp.detector)
+    try:
+        fed = simulate(world, plan, clients=scenario.clients[:n], server=scenario.server, aggregator=exp.aggregator,
+                       community_method=exp.community_method, seed=scenario.seed, detector=exp.detector)
+    except MessageLost as e:
+        m = e.message
+        raise SimflError(f"{scenario.source or scenario.name}: message {m.src}->{m.dst} ({m.phase} {m.kind}) lost "
+                         f"after network.give_up ({world.scenario.network.give_up:g} s on a path that is down, at "
+                         f"simulated {world.env.now:g} s); the fedad protocol does not handle lost messages yet: it "
+                         "needs deadlines (docs/network-model.md, Outages)") from None
     sim_wall = time.perf_counter() - t0
     messages = world.recorder.messages_frame()
     compute = world.recorder.compute_frame()

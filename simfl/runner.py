@@ -252,7 +252,8 @@ def run_cli(args: argparse.Namespace) -> int:
     print(f"simfl: results in {out}")
     print(f"  scenario   {scenario.name}: workload {scenario.workload}, seed {scenario.seed}, "
           f"{len(scenario.nodes)} nodes ({len(scenario.clients)} clients)")
-    print(f"  messages   {t.messages:,} delivered; payload {_fmt_bytes(t.payload_bytes)}, "
+    lost = f", {t.messages_lost:,} lost" if t.messages_lost else ""
+    print(f"  messages   {t.messages:,} delivered{lost}; payload {_fmt_bytes(t.payload_bytes)}, "
           f"wire {_fmt_bytes(t.wire_bytes)}")
     print(f"  simulated  {t.sim_time_s:.6g} s in {t.events_processed:,} events")
     print(f"  wall time  {t.wall_time_s:.2f} s")

@@ -3,8 +3,8 @@
 summary.json is one flat JSON object (the layout every simfl version wrote, kept so that old files read back):
 
     scenario, seed, workload      the run
-    totals                        {messages, messages_undelivered, payload_bits, payload_bytes, wire_bytes,
-                                   sim_time_s, wall_time_s, events_processed}
+    totals                        {messages, messages_undelivered, messages_lost, payload_bits, payload_bytes,
+                                   wire_bytes, retransmitted_bytes, sim_time_s, wall_time_s, events_processed}
     <the workload's keys>         fedad: bytes per phase, closed forms, durations, AUCs, communities, ...
                                   (`FedadPart`); synthetic: message_bytes, target, patterns (`SyntheticPart`)
     <each total>                  copied to the top level where the workload has no key of that name (so for
@@ -41,9 +41,11 @@ class Totals:
 
     messages: int
     messages_undelivered: int = 0
+    messages_lost: int = 0  # given up on: their path stayed down longer than network.give_up
     payload_bits: int
     payload_bytes: float
     wire_bytes: int
+    retransmitted_bytes: int = 0  # included in wire_bytes
     sim_time_s: float
     wall_time_s: float
     events_processed: int = 0

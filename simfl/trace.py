@@ -1,20 +1,23 @@
 """The trace recorder and its three fixed schemas; parquet and CSV writers.
 
-messages (one row per delivered message, sorted by msg_id):
+messages (one row per delivered or lost message, sorted by msg_id):
     msg_id i64, phase str, round i32, kind str, src str, dst str, payload_bits i64, wire_bytes i64,
-    retransmitted_bytes i64, n_packets i64, hops i32, t_send f64, t_start f64, t_tx f64, t_deliver f64
+    retransmitted_bytes i64, n_packets i64, hops i32, t_send f64, t_start f64, t_tx f64, t_deliver f64, status str
     (times in simulated seconds: send called, transmission start, transmission end (last bit left the sender),
-    delivery; wire_bytes includes retransmitted_bytes, which the fluid network never has: 0)
+    delivery; wire_bytes includes retransmitted_bytes (lossy routes); status "delivered" or "lost": a lost message
+    has NaN t_tx and t_deliver (and t_start if it never began) and the wire bytes it sent before it was lost)
 compute (one row per computation, in the order they ended):
     node str, phase str, round i32, kind str, t_start f64, t_end f64, flops f64, wall_s f64
     (wall_s is measured on this machine and never feeds the clock; it is the only column that can differ between two
     runs of the same scenario and seed)
 links (one row per link direction, then one per shared cell, in scenario order):
-    link str, medium str ("p2p" | "cell"), src str, dst str ("*" for a cell, whose src is its access point),
-    capacity_bps f64, latency_s f64, bytes i64 (wire bytes carried; a message crossing a cell twice counts twice),
-    messages i64, drops i64 (packets its queue dropped: 0 in the fluid model; the ns3 backend counts them),
-    busy_s f64 (simulated time with at least one transfer on it),
-    utilisation f64 (= 8 * bytes / (capacity_bps * simulated end time); 0 when the end time is 0)
+    link str, medium str ("p2p" | "cell"), src str, dst str ("*" for a cell, whose src is its access point; a cell
+    with one channel per direction has two rows: src "*", dst the access point for station -> AP, and the reverse),
+    capacity_bps f64 (with a capacity trace: its mean up to the end time), latency_s f64, bytes i64 (wire bytes
+    carried; a message crossing a cell twice counts twice; bytes sent before a reroute count on the old route),
+    messages i64 (crossings of messages that finished on it), drops i64 (packets its queue dropped: 0 in the fluid
+    model; the ns3 backend counts them), busy_s f64 (simulated time with at least one transfer
+    on it), utilisation f64 (= 8 * bytes / (capacity_bps * simulated end time); 0 when the end time is 0)
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any
 
 import polars as pl
 
-from simfl.messages import Message
+from simfl.messages import LOST, Message
 
 __all__ = ["MESSAGE_SCHEMA", "COMPUTE_SCHEMA", "LINK_SCHEMA", "TraceRecorder", "write_traces"]
 
@@ -33,7 +36,7 @@ MESSAGE_SCHEMA = pl.Schema({
     "msg_id": pl.Int64, "phase": pl.String, "round": pl.Int32, "kind": pl.String, "src": pl.String,
     "dst": pl.String, "payload_bits": pl.Int64, "wire_bytes": pl.Int64, "retransmitted_bytes": pl.Int64,
     "n_packets": pl.Int64, "hops": pl.Int32, "t_send": pl.Float64, "t_start": pl.Float64, "t_tx": pl.Float64,
-    "t_deliver": pl.Float64,
+    "t_deliver": pl.Float64, "status": pl.String,
 })
 COMPUTE_SCHEMA = pl.Schema({
     "node": pl.String, "phase": pl.String, "round": pl.Int32, "kind": pl.String, "t_start": pl.Float64,
@@ -58,6 +61,8 @@ class TraceRecorder:
         self._links: Callable[[], dict[str, list[Any]]] | None = None
         self.payload_bits = 0
         self.wire_bytes = 0
+        self.retransmitted_bytes = 0
+        self.messages_lost = 0
 
     # ------------------------------------------------------------------ recording
     def record_message(self, m: Message) -> None:
@@ -77,8 +82,12 @@ class TraceRecorder:
         c["t_start"].append(m.t_start)
         c["t_tx"].append(m.t_tx)
         c["t_deliver"].append(m.t_deliver)
+        c["status"].append(m.status)
         self.payload_bits += m.payload_bits
         self.wire_bytes += m.wire_bytes
+        self.retransmitted_bytes += m.retransmitted_bytes
+        if m.status == LOST:
+            self.messages_lost += 1
 
     def record_compute(self, node: str, phase: str, round: int, kind: str, t_start: float, t_end: float,
                        flops: float, wall_s: float = 0.0) -> None:

@@ -55,7 +55,7 @@ class World:
             self.network: Network = Ns3Network(self.env, self.topology, scenario.network, self.recorder,
                                                seed=scenario.seed)
         else:
-            self.network = Network(self.env, self.topology, scenario.network, self.recorder)
+            self.network = Network(self.env, self.topology, scenario.network, self.recorder, seed=scenario.seed)
 
     @property
     def events_processed(self) -> int:
