@@ -166,7 +166,8 @@ class TraceRecorder:
         """The background frames recorded (delivered or lost), by flow and seq (`BACKGROUND_SCHEMA`)."""
         c = self._bg
         n = len(c["flow"])
-        f = pl.DataFrame({**c, "with_fl": [with_fl] * n}, schema={k: BACKGROUND_SCHEMA[k] for k in (*_BG_COLS, "with_fl")})
+        schema = {k: BACKGROUND_SCHEMA[k] for k in (*_BG_COLS, "with_fl")}
+        f = pl.DataFrame({**c, "with_fl": [with_fl] * n}, schema=schema)
         f = f.with_columns((pl.col("t_deliver") - pl.col("t_send")).alias("latency"))
         return f.select(BACKGROUND_SCHEMA.names()).sort("flow", "seq")
 
