@@ -349,8 +349,8 @@ _TRAFFIC = Table("traffic", (
     Key("name", NAME, REQUIRED, "the flow's name (the flow column of background.parquet)"),
     Key("src", NAME, REQUIRED, "the node that sends"),
     Key("dst", NAME, REQUIRED, "the node that receives"),
-    Key("kind", STR, REQUIRED, "cbr: frames of packet bytes at rate; periodic: a frame of bytes every period; "
-        "onoff: cbr during on, silent during off; bulk: one message of bytes every every (or once)",
+    Key("kind", STR, REQUIRED, "cbr: frames of `packet` bytes at `rate`; periodic: a frame of `bytes` every "
+        "`period`; onoff: cbr during `on`, silent during `off`; bulk: an upload of `bytes` every `every`, or once",
         choices=TRAFFIC_KINDS),
     Key("priority", STR, "best_effort", "control: strict priority over all other traffic; best_effort: shares "
         "fairly with FL", choices=PRIORITIES),
@@ -656,7 +656,10 @@ it equal to the code.
 - `--set KEY=VALUE` (repeatable) changes a key before validation. KEY is dotted, with `[i]` for array entries:
   `--set experiment.rounds=3`, `--set 'node_groups[0].uplink.bandwidth=10 Mbps'`,
   `--set 'experiment.local_epochs=[2, 5]'`. VALUE is read as a TOML value (`3`, `true`, `[1, 2]`, `"x"`) and
-  otherwise kept as a string. `--seed N` replaces `seed`.
+  otherwise kept as a string. `[*]` sets the key in every entry of the array: `--set 'cells[*].loss=0.02'`,
+  `--set 'traffic[*].stop="60 s"'` (also in `simfl sweep --vary`). An override of `loss`, `loss_up` or
+  `loss_down` replaces the entry's `burst_loss`, and one of `burst_loss` its loss keys: the override gives the loss
+  model (in a file, giving both is an error). `--seed N` replaces `seed`.
 - `extends = "other.toml"` (relative to this file) starts from another scenario: its tables merge key by key, every
   other value (arrays too) is replaced by this file's; its `name` and `description` are not inherited.
   Extends may chain, not loop.
