@@ -782,7 +782,29 @@ def _traffic(ck: Checker, entries: list[dict[str, Any]], nodes: list[Node], link
         if not nx.has_path(g, t["src"], t["dst"]):
             ck.fail(f"{w}.dst", t["dst"], f"no chain of links or cells connects {t['src']} to {t['dst']}")
         out.append(_flow(ck, t, w, network))
+    _frames_fit(ck, out)
     return out
+
+
+def _frames_fit(ck: Checker, flows: list[Traffic]) -> None:
+    """Refuse background flows whose frames (known where a flow has a stop; both runs keep theirs) would not fit in
+    memory at MESSAGE_BYTES_IN_MEMORY each."""
+    frames = []
+    for f in flows:
+        if f.stop is None:
+            frames.append(0)
+        elif f.gap is None:
+            frames.append(1)
+        else:
+            share = f.on / (f.on + f.off) if f.kind == "onoff" else 1.0  # type: ignore[operator]
+            frames.append(math.ceil((f.stop - f.start) * share / f.gap))
+    need, have = 2 * sum(frames) * MESSAGE_BYTES_IN_MEMORY, physical_memory()
+    if frames and need > have:
+        i = max(range(len(frames)), key=frames.__getitem__)
+        ck.fail(f"traffic[{i}].stop", ck.given[f"traffic[{i}].stop"], f"the background flows send about "
+                f"{sum(frames):,} frames, which need about {need / 2**30:,.1f} GiB of memory in the two runs "
+                f"({MESSAGE_BYTES_IN_MEMORY:,} bytes each); this machine has {have / 2**30:,.1f} GiB: stop sooner "
+                "or send larger frames less often")
 
 
 def _flow(ck: Checker, t: dict[str, Any], w: str, network: NetworkParams) -> Traffic:

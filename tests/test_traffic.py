@@ -377,6 +377,8 @@ def test_more_traffic_errors():
         ([flow("f", kind="cbr", rate="100 Gbps", packet=100)], {},
          'traffic[0].rate = "100 Gbps": sends a frame of 100 bytes every 8e-09 s; frames must be at least 1 us apart'),
         ([flow("f", kind="onoff", rate="1 Mbps", on="1 s")], {}, "traffic[0].off: missing"),
+        ([flow("f", kind="cbr", rate="1 Gbps", packet=1000, stop="100000 s")], {},  # a frame every 8 us
+         'traffic[0].stop = "100000 s": the background flows send about 12,500,000,000 frames'),
         ([flow("f", kind="bulk", bytes=10)], {"model": "ns3"},
          'network.model = "ns3": background traffic ([[traffic]]) runs on the fluid network only'),
     ]
