@@ -270,6 +270,21 @@ def test_same_scenario_and_seed_give_byte_identical_traces(tmp_path):
     assert lost.height == 40
 
 
+def test_a_minute_of_the_shipped_plant_network_only_costs_a_few_events_per_frame(tmp_path):
+    # 12 control flows x 6,000 frames + 3 cameras x 6 uploads in 60 s; each frame costs about two SimPy events
+    # (its generator's wake-up, its delivery) and the batches of its instant. BENCHMARKS.md: ~3 s of wall time.
+    import time
+
+    over = ['workload="synthetic"', 'synthetic.pattern=["gather"]', 'traffic[*].stop="60 s"']
+    c0 = time.process_time()
+    s = run_scenario(load_scenario(TOPO / "wifi-cells-traffic.toml", over), tmp_path / "r", progress=False)
+    cpu = time.process_time() - c0
+    frames = sum(f["with_fl"]["frames"] for f in s["background"].values())
+    assert frames == 12 * 6_000 + 3 * 6
+    assert s["totals"]["events_processed"] < 3 * frames
+    assert cpu < 10.0
+
+
 def test_events_grow_with_frames_not_with_bytes():
     def events(**kw):
         sc = pair([flow("f", kind="bulk", stop="1 s", **kw)], message_bytes=100)
