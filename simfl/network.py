@@ -83,6 +83,19 @@ Jitter. A hop of mean jitter J adds a random delay of mean J to each message's d
 hop, in the deterministic order of the transmissions' ends, from the network's own generator seeded by the run's
 seed (`network.jitter_distribution`). A message is still never delivered before the previous one of its flow.
 
+Background traffic (`Stream`, sent by `simfl.traffic`)
+-------------------------------------------------------
+A background flow's messages (frames) form a flow of their own, (src, dst, name), FIFO as any flow, and are not put
+in inboxes. Priority: while any flow of priority control is transmitting, the rates have two classes. Control
+flows are filled first, max-min fair among themselves on the full capacities; then all other flows (FL's and
+best-effort background), max-min fair on what control leaves, C_r - sum of the control rates on r (a best-effort
+flow may get rate 0 while control saturates its bottleneck: strict priority). A control frame alone in its class
+therefore crosses its route as if the link were idle: t_deliver = t_start + W / C_b + L + P S. Transport: a datagram
+stream has no handshake, no retransmissions and no loss-limited cap; on a lossy route each frame of n packets is
+lost with probability 1 - (1 - p)^n (one draw per frame, when its transmission ends, from the network's own
+generator seeded by the run's seed); a frame whose route is down is lost at once (no stall, no give-up). A lost
+frame still occupied its links. A tcp stream behaves as FL's messages.
+
 Approximations: the per-packet terms (P S, and those in H and RTT) use each hop's nominal capacity (a trace's
 value at time 0); a loss model counts by its stationary rate only; bits in flight on a link that goes down are
 not lost; ACKs are never lost; a rerouted message keeps the retransmissions charged on its first route; the route
@@ -105,8 +118,10 @@ from __future__ import annotations
 
 import heapq
 import math
+import random
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import simpy
@@ -121,7 +136,7 @@ from simfl.messages import LOST, Message, MessageLost, packetize
 from simfl.topology import Edge, Hop, Resource, Topology
 from simfl.trace import TraceRecorder
 
-__all__ = ["Network", "MessageLost", "pipeline_offsets", "route_terms"]
+__all__ = ["Network", "MessageLost", "Stream", "pipeline_offsets", "route_terms"]
 
 _WAKE_PRIORITY = 2  # after simpy's URGENT (0) and NORMAL (1): runs when all activity of the instant is done
 _TOL = 1e-12  # relative tolerance on finish times: completions this close are handled together
@@ -156,6 +171,17 @@ def pipeline_offsets(hops: Sequence[Hop]) -> tuple[list[float], list[float]]:
     lat = [route_terms(hops[:j])[0] for j in range(h + 1)]
     sf = [route_terms(hops[:j + 1])[1] for j in range(h)]
     return lat, sf + [sf[-1] if sf else 0.0]
+
+
+@dataclass(frozen=True, slots=True)
+class Stream:
+    """A background flow: its messages travel on their own flow, (src, dst, name). `control`: strict priority over
+    every other flow; `datagram`: no handshake, retransmission or loss cap, a lost frame is lost (see the module
+    docstring)."""
+
+    name: str
+    control: bool = False
+    datagram: bool = False
 
 
 class _Wake(Event):
@@ -213,7 +239,7 @@ class _Tx:
 
 class _Flow:
     __slots__ = ("id", "src", "dst", "res", "n_hops", "latency", "sf_per_bit", "queue", "cur", "remaining",
-                 "rate", "t_last", "version", "last_deliver", "mark", "new_rate", "x")
+                 "rate", "t_last", "version", "last_deliver", "mark", "new_rate", "x", "bg")
 
     def __init__(self, fid: int, src: str, dst: str, res: tuple[tuple[_Res, int], ...], n_hops: int,
                  latency: float, sf_per_bit: float) -> None:
@@ -234,6 +260,7 @@ class _Flow:
         self.mark = 0
         self.new_rate = 0.0
         self.x: _FlowState | None = None  # what a network that is not plain needs
+        self.bg: Stream | None = None  # a background flow's stream (None: FL's)
 
 
 class _FlowState:
@@ -302,16 +329,20 @@ class Network:
         self._edge_armed = False
         self._losses: dict[str, simpy.FilterStore] = {}
         self._route_info: dict[tuple[Topology, str, str], tuple] = {}  # with [[faults]]: see _route
+        self._classes = False  # some flow is a control stream: rates in two classes (`_rates_classes`)
+        self._bg_loss = random.Random(f"simfl background loss {seed}")  # datagram frames' loss draws
 
     # ------------------------------------------------------------------ public API
     def send(self, src: str, dst: str, *, kind: str, phase: str, round: int, payload_bits: int,
-             payload: Any = None) -> Event:
+             payload: Any = None, stream: Stream | None = None) -> Event:
         """Queue a message; returns an event whose value is the delivered `Message` (also put in `inbox(dst)`).
-        If the network gives up on it (see the module docstring) the event fails with `MessageLost`."""
-        flow = self._flows.get((src, dst))
+        If the network gives up on it (see the module docstring) the event fails with `MessageLost`. With a
+        `stream`, a background frame on that stream's own flow (never put in an inbox)."""
+        key = (src, dst) if stream is None else (src, dst, stream.name)
+        flow = self._flows.get(key)
         handshake = None
         if flow is None:
-            flow, handshake = self._new_flow(src, dst)
+            flow, handshake = self._new_flow(src, dst, key, stream)
         bits = int(payload_bits)
         pk = self._packets.get(bits)
         if pk is None:
@@ -321,6 +352,8 @@ class Network:
         tx = _Tx(self._next_id, kind, phase, int(round), bits, pk[0], pk[1], pk[2], env.now, payload, ev, flow)
         self._next_id += 1
         self.sent += 1
+        if stream is not None:
+            self.recorder.background_sent += 1
         if flow.cur is None:
             flow.cur = tx
             if flow.x is not None:
@@ -376,11 +409,13 @@ class Network:
         return self.sent - self.delivered - self.recorder.messages_lost
 
     def totals(self) -> dict[str, Any]:
+        """What the workload's messages cost (background frames are counted apart: `simfl.traffic`)."""
         rec = self.recorder
+        bg_in_flight = rec.background_sent - rec.background_delivered - rec.background_lost
         return {
-            "messages": self.delivered,
-            "messages_undelivered": self.in_flight,
-            "messages_lost": rec.messages_lost,
+            "messages": self.delivered - rec.background_delivered,
+            "messages_undelivered": self.in_flight - bg_in_flight,
+            "messages_lost": rec.messages_lost - rec.background_lost,
             "payload_bits": rec.payload_bits,
             "payload_bytes": rec.payload_bits / 8,
             "wire_bytes": rec.wire_bytes,
@@ -403,17 +438,21 @@ class Network:
         out = self._packets[bits] = (pk.wire_bytes, pk.n_packets, 8 * pk.first_packet_bytes)
         return out
 
-    def _new_flow(self, src: str, dst: str) -> tuple[_Flow, float | None]:
+    def _new_flow(self, src: str, dst: str, key: tuple, stream: Stream | None) -> tuple[_Flow, float | None]:
         """A new flow, and for a plain one its handshake time (None without handshake)."""
         if src == dst:
             raise SimflError(f"send: source and destination are the same node ({src!r})")
+        if stream is not None and stream.control:
+            self._classes = True
         if not self._plain:
             self.topology.kind(dst)  # an unknown node is an error, not a stall
             flow = _Flow(len(self._flows), src, dst, (), 0, 0.0, 0.0)
             flow.x = _FlowState()
+            flow.bg = stream
+            flow.x.connected = stream is not None and stream.datagram  # a datagram stream never handshakes
             self._advance(self._lim(self.env.now))
             self._route(flow)
-            self._flows[(src, dst)] = flow
+            self._flows[key] = flow
             return flow, None
         topo = self.topology
         hops = topo.route_tuple(src, dst)
@@ -423,8 +462,9 @@ class Network:
         res = tuple([(self._res[rid], m) for rid, m in counts.items()])
         latency, sf = route_terms(hops)
         flow = _Flow(len(self._flows), src, dst, res, len(hops), latency, sf)
-        self._flows[(src, dst)] = flow
-        if not self.params.handshake:
+        flow.bg = stream
+        self._flows[key] = flow
+        if not self.params.handshake or (stream is not None and stream.datagram):
             return flow, None
         hb = self._header_bits
         return flow, topo.one_way(src, dst, hb) + topo.one_way(dst, src, hb)
@@ -435,7 +475,7 @@ class Network:
         x = f.x
         hops, res, f.n_hops, f.latency, f.sf_per_bit, x.jitter, x.loss, x.handshake_s, cap = self._info(f.src, f.dst)
         x.hops, x.epoch = hops, self._epoch
-        if cap < math.inf:
+        if cap < math.inf and not (f.bg is not None and f.bg.datagram):  # a datagram source does not back off
             if x.cap is None:
                 x.cap = _Res(None, self.links.extra_slot(), cap)
                 self._res_list.append(x.cap)
@@ -503,7 +543,7 @@ class Network:
             self._advance(self._lim(now))
             if x.epoch != self._epoch:
                 self._route(f)
-        if x.loss:
+        if x.loss and not (f.bg is not None and f.bg.datagram):
             expected = expected_retransmissions(tx.n_packets, x.loss)
             k = retransmitted_packets(x.retx_expected, x.retx_charged, expected)
             x.retx_expected += expected
@@ -551,7 +591,11 @@ class Network:
                     pending.append(f)
 
     def _stall(self, f: _Flow, now: float) -> None:
-        """The flow has no route (and is on no resource): it waits for one, and gives up after give_up."""
+        """The flow has no route (and is on no resource): it waits for one, and gives up after give_up (a datagram
+        frame is lost at once)."""
+        if f.bg is not None and f.bg.datagram:
+            self._lose(f, now)
+            return
         x = f.x
         x.doing = _STALLED
         x.stall_id += 1
@@ -613,11 +657,11 @@ class Network:
         msg = Message(tx.msg_id, f.src, f.dst, tx.kind, tx.phase, tx.round, tx.payload_bits, sent, tx.n_packets,
                       f.n_hops, tx.t_send, tx.t_start, math.nan, math.nan, tx.payload, retx, LOST)
         self.recorder.record_message(msg)
-        x.connected = False
+        x.connected = f.bg is not None and f.bg.datagram  # a TCP connection closes; a datagram stream has none
         x.stall_id += 1
         x.doing = _SENDING
         tx.event.fail(MessageLost(msg))
-        box = self._losses.get(f.dst)
+        box = self._losses.get(f.dst) if f.bg is None else None
         if box is not None:
             box.put(msg)
         if f.queue:
@@ -773,7 +817,8 @@ class Network:
                     f.t_last = now
                     f.rate = rate
                     f.version += 1
-                    heappush(heap, (now + f.remaining / rate, f.id, f.version, f))
+                    if rate:  # 0: a best-effort flow behind control traffic waits for it
+                        heappush(heap, (now + f.remaining / rate, f.id, f.version, f))
         deliveries = self._deliveries
         while deliveries and deliveries[0][0] <= lim:
             self._deliver(heappop(deliveries)[2], now)
@@ -801,6 +846,8 @@ class Network:
         flows); the resource that saturates first fixes its unfixed flows at that level; repeat. A heap holds the
         saturation levels, which only rise as flows are fixed, so each is pushed again only when it changes.
         """
+        if self._classes:
+            return self._rates_classes(dirty)
         self._stamp += 1
         stamp = self._stamp
         stack = []
@@ -855,6 +902,79 @@ class Network:
                         heappush(heap, (key, r2.idx))
         return flows
 
+    def _rates_classes(self, dirty: dict[_Res, None]) -> list[_Flow]:
+        """`_rates` with strict priority: the control streams' flows are filled first, max-min among themselves on
+        the full capacities; then every other flow, max-min on what they leave (C - control load; possibly 0)."""
+        self._stamp += 1
+        stamp = self._stamp
+        stack = []
+        for r in dirty:
+            r.mark = stamp
+            stack.append(r)
+        flows: list[_Flow] = []
+        occupancy: list[tuple[_Res, int]] = []  # each busy resource of the component and its control occupancies
+        while stack:
+            r = stack.pop()
+            if not r.n:
+                continue
+            control = 0
+            for f, m in r.flows.items():
+                if f.bg is not None and f.bg.control:
+                    control += m
+                if f.mark != stamp:
+                    f.mark = stamp
+                    f.new_rate = -1.0  # not fixed yet
+                    flows.append(f)
+                    for r2, _ in f.res:
+                        if r2.mark != stamp:
+                            r2.mark = stamp
+                            stack.append(r2)
+            r.wf_load = 0.0
+            r.wf_m = control
+            occupancy.append((r, control))
+        self._fill(occupancy, True)
+        for r, control in occupancy:
+            r.wf_m = r.n - control
+        self._fill(occupancy, False)
+        return flows
+
+    def _fill(self, occupancy: list[tuple[_Res, int]], control: bool) -> None:
+        """Progressive filling of one class (`_rates_classes`): each resource's `wf_m` counts the occupancies of the
+        class's unfixed flows and `wf_load` the load fixed so far (of both classes). The loop of `_rates` with a
+        class test; kept apart so that a network without control traffic runs the plain loop at its old speed."""
+        res_list = self._res_list
+        heap = []
+        for r, _ in occupancy:
+            if r.wf_m:
+                key = (r.capacity - r.wf_load) / r.wf_m
+                r.wf_key = key if key > 0.0 else 0.0
+                heap.append((r.wf_key, r.idx))
+        heapq.heapify(heap)
+        level = 0.0
+        while heap:
+            key, idx = heapq.heappop(heap)
+            r = res_list[idx]
+            if key != r.wf_key or not r.wf_m:
+                continue
+            if key > level:
+                level = key
+            touched: dict[_Res, None] = {}
+            for f in r.flows:
+                if f.new_rate < 0.0 and (f.bg is not None and f.bg.control) == control:
+                    f.new_rate = level
+                    for r2, m in f.res:
+                        r2.wf_load += m * level
+                        r2.wf_m -= m
+                        touched[r2] = None
+            for r2 in touched:
+                if r2.wf_m:
+                    key = (r2.capacity - r2.wf_load) / r2.wf_m
+                    if key < level:
+                        key = level
+                    if key != r2.wf_key:
+                        r2.wf_key = key
+                        heapq.heappush(heap, (key, r2.idx))
+
     def _finish(self, f: _Flow, now: float, dirty: dict[_Res, None]) -> None:
         tx = f.cur
         tx.t_tx = now
@@ -871,6 +991,9 @@ class Network:
         f.rate = 0.0
         f.remaining = 0.0
         f.version += 1
+        if x is not None and x.loss and f.bg is not None and f.bg.datagram and self._frame_lost(f, tx, now):
+            self._next(f, now)
+            return
         t = now + f.latency + tx.packet_bits * f.sf_per_bit
         if x is not None and x.jitter:
             draw = self._jitter.draw
@@ -880,7 +1003,7 @@ class Network:
             t = f.last_deliver
         f.last_deliver = t
         heapq.heappush(self._deliveries, (t, tx.msg_id, tx))
-        if f.queue:
+        if f.queue:  # inline `_next`: this is the hot path of every message
             f.cur = f.queue.popleft()
             if x is None:
                 f.remaining = 8.0 * f.cur.wire_bytes
@@ -890,6 +1013,29 @@ class Network:
         else:
             f.cur = None
 
+    def _next(self, f: _Flow, now: float) -> None:
+        """The flow's head message has finished transmitting: the next one in its queue begins."""
+        if f.queue:
+            f.cur = f.queue.popleft()
+            if f.x is None:
+                f.remaining = 8.0 * f.cur.wire_bytes
+                self._pending.append(f)
+            else:
+                self._begin(f, now)
+        else:
+            f.cur = None
+
+    def _frame_lost(self, f: _Flow, tx: _Tx, now: float) -> bool:
+        """Draw whether a datagram frame of n packets survives its lossy route ((1 - p)^n); a lost one is recorded
+        (t_tx now, t_deliver NaN) and its event fails."""
+        if self._bg_loss.random() < (1.0 - f.x.loss) ** tx.n_packets:
+            return False
+        msg = Message(tx.msg_id, f.src, f.dst, tx.kind, tx.phase, tx.round, tx.payload_bits, tx.wire_bytes,
+                      tx.n_packets, f.n_hops, tx.t_send, tx.t_start, now, math.nan, tx.payload, 0, LOST)
+        self.recorder.record_message(msg)
+        tx.event.fail(MessageLost(msg))
+        return True
+
     def _deliver(self, tx: _Tx, now: float) -> None:
         f = tx.flow
         msg = Message(tx.msg_id, f.src, f.dst, tx.kind, tx.phase, tx.round, tx.payload_bits, tx.wire_bytes,
@@ -897,4 +1043,5 @@ class Network:
         self.recorder.record_message(msg)
         self.delivered += 1
         tx.event.succeed(msg)
-        self.mailboxes.put(msg)
+        if f.bg is None:
+            self.mailboxes.put(msg)

@@ -27,7 +27,8 @@ from simfl.errors import SimflError
 
 __all__ = ["ScenarioError", "Key", "Table", "Array", "Map", "Checker", "SCENARIO", "model", "markdown", "toml_value",
            "NODE_KINDS", "SERVER_KINDS", "DETECTORS", "SPLITS", "PATTERNS", "WORKLOADS", "BASELINES",
-           "MAX_SEED", "REQUIRED", "MAX_LOSS"]
+           "MAX_SEED", "REQUIRED", "MAX_LOSS", "TRAFFIC_KINDS", "PRIORITIES", "TRANSPORTS", "MIN_FRAME_GAP",
+           "TRAFFIC_KEYS"]
 
 
 class ScenarioError(SimflError):
@@ -69,6 +70,10 @@ DETECTORS = ("global", "last_fit")
 SPLITS = ("balanced", "authors")
 # The order in which a client sends one message to each peer (phase I, synthetic all-pairs; simfl.order).
 SEND_ORDERS = ("id", "rotated", "random")
+# Background traffic ([[traffic]], simfl.traffic): what a flow sends, its class in the rate allocation, its transport.
+TRAFFIC_KINDS = ("cbr", "periodic", "onoff", "bulk")
+PRIORITIES = ("control", "best_effort")
+TRANSPORTS = ("datagram", "tcp")
 
 # Numbers at the edges: beyond these a run overflows, never ends or means nothing.
 MAX_SEED = 2**32 - 1  # numpy's legacy RandomState (the authors' split) takes 32-bit seeds
@@ -87,6 +92,8 @@ MAX_BUFFER = 10**9  # packets in one port's queue
 MAX_LOSS = 0.5  # packet loss per hop: beyond, TCP's loss-limited rate formula (Mathis) means nothing
 MAX_TIME = 365 * 86400.0  # s: outage times, one year
 MAX_GIVE_UP = 86400.0  # s: one day
+MIN_FRAME_GAP = 1e-6  # s: a background flow sends at most one frame a microsecond (PROFINET IRT's shortest cycle
+#                       is 31.25 us); each frame is a message, so faster sources would cost events, not accuracy
 
 
 @dataclass(frozen=True)
@@ -338,6 +345,32 @@ _FAULT = Table("faults", (
     Key("until", TIME, None, "repeating outages: none begins at or after this (unset: they go on)", **_MOMENT),
 ))
 
+_TRAFFIC = Table("traffic", (
+    Key("name", NAME, REQUIRED, "the flow's name (the flow column of background.parquet)"),
+    Key("src", NAME, REQUIRED, "the node that sends"),
+    Key("dst", NAME, REQUIRED, "the node that receives"),
+    Key("kind", STR, REQUIRED, "cbr: frames of `packet` bytes at `rate`; periodic: a frame of `bytes` every "
+        "`period`; onoff: cbr during `on`, silent during `off`; bulk: an upload of `bytes` every `every`, or once",
+        choices=TRAFFIC_KINDS),
+    Key("priority", STR, "best_effort", "control: strict priority over all other traffic; best_effort: shares "
+        "fairly with FL", choices=PRIORITIES),
+    Key("transport", STR, None, "datagram (no handshake, no retransmission: a lost frame is lost; UDP, PROFINET RT) "
+        "or tcp (as FL's messages); unset: tcp for bulk, else datagram", choices=TRANSPORTS),
+    Key("start", TIME, 0.0, "when the first frame is sent", **_MOMENT),
+    Key("stop", TIME, None, "no frame is sent at or after this (unset: when the workload ends)", **_SPAN),
+    Key("rate", RATE, None, "cbr, onoff: payload bit rate while sending (headers come on top)", **_BANDWIDTH),
+    Key("packet", SIZE, None, "cbr, onoff: payload bytes per frame (unset: one MSS, mtu - ip_header_bytes)",
+        lo=1, hi=MAX_MESSAGE_BYTES),
+    Key("bytes", SIZE, None, "periodic: payload bytes per frame; bulk: per upload", lo=1, hi=MAX_MESSAGE_BYTES),
+    Key("period", TIME, None, "periodic: one frame every this long (the cycle time)", lo=MIN_FRAME_GAP,
+        hi=MAX_TIME, noun="time"),
+    Key("on", TIME, None, "onoff: how long each sending period lasts", **_SPAN),
+    Key("off", TIME, None, "onoff: how long each silent period lasts", **_SPAN),
+    Key("every", TIME, None, "bulk: one upload every this long from start (unset: one upload, at start)", **_SPAN),
+))
+TRAFFIC_KEYS = {"cbr": ("rate", "packet"), "periodic": ("bytes", "period"), "onoff": ("rate", "packet", "on", "off"),
+                "bulk": ("bytes", "every")}  # the keys of each kind (the rest of the per-kind keys must be unset)
+
 SCENARIO = Table("", (
     Key("name", NAME, None, "the scenario's name (default: the file name without .toml)"),
     Key("description", STR, "", "one line on what it models"),
@@ -355,6 +388,8 @@ SCENARIO = Table("", (
     Array("cells", _CELLS, "shared media (WiFi cells): all stations share one channel"),
     Array("faults", _FAULT, "outages: exactly one of link, cell and node goes down, once (down, up) or repeatedly "
           "(every, duration, start, until)"),
+    Array("traffic", _TRAFFIC, "the plant's own background flows between any two nodes, traced in background.parquet "
+          "and summarised with and without the workload (docs/network-model.md, Background traffic)"),
     EXPERIMENT,
     SYNTHETIC,
 ))
@@ -621,7 +656,10 @@ it equal to the code.
 - `--set KEY=VALUE` (repeatable) changes a key before validation. KEY is dotted, with `[i]` for array entries:
   `--set experiment.rounds=3`, `--set 'node_groups[0].uplink.bandwidth=10 Mbps'`,
   `--set 'experiment.local_epochs=[2, 5]'`. VALUE is read as a TOML value (`3`, `true`, `[1, 2]`, `"x"`) and
-  otherwise kept as a string. `--seed N` replaces `seed`.
+  otherwise kept as a string. `[*]` sets the key in every entry of the array: `--set 'cells[*].loss=0.02'`,
+  `--set 'traffic[*].stop="60 s"'` (also in `simfl sweep --vary`). An override of `loss`, `loss_up` or
+  `loss_down` replaces the entry's `burst_loss`, and one of `burst_loss` its loss keys: the override gives the loss
+  model (in a file, giving both is an error). `--seed N` replaces `seed`.
 - `extends = "other.toml"` (relative to this file) starts from another scenario: its tables merge key by key, every
   other value (arrays too) is replaced by this file's; its `name` and `description` are not inherited.
   Extends may chain, not loop.

@@ -468,7 +468,8 @@ def _plot_fedad(table: pl.DataFrame, keys: list[str], out_dir: Path) -> float | 
         cross = crossover(x, t["duration_s_method"].to_list(), t["centralised_upload_s"].to_list())
         if cross is not None:
             ax.axvline(cross, color="k", ls=":", label=f"crossover ~ {cross:.3g}")
-    ax.set_xscale("log")
+    if min(x) > 0:  # a sweep from 0 (e.g. loss) keeps a linear axis
+        ax.set_xscale("log")
     ax.set_yscale("log")
     _save(fig, ax, out_dir / "durations.png")
     (out_dir / "crossover.json").write_text(json.dumps({"key": key, "crossover": cross}, indent=2) + "\n")

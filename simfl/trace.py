@@ -18,6 +18,13 @@ links (one row per link direction, then one per shared cell, in scenario order):
     messages i64 (crossings of messages that finished on it), drops i64 (packets its queue dropped: 0 in the fluid
     model; the ns3 backend counts them), busy_s f64 (simulated time with at least one transfer
     on it), utilisation f64 (= 8 * bytes / (capacity_bps * simulated end time); 0 when the end time is 0)
+    (the links carry background traffic too: its bytes count here)
+background (one row per frame of a [[traffic]] flow, sorted by flow and seq: the frames of the run with the workload,
+then those of the same background alone; written by `simfl.traffic`):
+    flow str, seq i64 (the frame's index in its flow), with_fl bool (false: the background-alone run), src str,
+    dst str, t_send f64, t_deliver f64 (NaN when lost), latency f64 (t_deliver - t_send, NaN when lost), bytes i64
+    (payload), wire_bytes i64 (with headers and a TCP flow's retransmissions), lost bool
+    (messages with phase "background" go here, never to the messages table; the totals count them apart)
 """
 
 from __future__ import annotations
@@ -30,7 +37,10 @@ import polars as pl
 
 from simfl.messages import LOST, Message
 
-__all__ = ["MESSAGE_SCHEMA", "COMPUTE_SCHEMA", "LINK_SCHEMA", "TraceRecorder", "write_traces"]
+__all__ = ["MESSAGE_SCHEMA", "COMPUTE_SCHEMA", "LINK_SCHEMA", "BACKGROUND_SCHEMA", "BACKGROUND", "TraceRecorder",
+           "write_traces", "write_frame"]
+
+BACKGROUND = "background"  # the phase of background traffic's messages (their kind is the flow's name)
 
 MESSAGE_SCHEMA = pl.Schema({
     "msg_id": pl.Int64, "phase": pl.String, "round": pl.Int32, "kind": pl.String, "src": pl.String,
@@ -48,7 +58,14 @@ LINK_SCHEMA = pl.Schema({
     "utilisation": pl.Float64,
 })
 
+BACKGROUND_SCHEMA = pl.Schema({
+    "flow": pl.String, "seq": pl.Int64, "with_fl": pl.Boolean, "src": pl.String, "dst": pl.String,
+    "t_send": pl.Float64, "t_deliver": pl.Float64, "latency": pl.Float64, "bytes": pl.Int64, "wire_bytes": pl.Int64,
+    "lost": pl.Boolean,
+})
+
 _MSG_COLS = tuple(MESSAGE_SCHEMA)
+_BG_COLS = ("flow", "seq", "src", "dst", "t_send", "t_deliver", "bytes", "wire_bytes", "lost")
 _COMPUTE_COLS = tuple(COMPUTE_SCHEMA)
 
 
@@ -59,13 +76,20 @@ class TraceRecorder:
         self._msg: dict[str, list[Any]] = {c: [] for c in _MSG_COLS}
         self._compute: dict[str, list[Any]] = {c: [] for c in _COMPUTE_COLS}
         self._links: Callable[[], dict[str, list[Any]]] | None = None
+        self._bg: dict[str, list[Any]] = {c: [] for c in _BG_COLS}
         self.payload_bits = 0
         self.wire_bytes = 0
         self.retransmitted_bytes = 0
-        self.messages_lost = 0
+        self.messages_lost = 0  # all lost messages, background frames too (the network's own count)
+        self.background_sent = 0  # counted by the network's send
+        self.background_delivered = 0
+        self.background_lost = 0
 
     # ------------------------------------------------------------------ recording
     def record_message(self, m: Message) -> None:
+        if m.phase == BACKGROUND:
+            self._record_background(m)
+            return
         c = self._msg
         c["msg_id"].append(m.msg_id)
         c["phase"].append(m.phase)
@@ -88,6 +112,24 @@ class TraceRecorder:
         self.retransmitted_bytes += m.retransmitted_bytes
         if m.status == LOST:
             self.messages_lost += 1
+
+    def _record_background(self, m: Message) -> None:
+        c = self._bg
+        c["flow"].append(m.kind)
+        c["seq"].append(m.round)
+        c["src"].append(m.src)
+        c["dst"].append(m.dst)
+        c["t_send"].append(m.t_send)
+        c["t_deliver"].append(m.t_deliver)
+        c["bytes"].append(m.payload_bits // 8)
+        c["wire_bytes"].append(m.wire_bytes)
+        lost = m.status == LOST
+        c["lost"].append(lost)
+        if lost:
+            self.messages_lost += 1
+            self.background_lost += 1
+        else:
+            self.background_delivered += 1
 
     def record_compute(self, node: str, phase: str, round: int, kind: str, t_start: float, t_end: float,
                        flops: float, wall_s: float = 0.0) -> None:
@@ -120,6 +162,15 @@ class TraceRecorder:
         cols = self._links() if self._links is not None else {c: [] for c in LINK_SCHEMA}
         return pl.DataFrame(cols, schema=LINK_SCHEMA)
 
+    def background_frame(self, with_fl: bool = True) -> pl.DataFrame:
+        """The background frames recorded (delivered or lost), by flow and seq (`BACKGROUND_SCHEMA`)."""
+        c = self._bg
+        n = len(c["flow"])
+        schema = {k: BACKGROUND_SCHEMA[k] for k in (*_BG_COLS, "with_fl")}
+        f = pl.DataFrame({**c, "with_fl": [with_fl] * n}, schema=schema)
+        f = f.with_columns((pl.col("t_deliver") - pl.col("t_send")).alias("latency"))
+        return f.select(BACKGROUND_SCHEMA.names()).sort("flow", "seq")
+
 
 def write_traces(recorder: TraceRecorder, run_dir: str | Path) -> dict[str, Path]:
     """Write messages/compute/links as parquet and CSV into run_dir; returns {name: parquet path}."""
@@ -128,8 +179,13 @@ def write_traces(recorder: TraceRecorder, run_dir: str | Path) -> dict[str, Path
     out: dict[str, Path] = {}
     for name, frame in (("messages", recorder.messages_frame()), ("compute", recorder.compute_frame()),
                         ("links", recorder.links_frame())):
-        pq = run_dir / f"{name}.parquet"
-        frame.write_parquet(pq, compression="zstd", statistics=True)
-        frame.write_csv(run_dir / f"{name}.csv")
-        out[name] = pq
+        out[name] = write_frame(frame, run_dir, name)
     return out
+
+
+def write_frame(frame: pl.DataFrame, run_dir: str | Path, name: str) -> Path:
+    """`name`.parquet and `name`.csv in run_dir; returns the parquet path."""
+    pq = Path(run_dir) / f"{name}.parquet"
+    frame.write_parquet(pq, compression="zstd", statistics=True)
+    frame.write_csv(Path(run_dir) / f"{name}.csv")
+    return pq

@@ -80,8 +80,8 @@ def run_synthetic(world: World, scenario: Scenario, say: Callable[[str], None] |
             done.append({"pattern": pattern, "round": i, "messages": len(events), "t_start": t0,
                          "t_end": env.now, "duration_s": env.now - t0})
 
-    env.process(proc())
-    env.run()
+    p = env.process(proc())
+    env.run(until=p if world.background is not None else None)  # background flows would run on for ever
     return {
         "workload": "synthetic",
         "message_bytes": syn.message_bytes,

@@ -49,6 +49,7 @@ class World:
         self.env = CountingEnvironment()
         self.topology = Topology.from_scenario(scenario)
         self.recorder = TraceRecorder()
+        self.background: Any = None  # the scenario's [[traffic]] flows once started (`simfl.traffic.Background`)
         if scenario.network.model == "ns3":
             from simfl.ns3 import Ns3Network  # loads ns-3 (10-20 s the first time in a process)
 
