@@ -28,7 +28,7 @@ import json
 import os
 import secrets
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -209,9 +209,13 @@ def read_plan(path: Path, key: str) -> LearningPlan:
 
 
 def write_plan(plan: LearningPlan, path: Path, key: str) -> None:
-    """Store `plan` as `path` atomically (temporary file in the same folder, fsync, rename); on any error nothing
+    """Store `plan` as `path` atomically (see `_write_atomic`)."""
+    _write_atomic(path, plan_bytes(plan, key))
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` as `path` atomically (temporary file in the same folder, fsync, rename); on any error nothing
     is left behind and the OSError propagates."""
-    data = plan_bytes(plan, key)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
     try:
@@ -227,15 +231,20 @@ def write_plan(plan: LearningPlan, path: Path, key: str) -> None:
         raise
 
 
+def _building(path: Path) -> contextlib.AbstractContextManager[None]:
+    """Hold the advisory lock `plan-<key>.lock` next to `path` while inside."""
+    return _locked(path.with_suffix(".lock"))
+
+
 @contextlib.contextmanager
-def _building(path: Path) -> Iterator[None]:
-    """Hold the advisory lock `plan-<key>.lock` next to `path` while inside (best effort: without a writable
-    folder or file locks, inside runs unlocked; atomic writes keep the cache whole either way)."""
+def _locked(lock: Path) -> Iterator[None]:
+    """Hold the advisory lock on the file `lock` while inside (best effort: without a writable folder or file
+    locks, inside runs unlocked; atomic writes keep the cache whole either way)."""
     try:
         import fcntl
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o666)
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
     except (ImportError, OSError):
         yield
         return
@@ -268,18 +277,161 @@ def _save(plan: LearningPlan, path: Path, key: str) -> str:
     try:
         write_plan(plan, path, key)
     except OSError as e:
-        folder = path.parent
-        if e.errno == errno.ENOSPC:
-            reason = "the disk is full"
-        elif folder.exists() and not folder.is_dir():
-            reason = "it is a file, not a folder"
-        else:
-            reason = e.strerror or str(e)
-            if isinstance(e.filename, str) and not Path(e.filename).is_relative_to(folder):
-                folder = Path(e.filename)  # a parent folder that could not be created
-        return (f"cannot save the learning plan in {folder} ({reason}); the run goes on without caching it "
-                "(free space, fix the folder's permissions, or point SIMFL_CACHE elsewhere or to 'off')")
+        return _save_problem(path.parent, e, "the learning plan")
     return ""
+
+
+def _save_problem(folder: Path, e: OSError, what: str) -> str:
+    """Why `what` could not be saved in the cache folder `folder`, and what to do (one sentence)."""
+    if e.errno == errno.ENOSPC:
+        reason = "the disk is full"
+    elif folder.exists() and not folder.is_dir():
+        reason = "it is a file, not a folder"
+    else:
+        reason = e.strerror or str(e)
+        if isinstance(e.filename, str) and not Path(e.filename).is_relative_to(folder):
+            folder = Path(e.filename)  # a parent folder that could not be created
+    return (f"cannot save {what} in {folder} ({reason}); the run goes on without caching it "
+            "(free space, fix the folder's permissions, or point SIMFL_CACHE elsewhere or to 'off')")
+
+
+# ---------------------------------------------------------------------------------------------------- per node
+NODE_MAGIC = "simfl-learning-node"
+NODE_FORMAT = 1
+MAX_NODE_HEADER_BYTES = 1 << 20  # a FedAvg node names every part: 90 parts are ~5 kB
+
+
+class NodeStore:
+    """The learner's values, one file per node: ``<folder>/nodes/<key[:2]>/<key>.pt``.
+
+    Line 1 is a JSON header ``{"magic", "format", "key", "node", "meta", "bytes", "sha256"}`` (`node`: the
+    canonical JSON the key hashes, re-hashed on every read), then the payload ``torch.save({"magic", "format",
+    "key", "payload"})`` of plain containers and tensors, read with ``weights_only=True``. `meta` (a threshold,
+    an AUC, the epochs run) reads the header alone; `load` checks the payload's size and sha256 before
+    unpickling. A damaged or foreign entry is reported once through `warn` and treated as missing (the learner
+    computes it again and saves it over the bad file); a failed save is reported once and the run goes on
+    without saving (`notes` keeps both for the run summary). Writes are atomic; `building(keys)` holds each
+    key's advisory lock (``<key>.lock``), so two runs that need one node compute it once."""
+
+    def __init__(self, folder: Path, warn: Say = warn_stderr) -> None:
+        self.folder = Path(folder)
+        self.warn = warn
+        self.notes: list[str] = []
+        self.saved = 0
+        self.unsaved = 0
+        self._reported: set[Path] = set()
+        self._cannot_save = ""
+
+    def path(self, key: str) -> Path:
+        return self.folder / "nodes" / key[:2] / f"{key}.pt"
+
+    def _bad(self, path: Path, why: str) -> None:
+        if path not in self._reported:
+            self._reported.add(path)
+            self.notes.append(f"{path.name}: {why}")
+            self.warn(f"learning cache: {path}: {why}; computing it again")
+
+    def _header(self, f: Any, key: str) -> dict[str, Any]:
+        line = f.readline(MAX_NODE_HEADER_BYTES)
+        if not line:
+            raise CacheFileError("it is empty")
+        try:
+            header = json.loads(line) if line.endswith(b"\n") else None
+        except ValueError:
+            header = None
+        if not isinstance(header, dict):
+            raise CacheFileError("it has no simfl header (not a learning cache entry)")
+        _check_node(header, "header", key)
+        node = header.get("node")
+        if not isinstance(node, str) or hashlib.sha256(node.encode()).hexdigest()[:len(key)] != key:
+            raise CacheFileError("its header's computation does not hash to its key (altered)")
+        if not isinstance(header.get("meta"), dict):
+            raise CacheFileError("its header holds no meta")
+        return header
+
+    def _open(self, key: str, read: Callable[[Any, dict[str, Any]], Any]) -> Any:
+        """`read(file, header)` on the entry of `key`; None when there is none or it is bad (reported)."""
+        path = self.path(key)
+        try:
+            with open(path, "rb") as f:
+                return read(f, self._header(f, key))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except IsADirectoryError:
+            self._bad(path, "it is a folder, not a cache entry (remove it to cache this result)")
+        except OSError as e:
+            self._bad(path, f"cannot read it ({e.strerror or e})")
+        except CacheFileError as e:
+            self._bad(path, str(e))
+        return None
+
+    def meta(self, key: str) -> dict[str, Any] | None:
+        """The entry's meta (its header alone), or None: missing or bad."""
+        return self._open(key, lambda _f, header: header["meta"])
+
+    def load(self, key: str) -> dict[str, Any] | None:
+        """The entry's payload (its parts: state, opt, row), or None: missing or bad."""
+        return self._open(key, lambda f, header: _node_payload(f.read(), header, key))
+
+    def save(self, key: str, node: str, meta: dict[str, Any], payload: dict[str, Any]) -> None:
+        """Store an entry atomically; after a failure (reported once) nothing more is attempted."""
+        path = self.path(key)
+        if self._cannot_save or path.is_dir():
+            self.unsaved += 1
+            return
+        try:
+            _write_atomic(path, node_bytes(key, node, meta, payload))
+        except OSError as e:
+            self.unsaved += 1
+            self._cannot_save = _save_problem(self.folder, e, "learning results")
+            self.notes.append(self._cannot_save)
+            self.warn(f"learning cache: {self._cannot_save}")
+            return
+        self.saved += 1
+
+    @contextlib.contextmanager
+    def building(self, keys: Sequence[str]) -> Iterator[None]:
+        """Hold the advisory locks of `keys` (sorted: two runs never wait for each other in a circle)."""
+        with contextlib.ExitStack() as stack:
+            for key in sorted(set(keys)):
+                stack.enter_context(_locked(self.path(key).with_suffix(".lock")))
+            yield
+
+
+def _check_node(found: Any, what: str, key: str) -> None:
+    if not isinstance(found, dict) or found.get("magic") != NODE_MAGIC:
+        raise CacheFileError(f"its {what} is not a simfl learning cache entry's")
+    if found.get("format") != NODE_FORMAT:
+        raise CacheFileError(f"its {what} has file format {found.get('format')!r}, this simfl reads {NODE_FORMAT}")
+    if found.get("key") != key:
+        raise CacheFileError(f"its {what} holds the entry of key {found.get('key')!r}, not of its name's key {key}")
+
+
+def _node_payload(payload: bytes, header: dict[str, Any], key: str) -> dict[str, Any]:
+    if len(payload) != header.get("bytes"):
+        raise CacheFileError(f"it is truncated or padded: {len(payload)} payload bytes, its header says "
+                             f"{header.get('bytes')}")
+    if hashlib.sha256(payload).hexdigest() != header.get("sha256"):
+        raise CacheFileError("its content does not match its sha256 (damaged or altered)")
+    try:
+        body = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except Exception as e:  # weights_only refuses anything but plain containers and tensors
+        raise CacheFileError(f"its payload is not plain data ({type(e).__name__})") from None
+    _check_node(body, "payload", key)
+    parts = _decode(body.get("payload"))
+    if not isinstance(parts, dict):
+        raise CacheFileError("its payload holds no learning result")
+    return parts
+
+
+def node_bytes(key: str, node: str, meta: dict[str, Any], payload: dict[str, Any]) -> bytes:
+    """An entry's file content: the JSON header line, then the payload."""
+    buf = io.BytesIO()
+    torch.save({"magic": NODE_MAGIC, "format": NODE_FORMAT, "key": key, "payload": _encode(payload)}, buf)
+    data = buf.getvalue()
+    header = {"magic": NODE_MAGIC, "format": NODE_FORMAT, "key": key, "node": node, "meta": meta,
+              "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    return json.dumps(header, sort_keys=True, allow_nan=False).encode() + b"\n" + data
 
 
 def cached_plan(exp: Experiment, seed: int, say: Say, cache_dir: Path | None, device: str | None = None,

@@ -358,3 +358,134 @@ def test_the_key_follows_what_is_learned_only() -> None:
     for other in (dataclasses.replace(EXP, lr=EXP.lr * 2), dataclasses.replace(EXP, rounds=3)):
         assert cache.plan_key(other, 3, "cpu") != key
     assert cache.plan_key(EXP, 4, "cpu") != key
+
+
+# ---------------------------------------------------------------------------------------------------- per node
+NODE_KEY, NODE_OTHER = "0123456789abcdef0123456789abcdef", "fedcba9876543210fedcba9876543210"
+
+
+def node_text(key: str = NODE_KEY) -> str:
+    """A canonical node JSON that hashes to a key we then use (the store re-hashes it on every read)."""
+    return json.dumps({"op": "train", "fields": {"seed": 1}, "for": key})
+
+
+def keyed(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def hand_node(seed: int = 0) -> tuple[dict, dict]:
+    """(meta, payload) of a FedAvg train entry: state, Adam state, and a cross row for good measure."""
+    g = torch.Generator().manual_seed(seed)
+    state = {"enc.weight": torch.randn(3, 4, generator=g), "enc.bias": torch.randn(3, generator=g)}
+    opt = {"step": 7, "exp_avg": {k: torch.randn(v.shape, generator=g) for k, v in state.items()},
+           "exp_avg_sq": {k: torch.rand(v.shape, generator=g) for k, v in state.items()}}
+    meta = {"n_train": 18, "epochs_run": 2, "flops": 1.5e6 + seed, "wall_s": 0.1 * (seed + 1)}
+    return meta, {"state": state, "opt": opt, "row": np.linspace(0, 1, 5) ** 2}
+
+
+def test_node_round_trip_and_layout(tmp_path: Path) -> None:
+    store = cache.NodeStore(tmp_path, warn=pytest.fail)
+    text = node_text()
+    key = keyed(text)
+    meta, payload = hand_node()
+    store.save(key, text, meta, payload)
+    path = tmp_path / "nodes" / key[:2] / f"{key}.pt"
+    assert store.path(key) == path and path.is_file() and store.saved == 1
+    header, body = split(path.read_bytes())
+    assert header == {"magic": "simfl-learning-node", "format": 1, "key": key, "node": text, "meta": meta,
+                      "bytes": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+    assert store.meta(key) == meta
+    back = store.load(key)
+    assert_same(back, payload)  # tensors, the float64 row, the step as an int
+    assert store.meta(NODE_OTHER) is None and store.load(NODE_OTHER) is None  # missing: quietly nothing
+
+
+def test_meta_reads_the_header_alone_and_a_bad_payload_is_reported_once(tmp_path: Path) -> None:
+    warned: list[str] = []
+    store = cache.NodeStore(tmp_path, warn=warned.append)
+    text = node_text()
+    key = keyed(text)
+    store.save(key, text, *hand_node())
+    data = store.path(key).read_bytes()
+    store.path(key).write_bytes(data[: len(data) - 100])
+    assert store.meta(key) == hand_node()[0]  # the header is whole: the meta is there, no weights read
+    assert store.load(key) is None and store.load(key) is None
+    assert len(warned) == 1 and "truncated or padded" in warned[0] and "computing it again" in warned[0]
+    assert store.notes == [f"{key}.pt: " + warned[0].split(f"{key}.pt: ")[1].removesuffix("; computing it again")]
+
+
+@pytest.mark.parametrize("case", ["other key", "altered node", "flipped byte", "pickle bomb", "not a dict"])
+def test_bad_node_entries_are_refused(tmp_path: Path, case: str) -> None:
+    warned: list[str] = []
+    store = cache.NodeStore(tmp_path, warn=warned.append)
+    text = node_text()
+    key = keyed(text)
+    meta, payload = hand_node()
+    marker = tmp_path / "pwned"
+    if case == "other key":  # a valid entry of another key, copied under this key's name
+        other = node_text(NODE_OTHER)
+        data, why = cache.node_bytes(keyed(other), other, meta, payload), "not of its name's key"
+    elif case == "altered node":
+        header, body = split(cache.node_bytes(key, text, meta, payload))
+        header["node"] = text.replace('"seed": 1', '"seed": 2')
+        data, why = json.dumps(header).encode() + b"\n" + body, "does not hash to its key"
+    elif case == "flipped byte":
+        b = bytearray(cache.node_bytes(key, text, meta, payload))
+        b[-10] ^= 0x01
+        data, why = bytes(b), "does not match its sha256"
+    else:
+        inner = Bomb(str(marker)) if case == "pickle bomb" else [1, 2]
+        body = _torch_bytes({"magic": cache.NODE_MAGIC, "format": 1, "key": key, "payload": inner})
+        header = {"magic": cache.NODE_MAGIC, "format": 1, "key": key, "node": text, "meta": meta,
+                  "bytes": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+        data = json.dumps(header).encode() + b"\n" + body
+        why = "not plain data" if case == "pickle bomb" else "holds no learning result"
+    store.path(key).parent.mkdir(parents=True)
+    store.path(key).write_bytes(data)
+    got = store.load(key) if case in ("flipped byte", "pickle bomb", "not a dict") else store.meta(key)
+    assert got is None and len(warned) == 1 and why in warned[0] and not marker.exists()
+
+
+def test_a_failed_node_save_is_reported_once_and_leaves_nothing(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(_fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cache.os, "fsync", full)
+    warned: list[str] = []
+    store = cache.NodeStore(tmp_path / "c", warn=warned.append)
+    for seed in range(3):
+        text = node_text(str(seed))
+        store.save(keyed(text), text, *hand_node(seed))
+    assert (store.saved, store.unsaved) == (0, 3)
+    assert len(warned) == 1 and "cannot save learning results in" in warned[0] and "the disk is full" in warned[0]
+    assert store.notes == [warned[0].removeprefix("learning cache: ")]
+    assert [p for p in (tmp_path / "c").rglob("*") if p.is_file()] == []  # no entry, no temporary file
+
+
+def _hold(folder: str, key: str, held: Any, release: Any) -> None:
+    with cache.NodeStore(Path(folder)).building([key]):
+        held.set()
+        release.wait(60)
+
+
+def test_building_waits_for_another_process_holding_a_key(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context(CONTEXT)
+    held, release = ctx.Event(), ctx.Event()
+    other = ctx.Process(target=_hold, args=(str(tmp_path), NODE_KEY, held, release))
+    other.start()
+    assert held.wait(60)
+    store = cache.NodeStore(tmp_path)
+    t0 = time.perf_counter()
+    releaser = ctx.Process(target=_release_later, args=(release, 0.5))
+    releaser.start()
+    with store.building([NODE_OTHER, NODE_KEY]):  # waits until the other process lets NODE_KEY go
+        waited = time.perf_counter() - t0
+    for p in (other, releaser):
+        p.join(60)
+    assert waited >= 0.4
+
+
+def _release_later(release: Any, delay: float) -> None:
+    time.sleep(delay)
+    release.set()
