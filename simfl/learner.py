@@ -50,7 +50,8 @@ from simfl.learning import Engine, ScoreJob, TrainJob, TrainResult, auc, thresho
 from simfl.learning_worker import init_state, split_indices
 from simfl.plan import _ticking
 
-__all__ = ["Ref", "Stage", "Learner", "FakeEngine", "FlushStats", "StageStats", "LEARN_FORMAT", "THRESHOLD_BITS"]
+__all__ = ["Ref", "Stage", "Learner", "FakeEngine", "FlushStats", "StageStats", "LEARN_FORMAT", "THRESHOLD_BITS",
+           "resolve_device"]
 
 LEARN_FORMAT = 1
 THRESHOLD_BITS = 32  # the float32 threshold a phase-I model travels with
@@ -175,6 +176,13 @@ def score_flops(model: str, n: int) -> float | None:
     return None if model == "ocsvm" else n * models.flops_per_sample(model)
 
 
+def resolve_device(device: str) -> str:
+    """The device a run learns on: "auto" is "cuda" where torch sees a GPU, else "cpu"; others unchanged."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def _quiet(_message: str) -> None:
     pass
 
@@ -203,6 +211,7 @@ class Learner:
         self._nodes: dict[str, _Node] = {}
         self._values: dict[str, dict[str, Any]] = {}
         self._cached: set[str] = set()  # in the store: meta in _values, the rest read on demand
+        self._damaged: set[str] = set()  # stored, but their payload could not be read: computed again
         self._pending: dict[str, None] = {}  # registered, not evaluated yet (insertion order)
         self._needed: set[tuple[str, str]] = set()  # (stage label, key)
         self._data: dict[int | None, str] = {}
@@ -349,6 +358,7 @@ class Learner:
         elif key in self._cached and self.store is not None:
             payload = self.store.load(key)
             if payload is None:  # damaged: the store said why; compute it again
+                self._damaged.add(key)
                 self._cached.discard(key)
                 self._values.pop(key, None)
                 self.stats.of(node.stage).cached -= 1
@@ -366,7 +376,7 @@ class Learner:
             node = self._nodes[key]
             if node.ref.op == "init" or key in self._values:  # init: rebuilt on demand
                 continue
-            meta = self.store.meta(key) if self.store is not None else None
+            meta = self._stored_meta(key)
             if meta is None:
                 compute.append(key)
             else:
@@ -377,6 +387,12 @@ class Learner:
         for stage in sorted(touched, key=lambda s: s.rank):
             self.say(self.stats.of(stage).line(stage.label))
         return self.stats
+
+    def _stored_meta(self, key: str) -> dict[str, Any] | None:
+        """The store's meta of `key`; None when it has none, or its entry proved damaged in this run."""
+        if self.store is None or key in self._damaged:
+            return None
+        return self.store.meta(key)
 
     def _order(self, key: str) -> tuple[tuple[int, int], int, int]:
         node = self._nodes[key]
@@ -439,7 +455,7 @@ class Learner:
         with self.store.building(batch):
             todo = []
             for key in batch:
-                meta = self.store.meta(key)
+                meta = self._stored_meta(key)
                 if meta is None:
                     todo.append(key)
                 else:

@@ -10,7 +10,14 @@ detectors). Regenerate them on the code that defines the reference, then keep th
     PYTHONPATH=. python tests/golden.py [--default]          # compare only: prints each case's differences
 
 `--write` replaces the digests of the cases it ran and keeps the others. tests/test_golden.py compares the tiny
-cases (the default preset's case only with `-m slow`).
+cases. The runs use the simfl that Python imports: to take the reference from another checkout (the code before a
+change), put it first on the path, e.g. ``PYTHONPATH=/path/to/reference python tests/golden.py --write --default``
+(its topologies/default.toml is used too).
+
+One case differs by design from the code the digests were taken on (simfl 675bfb8, learning planned ahead):
+with the server aggregating and detector "last_fit", round 1's models leave the server when the leader has found
+the communities, no longer at t = 0 (the server cannot know them earlier). Its AUCs stay equal: `COMPARED` limits
+that case to them.
 """
 
 from __future__ import annotations
@@ -28,7 +35,6 @@ from pathlib import Path
 
 import polars as pl
 
-ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden.json"
 TINY_TOML = "tiny.toml"  # written from test_fedad.TINY into the work folder
 # name -> (scenario, overrides); the tiny cases share their learning (one cache), so only the first trains
@@ -37,9 +43,10 @@ CASES: dict[str, tuple[str, tuple[str, ...]]] = {
     "tiny-last_fit-member": (TINY_TOML, ('experiment.detector="last_fit"',)),
     "tiny-global-server": (TINY_TOML, ('experiment.aggregator="server"',)),
     "tiny-last_fit-server": (TINY_TOML, ('experiment.detector="last_fit"', 'experiment.aggregator="server"')),
-    "default-capped": (str(ROOT / "topologies" / "default.toml"), ("experiment.max_samples_per_client=100",)),
+    "default-capped": ("default.toml", ("experiment.max_samples_per_client=100",)),  # in the code's topologies/
 }
 TINY_CASES = tuple(c for c in CASES if c.startswith("tiny-"))
+COMPARED = {"tiny-last_fit-server": ("auc",)}  # the digests compared where not all are (see the docstring)
 # the summary's learning results (one digest over them)
 SUMMARY_KEYS = ("communities", "k", "ari", "nmi", "payload_bytes", "wire_bytes", "closed_form_bytes",
                 "duration_s", "auc_mean", "auc_mean_by_detector", "auc_by_class", "samples_per_client")
@@ -80,24 +87,26 @@ def run_cases(names: Sequence[str], work: Path) -> dict[str, dict[str, str]]:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from test_fedad import TINY
 
+    import simfl
     from simfl.config import load_scenario
     from simfl.runner import run_scenario
 
+    topologies = Path(simfl.__file__).resolve().parent.parent / "topologies"
     (work / TINY_TOML).write_text(TINY)
     found: dict[str, dict[str, str]] = {}
     with _env(SIMFL_CACHE=str(work / "cache")):
         for name in names:
             path, overrides = CASES[name]
-            scenario = load_scenario(work / path if path == TINY_TOML else Path(path), overrides)
+            scenario = load_scenario(work / TINY_TOML if path == TINY_TOML else topologies / path, overrides)
             run_scenario(scenario, work / name, progress=False)
             found[name] = digests(work / name)
     return found
 
 
 def compare(found: dict[str, dict[str, str]], golden: dict[str, dict[str, str]]) -> list[str]:
-    """One line per digest that differs from (or is missing in) `golden`."""
+    """One line per compared digest that differs from (or is missing in) `golden`."""
     return [f"{case}: {what} differs" for case, got in found.items() for what, digest in got.items()
-            if golden.get(case, {}).get(what) != digest]
+            if what in COMPARED.get(case, got) and golden.get(case, {}).get(what) != digest]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

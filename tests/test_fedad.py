@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-import simfl.plan as plan_mod
+import simfl.learner as learner_mod
 from simfl.cli import main
 from simfl.config import load_scenario
 from simfl.errors import SimflError
@@ -57,15 +57,16 @@ def tiny(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture()
 def builds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts how often a learning plan is really built (not read from the cache)."""
+    """Counts the learning engines started: a run starts one only when it must compute something (not all of its
+    learning is in the cache)."""
     calls: list[int] = []
-    real = plan_mod.build_plan
+    real = learner_mod.Engine
 
     def counting(*a, **k):
         calls.append(1)
         return real(*a, **k)
 
-    monkeypatch.setattr(plan_mod, "build_plan", counting)
+    monkeypatch.setattr(learner_mod, "Engine", counting)
     return calls
 
 
@@ -116,7 +117,7 @@ def test_failed_run_leaves_incomplete_marker(tiny: Path, tmp_path: Path, monkeyp
     def boom(*a, **k):
         raise RuntimeError("simulated crash in the middle of learning")
 
-    monkeypatch.setattr(plan_mod, "build_plan", boom)
+    monkeypatch.setattr(learner_mod.Learner, "flush", boom)
     out = tmp_path / "run"
     with pytest.raises(RuntimeError):
         run_scenario(load_scenario(tiny), out, progress=False)
@@ -128,7 +129,7 @@ def test_network_only_sweep_trains_once_and_resumes(tiny: Path, tmp_path: Path, 
     vary = parse_vary(["node_groups[0].uplink.bandwidth=1 Mbps,10 Mbps,1 Gbps"])
     base = ['experiment.baselines=["centralised"]']
     t1 = run_sweep(tiny, vary, tmp_path / "sw", base_overrides=base, progress=False)
-    assert len(builds) == 1  # three network points, one learning plan
+    assert len(builds) == 1  # three network points, one learning
     assert t1.height == 3
     assert t1["auc_method"].n_unique() == 1 and t1["payload_bytes_phase1"].n_unique() == 1
     up = t1.sort("node_groups[0].uplink.bandwidth__value")["centralised_upload_s"].to_list()
@@ -183,7 +184,7 @@ def test_progress_counts_are_scoped_to_one_request(monkeypatch: pytest.MonkeyPat
     from simfl import plan
     from simfl.learning import Engine
 
-    monkeypatch.setattr(plan, "PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr(plan, "PLAIN_EVERY_S", 0.0)
     said: list[str] = []
     eng = Engine(workers=0)
     with plan._ticking(eng, said.append, "clients trained"):
@@ -196,39 +197,49 @@ def test_progress_counts_are_scoped_to_one_request(monkeypatch: pytest.MonkeyPat
 
 
 def test_last_fit_detector_scores_each_clients_own_last_fit(tiny: Path, tmp_path: Path, builds: list[int]) -> None:
-    """detector = last_fit reuses the cached plan, and its method/ideal AUCs are those of each client's own last
-    local fit, recomputed here with a plain torch forward pass and scikit-learn."""
+    """detector = last_fit computes nothing new (every value is in the cache), and its method/ideal AUCs are those
+    of each client's own last local fit, recomputed here with a plain torch forward pass and scikit-learn."""
     import numpy as np
     import torch
     from sklearn.metrics import roc_auc_score
 
     from simfl import models
-    from simfl.cache import read_plan
-    from simfl.data import find_data_dir, load_fashion_mnist, make_partition
+    from simfl.cache import NodeStore
+    from simfl.learner import Learner
+    from simfl.plan import partition_of
+    from simfl.protocol import simulate
+    from simfl.world import World
 
     main(["run", str(tiny), "--out", str(tmp_path / "g"), "--quiet"])
-    (cache,) = (tmp_path / "cache").glob("plan-*.pt")
-    plan = read_plan(cache, cache.stem.removeprefix("plan-"))
     assert main(["run", str(tiny), "--out", str(tmp_path / "l"), "--quiet",
                  "--set", 'experiment.detector="last_fit"']) == 0
     assert len(builds) == 1  # the second run trained nothing
     g = json.loads((tmp_path / "g" / "summary.json").read_text())
     s = json.loads((tmp_path / "l" / "summary.json").read_text())
     assert s["detector"] == "last_fit" and s["auc_mean_by_detector"]["global"]["method"] == g["auc_mean"]["method"]
-    assert g["cache"] == {"path": str(cache), "from_cache": False, "saved": True, "note": ""}
-    assert s["cache"] == {"path": str(cache), "from_cache": True, "saved": False, "note": ""}
+    cache = str(tmp_path / "cache")
+    # phase I 4 x 3; the method's 2 rounds of 4 updates and 2 averages (its communities are the true groups here:
+    # the ideal baseline shares all of it); the baselines 4 + 1; AUCs of 12 distinct (model, test set) pairs: 2 last
+    # averages, 4 last fits, 4 local models, the centralised one on both test sets
+    assert g["communities"] == [[0, 1], [2, 3]]
+    assert g["cache"] == {"path": cache, "from_cache": False, "saved": True, "note": "", "cached": 0, "computed": 41}
+    assert s["cache"] == {"path": cache, "from_cache": True, "saved": False, "note": "", "cached": 41, "computed": 0}
     assert s["payload_bytes"]["phase2"] == g["payload_bytes"]["phase2"] and s["auc_mean"]["local"] == g["auc_mean"][
         "local"]
-    exp = load_scenario(tiny).experiment
-    part = make_partition(load_fashion_mnist(find_data_dir(None)), exp.classes, exp.clients_per_class,
-                          exp.outlier_fraction, 3)
+    sc = load_scenario(tiny)
+    exp = sc.experiment
+    part = partition_of(exp, 3)
     auc = pl.read_parquet(tmp_path / "l" / "auc.parquet")
-    for name, fl in (("method", plan.method), ("ideal", plan.ideal)):
-        last = {r.key: r.state for r in fl.rounds[-1]}
+    with Learner(exp, part, NodeStore(Path(cache))) as lr:  # the run again, every value from the cache
+        fed = simulate(World(sc), lr, exp, clients=sc.clients[:4], server=sc.server, seed=3)
+        last = {name: {i: lr.value(run.last_fit(i), "state") for i in range(4)}
+                for name, run in (("method", fed.record.method), ("ideal", fed.record.ideal))}
+    assert len(builds) == 1
+    for name in ("method", "ideal"):
         want = []
         for shard in part.clients:
             net = models.build_model("ae7")
-            net.load_state_dict(last[shard.client])
+            net.load_state_dict(last[name][shard.client])
             x, is_out = part.tests[shard.inlier_class]
             xt = torch.from_numpy(x.astype(np.float32) / 255.0).unsqueeze(1)
             with torch.no_grad():
