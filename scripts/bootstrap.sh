@@ -5,14 +5,19 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv="$root/.venv"
 stamp="$venv/.simfl-stamp"
 want=$(cat "$root/pyproject.toml" "$root/constraints.txt" | sha256sum | cut -c1-16)
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "simfl: setting up $venv (first run only)..." >&2
+  # the dev extra's ns3 package (ns-3 with cppyy bindings) compiles cppyy's C++ extension: it needs g++
+  if ! command -v g++ >/dev/null; then
+    as_root apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq g++ >&2
+  fi
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --upgrade pip >&2 || true
   "$venv/bin/pip" install -q -c "$root/constraints.txt" -e "$root[dev]" >&2
   echo "$want" > "$stamp"
 fi
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 need=()
 data="${SIMFL_DATA:-/usr/share/datasets/fashion-mnist}"
 [ -f "$data/train-images-idx3-ubyte.gz" ] || need+=(dataset-fashion-mnist)

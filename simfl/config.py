@@ -98,7 +98,8 @@ def _epochs_in_round(self: Any, i: int) -> int:
 
 
 NetworkParams = model("NetworkParams", NETWORK, __name__, "The [network] table (simfl.schema.NETWORK).",
-                      {"header_bytes": property(_header_bytes)})
+                      {"header_bytes": property(_header_bytes),
+                       "buffer_packets": property(lambda self: self.buffer)})  # the name the ns3 backend reads
 Experiment = model("Experiment", EXPERIMENT, __name__,
                    "The [experiment] table (simfl.schema.EXPERIMENT). Lists are held as tuples (it is frozen).",
                    {"n_clients": property(_n_clients), "epochs_in_round": _epochs_in_round})
@@ -125,6 +126,7 @@ class Link:
     b: str
     bandwidth_bps: float
     latency_s: float
+    buffer: int | None = None  # packets each sending port queues (None: network.buffer)
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,7 @@ class Cell:
     ap: str
     bandwidth_bps: float
     latency_s: float
+    buffer: int | None = None  # packets each transmitter's queue holds (None: network.buffer)
 
 
 @dataclass(frozen=True)
@@ -292,7 +295,7 @@ def _cells(ck: Checker, entries: list[dict[str, Any]], nodes: Mapping[str, _Node
             ck.fail(f"{w}.ap", ap, f"this access point already serves cell {ap_cell[ap]!r}")
         where_of[name] = w
         ap_cell[ap] = name
-        cells.append(Cell(name, ap, t["bandwidth"], t["latency"]))
+        cells.append(Cell(name, ap, t["bandwidth"], t["latency"], t["buffer"]))
     return cells
 
 
@@ -350,13 +353,13 @@ def _links(ck: Checker, entries: list[dict[str, Any]], specs: list[_NodeSpec], c
         _known(ck, t["a"], f"{w}.a", by_name)
         _known(ck, t["b"], f"{w}.b", by_name)
         name = t["name"] or f"{t['a']}-{t['b']}"
-        acc.add(Link(name, t["a"], t["b"], t["bandwidth"], t["latency"]), w, f"{w}.name")
+        acc.add(Link(name, t["a"], t["b"], t["bandwidth"], t["latency"], t["buffer"]), w, f"{w}.name")
     for s in specs:
         if s.uplink is not None:
             up = s.uplink
             to, tokey = up["to"]
             _known(ck, to, tokey, by_name)
-            ln = Link(up["name"] or f"{s.name}-{to}", s.name, to, up["bandwidth"], up["latency"])
+            ln = Link(up["name"] or f"{s.name}-{to}", s.name, to, up["bandwidth"], up["latency"], up.get("buffer"))
             acc.add(ln, up["key"], f"{up['key']}.name")
     ap_of = {c.name: c.ap for c in cells}
     for s in specs:
@@ -700,11 +703,16 @@ def _scenario_to_dict(sc: Scenario) -> dict[str, Any]:
         "network": kept(sc.network),
         "profiles": {k: units.format_flops(f) for k, f in sc.profiles},
         "nodes": nodes,
-        "links": [{"name": ln.name, "a": ln.a, "b": ln.b, "bandwidth": units.format_rate(ln.bandwidth_bps),
-                   "latency": units.format_time(ln.latency_s)} for ln in sc.links],
-        "cells": [{"name": c.name, "ap": c.ap, "bandwidth": units.format_rate(c.bandwidth_bps),
-                   "latency": units.format_time(c.latency_s)} for c in sc.cells],
+        "links": [_buffered({"name": ln.name, "a": ln.a, "b": ln.b, "bandwidth": units.format_rate(ln.bandwidth_bps),
+                             "latency": units.format_time(ln.latency_s)}, ln.buffer) for ln in sc.links],
+        "cells": [_buffered({"name": c.name, "ap": c.ap, "bandwidth": units.format_rate(c.bandwidth_bps),
+                             "latency": units.format_time(c.latency_s)}, c.buffer) for c in sc.cells],
         "experiment": kept(sc.experiment),
         "synthetic": kept(sc.synthetic),
     }
     return {k: v for k, v in out.items() if v != []}
+
+
+def _buffered(t: dict[str, Any], buffer: int | None) -> dict[str, Any]:
+    """A link or cell table with its buffer, where one was given."""
+    return t if buffer is None else {**t, "buffer": buffer}

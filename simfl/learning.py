@@ -1,23 +1,26 @@
 """Training and scoring engine: the learning that the simulated nodes really do.
 
 Requests (train these clients' models for E epochs; score these samples with this model; phase I's all-pairs
-cross-evaluation) arrive in batches, one per simulated instant, and run together:
+cross-evaluation) come one learning stage at a time (phase I's training, each FedAvg round, the baselines), every
+client of the stage in one request, and the ``Engine`` runs each request on one of two backends:
 
-* CPU (``device="cpu"``): one model and one Adam per client, clients spread over persistent worker processes
-  (spawned, one torch thread each, channels_last). Each client's data travels to a worker once and stays cached
-  there under a content key. Every job has its own seeded random stream, so results do not depend on how many
-  workers ran them or which one did (``workers=0`` runs everything in this process, also on one thread).
-* GPU (``device="cuda"``): all clients of a request stacked into one computation: parameters stacked on a client
-  axis, ``torch.func.vmap(functional_call)`` forward, one backward, an element-wise masked Adam (a client with no
-  batch at a step, or already stopped early, is left untouched), padding + masks where shard sizes differ. TF32
-  is off. The stacked path also runs on CPU tensors (``Engine(device="cpu", stacked=True)``): the tests compare it
-  with the per-client path there.
+* per-client (``device="cpu"``): one model and one Adam per client, clients spread over persistent worker
+  processes (spawned, one torch thread each, channels_last). Each client's data travels to a worker once and stays
+  cached there under a content key. Every job has its own seeded random stream, so results do not depend on how
+  many workers ran them or which one did (``workers=0`` runs everything in this process, also on one thread).
+* stacked (``device="cuda"``): all clients of a request in one computation: parameters stacked on a client axis,
+  ``torch.func.vmap(functional_call)`` forward, one backward, Adam for the clients that had a batch at that step
+  (a client without one, or already stopped early, is left untouched), padding + masks where shard sizes differ;
+  scoring on the device. TF32 is off. The stacked backend also runs on CPU tensors
+  (``Engine(device="cpu", stacked=True)``): the tests compare it with the per-client backend there.
 * Scores are L2 reconstruction distances; ``threshold`` is the 100*(1-d) percentile of the owner's training scores;
   ``auc`` is scikit-learn's ROC AUC with outliers as the positive class.
 
 Training follows the authors: Adam (lr 1e-3), MSE, batch 32, Keras' validation split (the last 10% of a client's
 shard, the same in every round), optional early stopping on the validation loss (the local baseline; like Keras'
-EarlyStopping it keeps the last weights unless ``restore_best``).
+EarlyStopping it keeps the last weights unless ``restore_best``). Both backends differ in how they run, not in the
+rule: the Adam update (``adam_step``), early stopping (``EarlyStopping``), the split and the shuffles
+(``split_indices``, ``job_rng``) live once, in ``simfl.learning_worker``.
 """
 
 from __future__ import annotations
@@ -43,15 +46,17 @@ import torch
 
 from simfl.errors import SimflError
 from simfl.learning_worker import (
-    ADAM_BETAS,
-    ADAM_EPS,
     SCORE_BATCH,
+    AdamState,
     DataCache,
+    EarlyStopping,
+    adam_step,
     init_state,
     job_rng,
     run_task,
     split_indices,
     to_float_images,
+    tree_np,
     tree_torch,
 )
 from simfl.models import MODEL_NAMES, build_model, flops_per_sample
@@ -149,8 +154,6 @@ def _torch_threads(n: int | None) -> Iterator[None]:
 
 
 def _train_kwargs(job: TrainJob) -> dict[str, Any]:
-    from simfl.learning_worker import tree_np
-
     return {
         "epochs": int(job.epochs),
         "seed": int(job.seed),
@@ -340,11 +343,340 @@ class _Pool:
         shutil.rmtree(self._tmp, ignore_errors=True)
 
 
+# ----------------------------------------------------------------------------------------- per-client backend
+OnProgress = Callable[[int, int], None] | None  # (done, total) tasks of the current request
+
+
+class _PerClient:
+    """Per-client jobs on the CPU: ``workers`` persistent worker processes (0: this process), one torch thread
+    per job, each client's data cached by content key where it runs."""
+
+    def __init__(self, workers: int, cache_bytes: int, deterministic: bool) -> None:
+        self.workers = workers
+        self.cache_bytes = cache_bytes
+        self.deterministic = deterministic
+        self._pool: _Pool | None = None
+        self._local = DataCache()
+        self._local_lru: OrderedDict[str, int] = OrderedDict()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def run(self, tasks: list[_Task], on_progress: OnProgress) -> list[Any]:
+        if not tasks:
+            return []
+        if self.workers > 0:
+            if self._pool is None:
+                self._pool = _Pool(self.workers, self.cache_bytes)
+            return self._pool.run(tasks, on_progress)
+        out = []
+        with _torch_threads(1 if self.deterministic else None):
+            for t in tasks:
+                for k, x in t.data.items():
+                    if k not in self._local.raw:
+                        self._local.put(k, x)
+                    self._local_lru[k] = x.nbytes
+                    self._local_lru.move_to_end(k)
+                out.append(run_task(t.payload, self._local))
+                if on_progress is not None:
+                    on_progress(len(out), len(tasks))
+                while sum(self._local_lru.values()) > self.cache_bytes and len(self._local_lru) > 1:
+                    k, _ = self._local_lru.popitem(last=False)
+                    self._local.drop(k)
+        return out
+
+    def train(self, jobs: Sequence[TrainJob], on_progress: OnProgress) -> list[TrainResult]:
+        tasks = []
+        for job in jobs:
+            k = data_key(job.x)
+            cost = len(job.x) * job.epochs * (flops_per_sample(job.model, train=True)
+                                              if job.model != "ocsvm" else len(job.x) * 3e3)
+            tasks.append(_Task(("train", job.model, k, _train_kwargs(job)), {k: np.asarray(job.x)}, cost))
+        return [_result(job.key, raw) for job, raw in zip(jobs, self.run(tasks, on_progress), strict=True)]
+
+    def score(self, jobs: Sequence[ScoreJob], on_progress: OnProgress) -> list[np.ndarray]:
+        tasks = []
+        for j in jobs:
+            k = data_key(j.x)
+            cost = len(j.x) * (flops_per_sample(j.model) if j.model != "ocsvm" else 1e6)
+            tasks.append(_Task(("score", j.model, _host_state(j.model, j.state), k), {k: np.asarray(j.x)}, cost))
+        return self.run(tasks, on_progress)
+
+    def cross_counts(self, model: str, states: Sequence[dict], thresholds: Sequence[float],
+                     xs: Sequence[np.ndarray], on_progress: OnProgress) -> np.ndarray:
+        keys = [data_key(x) for x in xs]
+        data = {k: np.asarray(x) for k, x in zip(keys, xs, strict=True)}
+        # a few chunks per worker: the engine can report progress between them (each worker concatenates the
+        # shards once and keeps them for its next chunk)
+        n_chunks = min(len(states), 5 * max(1, self.workers))
+        bounds = np.linspace(0, len(states), n_chunks + 1).round().astype(int)
+        tasks = [_Task(("cross", model, [_host_state(model, s) for s in states[a:b]],
+                        [float(t) for t in thresholds[a:b]], keys), data, float(b - a))
+                 for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+        return np.concatenate(self.run(tasks, on_progress), axis=0)
+
+
+def _host_state(model: str, state: Mapping[str, Any]) -> Any:
+    """A state as it crosses to a worker: numpy arrays (an OC-SVM's is already)."""
+    return state if model == "ocsvm" else {n: np.asarray(torch.as_tensor(v)) for n, v in state.items()}
+
+
+# ----------------------------------------------------------------------------------------- stacked training
+
+
+@dataclass
+class _Padded:
+    """Every client's training and validation samples, padded to the largest: [C, N_max, 1, 28, 28]."""
+
+    x_tr: torch.Tensor
+    x_va: torch.Tensor
+    n_tr: np.ndarray
+    n_va: np.ndarray
+    va_mask: torch.Tensor  # [C, Nva_max] float32, 1 on real validation samples
+
+
+def _pad_clients(jobs: Sequence[TrainJob], device: torch.device) -> _Padded:
+    splits = [split_indices(len(j.x), j.val_fraction) for j in jobs]
+    n_tr = np.array([len(tr) for tr, _ in splits])
+    n_va = np.array([len(va) for _, va in splits])
+    x_tr = torch.zeros(len(jobs), max(1, n_tr.max()), 1, 28, 28)
+    x_va = torch.zeros(len(jobs), max(1, n_va.max()), 1, 28, 28)
+    for c, (j, (tr, va)) in enumerate(zip(jobs, splits, strict=True)):
+        x = to_float_images(np.asarray(j.x))
+        x_tr[c, : len(tr)] = x[torch.from_numpy(tr)]
+        x_va[c, : len(va)] = x[torch.from_numpy(va)]
+    va_mask = torch.from_numpy(np.arange(x_va.shape[1])[None, :] < n_va[:, None]).to(device, torch.float32)
+    return _Padded(x_tr.to(device), x_va.to(device), n_tr, n_va, va_mask)
+
+
+def _epoch_batches(rngs: Sequence[np.random.Generator], n_tr: np.ndarray, active: np.ndarray,
+                   bs: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each active client's shuffled minibatches of one epoch (drawn from its own stream, as the per-client path
+    draws them): indices and masks [steps, C, bs]; a client with fewer batches is masked out of the last steps."""
+    n_steps = int(max(math.ceil(n_tr[c] / bs) for c in np.flatnonzero(active)))
+    idx = np.zeros((n_steps, len(n_tr), bs), dtype=np.int64)
+    mask = np.zeros((n_steps, len(n_tr), bs), dtype=bool)
+    for c in np.flatnonzero(active):
+        perm = rngs[c].permutation(n_tr[c])
+        for s in range(math.ceil(n_tr[c] / bs)):
+            chunk = perm[s * bs : (s + 1) * bs]
+            idx[s, c, : len(chunk)] = chunk
+            mask[s, c, : len(chunk)] = True
+    return idx, mask
+
+
+class _Stack:
+    """The clients' parameters stacked on a leading client axis: one vmapped forward and one backward for all of
+    them, then Adam on each client's own slices (its own moments and step count)."""
+
+    def __init__(self, jobs: Sequence[TrainJob], device: torch.device) -> None:
+        from torch.func import functional_call, vmap
+
+        model = jobs[0].model
+        net = build_model(model).to(device)
+        self.names = [n for n, _ in net.named_parameters()]
+        inits = [dict(j.init_state) if j.init_state is not None else init_state(model, j.seed) for j in jobs]
+        self.params = {n: torch.stack([torch.as_tensor(s[n], dtype=torch.float32) for s in inits]).to(device)
+                       .requires_grad_(True) for n in self.names}
+        with torch.no_grad():  # views the optimiser updates in place
+            self.slices = [[self.params[n][c] for n in self.names] for c in range(len(jobs))]
+        self.adam = [AdamState.load(self.names, sl, j.opt_state) for sl, j in zip(self.slices, jobs, strict=True)]
+
+        def per_sample_mse(p: dict, xb: torch.Tensor) -> torch.Tensor:
+            out = functional_call(net, p, (xb,))
+            return (out - xb).square().mean(dim=(1, 2, 3))
+
+        self.mse = vmap(per_sample_mse)  # [C, B] from params [C, ...] and images [C, B, 1, 28, 28]
+
+    def epoch(self, data: _Padded, rngs: Sequence[np.random.Generator], active: np.ndarray, bs: int,
+              lr: float) -> np.ndarray:
+        """One epoch of the active clients; each client's summed training MSE (float64 [C])."""
+        idx, mask = _epoch_batches(rngs, data.n_tr, active, bs)
+        device = data.x_tr.device
+        idx_t = torch.from_numpy(idx).to(device)
+        mask_t = torch.from_numpy(mask).to(device, torch.float32)
+        rows = torch.arange(len(active), device=device)[:, None]
+        total = torch.zeros(len(active), dtype=torch.float64, device=device)
+        for s in range(len(idx)):
+            m = mask_t[s]
+            cnt = m.sum(1)
+            loss_c = (self.mse(self.params, data.x_tr[rows, idx_t[s]]) * m).sum(1) / cnt.clamp(min=1)
+            grads = torch.autograd.grad(loss_c.sum(), [self.params[n] for n in self.names])
+            stepped = np.flatnonzero(mask[s].any(1))
+            adam_step([p for c in stepped for p in self.slices[c]], [g[c] for c in stepped for g in grads],
+                      [self.adam[c] for c in stepped], lr)
+            total += (loss_c.detach() * cnt).to(torch.float64)
+        return total.cpu().numpy()
+
+    def val_losses(self, data: _Padded) -> np.ndarray:
+        with torch.no_grad():
+            vmse = self.mse(self.params, data.x_va)
+            return ((vmse * data.va_mask).sum(1) / data.va_mask.sum(1).clamp(min=1)).cpu().numpy()
+
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in self.params.items()}
+
+    def keep(self, best: dict[str, torch.Tensor], c: int) -> None:
+        """Copy client c's current weights into ``best``."""
+        with torch.no_grad():
+            for n in self.names:
+                best[n][c] = self.params[n][c]
+
+    def client_state(self, c: int, src: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        src = self.params if src is None else src
+        return {n: src[n][c].detach().cpu().contiguous().clone() for n in self.names}
+
+
+def train_stacked(jobs: Sequence[TrainJob], device: torch.device | str = "cpu") -> list[TrainResult]:
+    """Train all ``jobs`` (same model, batch size and lr) as one stacked computation.
+
+    Client c's parameters are slice c of stacked tensors; each step gathers every client's next minibatch
+    (its own seeded order, padded to the batch size with a mask), runs ``vmap(functional_call)`` forward, one
+    backward, and Adam on the clients that had a batch. Mathematically each client follows exactly the
+    per-client path (same split, shuffles, batches, updates, early stopping); floating-point sums may be ordered
+    differently.
+    """
+    t0 = time.perf_counter()
+    device = torch.device(device)
+    model, bs, lr = jobs[0].model, int(jobs[0].batch_size), float(jobs[0].lr)
+    if any(j.model != model or j.batch_size != bs or j.lr != lr for j in jobs):
+        raise ValueError("stacked jobs must share model, batch_size and lr")
+    stack = _Stack(jobs, device)
+    data = _pad_clients(jobs, device)
+    rngs = [job_rng(j.seed) for j in jobs]
+    epochs = np.array([j.epochs for j in jobs])
+    stopping = [EarlyStopping(j.patience) for j in jobs]
+    restore = [j.patience is not None and j.restore_best and n > 0 for j, n in zip(jobs, data.n_va, strict=True)]
+    best = stack.snapshot() if any(restore) else None
+    losses: list[list[float]] = [[] for _ in jobs]
+    val_losses: list[list[float]] = [[] for _ in jobs]
+    active = np.ones(len(jobs), dtype=bool)
+    for epoch in range(int(epochs.max())):
+        active &= epoch < epochs
+        if not active.any():
+            break
+        loss = stack.epoch(data, rngs, active, bs, lr)
+        vloss = stack.val_losses(data)
+        for c in np.flatnonzero(active):
+            losses[c].append(float(loss[c] / max(data.n_tr[c], 1)))
+            if data.n_va[c]:
+                val_losses[c].append(float(vloss[c]))
+                if stopping[c].update(vloss[c]) and restore[c]:
+                    stack.keep(best, c)  # type: ignore[arg-type]
+                active[c] = not stopping[c].stop
+    wall = time.perf_counter() - t0
+    return [TrainResult(
+        key=j.key, state=stack.client_state(c, best if restore[c] else None),
+        opt_state=stack.adam[c].to_dict(stack.names), n_train=int(data.n_tr[c]), epochs_run=len(losses[c]),
+        losses=losses[c], val_losses=val_losses[c], wall_s=wall / len(jobs),
+        flops=float(len(losses[c]) * data.n_tr[c] * flops_per_sample(model, train=True)),
+    ) for c, j in enumerate(jobs)]
+
+
+# ----------------------------------------------------------------------------------------- stacked backend
+
+
+def _by_model(jobs: Sequence[Any], on_host: Callable[[Sequence[Any]], list[Any]],
+              here: Callable[[Sequence[Any]], list[Any]]) -> list[Any]:
+    """``on_host`` for the OC-SVM jobs (scikit-learn), ``here`` for the others; results in job order."""
+    out: list[Any] = [None] * len(jobs)
+    for svm, run in ((True, on_host), (False, here)):
+        idx = [i for i, j in enumerate(jobs) if (j.model == "ocsvm") == svm]
+        if idx:
+            for i, r in zip(idx, run([jobs[i] for i in idx]), strict=True):
+                out[i] = r
+    return out
+
+
+class _Stacked:
+    """Every client of a request in one computation on ``device`` (CUDA; CPU tensors in the tests): training
+    by ``train_stacked``, scoring with the models on the device and the shards kept there. OC-SVM jobs
+    (scikit-learn) run on ``host``."""
+
+    def __init__(self, device: torch.device, host: _PerClient, cache_bytes: int, score_batch: int,
+                 deterministic: bool) -> None:
+        self.device = device
+        self.host = host
+        self.cache_bytes = cache_bytes
+        self.score_batch = score_batch
+        self._threads = 1 if deterministic and device.type == "cpu" else None
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+
+    def close(self) -> None:
+        self._cache.clear()
+
+    def train(self, jobs: Sequence[TrainJob], on_progress: OnProgress) -> list[TrainResult]:
+        return _by_model(jobs, lambda js: self.host.train(js, on_progress), self._train_stacked)
+
+    def _train_stacked(self, jobs: Sequence[TrainJob]) -> list[TrainResult]:
+        groups: dict[tuple, list[int]] = {}
+        for i, j in enumerate(jobs):
+            groups.setdefault((j.model, j.batch_size, j.lr), []).append(i)
+        out: list[Any] = [None] * len(jobs)
+        with _torch_threads(self._threads):
+            for idx in groups.values():
+                for i, res in zip(idx, train_stacked([jobs[i] for i in idx], self.device), strict=True):
+                    out[i] = res
+        return out
+
+    def score(self, jobs: Sequence[ScoreJob], on_progress: OnProgress) -> list[np.ndarray]:
+        def here(js: Sequence[ScoreJob]) -> list[np.ndarray]:
+            with _torch_threads(self._threads):
+                return [self._scores(self._net(j.model, j.state), self._on_device(j.x)).cpu().numpy() for j in js]
+
+        return _by_model(jobs, lambda js: self.host.score(js, on_progress), here)
+
+    def cross_counts(self, model: str, states: Sequence[dict], thresholds: Sequence[float],
+                     xs: Sequence[np.ndarray], on_progress: OnProgress) -> np.ndarray:
+        if model == "ocsvm":
+            return self.host.cross_counts(model, states, thresholds, xs, on_progress)
+        with _torch_threads(self._threads):
+            big = torch.cat([self._on_device(x) for x in xs])
+            seg = torch.repeat_interleave(torch.arange(len(xs), device=self.device),
+                                          torch.tensor([len(x) for x in xs], device=self.device))
+            counts = torch.zeros(len(states), len(xs), dtype=torch.int64, device=self.device)
+            for j, (st, thr) in enumerate(zip(states, thresholds, strict=True)):
+                sc = self._scores(self._net(model, st), big)
+                counts[j].index_add_(0, seg, (sc <= float(thr)).to(torch.int64))
+            return counts.cpu().numpy()
+
+    def _on_device(self, x: np.ndarray) -> torch.Tensor:
+        k = data_key(x)
+        if k in self._cache:
+            self._cache.move_to_end(k)
+            return self._cache[k]
+        t = to_float_images(x).to(self.device)
+        self._cache[k] = t
+        while sum(v.numel() * 4 for v in self._cache.values()) > 4 * self.cache_bytes and len(self._cache) > 1:
+            self._cache.popitem(last=False)
+        return t
+
+    def _net(self, model: str, state: Mapping[str, Any]) -> torch.nn.Module:
+        net = build_model(model)
+        net.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})
+        return net.to(self.device).eval()
+
+    def _scores(self, net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        out = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
+        with torch.inference_mode():
+            for s in range(0, x.shape[0], self.score_batch):
+                xb = x[s : s + self.score_batch]
+                diff = (xb - net(xb)).reshape(xb.shape[0], -1)
+                out[s : s + self.score_batch] = diff.square().sum(1, dtype=torch.float64).sqrt()
+        return out
+
+
 # ----------------------------------------------------------------------------------------- the engine
 
 
 class Engine:
-    """Runs the learning requests of one simulated instant together (see the module docstring)."""
+    """Runs a learning stage's requests on the per-client or the stacked backend (see the module docstring).
+
+    ``device`` "cpu", "cuda[:i]" or "auto"; ``stacked`` (always on CUDA) picks the stacked backend on the CPU too;
+    ``workers`` are the per-client backend's processes (0: this process); ``deterministic`` one torch thread per
+    CPU job (and cuDNN's deterministic kernels)."""
 
     def __init__(
         self,
@@ -363,18 +695,15 @@ class Engine:
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise SimflError("device 'cuda' requested but torch sees no CUDA device (use --device cpu or auto)")
         self.device = torch.device(device)
-        self.is_cuda = self.device.type == "cuda"
-        self.deterministic = deterministic
-        self.stacked = self.is_cuda if stacked is None else bool(stacked)
-        self.workers = 0 if self.is_cuda else max(0, int(workers))
-        self.score_batch = score_batch or (8192 if self.is_cuda else SCORE_BATCH)
-        self.cache_bytes = cache_bytes
-        self._pool: _Pool | None = None
-        self.on_progress: Callable[[int, int], None] | None = None  # (done, total) tasks of the current request
-        self._local = DataCache()
-        self._local_lru: OrderedDict[str, int] = OrderedDict()
-        self._dev_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
-        if self.is_cuda:
+        is_cuda = self.device.type == "cuda"
+        self.stacked = is_cuda or bool(stacked)
+        self.on_progress: OnProgress = None  # (done, total) tasks of the current request
+        self._host = _PerClient(0 if is_cuda else max(0, int(workers)), cache_bytes, deterministic)
+        self._backend: _PerClient | _Stacked = self._host
+        if self.stacked:
+            self._backend = _Stacked(self.device, self._host, cache_bytes,
+                                     score_batch or (8192 if is_cuda else SCORE_BATCH), deterministic)
+        if is_cuda:
             torch.backends.cuda.matmul.allow_tf32 = False
             torch.backends.cudnn.allow_tf32 = False
             if deterministic:
@@ -389,80 +718,23 @@ class Engine:
         self.close()
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
+        self._backend.close()
+        self._host.close()
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
             self.close()
 
-    # -- dispatch of CPU tasks
-    def _run_cpu(self, tasks: list[_Task]) -> list[Any]:
-        if not tasks:
-            return []
-        if self.workers > 0:
-            if self._pool is None:
-                self._pool = _Pool(self.workers, self.cache_bytes)
-            return self._pool.run(tasks, self.on_progress)
-        out = []
-        with _torch_threads(1 if self.deterministic else None):
-            for t in tasks:
-                for k, x in t.data.items():
-                    if k not in self._local.raw:
-                        self._local.put(k, x)
-                    self._local_lru[k] = x.nbytes
-                    self._local_lru.move_to_end(k)
-                out.append(run_task(t.payload, self._local))
-                if self.on_progress is not None:
-                    self.on_progress(len(out), len(tasks))
-                while sum(self._local_lru.values()) > self.cache_bytes and len(self._local_lru) > 1:
-                    k, _ = self._local_lru.popitem(last=False)
-                    self._local.drop(k)
-        return out
-
-    # -- training
+    # -- requests
     def train(self, jobs: Sequence[TrainJob]) -> list[TrainResult]:
         """Train every job's model; results in job order, independent of the number of workers."""
         for job in jobs:
             _check_job(job)
-        results: list[TrainResult | None] = [None] * len(jobs)
-        cpu_idx = [i for i, j in enumerate(jobs) if j.model == "ocsvm" or not self.stacked]
-        tasks = []
-        for i in cpu_idx:
-            job = jobs[i]
-            k = data_key(job.x)
-            cost = len(job.x) * job.epochs * (flops_per_sample(job.model, train=True)
-                                              if job.model != "ocsvm" else len(job.x) * 3e3)
-            tasks.append(_Task(("train", job.model, k, _train_kwargs(job)), {k: np.asarray(job.x)}, cost))
-        for i, raw in zip(cpu_idx, self._run_cpu(tasks), strict=True):
-            results[i] = _result(jobs[i].key, raw)
-        stacked_idx = [i for i, j in enumerate(jobs) if j.model != "ocsvm" and self.stacked]
-        groups: dict[tuple, list[int]] = {}
-        for i in stacked_idx:
-            j = jobs[i]
-            groups.setdefault((j.model, j.batch_size, j.lr), []).append(i)
-        with _torch_threads(1 if self.deterministic and not self.is_cuda else None):
-            for idx in groups.values():
-                for i, res in zip(idx, train_stacked([jobs[i] for i in idx], self.device), strict=True):
-                    results[i] = res
-        return results  # type: ignore[return-value]
+        return self._backend.train(jobs, self.on_progress)
 
-    # -- scoring
     def score(self, jobs: Sequence[ScoreJob]) -> list[np.ndarray]:
         """L2 reconstruction distance of every sample (ocsvm: -decision_function), float64."""
-        if self.is_cuda:
-            return [
-                _ocsvm_host(j) if j.model == "ocsvm" else self._score_device(j.model, j.state, j.x) for j in jobs
-            ]
-        tasks = []
-        for j in jobs:
-            k = data_key(j.x)
-            state = j.state if j.model == "ocsvm" else {n: np.asarray(torch.as_tensor(v)) for n, v in
-                                                         j.state.items()}
-            cost = len(j.x) * (flops_per_sample(j.model) if j.model != "ocsvm" else 1e6)
-            tasks.append(_Task(("score", j.model, state, k), {k: np.asarray(j.x)}, cost))
-        return self._run_cpu(tasks)
+        return self._backend.score(jobs, self.on_progress)
 
     def cross_inlier_ratios(
         self,
@@ -481,227 +753,5 @@ class Engine:
         if len(states) != len(thresholds):
             raise ValueError("states and thresholds differ in length")
         sizes = np.array([len(x) for x in xs], dtype=np.float64)
-        if self.is_cuda and model != "ocsvm":
-            counts = self._cross_device(model, states, thresholds, xs)
-        else:
-            keys = [data_key(x) for x in xs]
-            data = {k: np.asarray(x) for k, x in zip(keys, xs, strict=True)}
-            # a few chunks per worker: the engine can report progress between them (each worker concatenates
-            # the shards once and keeps them for its next chunk)
-            n_chunks = min(len(states), 5 * max(1, self.workers))
-            bounds = np.linspace(0, len(states), n_chunks + 1).round().astype(int)
-            tasks = []
-            for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-                if b <= a:
-                    continue
-                st = [s if model == "ocsvm" else {n: np.asarray(torch.as_tensor(v)) for n, v in s.items()}
-                      for s in states[a:b]]
-                tasks.append(_Task(("cross", model, st, [float(t) for t in thresholds[a:b]], keys), data,
-                                   float(b - a)))
-            counts = np.concatenate(self._run_cpu(tasks), axis=0)
+        counts = self._backend.cross_counts(model, states, thresholds, xs, self.on_progress)
         return counts.T / sizes[:, None]
-
-    # -- device (CUDA) scoring
-    def _on_device(self, x: np.ndarray) -> torch.Tensor:
-        k = data_key(x)
-        if k in self._dev_cache:
-            self._dev_cache.move_to_end(k)
-            return self._dev_cache[k]
-        t = to_float_images(x).to(self.device)
-        self._dev_cache[k] = t
-        while sum(v.numel() * 4 for v in self._dev_cache.values()) > 4 * self.cache_bytes and len(
-            self._dev_cache
-        ) > 1:
-            self._dev_cache.popitem(last=False)
-        return t
-
-    def _device_net(self, model: str, state: Mapping[str, Any]) -> torch.nn.Module:
-        net = build_model(model)
-        net.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})
-        return net.to(self.device).eval()
-
-    def _score_tensor(self, net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-        out = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
-        with torch.inference_mode():
-            for s in range(0, x.shape[0], self.score_batch):
-                xb = x[s : s + self.score_batch]
-                diff = (xb - net(xb)).reshape(xb.shape[0], -1)
-                out[s : s + self.score_batch] = diff.square().sum(1, dtype=torch.float64).sqrt()
-        return out
-
-    def _score_device(self, model: str, state: Mapping[str, Any], x: np.ndarray) -> np.ndarray:
-        return self._score_tensor(self._device_net(model, state), self._on_device(x)).cpu().numpy()
-
-    def _cross_device(self, model: str, states: Sequence[dict], thresholds: Sequence[float],
-                      xs: Sequence[np.ndarray]) -> np.ndarray:
-        big = torch.cat([self._on_device(x) for x in xs])
-        seg = torch.repeat_interleave(torch.arange(len(xs), device=self.device),
-                                      torch.tensor([len(x) for x in xs], device=self.device))
-        counts = torch.zeros(len(states), len(xs), dtype=torch.int64, device=self.device)
-        for j, (st, thr) in enumerate(zip(states, thresholds, strict=True)):
-            sc = self._score_tensor(self._device_net(model, st), big)
-            counts[j].index_add_(0, seg, (sc <= float(thr)).to(torch.int64))
-        return counts.cpu().numpy()
-
-
-def _ocsvm_host(job: ScoreJob) -> np.ndarray:
-    from simfl.learning_worker import ocsvm_scores
-
-    return ocsvm_scores(job.state, np.asarray(job.x))
-
-
-# ----------------------------------------------------------------------------------------- stacked clients
-
-
-def _stack_states(states: list[Mapping[str, torch.Tensor]], names: list[str], device: torch.device) -> dict:
-    return {n: torch.stack([torch.as_tensor(s[n], dtype=torch.float32) for s in states]).to(device)
-            for n in names}
-
-
-def train_stacked(jobs: Sequence[TrainJob], device: torch.device | str = "cpu") -> list[TrainResult]:
-    """Train all ``jobs`` (same model, batch size and lr) as one stacked computation.
-
-    Client c's parameters are slice c of stacked tensors; each step gathers every client's next minibatch
-    (its own seeded order, padded to the batch size with a mask), runs ``vmap(functional_call)`` forward, one
-    backward, and an element-wise Adam applied only to clients that had a batch. Mathematically each client
-    follows exactly the per-client path (same split, shuffles, batches, updates); floating-point sums may be
-    ordered differently.
-    """
-    from torch.func import functional_call, vmap
-
-    t0 = time.perf_counter()
-    device = torch.device(device)
-    model = jobs[0].model
-    bs, lr = int(jobs[0].batch_size), float(jobs[0].lr)
-    if any(j.model != model or j.batch_size != bs or j.lr != lr for j in jobs):
-        raise ValueError("stacked jobs must share model, batch_size and lr")
-    n_c = len(jobs)
-    net = build_model(model).to(device)
-    names = [n for n, _ in net.named_parameters()]
-    rngs = [job_rng(j.seed) for j in jobs]
-    splits = [split_indices(len(j.x), j.val_fraction) for j in jobs]
-    inits = [dict(j.init_state) if j.init_state is not None else init_state(model, j.seed) for j in jobs]
-    params = _stack_states(inits, names, device)
-    exp_avg = {n: torch.zeros_like(p) for n, p in params.items()}
-    exp_avg_sq = {n: torch.zeros_like(p) for n, p in params.items()}
-    steps = np.zeros(n_c, dtype=np.int64)
-    for c, j in enumerate(jobs):
-        st = j.opt_state
-        if st and st.get("exp_avg"):
-            steps[c] = int(st["step"])
-            for n in names:
-                exp_avg[n][c] = torch.as_tensor(st["exp_avg"][n]).to(device)
-                exp_avg_sq[n][c] = torch.as_tensor(st["exp_avg_sq"][n]).to(device)
-
-    n_tr = np.array([len(s[0]) for s in splits])
-    n_va = np.array([len(s[1]) for s in splits])
-    x_all = [to_float_images(np.asarray(j.x)) for j in jobs]
-    x_tr = torch.zeros(n_c, max(1, n_tr.max()), 1, 28, 28)
-    x_va = torch.zeros(n_c, max(1, n_va.max()), 1, 28, 28)
-    for c in range(n_c):
-        x_tr[c, : n_tr[c]] = x_all[c][torch.from_numpy(splits[c][0])]
-        x_va[c, : n_va[c]] = x_all[c][torch.from_numpy(splits[c][1])]
-    x_tr, x_va = x_tr.to(device), x_va.to(device)
-    va_mask = torch.from_numpy(np.arange(x_va.shape[1])[None, :] < n_va[:, None]).to(device)
-
-    def per_sample_mse(p: dict, xb: torch.Tensor) -> torch.Tensor:
-        out = functional_call(net, p, (xb,))
-        return (out - xb).square().mean(dim=(1, 2, 3))
-
-    batched = vmap(per_sample_mse)
-    b1, b2 = ADAM_BETAS
-    epochs = np.array([j.epochs for j in jobs])
-    patience = [j.patience for j in jobs]
-    active = np.ones(n_c, dtype=bool)
-    epochs_run = np.zeros(n_c, dtype=np.int64)
-    losses: list[list[float]] = [[] for _ in jobs]
-    val_losses: list[list[float]] = [[] for _ in jobs]
-    best_val = np.full(n_c, np.inf)
-    since_best = np.zeros(n_c, dtype=np.int64)
-    restore = [j.patience is not None and j.restore_best for j in jobs]
-    best_params: dict[str, torch.Tensor] | None = None
-    if any(restore):
-        best_params = {n: p.clone() for n, p in params.items()}
-    arange_c = torch.arange(n_c, device=device)
-    for epoch in range(int(epochs.max())):
-        active &= epoch < epochs
-        if not active.any():
-            break
-        n_steps = int(max(math.ceil(n_tr[c] / bs) for c in range(n_c) if active[c]))
-        idx = np.zeros((n_steps, n_c, bs), dtype=np.int64)
-        mask = np.zeros((n_steps, n_c, bs), dtype=bool)
-        for c in np.flatnonzero(active):
-            perm = rngs[c].permutation(n_tr[c])
-            for s in range(math.ceil(n_tr[c] / bs)):
-                chunk = perm[s * bs : (s + 1) * bs]
-                idx[s, c, : len(chunk)] = chunk
-                mask[s, c, : len(chunk)] = True
-        idx_t = torch.from_numpy(idx).to(device)
-        mask_t = torch.from_numpy(mask).to(device)
-        loss_sum = torch.zeros(n_c, dtype=torch.float64, device=device)
-        for s in range(n_steps):
-            m = mask_t[s].to(torch.float32)
-            cnt = m.sum(1)
-            has = cnt > 0
-            xb = x_tr[arange_c[:, None], idx_t[s]]  # [C, bs, 1, 28, 28]
-            p_req = {n: p.detach().requires_grad_(True) for n, p in params.items()}
-            mse = batched(p_req, xb)  # [C, bs]
-            loss_c = (mse * m).sum(1) / cnt.clamp(min=1)
-            grads = torch.autograd.grad(loss_c.sum(), [p_req[n] for n in names])
-            loss_sum += (loss_c.detach() * cnt).to(torch.float64)
-            has_np = mask[s].any(1)
-            steps[has_np] += 1
-            t = np.maximum(steps, 1).astype(np.float64)
-            bc1 = 1.0 - b1**t
-            bc2_sqrt = np.sqrt(1.0 - b2**t)
-            step_size = torch.from_numpy(lr / bc1).to(device=device, dtype=torch.float32)
-            bc2s = torch.from_numpy(bc2_sqrt).to(device=device, dtype=torch.float32)
-            with torch.no_grad():
-                for n, g in zip(names, grads, strict=True):
-                    shape = (n_c,) + (1,) * (g.dim() - 1)
-                    h = has.view(shape)
-                    ma = torch.where(h, exp_avg[n].lerp(g, 1 - b1), exp_avg[n])
-                    va = torch.where(h, exp_avg_sq[n] * b2 + (1 - b2) * g * g, exp_avg_sq[n])
-                    denom = va.sqrt() / bc2s.view(shape) + ADAM_EPS
-                    newp = params[n] - step_size.view(shape) * ma / denom
-                    params[n] = torch.where(h, newp, params[n])
-                    exp_avg[n], exp_avg_sq[n] = ma, va
-        loss_np = loss_sum.cpu().numpy()
-        with torch.no_grad():
-            vm = va_mask.to(torch.float32)
-            vmse = batched(params, x_va)
-            vloss = ((vmse * vm).sum(1) / vm.sum(1).clamp(min=1)).cpu().numpy()
-        for c in np.flatnonzero(active):
-            epochs_run[c] += 1
-            losses[c].append(float(loss_np[c] / max(n_tr[c], 1)))
-            if n_va[c]:
-                val_losses[c].append(float(vloss[c]))
-                if patience[c] is not None:
-                    if vloss[c] < best_val[c]:
-                        best_val[c] = vloss[c]
-                        since_best[c] = 0
-                        if restore[c]:
-                            assert best_params is not None
-                            for n in names:
-                                best_params[n][c] = params[n][c]
-                    else:
-                        since_best[c] += 1
-                        if since_best[c] >= patience[c]:
-                            active[c] = False
-    wall = time.perf_counter() - t0
-    out = []
-    for c, j in enumerate(jobs):
-        src = best_params if (restore[c] and n_va[c] and best_params is not None) else params
-        state = {n: src[n][c].detach().cpu().contiguous().clone() for n in names}
-        opt = {
-            "step": int(steps[c]),
-            "exp_avg": {n: exp_avg[n][c].cpu().contiguous().clone() for n in names},
-            "exp_avg_sq": {n: exp_avg_sq[n][c].cpu().contiguous().clone() for n in names},
-        }
-        out.append(TrainResult(
-            key=j.key, state=state, opt_state=opt, n_train=int(n_tr[c]), epochs_run=int(epochs_run[c]),
-            losses=losses[c], val_losses=val_losses[c], wall_s=wall / n_c,
-            flops=float(epochs_run[c] * n_tr[c] * flops_per_sample(model, train=True)),
-        ))
-    return out
-

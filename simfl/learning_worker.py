@@ -1,21 +1,27 @@
-"""Compute kernels of the learning engine and the worker-process loop.
+"""Compute kernels of the learning engine, the training rule both of its backends follow, and the worker loop.
 
 Everything here works on plain numpy arrays and torch tensors so that it runs the same in the engine's own
 process (``workers=0``) and in its worker processes. One job = one client: its own model, its own Adam, its own
-seeded random stream (initialisation, shuffling); nothing depends on which process runs it.
+seeded random stream (initialisation, shuffling); nothing depends on which process runs it. The rule lives here
+once, for the per-client path (``train_torch``) and the stacked one (``simfl.learning.train_stacked``): Keras'
+validation split (``split_indices``), the job's random stream (``job_rng``), the Adam update (``adam_step``,
+``AdamState``) and early stopping (``EarlyStopping``).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.adam import adam as _torch_adam
 
 from simfl.models import build_model, flops_per_sample, ocsvm_flops_per_sample
 
@@ -59,44 +65,102 @@ def _param_names(model: str) -> list[str]:
     return [name for name, _ in build_model(model).named_parameters()]
 
 
-def opt_state_from_torch(names: list[str], opt: torch.optim.Optimizer) -> dict[str, Any]:
-    """Adam state keyed by parameter name: {"step": int, "exp_avg": {...}, "exp_avg_sq": {...}}."""
-    sd = opt.state_dict()["state"]
-    out: dict[str, Any] = {"step": 0, "exp_avg": {}, "exp_avg_sq": {}}
-    for i, name in enumerate(names):
-        st = sd.get(i)
-        if not st:
-            return {"step": 0, "exp_avg": {}, "exp_avg_sq": {}}
-        out["step"] = int(float(st["step"]))
-        out["exp_avg"][name] = st["exp_avg"].detach().clone().contiguous()
-        out["exp_avg_sq"][name] = st["exp_avg_sq"].detach().clone().contiguous()
-    return out
+# --------------------------------------------------------------------------------------------- the training rule
 
 
-def load_opt_state(opt: torch.optim.Optimizer, names: list[str], params: list[torch.Tensor], state: Mapping) -> None:
-    if not state or not state.get("exp_avg"):
-        return
-    sd = opt.state_dict()
-    for i, (name, p) in enumerate(zip(names, params, strict=True)):
-        sd["state"][i] = {
-            "step": torch.tensor(float(state["step"])),
-            "exp_avg": state["exp_avg"][name].clone().to(memory_format=_fmt(p)),
-            "exp_avg_sq": state["exp_avg_sq"][name].clone().to(memory_format=_fmt(p)),
-        }
-    opt.load_state_dict(sd)
+@functools.cache
+def _fused_adam_on(device_type: str) -> bool:
+    """Whether this torch build has the fused Adam kernel for ``device_type`` (CPU since torch 2.4)."""
+    try:
+        torch.optim.Adam([torch.zeros(1, device=device_type, requires_grad=True)], fused=True)
+    except (RuntimeError, TypeError):
+        return False
+    return True
 
 
-def _fmt(p: torch.Tensor) -> torch.memory_format:
+def _memory_format(p: torch.Tensor) -> torch.memory_format:
     if p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous():
         return torch.channels_last
     return torch.contiguous_format
 
 
-def make_adam(params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:
-    try:
-        return torch.optim.Adam(params, lr=lr, betas=ADAM_BETAS, eps=ADAM_EPS, fused=True)
-    except (RuntimeError, TypeError):  # fused Adam unavailable for this build/device
-        return torch.optim.Adam(params, lr=lr, betas=ADAM_BETAS, eps=ADAM_EPS)
+@dataclass
+class AdamState:
+    """Adam's moments and step count for one client's parameter tensors (the layout of ``params``)."""
+
+    exp_avg: list[torch.Tensor]
+    exp_avg_sq: list[torch.Tensor]
+    steps: list[torch.Tensor]  # one 0-d float32 count per tensor, as torch keeps them (all equal here)
+
+    @classmethod
+    def load(cls, names: list[str], params: list[torch.Tensor], state: Mapping | None) -> AdamState:
+        """The state ``to_dict`` wrote (None or no moments: a fresh optimiser) laid out like ``params``."""
+        dev = params[0].device if _fused_adam_on(params[0].device.type) else torch.device("cpu")
+        fresh = not state or not state.get("exp_avg")
+        step = 0.0 if fresh else float(state["step"])  # type: ignore[index]
+
+        def moment(key: str, n: str, p: torch.Tensor) -> torch.Tensor:
+            if fresh:
+                return torch.zeros_like(p)
+            return torch.as_tensor(state[key][n]).to(p.device, p.dtype).clone(  # type: ignore[index]
+                memory_format=_memory_format(p))
+
+        return cls([moment("exp_avg", n, p) for n, p in zip(names, params, strict=True)],
+                   [moment("exp_avg_sq", n, p) for n, p in zip(names, params, strict=True)],
+                   [torch.tensor(step, dtype=torch.float32, device=dev) for _ in params])
+
+    def to_dict(self, names: list[str]) -> dict[str, Any]:
+        """{"step": int, "exp_avg": {name: tensor}, "exp_avg_sq": {name: tensor}} (CPU, contiguous); before
+        the first step {"step": 0, "exp_avg": {}, "exp_avg_sq": {}}."""
+        step = int(float(self.steps[0]))
+        if step == 0:
+            return {"step": 0, "exp_avg": {}, "exp_avg_sq": {}}
+        return {"step": step,
+                "exp_avg": {n: t.detach().cpu().contiguous().clone() for n, t in zip(names, self.exp_avg, strict=True)},
+                "exp_avg_sq": {n: t.detach().cpu().contiguous().clone()
+                               for n, t in zip(names, self.exp_avg_sq, strict=True)}}
+
+
+def adam_step(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], states: Sequence[AdamState],
+              lr: float) -> None:
+    """One Adam step in place (the authors' Keras settings: betas ADAM_BETAS, eps ADAM_EPS, no weight decay):
+    the one implementation of the update for both training paths. ``params`` and ``grads`` are the
+    concatenated tensors of the clients whose ``states`` are given, in order; a client left out is not updated
+    and its step count does not advance. torch's fused kernel where the build has one (the arithmetic of
+    ``torch.optim.Adam(fused=True)``), else its single-tensor loop."""
+    fused = _fused_adam_on(params[0].device.type)
+    with torch.no_grad():
+        _torch_adam(
+            list(params), list(grads), [t for s in states for t in s.exp_avg],
+            [t for s in states for t in s.exp_avg_sq], [], [t for s in states for t in s.steps],
+            fused=fused, foreach=False, amsgrad=False, beta1=ADAM_BETAS[0], beta2=ADAM_BETAS[1], lr=lr,
+            weight_decay=0.0, eps=ADAM_EPS, maximize=False,
+        )
+
+
+class EarlyStopping:
+    """Keras' EarlyStopping on the validation loss (mode min, min_delta 0): the best loss starts at +inf, an
+    epoch improves on it only with a strictly lower loss, and training stops once ``patience`` epochs in a
+    row have not (``patience`` None: never)."""
+
+    def __init__(self, patience: int | None) -> None:
+        self.patience = patience
+        self.best = math.inf
+        self.wait = 0
+
+    def update(self, val_loss: float) -> bool:
+        """Record one epoch's validation loss; True when it is the best so far (the weights to restore)."""
+        if self.patience is None:
+            return False
+        if val_loss < self.best:
+            self.best, self.wait = val_loss, 0
+            return True
+        self.wait += 1
+        return False
+
+    @property
+    def stop(self) -> bool:
+        return self.patience is not None and self.wait >= self.patience
 
 
 # --------------------------------------------------------------------------------------------- training
@@ -128,56 +192,47 @@ def train_torch(
     net = net.to(memory_format=torch.channels_last)
     names = _param_names(model)
     params = [dict(net.named_parameters())[n] for n in names]
-    opt = make_adam(params, lr)
-    load_opt_state(opt, names, params, opt_state or {})
+    adam = AdamState.load(names, params, opt_state)
     xcl = x.contiguous(memory_format=torch.channels_last)
     x_tr = xcl[torch.from_numpy(tr_idx)].contiguous(memory_format=torch.channels_last)
     x_va = xcl[torch.from_numpy(va_idx)].contiguous(memory_format=torch.channels_last)
     n_tr = x_tr.shape[0]
     losses: list[float] = []
     val_losses: list[float] = []
-    best_val: float | None = None
+    stopping = EarlyStopping(patience)
     best_weights: dict[str, torch.Tensor] | None = None  # kept only when they are to be restored
-    since_best = 0
-    epochs_run = 0
     for _ in range(epochs):
         perm = torch.from_numpy(rng.permutation(n_tr))
         net.train()
         total = 0.0
         for start in range(0, n_tr, batch_size):
             xb = x_tr[perm[start : start + batch_size]]
-            opt.zero_grad(set_to_none=True)
+            for p in params:
+                p.grad = None
             loss = F.mse_loss(net(xb), xb)
             loss.backward()
-            opt.step()
+            adam_step(params, [p.grad for p in params], [adam], lr)
             total += loss.item() * xb.shape[0]
-        epochs_run += 1
         losses.append(total / max(n_tr, 1))
         if x_va.shape[0]:
             with torch.inference_mode():
                 val_losses.append(float(F.mse_loss(net(x_va), x_va)))
-            if patience is not None:
-                if best_val is None or val_losses[-1] < best_val:
-                    best_val = val_losses[-1]
-                    if restore_best:
-                        best_weights = {k: v.detach().clone() for k, v in net.state_dict().items()}
-                    since_best = 0
-                else:
-                    since_best += 1
-                    if since_best >= patience:
-                        break
+            if stopping.update(val_losses[-1]) and restore_best:
+                best_weights = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            if stopping.stop:
+                break
     if best_weights is not None:
         net.load_state_dict(best_weights)
     state = {k: v.detach().contiguous().clone() for k, v in net.state_dict().items()}
     return {
         "state": state,
-        "opt_state": opt_state_from_torch(names, opt),
+        "opt_state": adam.to_dict(names),
         "n_train": int(n_tr),
-        "epochs_run": epochs_run,
+        "epochs_run": len(losses),
         "losses": losses,
         "val_losses": val_losses,
         "wall_s": time.perf_counter() - t0,
-        "flops": float(epochs_run * n_tr * flops_per_sample(model, train=True)),
+        "flops": float(len(losses) * n_tr * flops_per_sample(model, train=True)),
     }
 
 

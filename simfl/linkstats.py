@@ -45,7 +45,7 @@ class LinkStats:
     def columns(self, now: float) -> dict[str, list[Any]]:
         """The links table (see `simfl.trace.LINK_SCHEMA`) as columns, as of `now`."""
         cols: dict[str, list[Any]] = {k: [] for k in ("link", "medium", "src", "dst", "capacity_bps", "latency_s",
-                                                      "bytes", "messages", "busy_s", "utilisation")}
+                                                      "bytes", "messages", "drops", "busy_s", "utilisation")}
         for i, s in enumerate(self.resources):
             since = self._busy_since[i]
             cols["link"].append(s.link)
@@ -56,6 +56,7 @@ class LinkStats:
             cols["latency_s"].append(s.latency_s)
             cols["bytes"].append(self.bytes[i])
             cols["messages"].append(self.messages[i])
+            cols["drops"].append(0)  # the fluid model never drops (the ns3 backend counts its queues' drops)
             cols["busy_s"].append(self.busy_s[i] + (now - since if since is not None else 0.0))
             cols["utilisation"].append(8.0 * self.bytes[i] / (s.capacity_bps * now) if now > 0 else 0.0)
         return cols

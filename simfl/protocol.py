@@ -39,6 +39,7 @@ from simfl.communities import find_communities, one_sided
 from simfl.config import Experiment
 from simfl.learner import BASELINES, PHASE1, THRESHOLD_BITS, Learner, Ref, Stage
 from simfl.messages import flag_bits, ids_bits, payload_bits_of
+from simfl.order import send_order
 from simfl.plan import FL_SEED_TAG, derive_seed
 from simfl.world import World
 
@@ -192,10 +193,9 @@ class FedAD:
                             phase="phase1", round=0)
         bits = self._bits(mine.train) + THRESHOLD_BITS
         self.record.phase1_bits[i] = bits
-        for j in range(self.n):
-            if j != i:
-                self.net.send(node, self.nodes[j], kind="model", phase="phase1", round=0, payload_bits=bits,
-                              payload=mine)
+        for j in send_order(i, self.n, self.exp.send_order, self.seed):
+            self.net.send(node, self.nodes[j], kind="model", phase="phase1", round=0, payload_bits=bits,
+                          payload=mine)
         for _ in range(self.n - 1):
             msg = yield self._get(node, "model", "phase1")
             theirs: ModelRef = msg.payload

@@ -194,11 +194,21 @@ def render(summary: RunSummary) -> str:
         "",
         table4(f),
         "",
+        *_incast_lines(summary),
     ]
     if f.centralised_upload_s is not None:
         out += [f"Centralised: uploading the raw shards alone takes {_seconds(f.centralised_upload_s)}.", ""]
     out += ["Plots: `bytes_over_time.png`, `link_utilisation.png`, `auc_by_class.png`, `cost_vs_clients.png`.", ""]
     return "\n".join(out)
+
+
+def _incast_lines(summary: RunSummary) -> list[str]:
+    """The incast check's warnings (`simfl.incast`), one per phase, as a paragraph and a list; none: nothing."""
+    if not summary.incast:
+        return []
+    return ["**Packet-level timing would be slower.** Many TCP flows converge on one switch port at once here, and "
+            "the fluid model has no finite buffers (see docs/network-model.md, \"Incast\"):", "",
+            *[f"- {w['message']}" for w in summary.incast], ""]
 
 
 def _plots(run_dir: Path, f: FedadPart, messages: pl.DataFrame, links: pl.DataFrame) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 
 from simfl.config import DEFAULT_SCENARIO, Scenario, load_scenario
 from simfl.errors import SimflError, os_error_of
+from simfl.incast import find_incast, warn_incast
 from simfl.progress import Progress, make_progress
 from simfl.summary import SUMMARY_FILE, RunSummary, read_summary, summary_from_dict, write_summary
 from simfl.trace import write_traces
@@ -191,12 +192,14 @@ def _run(scenario: Scenario, out: Path, say: Progress) -> RunSummary:
     t0 = time.perf_counter()
     world = World(scenario)
     result = dict(_run_workload(world, scenario, out, say))
+    incast = find_incast(world.recorder.messages_frame(), world.topology, scenario)
+    warn_incast(incast)
     write_traces(world.recorder, out)
     totals = world.network.totals()
     totals.update(sim_time_s=float(world.env.now), wall_time_s=time.perf_counter() - t0,
                   events_processed=world.events_processed)
     flat = {**result, "scenario": scenario.name, "seed": scenario.seed, "workload": scenario.workload,
-            "totals": totals}
+            "totals": totals, "incast": [w.to_dict() for w in incast]}
     summary = summary_from_dict(flat, f"{scenario.name} ({scenario.workload})")
     write_summary(out, summary)
     _finish(out, summary)

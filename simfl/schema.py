@@ -58,6 +58,8 @@ NODE_KINDS = ("client", "switch", "ap", "gateway", "server", "cloud")
 SERVER_KINDS = ("server", "cloud")
 WORKLOADS = ("fedad", "synthetic")
 PATTERNS = ("allpairs", "gather", "broadcast")
+NETWORK_MODELS = ("fluid", "ns3")
+HOST_QDISCS = ("fq", "fq_codel", "fifo")  # ns3 backend: the hosts' queue discipline
 BASELINES = ("local", "ideal", "centralised")
 # What each client detects with after FedAvg: "global" = its community's final average (sent to it after the
 # last round); "last_fit" = its own last local fit, as the authors' code leaves it (Flower with evaluation off).
@@ -65,6 +67,8 @@ DETECTORS = ("global", "last_fit")
 # How the clients' shards and the test sets are drawn (simfl.data): "balanced" = the authors' scheme with evenly
 # mixed outliers and exact per-class shares; "authors" = their code's own draw (with split_seed 42: their data).
 SPLITS = ("balanced", "authors")
+# The order in which a client sends one message to each peer (phase I, synthetic all-pairs; simfl.order).
+SEND_ORDERS = ("id", "rotated", "random")
 
 # Numbers at the edges: beyond these a run overflows, never ends or means nothing.
 MAX_SEED = 2**32 - 1  # numpy's legacy RandomState (the authors' split) takes 32-bit seeds
@@ -78,6 +82,7 @@ MAX_EPOCHS = 100_000  # epochs, rounds, patience
 # between network-only all-pairs runs of 100, 200, 400 and 600 clients (9,900 .. 359,400 messages) was 1.70 to 1.85 kB
 # per message (tests/test_config.py measures it again).
 MESSAGE_BYTES_IN_MEMORY = 1_800
+MAX_BUFFER = 10**9  # packets in one port's queue
 
 
 @dataclass(frozen=True)
@@ -163,6 +168,8 @@ UPLINK = Table("uplink", (
     Key("bandwidth", RATE, REQUIRED, "each direction's capacity", **_BANDWIDTH),
     Key("latency", TIME, 0.0, "one-way propagation delay", **_LATENCY),
     Key("name", NAME, None, "the link's name (default <node>-<to>; not in [[node_groups]])"),
+    Key("buffer", INT, None, "packets each sending port of the link queues (unset: network.buffer)", lo=1,
+        hi=MAX_BUFFER),
 ), "the node's own full-duplex link to another node", optional=True)
 _COMPUTE = (
     Key("profile", NAME, None, "a [profiles] name for its compute speed (clients: edge, server/cloud: server)"),
@@ -175,8 +182,18 @@ NETWORK = Table("network", (
         lo=2, hi=65535),
     Key("ip_header_bytes", INT, 40, "IP + transport header bytes per packet", lo=0, hi=65534),
     Key("link_header_bytes", INT, 38, "link-layer framing bytes per packet (Ethernet: 38)", lo=0, hi=65535),
+    Key("buffer", INT, 100, "packets a port's drop-tail queue holds, where a link or cell gives none (incast "
+        "check)", lo=1, hi=MAX_BUFFER),
+    Key("initial_window", INT, 10, "TCP initial window in segments (Linux: 10; incast check)", lo=1, hi=65535),
     Key("headers", BOOL, True, "count header bytes on the wire (false: payload only, as the paper counts)"),
-), "packetisation of every message")
+    Key("model", STR, "fluid", "the network backend: fluid (max-min fair flows, fast) or ns3 (packet-level ns-3: "
+        "TCP, finite queues, drops; needs the ns3 package)", choices=NETWORK_MODELS),
+    Key("host_qdisc", STR, "fq", "ns3: the hosts' queue discipline (fq: per-flow fair queueing as Linux's "
+        "fq_codel without its drops; fq_codel; fifo)", choices=HOST_QDISCS),
+    Key("min_rto", TIME, 0.2, "ns3: TCP's minimum retransmission timeout (Linux: 200 ms)", lo=0.001, hi=60.0),
+    Key("delayed_ack", TIME, 0.04, "ns3: TCP's delayed-ACK timeout (Linux: 40 ms)", lo=0.001, hi=1.0),
+    Key("syn_timeout", TIME, 1.0, "ns3: TCP's first SYN retransmission timeout (Linux: 1 s)", lo=0.001, hi=60.0),
+), "packetisation of every message, and the network backend")
 
 EXPERIMENT = Table("experiment", (
     Key("classes", LIST, tuple(range(10)), "the Fashion-MNIST classes that take part",
@@ -218,6 +235,8 @@ EXPERIMENT = Table("experiment", (
     Key("device", STR, "auto", "learning device", choices=("cpu", "cuda", "auto")),
     Key("workers", INT, 2, "CPU worker processes for training (0: in this process)", lo=0, hi=1024),
     Key("preset_note", STR, "", "a note on the preset, printed in the report"),
+    Key("send_order", STR, "id", "the order in which each client sends its phase-I model to its peers",
+        choices=SEND_ORDERS),
 ), "the federated anomaly-detection experiment (workload fedad)")
 
 SYNTHETIC = Table("synthetic", (
@@ -226,6 +245,8 @@ SYNTHETIC = Table("synthetic", (
     Key("pattern", LIST, ("allpairs",), "patterns run one after another", item=of(STR, choices=PATTERNS),
         min_len=1, scalar_ok=True),
     Key("target", NAME, None, "the node gather and broadcast use (unset: the server, else the first client)"),
+    Key("send_order", STR, "id", "the order in which each client sends to its peers in allpairs",
+        choices=SEND_ORDERS),
 ), "network-only traffic (workload synthetic)")
 
 _NODE = Table("nodes", (
@@ -247,6 +268,8 @@ _LINK = Table("links", (
     Key("bandwidth", RATE, REQUIRED, "each direction's capacity", **_BANDWIDTH),
     Key("latency", TIME, 0.0, "one-way propagation delay", **_LATENCY),
     Key("name", NAME, None, "the link's name (default <a>-<b>)"),
+    Key("buffer", INT, None, "packets each sending port of the link queues (unset: network.buffer)", lo=1,
+        hi=MAX_BUFFER),
 ))
 _CELLS = Table("cells", (
     Key("name", NAME, REQUIRED, "the cell's name"),
@@ -254,6 +277,8 @@ _CELLS = Table("cells", (
     Key("bandwidth", RATE, REQUIRED, "the channel's capacity, shared by all its stations in both directions",
         **_BANDWIDTH),
     Key("latency", TIME, 0.0, "one-way delay of a station-AP hop", **_LATENCY),
+    Key("buffer", INT, None, "packets each transmitter's queue on the channel holds (unset: network.buffer)",
+        lo=1, hi=MAX_BUFFER),
 ))
 
 SCENARIO = Table("", (

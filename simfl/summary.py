@@ -10,6 +10,9 @@ summary.json is one flat JSON object (the layout every simfl version wrote, kept
     <each total>                  copied to the top level where the workload has no key of that name (so for
                                   fedad the top-level payload_bytes and wire_bytes are per phase)
     cache                         what the learning cache did (fedad; absent when not reported)
+    incast                        per phase where the fluid model is optimistic, its worst port (`simfl.incast`:
+                                  phase, port, flows, packets, buffer, initial_window, ..., message); [] when
+                                  none; absent in runs made before the check
 
 JSON has no inf/nan: they are written as null and read back as None.
 """
@@ -110,6 +113,7 @@ class RunSummary:
     fedad: FedadPart | None = None
     synthetic: SyntheticPart | None = None
     cache: dict[str, Any] | None = None  # the learning cache's outcome, as the plan module reports it
+    incast: list[dict[str, Any]] | None = None  # simfl.incast.Incast.to_dict() per phase; None: not checked
     extra: dict[str, Any] = field(default_factory=dict)  # keys this simfl does not know: kept, written back
 
     @property
@@ -123,6 +127,8 @@ class RunSummary:
             d.update(dataclasses.asdict(self.part))
         if self.cache is not None:
             d["cache"] = self.cache
+        if self.incast is not None:
+            d["incast"] = self.incast
         d.update(self.extra)
         totals = dataclasses.asdict(self.totals)
         d["totals"] = totals
@@ -132,7 +138,7 @@ class RunSummary:
 
 
 _PARTS: dict[str, type] = {"fedad": FedadPart, "synthetic": SyntheticPart}
-_TOP = ("scenario", "seed", "workload", "totals", "cache")
+_TOP = ("scenario", "seed", "workload", "totals", "cache", "incast")
 
 
 def _finite(o: Any) -> Any:

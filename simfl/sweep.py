@@ -39,6 +39,7 @@ from simfl.config import DEFAULT_SCENARIO, Scenario, ScenarioError, load_scenari
 from simfl.errors import SimflError
 from simfl.runner import INCOMPLETE, run_scenario
 from simfl.schema import MAX_SEED
+from simfl.summary import FedadPart, RunSummary, SyntheticPart, read_summary
 from simfl.units import parse_rate, parse_size, parse_time
 
 PHASES = ("phase1", "phase2", "ideal", "centralised", "local")
@@ -47,7 +48,7 @@ VARY_EXAMPLE = "--vary 'synthetic.pattern=[[\"gather\"], [\"allpairs\"]]'"
 # Errors of the file system a sweep writes to (permissions, read-only or full disks): one line, not a traceback.
 _DISK_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR,
                 errno.ENAMETOOLONG}
-Outcome = tuple[int, dict[str, Any], bool]  # (point index, its summary, read back from an earlier run)
+Outcome = tuple[int, RunSummary, bool]  # (point index, its summary, read back from an earlier run)
 
 
 @dataclass(frozen=True)
@@ -205,10 +206,9 @@ def plan_points(path: Path, vary: Vary, seeds: int,
 
 
 # ---------------------------------------------------------------------------------------------------- points
-def point_summary(out: Path) -> dict[str, Any]:
-    """The summary of the finished run in `out`, as a dict: the one place a sweep reads run summaries (a typed
-    summary that keeps the JSON's field names reads here as `dataclasses.asdict(...)` of it)."""
-    return json.loads((out / "summary.json").read_text(encoding="utf-8"))
+def point_summary(out: Path) -> RunSummary:
+    """The summary of the finished run in `out`: the one place a sweep reads run summaries."""
+    return read_summary(out)
 
 
 @contextlib.contextmanager
@@ -223,17 +223,17 @@ def disk_errors(where: Path) -> Iterator[None]:
                          "then run the sweep again (finished points are kept)") from None
 
 
-def finished(out: Path, sc: Scenario) -> dict[str, Any] | None:
+def finished(out: Path, sc: Scenario) -> RunSummary | None:
     """The summary of a finished run of `sc` in `out`; None when there is none."""
     try:
         if (out / INCOMPLETE).exists() or (out / "scenario.toml").read_text(encoding="utf-8") != sc.to_toml():
             return None
         return point_summary(out)
-    except (OSError, ValueError):
+    except (OSError, ValueError, SimflError):
         return None
 
 
-def run_point(sc: Scenario, out: Path, progress: bool = False) -> tuple[dict[str, Any], bool]:
+def run_point(sc: Scenario, out: Path, progress: bool = False) -> tuple[RunSummary, bool]:
     """Run one point, or read it back when it already finished with the same scenario: (summary, read back)."""
     done = finished(out, sc)
     if done is not None:
@@ -276,7 +276,7 @@ def _run_pool(todo: list[tuple[Scenario, Path]], idx: Sequence[int], jobs: int) 
 
 
 def _run_points(todo: list[tuple[Scenario, Path]], executor: str, jobs: int, address: str | None,
-                say: Callable[[str], None], progress: bool) -> dict[int, dict[str, Any]]:
+                say: Callable[[str], None], progress: bool) -> dict[int, RunSummary]:
     """Every point's summary, by index. Points that share a learning plan: the first of each runs alone (it trains
     and fills the cache), the rest replay from the cache, so parallel executors never train one plan twice."""
     first: dict[str, int] = {}
@@ -286,7 +286,7 @@ def _run_points(todo: list[tuple[Scenario, Path]], executor: str, jobs: int, add
         for i, (sc, _) in enumerate(todo):
             if sc.workload == "fedad":
                 first.setdefault(learning_identity(sc.experiment, sc.seed), i)
-    results: dict[int, dict[str, Any]] = {}
+    results: dict[int, RunSummary] = {}
     for i in sorted(set(first.values())):
         say(f"point {i + 1}/{len(todo)} (learns): {todo[i][1].name}")
         results[i] = run_point(*todo[i], progress=progress)[0]
@@ -339,53 +339,55 @@ def _progress(enabled: bool) -> Callable[[str], None]:
 
 
 # ----------------------------------------------------------------------------------------------------- table
-def row_of(values: dict[str, Level], summary: dict[str, Any]) -> dict[str, Any]:
+def row_of(values: dict[str, Level], summary: RunSummary) -> dict[str, Any]:
     """One table row: the varied values (as written and as numbers), the run's totals (messages, payload and wire
     bytes, simulated time), then the workload's own columns (see `fedad_columns`, `synthetic_columns`)."""
     row: dict[str, Any] = {}
     for k, lv in values.items():
         row[k] = lv.text
         row[f"{k}__value"] = numeric(lv.value)
-    row["seed"] = summary.get("seed")
-    row["workload"] = summary.get("workload")
-    totals = summary.get("totals", {})
-    for c in ("messages", "payload_bytes", "wire_bytes", "sim_time_s"):
-        row[c] = totals.get(c)
-    row.update(synthetic_columns(summary) if summary.get("workload") == "synthetic" else fedad_columns(summary))
-    row["wall_time_s"] = summary.get("wall_time_s")
+    row["seed"] = summary.seed
+    row["workload"] = summary.workload
+    t = summary.totals
+    row.update(messages=t.messages, payload_bytes=t.payload_bytes, wire_bytes=t.wire_bytes, sim_time_s=t.sim_time_s)
+    if summary.synthetic is not None:
+        row.update(synthetic_columns(summary.synthetic))
+    elif summary.fedad is not None:
+        row.update(fedad_columns(summary.fedad))
+    row["wall_time_s"] = t.wall_time_s
     return row
 
 
-def synthetic_columns(summary: dict[str, Any]) -> dict[str, Any]:
+def synthetic_columns(part: SyntheticPart) -> dict[str, Any]:
     """message_bytes, target, and per pattern (in order; a repeated pattern gets _2, _3, ...) its duration and
     message count: duration_s_<pattern>, messages_<pattern>."""
-    row: dict[str, Any] = {"message_bytes": summary.get("message_bytes"), "target": summary.get("target")}
+    row: dict[str, Any] = {"message_bytes": part.message_bytes, "target": part.target}
     seen: Counter[str] = Counter()
-    for p in summary.get("patterns", []):
-        seen[p["pattern"]] += 1
-        name = p["pattern"] if seen[p["pattern"]] == 1 else f"{p['pattern']}_{seen[p['pattern']]}"
-        row[f"duration_s_{name}"] = p["duration_s"]
-        row[f"messages_{name}"] = p["messages"]
+    for p in part.patterns:
+        seen[p.pattern] += 1
+        name = p.pattern if seen[p.pattern] == 1 else f"{p.pattern}_{seen[p.pattern]}"
+        row[f"duration_s_{name}"] = p.duration_s
+        row[f"messages_{name}"] = p.messages
     return row
 
 
-def fedad_columns(summary: dict[str, Any]) -> dict[str, Any]:
+def fedad_columns(part: FedadPart) -> dict[str, Any]:
     """Per phase payload/wire bytes and durations, the method's duration, the centralised upload, AUCs, ARI."""
     from simfl.plan import APPROACHES  # torch: only for learning sweeps
 
     row: dict[str, Any] = {}
-    pb, wb, du = summary.get("payload_bytes", {}), summary.get("wire_bytes", {}), summary.get("duration_s", {})
+    pb, wb, du = part.payload_bytes, part.wire_bytes, part.duration_s
     for p in PHASES:
         row[f"payload_bytes_{p}"] = pb.get(p)
         row[f"wire_bytes_{p}"] = wb.get(p)
         row[f"duration_s_{p}"] = du.get(p)
     row["duration_s_method"] = (du["phase1"] + du["phase2"]) if "phase1" in du and "phase2" in du else None
-    row["centralised_upload_s"] = summary.get("centralised_upload_s")
+    row["centralised_upload_s"] = part.centralised_upload_s
     for a in APPROACHES:
-        row[f"auc_{a}"] = summary.get("auc_mean", {}).get(a)
-    row["communities"] = summary.get("k")
-    row["ari"] = summary.get("ari")
-    row["learning_from_cache"] = summary.get("learning_from_cache")
+        row[f"auc_{a}"] = part.auc_mean.get(a)
+    row["communities"] = part.k
+    row["ari"] = part.ari
+    row["learning_from_cache"] = part.learning_from_cache
     return row
 
 

@@ -12,7 +12,8 @@ compute (one row per computation, in the order they ended):
 links (one row per link direction, then one per shared cell, in scenario order):
     link str, medium str ("p2p" | "cell"), src str, dst str ("*" for a cell, whose src is its access point),
     capacity_bps f64, latency_s f64, bytes i64 (wire bytes carried; a message crossing a cell twice counts twice),
-    messages i64, busy_s f64 (simulated time with at least one transfer on it),
+    messages i64, drops i64 (packets its queue dropped: 0 in the fluid model; the ns3 backend counts them),
+    busy_s f64 (simulated time with at least one transfer on it),
     utilisation f64 (= 8 * bytes / (capacity_bps * simulated end time); 0 when the end time is 0)
 """
 
@@ -40,7 +41,7 @@ COMPUTE_SCHEMA = pl.Schema({
 })
 LINK_SCHEMA = pl.Schema({
     "link": pl.String, "medium": pl.String, "src": pl.String, "dst": pl.String, "capacity_bps": pl.Float64,
-    "latency_s": pl.Float64, "bytes": pl.Int64, "messages": pl.Int64, "busy_s": pl.Float64,
+    "latency_s": pl.Float64, "bytes": pl.Int64, "messages": pl.Int64, "drops": pl.Int64, "busy_s": pl.Float64,
     "utilisation": pl.Float64,
 })
 

@@ -7,6 +7,9 @@ round = the pattern's index):
     allpairs   every client sends one message to every other client          (n (n - 1) messages)
     gather     every client other than the target sends one to the target    (n or n - 1 messages)
     broadcast  the target sends one to every client other than itself
+
+In allpairs each client sends to its peers in `synthetic.send_order` (`simfl.order`: "id", "rotated" or "random"),
+client by client in declaration order; the message IDs follow that order.
 """
 
 from __future__ import annotations
@@ -15,14 +18,19 @@ from collections.abc import Callable
 from typing import Any
 
 from simfl.config import Scenario
+from simfl.order import send_order
 from simfl.world import World
 
 __all__ = ["run_synthetic", "pattern_pairs"]
 
 
-def pattern_pairs(pattern: str, clients: list[str], target: str | None) -> list[tuple[str, str]]:
+def pattern_pairs(pattern: str, clients: list[str], target: str | None, order: str = "id",
+                  seed: int = 0) -> list[tuple[str, str]]:
+    """The (source, destination) of each message of `pattern`, in the order they are sent (`order` and `seed`: the
+    send order of allpairs, see `simfl.order.send_order`)."""
     if pattern == "allpairs":
-        return [(a, b) for a in clients for b in clients if a != b]
+        n = len(clients)
+        return [(a, clients[j]) for i, a in enumerate(clients) for j in send_order(i, n, order, seed)]
     if target is None:
         raise ValueError(f"pattern {pattern!r} needs a target node")
     if pattern == "gather":
@@ -45,7 +53,7 @@ def run_synthetic(world: World, scenario: Scenario, say: Callable[[str], None] |
     def proc():
         for i, pattern in enumerate(syn.pattern):
             t0 = env.now
-            pairs = pattern_pairs(pattern, clients, syn.target)
+            pairs = pattern_pairs(pattern, clients, syn.target, syn.send_order, scenario.seed)
             if say is not None:
                 say(f"synthetic: pattern {i + 1}/{len(syn.pattern)}, {pattern}: {len(pairs):,} messages")
             events = [net.send(a, b, kind="synthetic", phase="synthetic", round=i, payload_bits=bits)

@@ -49,7 +49,13 @@ class World:
         self.env = CountingEnvironment()
         self.topology = Topology.from_scenario(scenario)
         self.recorder = TraceRecorder()
-        self.network = Network(self.env, self.topology, scenario.network, self.recorder)
+        if scenario.network.model == "ns3":
+            from simfl.ns3 import Ns3Network  # loads ns-3 (10-20 s the first time in a process)
+
+            self.network: Network = Ns3Network(self.env, self.topology, scenario.network, self.recorder,
+                                               seed=scenario.seed)
+        else:
+            self.network = Network(self.env, self.topology, scenario.network, self.recorder)
 
     @property
     def events_processed(self) -> int:

@@ -36,7 +36,7 @@ from pathlib import Path
 import polars as pl
 
 GOLDEN = Path(__file__).resolve().parent / "golden.json"
-TINY_TOML = "tiny.toml"  # written from test_fedad.TINY into the work folder
+TINY_TOML = "tiny.toml"  # written from conftest.TINY (full shards) into the work folder
 # name -> (scenario, overrides); the tiny cases share their learning (one cache), so only the first trains
 CASES: dict[str, tuple[str, tuple[str, ...]]] = {
     "tiny-global-member": (TINY_TOML, ()),
@@ -85,7 +85,7 @@ def _env(**values: str) -> Iterator[None]:
 def run_cases(names: Sequence[str], work: Path) -> dict[str, dict[str, str]]:
     """Run each case into `work`/<name> (one learning cache for all of them) and return their digests."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from test_fedad import TINY
+    from conftest import TINY
 
     import simfl
     from simfl.config import load_scenario

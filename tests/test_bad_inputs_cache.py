@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import TINY
 from test_cache import Bomb, fed_graph, split
-from test_fedad import TINY
 from test_learner import EXP, partition
 
 import simfl.cache as cache

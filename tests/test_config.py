@@ -106,7 +106,7 @@ def test_experiment_fields_and_defaults():
                 centralised_epochs=10,
                 aggregator="member", batch_size=32, lr=1e-3, val_fraction=0.1, persist_optimizer=True,
                 detector="global", baselines=("local", "ideal", "centralised"), data_dir=None, device="auto",
-                workers=2, preset_note="")
+                workers=2, preset_note="", send_order="id")
     assert [f.name for f in dataclasses.fields(Experiment)] == list(want)
     assert dataclasses.asdict(Experiment()) == want
 

@@ -411,7 +411,8 @@ def test_headerless_pcap_adds_28_bytes_per_packet(tmp_path, capsys):
     run = tmp_path / "run"
     msgs = make_hand_run(run, headers=False)
     out = exported(run, tmp_path / "h.pcap")
-    assert "28" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert f"{msgs['n_packets'].sum():,} packet records" in said and "adds 28 bytes" in said
     _, recs = read_pcap(out)
     assert sum(r["orig"] for r in recs) == msgs["wire_bytes"].sum() + 28 * msgs["n_packets"].sum()
     assert min(r["orig"] for r in recs) == 28  # the 0-bit message
@@ -448,6 +449,10 @@ def test_default_outputs_go_under_run_export(tmp_path):
     assert "network.pcap" in names and "network.hosts" in names and "messages.csv" in names
     assert "messages.parquet" in names and "pcap/index.csv" in names and "pcap/cellA.pcap" in names
     assert not [n for n in names if "tmp" in n]
+    # the same files an explicit --out gets
+    assert (run / "export" / "network.pcap").read_bytes() == exported(run, tmp_path / "x.pcap").read_bytes()
+    assert export(run, "--format", "csv", "--out", str(tmp_path / "m.csv")) == 0
+    assert (run / "export" / "messages.csv").read_bytes() == (tmp_path / "m.csv").read_bytes()
 
 
 # ---------------------------------------------------------------------------------------------- bad input
@@ -522,8 +527,12 @@ def test_existing_output_is_not_overwritten_without_force(hand_run, tmp_path, ca
     assert "already exists; use --force" in capsys.readouterr().err
     assert (out / "keep" if per_link else out).read_text() == "precious"
     assert export(hand_run, "--format", fmt, "--out", str(out), *extra, "--force") == 0
-    if not per_link:
-        assert out.read_bytes() != b"precious"
+    fresh = tmp_path / "fresh"
+    assert export(hand_run, "--format", fmt, "--out", str(fresh), *extra) == 0
+    if per_link:  # every file of a fresh export, the same bytes
+        assert all((out / f.name).read_bytes() == f.read_bytes() for f in fresh.iterdir())
+    else:
+        assert out.read_bytes() == fresh.read_bytes()
 
 
 def test_library_raises_simfl_error(tmp_path):

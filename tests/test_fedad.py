@@ -2,115 +2,154 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
+import torch
+from conftest import TINY  # noqa: F401  (the scenario's text; other test modules import it from here)
+from sklearn.metrics import roc_auc_score
 
 import simfl.learner as learner_mod
+from simfl import models
+from simfl.cache import NodeStore, default_cache_dir
 from simfl.cli import main
 from simfl.config import load_scenario
+from simfl.data import find_data_dir, load_fashion_mnist, make_partition
 from simfl.errors import SimflError
+from simfl.learner import Learner
+from simfl.plan import partition_of as run_partition
+from simfl.protocol import FedRecord, simulate
 from simfl.runner import run_scenario
 from simfl.sweep import crossover, parse_vary, run_sweep, seed_spread
-
-TINY = """
-name = "tiny"
-seed = 3
-workload = "fedad"
-[profiles]
-edge = "10 GFLOP/s"
-server = "1 TFLOP/s"
-[[nodes]]
-name = "s1"
-kind = "switch"
-[[nodes]]
-name = "server"
-kind = "server"
-uplink = { to = "s1", bandwidth = "1 Gbps", latency = "0.5 ms" }
-[[node_groups]]
-prefix = "c"
-count = 4
-kind = "client"
-uplink = { to = "s1", bandwidth = "100 Mbps", latency = "0.5 ms" }
-[experiment]
-classes = [1, 7]
-clients_per_class = 2
-phase1_epochs = 1
-rounds = 2
-local_epochs = [1]
-local_baseline_epochs = 1
-centralised_epochs = 1
-workers = 0
-preset_note = "test preset"
-"""
+from simfl.world import World
 
 
 @pytest.fixture()
-def tiny(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("SIMFL_CACHE", str(tmp_path / "cache"))
-    p = tmp_path / "tiny.toml"
-    p.write_text(TINY)
-    return p
+def tiny(tiny_fresh: Path) -> Path:
+    """The tiny scenario with an empty learning cache of its own (tests/test_sweep_ray.py imports this name)."""
+    return tiny_fresh
 
 
-@pytest.fixture()
-def builds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts the learning engines started: a run starts one only when it must compute something (not all of its
-    learning is in the cache)."""
-    calls: list[int] = []
-    real = learner_mod.Engine
-
-    def counting(*a, **k):
-        calls.append(1)
-        return real(*a, **k)
-
-    monkeypatch.setattr(learner_mod, "Engine", counting)
-    return calls
+_PLAIN_AUC: dict[tuple[bytes, bytes], float] = {}  # (weights, test set) -> AUC: each pair is scored once
 
 
-def test_end_to_end_small_run(tiny: Path, tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    assert main(["run", str(tiny), "--out", str(out), "--quiet"]) == 0
-    s = json.loads((out / "summary.json").read_text())
-    assert not (out / "INCOMPLETE").exists()
-    for f in ("messages.parquet", "compute.parquet", "links.parquet", "communities.csv", "auc.parquet",
-              "report.md", "scenario.toml", "bytes_over_time.png", "auc_by_class.png"):
-        assert (out / f).exists(), f
-    n = 4
-    # measured phase-I bytes equal the closed form for the structure the run produced, to the byte
+def plain_aucs(states: list[dict], classes: list[int], tests: dict) -> list[float]:
+    """Each client's AUC, recomputed without simfl's engine: a plain torch forward pass (batches of 256), the L2
+    reconstruction distance, scikit-learn's ROC AUC."""
+    done = _PLAIN_AUC
+    out = []
+    for state, c in zip(states, classes, strict=True):
+        x, is_out = tests[c]
+        key = (b"".join(v.numpy().tobytes() for v in state.values()), hashlib.sha256(x.tobytes()).digest())
+        if key not in done:
+            net = models.build_model("ae7")
+            net.load_state_dict(state)
+            xt = torch.from_numpy(x.astype(np.float32) / 255.0).unsqueeze(1)
+            with torch.no_grad():
+                dist = torch.cat([(net(xb) - xb).flatten(1).norm(dim=1) for xb in xt.split(256)]).numpy()
+            done[key] = float(roc_auc_score(is_out, dist))
+        out.append(done[key])
+    return out
+
+
+def learned(scenario: Path, overrides: tuple[str, ...] = ()) -> tuple[Learner, FedRecord]:
+    """The run of `scenario` (with `overrides`) again, every value read from its learning cache ($SIMFL_CACHE;
+    starting the engine fails the test): (its learner, what its processes did), to read an earlier run's models."""
+    sc = load_scenario(scenario, overrides)
+    exp = sc.experiment
+    lr = Learner(exp, run_partition(exp, sc.seed), NodeStore(default_cache_dir()),
+                 engine=lambda: pytest.fail("the cached run computed something"))
+    fed = simulate(World(sc), lr, exp, clients=sc.clients[:exp.n_clients], server=sc.server, seed=sc.seed)
+    return lr, fed.record
+
+
+def partition_of(scenario: Path):
+    """The run's shards and test sets, drawn here with simfl.data (the run seed 3, the scenario's cap)."""
+    exp = load_scenario(scenario).experiment
+    part = make_partition(load_fashion_mnist(find_data_dir(None)), exp.classes, exp.clients_per_class,
+                          exp.outlier_fraction, 3)
+    return part.capped(exp.max_samples_per_client)
+
+
+def check_phase_bytes(s: dict, out: Path, rounds: int, n: int = 4) -> None:
+    """Measured bytes of a run against the closed forms, to the byte."""
     comms = s["communities"]
-    msgs = pl.read_parquet(out / "messages.parquet")
-    p1 = msgs.filter(pl.col("phase") == "phase1")
-    model_bits = p1.filter(pl.col("kind") == "model")["payload_bits"]
-    assert set(model_bits.to_list()) == {32 * (3217 + 1)}
+    p1 = pl.read_parquet(out / "messages.parquet").filter(pl.col("phase") == "phase1")
+    assert set(p1.filter(pl.col("kind") == "model")["payload_bits"].to_list()) == {32 * (3217 + 1)}
     assert s["payload_bytes"]["phase1"] == s["closed_form_bytes"]["eq1_measured_structure"]
     # that closed form, by hand: n(n-1)(S_m+4) + n(n-1)/8 + 2*(IDs in candidates + IDs in community messages)
     cand_ids = sum(p1.filter(pl.col("kind") == "candidates")["payload_bits"]) // 16
     comm_ids = sum(len(c) for c in comms for i in c if i != 0)
     assert s["payload_bytes"]["phase1"] == n * (n - 1) * 4 * 3218 + n * (n - 1) / 8 + 2 * (cand_ids + comm_ids)
-    k = len(comms)
-    assert s["payload_bytes"]["phase2"] == 2 * 2 * (n - k) * 4 * 28353 == s["closed_form_bytes"]["eq3"]
+    # each non-aggregator sends one update and gets one average per round
+    assert s["payload_bytes"]["phase2"] == 2 * rounds * (n - len(comms)) * 4 * 28353 == s["closed_form_bytes"]["eq3"]
+
+
+def test_end_to_end_small_run(tiny_cached: Path, tmp_path: Path) -> None:
+    """Every output of a run of the tiny scenario (its plan from the session's cache) against closed forms and
+    independent recomputations."""
+    out = tmp_path / "run"
+    assert main(["run", str(tiny_cached), "--out", str(out), "--quiet"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert not (out / "INCOMPLETE").exists() and s["learning_from_cache"] is True
+    for f in ("messages.parquet", "compute.parquet", "links.parquet", "communities.csv", "auc.parquet",
+              "report.md", "scenario.toml", "bytes_over_time.png", "auc_by_class.png"):
+        assert (out / f).exists(), f
+    n = 4
+    part = partition_of(tiny_cached)
+    assert s["samples_per_client"] == [len(c.x) for c in part.clients] == [300] * n  # the cap
+    check_phase_bytes(s, out, rounds=2)
     assert s["payload_bytes"]["ideal"] == 2 * 2 * (n - 2) * 4 * 28353
-    assert s["payload_bytes"]["centralised"] == 784 * sum(s["samples_per_client"])
-    assert set(s["auc_mean"]) == {"local", "method", "ideal", "centralised"}
-    assert all(0.0 <= v <= 1.0 for v in s["auc_mean"].values())
+    assert s["payload_bytes"]["centralised"] == 784 * 300 * n
+    auc = pl.read_parquet(out / "auc.parquet")
+    assert auc["client"].to_list() == list(range(n)) and auc["inlier_class"].to_list() == [1, 1, 7, 7]
+    assert s["auc_mean"] == {a: pytest.approx(auc[a].mean(), abs=1e-12) for a in ("local", "method", "ideal",
+                                                                                   "centralised")}
+    # the local and centralised models' AUCs, recomputed from the cached models (plain forward pass, scikit-learn)
+    lr, record = learned(tiny_cached)
+    classes = [c.inlier_class for c in part.clients]
+    assert auc["centralised"].to_list() == pytest.approx(
+        plain_aucs([lr.value(record.central, "state")] * n, classes, part.tests), abs=1e-6)
+    assert auc["local"].to_list() == pytest.approx(
+        plain_aucs([lr.value(r, "state") for r in record.local], classes, part.tests), abs=1e-6)
     assert s["leader_communities_match"] is True
-    walls = s["learning_wall_s"]
-    assert s["learning_from_cache"] is False  # a fresh cache: every wall time below was measured now
-    assert 0 < walls["phase1_cross_evaluation"] < walls["phase1"] < walls["total"]
     report = (out / "report.md").read_text()
     for title in ("Table 2", "Table 3", "Table 4", "test preset"):
         assert title in report
-    sizes = s["samples_per_client"]
-    assert f"Data: 4 shards of {min(sizes)}-{max(sizes)} Fashion-MNIST training images, simfl's balanced" in report
+    assert "Data: 4 shards of 300-300 Fashion-MNIST training images, simfl's balanced" in report
     assert "the run seed (`experiment.split`)" in report
     above = sum(1 for r in s["auc_by_class"].values() if r["method"] > r["local"])
     assert s["method_above_local"] == [above, 2]
     assert f"Method above local in {above} of 2 inlier classes (paper: 7 of 10)." in report
+
+
+@pytest.mark.slow
+def test_end_to_end_on_full_shards(tiny_full: Path, tmp_path: Path) -> None:
+    """The one end-to-end check on full shards (3,000 Fashion-MNIST images per client), from an empty cache: phase I
+    and one FedAvg round of the method (the baselines and later rounds are checked on the capped shards above)."""
+    out = tmp_path / "run"
+    overrides = ("experiment.baselines=[]", "experiment.rounds=1")
+    sets = [a for o in overrides for a in ("--set", o)]
+    assert main(["run", str(tiny_full), "--out", str(out), "--quiet", *sets]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    part = partition_of(tiny_full)
+    assert s["samples_per_client"] == [len(c.x) for c in part.clients] == [3000] * 4
+    walls = s["learning_wall_s"]
+    assert s["learning_from_cache"] is False  # a fresh cache: every wall time below was measured now
+    assert 0 < walls["phase1_cross_evaluation"] < walls["phase1"] < walls["total"]
+    # on real data phase I finds the two classes, and FedAvg in them learns to tell the other classes
+    assert s["communities"] == [[0, 1], [2, 3]] and s["ari"] == 1.0
+    check_phase_bytes(s, out, rounds=1)
+    lr, record = learned(tiny_full, overrides)
+    want = plain_aucs([lr.value(record.method.final(c.client), "state") for c in part.clients],
+                      [c.inlier_class for c in part.clients], part.tests)
     auc = pl.read_parquet(out / "auc.parquet")
-    assert auc.height == n and set(auc.columns) >= {"client", "inlier_class", "local", "method", "ideal"}
+    assert auc["method"].to_list() == pytest.approx(want, abs=1e-6)
+    assert s["auc_mean"]["method"] > 0.7  # one round: 0.78 (0.5 would be chance)
 
 
 def test_failed_run_leaves_incomplete_marker(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -145,12 +184,17 @@ def test_network_only_sweep_trains_once_and_resumes(tiny: Path, tmp_path: Path, 
     assert len(builds) == 2
 
 
-def test_parallel_local_executor_gives_the_same_table(tiny: Path, tmp_path: Path) -> None:
+def test_parallel_local_executor_gives_the_same_table(tiny_cached: Path, tmp_path: Path) -> None:
     vary = parse_vary(["node_groups[0].uplink.latency=0.1 ms,5 ms,20 ms"])
-    base = ["experiment.baselines=[]"]
-    a = run_sweep(tiny, vary, tmp_path / "a", base_overrides=base, progress=False)
-    b = run_sweep(tiny, vary, tmp_path / "b", base_overrides=base, jobs=2, progress=False)
-    assert a.drop("wall_time_s", "learning_from_cache").equals(b.drop("wall_time_s", "learning_from_cache"))
+    a = run_sweep(tiny_cached, vary, tmp_path / "a", progress=False)
+    b = run_sweep(tiny_cached, vary, tmp_path / "b", jobs=2, progress=False)
+    assert a["learning_from_cache"].to_list() == b["learning_from_cache"].to_list() == [True] * 3
+    assert a.drop("wall_time_s").equals(b.drop("wall_time_s"))
+    # the points differ in what the latency changes, and only there: a later phase-I end on slower links
+    lat = a.sort("node_groups[0].uplink.latency__value")
+    assert lat["payload_bytes_phase1"].n_unique() == 1 and lat["auc_method"].n_unique() == 1
+    ends = lat["duration_s_phase1"].to_list()
+    assert ends[0] < ends[1] < ends[2]
 
 
 def test_sweep_bad_input(tiny: Path, tmp_path: Path) -> None:
@@ -196,56 +240,34 @@ def test_progress_counts_are_scoped_to_one_request(monkeypatch: pytest.MonkeyPat
     assert eng.on_progress is None
 
 
-def test_last_fit_detector_scores_each_clients_own_last_fit(tiny: Path, tmp_path: Path, builds: list[int]) -> None:
-    """detector = last_fit computes nothing new (every value is in the cache), and its method/ideal AUCs are those
-    of each client's own last local fit, recomputed here with a plain torch forward pass and scikit-learn."""
-    import numpy as np
-    import torch
-    from sklearn.metrics import roc_auc_score
-
-    from simfl import models
-    from simfl.cache import NodeStore
-    from simfl.learner import Learner
-    from simfl.plan import partition_of
-    from simfl.protocol import simulate
-    from simfl.world import World
-
-    main(["run", str(tiny), "--out", str(tmp_path / "g"), "--quiet"])
-    assert main(["run", str(tiny), "--out", str(tmp_path / "l"), "--quiet",
+def test_last_fit_detector_scores_each_clients_own_last_fit(tiny_cached: Path, tmp_path: Path,
+                                                            builds: list[int]) -> None:
+    """Both detectors come from one cached learning: every method/ideal AUC in auc.parquet is that of the client's
+    group's final average (detector global) or of its own last local fit (last_fit), recomputed here with a plain
+    torch forward pass and scikit-learn."""
+    main(["run", str(tiny_cached), "--out", str(tmp_path / "g"), "--quiet"])
+    lr, record = learned(tiny_cached)
+    part = partition_of(tiny_cached)
+    classes = [c.inlier_class for c in part.clients]
+    g_auc = pl.read_parquet(tmp_path / "g" / "auc.parquet")
+    for name, fl in (("method", record.method), ("ideal", record.ideal)):
+        want = plain_aucs([lr.value(fl.final(c.client), "state") for c in part.clients], classes, part.tests)
+        assert g_auc[name].to_list() == pytest.approx(want, abs=1e-6), name
+    assert main(["run", str(tiny_cached), "--out", str(tmp_path / "l"), "--quiet",
                  "--set", 'experiment.detector="last_fit"']) == 0
-    assert len(builds) == 1  # the second run trained nothing
+    assert builds == []  # neither run trained: both read the session's cached learning
     g = json.loads((tmp_path / "g" / "summary.json").read_text())
     s = json.loads((tmp_path / "l" / "summary.json").read_text())
     assert s["detector"] == "last_fit" and s["auc_mean_by_detector"]["global"]["method"] == g["auc_mean"]["method"]
-    cache = str(tmp_path / "cache")
-    # phase I 4 x 3; the method's 2 rounds of 4 updates and 2 averages (its communities are the true groups here:
-    # the ideal baseline shares all of it); the baselines 4 + 1; AUCs of 12 distinct (model, test set) pairs: 2 last
-    # averages, 4 last fits, 4 local models, the centralised one on both test sets
-    assert g["communities"] == [[0, 1], [2, 3]]
-    assert g["cache"] == {"path": cache, "from_cache": False, "saved": True, "note": "", "cached": 0, "computed": 41}
-    assert s["cache"] == {"path": cache, "from_cache": True, "saved": False, "note": "", "cached": 41, "computed": 0}
+    assert g["cache"] == s["cache"] == {"path": str(tmp_path / "cache"), "from_cache": True, "saved": False,
+                                        "note": "", "cached": g["cache"]["cached"], "computed": 0}
+    assert g["cache"]["cached"] > 30  # phase I alone is 12 values
     assert s["payload_bytes"]["phase2"] == g["payload_bytes"]["phase2"] and s["auc_mean"]["local"] == g["auc_mean"][
         "local"]
-    sc = load_scenario(tiny)
-    exp = sc.experiment
-    part = partition_of(exp, 3)
     auc = pl.read_parquet(tmp_path / "l" / "auc.parquet")
-    with Learner(exp, part, NodeStore(Path(cache))) as lr:  # the run again, every value from the cache
-        fed = simulate(World(sc), lr, exp, clients=sc.clients[:4], server=sc.server, seed=3)
-        last = {name: {i: lr.value(run.last_fit(i), "state") for i in range(4)}
-                for name, run in (("method", fed.record.method), ("ideal", fed.record.ideal))}
-    assert len(builds) == 1
-    for name in ("method", "ideal"):
-        want = []
-        for shard in part.clients:
-            net = models.build_model("ae7")
-            net.load_state_dict(last[name][shard.client])
-            x, is_out = part.tests[shard.inlier_class]
-            xt = torch.from_numpy(x.astype(np.float32) / 255.0).unsqueeze(1)
-            with torch.no_grad():
-                dist = (net(xt) - xt).flatten(1).norm(dim=1).numpy()
-            want.append(roc_auc_score(is_out, dist))
-        assert np.allclose(auc[name].to_list(), want, atol=1e-6), name
+    for name, fl in (("method", record.method), ("ideal", record.ideal)):
+        want = plain_aucs([lr.value(fl.last_fit(c.client), "state") for c in part.clients], classes, part.tests)
+        assert auc[name].to_list() == pytest.approx(want, abs=1e-6), name
     msgs = pl.read_parquet(tmp_path / "l" / "messages.parquet").filter(pl.col("phase") == "phase2")
     assert msgs.sort("t_send")["kind"][0] == "global"  # the aggregator sends the initial model first
     assert (tmp_path / "l" / "report.md").read_text().count("last local fit") == 1

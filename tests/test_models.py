@@ -32,12 +32,32 @@ def test_param_counts_and_payload(name, count):
     assert state_payload_bytes(net.state_dict()) == 4 * count
 
 
+# Appendix A: the output of each conv / linear layer for one 28x28 image ([C, H, W]; the FLOP counts below use them)
+LAYER_SHAPES = {
+    "ae5": [(16, 14, 14), (8, 7, 7), (8, 14, 14), (16, 28, 28), (1, 28, 28)],
+    "ae7": [(32, 28, 28), (32, 14, 14), (32, 14, 14), (32, 28, 28), (1, 28, 28)],  # max-pooling after the first two
+    "flat": [(64,), (32,), (64,), (784,)],
+}
+
+
 @pytest.mark.parametrize("name", ["ae5", "ae7", "flat"])
-def test_shapes_and_range(name):
+def test_layer_shapes_and_sigmoid_output(name):
+    net = build_model(name)
+    shapes = []
+    for m in net.modules():
+        if isinstance(m, torch.nn.Conv2d | torch.nn.ConvTranspose2d | torch.nn.Linear):
+            m.register_forward_hook(lambda _m, _i, out: shapes.append(tuple(out.shape[1:])))
     with torch.no_grad():
-        y = build_model(name)(torch.rand(3, 1, 28, 28))
-    assert y.shape == (3, 1, 28, 28)
-    assert float(y.min()) >= 0 and float(y.max()) <= 1
+        y = net(torch.rand(3, 1, 28, 28))
+    assert shapes == LAYER_SHAPES[name] and y.shape == (3, 1, 28, 28)
+    # all weights zero: every layer outputs its bias, the image is sigmoid(last bias) everywhere
+    state = {k: torch.zeros_like(v) for k, v in net.state_dict().items()}
+    last_bias = list(state)[-1]
+    state[last_bias] = torch.full_like(state[last_bias], 0.75)
+    net.load_state_dict(state)
+    with torch.no_grad():
+        y = net(torch.rand(2, 1, 28, 28))
+    assert torch.allclose(y, torch.full((2, 1, 28, 28), 1 / (1 + float(np.exp(-0.75)))), rtol=1e-6, atol=0)
 
 
 def test_flops_from_layer_shapes():

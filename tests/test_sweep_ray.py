@@ -14,7 +14,7 @@ from simfl.errors import SimflError
 from simfl.sweep import parse_vary, run_sweep
 from simfl.sweep_ray import run_ray
 
-tiny = test_fedad.tiny  # the tiny real scenario, its learning cache under tmp_path
+tiny = test_fedad.tiny  # the tiny real scenario, its learning cache under tmp_path (empty)
 
 
 def test_missing_ray_says_how_to_install_it(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -24,10 +24,11 @@ def test_missing_ray_says_how_to_install_it(tiny: Path, tmp_path: Path, monkeypa
 
 
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed")
-def test_ray_executor_gives_the_local_table(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+def test_ray_executor_gives_the_local_table(tiny_cached: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                              capsys: pytest.CaptureFixture[str]) -> None:
+    tiny = tiny_cached  # the session's tiny plan in tmp_path/cache: every point replays it
     vary = parse_vary(["node_groups[0].uplink.bandwidth=1 Mbps,100 Mbps", "node_groups[0].uplink.latency=0.1 ms,5 ms"])
-    base = ["experiment.baselines=[]"]
+    base: list[str] = []
     # relative sweep directory and cache path: the tasks still find both (they are given absolute paths)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SIMFL_CACHE", "cache")
@@ -37,7 +38,7 @@ def test_ray_executor_gives_the_local_table(tiny: Path, tmp_path: Path, monkeypa
     assert not ray.is_initialized()  # the instance it started is shut down
     out = capsys.readouterr().out
     assert "ray: local instance" in out and out.count("done (ray)") == 3
-    assert b["learning_from_cache"].to_list() == [False, True, True, True]  # one trains, the Ray tasks replay
+    assert b["learning_from_cache"].to_list() == [True] * 4  # the driver's point and the Ray tasks replay
     a = run_sweep(tiny, vary, tmp_path / "a", base_overrides=base, progress=False)
     assert a.height == 4
     assert a.drop("wall_time_s", "learning_from_cache").equals(b.drop("wall_time_s", "learning_from_cache"))

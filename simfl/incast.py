@@ -1,0 +1,397 @@
+"""Where the fluid model is optimistic: many TCP flows converging on one switch port at once (incast).
+
+The fluid network (`simfl.network`) has no finite buffers: any number of flows share a port fairly and none loses a
+packet. A packet network does not. Each new TCP transfer starts with a burst of its initial window (IW segments)
+and then doubles its window every round trip (slow start); when more packets converge on one output port at once
+than its drop-tail queue holds, the port drops some, and a transfer of a few packets cannot fast-retransmit: it
+waits for a retransmission timeout (at least 200 ms on Linux). Packet-level (the ns3 backend) the all-pairs
+exchange of 90 models on one switch takes 4.6-5.7x the fluid time, a gather of 90 models to a 1 Gbps server 42x
+(docs/network-model.md, "Incast"). This module finds such moments in a finished run's messages trace, per phase
+and port. It is a check on the fluid model only: a run on the ns3 backend (`network.model`) is not checked.
+
+The check, for every message of the trace (route from the topology):
+
+1. **Its burst** (`slow_start_burst`): the most packets it throws at its bottleneck faster than the bottleneck
+   drains them: its first window, k = min(IW, its packets) (`network.initial_window`), or, for a longer message, a
+   later round of slow start, which sends two packets per ACK while the bottleneck drains one (69 packets: windows
+   10, 20, 39, a burst of 20).
+2. **When it leaves the sender.** A sender's network card emits the first windows of its transfers one after
+   another, in the order they were sent (`t_start`, then message ID), as a FIFO queue does: the first window starts
+   at b = max(t_start, the end of the sender's previous one) and takes (its wire bits) / (the sender's first-hop
+   capacity). This is where the send order (`simfl.order`) shows: in the fluid model all of a client's messages go
+   out at once.
+3. **How long it is in flight.** A message that fits in its first window is all in it: [b, end of the window). A
+   longer one stays window-limited until its fluid transmission ends: [b, max(end of the window, t_tx)).
+4. **At each port of its route**, that interval shifted by the hop's offset (`simfl.network.pipeline_offsets`:
+   latency and store-and-forward of the hops before it). A port is the output queue of one link direction, or one
+   transmitter's queue on a cell; its ingress is the link direction (or cell) the message arrived on, or the
+   sending node itself at the first hop.
+
+Per port and phase a sweep over the intervals' start and end events finds the moment when the concurrent flows'
+bursts add up to the most packets while they **converge**: they arrive over ingresses that together can deliver
+faster than the port sends (two or more ingresses of the port's speed; one faster link into a slower port also
+converges; the sending node counts at the port's speed, so a node's own flows alone never do, and ports that no
+flows can converge on are left out). When those packets exceed the port's buffer (`buffer` of the link or cell,
+else `network.buffer`) the run is flagged for that phase: the fluid times there are optimistic. Ends sort before
+starts at the same instant (a burst that ends as the next begins does not overlap it); times are integers
+(picoseconds) so that this holds exactly.
+
+Cost: O(M log M) for M messages, vectorised; its memory is a few numpy columns per message and per port visit,
+built and swept in chunks, and released before the run writes its traces (so a run's peak memory is unchanged).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from array import array
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import numpy as np
+import polars as pl
+
+from simfl.config import Scenario
+from simfl.messages import packetize
+from simfl.network import pipeline_offsets
+from simfl.topology import Hop, Topology
+
+__all__ = ["PortPeak", "Incast", "port_peaks", "find_incast", "warn_incast", "slow_start_burst"]
+
+_LOCAL = "(sender)"  # the ingress of a route's first hop: the sending node itself
+_SCALE = 1 << 29  # ingress capacities in units of the port's capacity / _SCALE (exact integer sums, int32 each)
+_PS, _NS, _PS_UP_TO_S = 1e-12, 1e-9, 1e6  # time unit of the sweep: picoseconds up to 1e6 s (int64), then ns
+_BATCH = 1 << 16  # port visits swept at once (about 8 MB of arrays)
+_CHUNK = 1 << 16  # messages whose port visits are built at once
+
+
+@dataclass(frozen=True)
+class PortPeak:
+    """One port in one phase: the most flows ever in flight through it, and its worst converging moment."""
+
+    phase: str
+    port: str  # "s1>c00 (link c00-s1)" or "ap1 on cell w1"
+    resource: str  # the link direction or cell (its id in the links table)
+    node: str  # the node whose output queue it is
+    buffer: int  # packets
+    max_flows: int  # the most flows in flight through the port at one moment, converging or not
+    flows: int  # flows in flight at the worst converging moment (0: the flows never converged)
+    packets: int  # their bursts (`slow_start_burst`), in packets
+    ingresses: int  # the ingresses they arrived over
+    at_s: float  # when that moment begins (simulated s)
+
+    @property
+    def overflows(self) -> bool:
+        return self.packets > self.buffer
+
+
+@dataclass(frozen=True)
+class Incast:
+    """The worst overflowing port of one phase: `flows` in flight whose bursts add up to `packets` over
+    `ingresses` ingresses, more than the port's `buffer`, from `at_s` on; `ports`: how many ports of the phase
+    overflow."""
+
+    phase: str
+    port: str
+    resource: str
+    node: str
+    flows: int
+    packets: int
+    ingresses: int
+    buffer: int
+    initial_window: int
+    at_s: float  # when the worst moment begins (simulated s)
+    ports: int
+
+    @property
+    def message(self) -> str:
+        return (f"{self.phase}: the fluid model is optimistic here ({self.flows} concurrent flows into port "
+                f"{self.port}, buffer {self.buffer} packets, initial window {self.initial_window}): rerun with "
+                f'network.model = "ns3" for packet-level timing')
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "message": self.message}
+
+
+class _Routes:
+    """The routes of the trace's (source, destination) pairs, compact (a trace of a million messages may hold a
+    million routes): per route its shape (the capacities and latencies of its hops, which fix the offsets
+    `simfl.network.pipeline_offsets` gives), per hop its port. A port is the output queue of a link direction, or
+    of one transmitter on a cell; its ingress for a hop is the previous hop's resource (the sender at the first)."""
+
+    def __init__(self, topology: Topology, scenario: Scenario) -> None:
+        self.topology = topology
+        default = scenario.network.buffer
+        self.buffer_of = {ln.name: ln.buffer or default for ln in scenario.links}
+        self.buffer_of.update({c.name: c.buffer or default for c in scenario.cells})
+        self.res_index = {r.id: i for i, r in enumerate(topology.resources)}
+        self.ports: dict[tuple[str, str], int] = {}
+        self.info: list[tuple[str, str, str, int]] = []  # port name, resource, node, buffer
+        self.port_res: list[int] = []  # the port's resource (index in the topology's resources)
+        self.port_cap: list[float] = []
+        self.shapes: dict[tuple[tuple[float, float], ...], int] = {}
+        self.shape_rows: tuple[list[float], list[float], list[float]] = ([], [], [])  # latency, s-a-f, capacity
+        self.shape_first: list[int] = []
+        self.shape_of = array("i")  # per route
+        self.hops = array("i")  # per hop of each route in turn: its port
+
+    def _port(self, h: Hop) -> int:
+        p = self.ports.get((h.resource, h.src))
+        if p is None:
+            p = self.ports[(h.resource, h.src)] = len(self.info)
+            name = f"{h.src}>{h.dst} (link {h.link})" if h.medium == "p2p" else f"{h.src} on cell {h.link}"
+            self.info.append((name, h.resource, h.src, self.buffer_of.get(h.link, 0)))
+            self.port_res.append(self.res_index[h.resource])
+            self.port_cap.append(h.capacity_bps)
+        return p
+
+    def add(self, src: str, dst: str) -> None:
+        hops = self.topology.route_tuple(src, dst)
+        shape = tuple([(h.capacity_bps, h.latency_s) for h in hops])
+        s = self.shapes.get(shape)
+        if s is None:
+            s = self.shapes[shape] = len(self.shape_first)
+            self.shape_first.append(len(self.shape_rows[0]))
+            lat, sf = pipeline_offsets(hops)
+            for col, v in zip(self.shape_rows, (lat[:-1], sf[:-1], [hops[0].capacity_bps] * len(hops))):
+                col.extend(v)
+        self.shape_of.append(s)
+        for h in hops:
+            self.hops.append(self._port(h))
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """Per route: its first hop row, length and shape row; per shape row: latency, s-a-f, first capacity; per
+        hop row: port, ingress (resource index; the sender: one past the last) and its capacity x _SCALE of the
+        port's (a faster ingress than 2x the port changes nothing); per port: can flows converge on it at all
+        (its ingresses together faster than it)."""
+        shape = np.frombuffer(self.shape_of, np.int32)
+        starts = np.asarray(self.shape_first + [len(self.shape_rows[0])], np.int64)
+        length = np.diff(starts)[shape]
+        first = np.cumsum(length) - length
+        port = np.frombuffer(self.hops, np.int32)
+        prev = np.full(len(port), -1, np.int32)
+        prev[1:] = port[:-1]
+        prev[first] = -1
+        res, cap = np.asarray(self.port_res, np.int64), np.asarray(self.port_cap, np.float64)
+        ing = np.where(prev >= 0, res[prev], len(self.res_index))
+        ratio = np.where(prev >= 0, np.minimum(2 * _SCALE, np.floor(cap[prev] / cap[port] * _SCALE)), _SCALE)
+        _, one = np.unique(port.astype(np.int64) * (len(self.res_index) + 1) + ing, return_index=True)
+        can = np.bincount(port[one], weights=ratio[one], minlength=len(self.info)) > _SCALE
+        return {"first": first, "length": length, "shape_row": starts[:-1][shape], "port": port, "ing": ing,
+                "ratio": ratio.astype(np.int32), "can": can,
+                **{c: np.asarray(x, np.float64) for c, x in zip(("lat", "sf", "c0"), self.shape_rows)}}
+
+
+def slow_start_burst(packets: int, initial_window: int) -> int:
+    """The most packets a transfer of `packets` packets puts in its bottleneck's queue in one round of slow start:
+    its first window, w_1 = min(IW, packets), which arrives at line rate; then round i sends w_i = min(2 w_(i-1),
+    what is left), two packets on each of the first w_i / 2 ACKs of the round before while the bottleneck, which
+    clocks those ACKs, drains one: the queue grows by ceil(w_i / 2). 9 packets: 9; 10 to 20: 10; 69 (100 kB):
+    windows 10, 20, 39 -> 20; 78 (an AE-7 update): 10, 20, 40, 8 -> 20."""
+    w = burst = sent = min(initial_window, packets)
+    while sent < packets:
+        w = min(2 * w, packets - sent)
+        burst = max(burst, (w + 1) // 2)
+        sent += w
+    return burst
+
+
+def _first_windows(bits: np.ndarray, scenario: Scenario) -> tuple[np.ndarray, ...]:
+    """Per payload size: its slow-start burst in packets (`slow_start_burst`), the wire bits of its first window,
+    its first packet's wire bits, and whether the first window holds the whole message."""
+    net = scenario.network
+    out: tuple[list[Any], ...] = ([], [], [], [])
+    for b in bits.tolist():
+        pk = packetize(b, net.mtu, net.ip_header_bytes, net.link_header_bytes, net.headers)
+        k = min(net.initial_window, pk.n_packets)
+        whole = k == pk.n_packets
+        for col, v in zip(out, (slow_start_burst(pk.n_packets, net.initial_window),
+                                8 * (pk.wire_bytes if whole else k * pk.first_packet_bytes),
+                                8 * pk.first_packet_bytes, whole)):
+            col.append(v)
+    return np.array(out[0], np.int32), np.array(out[1], np.float64), np.array(out[2], np.float64), \
+        np.array(out[3], bool)
+
+
+def _codes(messages: pl.DataFrame, topology: Topology) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The trace's columns the check reads, in order of t_start then msg_id, names as numbers: src and dst index
+    the topology's nodes, phase the phases in the order met."""
+    phase = messages.get_column("phase")
+    phases = phase.unique(maintain_order=True).to_list()
+    nodes = pl.Enum(list(topology.nodes))
+    cols = {"src": messages.get_column("src").cast(nodes).to_physical().to_numpy().astype(np.int32),
+            "dst": messages.get_column("dst").cast(nodes).to_physical().to_numpy().astype(np.int32),
+            "phase": phase.cast(pl.Enum(phases)).to_physical().to_numpy().astype(np.int32)}
+    for c in ("payload_bits", "t_start", "t_tx"):
+        cols[c] = messages.get_column(c).to_numpy()
+    order = np.lexsort((messages.get_column("msg_id").to_numpy(), cols["t_start"]))
+    cols = {c: x[order] for c, x in cols.items()}
+    # phases renumbered in the order their first message started
+    _, first = np.unique(cols["phase"], return_index=True)
+    met = np.argsort(first)
+    renumber = np.empty(len(phases), np.int32)
+    renumber[met] = np.arange(len(phases), dtype=np.int32)
+    cols["phase"] = renumber[cols["phase"]]
+    return cols, [phases[i] for i in met]
+
+
+def _bursts(cols: dict[str, np.ndarray], routes: _Routes, scenario: Scenario, unit: float) -> dict[str, Any]:
+    """Per message: its route, size and phase, and its interval [b, end) at the sender in integer time units
+    (steps 1-3 of the module doc); the routes' and sizes' columns. Integers keep "a burst ends as the next one of
+    its sender begins" exact."""
+    n_nodes = len(routes.topology.nodes)
+    pairs, rid = np.unique(cols["src"].astype(np.int64) * n_nodes + cols["dst"], return_inverse=True)
+    nodes = routes.topology.nodes
+    for code in pairs.tolist():
+        routes.add(nodes[code // n_nodes], nodes[code % n_nodes])
+    del pairs
+    r = routes.columns()
+    sizes, sid = np.unique(cols["payload_bits"], return_inverse=True)
+    k, burst, first_bits, whole = _first_windows(sizes, scenario)
+    d = np.rint(burst[sid] / r["c0"][r["shape_row"][rid]] / unit).astype(np.int64)
+    t = np.rint(cols["t_start"] / unit).astype(np.int64)
+    b = np.empty_like(t)
+    src = cols["src"]
+    by_sender = np.argsort(src, kind="stable")  # each sender's messages in send order
+    for idx in np.split(by_sender, np.flatnonzero(np.diff(src[by_sender])) + 1):
+        # b_m = max(t_m, b_(m-1) + d_(m-1)) = S_m + max over j <= m of (t_j - S_j), S_m = sum of d before m
+        dd = d[idx]
+        s = np.cumsum(dd) - dd
+        b[idx] = s + np.maximum.accumulate(t[idx] - s)
+    del by_sender, t
+    end = b + d
+    del d
+    end = np.where(whole[sid], end, np.maximum(end, np.rint(cols["t_tx"] / unit).astype(np.int64)))
+    return {"rid": rid.astype(np.int32), "sid": sid.astype(np.int32), "phase": cols["phase"].astype(np.int32),
+            "b": b, "end": end, "routes": r, "k": k, "first_bits": first_bits}
+
+
+def _visits(msg: dict[str, Any], n_ph: int, unit: float) -> dict[str, np.ndarray]:
+    """Per message and hop of its route (step 4) into a port where flows can converge at all (the others are left
+    out): key (port and phase), ingress group (ingress and phase), ingress capacity, packets, and the interval
+    [t0, t1) at the port. Built in chunks of messages, so that only the hops kept take memory."""
+    r = msg["routes"]
+    n_ing = int(r["ing"].max()) + 1
+    parts: list[dict[str, np.ndarray]] = []
+    for a in range(0, len(msg["rid"]), _CHUNK):
+        rid = msg["rid"][a:a + _CHUNK]
+        length = r["length"][rid]
+        which = np.repeat(np.arange(a, a + len(rid), dtype=np.int64), length)
+        j = np.arange(len(which), dtype=np.int64) - np.repeat(np.cumsum(length) - length, length)  # hop index
+        row = r["first"][rid][which - a] + j
+        keep = r["can"][r["port"][row]]
+        which, j, row = which[keep], j[keep], row[keep]
+        srow = r["shape_row"][msg["rid"][which]] + j
+        sid = msg["sid"][which]
+        off = np.rint((r["lat"][srow] + msg["first_bits"][sid] * r["sf"][srow]) / unit).astype(np.int64)
+        phase = msg["phase"][which]
+        port = r["port"][row].astype(np.int64)
+        parts.append({"key": port * n_ph + phase, "grp": (port * n_ing + r["ing"][row]) * n_ph + phase,
+                      "ratio": r["ratio"][row], "pk": msg["k"][sid], "t0": msg["b"][which] + off,
+                      "t1": msg["end"][which] + off})
+    return {c: np.concatenate([p[c] for p in parts]) for c in parts[0]} if len(parts) > 1 else parts[0]
+
+
+def _sweep(v: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
+    """The start and end events of the intervals `v` in sweep order (per key, then time, ends before starts), with
+    the state after each: flows in flight, their packets, ingresses in use and their capacity (x _SCALE of the
+    port's). Cumulative sums restart at each key by themselves: every key's starts and ends cancel."""
+    n = len(v["key"])
+    kind = np.repeat(np.array([1, 0], np.int8), n)  # 1 start, 0 end
+    t = np.concatenate([v["t0"], v["t1"]])
+    d = kind.astype(np.int64) * 2 - 1
+    # an ingress joins when its first flow starts and leaves when its last one ends (per port and phase)
+    eg = np.concatenate([v["grp"], v["grp"]])
+    o2 = np.lexsort((kind, t, eg))
+    del eg
+    count = np.cumsum(d[o2])
+    joined = np.zeros(2 * n, np.int64)
+    joined[o2[(kind[o2] == 1) & (count == 1)]] = 1
+    joined[o2[(kind[o2] == 0) & (count == 0)]] = -1
+    del o2, count
+    ek = np.concatenate([v["key"], v["key"]])
+    order = np.lexsort((kind, t, ek))
+    flows = np.cumsum(d[order])
+    packets = np.cumsum((d * np.concatenate([v["pk"], v["pk"]]))[order])
+    ingresses = np.cumsum(joined[order])
+    capacity = np.cumsum((joined * np.concatenate([v["ratio"], v["ratio"]]))[order])
+    return ek[order], kind[order], t[order], flows, packets, ingresses, capacity
+
+
+def _peaks(v: dict[str, np.ndarray], routes: _Routes, phases: list[str], unit: float) -> list[PortPeak]:
+    """The `PortPeak` of each key of the visits `v` (whole keys only)."""
+    ks, kind, t, flows, packets, ingresses, capacity = _sweep(v)
+    score = np.where((kind == 1) & (capacity > _SCALE), packets, -1)
+    first = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
+    last = np.r_[first[1:], len(ks)]
+    most = np.maximum.reduceat(flows, first)
+    n_ph = len(phases)
+    out = []
+    for g, (a, b) in enumerate(zip(first.tolist(), last.tolist())):
+        key = int(ks[a])
+        name, resource, node, buffer = routes.info[key // n_ph]
+        i = a + int(np.argmax(score[a:b]))
+        hit = score[i] >= 0
+        out.append(PortPeak(phases[key % n_ph], name, resource, node, buffer, int(most[g]),
+                            int(flows[i]) if hit else 0, int(packets[i]) if hit else 0,
+                            int(ingresses[i]) if hit else 0, float(t[i]) * unit if hit else float("nan")))
+    return out
+
+
+def port_peaks(messages: pl.DataFrame, topology: Topology, scenario: Scenario) -> list[PortPeak]:
+    """Every port a message crossed where flows can converge (its ingresses together faster than it), per phase
+    (phases in the order their first message started, then ports in the order met): the most flows in flight
+    through it and its worst converging moment (module doc)."""
+    if not messages.height:
+        return []
+    cols, phases = _codes(messages, topology)
+    unit = _PS if float(cols["t_tx"].max()) < _PS_UP_TO_S else _NS
+    routes = _Routes(topology, scenario)
+    msg = _bursts(cols, routes, scenario, unit)
+    del cols
+    v = _visits(msg, len(phases), unit)
+    del msg
+    keep = v["t1"] > v["t0"]  # an empty message (0 wire bits, no headers) occupies no port
+    order = np.argsort(v["key"], kind="stable")
+    order = order[keep[order]]
+    keys = v["key"][order]
+    out: list[PortPeak] = []
+    a = 0
+    while a < len(order):  # whole keys in batches of about _BATCH visits: the sweep's memory stays bounded
+        z = min(a + _BATCH, len(order))
+        z = int(np.searchsorted(keys, keys[z - 1], side="right"))
+        sel = order[a:z]
+        out += _peaks({c: x[sel] for c, x in v.items()}, routes, phases, unit)
+        a = z
+    rank = {p: i for i, p in enumerate(phases)}
+    out.sort(key=lambda p: (rank[p.phase], routes.ports[(p.resource, p.node)]))
+    return out
+
+
+def find_incast(messages: pl.DataFrame, topology: Topology, scenario: Scenario) -> list[Incast]:
+    """Per phase where some port overflows (module doc): its worst port (most packets per buffer slot, then most
+    packets, then most flows, then the earliest moment, then the first met). Empty when the fluid model's times
+    need no warning. The check is about the fluid model: a run on another backend (`network.model`) gets none."""
+    if scenario.network.model != "fluid":
+        return []
+    worst: dict[str, tuple[PortPeak, int]] = {}
+    for p in port_peaks(messages, topology, scenario):
+        if not p.overflows:
+            continue
+        if p.phase not in worst:
+            worst[p.phase] = (p, 1)
+            continue
+        w, n = worst[p.phase]
+        better = (p.packets * w.buffer, p.packets, p.flows, -p.at_s) > (w.packets * p.buffer, w.packets, w.flows,
+                                                                         -w.at_s)
+        worst[p.phase] = (p if better else w, n + 1)
+    iw = scenario.network.initial_window
+    return [Incast(p.phase, p.port, p.resource, p.node, p.flows, p.packets, p.ingresses, p.buffer, iw, p.at_s, n)
+            for p, n in worst.values()]
+
+
+def warn_incast(found: Sequence[Incast], stream: TextIO | None = None) -> None:
+    """One line per phase on `stream` (default stderr): "simfl: warning: <phase>: the fluid model is ..."."""
+    for w in found:
+        print(f"simfl: warning: {w.message}", file=stream or sys.stderr, flush=True)

@@ -1,0 +1,58 @@
+"""Packet-level network backend: ns-3 (TCP/IP, finite queues, drops) co-simulated with SimPy.
+
+`Ns3Network(env, topology, params, recorder, seed=..., options=...)` has the public API of
+`simfl.network.Network` (`send`, `inbox`, `totals`, `link_columns`, `sent`, `delivered`, `in_flight`,
+`keep_unclaimed`), so the protocol runs unchanged on either backend. It needs the `ns3` package (ns-3 3.44 with
+cppyy bindings: `pip install ns3`, or the `ns3` / `dev` extras); the first use in a process loads ns-3 and compiles
+a small C++ hub (`simfl.ns3.cpp`), which takes 10-20 s.
+
+Co-simulation (SimPy keeps the clock). `send` queues a message; a low-priority "pump" event, run after every
+normal SimPy event of an instant, hands the instant's new messages to ns-3 at that same simulated time, then runs
+ns-3 until SimPy's next event (`env.peek()`) or the next message completion, whichever comes first, and schedules
+itself at that instant, where the completed messages are delivered (event value and `inbox(dst)`). A message
+completes when the receiver's byte count on its connection reaches the message's last byte (the hub stops ns-3
+there). While no message is in flight the pump sleeps and ns-3 waits; it catches up at the next send. ns-3 counts
+time in integer nanoseconds, SimPy's float times are rounded to them.
+
+What is simulated (per link of the scenario):
+- Point-to-point links with the link's rate and latency, full duplex. A packet occupies the wire for its IP bytes
+  plus `link_header_bytes` (a 2-byte PPP header and an inter-frame gap for the rest: Ethernet's 38 bytes of framing
+  by default); the MTU is `mtu`.
+- Forwarding nodes (switches, APs, gateways) are IP routers whose ports (link directions) have drop-tail queues of
+  `buffer_packets` packets (default 100: about 150 kB per port, what commodity switches' shared buffers of a few MB
+  give each of their 24-48 ports, and ns-3's own default device queue). End hosts (clients, servers, clouds) have a
+  queue discipline: `host_qdisc` = "fq" (default: fq_codel's per-flow fair queueing with its drop law off, since
+  ns-3's TCP has no TCP Small Queues and Linux's fq_codel + TSQ keep the backlog in the socket, not the queue),
+  "fq_codel" (as ns-3 configures it) or "fifo" (1,000 packets, Linux's txqueuelen).
+- Routing: static host routes that follow simfl's own routes (`Topology.route_tuple`) for data and ACKs.
+- TCP (ns-3's, CUBIC, SACK, no timestamps so that a full segment is mtu bytes): one persistent connection per
+  sender-receiver pair, opened at its first message (the handshake is paid once); messages on a pair are written
+  into it back to back, FIFO. Segment size mtu - ip_header_bytes; Linux-like timers: minimum RTO `min_rto` (200 ms),
+  delayed ACK `delayed_ack` (40 ms), SYN timeout `syn_timeout` (1 s); initial window 10 segments; a connection
+  gives up after 6 SYN or 15 data retransmissions (Linux's tcp_syn_retries and tcp_retries2): its messages then
+  stay undelivered (`in_flight`).
+- WiFi cells: 802.11ac, each cell on its own channel (no interference between cells, as the fluid model assumes),
+  the access point and its stations within 5 m, one fixed VHT mode per cell: the one whose PHY rate is closest to
+  the cell's capacity / 0.70 (a station alone in a cell gets about 70% of the PHY rate as TCP goodput in ns-3;
+  `cell_modes` says what was chosen). Stations associate before simulated time 0; ARP tables are filled statically.
+  Approximations: the cell's `latency` is not modelled (channel access and aggregation give their own delays; a
+  propagation delay of milliseconds would break 802.11's timing); the access point's port queue is its
+  best-effort MAC queue of `buffer_packets` packets; a station's MAC queue holds 64 packets (enough for an
+  aggregate) under its queue discipline, like a driver's small queue under Linux's.
+
+Trace: `wire_bytes` of a message = the payload bytes of every segment transmitted for it (retransmissions included)
+plus `header_bytes` per segment whose first byte is its (so without losses, and with one message at a time on its
+connection, it equals simfl's packetization); `n_packets` counts those segments; `retransmitted_bytes` (per message
+in the `retransmitted_bytes` dict, and in `Message` when it has the field) is the retransmitted part; `t_start` is
+when its first byte was first transmitted. Links: `bytes` counts every packet a link direction transmitted (ACKs,
+handshakes, retransmissions included), `busy_s` their transmission time, and `link_drops()` the packets each queue
+dropped (also the `drops` column when the links schema has one).
+
+Determinism: ns-3 is seeded with the scenario's seed; the same scenario gives the same trace. One Ns3Network at a
+time per process (ns-3 has one simulator): creating one closes the previous one.
+"""
+
+from simfl.ns3.cpp import available
+from simfl.ns3.network import HOST_QDISCS, Ns3Network, Ns3Options, vht_mode
+
+__all__ = ["Ns3Network", "Ns3Options", "HOST_QDISCS", "available", "vht_mode"]

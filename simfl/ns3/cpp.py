@@ -1,0 +1,536 @@
+"""Loading ns-3 (only the modules simfl needs) and the C++ hub that keeps Python out of per-packet work.
+
+`load()` imports cppyy, includes the headers of the ns-3 modules the hub uses, loads their libraries and compiles
+`HUB_SOURCE` once per process (10-20 s the first time; later calls return at once). The "Failed to materialize
+symbols ... g_timeInitHelper" lines that cling prints while loading ns-3 (harmless) are filtered from stderr.
+
+The hub (`simfl_ns3::Hub`) builds the network (nodes, point-to-point links, WiFi cells, static host routes, queue
+disciplines), opens one TCP connection per sender-receiver pair, writes messages into it back to back, and counts on
+the receiver's side when a message's last byte has arrived: it then records the message as done and calls
+`Simulator::Stop()`, so that `RunUntil` returns at that instant. Per-segment accounting (the `Tx` trace of every
+sending socket) attributes transmitted bytes, retransmissions included, to the messages whose stream bytes they
+carry; per-device traces count the bytes sent and the packets dropped on each link direction.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from simfl.errors import SimflError
+
+__all__ = ["available", "load", "HUB_SOURCE"]
+
+_WIRED = ("core", "network", "internet", "point-to-point", "traffic-control")
+_WIFI = ("mobility", "propagation", "antenna", "spectrum", "energy", "wifi")
+_NOISE = "Failed to materialize symbols"
+_state: dict[str, Any] = {}
+
+
+def available() -> bool:
+    """True when the `ns3` package (ns-3 with cppyy bindings) is installed."""
+    return importlib.util.find_spec("ns3") is not None and importlib.util.find_spec("cppyy") is not None
+
+
+def _prefix() -> tuple[Path, str]:
+    spec = importlib.util.find_spec("ns3")
+    if spec is None or not spec.submodule_search_locations:
+        raise SimflError("network.model = \"ns3\" needs the ns3 package: pip install ns3 (or pip install -e .[ns3])")
+    root = Path(next(iter(spec.submodule_search_locations)))
+    libs = sorted((root / "lib64").glob("libns3*-core.so")) or sorted((root / "lib").glob("libns3*-core.so"))
+    if not libs:
+        raise SimflError(f"the ns3 package at {root} has no libns3*-core.so; reinstall it: "
+                         "pip install --force-reinstall ns3")
+    version = libs[0].name[len("libns"):-len("-core.so")]
+    return root, version
+
+
+class _QuietStderr:
+    """Sends fd 2 to a temporary file; on exit writes back every line but cling's harmless loading noise."""
+
+    def __enter__(self) -> None:
+        sys.stderr.flush()
+        self._tmp = tempfile.TemporaryFile(mode="w+b")
+        self._saved = os.dup(2)
+        os.dup2(self._tmp.fileno(), 2)
+
+    def __exit__(self, *exc: object) -> None:
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        self._tmp.seek(0)
+        for line in self._tmp.read().decode(errors="replace").splitlines():
+            if _NOISE not in line and line.strip():
+                print(line, file=sys.stderr)
+        self._tmp.close()
+
+
+def load(wifi: bool = False) -> Any:
+    """The compiled hub's namespace (`cppyy.gbl.simfl_ns3`); loads ns-3 and compiles the hub on first use."""
+    if "gbl" in _state and (not wifi or _state.get("wifi")):
+        return _state["gbl"].simfl_ns3
+    root, version = _prefix()
+    with _QuietStderr():
+        import cppyy
+        import libcppyy
+
+        if not _state.get("setup"):
+            if "ns3.ns" not in sys.modules:  # the ns package registers Ptr itself
+                libcppyy.AddSmartPtrType("Ptr")
+            cppyy.add_include_path(str(root / "include"))
+            for d in ("lib64", "lib"):
+                if (root / d).is_dir():
+                    cppyy.add_library_path(str(root / d))
+            _state["setup"] = True
+        mods = _WIRED + (_WIFI if wifi else ())
+        if wifi:
+            cppyy.cppdef("#ifndef HAVE_GSL\n#define HAVE_GSL 1\n#endif\n")
+        for m in mods:
+            cppyy.include(f"ns3/{m}-module.h")
+        for m in mods:
+            cppyy.load_library(f"libns{version}-{m}.so")
+        if "gbl" not in _state:
+            cppyy.cppdef(HUB_SOURCE)
+            _state["gbl"] = cppyy.gbl
+        if wifi and not _state.get("wifi"):
+            cppyy.cppdef(WIFI_SOURCE)
+            _state["wifi"] = True
+    return _state["gbl"].simfl_ns3
+
+
+HUB_SOURCE = r"""
+#include <algorithm>
+#include <cstdint>
+#include <unordered_map>
+#include <vector>
+
+namespace simfl_ns3 {
+using namespace ns3;
+
+struct MsgAcct {
+    uint64_t start = 0, end = 0;  // the message's bytes in its connection's stream: [start, end)
+    int64_t tFirst = -1;          // ns: first transmission of one of its bytes (-1: none yet)
+    int64_t tLast = -1;           // ns: last transmission (retransmissions too) of one of its bytes
+    uint64_t wire = 0;            // payload bytes transmitted for it (retransmissions too) + headers of its segments
+    uint64_t retx = 0;            // the part of `wire` that was retransmitted
+    uint32_t segs = 0;            // segments whose first byte is its (retransmissions too)
+};
+
+struct Conn {
+    Ptr<Socket> sock;
+    uint64_t written = 0, pushed = 0, received = 0, highest = 0;
+    uint32_t isn = 0;
+    std::vector<int64_t> msgs;  // message ids in stream order
+    size_t nextDone = 0;
+};
+
+struct Dev {
+    Ptr<NetDevice> dev;
+    uint32_t address = 0;  // IPv4 address of its interface
+    uint32_t linkHdr = 0;  // bytes of framing counted per packet on top of the IP packet
+    uint32_t l2Hdr = 0;    // bytes of the device's own header that the trace's packet carries
+    uint64_t bytes = 0, packets = 0, drops = 0;
+    uint64_t received = 0;  // WiFi: packets received from the cell (its losses: sent into it - received from it)
+};
+
+class Hub {
+  public:
+    std::vector<Ptr<Node>> nodes;
+    std::vector<Dev> devs;
+    std::vector<Conn> conns;
+    std::vector<MsgAcct> acct;
+    std::vector<int64_t> done;
+    std::unordered_map<uint64_t, uint32_t> byPeer;
+    std::vector<char> listening;
+    std::vector<std::vector<int32_t>> ifDev;  // node -> IPv4 interface -> device index (-1: none)
+    uint64_t inflight = 0;
+    uint32_t hdr = 0;
+    uint16_t port = 5000;
+
+    explicit Hub(uint32_t headerBytes) : hdr(headerBytes) {}
+
+    static void Configure(uint32_t mss, int64_t minRtoNs, int64_t delAckNs, int64_t connTimeoutNs,
+                          uint32_t seed, uint32_t run)
+    {
+        Simulator::Destroy();
+        RngSeedManager::SetSeed(seed);
+        RngSeedManager::SetRun(run);
+        Config::SetDefault("ns3::TcpSocket::SegmentSize", UintegerValue(mss));
+        Config::SetDefault("ns3::TcpSocket::DelAckTimeout", TimeValue(NanoSeconds(delAckNs)));
+        Config::SetDefault("ns3::TcpSocket::ConnTimeout", TimeValue(NanoSeconds(connTimeoutNs)));
+        Config::SetDefault("ns3::TcpSocketBase::MinRto", TimeValue(NanoSeconds(minRtoNs)));
+        Config::SetDefault("ns3::TcpSocketBase::Timestamp", BooleanValue(false));
+        Config::SetDefault("ns3::TcpSocket::DataRetries", UintegerValue(15));  // Linux's tcp_retries2
+    }
+
+    void Clear()
+    {
+        for (auto& c : conns) { c.sock = nullptr; }
+        conns.clear();
+        devs.clear();
+        nodes.clear();
+        Simulator::Destroy();
+    }
+
+    void AddNodes(uint32_t n)
+    {
+        NodeContainer c;
+        c.Create(n);
+        for (uint32_t i = 0; i < n; ++i) { nodes.push_back(c.Get(i)); }
+        listening.resize(nodes.size(), 0);
+        ifDev.resize(nodes.size());
+        InternetStackHelper st;
+        Ipv4StaticRoutingHelper sr;
+        st.SetRoutingHelper(sr);
+        st.SetIpv6StackInstall(false);
+        st.Install(c);
+    }
+
+    // queue: 0 = forwarding node (drop-tail device queue of `buffer` packets, no queue disc; on WiFi, see below);
+    // hosts keep a 1-packet device queue under a queue disc: 1 = FIFO of 1000 packets, 2 = fq_codel's fair
+    // queueing with its drop law off (target 1000 s), 3 = fq_codel as configured by default
+    void SetupQueue(uint32_t di, uint32_t queue, uint32_t buffer)
+    {
+        Ptr<NetDevice> d = devs[di].dev;
+        Ptr<PointToPointNetDevice> p2p = DynamicCast<PointToPointNetDevice>(d);
+        if (p2p) {
+            p2p->GetQueue()->SetMaxSize(QueueSize(QueueSizeUnit::PACKETS, queue == 0 ? buffer : 1));
+            p2p->GetQueue()->TraceConnectWithoutContext("Drop", MakeBoundCallback(&Hub::OnDevDrop, this, di));
+        }
+        if (queue == 0 && p2p) { return; }
+        TrafficControlHelper tch;
+        if (queue == 0) {  // a forwarding node's WiFi device: the MAC queue holds `buffer` packets (see AddCell),
+                           // a 1-packet queue disc above it drops (with a trace) when the MAC queue is full
+            tch.SetRootQueueDisc("ns3::FifoQueueDisc", "MaxSize", QueueSizeValue(QueueSize("1p")));
+        } else if (queue == 1) {
+            tch.SetRootQueueDisc("ns3::FifoQueueDisc", "MaxSize", QueueSizeValue(QueueSize("1000p")));
+        } else if (queue == 2) {
+            tch.SetRootQueueDisc("ns3::FqCoDelQueueDisc", "Target", StringValue("1000s"));
+        } else {
+            tch.SetRootQueueDisc("ns3::FqCoDelQueueDisc");
+        }
+        QueueDiscContainer qd = tch.Install(d);
+        qd.Get(0)->TraceConnectWithoutContext("Drop", MakeBoundCallback(&Hub::OnQdiscDrop, this, di));
+    }
+
+    uint32_t AddInterface(uint32_t node, Ptr<NetDevice> d, uint32_t address, uint32_t prefixLen, uint32_t linkHdr,
+                          uint32_t l2Hdr)
+    {
+        Ptr<Ipv4> ip = nodes[node]->GetObject<Ipv4>();
+        int32_t ifi = ip->AddInterface(d);
+        ip->AddAddress(ifi, Ipv4InterfaceAddress(Ipv4Address(address), Ipv4Mask(prefixLen == 0 ? 0u
+                                                  : ~((1u << (32 - prefixLen)) - 1u))));
+        ip->SetMetric(ifi, 1);
+        ip->SetUp(ifi);
+        uint32_t di = devs.size();
+        ifDev[node].resize(ifi + 1, -1);
+        ifDev[node][ifi] = di;
+        Dev dv;
+        dv.dev = d;
+        dv.address = address;
+        dv.linkHdr = linkHdr;
+        dv.l2Hdr = l2Hdr;
+        devs.push_back(dv);
+        if (DynamicCast<PointToPointNetDevice>(d)) {
+            d->TraceConnectWithoutContext("PhyTxBegin", MakeBoundCallback(&Hub::OnPhyTx, this, di));
+        }
+        return di;
+    }
+
+    // A full-duplex link; returns the device index of a's end (b's is the next one). Addresses: the /30 `subnet`.
+    // qa, qb: each end's queue (see SetupQueue); a host's end gets flow control so that its queue disc works.
+    uint32_t AddLink(uint32_t a, uint32_t b, uint64_t bps, int64_t delayNs, int64_t gapNs, uint32_t mtu,
+                     uint32_t linkHdr, uint32_t subnet, uint32_t qa, uint32_t qb, uint32_t buffer)
+    {
+        Ptr<PointToPointChannel> ch = CreateObject<PointToPointChannel>();
+        ch->SetAttribute("Delay", TimeValue(NanoSeconds(delayNs)));
+        uint32_t first = devs.size();
+        uint32_t ends[2] = {a, b}, queues[2] = {qa, qb};
+        for (int k = 0; k < 2; ++k) {
+            Ptr<PointToPointNetDevice> d = CreateObject<PointToPointNetDevice>();
+            d->SetAddress(Mac48Address::Allocate());
+            d->SetDataRate(DataRate(bps));
+            d->SetInterframeGap(NanoSeconds(gapNs));
+            d->SetMtu(mtu);
+            Ptr<Queue<Packet>> q = CreateObject<DropTailQueue<Packet>>();
+            d->SetQueue(q);
+            nodes[ends[k]]->AddDevice(d);
+            if (queues[k] != 0) {
+                Ptr<NetDeviceQueueInterface> ndqi = CreateObject<NetDeviceQueueInterface>();
+                ndqi->GetTxQueue(0)->ConnectQueueTraces(q);
+                d->AggregateObject(ndqi);
+            }
+            d->Attach(ch);
+            uint32_t di = AddInterface(ends[k], d, subnet + 1 + k, 30, linkHdr, 2);
+            SetupQueue(di, queues[k], buffer);
+        }
+        return first;
+    }
+
+    void AddRoute(uint32_t node, uint32_t dst, uint32_t dev, uint32_t gateway)
+    {
+        Ptr<Ipv4> ip = nodes[node]->GetObject<Ipv4>();
+        Ipv4StaticRoutingHelper sr;
+        sr.GetStaticRouting(ip)->AddHostRouteTo(Ipv4Address(dst), Ipv4Address(gateway),
+                                                ip->GetInterfaceForDevice(devs[dev].dev));
+    }
+
+    uint32_t Open(uint32_t src, uint32_t srcAddr, uint16_t srcPort, uint32_t dst, uint32_t dstAddr)
+    {
+        if (!listening[dst]) {
+            Ptr<Socket> l = Socket::CreateSocket(nodes[dst], TcpSocketFactory::GetTypeId());
+            l->Bind(InetSocketAddress(Ipv4Address::GetAny(), port));
+            l->Listen();
+            l->SetAcceptCallback(MakeNullCallback<bool, Ptr<Socket>, const Address&>(),
+                                 MakeCallback(&Hub::OnAccept, this));
+            listening[dst] = 1;
+        }
+        uint32_t ci = conns.size();
+        conns.emplace_back();
+        Ptr<Socket> s = Socket::CreateSocket(nodes[src], TcpSocketFactory::GetTypeId());
+        s->Bind(InetSocketAddress(Ipv4Address(srcAddr), srcPort));
+        byPeer[(uint64_t(srcAddr) << 16) | srcPort] = ci;
+        s->TraceConnectWithoutContext("Tx", MakeBoundCallback(&Hub::OnSegment, this, ci));
+        s->SetSendCallback(MakeBoundCallback(&Hub::OnSendSpace, this, ci));
+        s->Connect(InetSocketAddress(Ipv4Address(dstAddr), port));
+        conns[ci].sock = s;
+        return ci;
+    }
+
+    // Queue `bytes` on connection `ci` as message `id` (ids are 0, 1, 2, ... in call order).
+    void Send(uint32_t ci, uint64_t bytes, int64_t id)
+    {
+        Conn& c = conns[ci];
+        if (acct.size() <= size_t(id)) { acct.resize(id + 1); }
+        acct[id].start = c.written;
+        acct[id].end = c.written + bytes;
+        c.written += bytes;
+        c.msgs.push_back(id);
+        ++inflight;
+        Push(ci);
+        CheckDone(ci);  // a 0-byte message behind delivered ones is done at once
+    }
+
+    // Run until the simulated time stopNs (ns; < 0: no limit), a message completion, or no events are left.
+    int64_t RunUntil(int64_t stopNs)
+    {
+        EventId e;
+        if (stopNs >= 0) {
+            int64_t d = stopNs - Simulator::Now().GetNanoSeconds();
+            e = Simulator::Schedule(NanoSeconds(d < 0 ? 0 : d), &Hub::DoStop);
+        }
+        Simulator::Run();
+        if (stopNs >= 0) { Simulator::Cancel(e); }
+        return Simulator::Now().GetNanoSeconds();
+    }
+
+    static int64_t NowNs() { return Simulator::Now().GetNanoSeconds(); }
+
+  private:
+    static void DoStop() { Simulator::Stop(); }
+
+    void Push(uint32_t ci)
+    {
+        Conn& c = conns[ci];
+        while (c.pushed < c.written) {
+            uint32_t av = c.sock->GetTxAvailable();
+            if (av == 0) { return; }
+            uint32_t n = uint32_t(std::min<uint64_t>(av, c.written - c.pushed));
+            if (c.sock->Send(Create<Packet>(n), 0) < 0) { return; }
+            c.pushed += n;
+        }
+    }
+
+    bool CheckDone(uint32_t ci)
+    {
+        Conn& c = conns[ci];
+        bool any = false;
+        while (c.nextDone < c.msgs.size() && acct[c.msgs[c.nextDone]].end <= c.received) {
+            int64_t id = c.msgs[c.nextDone++];
+            if (acct[id].tFirst < 0) { acct[id].tFirst = Simulator::Now().GetNanoSeconds(); }
+            done.push_back(id);
+            --inflight;
+            any = true;
+        }
+        return any;
+    }
+
+    void OnAccept(Ptr<Socket> s, const Address& from)
+    {
+        InetSocketAddress a = InetSocketAddress::ConvertFrom(from);
+        auto it = byPeer.find((uint64_t(a.GetIpv4().Get()) << 16) | a.GetPort());
+        NS_ABORT_MSG_IF(it == byPeer.end(), "simfl: connection from an unknown peer");
+        s->SetRecvCallback(MakeBoundCallback(&Hub::OnRecv, this, it->second));
+    }
+
+    static void OnRecv(Hub* h, uint32_t ci, Ptr<Socket> s)
+    {
+        Conn& c = h->conns[ci];
+        Ptr<Packet> p;
+        while ((p = s->Recv())) {
+            if (p->GetSize() == 0) { break; }
+            c.received += p->GetSize();
+        }
+        if (h->CheckDone(ci)) { Simulator::Stop(); }
+    }
+
+    static void OnSendSpace(Hub* h, uint32_t ci, Ptr<Socket>, uint32_t) { h->Push(ci); }
+
+    static void OnSegment(Hub* h, uint32_t ci, Ptr<const Packet> p, const TcpHeader& th, Ptr<const TcpSocketBase>)
+    {
+        Conn& c = h->conns[ci];
+        uint32_t seq = th.GetSequenceNumber().GetValue();
+        if (th.GetFlags() & TcpHeader::SYN) {
+            c.isn = seq;
+            return;
+        }
+        uint32_t len = p->GetSize();
+        if (len == 0) { return; }
+        uint32_t rel = seq - c.isn - 1;  // stream offset modulo 2^32; unwrap it near the highest offset sent
+        uint64_t s = (c.highest & ~uint64_t(0xffffffff)) | rel;
+        if (s > c.highest + (uint64_t(1) << 31)) { s -= uint64_t(1) << 32; }
+        else if (s + (uint64_t(1) << 31) < c.highest) { s += uint64_t(1) << 32; }
+        uint64_t e = s + len, hi = c.highest;
+        auto& A = h->acct;
+        auto it = std::upper_bound(c.msgs.begin(), c.msgs.end(), s,
+                                   [&A](uint64_t v, int64_t id) { return v < A[id].end; });
+        int64_t now = Simulator::Now().GetNanoSeconds();
+        bool first = true;
+        for (; it != c.msgs.end() && A[*it].start < e; ++it) {
+            MsgAcct& m = A[*it];
+            if (m.end == m.start) { continue; }
+            uint64_t lo = std::max(s, m.start), up = std::min(e, m.end);
+            m.wire += up - lo;
+            if (lo < hi) { m.retx += std::min(up, hi) - lo; }
+            if (m.tFirst < 0) { m.tFirst = now; }
+            m.tLast = now;
+            if (first) {
+                m.segs += 1;
+                m.wire += h->hdr;
+                if (s < hi) { m.retx += h->hdr; }
+                first = false;
+            }
+        }
+        c.highest = std::max(c.highest, e);
+    }
+
+  public:
+    static void OnPhyTx(Hub* h, uint32_t di, Ptr<const Packet> p)
+    {
+        Dev& d = h->devs[di];
+        d.bytes += p->GetSize() - d.l2Hdr + d.linkHdr;
+        d.packets += 1;
+    }
+
+    static void OnDevDrop(Hub* h, uint32_t di, Ptr<const Packet>) { h->devs[di].drops += 1; }
+    static void OnQdiscDrop(Hub* h, uint32_t di, Ptr<const QueueDiscItem>) { h->devs[di].drops += 1; }
+};
+
+}  // namespace simfl_ns3
+"""
+
+WIFI_SOURCE = r"""
+#include <cmath>
+#include <string>
+
+namespace simfl_ns3 {
+using namespace ns3;
+
+// A cell's traffic is counted at the IP layer: what its members sent into it, and what they received from it
+static void OnIpTx(Hub* h, uint32_t node, Ptr<const Packet>, Ptr<Ipv4>, uint32_t ifi)
+{
+    int32_t di = h->ifDev[node][ifi];
+    if (di >= 0 && h->devs[di].l2Hdr == 8) { h->devs[di].packets += 1; }
+}
+
+static void OnIpRx(Hub* h, uint32_t node, Ptr<const Packet> p, Ptr<Ipv4>, uint32_t ifi)
+{
+    int32_t di = h->ifDev[node][ifi];
+    if (di >= 0 && h->devs[di].l2Hdr == 8) {
+        Dev& d = h->devs[di];
+        d.received += 1;
+        d.bytes += p->GetSize() + d.linkHdr;
+    }
+}
+
+// A WiFi cell (802.11ac, VHT mode `mcs` with `nss` spatial streams on a `width` MHz channel of its own, so cells do
+// not interfere): members[0] is the access point, the others its stations, within 5 m of it. Addresses: the /16
+// `subnet`. Returns the device index of the access point's device (the stations' follow in order).
+uint32_t AddCell(Hub& h, const std::vector<uint32_t>& members, const std::vector<uint32_t>& queues, uint32_t buffer,
+                 uint32_t subnet, uint32_t width, uint32_t nss, uint32_t mcs, uint32_t mtu, uint32_t linkHdr,
+                 const std::string& name)
+{
+    YansWifiPhyHelper phy;
+    phy.SetChannel(YansWifiChannelHelper::Default().Create());
+    phy.Set("ChannelSettings", StringValue("{0, " + std::to_string(width) + ", BAND_5GHZ, 0}"));
+    phy.Set("Antennas", UintegerValue(nss));
+    phy.Set("MaxSupportedTxSpatialStreams", UintegerValue(nss));
+    phy.Set("MaxSupportedRxSpatialStreams", UintegerValue(nss));
+    WifiHelper wifi;
+    wifi.SetStandard(WIFI_STANDARD_80211ac);
+    wifi.SetRemoteStationManager("ns3::ConstantRateWifiManager", "DataMode",
+                                 StringValue("VhtMcs" + std::to_string(mcs)));
+    WifiMacHelper mac;
+    Ssid ssid(name);
+    uint32_t first = h.devs.size();
+    for (size_t i = 0; i < members.size(); ++i) {
+        Ptr<Node> node = h.nodes[members[i]];
+        if (i == 0) {
+            mac.SetType("ns3::ApWifiMac", "Ssid", SsidValue(ssid));
+        } else {
+            mac.SetType("ns3::StaWifiMac", "Ssid", SsidValue(ssid));
+        }
+        Ptr<NetDevice> d = wifi.Install(phy, mac, node).Get(0);
+        d->SetMtu(mtu);
+        // the best-effort MAC queue (where TCP goes): a forwarding node's port queue holds `buffer` packets; a
+        // host's holds 64 (enough for an aggregate), its backlog waits in its queue disc (as a driver's small
+        // queue under Linux's qdisc; ns-3's default of 500 packets would expire them after 500 ms)
+        DynamicCast<WifiNetDevice>(d)->GetMac()->GetTxopQueue(AC_BE)->SetMaxSize(
+            QueueSize(QueueSizeUnit::PACKETS, queues[i] == 0 ? buffer : 64));
+        if (!node->GetObject<MobilityModel>()) {
+            Ptr<ConstantPositionMobilityModel> m = CreateObject<ConstantPositionMobilityModel>();
+            double a = 6.283185307179586 * i / members.size();
+            m->SetPosition(i == 0 ? Vector(0, 0, 0) : Vector(5 * std::cos(a), 5 * std::sin(a), 0));
+            node->AggregateObject(m);
+        }
+        uint32_t di = h.AddInterface(members[i], d, subnet + 1 + i, 16, linkHdr, 8);
+        h.SetupQueue(di, queues[i], buffer);
+        Ptr<Ipv4> ip = node->GetObject<Ipv4>();
+        ip->TraceConnectWithoutContext("Tx", MakeBoundCallback(&OnIpTx, &h, members[i]));
+        ip->TraceConnectWithoutContext("Rx", MakeBoundCallback(&OnIpRx, &h, members[i]));
+    }
+    return first;
+}
+
+// Packets now in the queue discs and MAC queues of devices d0 .. d0 + n (MPDUs stay queued until acknowledged).
+uint64_t Queued(Hub& h, uint32_t d0, uint32_t n)
+{
+    uint64_t q = 0;
+    for (uint32_t i = d0; i <= d0 + n; ++i) {
+        Ptr<NetDevice> d = h.devs[i].dev;
+        Ptr<QueueDisc> qd = d->GetNode()->GetObject<TrafficControlLayer>()->GetRootQueueDiscOnDevice(d);
+        if (qd) { q += qd->GetNPackets(); }
+        Ptr<WifiMac> m = DynamicCast<WifiNetDevice>(d)->GetMac();
+        for (AcIndex ac : {AC_BE, AC_BK, AC_VI, AC_VO}) { q += m->GetTxopQueue(ac)->GetNPackets(); }
+    }
+    return q;
+}
+
+// Static ARP entries everywhere (no ARP traffic, which a cell would broadcast).
+void FillArp() { NeighborCacheHelper().PopulateNeighborCache(); }
+
+// Whether the stations of the cell whose access point is device `ap` (stations: the next n devices) are associated.
+bool Associated(Hub& h, uint32_t ap, uint32_t n)
+{
+    for (uint32_t i = ap + 1; i <= ap + n; ++i) {
+        Ptr<StaWifiMac> m = DynamicCast<StaWifiMac>(DynamicCast<WifiNetDevice>(h.devs[i].dev)->GetMac());
+        if (!m || !m->IsAssociated()) { return false; }
+    }
+    return true;
+}
+
+}  // namespace simfl_ns3
+"""

@@ -1,0 +1,407 @@
+"""`Ns3Network`: the packet-level backend, with the public API of `simfl.network.Network` (see `simfl.ns3`)."""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import math
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import simpy
+from simpy.events import Event
+
+from simfl.config import NetworkParams
+from simfl.errors import SimflError
+from simfl.messages import Message
+from simfl.network import Network, _Wake
+from simfl.ns3 import cpp
+from simfl.topology import Hop, Resource, Topology
+from simfl.trace import LINK_SCHEMA, TraceRecorder
+
+__all__ = ["Ns3Network", "Ns3Options", "HOST_QDISCS"]
+
+HOST_KINDS = ("client", "server", "cloud")  # end hosts: a queue discipline; every other node forwards (drop-tail)
+HOST_QDISCS = {"fifo": 1, "fq": 2, "fq_codel": 3}  # the hub's queue codes (see cpp.HUB_SOURCE, Hub::SetupQueue)
+_PORT0 = 49152  # first source port of a node's connections
+_current: list[weakref.ref] = []  # the live Ns3Network (ns-3 has one simulator per process)
+_ASSOCIATION_LIMIT = 10.0  # s of ns-3 time for WiFi stations to associate before the simulation starts
+_HORIZON = 3600.0  # s: with no SimPy event left, how long ns-3 may run without a completion (WiFi beacons never end)
+_GOODPUT_SHARE = 0.70  # TCP goodput / PHY rate of one station alone in an ns-3 802.11ac cell (measured, 80 MHz MCS 7)
+# VHT (802.11ac): data subcarriers per channel width (MHz), and bits per subcarrier x coding rate of MCS 0-9
+_VHT_SUBCARRIERS = {20: 52, 40: 108, 80: 234, 160: 468}
+_VHT_MCS = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 4.5, 5.0, 6.0, 8 * 5 / 6)
+
+
+def vht_mode(goodput_bps: float) -> tuple[int, int, int, float]:
+    """(channel width MHz, spatial streams, MCS, PHY bit/s) of the 802.11ac mode (800 ns guard interval, 1-2
+    streams) whose PHY rate is closest to goodput / _GOODPUT_SHARE; ties go to narrower channels, fewer streams."""
+    target = goodput_bps / _GOODPUT_SHARE
+    best = None
+    for width, nsd in _VHT_SUBCARRIERS.items():
+        for nss in (1, 2):
+            for mcs, bits in enumerate(_VHT_MCS):
+                if width == 20 and mcs == 9:
+                    continue  # not a valid VHT mode for 1 or 2 streams
+                rate = nsd * bits * nss / 4e-6
+                key = (abs(rate - target) / target, width, nss, mcs)
+                if best is None or key < best[0]:
+                    best = (key, rate)
+    (_, width, nss, mcs), rate = best
+    return width, nss, mcs, rate
+
+
+def _ns(t: float) -> int:
+    return round(t * 1e9)
+
+
+@dataclass(frozen=True)
+class Ns3Options:
+    """The ns-3 knobs, read from the network parameters (`getattr(params, key, default)`)."""
+
+    buffer_packets: int = 100  # drop-tail queue of each forwarding node's port (a link direction), in packets
+    min_rto: float = 0.2  # TCP minimum retransmission timeout, s (Linux: 200 ms; ns-3's default: 1 s)
+    delayed_ack: float = 0.04  # TCP delayed-ACK timeout, s (Linux: 40 ms; ns-3's default: 200 ms)
+    syn_timeout: float = 1.0  # TCP connection (SYN) retransmission timeout, s (Linux: 1 s; ns-3's default: 3 s)
+    host_qdisc: str = "fq"  # end hosts' queue discipline: "fifo" | "fq" | "fq_codel"
+
+    def __post_init__(self) -> None:
+        b = self.buffer_packets
+        if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+            raise SimflError(f"network.buffer_packets = {b!r}: must be an integer >= 1 (packets)")
+        for k in ("min_rto", "delayed_ack", "syn_timeout"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < math.inf:
+                raise SimflError(f"network.{k} = {v!r}: must be a positive number of seconds")
+        if self.host_qdisc not in HOST_QDISCS:
+            raise SimflError(f"network.host_qdisc = {self.host_qdisc!r}: must be one of {', '.join(HOST_QDISCS)}")
+
+    @classmethod
+    def from_params(cls, params: Any) -> Ns3Options:
+        """The options that `params` has (attributes of these names); the defaults for the others."""
+        return cls(**{f.name: getattr(params, f.name) for f in dataclasses.fields(cls) if hasattr(params, f.name)})
+
+
+class _Flow:
+    __slots__ = ("src", "dst", "hops", "conn")
+
+    def __init__(self, src: str, dst: str, hops: tuple[Hop, ...]) -> None:
+        self.src = src
+        self.dst = dst
+        self.hops = hops
+        self.conn = -1
+
+
+class _Tx:
+    __slots__ = ("msg_id", "kind", "phase", "round", "payload_bits", "bytes", "t_send", "payload", "event", "flow")
+
+    def __init__(self, msg_id: int, kind: str, phase: str, rnd: int, payload_bits: int, t_send: float,
+                 payload: Any, event: Event, flow: _Flow) -> None:
+        self.msg_id = msg_id
+        self.kind = kind
+        self.phase = phase
+        self.round = rnd
+        self.payload_bits = payload_bits
+        self.bytes = (payload_bits + 7) // 8
+        self.t_send = t_send
+        self.payload = payload
+        self.event = event
+        self.flow = flow
+
+
+class Ns3Network:
+    """Messages over the topology, simulated packet by packet by ns-3 (TCP/IP). See `simfl.ns3` for the model."""
+
+    inbox = Network.inbox
+    route = Network.route
+    in_flight = Network.in_flight
+
+    def __init__(self, env: simpy.Environment, topology: Topology, params: NetworkParams | None = None,
+                 recorder: TraceRecorder | None = None, *, seed: int = 1, options: Ns3Options | None = None) -> None:
+        self.env = env
+        self.topology = topology
+        self.params = params or NetworkParams()
+        self.options = options or Ns3Options.from_params(self.params)
+        self.recorder = recorder if recorder is not None else TraceRecorder()
+        self.recorder.set_link_source(self.link_columns)
+        self.keep_unclaimed = True  # as Network.keep_unclaimed
+        self.sent = 0
+        self.delivered = 0
+        self.retransmitted_bytes: dict[int, int] = {}  # msg_id -> retransmitted wire bytes (delivered messages)
+        self._inboxes: dict[str, simpy.FilterStore] = {}
+        self._unclaimed: dict[str, list[Message]] = {}
+        self._node_set = frozenset(topology.nodes)
+        self._flows: dict[tuple[str, str], _Flow] = {}
+        self._txs: dict[int, _Tx] = {}
+        self._outbox: list[_Tx] = []
+        self._res_msgs = {r.id: 0 for r in topology.resources}
+        self._pump_t: float | None = None
+        self._token = 0
+        self._closed = False
+        if self.params.ip_header_bytes < 40:
+            raise SimflError(f"network.ip_header_bytes = {self.params.ip_header_bytes}: the ns3 backend sends real "
+                             "TCP/IP headers (40 bytes); a smaller value would make segments exceed the MTU")
+        mod = cpp.load(wifi=any(r.medium == "cell" for r in topology.resources))
+        for ref in _current:
+            old = ref()
+            if old is not None:
+                old.close()
+        _current[:] = [weakref.ref(self)]
+        o = self.options
+        mss = self.params.mtu - self.params.ip_header_bytes
+        mod.Hub.Configure(mss, _ns(o.min_rto), _ns(o.delayed_ack), _ns(o.syn_timeout), int(seed) & 0xFFFFFFFF or 1, 1)
+        self._hub = mod.Hub(self.params.header_bytes)
+        self._idx = {n: i for i, n in enumerate(topology.nodes)}
+        self._dev: dict[tuple[str, str], int] = {}  # (link or cell name, node) -> hub device index
+        self._addr: dict[int, int] = {}  # hub device index -> IPv4 address (int)
+        self._res_devs: dict[str, list[int]] = {}  # resource id -> devices whose transmissions it carries
+        self._routes: dict[tuple[str, int], int] = {}  # (node, destination address) -> device
+        self._ports: dict[str, int] = {}
+        self.cell_modes: dict[str, dict[str, Any]] = {}  # cell name -> the WiFi mode chosen for it
+        self._cells: list[tuple[str, int, int]] = []  # (resource id, access point's device, stations)
+        self._t0_ns = 0
+        self._build()
+        self._start()
+
+    # ------------------------------------------------------------------ public API
+    def send(self, src: str, dst: str, *, kind: str, phase: str, round: int, payload_bits: int,
+             payload: Any = None) -> Event:
+        """Queue a message; returns an event whose value is the delivered `Message` (also put in `inbox(dst)`)."""
+        self._check_open()
+        flow = self._flows.get((src, dst))
+        if flow is None:
+            flow = self._new_flow(src, dst)
+        bits = int(payload_bits)
+        if bits < 0:
+            raise ValueError(f"send {src}->{dst}: payload_bits must be >= 0, got {payload_bits}")
+        env = self.env
+        ev = Event(env)
+        tx = _Tx(self.sent, kind, phase, int(round), bits, env.now, payload, ev, flow)
+        self._txs[tx.msg_id] = tx
+        self._outbox.append(tx)
+        self.sent += 1
+        self._schedule(env.now)
+        return ev
+
+    def totals(self) -> dict[str, Any]:
+        """`Network.totals`, plus retransmitted wire bytes and dropped packets."""
+        return {**Network.totals(self), "retransmitted_bytes": sum(self.retransmitted_bytes.values()),
+                "drops": sum(self.link_drops().values())}
+
+    def link_drops(self) -> dict[str, int]:
+        """Packets dropped so far per resource id: by a link direction's queue; in a cell, the IP packets its
+        members sent into it that neither arrived nor are still queued (queue discs, MAC queues; a frame in the air
+        or in a block-ack reordering buffer counts as dropped until it arrives)."""
+        devs = self._hub.devs
+        out = {rid: sum(int(devs[d].drops) for d in ds) for rid, ds in self._res_devs.items()}
+        if self._cells:  # ns-3 3.44 leaves some WiFi queue drops without a trace: count what went missing instead
+            mod = cpp.load(wifi=True)
+            for rid, d0, n in self._cells:
+                sent = sum(int(devs[d].packets) - int(devs[d].received) for d in range(d0, d0 + n + 1))
+                out[rid] = max(0, sent - int(mod.Queued(self._hub, d0, n)))
+        return out
+
+    def link_columns(self) -> dict[str, list[Any]]:
+        """The links table (see `simfl.trace.LINK_SCHEMA`) as columns, as of now: `bytes` counts every packet a
+        link direction (or a cell) transmitted, ACKs and retransmissions included, as IP bytes plus
+        `link_header_bytes`; `busy_s` is their transmission time; `drops` (when the schema has it) the packets its
+        queue dropped."""
+        now = self.env.now
+        devs = self._hub.devs
+        drops = self.link_drops()
+        cols: dict[str, list[Any]] = {k: [] for k in LINK_SCHEMA}
+        for r in self.topology.resources:
+            nbytes = sum(int(devs[d].bytes) for d in self._res_devs[r.id])
+            row = {"link": r.link, "medium": r.medium, "src": r.src, "dst": r.dst, "capacity_bps": r.capacity_bps,
+                   "latency_s": r.latency_s, "bytes": nbytes, "messages": self._res_msgs[r.id],
+                   "busy_s": 8.0 * nbytes / r.capacity_bps,
+                   "utilisation": 8.0 * nbytes / (r.capacity_bps * now) if now > 0 else 0.0, "drops": drops[r.id]}
+            for k in cols:
+                cols[k].append(row[k])
+        return cols
+
+    def close(self) -> None:
+        """Release ns-3 (done automatically when another Ns3Network is created: ns-3 runs one at a time)."""
+        if not self._closed:
+            self._closed = True
+            self._hub.Clear()
+
+    # ------------------------------------------------------------------ building
+    def _queue(self, node: str) -> int:
+        return HOST_QDISCS[self.options.host_qdisc] if self.topology.kind(node) in HOST_KINDS else 0
+
+    def _build(self) -> None:
+        hub, p, o = self._hub, self.params, self.options
+        topo = self.topology
+        hub.AddNodes(len(topo.nodes))
+        p2p = [r for r in topo.resources if r.medium == "p2p"]
+        for k in range(0, len(p2p), 2):
+            ra, rb = p2p[k], p2p[k + 1]
+            if ra.link != rb.link or (ra.src, ra.dst) != (rb.dst, rb.src):
+                raise SimflError(f"ns3 backend: link {ra.link!r}: expected its two directions next to each other")
+            gap = max(0, p.link_header_bytes - 2) * 8 / ra.capacity_bps  # the PPP header is 2 of the framing bytes
+            da = hub.AddLink(self._idx[ra.src], self._idx[ra.dst], round(ra.capacity_bps), _ns(ra.latency_s),
+                             _ns(gap), p.mtu, p.link_header_bytes, 0x0A000000 + 4 * (k // 2), self._queue(ra.src),
+                             self._queue(rb.src), o.buffer_packets)
+            for d, r in ((da, ra), (da + 1, rb)):
+                self._dev[(r.link, r.src)] = d
+                self._addr[d] = int(hub.devs[d].address)
+                self._res_devs[r.id] = [d]
+        for j, r in enumerate(r for r in topo.resources if r.medium == "cell"):
+            self._add_cell(j, r)
+
+    def _add_cell(self, j: int, r: Resource) -> None:
+        """One WiFi cell: its access point and stations, the VHT mode closest to the cell's capacity."""
+        g, ap = self.topology.graph, r.src
+        stations = [n for n in self.topology.nodes
+                    if g.has_edge(ap, n) and g.edges[ap, n]["medium"] == "cell" and g.edges[ap, n]["link"] == r.link]
+        members = [ap, *stations]
+        width, nss, mcs, phy_bps = vht_mode(r.capacity_bps)
+        self.cell_modes[r.link] = {"standard": "802.11ac", "width_mhz": width, "streams": nss, "mcs": mcs,
+                                   "phy_bps": phy_bps}
+        p = self.params
+        d0 = int(cpp.load(wifi=True).AddCell(self._hub, [self._idx[n] for n in members],
+                                             [self._queue(n) for n in members], self.options.buffer_packets,
+                                             0x0A800000 + (j << 16), width, nss, mcs, p.mtu, p.link_header_bytes,
+                                             r.link))
+        for i, n in enumerate(members):
+            self._dev[(r.link, n)] = d0 + i
+            self._addr[d0 + i] = int(self._hub.devs[d0 + i].address)
+        self._res_devs[r.id] = list(range(d0, d0 + len(members)))
+        self._cells.append((r.id, d0, len(stations)))
+
+    def _start(self) -> None:
+        """Initialise ns-3's nodes (at its time 0); with WiFi cells, fill the ARP caches and let every station
+        associate first: SimPy's time 0 is then ns-3's time `_t0_ns`."""
+        hub = self._hub
+        hub.RunUntil(0)
+        if not self._cells:
+            return
+        mod = cpp.load(wifi=True)
+        mod.FillArp()
+        step = _ns(0.01)
+        while not all(mod.Associated(hub, d0, n) for _, d0, n in self._cells):
+            if hub.NowNs() > _ns(_ASSOCIATION_LIMIT):
+                raise SimflError(f"ns3 backend: WiFi stations not associated after {_ASSOCIATION_LIMIT:g} s")
+            hub.RunUntil(hub.NowNs() + step)
+        self._t0_ns = int(hub.NowNs())
+
+    def _new_flow(self, src: str, dst: str) -> _Flow:
+        if src == dst:
+            raise SimflError(f"send: source and destination are the same node ({src!r})")
+        flow = _Flow(src, dst, self.topology.route_tuple(src, dst))
+        self._flows[(src, dst)] = flow
+        return flow
+
+    def _open(self, flow: _Flow) -> None:
+        """The flow's TCP connection, and host routes along simfl's routes for its data and its ACKs."""
+        src, dst, fwd = flow.src, flow.dst, flow.hops
+        s_addr = self._addr[self._dev[(fwd[0].link, src)]]
+        d_addr = self._addr[self._dev[(fwd[-1].link, dst)]]
+        self._add_routes(fwd, d_addr)
+        self._add_routes(self.topology.route_tuple(dst, src), s_addr)
+        port = self._ports.get(src, _PORT0)
+        if port > 65535:
+            raise SimflError(f"ns3 backend: node {src!r} sends to more than {65536 - _PORT0} nodes")
+        self._ports[src] = port + 1
+        flow.conn = self._hub.Open(self._idx[src], s_addr, port, self._idx[dst], d_addr)
+
+    def _add_routes(self, hops: tuple[Hop, ...], addr: int) -> None:
+        for h in hops:
+            d = self._dev[(h.link, h.src)]
+            old = self._routes.get((h.src, addr))
+            if old == d:
+                continue
+            if old is not None:
+                raise SimflError(f"ns3 backend: node {h.src!r} would need two routes to one address (simfl's "
+                                 "least-latency routes differ by source on this topology); give the tied paths "
+                                 "different latencies")
+            self._routes[(h.src, addr)] = d
+            self._hub.AddRoute(self._idx[h.src], addr, d, self._addr[self._dev[(h.link, h.dst)]])
+
+    # ------------------------------------------------------------------ co-simulation
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SimflError("this Ns3Network was closed (ns-3 runs one network per process: a newer one replaced "
+                             "it)")
+
+    def _schedule(self, t: float) -> None:
+        """Run the pump at simulated time t (after SimPy's normal events there) unless it runs earlier anyway."""
+        if self._pump_t is not None and self._pump_t <= t:
+            return
+        self._pump_t = t
+        self._token += 1
+        token = self._token
+        _Wake(self.env, t - self.env.now, lambda _ev: self._pump(token))
+
+    def _pump(self, token: int) -> None:
+        """Bring ns-3 to now, deliver what completed, hand it the new messages, and run it until SimPy's next
+        event or the next completion, whichever is first; then come back at that instant."""
+        if token != self._token or self._closed:
+            return
+        self._pump_t = None
+        env, hub = self.env, self._hub
+        now = env.now
+        t0 = self._t0_ns
+        hub.RunUntil(t0 + _ns(now))
+        self._collect(now)
+        for tx in self._outbox:
+            flow = tx.flow
+            if flow.conn < 0:
+                self._open(flow)
+            hub.Send(flow.conn, tx.bytes, tx.msg_id)
+        self._outbox.clear()
+        self._collect(now)
+        if not hub.inflight:
+            return  # sleep until the next send
+        t_next = env.peek()
+        if t_next <= now:
+            self._schedule(now)  # SimPy has more to do at this instant (e.g. the deliveries just made)
+            return
+        stop = t0 + _ns(t_next if t_next < math.inf else now + _HORIZON)
+        t_ns = hub.RunUntil(stop)
+        if hub.done.size():
+            self._schedule(min(max((t_ns - t0) * 1e-9, now), t_next))
+        elif stop <= t_ns and t_next < math.inf:
+            self._schedule(t_next)
+        # else: no completion within the horizon, or ns-3 ran out of events, with messages in flight (their
+        # connection gave up): they stay undelivered
+
+    def _collect(self, now: float) -> None:
+        done = self._hub.done
+        n = done.size()
+        if not n:
+            return
+        ids = [int(done[i]) for i in range(n)]
+        done.clear()
+        for i in ids:
+            self._deliver(self._txs.pop(i), now)
+
+    def _deliver(self, tx: _Tx, now: float) -> None:
+        f = tx.flow
+        a = self._hub.acct[tx.msg_id]
+        retx = int(a.retx)
+        t_start = max(tx.t_send, (int(a.tFirst) - self._t0_ns) * 1e-9)
+        t_tx = min(now, max(t_start, (int(a.tLast) - self._t0_ns) * 1e-9))
+        msg = Message(tx.msg_id, f.src, f.dst, tx.kind, tx.phase, tx.round, tx.payload_bits, int(a.wire),
+                      int(a.segs), len(f.hops), tx.t_send, t_start, t_tx, now, tx.payload, retransmitted_bytes=retx)
+        self.retransmitted_bytes[tx.msg_id] = retx
+        for h in f.hops:
+            self._res_msgs[h.resource] += 1
+        self.recorder.record_message(msg)
+        self.delivered += 1
+        tx.event.succeed(msg)
+        box = self._inboxes.get(f.dst)
+        if box is not None:
+            box.put(msg)
+        elif self.keep_unclaimed:
+            self._unclaimed.setdefault(f.dst, []).append(msg)
+
+
+@atexit.register
+def _release() -> None:
+    for ref in _current:
+        net = ref()
+        if net is not None:
+            net.close()
