@@ -412,7 +412,8 @@ class Learner:
             except StoreDamaged as e:
                 left = sorted([*left, e.args[0]], key=self._order)
                 continue
-            left = [k for k in left if k not in set(batch)]
+            done = set(batch)
+            left = [k for k in left if k not in done]
 
     def _run(self, batch: list[str]) -> None:
         """Compute one batch (one op of one stage) and keep and store its values; nodes another process stored

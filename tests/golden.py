@@ -11,13 +11,14 @@ detectors). Regenerate them on the code that defines the reference, then keep th
 
 `--write` replaces the digests of the cases it ran and keeps the others. tests/test_golden.py compares the tiny
 cases. The runs use the simfl that Python imports: to take the reference from another checkout (the code before a
-change), put it first on the path, e.g. ``PYTHONPATH=/path/to/reference python tests/golden.py --write --default``
-(its topologies/default.toml is used too).
+change, which need not have this file), run this file from this checkout with the reference first on the path:
+``PYTHONPATH=/path/to/reference python tests/golden.py --write --default`` (its topologies/default.toml is used
+too; run the file, not ``python -m``, which would put the working folder first).
 
-One case differs by design from the code the digests were taken on (simfl 675bfb8, learning planned ahead):
-with the server aggregating and detector "last_fit", round 1's models leave the server when the leader has found
-the communities, no longer at t = 0 (the server cannot know them earlier). Its AUCs stay equal: `COMPARED` limits
-that case to them.
+The digests in golden.json were taken on main 1468396 (the learning planned ahead, before the learner). One case
+differs by design from that code: with the server aggregating and detector "last_fit", round 1's models leave the
+server when the leader has found the communities, no longer at t = 0 (the server cannot know them earlier). Its
+AUCs stay equal: `COMPARED` limits that case to them.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from simfl.cache import NodeStore
 from simfl.communities import association_matrix, find_communities
 from simfl.config import Experiment, scenario_from_dict
 from simfl.data import ClientShard, Partition
@@ -35,7 +36,8 @@ def scenario(n: int, *, aggregator: str = "member", headers: bool = True) -> obj
     })
 
 
-def learner(p: int, n_classes: int, ratios: np.ndarray, rounds: int, **exp: object) -> Learner:
+def learner(p: int, n_classes: int, ratios: np.ndarray, rounds: int, store: NodeStore | None = None,
+            **exp: object) -> Learner:
     """A learner for p x n_classes clients of 10 blank images whose fake cross-evaluation returns `ratios`."""
     n = p * n_classes
     shards = tuple(
@@ -44,10 +46,10 @@ def learner(p: int, n_classes: int, ratios: np.ndarray, rounds: int, **exp: obje
         for i in range(n)
     )
     part = Partition(classes=tuple(range(n_classes)), p=p, d=0.1, seed=0, clients=shards, tests={})
-    e = Experiment(classes=tuple(range(n_classes)), clients_per_class=p, rounds=rounds, local_epochs=(1,),
-                   tau=0.06, baselines=(), workers=0, **exp)  # type: ignore[arg-type]
+    fields = {"local_epochs": (1,), "tau": 0.06, "baselines": (), "workers": 0, **exp}
+    e = Experiment(classes=tuple(range(n_classes)), clients_per_class=p, rounds=rounds, **fields)  # type: ignore
     fake = FakeEngine(ratios)
-    return Learner(e, part, engine=lambda: fake, engine_kind="fake")
+    return Learner(e, part, store, engine=lambda: fake, engine_kind="fake")
 
 
 def communities_of(ratios: np.ndarray, tau: float = 0.06) -> list[list[int]]:
@@ -221,3 +223,21 @@ def test_compute_rows_get_the_learners_wall_times() -> None:
     assert all(w == 0.0 for w, k in zip(walls, kinds, strict=True) if k in ("train", "aggregate"))
     world.recorder.set_compute_wall_s(walls)
     assert world.recorder.compute_frame()["wall_s"].to_list() == walls
+
+
+def test_a_longer_run_computes_only_its_new_rounds(tmp_path) -> None:
+    """Cache reuse is per computation: a run of 3 rounds after one of 2 (same store) reads phase I and rounds 1-2
+    back and computes round 3 alone; changing round 2's epochs recomputes from round 2 on."""
+    p, c = 2, 2
+
+    def run_with(rounds: int, local_epochs: tuple[int, ...]) -> list:
+        lr = learner(p, c, block_ratios(p, c), rounds, NodeStore(tmp_path), local_epochs=local_epochs)
+        _, fed, _, _ = run(lr)
+        for i in range(p * c):  # every client's final average (what the evaluation asks for)
+            lr.value(fed.record.method.final(i), "state")
+        return [name for name, _ in _fake(lr).calls] if lr.stats.computed else []
+
+    assert run_with(2, (1,)) == ["train", "score", "cross", "train", "train"]
+    assert run_with(3, (1,)) == ["train"]  # round 3 only
+    assert run_with(3, (1,)) == []
+    assert run_with(3, (1, 2)) == ["train", "train"]  # rounds 2 and 3 train 2 epochs now: round 1 is read back
