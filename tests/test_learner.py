@@ -156,3 +156,41 @@ def test_cpu_results_do_not_depend_on_the_batch(stacked: bool) -> None:
         whole = eng.cross_inlier_ratios("ae5", states, thr, xs)
         one = eng.cross_inlier_ratios("ae5", states[1:2], thr[1:2], xs)
     assert np.array_equal(one[:, 0], whole[:, 1])
+
+
+# ---------------------------------------------------------------------------------------------- a whole run
+def test_a_tiny_run_makes_one_call_per_stage_and_a_cached_rerun_none(tmp_path, monkeypatch) -> None:
+    """The tiny scenario on the fake engine (every client associates: one community of 4; true groups [0, 1] and
+    [2, 3]): one engine call per stage, the ideal baseline's round 1 trains only the clients whose start differs
+    from their community's (the groups [0, 1] and [0, 1, 2, 3] share their lowest member), the baselines in one
+    call, every AUC in one. The same run again computes nothing and starts no engine."""
+    from conftest import TINY
+
+    import simfl.learner as learner_mod
+    from simfl.config import load_scenario
+    from simfl.runner import run_scenario
+
+    engines: list[FakeEngine] = []
+
+    def fake(**_kw: object) -> FakeEngine:
+        engines.append(FakeEngine())
+        return engines[-1]
+
+    monkeypatch.setattr(learner_mod, "Engine", fake)
+    monkeypatch.setenv("SIMFL_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "tiny.toml").write_text(TINY + "max_samples_per_client = 40\n")
+    s = run_scenario(load_scenario(tmp_path / "tiny.toml"), tmp_path / "a", progress=False)
+    assert s["communities"] == [[0, 1, 2, 3]]
+    everyone = [0, 1, 2, 3]
+    assert engines[0].calls == [
+        ("train", everyone), ("score", everyone), ("cross", everyone),  # phase I
+        ("train", everyone), ("train", everyone),  # the method's rounds 1 and 2
+        ("train", [2, 3]), ("train", everyone),  # the ideal baseline's rounds 1 and 2
+        ("train", [*everyone, -1]),  # the local baseline and the centralised model
+        # AUCs: 2 classes x (method's average, ideal's 2 averages, centralised) + 4 x (method's and ideal's last
+        # fits, local models): 18 (model, test set) pairs
+        ("score", list(range(18))),
+    ]
+    again = run_scenario(load_scenario(tmp_path / "tiny.toml"), tmp_path / "b", progress=False)
+    assert len(engines) == 1 and again["cache"]["computed"] == 0 and again["learning_from_cache"] is True
+    assert again["auc_mean"] == s["auc_mean"]
