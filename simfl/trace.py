@@ -143,6 +143,13 @@ class TraceRecorder:
         c["flops"].append(float(flops))
         c["wall_s"].append(float(wall_s))
 
+    def set_compute_wall_s(self, walls: list[float]) -> None:
+        """Replace the compute rows' `wall_s` (one value per row, in recording order): a workload whose learning
+        runs lazily knows them only after the rows were recorded."""
+        if len(walls) != len(self._compute["wall_s"]):
+            raise ValueError(f"{len(walls)} wall times for {len(self._compute['wall_s'])} compute rows")
+        self._compute["wall_s"] = [float(w) for w in walls]
+
     def set_link_source(self, source: Callable[[], dict[str, list[Any]]]) -> None:
         """Register the callable (the Network's) that returns the link table's columns."""
         self._links = source
