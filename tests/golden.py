@@ -15,7 +15,8 @@ change, which need not have this file), run this file from this checkout with th
 ``PYTHONPATH=/path/to/reference python tests/golden.py --write --default`` (its topologies/default.toml is used
 too; run the file, not ``python -m``, which would put the working folder first).
 
-The digests in golden.json were taken on main 1468396 (the learning planned ahead, before the learner). One case
+The digests in golden.json were taken on main 3fda9e1 (the learning planned ahead, before the learner; with the
+TCP handshake, imperfect links and background traffic). One case
 differs by design from that code: with the server aggregating and detector "last_fit", round 1's models leave the
 server when the leader has found the communities, no longer at t = 0 (the server cannot know them earlier). Its
 AUCs stay equal: `COMPARED` limits that case to them.
