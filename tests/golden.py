@@ -38,7 +38,7 @@ from pathlib import Path
 import polars as pl
 
 GOLDEN = Path(__file__).resolve().parent / "golden.json"
-TINY_TOML = "tiny.toml"  # written from conftest.TINY (full shards) into the work folder
+TINY_TOML = "tiny.toml"  # written from conftest.TINY (shards capped as the other tests cap them) into the work folder
 # name -> (scenario, overrides); the tiny cases share their learning (one cache), so only the first trains
 CASES: dict[str, tuple[str, tuple[str, ...]]] = {
     "tiny-global-member": (TINY_TOML, ()),
@@ -87,14 +87,14 @@ def _env(**values: str) -> Iterator[None]:
 def run_cases(names: Sequence[str], work: Path) -> dict[str, dict[str, str]]:
     """Run each case into `work`/<name> (one learning cache for all of them) and return their digests."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from conftest import TINY
+    from conftest import TINY, TINY_SAMPLES
 
     import simfl
     from simfl.config import load_scenario
     from simfl.runner import run_scenario
 
     topologies = Path(simfl.__file__).resolve().parent.parent / "topologies"
-    (work / TINY_TOML).write_text(TINY)
+    (work / TINY_TOML).write_text(TINY + f"max_samples_per_client = {TINY_SAMPLES}\n")
     found: dict[str, dict[str, str]] = {}
     with _env(SIMFL_CACHE=str(work / "cache")):
         for name in names:
