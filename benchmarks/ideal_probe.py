@@ -12,7 +12,6 @@ trained independently. All ten classes take ~25 min on 2 CPU cores.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import time
 from pathlib import Path
@@ -20,16 +19,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from simfl import plan
+import simfl.learner as learner_mod
 from simfl.config import load_scenario
-from simfl.learning import Engine
+from simfl.learner import Learner, Ref, Stage
+from simfl.plan import FL_SEED_TAG, derive_seed, partition_of
 
 PRESET = Path(__file__).resolve().parent.parent / "topologies" / "paper-90.toml"
+TORCH_INIT = learner_mod.init_state
 
 
 def keras_init(model: str, seed: int) -> dict[str, torch.Tensor]:
     """Glorot-uniform weights (fans symmetric, so conv and conv-transpose layouts agree) and zero biases."""
-    shapes = plan.init_state(model, seed)
+    shapes = TORCH_INIT(model, seed)
     g = torch.Generator().manual_seed(int(seed) + 12345)
     out = {}
     for name, v in shapes.items():
@@ -51,21 +52,26 @@ def main() -> None:
     exp = scenario.experiment
     seed = scenario.seed if args.seed is None else args.seed
     classes = exp.classes if args.classes is None else [int(c) for c in args.classes.split(",")]
-    if args.init == "keras":
-        plan.init_state = keras_init  # the shared starting model of each group is made in this process
-    part = plan.partition_of(exp, seed)
+    if args.init == "keras":  # the shared starting model of each group (no cache: its keys do not say so)
+        learner_mod.init_state = keras_init
+    part = partition_of(exp, seed)
     groups = [g for g, c in zip(part.true_groups(), exp.classes, strict=True) if c in classes]
-    # only the chosen classes' clients (plan_federated and _evaluate key them by ID, not position)
-    sub = dataclasses.replace(part, clients=tuple(part.clients[i] for g in groups for i in g))
     t0 = time.perf_counter()
-    with Engine(device="cpu", workers=exp.workers) as engine:
-        fl = plan.plan_federated(engine, exp, sub, groups, seed, "ideal", lambda _m: None)
-        for t, results in enumerate(fl.rounds, start=1):
-            by_client = {r.key: r.state for r in results}
-            aucs = plan._evaluate(engine, sub, exp.phase2_model, by_client)
+    with Learner(exp, part, device="cpu") as lr:
+        aucs: list[dict[int, Ref]] = [{} for _ in range(exp.rounds)]  # per round: each client's last fit's AUC
+        for g in groups:  # as the node processes register the ideal baseline (simfl.protocol)
+            model = lr.init(exp.phase2_model, derive_seed(seed, FL_SEED_TAG, "init", g[0]), Stage("ideal", 1))
+            prev: dict[int, Ref] = {}
+            for r in range(1, exp.rounds + 1):
+                prev = {i: lr.train(i, exp.phase2_model, exp.epochs_in_round(r - 1),
+                                    derive_seed(seed, FL_SEED_TAG, r - 1, i), stage=Stage("ideal", r), init=model,
+                                    opt=prev.get(i) if exp.persist_optimizer else None) for i in g}
+                model = lr.fedavg(list(prev.items()), Stage("ideal", r))
+                aucs[r - 1] |= {i: lr.auc(u, part.clients[i].inlier_class) for i, u in prev.items()}
+        for t, by_client in enumerate(aucs, start=1):
             per: dict[int, list[float]] = {}
-            for s, a in zip(sub.clients, aucs, strict=True):
-                per.setdefault(s.inlier_class, []).append(a)
+            for i, a in sorted(by_client.items()):
+                per.setdefault(part.clients[i].inlier_class, []).append(lr.meta(a)["auc"])
             means = {c: float(np.mean(v)) for c, v in sorted(per.items())}
             cells = "  ".join(f"{c}: {m:.3f}" for c, m in means.items())
             print(f"seed {seed} init {args.init} round {t:2d}  {cells}  mean {np.mean(list(means.values())):.4f}",

@@ -6,11 +6,10 @@
     .venv/bin/python benchmarks/validate_ns3.py --skip fedad
 
 Printed as a markdown table, per case: messages; when the last message is delivered and the median message's
-completion time (delivery - send) under both backends (simulated seconds) and their ratio ns-3 / fluid; `+hs` is
-the last-message ratio once the fluid time counts the TCP handshake (one round trip of a 48-byte SYN on the
-slowest pair's path, which the fluid model does not have); ns-3's dropped packets and retransmitted bytes; the wall
-time of each backend's run (ns-3's import and compilation, paid once per process, is printed apart). A case where
-a TCP connection gave up (Linux's limits) says so in the ns-3 columns.
+completion time (delivery - send) under both backends (simulated seconds) and their ratio ns-3 / fluid (the fluid
+model counts the TCP handshake, `network.handshake`, on by default); ns-3's dropped packets and retransmitted
+bytes; the wall time of each backend's run (ns-3's import and compilation, paid once per process, is printed
+apart). A case where a TCP connection gave up (Linux's limits) says so in the ns-3 columns.
 
 Cases:
 - reference: a 1 MB transfer over a 10 Mbps then 2 Mbps line; ten 1 MB flows through one 10 Mbps link; gather and
@@ -26,15 +25,14 @@ Cases:
   crosses the channel twice), with 100- and 10,000-packet forwarding ports (the access point's queue); and bulk
   transfers (500 kB each, 10,000-packet ports): the cell's stations to the server, and (cells of up to 15 stations)
   all-pairs among them.
-- fedad: the default run's phase I and II message schedule (the protocol replayed on the network with the learning
-  plan of topologies/default.toml capped at --samples samples per client, read from the learning cache or trained
-  once; baselines left out): last = phase II's last delivery, median = the median message's delivery - send.
+- fedad: the default run's phase I and II message schedule (the protocol of topologies/default.toml capped at
+  --samples samples per client run on the network, its learning read from the learning cache or computed once;
+  baselines left out): last = phase II's last delivery, median = the median message's delivery - send.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import sys
 import time
@@ -45,18 +43,17 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from simfl.cache import cached_plan, default_cache_dir  # noqa: E402
+from simfl.cache import NodeStore, default_cache_dir  # noqa: E402
 from simfl.config import Scenario, load_scenario, scenario_from_dict  # noqa: E402
 from simfl.errors import SimflError  # noqa: E402
+from simfl.learner import Learner  # noqa: E402
 from simfl.ns3 import Ns3Network, Ns3Options, cpp  # noqa: E402
-from simfl.plan import LearningPlan  # noqa: E402
+from simfl.plan import partition_of  # noqa: E402
 from simfl.protocol import simulate  # noqa: E402
-from simfl.topology import Topology  # noqa: E402
 from simfl.workloads import pattern_pairs  # noqa: E402
 from simfl.world import World  # noqa: E402
 
 MODEL_BYTES = 12868  # one AE-5 model
-SYN_BYTES = 48 + 38  # a SYN or SYN-ACK on the wire: 20 IP + 28 TCP (with options) + 38 of framing
 WIFI_ALLPAIRS = 15  # topologies with WiFi cells: all-pairs among this many clients, spread over the cells
 BIG_BUFFER = 10_000  # packets per forwarding port: a cell case without drops
 BULK_BYTES = 500_000  # a bulk transfer: long enough for TCP's steady state
@@ -68,10 +65,9 @@ class Case:
     name: str
     group: str
     scenario: Scenario
-    pairs: list[tuple[str, str]] | None  # None: the fedad schedule (the protocol replayed with `plan`)
+    pairs: list[tuple[str, str]] | None  # None: the fedad schedule (the protocol, its learning from the cache)
     message_bytes: int = MODEL_BYTES
     options: Ns3Options = field(default_factory=Ns3Options)
-    plan: LearningPlan | None = None
 
 
 def rotated(clients: list[str]) -> list[tuple[str, str]]:
@@ -187,27 +183,28 @@ def cell_cases(name: str, sc: Scenario) -> list[Case]:
     return out
 
 
-def default_plan(samples: int) -> tuple[Scenario, LearningPlan]:
-    """topologies/default.toml capped at `samples` per client, and its learning plan without the baselines."""
-    sc = load_scenario(ROOT / "topologies" / "default.toml", [f"experiment.max_samples_per_client={samples}"])
+def default_run(samples: int) -> Scenario:
+    """topologies/default.toml capped at `samples` per client, without the baselines; its learning is computed
+    here once (on the fluid network) into the learning cache, which every fedad case then reads."""
+    sc = load_scenario(ROOT / "topologies" / "default.toml", [f"experiment.max_samples_per_client={samples}",
+                                                              "experiment.baselines=[]"])
     t0 = time.perf_counter()
-    plan = cached_plan(sc.experiment, sc.seed, lambda _stage: None, default_cache_dir()).plan
-    print(f"learning plan of default.toml, {samples} samples per client: {time.perf_counter() - t0:.1f} s")
-    return sc, dataclasses.replace(plan, ideal=None, local=None, central=None)
+    replay(World(sc), sc)
+    print(f"learning of default.toml, {samples} samples per client: {time.perf_counter() - t0:.1f} s")
+    return sc
 
 
-def fedad_case(name: str, sc: Scenario, default: Scenario, plan: LearningPlan) -> Case:
+def replay(w: World, sc: Scenario) -> None:
+    """The fedad protocol of `sc` on `w`'s network, learning read from (or written to) the learning cache."""
+    exp = sc.experiment
+    folder = default_cache_dir()
+    with Learner(exp, partition_of(exp, sc.seed), NodeStore(folder) if folder else None) as lr:
+        simulate(w, lr, exp, clients=sc.clients[:exp.n_clients], server=sc.server, seed=sc.seed)
+
+
+def fedad_case(name: str, sc: Scenario, default: Scenario) -> Case:
     """The default run's phase I and II on this network (the default experiment, this file's nodes and links)."""
-    return Case(f"{name}: fedad phase I + II", "fedad", sc.replace(experiment=default.experiment), None,
-                plan=plan)
-
-
-def handshake_rtt(topo: Topology, pairs: list[tuple[str, str]]) -> float:
-    def rtt(a: str, b: str) -> float:
-        hops = topo.route_tuple(a, b) + topo.route_tuple(b, a)
-        return sum(h.latency_s + 8 * SYN_BYTES / h.capacity_bps for h in hops)
-
-    return max(rtt(a, b) for a, b in set(pairs))
+    return Case(f"{name}: fedad phase I + II", "fedad", sc.replace(experiment=default.experiment), None)
 
 
 def run(case: Case, backend: str) -> dict[str, Any]:
@@ -220,10 +217,7 @@ def run(case: Case, backend: str) -> dict[str, Any]:
     net = w.network
     try:
         if case.pairs is None:
-            exp = sc.experiment
-            n = exp.clients_per_class * len(exp.classes)
-            simulate(w, case.plan, clients=sc.clients[:n], server=sc.server, aggregator=exp.aggregator,
-                     community_method=exp.community_method, seed=sc.seed, detector=exp.detector)
+            replay(w, sc)
         else:
             net.keep_unclaimed = False
             bits = 8 * case.message_bytes
@@ -245,21 +239,18 @@ def run(case: Case, backend: str) -> dict[str, Any]:
             "drops": tot.get("drops", 0), "retx": tot.get("retransmitted_bytes", 0), "messages": len(t)}
 
 
-HEADER = ("| case | ns-3 hosts, ports, min RTO | messages | fluid last (s) | ns-3 last (s) | ratio | +hs | "
+HEADER = ("| case | ns-3 hosts, ports, min RTO | messages | fluid last (s) | ns-3 last (s) | ratio | "
           "fluid median (s) | ns-3 median (s) | ratio | drops | retransmitted B | fluid wall (s) | ns-3 wall (s) |\n"
-          "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 
 
 def row(c: Case, f: dict[str, Any], n: dict[str, Any]) -> str:
     o = c.options
     head = f"| {c.name} | {o.host_qdisc}, {o.buffer_packets} p, {o.min_rto:g} s | {f['messages']} | {f['last']:.4g} |"
     if "error" in n:
-        return (f"{head} gave up: {n['error']} | | | {f['median']:.4g} | | | {n['drops']} | | {f['wall']:.2f} | "
+        return (f"{head} gave up: {n['error']} | | {f['median']:.4g} | | | {n['drops']} | | {f['wall']:.2f} | "
                 f"{n['wall']:.1f} |")
-    hs = ""
-    if c.pairs is not None:
-        hs = f"{n['last'] / (f['last'] + handshake_rtt(Topology.from_scenario(c.scenario), c.pairs)):.3f}"
-    return (f"{head} {n['last']:.4g} | {n['last'] / f['last']:.2f} | {hs} | {f['median']:.4g} | "
+    return (f"{head} {n['last']:.4g} | {n['last'] / f['last']:.2f} | {f['median']:.4g} | "
             f"{n['median']:.4g} | {n['median'] / f['median']:.2f} | {n['drops']} | {n['retx']} | {f['wall']:.2f} | "
             f"{n['wall']:.1f} |")
 
@@ -275,11 +266,11 @@ def cases(args: argparse.Namespace) -> list[Case]:
         return out
     out += [c for c in incast_cases() if wanted(c.name, c.group)]
     fedad = wanted("fedad", "fedad")
-    default, plan = default_plan(args.samples) if fedad else (None, None)
+    default = default_run(args.samples) if fedad else None
     for name, sc in networks():
         more = topology_cases(name, sc) + cell_cases(name, sc)
-        if fedad:
-            more.append(fedad_case(name, sc, default, plan))
+        if default is not None:
+            more.append(fedad_case(name, sc, default))
         out += [c for c in more if wanted(c.name, c.group)]
     return out
 

@@ -620,6 +620,8 @@ def export_pcap(run_dir: str | Path, out: str | Path | None = None, *, per_link:
     if not per_link and hosts.exists() and not force:
         raise SimflError(f"{hosts}: already exists; use --force to overwrite it")
     df = read_messages(run, MESSAGE_COLUMNS)
+    if "status" in df.columns:  # a lost message never arrived: it has no packet times to write
+        df = df.filter(pl.col("status").ne_missing("lost"))
     sc, topo = _load_topology(run)
     pk, resources = message_packets(df, topo, sc.network, per_link=per_link)
     net = sc.network

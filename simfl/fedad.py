@@ -1,4 +1,5 @@
-"""The `fedad` workload: learning plan, network replay, and the run's results (summary, tables, report)."""
+"""The `fedad` workload: the method and its baselines on the simulated network, learning as the nodes need it
+(`simfl.learner`, cached per computation in `simfl.cache`), and the run's results (summary, tables, report)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,16 @@ import numpy as np
 import polars as pl
 
 from simfl import costs, models
-from simfl.cache import cached_plan, default_cache_dir
+from simfl.cache import NodeStore, default_cache_dir
+from simfl.communities import partition_scores
 from simfl.config import DETECTORS, Scenario
-from simfl.data import data_fingerprint, find_data_dir
+from simfl.data import Partition, data_fingerprint, find_data_dir
 from simfl.errors import SimflError
-from simfl.plan import APPROACHES, LearningPlan, auc_key
+from simfl.learner import FlushStats, Learner, Ref, resolve_device
+from simfl.messages import MessageLost
+from simfl.plan import APPROACHES, auc_key, partition_of
 from simfl.progress import Progress, progress_printer
-from simfl.protocol import simulate
+from simfl.protocol import FedAD, FedRecord, simulate
 from simfl.report import method_above_local
 from simfl.world import World
 
@@ -45,47 +49,83 @@ def _by_phase(messages: pl.DataFrame, column: str) -> dict[str, int]:
     return {r["phase"]: int(r[column]) for r in agg.iter_rows(named=True)}
 
 
-def closed_forms(scenario: Scenario, plan: LearningPlan) -> dict[str, float]:
+def closed_forms(scenario: Scenario, record: FedRecord, partition: Partition) -> dict[str, float]:
     """The paper's Eq. 1-3 and the centralised cost for this run's sizes, in bytes."""
     exp = scenario.experiment
-    n = len(plan.partition.clients)
+    n = len(partition.clients)
     n_classes = len(exp.classes)
-    k = len(plan.phase1.communities)
+    k = len(record.communities)
     # the phase-I message carries the parameters and the 4-byte threshold; the paper's S_m counts parameters only
-    s_msg = Fraction(sum(plan.phase1.payload_bits), 8 * n)
+    s_msg = Fraction(sum(record.phase1_bits), 8 * n)
     s_m = s_msg - costs.THRESHOLD_BYTES
     s_u = models.payload_bytes(exp.phase2_model)
-    d_bytes = [len(s.x) for s in plan.partition.clients]
-    cands, comm_sizes = costs.phase1_structure(plan.phase1.adjacency, plan.phase1.communities)
+    d_bytes = [len(s.x) for s in partition.clients]
+    cands, comm_sizes = costs.phase1_structure(record.adjacency, record.communities)
     return {
         "eq1": float(costs.phase1_bytes(n, n_classes, s_m)),
-        "eq1_measured_structure": float(
-            costs.phase1_bytes_measured(n, s_msg, cands, comm_sizes)
-        ),
-        "eq2": float(costs.phase2_bytes_eq2(exp.rounds, [len(c) for c in plan.phase1.communities], s_u)),
+        "eq1_measured_structure": float(costs.phase1_bytes_measured(n, s_msg, cands, comm_sizes)),
+        "eq2": float(costs.phase2_bytes_eq2(exp.rounds, [len(c) for c in record.communities], s_u)),
         "eq3": float(costs.phase2_bytes_eq3(exp.rounds, n, k, s_u)),
         "centralised": float(costs.centralised_bytes(d_bytes)),
     }
 
 
-def _auc_tables(
-    plan: LearningPlan, detector: str
-) -> tuple[pl.DataFrame, dict[str, dict[str, float]], dict[str, float]]:
-    gof = plan.method.group_of()
+def evaluate(learner: Learner, record: FedRecord) -> dict[str, list[float]]:
+    """AUC per client of every approach the run has, both detectors for FedAvg runs (`auc_key` names them): the
+    group's last average ("global") and the client's own last fit ("last_fit"). One scoring batch."""
+    clients = learner.partition.clients
+    models_of: dict[str, list[Ref]] = {}
+    for name, run in (("method", record.method), ("ideal", record.ideal)):
+        if run is not None:
+            models_of[auc_key(name, "global")] = [run.final(s.client) for s in clients]
+            models_of[auc_key(name, "last_fit")] = [run.last_fit(s.client) for s in clients]
+    if record.local is not None:
+        models_of["local"] = record.local
+    if record.central is not None:
+        models_of["centralised"] = [record.central] * len(clients)
+    refs = {k: [learner.auc(m, s.inlier_class) for m, s in zip(ms, clients, strict=True)]
+            for k, ms in models_of.items()}
+    return {k: [float(learner.meta(a)["auc"]) for a in v] for k, v in refs.items()}
+
+
+def _auc_tables(aucs: dict[str, list[float]], partition: Partition, communities: list[list[int]],
+                detector: str) -> tuple[pl.DataFrame, dict[str, dict[str, float]], dict[str, float]]:
+    gof = {i: g for g, members in enumerate(communities) for i in members}
     rows: dict[str, list[Any]] = {
-        "client": [s.client for s in plan.partition.clients],
-        "inlier_class": [s.inlier_class for s in plan.partition.clients],
-        "community": [gof[s.client] for s in plan.partition.clients],
+        "client": [s.client for s in partition.clients],
+        "inlier_class": [s.inlier_class for s in partition.clients],
+        "community": [gof[s.client] for s in partition.clients],
     }
-    auc = {a: plan.auc[auc_key(a, detector)] for a in APPROACHES if auc_key(a, detector) in plan.auc}
+    auc = {a: aucs[auc_key(a, detector)] for a in APPROACHES if auc_key(a, detector) in aucs}
     for a in APPROACHES:
-        rows[a] = auc.get(a, [float("nan")] * len(plan.partition.clients))
+        rows[a] = auc.get(a, [float("nan")] * len(partition.clients))
     per_client = pl.DataFrame(rows, schema_overrides={a: pl.Float64 for a in APPROACHES})
     present = [a for a in APPROACHES if a in auc]
     by_class_df = per_client.group_by("inlier_class").agg([pl.col(a).mean() for a in present]).sort("inlier_class")
     by_class = {str(r["inlier_class"]): {a: float(r[a]) for a in present} for r in by_class_df.iter_rows(named=True)}
     means = {a: float(np.mean(auc[a])) for a in present}
     return per_client, by_class, means
+
+
+def learning_walls(stats: FlushStats) -> dict[str, float]:
+    """Wall time of the learning, by stage (the method's and the ideal baseline's rounds summed): phase1, phase2
+    (the method's FedAvg), ideal, baselines, evaluation, phase1_cross_evaluation, total."""
+    names = {"phase I": "phase1", "method": "phase2"}
+    walls: dict[str, float] = {}
+    for label, st in stats.stages.items():
+        name = label.split(" round ")[0]
+        walls[names.get(name, name)] = walls.get(names.get(name, name), 0.0) + st.wall_s
+    return {**walls, "phase1_cross_evaluation": stats.cross_wall_s, "total": sum(walls.values())}
+
+
+def cache_entry(store: NodeStore | None, stats: FlushStats) -> dict[str, Any]:
+    """The run summary's `cache` entry: the folder, whether nothing had to be computed, whether everything computed
+    was saved, what went wrong, and how many results were read back and computed."""
+    counts = {"cached": stats.cached, "computed": stats.computed}
+    if store is None:
+        return {"path": None, "from_cache": False, "saved": False, "note": "caching is off", **counts}
+    return {"path": str(store.folder), "from_cache": stats.computed == 0,
+            "saved": store.saved > 0 and store.unsaved == 0, "note": "; ".join(store.notes), **counts}
 
 
 def data_used(data_dir: str | Path | None) -> dict[str, Any]:
@@ -96,9 +136,30 @@ def data_used(data_dir: str | Path | None) -> dict[str, Any]:
     return {"data_dir": str(directory), "data_files": files}
 
 
+def _simulate(world: World, scenario: Scenario, n: int, partition: Partition, store: NodeStore | None,
+              say: Progress) -> tuple[FedAD, dict[str, list[float]], FlushStats, float]:
+    """Run the nodes, learning as they need it, and evaluate: (the run, AUCs, learning counts, its wall time)."""
+    exp = scenario.experiment
+    t0 = time.perf_counter()
+    with Learner(exp, partition, store, say, resolve_device(exp.device)) as learner:
+        say("simulating the run on the network (learning as the nodes need it)")
+        try:
+            fed = simulate(world, learner, exp, clients=scenario.clients[:n], server=scenario.server,
+                           seed=scenario.seed)
+        except MessageLost as e:
+            m = e.message
+            raise SimflError(f"{scenario.source or scenario.name}: message {m.src}->{m.dst} ({m.phase} {m.kind}) "
+                             f"lost after network.give_up ({scenario.network.give_up:g} s on a path that is down, "
+                             f"at simulated {world.env.now:g} s); the fedad protocol does not handle lost messages "
+                             "yet: it needs deadlines (docs/network-model.md, Outages)") from None
+        aucs = evaluate(learner, fed.record)
+        world.recorder.set_compute_wall_s(fed.wall_times())
+    return fed, aucs, learner.stats, time.perf_counter() - t0
+
+
 def run_fedad(world: World, scenario: Scenario, run_dir: Path,
               say: Callable[[str], None] | bool = True) -> dict[str, Any]:
-    """Learn, replay on the network, write communities.csv and auc.parquet; return the workload's summary keys
+    """Run the method and its baselines, write communities.csv and auc.parquet; return the workload's summary keys
     (`simfl.summary.FedadPart`). `say(stage)` hears of each stage (a `simfl.progress.Progress` also draws bars);
     True / False: plain lines on stderr / nothing."""
     exp = scenario.experiment
@@ -108,52 +169,50 @@ def run_fedad(world: World, scenario: Scenario, run_dir: Path,
     if isinstance(say, bool):
         say = Progress("plain" if say else "quiet")
     data = data_used(exp.data_dir)
-    t0 = time.perf_counter()
-    cached = cached_plan(exp, scenario.seed, say, default_cache_dir())
-    plan = cached.plan
-    learn_wall = time.perf_counter() - t0
-    say("replaying every message on the simulated network")
-    t0 = time.perf_counter()
-    fed = simulate(world, plan, clients=scenario.clients[:n], server=scenario.server, aggregator=exp.aggregator,
-                   community_method=exp.community_method, seed=scenario.seed, detector=exp.detector)
-    sim_wall = time.perf_counter() - t0
+    partition = partition_of(exp, scenario.seed)
+    folder = default_cache_dir()
+    store = NodeStore(folder) if folder is not None else None
+    fed, aucs, stats, wall = _simulate(world, scenario, n, partition, store, say)
+    record = fed.record
     messages = world.recorder.messages_frame()
     compute = world.recorder.compute_frame()
     spans = phase_spans(messages, compute)
     bits = _by_phase(messages, "payload_bits")
     wire = _by_phase(messages, "wire_bytes")
-    per_client, by_class, means = _auc_tables(plan, exp.detector)
-    comms = plan.phase1.communities
+    per_client, by_class, means = _auc_tables(aucs, partition, record.communities, exp.detector)
+    comms = record.communities
     upload = messages.filter(pl.col("phase") == "centralised")
+    walls = learning_walls(stats)
+    ari, nmi = partition_scores(comms, [s.inlier_class for s in partition.clients])
     summary: dict[str, Any] = {
         "workload": "fedad",
         "clients": n,
         "classes": list(exp.classes),
-        "samples_per_client": [len(c.x) for c in plan.partition.clients],
+        "samples_per_client": [len(c.x) for c in partition.clients],
         "payload_bytes": {p: b / 8 for p, b in bits.items()},
         "wire_bytes": wire,
-        "closed_form_bytes": closed_forms(scenario, plan),
+        "closed_form_bytes": closed_forms(scenario, record, partition),
         "duration_s": {p: b - a for p, (a, b) in spans.items()},
         "phase_span_s": {p: [a, b] for p, (a, b) in spans.items()},
         "centralised_upload_s": float(upload["t_deliver"].max() - upload["t_send"].min()) if upload.height else None,
         "auc_mean": means,
         "detector": exp.detector,
         "auc_mean_by_detector": {
-            d: {a: float(np.mean(plan.auc[auc_key(a, d)])) for a in ("method", "ideal") if auc_key(a, d) in plan.auc}
+            d: {a: float(np.mean(aucs[auc_key(a, d)])) for a in ("method", "ideal") if auc_key(a, d) in aucs}
             for d in DETECTORS
         },
         "auc_by_class": by_class,
         "method_above_local": method_above_local(by_class),
         "communities": comms,
-        "community_member_classes": [[plan.partition.clients[i].inlier_class for i in c] for c in comms],
+        "community_member_classes": [[partition.clients[i].inlier_class for i in c] for c in comms],
         "k": len(comms),
-        "ari": plan.ari,
-        "nmi": plan.nmi,
-        "leader_communities_match": fed.leader_communities == comms,
-        "learning_wall_s": {**plan.wall_s, "phase1_cross_evaluation": plan.phase1.score_wall_s, "total": learn_wall},
-        "learning_from_cache": cached.from_cache,
-        "cache": cached.summary(),
-        "simulation_wall_s": sim_wall,
+        "ari": ari,
+        "nmi": nmi,
+        "leader_communities_match": True,  # the leader's communities are the run's (no plan to differ from)
+        "learning_wall_s": walls,
+        "learning_from_cache": store is not None and stats.computed == 0,
+        "cache": cache_entry(store, stats),
+        "simulation_wall_s": wall - walls["total"],
         "preset_note": exp.preset_note,
         "experiment": {k: getattr(exp, k) for k in exp.__dataclass_fields__},
         **data,
@@ -162,7 +221,7 @@ def run_fedad(world: World, scenario: Scenario, run_dir: Path,
         "community": [g for g, c in enumerate(comms) for _ in c],
         "client": [i for c in comms for i in c],
         "node": [scenario.clients[i] for c in comms for i in c],
-        "inlier_class": [plan.partition.clients[i].inlier_class for c in comms for i in c],
+        "inlier_class": [partition.clients[i].inlier_class for c in comms for i in c],
     }).write_csv(run_dir / "communities.csv")
     per_client.write_parquet(run_dir / "auc.parquet")
     return summary

@@ -342,7 +342,10 @@ def _peaks(v: dict[str, np.ndarray], routes: _Routes, phases: list[str], unit: f
 def port_peaks(messages: pl.DataFrame, topology: Topology, scenario: Scenario) -> list[PortPeak]:
     """Every port a message crossed where flows can converge (its ingresses together faster than it), per phase
     (phases in the order their first message started, then ports in the order met): the most flows in flight
-    through it and its worst converging moment (module doc)."""
+    through it and its worst converging moment (module doc). A lost message counts from its start (if it started);
+    its unknown transmission end is taken as its start."""
+    messages = messages.filter(pl.col("t_start").is_not_nan()).with_columns(
+        pl.when(pl.col("t_tx").is_nan()).then(pl.col("t_start")).otherwise(pl.col("t_tx")).alias("t_tx"))
     if not messages.height:
         return []
     cols, phases = _codes(messages, topology)

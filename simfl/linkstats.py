@@ -1,8 +1,10 @@
 """Link statistics: what each resource (link direction or shared cell) carried, and for how long it was busy.
 
-The network reports three things per resource: `carried` (a message crossed it: its wire bytes, once per crossing),
-`busy` (its first transfer started) and `idle` (its last transfer ended). `columns(now)` turns them into the links
-table (`simfl.trace.LINK_SCHEMA`), with the busy period still open at `now` counted up to `now`.
+The network reports four things per resource: `carried` (a message crossed it: its wire bytes, once per crossing),
+`carried_part` (bytes a message sent over it before it was rerouted or stalled), `busy` (its first transfer started)
+and `idle` (its last transfer ended). `columns(now)` turns them into the links table (`simfl.trace.LINK_SCHEMA`),
+with the busy period still open at `now` counted up to `now`. `extra_slot` adds counters that are in no table (the
+network's per-flow rate caps, which it treats as private resources).
 """
 
 from __future__ import annotations
@@ -37,6 +39,18 @@ class LinkStats:
         self.busy_s[i] += now - self._busy_since[i]
         self._busy_since[i] = None
 
+    def extra_slot(self) -> int:
+        """Counters for a resource that is not in the table; returns its index."""
+        self.bytes.append(0)
+        self.messages.append(0)
+        self.busy_s.append(0.0)
+        self._busy_since.append(None)
+        return len(self.bytes) - 1
+
+    def carried_part(self, i: int, wire_bytes: int) -> None:
+        """Part of a message (`wire_bytes`) crossed resource `i` before its route changed."""
+        self.bytes[i] += wire_bytes
+
     def carried(self, i: int, wire_bytes: int, crossings: int) -> None:
         """A message of `wire_bytes` finished crossing resource `i` `crossings` times."""
         self.bytes[i] += wire_bytes * crossings
@@ -52,11 +66,12 @@ class LinkStats:
             cols["medium"].append(s.medium)
             cols["src"].append(s.src)
             cols["dst"].append(s.dst)
-            cols["capacity_bps"].append(s.capacity_bps)
+            capacity = s.capacity_bps if s.trace is None else s.trace.mean(now)
+            cols["capacity_bps"].append(capacity)
             cols["latency_s"].append(s.latency_s)
             cols["bytes"].append(self.bytes[i])
             cols["messages"].append(self.messages[i])
             cols["drops"].append(0)  # the fluid model never drops (the ns3 backend counts its queues' drops)
             cols["busy_s"].append(self.busy_s[i] + (now - since if since is not None else 0.0))
-            cols["utilisation"].append(8.0 * self.bytes[i] / (s.capacity_bps * now) if now > 0 else 0.0)
+            cols["utilisation"].append(8.0 * self.bytes[i] / (capacity * now) if now > 0 else 0.0)
         return cols

@@ -15,8 +15,11 @@ Two sizes are kept apart (the paper's payload accounting, and what the wire carr
 
   The first (largest) packet is min(B, MSS) + h bytes; the network uses it for the per-hop store-and-forward
   term. A 0-byte message is one header-only packet (or 0 wire bytes without headers). A backend that retransmits
-  (a packet-level one) adds what it sent again to `wire_bytes` and counts it in `retransmitted_bytes`; the fluid
-  network never retransmits (0).
+  adds what it sent again to `wire_bytes` and counts it in `retransmitted_bytes` (the fluid network does so on
+  lossy routes: `simfl.linkmodels`).
+
+A message that a backend gives up on (its path stayed down longer than `network.give_up`) is recorded with
+`status` "lost" and NaN for the times it never reached; its send event fails with `MessageLost`.
 """
 
 from __future__ import annotations
@@ -31,15 +34,21 @@ __all__ = [
     "flag_bits",
     "packetize",
     "Packetization",
+    "MessageLost",
+    "DELIVERED",
+    "LOST",
 ]
+
+DELIVERED, LOST = "delivered", "lost"  # Message.status
 
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Message:
-    """A delivered message. Times are simulated seconds: `t_send` when `Network.send` was called, `t_start` when
-    it left its flow's FIFO queue and started transmitting, `t_tx` when its last bit left the sender (its flow
-    finished transmitting it), `t_deliver` when its last bit reached `dst`. `wire_bytes` includes the
-    `retransmitted_bytes` (bytes sent again; always 0 in the fluid network)."""
+    """A delivered (or lost) message. Times are simulated seconds: `t_send` when `Network.send` was called,
+    `t_start` when it left its flow's FIFO queue and started transmitting, `t_tx` when its last bit left the sender
+    (its flow finished transmitting it), `t_deliver` when its last bit reached `dst`. `wire_bytes` includes the
+    `retransmitted_bytes` (bytes sent again). A lost message (`status` "lost") has NaN for the times it never
+    reached (t_tx and t_deliver; t_start too if it never began) and the wire bytes it sent before it was lost."""
 
     msg_id: int
     src: str
@@ -57,6 +66,20 @@ class Message:
     t_deliver: float
     payload: Any = None
     retransmitted_bytes: int = 0
+    status: str = DELIVERED
+
+
+class MessageLost(Exception):
+    """The network gave up on a message: its path stayed down longer than `network.give_up`. The send event fails
+    with it; `message` is the record (status "lost"). Protocol code may catch it."""
+
+    def __init__(self, message: Message) -> None:
+        super().__init__(message)  # the only argument: SimPy re-creates the exception from its args
+        self.message = message
+
+    def __str__(self) -> str:
+        m = self.message
+        return f"message {m.msg_id} {m.src}->{m.dst} ({m.kind}) lost: its path stayed down longer than network.give_up"
 
 
 def ids_bits(n: int) -> int:

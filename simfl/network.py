@@ -3,7 +3,7 @@
 The model (what every simulated time in a trace means)
 -----------------------------------------------------
 Resources. Each direction of a point-to-point link is a resource of capacity C (its bandwidth, bit/s); each shared
-cell (WiFi) is one resource for all of its station<->AP hops in both directions.
+cell (WiFi) is one resource for all of its station<->AP hops in both directions (a duplex cell: one per direction).
 
 Flows and FIFO. The messages from one node to another form a flow. A flow transmits one message at a time, in the
 order of `send` calls: a message waits in its flow's FIFO queue until the previous one has finished transmitting
@@ -42,17 +42,86 @@ Alone on its path (R = min_h C_h = C_b) this is the closed form
 
 e.g. one hop: t_start + L + W / C; k equal messages started together on one link: t_start + L + k W / C.
 
+Imperfect links (the scenario keys are in docs/scenarios.md, the formulas' one home is `simfl.linkmodels`)
+-----------------------------------------------------------------------------------------------------------
+Handshake (`network.handshake`, on by default). A flow's first message, and its first after a lost one (the
+connection then closes), waits for TCP's SYN and SYN-ACK before it transmits: t_start = t_send + H with
+
+    H = one_way(there, 8 h) + one_way(back, 8 h),   one_way(route, b) = sum_h (L_h + J_h + b / C_h)
+                                                          (`Topology.one_way`)
+
+i.e. the delivery of a header-only packet (h = ip_header_bytes + link_header_bytes; 0 without headers) alone on
+its path each way (J_h: the hop's mean jitter). The closed forms above then gain + H for such a message. Messages
+sent meanwhile queue behind it.
+
+Asymmetry. Each direction of a link has its own capacity, latency and loss; a duplex cell has one channel
+(resource) per direction. Routes follow the latencies of the direction travelled, so the route back may differ.
+
+Loss. A route loses a packet with probability p = 1 - prod_h (1 - p_h) (each hop's stationary loss rate), which
+  1. caps its flow's rate at Mathis et al.'s loss-limited rate, cap = 8 P_full / RTT * sqrt(3 / (2 p)), where
+     P_full = MSS + h is a full packet and RTT = one_way(there, 8 P_full) + one_way(back, 8 h) (a full data packet
+     there, a header-only ACK back). The cap enters the progressive filling as the capacity of a
+     private resource of the flow, so the rates stay exactly max-min fair;
+  2. adds retransmissions: when a message reaches the head of its flow it is charged k whole packets, the running
+     total of its flow's charges being its running expectation sum n p / (1 - p) rounded half up (one message
+     alone: k = round(n p / (1 - p))); each is one full first packet (P bits). Its wire_bytes, and the bits it
+     transmits, grow by k P / 8, recorded as retransmitted_bytes.
+
+Outages ([[faults]]). At each fault edge the routes of the flows with a message at their head are recomputed over
+the graph without the edges that are down (the same tie-break). A flow whose route changed continues with its
+remaining bits on the new route (the bytes it sent so far count on the old route's resources); a flow left
+without a route stalls: rate 0, on no resource, until an edge gives it a route again. A message stalled for
+`network.give_up` seconds is lost: its send event fails with `MessageLost`, the trace records it with status
+"lost" (t_tx and t_deliver NaN), it is put in `losses(dst)` if that store was asked for, and its flow's connection
+closes. Messages queued behind it continue. A message in its handshake when its route goes starts the handshake
+again when the route returns.
+
+Capacity traces. A traced resource's capacity is the trace's piecewise-constant C(t); while it carries flows,
+each change point is a rate change like a start or an end, batched with those of the same instant.
+
+Jitter. A hop of mean jitter J adds a random delay of mean J to each message's delivery: one draw per message and
+hop, in the deterministic order of the transmissions' ends, from the network's own generator seeded by the run's
+seed (`network.jitter_distribution`). A message is still never delivered before the previous one of its flow.
+
+Background traffic (`Stream`, sent by `simfl.traffic`)
+-------------------------------------------------------
+A background flow's messages (frames) form a flow of their own, (src, dst, name), FIFO as any flow, and are not put
+in inboxes. Priority: while any flow of priority control is transmitting, the rates have two classes. Control
+flows are filled first, max-min fair among themselves on the full capacities; then all other flows (FL's and
+best-effort background), max-min fair on what control leaves, C_r - sum of the control rates on r (a best-effort
+flow may get rate 0 while control saturates its bottleneck: strict priority). A control frame alone in its class
+therefore crosses its route as if the link were idle: t_deliver = t_start + W / C_b + L + P S. Transport: a datagram
+stream has no handshake, no retransmissions and no loss-limited cap; on a lossy route each frame of n packets is
+lost with probability 1 - (1 - p)^n (one draw per frame, when its transmission ends, from the network's own
+generator seeded by the run's seed); a frame whose route is down is lost at once (no stall, no give-up). A lost
+frame still occupied its links. A tcp stream behaves as FL's messages.
+
+Approximations: the per-packet terms (P S, and those in H and RTT) use each hop's nominal capacity (a trace's
+value at time 0); a loss model counts by its stationary rate only; bits in flight on a link that goes down are
+not lost; ACKs are never lost; a rerouted message keeps the retransmissions charged on its first route; the route
+back is that of the moment the route there was computed.
+
+Events: one wake per instant at which something starts, ends or changes (a handshake completes, a trace changes
+while its resource is busy, a fault edge while some flow has a message at its head, a give-up), so change points
+add events, bytes never do. Nothing is scheduled for faults or traces while the network is idle: the fault state
+is recomputed from the schedule when it is next needed.
+
 Implementation: rates change lazily (a flow's remaining bits are settled only when its rate changes); finish times
 sit in a heap; all starts and ends of one simulated instant are handled in one batch by an event of lower priority
 than SimPy's normal events, so a burst of sends (e.g. 999,000 all-pairs messages) costs one rate computation.
-The inboxes live in `simfl.mailbox`, the per-link counters and the links table in `simfl.linkstats`.
+Flows of a network without loss, jitter and faults ("plain") keep no state beyond the model's first version (a
+handshake only delays their first start, grouped by the instant it ends); the others keep a `_FlowState`. The
+inboxes live in `simfl.mailbox`, the per-link counters and the links table in `simfl.linkstats`.
 """
 
 from __future__ import annotations
 
 import heapq
+import math
+import random
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import simpy
@@ -60,17 +129,22 @@ from simpy.events import Event
 
 from simfl.config import NetworkParams
 from simfl.errors import SimflError
+from simfl.linkmodels import Jitter, expected_retransmissions, mathis_cap, path_loss, retransmitted_packets
 from simfl.linkstats import LinkStats
 from simfl.mailbox import Mailboxes
-from simfl.messages import Message, packetize
-from simfl.topology import Hop, Resource, Topology
+from simfl.messages import LOST, Message, MessageLost, packetize
+from simfl.topology import Edge, Hop, Resource, Topology
 from simfl.trace import TraceRecorder
 
-__all__ = ["Network", "pipeline_offsets", "route_terms"]
+__all__ = ["Network", "MessageLost", "Stream", "pipeline_offsets", "route_terms"]
 
 _WAKE_PRIORITY = 2  # after simpy's URGENT (0) and NORMAL (1): runs when all activity of the instant is done
 _TOL = 1e-12  # relative tolerance on finish times: completions this close are handled together
 _PACKETS_CACHE = 4096  # payload sizes whose packetisation Network.send keeps (runs send a handful of sizes)
+# timers, handled within one instant in this order (then in the order they were set); handshakes end before them
+_EDGE, _CAPACITY, _GIVE_UP = range(3)
+# what a flow's head message is doing (flows of a plain network are always sending)
+_SENDING, _HANDSHAKE, _STALLED = range(3)
 
 
 def route_terms(hops: Sequence[Hop]) -> tuple[float, float]:
@@ -99,6 +173,17 @@ def pipeline_offsets(hops: Sequence[Hop]) -> tuple[list[float], list[float]]:
     return lat, sf + [sf[-1] if sf else 0.0]
 
 
+@dataclass(frozen=True, slots=True)
+class Stream:
+    """A background flow: its messages travel on their own flow, (src, dst, name). `control`: strict priority over
+    every other flow; `datagram`: no handshake, retransmission or loss cap, a lost frame is lost (see the module
+    docstring)."""
+
+    name: str
+    control: bool = False
+    datagram: bool = False
+
+
 class _Wake(Event):
     """A self-triggering event at `delay` with a low priority (the pattern of simpy's own Timeout)."""
 
@@ -111,23 +196,27 @@ class _Wake(Event):
 
 
 class _Res:
-    __slots__ = ("spec", "idx", "capacity", "n", "flows", "mark", "wf_load", "wf_m", "wf_key")
+    __slots__ = ("spec", "idx", "capacity", "n", "flows", "mark", "wf_load", "wf_m", "wf_key", "trace", "tpos",
+                 "tversion")
 
-    def __init__(self, spec: Resource, idx: int) -> None:
-        self.spec = spec
+    def __init__(self, spec: Resource | None, idx: int, capacity: float = 0.0) -> None:
+        self.spec = spec  # None: a flow's private rate cap
         self.idx = idx  # index in the topology's resources (and in LinkStats)
-        self.capacity = spec.capacity_bps
+        self.capacity = spec.capacity_bps if spec is not None else capacity
         self.n = 0  # active occupancies
         self.flows: dict[_Flow, int] = {}  # active flow -> occupancies (insertion-ordered: deterministic)
         self.mark = 0  # component search stamp (see Network._rates)
         self.wf_load = 0.0  # water-filling: load of the flows fixed so far
         self.wf_m = 0  # water-filling: occupancies of the flows not fixed yet
         self.wf_key = 0.0  # water-filling: the level at which this resource saturates
+        self.trace = spec.trace if spec is not None else None  # capacity trace, or None
+        self.tpos: tuple[int, int] | None = None  # the trace's next change point (while busy)
+        self.tversion = 0  # invalidates the change timers of an earlier busy period
 
 
 class _Tx:
     __slots__ = ("msg_id", "kind", "phase", "round", "payload_bits", "wire_bytes", "n_packets", "packet_bits",
-                 "t_send", "t_start", "t_tx", "payload", "event", "flow")
+                 "t_send", "t_start", "t_tx", "payload", "event", "flow", "retx")
 
     def __init__(self, msg_id: int, kind: str, phase: str, rnd: int, payload_bits: int, wire_bytes: int,
                  n_packets: int, packet_bits: int, t_send: float, payload: Any, event: Event, flow: _Flow) -> None:
@@ -140,16 +229,17 @@ class _Tx:
         self.n_packets = n_packets
         self.packet_bits = packet_bits
         self.t_send = t_send
-        self.t_start = t_send
+        self.t_start = math.nan  # set when it begins transmitting
         self.t_tx = t_send
         self.payload = payload
         self.event = event
         self.flow = flow
+        self.retx = 0  # retransmitted bytes, included in wire_bytes
 
 
 class _Flow:
     __slots__ = ("id", "src", "dst", "res", "n_hops", "latency", "sf_per_bit", "queue", "cur", "remaining",
-                 "rate", "t_last", "version", "last_deliver", "mark", "new_rate")
+                 "rate", "t_last", "version", "last_deliver", "mark", "new_rate", "x", "bg")
 
     def __init__(self, fid: int, src: str, dst: str, res: tuple[tuple[_Res, int], ...], n_hops: int,
                  latency: float, sf_per_bit: float) -> None:
@@ -169,16 +259,40 @@ class _Flow:
         self.last_deliver = 0.0
         self.mark = 0
         self.new_rate = 0.0
+        self.x: _FlowState | None = None  # what a network that is not plain needs
+        self.bg: Stream | None = None  # a background flow's stream (None: FL's)
+
+
+class _FlowState:
+    """A flow's route and transport state beyond the plain model (handshake, loss, outages, jitter)."""
+
+    __slots__ = ("hops", "epoch", "jitter", "loss", "cap", "handshake_s", "connected", "doing", "start_at",
+                 "stall_id", "retx_expected", "retx_charged", "counted")
+
+    def __init__(self) -> None:
+        self.hops: tuple[Hop, ...] | None = None  # the current route (kept with [[faults]]); None: there is none
+        self.epoch = -1  # the fault state the route was computed in
+        self.jitter: tuple[float, ...] = ()  # mean jitter of each hop that has one
+        self.loss = 0.0  # the route's packet loss probability
+        self.cap: _Res | None = None  # the private resource of the loss-limited rate
+        self.handshake_s = 0.0
+        self.connected = False
+        self.doing = _SENDING
+        self.start_at = math.nan  # when the handshake under way ends
+        self.stall_id = 0  # invalidates the give-up timer of an earlier stall
+        self.retx_expected = 0.0  # retransmitted packets: running expectation and whole packets charged
+        self.retx_charged = 0
+        self.counted = 0  # wire bytes of the head message already counted on earlier routes
 
 
 class Network:
     """Messages over the topology's links. See the module docstring for the exact timing model."""
 
     def __init__(self, env: simpy.Environment, topology: Topology, params: NetworkParams | None = None,
-                 recorder: TraceRecorder | None = None) -> None:
+                 recorder: TraceRecorder | None = None, seed: int = 0) -> None:
         self.env = env
         self.topology = topology
-        self.params = params or NetworkParams()
+        self.params = p = params or NetworkParams()
         self.recorder = recorder if recorder is not None else TraceRecorder()
         self.recorder.set_link_source(self.link_columns)
         self.links = LinkStats(topology.resources)
@@ -195,14 +309,40 @@ class Network:
         self._next_id = 0
         self.sent = 0
         self.delivered = 0
+        # imperfect links
+        hops = [h for _, _, pair in topology.graph.edges(data="hops") for h in pair.values()]
+        self._lossy = any(h.loss for h in hops)
+        self._jitter = Jitter(seed, p.jitter_distribution) if any(h.jitter_s for h in hops) else None
+        self._faults = topology.faults
+        self._plain = not (self._lossy or self._jitter or self._faults)  # flows need no _FlowState
+        self._header_bits = 8 * p.header_bytes
+        self._full_packet_bits = 8 * (p.mtu - p.ip_header_bytes + p.header_bytes)
+        self._starts: dict[float, list[_Flow]] = {}  # handshakes ending at a time
+        self._start_times: list[float] = []  # their times (a heap)
+        self._timers: list[tuple[float, int, int, Any, int]] = []  # (time, order, kind, flow or resource, version)
+        self._timer_seq = 0
+        self._topo = topology  # routes over what is up now
+        self._topos: dict[frozenset[Edge], Topology] = {frozenset(): topology}
+        self._down: frozenset[Edge] = frozenset()
+        self._epoch = self._routed_epoch = 0
+        self._next_edge = 0.0 if self._faults else math.inf  # when the fault state must next be recomputed
+        self._edge_armed = False
+        self._losses: dict[str, simpy.FilterStore] = {}
+        self._route_info: dict[tuple[Topology, str, str], tuple] = {}  # with [[faults]]: see _route
+        self._classes = False  # some flow is a control stream: rates in two classes (`_rates_classes`)
+        self._bg_loss = random.Random(f"simfl background loss {seed}")  # datagram frames' loss draws
 
     # ------------------------------------------------------------------ public API
     def send(self, src: str, dst: str, *, kind: str, phase: str, round: int, payload_bits: int,
-             payload: Any = None) -> Event:
-        """Queue a message; returns an event whose value is the delivered `Message` (also put in `inbox(dst)`)."""
-        flow = self._flows.get((src, dst))
+             payload: Any = None, stream: Stream | None = None) -> Event:
+        """Queue a message; returns an event whose value is the delivered `Message` (also put in `inbox(dst)`).
+        If the network gives up on it (see the module docstring) the event fails with `MessageLost`. With a
+        `stream`, a background frame on that stream's own flow (never put in an inbox)."""
+        key = (src, dst) if stream is None else (src, dst, stream.name)
+        flow = self._flows.get(key)
+        handshake = None
         if flow is None:
-            flow = self._new_flow(src, dst)
+            flow, handshake = self._new_flow(src, dst, key, stream)
         bits = int(payload_bits)
         pk = self._packets.get(bits)
         if pk is None:
@@ -212,11 +352,21 @@ class Network:
         tx = _Tx(self._next_id, kind, phase, int(round), bits, pk[0], pk[1], pk[2], env.now, payload, ev, flow)
         self._next_id += 1
         self.sent += 1
+        if stream is not None:
+            self.recorder.background_sent += 1
         if flow.cur is None:
             flow.cur = tx
-            flow.remaining = 8.0 * tx.wire_bytes
-            self._pending.append(flow)
-            self._wake(env.now)
+            if flow.x is not None:
+                self._begin(flow, env.now)
+                self._wake(env.now)
+            elif handshake is None:
+                flow.remaining = 8.0 * tx.wire_bytes
+                self._pending.append(flow)
+                self._wake(env.now)
+            else:  # a plain flow's first message
+                flow.remaining = 8.0 * tx.wire_bytes
+                self._start_at(env.now + handshake, flow)
+                self._wake(env.now + handshake)
         else:
             if flow.queue is None:
                 flow.queue = deque()
@@ -226,6 +376,15 @@ class Network:
     def inbox(self, node: str) -> simpy.FilterStore:
         """The store where messages to `node` are put on delivery (created on first use; see `simfl.mailbox`)."""
         return self.mailboxes.inbox(node)
+
+    def losses(self, node: str) -> simpy.FilterStore:
+        """The store where messages to `node` that the network gave up on are put (status "lost"), from the time
+        it is first asked for: the receiver's way to learn of a loss (the sender's send event fails)."""
+        box = self._losses.get(node)
+        if box is None:
+            self.topology.kind(node)  # an unknown node is an error
+            box = self._losses[node] = simpy.FilterStore(self.env)
+        return box
 
     @property
     def keep_unclaimed(self) -> bool:
@@ -237,27 +396,37 @@ class Network:
         self.mailboxes.keep_unclaimed = keep
 
     def route(self, src: str, dst: str):
+        """The route with every link up (under [[faults]] a flow's route changes while some are down)."""
         return self.topology.route(src, dst)
 
     @property
+    def lost(self) -> int:
+        """Messages given up on (counted by the recorder, so that a backend borrowing `totals` shares it)."""
+        return self.recorder.messages_lost
+
+    @property
     def in_flight(self) -> int:
-        return self.sent - self.delivered
+        return self.sent - self.delivered - self.recorder.messages_lost
 
     def totals(self) -> dict[str, Any]:
+        """What the workload's messages cost (background frames are counted apart: `simfl.traffic`)."""
         rec = self.recorder
+        bg_in_flight = rec.background_sent - rec.background_delivered - rec.background_lost
         return {
-            "messages": self.delivered,
-            "messages_undelivered": self.in_flight,
+            "messages": self.delivered - rec.background_delivered,
+            "messages_undelivered": self.in_flight - bg_in_flight,
+            "messages_lost": rec.messages_lost - rec.background_lost,
             "payload_bits": rec.payload_bits,
             "payload_bytes": rec.payload_bits / 8,
             "wire_bytes": rec.wire_bytes,
+            "retransmitted_bytes": rec.retransmitted_bytes,
         }
 
     def link_columns(self) -> dict[str, list[Any]]:
         """The links table (see `simfl.trace.LINK_SCHEMA`) as columns, as of now."""
         return self.links.columns(self.env.now)
 
-    # ------------------------------------------------------------------ internals
+    # ------------------------------------------------------------------ flows and routes
     def _packetize(self, src: str, dst: str, bits: int) -> tuple[int, int, int]:
         """(wire bytes, packets, first packet bits) of a payload, remembered per size for the next sends."""
         if bits < 0:
@@ -269,19 +438,326 @@ class Network:
         out = self._packets[bits] = (pk.wire_bytes, pk.n_packets, 8 * pk.first_packet_bytes)
         return out
 
-    def _new_flow(self, src: str, dst: str) -> _Flow:
+    def _new_flow(self, src: str, dst: str, key: tuple, stream: Stream | None) -> tuple[_Flow, float | None]:
+        """A new flow, and for a plain one its handshake time (None without handshake)."""
         if src == dst:
             raise SimflError(f"send: source and destination are the same node ({src!r})")
-        hops = self.topology.route_tuple(src, dst)
+        if stream is not None and stream.control:
+            self._classes = True
+        if not self._plain:
+            self.topology.kind(dst)  # an unknown node is an error, not a stall
+            flow = _Flow(len(self._flows), src, dst, (), 0, 0.0, 0.0)
+            flow.x = _FlowState()
+            flow.bg = stream
+            flow.x.connected = stream is not None and stream.datagram  # a datagram stream never handshakes
+            self._advance(self._lim(self.env.now))
+            self._route(flow)
+            self._flows[key] = flow
+            return flow, None
+        topo = self.topology
+        hops = topo.route_tuple(src, dst)
         counts: dict[str, int] = {}
         for h in hops:
             counts[h.resource] = counts.get(h.resource, 0) + 1
         res = tuple([(self._res[rid], m) for rid, m in counts.items()])
         latency, sf = route_terms(hops)
         flow = _Flow(len(self._flows), src, dst, res, len(hops), latency, sf)
-        self._flows[(src, dst)] = flow
-        return flow
+        flow.bg = stream
+        self._flows[key] = flow
+        if not self.params.handshake or (stream is not None and stream.datagram):
+            return flow, None
+        hb = self._header_bits
+        return flow, topo.one_way(src, dst, hb) + topo.one_way(dst, src, hb)
 
+    def _route(self, f: _Flow) -> None:
+        """A flow's route and what follows from it (resources, delivery terms, loss, rate cap, handshake), over
+        the links that are up now. Without [[faults]] a missing route is an error."""
+        x = f.x
+        hops, res, f.n_hops, f.latency, f.sf_per_bit, x.jitter, x.loss, x.handshake_s, cap = self._info(f.src, f.dst)
+        x.hops, x.epoch = hops, self._epoch
+        if cap < math.inf and not (f.bg is not None and f.bg.datagram):  # a datagram source does not back off
+            if x.cap is None:
+                x.cap = _Res(None, self.links.extra_slot(), cap)
+                self._res_list.append(x.cap)
+            x.cap.capacity = cap
+            res = (*res, (x.cap, 1))
+        f.res = res
+
+    def _info(self, src: str, dst: str) -> tuple:
+        """What the route from src to dst over what is up now gives (see `_derive_route`)."""
+        topo = self._topo
+        if not self._faults:
+            return self._derive_route(topo, src, dst)
+        info = self._route_info.get((topo, src, dst))
+        if info is None:  # routes alternate between a few fault states: keep what each gives
+            info = self._route_info[(topo, src, dst)] = self._derive_route(topo, src, dst)
+        return info
+
+    def _derive_route(self, topo: Topology, src: str, dst: str) -> tuple:
+        """(hops or None, resources, hops, L, S, jitter means, loss, handshake time, rate cap) of a route."""
+        hops = topo.route_or_none(src, dst)
+        if hops is None:
+            if not self._faults:
+                topo.route_tuple(src, dst)  # raises: no route
+            return None, (), 0, 0.0, 0.0, (), 0.0, 0.0, math.inf
+        counts: dict[str, int] = {}
+        for h in hops:
+            counts[h.resource] = counts.get(h.resource, 0) + 1
+        res = tuple([(self._res[rid], m) for rid, m in counts.items()])
+        latency, sf = route_terms(hops)
+        loss = path_loss(h.loss for h in hops) if self._lossy else 0.0
+        handshake = 0.0
+        cap = math.inf
+        if self.params.handshake or loss:
+            hb, full = self._header_bits, self._full_packet_bits  # the graph is undirected: there is a route back
+            handshake = topo.one_way(src, dst, hb) + topo.one_way(dst, src, hb)
+            cap = mathis_cap(full, topo.one_way(src, dst, full) + topo.one_way(dst, src, hb), loss)
+        jitter = tuple(h.jitter_s for h in hops if h.jitter_s)
+        return hops if self._faults else (), res, len(hops), latency, sf, jitter, loss, handshake, cap
+
+    def _advance(self, t: float) -> None:
+        """Bring the fault state (what is down, the routes over the rest) up to time t."""
+        if t < self._next_edge:
+            return
+        down = frozenset(e for fault, edges in self._faults if fault.is_down(t) for e in edges)
+        self._next_edge = min(fault.next_edge(t) for fault, _ in self._faults)
+        if down != self._down:
+            self._down = down
+            topo = self._topos.get(down)
+            if topo is None:
+                topo = self._topos[down] = self.topology.without_edges(down)
+            self._topo = topo
+            self._epoch += 1
+
+    @staticmethod
+    def _lim(now: float) -> float:
+        """The end of the instant `now`: times up to it are handled together."""
+        return now + _TOL * (1.0 + now)
+
+    # ------------------------------------------------------------------ a flow's head message
+    def _begin(self, f: _Flow, now: float) -> None:
+        """The flow's head message begins (not plain): route, retransmissions, then handshake, stall or start."""
+        x = f.x
+        tx = f.cur
+        if self._faults:
+            self._advance(self._lim(now))
+            if x.epoch != self._epoch:
+                self._route(f)
+        if x.loss and not (f.bg is not None and f.bg.datagram):
+            expected = expected_retransmissions(tx.n_packets, x.loss)
+            k = retransmitted_packets(x.retx_expected, x.retx_charged, expected)
+            x.retx_expected += expected
+            x.retx_charged += k
+            tx.retx = k * tx.packet_bits // 8
+            tx.wire_bytes += tx.retx
+        f.remaining = 8.0 * tx.wire_bytes
+        x.counted = 0
+        self._arm_edges()
+        if x.hops is None:
+            self._stall(f, now)
+        elif self.params.handshake and not x.connected:
+            self._handshake(f, now)
+        else:
+            x.doing = _SENDING
+            self._pending.append(f)
+
+    def _handshake(self, f: _Flow, now: float) -> None:
+        x = f.x
+        x.doing = _HANDSHAKE
+        x.start_at = now + x.handshake_s
+        self._start_at(x.start_at, f)
+
+    def _start_at(self, t: float, f: _Flow) -> None:
+        """The flow's head message starts transmitting at t (its handshake ends then)."""
+        flows = self._starts.get(t)
+        if flows is None:
+            self._starts[t] = [f]
+            heapq.heappush(self._start_times, t)
+        else:
+            flows.append(f)
+
+    def _handshakes_end(self, lim: float) -> None:
+        """The flows whose handshake ends by `lim` start transmitting (unless, not plain, they stalled since)."""
+        times, pending = self._start_times, self._pending
+        while times and times[0] <= lim:
+            t = heapq.heappop(times)
+            for f in self._starts.pop(t):
+                x = f.x
+                if x is None:
+                    pending.append(f)
+                elif x.doing == _HANDSHAKE and x.start_at == t:
+                    x.connected = True
+                    x.doing = _SENDING
+                    pending.append(f)
+
+    def _stall(self, f: _Flow, now: float) -> None:
+        """The flow has no route (and is on no resource): it waits for one, and gives up after give_up (a datagram
+        frame is lost at once)."""
+        if f.bg is not None and f.bg.datagram:
+            self._lose(f, now)
+            return
+        x = f.x
+        x.doing = _STALLED
+        x.stall_id += 1
+        self._timer(now + self.params.give_up, _GIVE_UP, f, x.stall_id)
+        self._arm_edges()
+
+    def _resume(self, f: _Flow, now: float, dirty: dict[_Res, None]) -> None:
+        """A stalled flow has a route again: it goes on transmitting, or begins (handshake first if need be)."""
+        x = f.x
+        x.stall_id += 1
+        if not math.isnan(f.cur.t_start):
+            x.doing = _SENDING
+            self._attach(f, now, dirty)
+        elif self.params.handshake and not x.connected:
+            self._handshake(f, now)
+        else:
+            x.doing = _SENDING
+            self._pending.append(f)
+
+    def _attach(self, f: _Flow, now: float, dirty: dict[_Res, None]) -> None:
+        """Put a flow that has begun transmitting on its route's resources (after a reroute or a stall)."""
+        for r, m in f.res:
+            if r.n == 0:
+                self.links.busy(r.idx, now)
+                if r.trace is not None:
+                    self._trace_on(r, now)
+            r.n += m
+            r.flows[f] = m
+            dirty[r] = None
+        f.t_last = now
+        f.rate = 0.0
+
+    def _detach(self, f: _Flow, now: float, dirty: dict[_Res, None]) -> None:
+        """Take a transmitting flow off its resources: its remaining bits settled, the bytes it sent so far counted
+        on them."""
+        if f.rate:
+            rem = f.remaining - f.rate * (now - f.t_last)
+            f.remaining = rem if rem > 0.0 else 0.0
+        x = f.x
+        sent = int((8.0 * f.cur.wire_bytes - f.remaining) // 8)
+        links = self.links
+        for r, m in f.res:
+            links.carried_part(r.idx, (sent - x.counted) * m)
+            r.n -= m
+            del r.flows[f]
+            if r.n == 0:
+                links.idle(r.idx, now)
+            dirty[r] = None
+        x.counted = sent
+        f.rate = 0.0
+        f.version += 1
+
+    def _lose(self, f: _Flow, now: float) -> None:
+        """Give up on the flow's head message (stalled for give_up): record it, fail its event, go on."""
+        x = f.x
+        tx = f.cur
+        sent = int((8.0 * tx.wire_bytes - f.remaining) // 8)
+        retx = tx.retx * sent // tx.wire_bytes if tx.wire_bytes else 0
+        msg = Message(tx.msg_id, f.src, f.dst, tx.kind, tx.phase, tx.round, tx.payload_bits, sent, tx.n_packets,
+                      f.n_hops, tx.t_send, tx.t_start, math.nan, math.nan, tx.payload, retx, LOST)
+        self.recorder.record_message(msg)
+        x.connected = f.bg is not None and f.bg.datagram  # a TCP connection closes; a datagram stream has none
+        x.stall_id += 1
+        x.doing = _SENDING
+        tx.event.fail(MessageLost(msg))
+        box = self._losses.get(f.dst) if f.bg is None else None
+        if box is not None:
+            box.put(msg)
+        if f.queue:
+            f.cur = f.queue.popleft()
+            self._begin(f, now)
+        else:
+            f.cur = None
+
+    # ------------------------------------------------------------------ timers: handshakes, traces, faults
+    def _timer(self, t: float, kind: int, obj: Any, version: int) -> None:
+        heapq.heappush(self._timers, (t, self._timer_seq, kind, obj, version))
+        self._timer_seq += 1
+
+    def _arm_edges(self) -> None:
+        """Make sure the next fault edge is handled when it comes (while some flow has a head message)."""
+        if self._faults and not self._edge_armed and self._next_edge < math.inf:
+            self._edge_armed = True
+            self._timer(self._next_edge, _EDGE, None, 0)
+
+    def _trace_on(self, r: _Res, now: float) -> None:
+        """A traced resource starts carrying flows: its capacity now, and a timer for its next change point."""
+        trace = r.trace
+        k, i = trace.position(self._lim(now))
+        r.capacity = trace.rates[i]
+        r.tpos = trace.following(k, i)
+        r.tversion += 1
+        if r.tpos is not None:
+            self._timer(trace.change_time(*r.tpos), _CAPACITY, r, r.tversion)
+
+    def _unfinished(self) -> int:
+        """Messages that have not finished transmitting and are not lost (they sit at or behind a flow's head)."""
+        return self.sent - self.lost - self.delivered - len(self._deliveries)
+
+    def _stale(self, entry: tuple[float, int, int, Any, int]) -> bool:
+        _, _, kind, obj, version = entry
+        if kind == _EDGE:
+            return not self._unfinished()
+        if kind == _CAPACITY:
+            return not obj.n or obj.tversion != version
+        return obj.cur is None or obj.x.stall_id != version or obj.x.doing != _STALLED
+
+    def _timed(self, now: float, lim: float, dirty: dict[_Res, None]) -> None:
+        """Handle the timers due by `lim` (and a fault state changed by a send): reroute on fault edges, change
+        traced capacities, give up on stalled messages."""
+        timers = self._timers
+        due = []
+        while timers and timers[0][0] <= lim:
+            due.append(heapq.heappop(timers))
+        due.sort(key=lambda e: (e[2], e[1]))
+        for entry in due:
+            if entry[2] == _EDGE:
+                self._edge_armed = False
+        if self._faults:
+            self._advance(lim)
+            if self._epoch != self._routed_epoch:
+                self._routed_epoch = self._epoch
+                self._reroute(now, dirty)
+            if self._unfinished():
+                self._arm_edges()
+        for entry in due:
+            kind, obj = entry[2], entry[3]
+            if kind == _EDGE or self._stale(entry):
+                continue
+            if kind == _CAPACITY:
+                trace = obj.trace
+                obj.capacity = trace.rates[obj.tpos[1]]
+                obj.tpos = trace.following(*obj.tpos)
+                if obj.tpos is not None:
+                    self._timer(trace.change_time(*obj.tpos), _CAPACITY, obj, obj.tversion)
+                dirty[obj] = None
+            else:
+                self._lose(obj, now)
+
+    def _reroute(self, now: float, dirty: dict[_Res, None]) -> None:
+        """The fault state changed: every flow with a head message gets its route over what is up now."""
+        for f in self._flows.values():
+            x = f.x
+            if f.cur is None or x.epoch == self._epoch:
+                continue
+            if self._info(f.src, f.dst)[0] == x.hops:
+                x.epoch = self._epoch
+                continue
+            attached = bool(f.res) and f in f.res[0][0].flows
+            if attached:
+                self._detach(f, now, dirty)
+            self._route(f)
+            if x.doing == _STALLED:
+                if x.hops is not None:
+                    self._resume(f, now, dirty)
+            elif x.hops is None:
+                self._stall(f, now)
+            elif attached:
+                self._attach(f, now, dirty)
+        self._pending = [f for f in self._pending if f.x.doing == _SENDING and f.x.hops is not None]
+
+    # ------------------------------------------------------------------ the batch of one instant
     def _wake(self, t: float) -> None:
         wt = self._wake_times
         if wt and wt[0] <= t:
@@ -300,17 +776,23 @@ class Network:
         heap = self._heap
         heappop, heappush = heapq.heappop, heapq.heappush
         lim = now + _TOL * (1.0 + now)
+        timers, starts = self._timers, self._start_times
         while True:
             done: list[_Flow] = []
             while heap and heap[0][0] <= lim:
                 _, _, version, f = heappop(heap)
                 if version == f.version:
                     done.append(f)
-            if not done and not self._pending:
+            due = (timers and timers[0][0] <= lim) or self._epoch != self._routed_epoch
+            if not done and not self._pending and not due and not (starts and starts[0] <= lim):
                 break
             dirty: dict[_Res, None] = {}
             for f in done:
                 self._finish(f, now, dirty)
+            if starts and starts[0] <= lim:
+                self._handshakes_end(lim)
+            if due:
+                self._timed(now, lim, dirty)
             pending = self._pending
             self._pending = []
             links = self.links
@@ -318,6 +800,8 @@ class Network:
                 for r, m in f.res:
                     if r.n == 0:
                         links.busy(r.idx, now)
+                        if r.trace is not None:
+                            self._trace_on(r, now)
                     r.n += m
                     r.flows[f] = m
                     dirty[r] = None
@@ -333,16 +817,25 @@ class Network:
                     f.t_last = now
                     f.rate = rate
                     f.version += 1
-                    heappush(heap, (now + f.remaining / rate, f.id, f.version, f))
+                    if rate:  # 0: a best-effort flow behind control traffic waits for it
+                        heappush(heap, (now + f.remaining / rate, f.id, f.version, f))
         deliveries = self._deliveries
         while deliveries and deliveries[0][0] <= lim:
             self._deliver(heappop(deliveries)[2], now)
         while heap and heap[0][2] != heap[0][3].version:
             heappop(heap)
-        if heap:
-            self._wake(heap[0][0] if not deliveries or heap[0][0] < deliveries[0][0] else deliveries[0][0])
-        elif deliveries:
-            self._wake(deliveries[0][0])
+        while timers and self._stale(timers[0]):
+            if heappop(timers)[2] == _EDGE:
+                self._edge_armed = False
+        t_next = heap[0][0] if heap else math.inf
+        if deliveries and deliveries[0][0] < t_next:
+            t_next = deliveries[0][0]
+        if timers and timers[0][0] < t_next:
+            t_next = timers[0][0]
+        if starts and starts[0] < t_next:
+            t_next = starts[0]
+        if t_next < math.inf:
+            self._wake(t_next)
 
     def _rates(self, dirty: dict[_Res, None]) -> list[_Flow]:
         """Max-min fair rates (in `new_rate`) for the flows connected to the `dirty` resources; returns those flows.
@@ -353,6 +846,8 @@ class Network:
         flows); the resource that saturates first fixes its unfixed flows at that level; repeat. A heap holds the
         saturation levels, which only rise as flows are fixed, so each is pushed again only when it changes.
         """
+        if self._classes:
+            return self._rates_classes(dirty)
         self._stamp += 1
         stamp = self._stamp
         stack = []
@@ -407,10 +902,84 @@ class Network:
                         heappush(heap, (key, r2.idx))
         return flows
 
+    def _rates_classes(self, dirty: dict[_Res, None]) -> list[_Flow]:
+        """`_rates` with strict priority: the control streams' flows are filled first, max-min among themselves on
+        the full capacities; then every other flow, max-min on what they leave (C - control load; possibly 0)."""
+        self._stamp += 1
+        stamp = self._stamp
+        stack = []
+        for r in dirty:
+            r.mark = stamp
+            stack.append(r)
+        flows: list[_Flow] = []
+        occupancy: list[tuple[_Res, int]] = []  # each busy resource of the component and its control occupancies
+        while stack:
+            r = stack.pop()
+            if not r.n:
+                continue
+            control = 0
+            for f, m in r.flows.items():
+                if f.bg is not None and f.bg.control:
+                    control += m
+                if f.mark != stamp:
+                    f.mark = stamp
+                    f.new_rate = -1.0  # not fixed yet
+                    flows.append(f)
+                    for r2, _ in f.res:
+                        if r2.mark != stamp:
+                            r2.mark = stamp
+                            stack.append(r2)
+            r.wf_load = 0.0
+            r.wf_m = control
+            occupancy.append((r, control))
+        self._fill(occupancy, True)
+        for r, control in occupancy:
+            r.wf_m = r.n - control
+        self._fill(occupancy, False)
+        return flows
+
+    def _fill(self, occupancy: list[tuple[_Res, int]], control: bool) -> None:
+        """Progressive filling of one class (`_rates_classes`): each resource's `wf_m` counts the occupancies of the
+        class's unfixed flows and `wf_load` the load fixed so far (of both classes). The loop of `_rates` with a
+        class test; kept apart so that a network without control traffic runs the plain loop at its old speed."""
+        res_list = self._res_list
+        heap = []
+        for r, _ in occupancy:
+            if r.wf_m:
+                key = (r.capacity - r.wf_load) / r.wf_m
+                r.wf_key = key if key > 0.0 else 0.0
+                heap.append((r.wf_key, r.idx))
+        heapq.heapify(heap)
+        level = 0.0
+        while heap:
+            key, idx = heapq.heappop(heap)
+            r = res_list[idx]
+            if key != r.wf_key or not r.wf_m:
+                continue
+            if key > level:
+                level = key
+            touched: dict[_Res, None] = {}
+            for f in r.flows:
+                if f.new_rate < 0.0 and (f.bg is not None and f.bg.control) == control:
+                    f.new_rate = level
+                    for r2, m in f.res:
+                        r2.wf_load += m * level
+                        r2.wf_m -= m
+                        touched[r2] = None
+            for r2 in touched:
+                if r2.wf_m:
+                    key = (r2.capacity - r2.wf_load) / r2.wf_m
+                    if key < level:
+                        key = level
+                    if key != r2.wf_key:
+                        r2.wf_key = key
+                        heapq.heappush(heap, (key, r2.idx))
+
     def _finish(self, f: _Flow, now: float, dirty: dict[_Res, None]) -> None:
         tx = f.cur
         tx.t_tx = now
-        wire = tx.wire_bytes
+        x = f.x
+        wire = tx.wire_bytes if x is None else tx.wire_bytes - x.counted  # bytes sent before a reroute: counted
         links = self.links
         for r, m in f.res:
             r.n -= m
@@ -422,23 +991,57 @@ class Network:
         f.rate = 0.0
         f.remaining = 0.0
         f.version += 1
+        if x is not None and x.loss and f.bg is not None and f.bg.datagram and self._frame_lost(f, tx, now):
+            self._next(f, now)
+            return
         t = now + f.latency + tx.packet_bits * f.sf_per_bit
+        if x is not None and x.jitter:
+            draw = self._jitter.draw
+            for mean in x.jitter:
+                t += draw(mean)
         if t < f.last_deliver:  # a short message behind a long one: keep the flow's delivery order
             t = f.last_deliver
         f.last_deliver = t
         heapq.heappush(self._deliveries, (t, tx.msg_id, tx))
-        if f.queue:
+        if f.queue:  # inline `_next`: this is the hot path of every message
             f.cur = f.queue.popleft()
-            f.remaining = 8.0 * f.cur.wire_bytes
-            self._pending.append(f)
+            if x is None:
+                f.remaining = 8.0 * f.cur.wire_bytes
+                self._pending.append(f)
+            else:
+                self._begin(f, now)
         else:
             f.cur = None
+
+    def _next(self, f: _Flow, now: float) -> None:
+        """The flow's head message has finished transmitting: the next one in its queue begins."""
+        if f.queue:
+            f.cur = f.queue.popleft()
+            if f.x is None:
+                f.remaining = 8.0 * f.cur.wire_bytes
+                self._pending.append(f)
+            else:
+                self._begin(f, now)
+        else:
+            f.cur = None
+
+    def _frame_lost(self, f: _Flow, tx: _Tx, now: float) -> bool:
+        """Draw whether a datagram frame of n packets survives its lossy route ((1 - p)^n); a lost one is recorded
+        (t_tx now, t_deliver NaN) and its event fails."""
+        if self._bg_loss.random() < (1.0 - f.x.loss) ** tx.n_packets:
+            return False
+        msg = Message(tx.msg_id, f.src, f.dst, tx.kind, tx.phase, tx.round, tx.payload_bits, tx.wire_bytes,
+                      tx.n_packets, f.n_hops, tx.t_send, tx.t_start, now, math.nan, tx.payload, 0, LOST)
+        self.recorder.record_message(msg)
+        tx.event.fail(MessageLost(msg))
+        return True
 
     def _deliver(self, tx: _Tx, now: float) -> None:
         f = tx.flow
         msg = Message(tx.msg_id, f.src, f.dst, tx.kind, tx.phase, tx.round, tx.payload_bits, tx.wire_bytes,
-                      tx.n_packets, f.n_hops, tx.t_send, tx.t_start, tx.t_tx, now, tx.payload)
+                      tx.n_packets, f.n_hops, tx.t_send, tx.t_start, tx.t_tx, now, tx.payload, tx.retx)
         self.recorder.record_message(msg)
         self.delivered += 1
         tx.event.succeed(msg)
-        self.mailboxes.put(msg)
+        if f.bg is None:
+            self.mailboxes.put(msg)

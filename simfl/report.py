@@ -10,7 +10,7 @@ from typing import Any
 import polars as pl
 
 from simfl.costs import PAPER_TABLE4_MB
-from simfl.summary import FedadPart, RunSummary, read_summary
+from simfl.summary import BackgroundFlow, FedadPart, LatencyStats, RunSummary, read_summary
 
 # The paper's Table 3 (mean AUC-ROC per inlier class) and Table 4 (MB = 1e6 bytes, rounded model sizes).
 PAPER_AUC: dict[int, tuple[float, float, float]] = {
@@ -195,10 +195,14 @@ def render(summary: RunSummary) -> str:
         table4(f),
         "",
         *_incast_lines(summary),
+        *_background_lines(summary),
     ]
     if f.centralised_upload_s is not None:
         out += [f"Centralised: uploading the raw shards alone takes {_seconds(f.centralised_upload_s)}.", ""]
-    out += ["Plots: `bytes_over_time.png`, `link_utilisation.png`, `auc_by_class.png`, `cost_vs_clients.png`.", ""]
+    plots = "`bytes_over_time.png`, `link_utilisation.png`, `auc_by_class.png`, `cost_vs_clients.png`"
+    if summary.background:
+        plots += ", `background_latency.png`"
+    out += [f"Plots: {plots}.", ""]
     return "\n".join(out)
 
 
@@ -209,6 +213,76 @@ def _incast_lines(summary: RunSummary) -> list[str]:
     return ["**Packet-level timing would be slower.** Many TCP flows converge on one switch port at once here, and "
             "the fluid model has no finite buffers (see docs/network-model.md, \"Incast\"):", "",
             *[f"- {w['message']}" for w in summary.incast], ""]
+
+
+def _latency(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x * 1e3:.3g} ms" if x < 1 else f"{x:.3g} s"
+
+
+def _stats(st: LatencyStats) -> str:
+    return f"{_latency(st.p50_s)} / {_latency(st.p99_s)} / {_latency(st.max_s)}"
+
+
+def _loss(st: LatencyStats) -> str:
+    return "-" if st.loss is None else f"{100 * st.loss:.3g}%"
+
+
+def background_table(flows: Mapping[str, BackgroundFlow]) -> str:
+    """One row per background flow: latency p50 / p99 / max and loss with FL and alone, and the verdict."""
+    lines = ["| flow | kind, priority | route | frame, every | frames | latency p50 / p99 / max, with FL | alone "
+             "(without FL) | loss with / without FL | verdict |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, f in flows.items():
+        every = "once" if f.gap_s is None else _latency(f.gap_s)
+        lines.append(f"| {name} | {f.kind}, {f.priority} | {f.src} -> {f.dst} ({f.transport}) | "
+                     f"{f.frame_bytes:,} B, {every} | {f.with_fl.frames:,} | {_stats(f.with_fl)} | "
+                     f"{_stats(f.without_fl)} | {_loss(f.with_fl)} / {_loss(f.without_fl)} | {f.verdict} |")
+    return "\n".join(lines)
+
+
+def _background_lines(summary: RunSummary) -> list[str]:
+    if not summary.background:
+        return []
+    return ["## Background traffic", "",
+            "The plant's own flows ([[traffic]]), run beside FL and again alone for the same frames (network only). "
+            "Latency = delivery - send of each frame (a bulk flow: of each upload); p50 and p99 by nearest rank over "
+            "the delivered frames. A periodic flow whose p99 exceeds its period misses its cycle; control frames "
+            "have strict priority over everything else (docs/network-model.md, Background traffic).", "",
+            background_table(summary.background), ""]
+
+
+def plot_background(path: Path, flows: Mapping[str, BackgroundFlow]) -> None:
+    """Each flow's latency p50, p99 and max with FL (filled) and alone (open), and a periodic flow's period."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(flows)
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.35 * len(names)))
+    marks = (("p50_s", "o", "p50"), ("p99_s", "s", "p99"), ("max_s", "^", "max"))
+    for run, dy, filled in (("with_fl", -0.15, True), ("without_fl", 0.15, False)):
+        for key, marker, label in marks:
+            xs = [getattr(getattr(flows[n], run), key) for n in names]
+            ys = [i + dy for i, x in enumerate(xs) if x is not None]
+            xs = [x for x in xs if x is not None]
+            ax.scatter(xs, ys, marker=marker, s=30, facecolors=None if filled else "none",
+                       edgecolors="C0" if run == "with_fl" else "C1", c="C0" if filled else None,
+                       label=f"{label}, {'with FL' if filled else 'alone'}")
+    for i, n in enumerate(names):
+        if flows[n].kind == "periodic" and flows[n].gap_s:
+            ax.plot([flows[n].gap_s] * 2, [i - 0.4, i + 0.4], "k-", lw=1.5)
+    ax.set_yticks(range(len(names)), [f"{n} ({flows[n].priority})" for n in names], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("latency (s); black bar: the period of a periodic flow")
+    ax.set_title("Background traffic: latency with FL and alone")
+    ax.grid(True, which="both", axis="x", alpha=0.3)
+    ax.legend(fontsize=7, ncols=2, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _plots(run_dir: Path, f: FedadPart, messages: pl.DataFrame, links: pl.DataFrame) -> None:
@@ -312,3 +386,5 @@ def write_report(run_dir: str | Path, summary: RunSummary | None = None) -> None
     _plots(run_dir, summary.fedad, pl.read_parquet(run_dir / "messages.parquet"),
            pl.read_parquet(run_dir / "links.parquet"))
     plot_cost_vs_clients(run_dir / "cost_vs_clients.png", summary.fedad)
+    if summary.background:
+        plot_background(run_dir / "background_latency.png", summary.background)

@@ -2,7 +2,9 @@
 
 Run folder layout: `INCOMPLETE` (only while running or after a failure), `scenario.toml` (the resolved
 scenario), `messages|compute|links.parquet` and `.csv`, `summary.json`, plus what the workload writes itself
-(fedad: communities.csv, auc.parquet, report.md and plots).
+(fedad: communities.csv, auc.parquet, report.md and plots). A scenario with [[traffic]] also gets
+`background.parquet` / `.csv`: its flows run beside the workload, then alone on a second World for the frames the
+first run sent (`simfl.traffic`); summary.json's `background` compares the two.
 
 The folder is atomic from the user's view:
 - a run holds an exclusive lock (`.simfl-lock`, fcntl.flock) on it from start to end: a second run into the same
@@ -31,7 +33,7 @@ from simfl.errors import SimflError, os_error_of
 from simfl.incast import find_incast, warn_incast
 from simfl.progress import Progress, make_progress
 from simfl.summary import SUMMARY_FILE, RunSummary, read_summary, summary_from_dict, write_summary
-from simfl.trace import write_traces
+from simfl.trace import write_frame, write_traces
 from simfl.world import World
 
 __all__ = ["run", "run_scenario", "run_cli", "default_run_dir", "INCOMPLETE", "LOCK"]
@@ -191,7 +193,18 @@ def _run(scenario: Scenario, out: Path, say: Progress) -> RunSummary:
     (out / "scenario.toml").write_text(scenario.to_toml(), encoding="utf-8")
     t0 = time.perf_counter()
     world = World(scenario, run_dir=out)
+    bg = None
+    if scenario.traffic:
+        from simfl.traffic import Background
+
+        bg = Background(world)
     result = dict(_run_workload(world, scenario, out, say))
+    background = None
+    if bg is not None:
+        from simfl.traffic import run_background
+
+        frames, background = run_background(bg, say)
+        write_frame(frames, out, "background")
     incast = find_incast(world.recorder.messages_frame(), world.topology, scenario)
     warn_incast(incast)
     write_traces(world.recorder, out)
@@ -202,6 +215,7 @@ def _run(scenario: Scenario, out: Path, say: Progress) -> RunSummary:
     flat = {**result, "scenario": scenario.name, "seed": scenario.seed, "workload": scenario.workload,
             "totals": totals, "incast": [w.to_dict() for w in incast]}
     summary = summary_from_dict(flat, f"{scenario.name} ({scenario.workload})")
+    summary.background = background
     write_summary(out, summary)
     _finish(out, summary)
     return summary
@@ -253,8 +267,21 @@ def run_cli(args: argparse.Namespace) -> int:
     print(f"simfl: results in {out}")
     print(f"  scenario   {scenario.name}: workload {scenario.workload}, seed {scenario.seed}, "
           f"{len(scenario.nodes)} nodes ({len(scenario.clients)} clients)")
-    print(f"  messages   {t.messages:,} delivered; payload {_fmt_bytes(t.payload_bytes)}, "
+    lost = f", {t.messages_lost:,} lost" if t.messages_lost else ""
+    print(f"  messages   {t.messages:,} delivered{lost}; payload {_fmt_bytes(t.payload_bytes)}, "
           f"wire {_fmt_bytes(t.wire_bytes)}")
     print(f"  simulated  {t.sim_time_s:.6g} s in {t.events_processed:,} events")
+    for name, f in (s.background or {}).items():
+        w, a = f.with_fl, f.without_fl
+        print(f"  background {name}: {w.frames:,} frames, p99 {_ms(w.p99_s)} (alone {_ms(a.p99_s)}), loss "
+              f"{_pct(w.loss)} (alone {_pct(a.loss)}): {f.verdict}")
     print(f"  wall time  {t.wall_time_s:.2f} s")
     return 0
+
+
+def _ms(s: float | None) -> str:
+    return "-" if s is None else f"{s * 1e3:.3g} ms"
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.3g}%"

@@ -27,7 +27,8 @@ from simfl.errors import SimflError
 
 __all__ = ["ScenarioError", "Key", "Table", "Array", "Map", "Checker", "SCENARIO", "model", "markdown", "toml_value",
            "NODE_KINDS", "SERVER_KINDS", "DETECTORS", "SPLITS", "PATTERNS", "WORKLOADS", "BASELINES",
-           "MAX_SEED", "REQUIRED"]
+           "MAX_SEED", "REQUIRED", "MAX_LOSS", "TRAFFIC_KINDS", "PRIORITIES", "TRANSPORTS", "MIN_FRAME_GAP",
+           "TRAFFIC_KEYS"]
 
 
 class ScenarioError(SimflError):
@@ -69,6 +70,10 @@ DETECTORS = ("global", "last_fit")
 SPLITS = ("balanced", "authors")
 # The order in which a client sends one message to each peer (phase I, synthetic all-pairs; simfl.order).
 SEND_ORDERS = ("id", "rotated", "random")
+# Background traffic ([[traffic]], simfl.traffic): what a flow sends, its class in the rate allocation, its transport.
+TRAFFIC_KINDS = ("cbr", "periodic", "onoff", "bulk")
+PRIORITIES = ("control", "best_effort")
+TRANSPORTS = ("datagram", "tcp")
 
 # Numbers at the edges: beyond these a run overflows, never ends or means nothing.
 MAX_SEED = 2**32 - 1  # numpy's legacy RandomState (the authors' split) takes 32-bit seeds
@@ -79,10 +84,16 @@ MIN_FLOPS, MAX_FLOPS = 1e3, 1e18  # FLOP/s: 1 kFLOP/s .. 1 EFLOP/s
 MAX_GROUP = 100_000  # nodes in one [[node_groups]] entry
 MAX_EPOCHS = 100_000  # epochs, rounds, patience
 # Peak memory per simulated message (its objects in flight, its routes and its trace row): the growth of peak RSS
-# between network-only all-pairs runs of 100, 200, 400 and 600 clients (9,900 .. 359,400 messages) was 1.70 to 1.85 kB
-# per message (tests/test_config.py measures it again).
-MESSAGE_BYTES_IN_MEMORY = 1_800
+# between network-only all-pairs runs of 100 to 600 clients (9,900 .. 359,400 messages) was 1.70 to 1.85 kB per
+# message, and 2.17 to 2.20 kB once messages carried t_tx, a status and the handshake's and loss's state
+# (tests/test_config.py measures it again).
+MESSAGE_BYTES_IN_MEMORY = 2_200
 MAX_BUFFER = 10**9  # packets in one port's queue
+MAX_LOSS = 0.5  # packet loss per hop: beyond, TCP's loss-limited rate formula (Mathis) means nothing
+MAX_TIME = 365 * 86400.0  # s: outage times, one year
+MAX_GIVE_UP = 86400.0  # s: one day
+MIN_FRAME_GAP = 1e-6  # s: a background flow sends at most one frame a microsecond (PROFINET IRT's shortest cycle
+#                       is 31.25 us); each frame is a message, so faster sources would cost events, not accuracy
 
 
 @dataclass(frozen=True)
@@ -90,7 +101,7 @@ class Key:
     """One key: `kind` (int, float, bool, str, name, rate, time, size, flops, list), its default (`REQUIRED`: must
     be given; None: unset unless given), bounds `lo`/`hi` (`open_lo`/`open_hi`: the bound itself is excluded),
     `choices` for strings, and for lists the `item` key, `min_len`, `unique` and `scalar_ok` (one bare item is
-    read as a list of one); `why` explains the bounds in error messages."""
+    read as a list of one); `why` explains the bounds in error messages, `noun` names a quantity in them."""
 
     name: str
     kind: str
@@ -106,6 +117,7 @@ class Key:
     unique: bool = False
     scalar_ok: bool = False
     why: str = ""  # said after a bound error
+    noun: str = ""  # what a quantity is called in bound errors (default: its kind's: "latency" for a time)
 
     @property
     def annotation(self) -> Any:
@@ -162,11 +174,48 @@ _LATENCY = dict(lo=0.0, hi=MAX_LATENCY)
 _SEED = dict(lo=0, hi=MAX_SEED, why="seeds are 32-bit: 0 .. 2^32 - 1")
 _BANDWIDTH = dict(lo=MIN_BANDWIDTH, hi=MAX_BANDWIDTH)
 _SPEED = dict(lo=MIN_FLOPS, hi=MAX_FLOPS)
+_LOSS = dict(lo=0.0, hi=MAX_LOSS, why="beyond, TCP's loss-limited rate formula means nothing")
+_MOMENT = dict(lo=0.0, hi=MAX_TIME, noun="time")
+_SPAN = dict(lo=0.0, hi=MAX_TIME, open_lo=True, noun="time")
+
+BURST_LOSS = Table("burst_loss", (
+    Key("good", FLOAT, 0.0, "packet loss probability in the good state", lo=0.0, hi=1.0, open_hi=True),
+    Key("bad", FLOAT, 1.0, "packet loss probability in the bad state", lo=0.0, hi=1.0),
+    Key("burst", FLOAT, REQUIRED, "mean run of the bad state, in packets", lo=1.0, hi=1e9),
+    Key("gap", FLOAT, REQUIRED, "mean run of the good state, in packets", lo=1.0, hi=1e9),
+), "Gilbert-Elliott burst loss on every hop in both directions, instead of loss (stationary rate at most 0.5)",
+    optional=True)
+
+
+def _medium(shared: str, up: str, down: str) -> tuple[Entry, ...]:
+    """The keys of a link, an uplink or a cell: capacity, delay, loss, jitter and capacity traces, with their
+    direction-specific forms (`up` / `down` say which direction is which)."""
+    return (
+        Key("bandwidth", RATE, None, f"{shared} (required unless both directions or a trace give it)",
+            **_BANDWIDTH),
+        Key("bandwidth_up", RATE, None, f"capacity {up}", **_BANDWIDTH),
+        Key("bandwidth_down", RATE, None, f"capacity {down}", **_BANDWIDTH),
+        Key("latency", TIME, 0.0, "one-way propagation delay", **_LATENCY),
+        Key("latency_up", TIME, None, f"one-way delay {up}", **_LATENCY),
+        Key("latency_down", TIME, None, f"one-way delay {down}", **_LATENCY),
+        Key("loss", FLOAT, 0.0, "probability that a packet is lost on a hop, independently", **_LOSS),
+        Key("loss_up", FLOAT, None, f"packet loss probability {up}", **_LOSS),
+        Key("loss_down", FLOAT, None, f"packet loss probability {down}", **_LOSS),
+        BURST_LOSS,
+        Key("jitter", TIME, 0.0, "mean extra delay per hop, drawn per message (network.jitter_distribution)",
+            **_LATENCY),
+        Key("bandwidth_trace", STR, None, "capacity over time instead of bandwidth: a CSV file of "
+            "time_s,bandwidth_bps rows (path relative to the scenario file)"),
+        Key("bandwidth_trace_up", STR, None, f"capacity trace {up}"),
+        Key("bandwidth_trace_down", STR, None, f"capacity trace {down}"),
+        Key("bandwidth_trace_period", TIME, None, "repeat the traces with this period (unset: each trace's "
+            "last value holds)", **_SPAN),
+    )
+
 
 UPLINK = Table("uplink", (
     Key("to", NAME, REQUIRED, "the node at the other end of the link"),
-    Key("bandwidth", RATE, REQUIRED, "each direction's capacity", **_BANDWIDTH),
-    Key("latency", TIME, 0.0, "one-way propagation delay", **_LATENCY),
+    *_medium("each direction's capacity", "node -> to", "to -> node"),
     Key("name", NAME, None, "the link's name (default <node>-<to>; not in [[node_groups]])"),
     Key("buffer", INT, None, "packets each sending port of the link queues (unset: network.buffer)", lo=1,
         hi=MAX_BUFFER),
@@ -186,6 +235,11 @@ NETWORK = Table("network", (
         "check)", lo=1, hi=MAX_BUFFER),
     Key("initial_window", INT, 10, "TCP initial window in segments (Linux: 10; incast check)", lo=1, hi=65535),
     Key("headers", BOOL, True, "count header bytes on the wire (false: payload only, as the paper counts)"),
+    Key("handshake", BOOL, True, "a node pair's first message waits one round trip (TCP's SYN, SYN-ACK)"),
+    Key("give_up", TIME, 924.6, "a message stalled this long on a path that is down is lost (Linux TCP: 15 "
+        "retries, 924.6 s)", lo=0.0, hi=MAX_GIVE_UP, open_lo=True, noun="time"),
+    Key("jitter_distribution", STR, "uniform", "per-hop jitter: uniform on [0, 2 x jitter), or exponential of "
+        "mean jitter", choices=("uniform", "exponential")),
     Key("model", STR, "fluid", "the network backend: fluid (max-min fair flows, fast) or ns3 (packet-level ns-3: "
         "TCP, finite queues, drops; needs the ns3 package)", choices=NETWORK_MODELS),
     Key("host_qdisc", STR, "fq", "ns3: the hosts' queue discipline (fq: per-flow fair queueing as Linux's "
@@ -194,7 +248,7 @@ NETWORK = Table("network", (
     Key("delayed_ack", TIME, 0.04, "ns3: TCP's delayed-ACK timeout (Linux: 40 ms)", lo=0.001, hi=1.0),
     Key("syn_timeout", TIME, 1.0, "ns3: TCP's first SYN retransmission timeout (Linux: 1 s)", lo=0.001, hi=60.0),
     Key("ns3_pcap", BOOL, False, "ns3: ns-3 writes its own pcap per link direction and WiFi device (RUN/ns3-pcap)"),
-), "packetisation of every message, and the network backend")
+), "packetisation of every message, the transport's handshake and give-up, and the network backend")
 
 EXPERIMENT = Table("experiment", (
     Key("classes", LIST, tuple(range(10)), "the Fashion-MNIST classes that take part",
@@ -266,8 +320,7 @@ _OVERRIDE = Table("node_overrides", (*_COMPUTE, UPLINK, _CELL_OF))
 _LINK = Table("links", (
     Key("a", NAME, REQUIRED, "one end"),
     Key("b", NAME, REQUIRED, "the other end"),
-    Key("bandwidth", RATE, REQUIRED, "each direction's capacity", **_BANDWIDTH),
-    Key("latency", TIME, 0.0, "one-way propagation delay", **_LATENCY),
+    *_medium("each direction's capacity", "a -> b", "b -> a"),
     Key("name", NAME, None, "the link's name (default <a>-<b>)"),
     Key("buffer", INT, None, "packets each sending port of the link queues (unset: network.buffer)", lo=1,
         hi=MAX_BUFFER),
@@ -275,12 +328,49 @@ _LINK = Table("links", (
 _CELLS = Table("cells", (
     Key("name", NAME, REQUIRED, "the cell's name"),
     Key("ap", NAME, REQUIRED, "its access point, a node of kind ap"),
-    Key("bandwidth", RATE, REQUIRED, "the channel's capacity, shared by all its stations in both directions",
-        **_BANDWIDTH),
-    Key("latency", TIME, 0.0, "one-way delay of a station-AP hop", **_LATENCY),
+    *_medium("the channel's capacity, shared by all its stations in both directions",
+             "station -> AP (a cell given a capacity per direction has one channel per direction)",
+             "AP -> station"),
     Key("buffer", INT, None, "packets each transmitter's queue on the channel holds (unset: network.buffer)",
         lo=1, hi=MAX_BUFFER),
 ))
+_FAULT = Table("faults", (
+    Key("link", NAME, None, "a link that goes down, both directions (an uplink is named <node>-<to>)"),
+    Key("cell", NAME, None, "a cell that goes down: its channel, for all its stations"),
+    Key("node", NAME, None, "a node whose links and cell membership all go down"),
+    Key("down", TIME, None, "one outage: when it begins", **_MOMENT),
+    Key("up", TIME, None, "one outage: when it ends (unset: never)", **_MOMENT),
+    Key("every", TIME, None, "repeating outages: one begins every this long", **_SPAN),
+    Key("duration", TIME, None, "repeating outages: each lasts this long (less than every)", **_SPAN),
+    Key("start", TIME, None, "repeating outages: when the first begins (unset: 0 s)", **_MOMENT),
+    Key("until", TIME, None, "repeating outages: none begins at or after this (unset: they go on)", **_MOMENT),
+))
+
+_TRAFFIC = Table("traffic", (
+    Key("name", NAME, REQUIRED, "the flow's name (the flow column of background.parquet)"),
+    Key("src", NAME, REQUIRED, "the node that sends"),
+    Key("dst", NAME, REQUIRED, "the node that receives"),
+    Key("kind", STR, REQUIRED, "cbr: frames of `packet` bytes at `rate`; periodic: a frame of `bytes` every "
+        "`period`; onoff: cbr during `on`, silent during `off`; bulk: an upload of `bytes` every `every`, or once",
+        choices=TRAFFIC_KINDS),
+    Key("priority", STR, "best_effort", "control: strict priority over all other traffic; best_effort: shares "
+        "fairly with FL", choices=PRIORITIES),
+    Key("transport", STR, None, "datagram (no handshake, no retransmission: a lost frame is lost; UDP, PROFINET RT) "
+        "or tcp (as FL's messages); unset: tcp for bulk, else datagram", choices=TRANSPORTS),
+    Key("start", TIME, 0.0, "when the first frame is sent", **_MOMENT),
+    Key("stop", TIME, None, "no frame is sent at or after this (unset: when the workload ends)", **_SPAN),
+    Key("rate", RATE, None, "cbr, onoff: payload bit rate while sending (headers come on top)", **_BANDWIDTH),
+    Key("packet", SIZE, None, "cbr, onoff: payload bytes per frame (unset: one MSS, mtu - ip_header_bytes)",
+        lo=1, hi=MAX_MESSAGE_BYTES),
+    Key("bytes", SIZE, None, "periodic: payload bytes per frame; bulk: per upload", lo=1, hi=MAX_MESSAGE_BYTES),
+    Key("period", TIME, None, "periodic: one frame every this long (the cycle time)", lo=MIN_FRAME_GAP,
+        hi=MAX_TIME, noun="time"),
+    Key("on", TIME, None, "onoff: how long each sending period lasts", **_SPAN),
+    Key("off", TIME, None, "onoff: how long each silent period lasts", **_SPAN),
+    Key("every", TIME, None, "bulk: one upload every this long from start (unset: one upload, at start)", **_SPAN),
+))
+TRAFFIC_KEYS = {"cbr": ("rate", "packet"), "periodic": ("bytes", "period"), "onoff": ("rate", "packet", "on", "off"),
+                "bulk": ("bytes", "every")}  # the keys of each kind (the rest of the per-kind keys must be unset)
 
 SCENARIO = Table("", (
     Key("name", NAME, None, "the scenario's name (default: the file name without .toml)"),
@@ -297,6 +387,10 @@ SCENARIO = Table("", (
         "keys; uplink keys change only what is given (a node without an uplink needs to and bandwidth)"),
     Array("links", _LINK, "full-duplex point-to-point links: each direction has the bandwidth"),
     Array("cells", _CELLS, "shared media (WiFi cells): all stations share one channel"),
+    Array("faults", _FAULT, "outages: exactly one of link, cell and node goes down, once (down, up) or repeatedly "
+          "(every, duration, start, until)"),
+    Array("traffic", _TRAFFIC, "the plant's own background flows between any two nodes, traced in background.parquet "
+          "and summarised with and without the workload (docs/network-model.md, Background traffic)"),
     EXPERIMENT,
     SYNTHETIC,
 ))
@@ -338,7 +432,11 @@ def join(where: str, k: str | int) -> str:
 
 
 def did_you_mean(v: str, choices: Sequence[str], cutoff: float = 0.6) -> str:
+    """"; did you mean 'x'?" with the closest choices (up to three, within 0.1 of the closest's similarity)."""
     close = difflib.get_close_matches(v, list(choices), n=3, cutoff=cutoff)
+    if close:
+        score = [difflib.SequenceMatcher(None, v, c).ratio() for c in close]
+        close = [c for c, r in zip(close, score) if r >= score[0] - 0.1]
     return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
@@ -374,7 +472,7 @@ def bound_error(key: Key, x: float) -> str | None:
             return f"must lie in {_range_text(key)}"
         one_sided = dataclasses.replace(key, hi=None) if lo_bad else dataclasses.replace(key, lo=None)
         return f"must be {_range_text(one_sided)}"
-    noun = _QUANTITY[key.kind][2]
+    noun = key.noun or _QUANTITY[key.kind][2]
     if lo_bad and x <= 0 and (key.open_lo or (lo or 0) > 0):
         return f"{noun} must be positive"
     if lo_bad and x < 0:
@@ -559,7 +657,10 @@ it equal to the code.
 - `--set KEY=VALUE` (repeatable) changes a key before validation. KEY is dotted, with `[i]` for array entries:
   `--set experiment.rounds=3`, `--set 'node_groups[0].uplink.bandwidth=10 Mbps'`,
   `--set 'experiment.local_epochs=[2, 5]'`. VALUE is read as a TOML value (`3`, `true`, `[1, 2]`, `"x"`) and
-  otherwise kept as a string. `--seed N` replaces `seed`.
+  otherwise kept as a string. `[*]` sets the key in every entry of the array: `--set 'cells[*].loss=0.02'`,
+  `--set 'traffic[*].stop="60 s"'` (also in `simfl sweep --vary`). An override of `loss`, `loss_up` or
+  `loss_down` replaces the entry's `burst_loss`, and one of `burst_loss` its loss keys: the override gives the loss
+  model (in a file, giving both is an error). `--seed N` replaces `seed`.
 - `extends = "other.toml"` (relative to this file) starts from another scenario: its tables merge key by key, every
   other value (arrays too) is replaced by this file's; its `name` and `description` are not inherited.
   Extends may chain, not loop.

@@ -3,8 +3,8 @@
 summary.json is one flat JSON object (the layout every simfl version wrote, kept so that old files read back):
 
     scenario, seed, workload      the run
-    totals                        {messages, messages_undelivered, payload_bits, payload_bytes, wire_bytes,
-                                   sim_time_s, wall_time_s, events_processed}
+    totals                        {messages, messages_undelivered, messages_lost, payload_bits, payload_bytes,
+                                   wire_bytes, retransmitted_bytes, sim_time_s, wall_time_s, events_processed}
     <the workload's keys>         fedad: bytes per phase, closed forms, durations, AUCs, communities, ...
                                   (`FedadPart`); synthetic: message_bytes, target, patterns (`SyntheticPart`)
     <each total>                  copied to the top level where the workload has no key of that name (so for
@@ -13,6 +13,10 @@ summary.json is one flat JSON object (the layout every simfl version wrote, kept
     incast                        per phase where the fluid model is optimistic, its worst port (`simfl.incast`:
                                   phase, port, flows, packets, buffer, initial_window, ..., message); [] when
                                   none; absent in runs made before the check
+    background                    per [[traffic]] flow (`BackgroundFlow`): src, dst, kind, priority, transport,
+                                  frame_bytes, gap_s, with_fl and without_fl (`LatencyStats`: frames, delivered,
+                                  lost, loss, p50_s, p99_s, max_s, mean_s, wire_bytes) and a verdict; absent
+                                  without [[traffic]]. The totals count the workload's messages only.
 
 JSON has no inf/nan: they are written as null and read back as None.
 """
@@ -30,7 +34,7 @@ from typing import Any
 from simfl.errors import SimflError
 
 __all__ = ["SUMMARY_FILE", "RunSummary", "Totals", "FedadPart", "SyntheticPart", "SyntheticPattern",
-           "summary_from_dict", "write_summary", "read_summary"]
+           "LatencyStats", "BackgroundFlow", "summary_from_dict", "write_summary", "read_summary"]
 
 SUMMARY_FILE = "summary.json"
 
@@ -41,9 +45,11 @@ class Totals:
 
     messages: int
     messages_undelivered: int = 0
+    messages_lost: int = 0  # given up on: their path stayed down longer than network.give_up
     payload_bits: int
     payload_bytes: float
     wire_bytes: int
+    retransmitted_bytes: int = 0  # included in wire_bytes
     sim_time_s: float
     wall_time_s: float
     events_processed: int = 0
@@ -103,6 +109,38 @@ class FedadPart:
 
 
 @dataclass(kw_only=True)
+class LatencyStats:
+    """A background flow's frames in one run (`simfl.traffic.flow_stats`): latency = t_deliver - t_send in seconds
+    over the delivered frames (p50 and p99 by nearest rank; None when none was delivered), loss = lost / frames."""
+
+    frames: int
+    delivered: int
+    lost: int
+    loss: float | None
+    p50_s: float | None
+    p99_s: float | None
+    max_s: float | None
+    mean_s: float | None
+    wire_bytes: int
+
+
+@dataclass(kw_only=True)
+class BackgroundFlow:
+    """One [[traffic]] flow: what it is, its statistics with the workload and alone, and a verdict."""
+
+    src: str
+    dst: str
+    kind: str
+    priority: str
+    transport: str
+    frame_bytes: int  # payload bytes of each frame (bulk: of each upload)
+    gap_s: float | None  # seconds between frames while sending (None: one upload)
+    with_fl: LatencyStats
+    without_fl: LatencyStats
+    verdict: str
+
+
+@dataclass(kw_only=True)
 class RunSummary:
     """One run's summary. Exactly one of `fedad` / `synthetic` is set, after `workload`."""
 
@@ -114,6 +152,7 @@ class RunSummary:
     synthetic: SyntheticPart | None = None
     cache: dict[str, Any] | None = None  # the learning cache's outcome, as the plan module reports it
     incast: list[dict[str, Any]] | None = None  # simfl.incast.Incast.to_dict() per phase; None: not checked
+    background: dict[str, BackgroundFlow] | None = None  # per [[traffic]] flow; None: the scenario has none
     extra: dict[str, Any] = field(default_factory=dict)  # keys this simfl does not know: kept, written back
 
     @property
@@ -129,6 +168,8 @@ class RunSummary:
             d["cache"] = self.cache
         if self.incast is not None:
             d["incast"] = self.incast
+        if self.background is not None:
+            d["background"] = {k: dataclasses.asdict(v) for k, v in self.background.items()}
         d.update(self.extra)
         totals = dataclasses.asdict(self.totals)
         d["totals"] = totals
@@ -138,7 +179,7 @@ class RunSummary:
 
 
 _PARTS: dict[str, type] = {"fedad": FedadPart, "synthetic": SyntheticPart}
-_TOP = ("scenario", "seed", "workload", "totals", "cache", "incast")
+_TOP = ("scenario", "seed", "workload", "totals", "cache", "incast", "background")
 
 
 def _finite(o: Any) -> Any:
@@ -186,9 +227,22 @@ def summary_from_dict(d: dict[str, Any], source: str = "summary") -> RunSummary:
     known = set(_TOP) | {f.name for f in dataclasses.fields(part_cls)} if part_cls else set(_TOP)
     copied = {k for k in dataclasses.asdict(totals) if k not in known}
     extra = {k: v for k, v in d.items() if k not in known and k not in copied}
-    base = _build(RunSummary, {**d, "totals": totals}, source)
+    bg = d.get("background")
+    if isinstance(bg, dict):
+        bg = {k: _background_flow(v, f"{source}: background.{k}") for k, v in bg.items()}
+    base = _build(RunSummary, {**d, "totals": totals, "background": bg}, source)
     return dataclasses.replace(base, fedad=part if workload == "fedad" else None,
                                synthetic=part if workload == "synthetic" else None, extra=extra)
+
+
+def _background_flow(v: Any, what: str) -> BackgroundFlow:
+    if isinstance(v, BackgroundFlow):
+        return v
+    if not isinstance(v, dict):
+        raise ValueError(f"{what}: a JSON object was expected")
+    stats = {k: v[k] if isinstance(v.get(k), LatencyStats) else _build(LatencyStats, v.get(k) or {}, f"{what}.{k}")
+             for k in ("with_fl", "without_fl")}
+    return _build(BackgroundFlow, {**v, **stats}, what)
 
 
 def write_summary(run_dir: str | Path, summary: RunSummary) -> Path:

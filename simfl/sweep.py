@@ -8,8 +8,9 @@
                            'synthetic.message_bytes=["12,868 B", "1 kB"]'
                            'synthetic.pattern=[["gather"], ["allpairs"]]'
 
-Learning results do not depend on the network, so a sweep first builds each distinct learning plan once (through
-the content-addressed cache of `simfl.plan`), then replays every point on its network. A point whose directory
+Learning results do not depend on the network (without deadlines or faults), so a sweep first runs one point of
+each distinct learning identity (`simfl.plan.learning_identity`), which fills the learning cache (`simfl.cache`),
+then runs every other point on its network, reading its learning from that cache. A point whose directory
 already holds a finished run of the same resolved scenario is read back, not recomputed: an interrupted sweep,
 run again, resumes. Network-only (synthetic) scenarios need no learning: every point is one network run.
 """
@@ -277,8 +278,8 @@ def _run_pool(todo: list[tuple[Scenario, Path]], idx: Sequence[int], jobs: int) 
 
 def _run_points(todo: list[tuple[Scenario, Path]], executor: str, jobs: int, address: str | None,
                 say: Callable[[str], None], progress: bool) -> dict[int, RunSummary]:
-    """Every point's summary, by index. Points that share a learning plan: the first of each runs alone (it trains
-    and fills the cache), the rest replay from the cache, so parallel executors never train one plan twice."""
+    """Every point's summary, by index. Points that share their learning: the first of each runs alone (it trains
+    and fills the cache), the rest read it from the cache, so parallel executors never train the same thing twice."""
     first: dict[str, int] = {}
     if any(sc.workload == "fedad" for sc, _ in todo):
         from simfl.plan import learning_identity
@@ -468,7 +469,8 @@ def _plot_fedad(table: pl.DataFrame, keys: list[str], out_dir: Path) -> float | 
         cross = crossover(x, t["duration_s_method"].to_list(), t["centralised_upload_s"].to_list())
         if cross is not None:
             ax.axvline(cross, color="k", ls=":", label=f"crossover ~ {cross:.3g}")
-    ax.set_xscale("log")
+    if min(x) > 0:  # a sweep from 0 (e.g. loss) keeps a linear axis
+        ax.set_xscale("log")
     ax.set_yscale("log")
     _save(fig, ax, out_dir / "durations.png")
     (out_dir / "crossover.json").write_text(json.dumps({"key": key, "crossover": cross}, indent=2) + "\n")

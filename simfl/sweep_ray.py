@@ -94,7 +94,7 @@ def _connect(ray: Any, address: str, say: Callable[[str], None]) -> None:
 
 
 def _task_env() -> dict[str, str]:
-    """The tasks replay learning plans from the cache the driver filled: its absolute path (and the data
+    """The tasks read their learning from the cache the driver filled: its absolute path (and the data
     directory, if $SIMFL_DATA names one) reach them through the task's environment."""
     from simfl.cache import default_cache_dir
 

@@ -2,17 +2,26 @@
 
 The graph is a networkx `Graph`, the one home of the network's structure: nodes are the scenario's nodes (in
 declaration order, with their `kind` and compute speed `flops`); edges are point-to-point links (full duplex) and
-cell memberships (station <-> AP, carried by the cell's shared channel), with `link`, `medium`, `capacity_bps` and
-`latency_s`. A route is a list of `Hop`s; each hop names the *resource* whose capacity it uses:
-`"<link>:<src>><dst>"` for one direction of a link, `"cell:<cell>"` for every hop through a shared cell. Two
-stations of the same cell talk through their access point (two hops, both on the cell's channel).
+cell memberships (station <-> AP, carried by the cell's channel), with `link`, `medium` and `hops`: the `Hop` in
+each direction, keyed by its sending node. A hop carries its direction's capacity, one-way latency, stationary
+packet loss rate and mean jitter. A route is a tuple of `Hop`s; each hop names the *resource* whose capacity it
+uses: `"<link>:<src>><dst>"` for one direction of a link, `"cell:<cell>"` for every hop through a shared cell, or
+for a cell with one channel per direction (`duplex`) `"cell:<cell>:up"` (station -> AP) and `"cell:<cell>:down"`.
+Two stations of the same cell talk through their access point (two hops on the cell's channel(s)).
+
+Resources are the capacities transfers share, in the links table's order: each link's two directions (a -> b,
+then b -> a), then each cell (a duplex cell: up, then down). A resource may have a capacity trace (its capacity
+then is the trace's value at time 0, and changes over time in the network).
 
 Routing: least total latency (summed in integer picoseconds, so equal sums tie exactly), then fewest hops, then the
-predecessor with the smallest name. Routes are computed once per source (Dijkstra over the graph's adjacency, kept
-here because networkx's shortest paths have no such tie-break) and cached.
+predecessor with the smallest name. Latencies are per direction, so the route back may differ from the route
+there. Routes are computed once per source (Dijkstra over the graph's adjacency, kept here because networkx's
+shortest paths have no such tie-break) and cached.
 
 Connectivity comes from the graph: `reachable(node)`, `components()`; `without(links)` is the topology with links
-or cells out of service (an outage): the same nodes and resources, routes recomputed around them.
+or cells out of service, `without_edges(pairs)` with single graph edges out of service (an outage): the same nodes
+and resources, routes recomputed around them. `fault_edges` names the graph edges each of the scenario's
+[[faults]] takes down.
 """
 
 from __future__ import annotations
@@ -23,10 +32,14 @@ from dataclasses import dataclass
 
 import networkx as nx
 
-from simfl.config import Scenario
+from simfl.config import Cell, Direction, Link, Scenario
 from simfl.errors import SimflError
+from simfl.faults import Fault
+from simfl.linkmodels import CapacityTrace
 
-__all__ = ["Hop", "Resource", "Topology"]
+__all__ = ["Hop", "Resource", "Topology", "Edge"]
+
+Edge = frozenset[str]  # a graph edge: the two nodes it joins
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,33 +49,38 @@ class Hop:
     link: str  # link name, or cell name for a cell hop
     resource: str  # id of the capacity this hop uses
     medium: str  # "p2p" or "cell"
-    capacity_bps: float
+    capacity_bps: float  # with a capacity trace: its value at time 0
     latency_s: float
+    loss: float = 0.0  # stationary probability that a packet is lost on this hop
+    jitter_s: float = 0.0  # mean extra delay per message
 
 
 @dataclass(frozen=True, slots=True)
 class Resource:
-    """One capacity that transfers share: a link direction or a whole cell."""
+    """One capacity that transfers share: a link direction, a whole cell, or one direction of a duplex cell."""
 
     id: str
     link: str
     medium: str  # "p2p" or "cell"
-    src: str  # the link direction's sender; for a cell, its access point
-    dst: str  # the link direction's receiver; for a cell, "*"
-    capacity_bps: float
-    latency_s: float
+    src: str  # the link direction's sender; for a cell, its access point ("*" for a duplex cell's up channel)
+    dst: str  # the link direction's receiver; for a cell, "*" (the access point for a duplex cell's up channel)
+    capacity_bps: float  # with a trace: its value at time 0
+    latency_s: float  # for a shared cell: the AP -> station delay
+    trace: CapacityTrace | None = None
 
 
 class Topology:
     """Nodes, links and cells of a scenario as a networkx graph; routes and connectivity over it."""
 
-    def __init__(self, graph: nx.Graph, resources: Sequence[Resource]) -> None:
+    def __init__(self, graph: nx.Graph, resources: Sequence[Resource],
+                 faults: Sequence[tuple[Fault, frozenset[Edge]]] = ()) -> None:
         self.graph = graph
         self.resources: tuple[Resource, ...] = tuple(resources)
         self.nodes: tuple[str, ...] = tuple(graph.nodes)
+        self.faults: tuple[tuple[Fault, frozenset[Edge]], ...] = tuple(faults)  # each with the edges it takes down
         # adjacency: node -> list of (neighbour, Hop) sorted by the neighbour's name, deterministic
         self._adj: dict[str, list[tuple[str, Hop]]] = {
-            a: [(b, _hop(a, b, data)) for b, data in sorted(nbrs.items())] for a, nbrs in graph.adjacency()}
+            a: [(b, data["hops"][a]) for b, data in sorted(nbrs.items())] for a, nbrs in graph.adjacency()}
         self._trees: dict[str, dict[str, tuple[str, Hop]]] = {}
 
     @classmethod
@@ -72,20 +90,25 @@ class Topology:
             g.add_node(n.name, kind=n.kind, flops=n.flops or 0.0)
         resources: list[Resource] = []
         for ln in sc.links:
-            g.add_edge(ln.a, ln.b, link=ln.name, medium="p2p", capacity_bps=ln.bandwidth_bps, latency_s=ln.latency_s)
-            resources.append(Resource(f"{ln.name}:{ln.a}>{ln.b}", ln.name, "p2p", ln.a, ln.b, ln.bandwidth_bps,
-                                      ln.latency_s))
-            resources.append(Resource(f"{ln.name}:{ln.b}>{ln.a}", ln.name, "p2p", ln.b, ln.a, ln.bandwidth_bps,
-                                      ln.latency_s))
+            ids = (f"{ln.name}:{ln.a}>{ln.b}", f"{ln.name}:{ln.b}>{ln.a}")
+            up, down = _hops(ln, ln.a, ln.b, ids, "p2p")
+            g.add_edge(ln.a, ln.b, link=ln.name, medium="p2p", hops={ln.a: up, ln.b: down})
+            resources.append(_resource(ids[0], ln.name, "p2p", ln.a, ln.b, ln.up))
+            resources.append(_resource(ids[1], ln.name, "p2p", ln.b, ln.a, ln.down))
         cells = {c.name: c for c in sc.cells}
         for c in sc.cells:
-            resources.append(Resource(f"cell:{c.name}", c.name, "cell", c.ap, "*", c.bandwidth_bps, c.latency_s))
+            if c.duplex:
+                resources.append(_resource(f"cell:{c.name}:up", c.name, "cell", "*", c.ap, c.up))
+                resources.append(_resource(f"cell:{c.name}:down", c.name, "cell", c.ap, "*", c.down))
+            else:
+                resources.append(_resource(f"cell:{c.name}", c.name, "cell", c.ap, "*", c.down))
         for n in sc.nodes:
             if n.cell is not None:
                 c = cells[n.cell]
-                g.add_edge(n.name, c.ap, link=c.name, medium="cell", capacity_bps=c.bandwidth_bps,
-                           latency_s=c.latency_s)
-        return cls(g, resources)
+                ids = (f"cell:{c.name}:up", f"cell:{c.name}:down") if c.duplex else (f"cell:{c.name}",) * 2
+                up, down = _hops(c, n.name, c.ap, ids, "cell")
+                g.add_edge(n.name, c.ap, link=c.name, medium="cell", hops={n.name: up, c.ap: down})
+        return cls(g, resources, [(f, _fault_edges(g, f)) for f in sc.faults])
 
     # ------------------------------------------------------------------ queries
     def _node(self, node: str) -> dict:
@@ -119,8 +142,12 @@ class Topology:
         known = {r.link for r in self.resources}
         if down - known:
             raise SimflError(f"unknown link or cell {sorted(down - known)[0]!r} (known: {', '.join(sorted(known))})")
+        return self.without_edges(frozenset((u, v)) for u, v, name in self.graph.edges(data="link") if name in down)
+
+    def without_edges(self, edges: Iterable[Edge]) -> Topology:
+        """This topology with the given graph edges (pairs of nodes) out of service; see `without`."""
         g = self.graph.copy()
-        g.remove_edges_from([(u, v) for u, v, name in self.graph.edges(data="link") if name in down])
+        g.remove_edges_from([tuple(e) for e in edges])
         return Topology(g, self.resources)
 
     def route(self, src: str, dst: str) -> list[Hop]:
@@ -128,6 +155,15 @@ class Topology:
         return list(self.route_tuple(src, dst))
 
     def route_tuple(self, src: str, dst: str) -> tuple[Hop, ...]:
+        hops = self.route_or_none(src, dst)
+        if hops is None:
+            self._node(dst)
+            raise SimflError(f"no route from {src} to {dst}: no chain of working links and cells joins them ({src} "
+                             f"reaches {len(self.reachable(src)) - 1} other node(s))")
+        return hops
+
+    def route_or_none(self, src: str, dst: str) -> tuple[Hop, ...] | None:
+        """The route from src to dst, or None when no chain of working links and cells joins them."""
         tree = self._trees.get(src)
         if tree is None:
             self._node(src)
@@ -135,9 +171,7 @@ class Topology:
         if dst == src:
             return ()
         if dst not in tree:
-            self._node(dst)
-            raise SimflError(f"no route from {src} to {dst}: no chain of working links and cells joins them ({src} "
-                             f"reaches {len(self.reachable(src)) - 1} other node(s))")
+            return None
         hops = []
         v = dst
         while v != src:
@@ -149,6 +183,20 @@ class Topology:
 
     def path_latency(self, src: str, dst: str) -> float:
         return sum(h.latency_s for h in self.route_tuple(src, dst))
+
+    def one_way(self, src: str, dst: str, bits: float) -> float:
+        """The time a packet of `bits` takes alone from src to dst: sum over the route's hops of
+        (L_h + J_h + bits / C_h), J_h the mean jitter (the terms of the network's handshake and round trip)."""
+        tree = self._trees.get(src)
+        if tree is None or (dst not in tree and dst != src):
+            self.route_tuple(src, dst)  # builds the tree, or raises: no route
+            tree = self._trees[src]
+        total = 0.0
+        v = dst
+        while v != src:
+            v, h = tree[v]
+            total += h.latency_s + h.jitter_s + bits / h.capacity_bps
+        return total
 
     def _dijkstra(self, src: str) -> dict[str, tuple[str, Hop]]:
         best: dict[str, tuple[int, int]] = {src: (0, 0)}
@@ -173,7 +221,18 @@ class Topology:
         return pred
 
 
-def _hop(a: str, b: str, edge: dict) -> Hop:
-    """The hop a -> b over a graph edge: a link direction, or a trip through a cell."""
-    rid = f"cell:{edge['link']}" if edge["medium"] == "cell" else f"{edge['link']}:{a}>{b}"
-    return Hop(a, b, edge["link"], rid, edge["medium"], edge["capacity_bps"], edge["latency_s"])
+def _hops(m: Link | Cell, a: str, b: str, ids: tuple[str, str], medium: str) -> tuple[Hop, Hop]:
+    """The hops a -> b (over `m`'s up direction, resource ids[0]) and b -> a (down, ids[1])."""
+    return tuple(Hop(x, y, m.name, rid, medium, d.bandwidth_bps, d.latency_s, d.loss.rate, m.jitter_s)
+                 for x, y, rid, d in ((a, b, ids[0], m.up), (b, a, ids[1], m.down)))  # type: ignore[return-value]
+
+
+def _resource(rid: str, link: str, medium: str, src: str, dst: str, d: Direction) -> Resource:
+    return Resource(rid, link, medium, src, dst, d.bandwidth_bps, d.latency_s, d.trace)
+
+
+def _fault_edges(g: nx.Graph, f: Fault) -> frozenset[Edge]:
+    """The graph edges a fault takes down: its link's, its cell's memberships, or all of its node's."""
+    if f.target == "node":
+        return frozenset(frozenset(e) for e in g.edges(f.name))
+    return frozenset(frozenset((u, v)) for u, v, name in g.edges(data="link") if name == f.name)

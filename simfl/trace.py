@@ -1,20 +1,30 @@
 """The trace recorder and its three fixed schemas; parquet and CSV writers.
 
-messages (one row per delivered message, sorted by msg_id):
+messages (one row per delivered or lost message, sorted by msg_id):
     msg_id i64, phase str, round i32, kind str, src str, dst str, payload_bits i64, wire_bytes i64,
-    retransmitted_bytes i64, n_packets i64, hops i32, t_send f64, t_start f64, t_tx f64, t_deliver f64
+    retransmitted_bytes i64, n_packets i64, hops i32, t_send f64, t_start f64, t_tx f64, t_deliver f64, status str
     (times in simulated seconds: send called, transmission start, transmission end (last bit left the sender),
-    delivery; wire_bytes includes retransmitted_bytes, which the fluid network never has: 0)
+    delivery; wire_bytes includes retransmitted_bytes (lossy routes); status "delivered" or "lost": a lost message
+    has NaN t_tx and t_deliver (and t_start if it never began) and the wire bytes it sent before it was lost)
 compute (one row per computation, in the order they ended):
     node str, phase str, round i32, kind str, t_start f64, t_end f64, flops f64, wall_s f64
     (wall_s is measured on this machine and never feeds the clock; it is the only column that can differ between two
     runs of the same scenario and seed)
 links (one row per link direction, then one per shared cell, in scenario order):
-    link str, medium str ("p2p" | "cell"), src str, dst str ("*" for a cell, whose src is its access point),
-    capacity_bps f64, latency_s f64, bytes i64 (wire bytes carried; a message crossing a cell twice counts twice),
-    messages i64, drops i64 (packets its queue dropped: 0 in the fluid model; the ns3 backend counts them),
-    busy_s f64 (simulated time with at least one transfer on it),
-    utilisation f64 (= 8 * bytes / (capacity_bps * simulated end time); 0 when the end time is 0)
+    link str, medium str ("p2p" | "cell"), src str, dst str ("*" for a cell, whose src is its access point; a cell
+    with one channel per direction has two rows: src "*", dst the access point for station -> AP, and the reverse),
+    capacity_bps f64 (with a capacity trace: its mean up to the end time), latency_s f64, bytes i64 (wire bytes
+    carried; a message crossing a cell twice counts twice; bytes sent before a reroute count on the old route),
+    messages i64 (crossings of messages that finished on it), drops i64 (packets its queue dropped: 0 in the fluid
+    model; the ns3 backend counts them), busy_s f64 (simulated time with at least one transfer
+    on it), utilisation f64 (= 8 * bytes / (capacity_bps * simulated end time); 0 when the end time is 0)
+    (the links carry background traffic too: its bytes count here)
+background (one row per frame of a [[traffic]] flow, sorted by flow and seq: the frames of the run with the workload,
+then those of the same background alone; written by `simfl.traffic`):
+    flow str, seq i64 (the frame's index in its flow), with_fl bool (false: the background-alone run), src str,
+    dst str, t_send f64, t_deliver f64 (NaN when lost), latency f64 (t_deliver - t_send, NaN when lost), bytes i64
+    (payload), wire_bytes i64 (with headers and a TCP flow's retransmissions), lost bool
+    (messages with phase "background" go here, never to the messages table; the totals count them apart)
 """
 
 from __future__ import annotations
@@ -25,15 +35,18 @@ from typing import Any
 
 import polars as pl
 
-from simfl.messages import Message
+from simfl.messages import LOST, Message
 
-__all__ = ["MESSAGE_SCHEMA", "COMPUTE_SCHEMA", "LINK_SCHEMA", "TraceRecorder", "write_traces"]
+__all__ = ["MESSAGE_SCHEMA", "COMPUTE_SCHEMA", "LINK_SCHEMA", "BACKGROUND_SCHEMA", "BACKGROUND", "TraceRecorder",
+           "write_traces", "write_frame"]
+
+BACKGROUND = "background"  # the phase of background traffic's messages (their kind is the flow's name)
 
 MESSAGE_SCHEMA = pl.Schema({
     "msg_id": pl.Int64, "phase": pl.String, "round": pl.Int32, "kind": pl.String, "src": pl.String,
     "dst": pl.String, "payload_bits": pl.Int64, "wire_bytes": pl.Int64, "retransmitted_bytes": pl.Int64,
     "n_packets": pl.Int64, "hops": pl.Int32, "t_send": pl.Float64, "t_start": pl.Float64, "t_tx": pl.Float64,
-    "t_deliver": pl.Float64,
+    "t_deliver": pl.Float64, "status": pl.String,
 })
 COMPUTE_SCHEMA = pl.Schema({
     "node": pl.String, "phase": pl.String, "round": pl.Int32, "kind": pl.String, "t_start": pl.Float64,
@@ -45,7 +58,14 @@ LINK_SCHEMA = pl.Schema({
     "utilisation": pl.Float64,
 })
 
+BACKGROUND_SCHEMA = pl.Schema({
+    "flow": pl.String, "seq": pl.Int64, "with_fl": pl.Boolean, "src": pl.String, "dst": pl.String,
+    "t_send": pl.Float64, "t_deliver": pl.Float64, "latency": pl.Float64, "bytes": pl.Int64, "wire_bytes": pl.Int64,
+    "lost": pl.Boolean,
+})
+
 _MSG_COLS = tuple(MESSAGE_SCHEMA)
+_BG_COLS = ("flow", "seq", "src", "dst", "t_send", "t_deliver", "bytes", "wire_bytes", "lost")
 _COMPUTE_COLS = tuple(COMPUTE_SCHEMA)
 
 
@@ -56,11 +76,20 @@ class TraceRecorder:
         self._msg: dict[str, list[Any]] = {c: [] for c in _MSG_COLS}
         self._compute: dict[str, list[Any]] = {c: [] for c in _COMPUTE_COLS}
         self._links: Callable[[], dict[str, list[Any]]] | None = None
+        self._bg: dict[str, list[Any]] = {c: [] for c in _BG_COLS}
         self.payload_bits = 0
         self.wire_bytes = 0
+        self.retransmitted_bytes = 0
+        self.messages_lost = 0  # all lost messages, background frames too (the network's own count)
+        self.background_sent = 0  # counted by the network's send
+        self.background_delivered = 0
+        self.background_lost = 0
 
     # ------------------------------------------------------------------ recording
     def record_message(self, m: Message) -> None:
+        if m.phase == BACKGROUND:
+            self._record_background(m)
+            return
         c = self._msg
         c["msg_id"].append(m.msg_id)
         c["phase"].append(m.phase)
@@ -77,8 +106,30 @@ class TraceRecorder:
         c["t_start"].append(m.t_start)
         c["t_tx"].append(m.t_tx)
         c["t_deliver"].append(m.t_deliver)
+        c["status"].append(m.status)
         self.payload_bits += m.payload_bits
         self.wire_bytes += m.wire_bytes
+        self.retransmitted_bytes += m.retransmitted_bytes
+        if m.status == LOST:
+            self.messages_lost += 1
+
+    def _record_background(self, m: Message) -> None:
+        c = self._bg
+        c["flow"].append(m.kind)
+        c["seq"].append(m.round)
+        c["src"].append(m.src)
+        c["dst"].append(m.dst)
+        c["t_send"].append(m.t_send)
+        c["t_deliver"].append(m.t_deliver)
+        c["bytes"].append(m.payload_bits // 8)
+        c["wire_bytes"].append(m.wire_bytes)
+        lost = m.status == LOST
+        c["lost"].append(lost)
+        if lost:
+            self.messages_lost += 1
+            self.background_lost += 1
+        else:
+            self.background_delivered += 1
 
     def record_compute(self, node: str, phase: str, round: int, kind: str, t_start: float, t_end: float,
                        flops: float, wall_s: float = 0.0) -> None:
@@ -91,6 +142,13 @@ class TraceRecorder:
         c["t_end"].append(float(t_end))
         c["flops"].append(float(flops))
         c["wall_s"].append(float(wall_s))
+
+    def set_compute_wall_s(self, walls: list[float]) -> None:
+        """Replace the compute rows' `wall_s` (one value per row, in recording order): a workload whose learning
+        runs lazily knows them only after the rows were recorded."""
+        if len(walls) != len(self._compute["wall_s"]):
+            raise ValueError(f"{len(walls)} wall times for {len(self._compute['wall_s'])} compute rows")
+        self._compute["wall_s"] = [float(w) for w in walls]
 
     def set_link_source(self, source: Callable[[], dict[str, list[Any]]]) -> None:
         """Register the callable (the Network's) that returns the link table's columns."""
@@ -111,6 +169,15 @@ class TraceRecorder:
         cols = self._links() if self._links is not None else {c: [] for c in LINK_SCHEMA}
         return pl.DataFrame(cols, schema=LINK_SCHEMA)
 
+    def background_frame(self, with_fl: bool = True) -> pl.DataFrame:
+        """The background frames recorded (delivered or lost), by flow and seq (`BACKGROUND_SCHEMA`)."""
+        c = self._bg
+        n = len(c["flow"])
+        schema = {k: BACKGROUND_SCHEMA[k] for k in (*_BG_COLS, "with_fl")}
+        f = pl.DataFrame({**c, "with_fl": [with_fl] * n}, schema=schema)
+        f = f.with_columns((pl.col("t_deliver") - pl.col("t_send")).alias("latency"))
+        return f.select(BACKGROUND_SCHEMA.names()).sort("flow", "seq")
+
 
 def write_traces(recorder: TraceRecorder, run_dir: str | Path) -> dict[str, Path]:
     """Write messages/compute/links as parquet and CSV into run_dir; returns {name: parquet path}."""
@@ -119,8 +186,13 @@ def write_traces(recorder: TraceRecorder, run_dir: str | Path) -> dict[str, Path
     out: dict[str, Path] = {}
     for name, frame in (("messages", recorder.messages_frame()), ("compute", recorder.compute_frame()),
                         ("links", recorder.links_frame())):
-        pq = run_dir / f"{name}.parquet"
-        frame.write_parquet(pq, compression="zstd", statistics=True)
-        frame.write_csv(run_dir / f"{name}.csv")
-        out[name] = pq
+        out[name] = write_frame(frame, run_dir, name)
     return out
+
+
+def write_frame(frame: pl.DataFrame, run_dir: str | Path, name: str) -> Path:
+    """`name`.parquet and `name`.csv in run_dir; returns the parquet path."""
+    pq = Path(run_dir) / f"{name}.parquet"
+    frame.write_parquet(pq, compression="zstd", statistics=True)
+    frame.write_csv(Path(run_dir) / f"{name}.csv")
+    return pq

@@ -1,8 +1,8 @@
 """Synthetic network-only workloads: all-pairs exchange, gather, broadcast.
 
 `[synthetic] pattern` lists the patterns to run one after another; each starts when the previous one has been
-delivered completely. All messages of a pattern are sent at the same instant (phase "synthetic", kind "synthetic",
-round = the pattern's index):
+delivered completely (a message the network gives up on counts as done: it is recorded as lost). All messages of a
+pattern are sent at the same instant (phase "synthetic", kind "synthetic", round = the pattern's index):
 
     allpairs   every client sends one message to every other client          (n (n - 1) messages)
     gather     every client other than the target sends one to the target    (n or n - 1 messages)
@@ -40,6 +40,23 @@ def pattern_pairs(pattern: str, clients: list[str], target: str | None, order: s
     raise ValueError(f"unknown pattern {pattern!r}")
 
 
+def _settled(env: Any, events: list) -> Any:
+    """An event that succeeds once every event has succeeded or failed (a lost message: the trace has it)."""
+    done = env.event()
+    left = [len(events)]
+
+    def one(ev: Any) -> None:
+        if not ev.ok:
+            ev.defused = True
+        left[0] -= 1
+        if not left[0]:
+            done.succeed()
+
+    for ev in events:
+        ev.callbacks.append(one)
+    return done
+
+
 def run_synthetic(world: World, scenario: Scenario, say: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the scenario's synthetic patterns on `world` to completion; returns a summary dict. `say(stage)` hears
     of each pattern as it starts."""
@@ -59,12 +76,12 @@ def run_synthetic(world: World, scenario: Scenario, say: Callable[[str], None] |
             events = [net.send(a, b, kind="synthetic", phase="synthetic", round=i, payload_bits=bits)
                       for a, b in pairs]
             if events:
-                yield env.all_of(events)
+                yield _settled(env, events)
             done.append({"pattern": pattern, "round": i, "messages": len(events), "t_start": t0,
                          "t_end": env.now, "duration_s": env.now - t0})
 
-    env.process(proc())
-    env.run()
+    p = env.process(proc())
+    env.run(until=p if world.background is not None else None)  # background flows would run on for ever
     return {
         "workload": "synthetic",
         "message_bytes": syn.message_bytes,

@@ -52,6 +52,7 @@ class World:
         self.env = CountingEnvironment()
         self.topology = Topology.from_scenario(scenario)
         self.recorder = TraceRecorder()
+        self.background: Any = None  # the scenario's [[traffic]] flows once started (`simfl.traffic.Background`)
         if scenario.network.model == "ns3":
             from simfl.ns3 import PCAP_DIR, Ns3Network  # loads ns-3 (10-20 s the first time in a process)
 
@@ -60,7 +61,7 @@ class World:
                                                seed=scenario.seed, buffers=buffers,
                                                pcap_dir=None if run_dir is None else Path(run_dir) / PCAP_DIR)
         else:
-            self.network = Network(self.env, self.topology, scenario.network, self.recorder)
+            self.network = Network(self.env, self.topology, scenario.network, self.recorder, seed=scenario.seed)
 
     def close(self) -> None:
         """Release the network backend (the ns3 backend: ns-3, which completes the pcap files it writes)."""

@@ -1,14 +1,14 @@
-"""Shared fixtures: the tiny real-data fedad scenario, its learning plan built once per test run, and a build
-counter.
+"""Shared fixtures: the tiny real-data fedad scenario, its learning computed once per test run, and a counter of
+the learning engines started.
 
 The tiny scenario: 4 clients (classes 1 and 7, two clients each) of Fashion-MNIST, every stage one or two epochs,
 each shard cut to its first TINY_SAMPLES samples (``experiment.max_samples_per_client``), so that a fresh build
 takes seconds. Fixtures:
 
-* ``tiny_cached``: the scenario with a private copy of a learning cache that already holds its plan (built once
-  per session by ``tiny_plan_cache``): runs of the scenario as written read it and train nothing. Sweeps and
-  ``--set`` changes that keep the learning fields (network, aggregator, detector) read it too.
-* ``tiny_fresh``: the scenario with an empty cache of its own, for tests that must see a build (``builds``).
+* ``tiny_cached``: the scenario with a private copy of a learning cache that already holds all its values
+  (computed once per session by ``tiny_plan_cache``): runs of the scenario as written read them and train
+  nothing. Sweeps and ``--set`` changes that keep the learning fields (network, aggregator, detector) read them too.
+* ``tiny_fresh``: the scenario with an empty cache of its own, for tests that must see training (``builds``).
 * ``tiny_full``: the scenario on full shards (~3,000 images per client) with an empty cache: the one real-data
   end-to-end check, marked ``slow``.
 """
@@ -19,9 +19,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-import simfl.cache as cache_mod
-import simfl.plan as plan_mod
 
 TINY_SAMPLES = 300
 TINY = """
@@ -65,12 +62,15 @@ def _write_tiny(directory: Path, samples: int | None = TINY_SAMPLES) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_plan_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A learning cache holding the tiny scenario's plan, built once per test run. Read-only: copy it."""
+    """A learning cache holding every value of the tiny scenario's run, computed once per test run (by running it).
+    Read-only: copy it."""
     from simfl.config import load_scenario
+    from simfl.runner import run_scenario
 
     d = tmp_path_factory.mktemp("tiny-plan")
-    sc = load_scenario(_write_tiny(d))
-    cache_mod.cached_plan(sc.experiment, sc.seed, lambda _msg: None, d / "cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SIMFL_CACHE", str(d / "cache"))
+        run_scenario(load_scenario(_write_tiny(d)), d / "run", progress=False)
     return d / "cache"
 
 
@@ -98,13 +98,16 @@ def tiny_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture()
 def builds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts how often a learning plan is really built (not read from the cache)."""
+    """Counts the learning engines started: a run starts one only when it must compute something (not all of its
+    learning is in the cache)."""
+    import simfl.learner as learner_mod
+
     calls: list[int] = []
-    real = plan_mod.build_plan
+    real = learner_mod.Engine
 
     def counting(*a, **k):
         calls.append(1)
         return real(*a, **k)
 
-    monkeypatch.setattr(plan_mod, "build_plan", counting)
+    monkeypatch.setattr(learner_mod, "Engine", counting)
     return calls

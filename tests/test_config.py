@@ -400,13 +400,13 @@ def test_estimated_messages_by_hand():
 def test_a_run_too_big_for_memory_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(config, "physical_memory", lambda: 2**30)
     p = write(tmp_path, BASE)
-    # 700 clients: 700 x 699 = 489,300 messages x 1,800 B = 0.82 GiB fits; 800: 639,200 x 1,800 B = 1.07 GiB not
-    assert len(load_scenario(p, ["node_groups[0].count=700"]).clients) == 700
-    msg = error_of(p, ["node_groups[0].count=800"])
-    assert msg.startswith(f'{p}: workload = "synthetic": 800 clients send about 639,200 messages, which need about '
-                          "1.1 GiB of memory (1,800 bytes each); this machine has 1.0 GiB")
-    # gather adds one message per client: 800 + 639,200
-    assert "about 640,000 messages" in error_of(p, ["node_groups[0].count=800",
+    # 600 clients: 600 x 599 = 359,400 messages x 2,200 B = 0.74 GiB fits; 700: 489,300 x 2,200 B = 1.0026 GiB not
+    assert len(load_scenario(p, ["node_groups[0].count=600"]).clients) == 600
+    msg = error_of(p, ["node_groups[0].count=700"])
+    assert msg.startswith(f'{p}: workload = "synthetic": 700 clients send about 489,300 messages, which need about '
+                          "1.0 GiB of memory (2,200 bytes each); this machine has 1.0 GiB")
+    # gather adds one message per client: 700 + 489,300
+    assert "about 490,000 messages" in error_of(p, ["node_groups[0].count=700",
                                                     'synthetic.pattern=["gather", "allpairs"]'])
 
 

@@ -13,15 +13,19 @@ import torch
 from conftest import TINY  # noqa: F401  (the scenario's text; other test modules import it from here)
 from sklearn.metrics import roc_auc_score
 
-import simfl.plan as plan_mod
+import simfl.learner as learner_mod
 from simfl import models
-from simfl.cache import read_plan
+from simfl.cache import NodeStore, default_cache_dir
 from simfl.cli import main
 from simfl.config import load_scenario
 from simfl.data import find_data_dir, load_fashion_mnist, make_partition
 from simfl.errors import SimflError
+from simfl.learner import Learner
+from simfl.plan import partition_of as run_partition
+from simfl.protocol import FedRecord, simulate
 from simfl.runner import run_scenario
 from simfl.sweep import crossover, parse_vary, run_sweep, seed_spread
+from simfl.world import World
 
 
 @pytest.fixture()
@@ -52,9 +56,15 @@ def plain_aucs(states: list[dict], classes: list[int], tests: dict) -> list[floa
     return out
 
 
-def cached_plan_of(cache: Path):
-    (path,) = cache.glob("plan-*.pt")
-    return path, read_plan(path, path.stem.removeprefix("plan-"))
+def learned(scenario: Path, overrides: tuple[str, ...] = ()) -> tuple[Learner, FedRecord]:
+    """The run of `scenario` (with `overrides`) again, every value read from its learning cache ($SIMFL_CACHE;
+    starting the engine fails the test): (its learner, what its processes did), to read an earlier run's models."""
+    sc = load_scenario(scenario, overrides)
+    exp = sc.experiment
+    lr = Learner(exp, run_partition(exp, sc.seed), NodeStore(default_cache_dir()),
+                 engine=lambda: pytest.fail("the cached run computed something"))
+    fed = simulate(World(sc), lr, exp, clients=sc.clients[:exp.n_clients], server=sc.server, seed=sc.seed)
+    return lr, fed.record
 
 
 def partition_of(scenario: Path):
@@ -99,13 +109,13 @@ def test_end_to_end_small_run(tiny_cached: Path, tmp_path: Path) -> None:
     assert auc["client"].to_list() == list(range(n)) and auc["inlier_class"].to_list() == [1, 1, 7, 7]
     assert s["auc_mean"] == {a: pytest.approx(auc[a].mean(), abs=1e-12) for a in ("local", "method", "ideal",
                                                                                    "centralised")}
-    # the local and centralised models' AUCs, recomputed from the cached plan (plain forward pass, scikit-learn)
-    _, plan = cached_plan_of(tmp_path / "cache")
+    # the local and centralised models' AUCs, recomputed from the cached models (plain forward pass, scikit-learn)
+    lr, record = learned(tiny_cached)
     classes = [c.inlier_class for c in part.clients]
     assert auc["centralised"].to_list() == pytest.approx(
-        plain_aucs([plan.central.train.state] * n, classes, part.tests), abs=1e-6)
-    assert auc["local"].to_list() == pytest.approx(plain_aucs([r.state for r in plan.local], classes, part.tests),
-                                                   abs=1e-6)
+        plain_aucs([lr.value(record.central, "state")] * n, classes, part.tests), abs=1e-6)
+    assert auc["local"].to_list() == pytest.approx(
+        plain_aucs([lr.value(r, "state") for r in record.local], classes, part.tests), abs=1e-6)
     assert s["leader_communities_match"] is True
     report = (out / "report.md").read_text()
     for title in ("Table 2", "Table 3", "Table 4", "test preset"):
@@ -122,8 +132,9 @@ def test_end_to_end_on_full_shards(tiny_full: Path, tmp_path: Path) -> None:
     """The one end-to-end check on full shards (3,000 Fashion-MNIST images per client), from an empty cache: phase I
     and one FedAvg round of the method (the baselines and later rounds are checked on the capped shards above)."""
     out = tmp_path / "run"
-    assert main(["run", str(tiny_full), "--out", str(out), "--quiet", "--set", "experiment.baselines=[]",
-                 "--set", "experiment.rounds=1"]) == 0
+    overrides = ("experiment.baselines=[]", "experiment.rounds=1")
+    sets = [a for o in overrides for a in ("--set", o)]
+    assert main(["run", str(tiny_full), "--out", str(out), "--quiet", *sets]) == 0
     s = json.loads((out / "summary.json").read_text())
     part = partition_of(tiny_full)
     assert s["samples_per_client"] == [len(c.x) for c in part.clients] == [3000] * 4
@@ -133,10 +144,9 @@ def test_end_to_end_on_full_shards(tiny_full: Path, tmp_path: Path) -> None:
     # on real data phase I finds the two classes, and FedAvg in them learns to tell the other classes
     assert s["communities"] == [[0, 1], [2, 3]] and s["ari"] == 1.0
     check_phase_bytes(s, out, rounds=1)
-    _, plan = cached_plan_of(tmp_path / "cache")
-    gof = plan.method.group_of()
-    want = plain_aucs([plan.method.final[gof[c.client]] for c in part.clients], [c.inlier_class for c in
-                                                                                  part.clients], part.tests)
+    lr, record = learned(tiny_full, overrides)
+    want = plain_aucs([lr.value(record.method.final(c.client), "state") for c in part.clients],
+                      [c.inlier_class for c in part.clients], part.tests)
     auc = pl.read_parquet(out / "auc.parquet")
     assert auc["method"].to_list() == pytest.approx(want, abs=1e-6)
     assert s["auc_mean"]["method"] > 0.7  # one round: 0.78 (0.5 would be chance)
@@ -146,7 +156,7 @@ def test_failed_run_leaves_incomplete_marker(tiny: Path, tmp_path: Path, monkeyp
     def boom(*a, **k):
         raise RuntimeError("simulated crash in the middle of learning")
 
-    monkeypatch.setattr(plan_mod, "build_plan", boom)
+    monkeypatch.setattr(learner_mod.Learner, "flush", boom)
     out = tmp_path / "run"
     with pytest.raises(RuntimeError):
         run_scenario(load_scenario(tiny), out, progress=False)
@@ -158,7 +168,7 @@ def test_network_only_sweep_trains_once_and_resumes(tiny: Path, tmp_path: Path, 
     vary = parse_vary(["node_groups[0].uplink.bandwidth=1 Mbps,10 Mbps,1 Gbps"])
     base = ['experiment.baselines=["centralised"]']
     t1 = run_sweep(tiny, vary, tmp_path / "sw", base_overrides=base, progress=False)
-    assert len(builds) == 1  # three network points, one learning plan
+    assert len(builds) == 1  # three network points, one learning
     assert t1.height == 3
     assert t1["auc_method"].n_unique() == 1 and t1["payload_bytes_phase1"].n_unique() == 1
     up = t1.sort("node_groups[0].uplink.bandwidth__value")["centralised_upload_s"].to_list()
@@ -232,31 +242,31 @@ def test_progress_counts_are_scoped_to_one_request(monkeypatch: pytest.MonkeyPat
 
 def test_last_fit_detector_scores_each_clients_own_last_fit(tiny_cached: Path, tmp_path: Path,
                                                             builds: list[int]) -> None:
-    """Both detectors come from one cached plan: every method/ideal AUC in auc.parquet is that of the client's
+    """Both detectors come from one cached learning: every method/ideal AUC in auc.parquet is that of the client's
     group's final average (detector global) or of its own last local fit (last_fit), recomputed here with a plain
     torch forward pass and scikit-learn."""
     main(["run", str(tiny_cached), "--out", str(tmp_path / "g"), "--quiet"])
-    cache, plan = cached_plan_of(tmp_path / "cache")
+    lr, record = learned(tiny_cached)
     part = partition_of(tiny_cached)
     classes = [c.inlier_class for c in part.clients]
     g_auc = pl.read_parquet(tmp_path / "g" / "auc.parquet")
-    for name, fl in (("method", plan.method), ("ideal", plan.ideal)):
-        gof = fl.group_of()
-        want = plain_aucs([fl.final[gof[c.client]] for c in part.clients], classes, part.tests)
+    for name, fl in (("method", record.method), ("ideal", record.ideal)):
+        want = plain_aucs([lr.value(fl.final(c.client), "state") for c in part.clients], classes, part.tests)
         assert g_auc[name].to_list() == pytest.approx(want, abs=1e-6), name
     assert main(["run", str(tiny_cached), "--out", str(tmp_path / "l"), "--quiet",
                  "--set", 'experiment.detector="last_fit"']) == 0
-    assert builds == []  # neither run trained: both read the session's cached plan
+    assert builds == []  # neither run trained: both read the session's cached learning
     g = json.loads((tmp_path / "g" / "summary.json").read_text())
     s = json.loads((tmp_path / "l" / "summary.json").read_text())
     assert s["detector"] == "last_fit" and s["auc_mean_by_detector"]["global"]["method"] == g["auc_mean"]["method"]
-    assert g["cache"] == s["cache"] == {"path": str(cache), "from_cache": True, "saved": False, "note": ""}
+    assert g["cache"] == s["cache"] == {"path": str(tmp_path / "cache"), "from_cache": True, "saved": False,
+                                        "note": "", "cached": g["cache"]["cached"], "computed": 0}
+    assert g["cache"]["cached"] > 30  # phase I alone is 12 values
     assert s["payload_bytes"]["phase2"] == g["payload_bytes"]["phase2"] and s["auc_mean"]["local"] == g["auc_mean"][
         "local"]
     auc = pl.read_parquet(tmp_path / "l" / "auc.parquet")
-    for name, fl in (("method", plan.method), ("ideal", plan.ideal)):
-        last = {r.key: r.state for r in fl.rounds[-1]}
-        want = plain_aucs([last[c.client] for c in part.clients], classes, part.tests)
+    for name, fl in (("method", record.method), ("ideal", record.ideal)):
+        want = plain_aucs([lr.value(fl.last_fit(c.client), "state") for c in part.clients], classes, part.tests)
         assert auc[name].to_list() == pytest.approx(want, abs=1e-6), name
     msgs = pl.read_parquet(tmp_path / "l" / "messages.parquet").filter(pl.col("phase") == "phase2")
     assert msgs.sort("t_send")["kind"][0] == "global"  # the aggregator sends the initial model first

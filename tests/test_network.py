@@ -5,6 +5,10 @@ Every expected time below is worked out by hand from the documented model (simfl
 with W = wire bits of the message and P = wire bits of its first packet. For a 12,868-byte payload with the default
 headers: 9 packets (8 x 1460 + 1188 payload bytes), W = (12,868 + 9 x 78) x 8 = 108,560 bits, P = 1,538 x 8 =
 12,304 bits.
+
+The worlds here turn the TCP handshake off (`network.handshake = false`) to test the transmission model alone;
+tests/test_imperfect_links.py checks the handshake (a pair's first message starts one round trip later), and the
+random-topology invariants below run with it on and off.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ P = 12_304  # wire bits of its first packet
 REL = 1e-12
 
 
-def world(nodes, links=(), cells=(), groups=(), headers=True) -> World:
-    sc = scenario_from_dict({"name": "t", "workload": "synthetic", "network": {"headers": headers},
+def world(nodes, links=(), cells=(), groups=(), headers=True, handshake=False) -> World:
+    sc = scenario_from_dict({"name": "t", "workload": "synthetic",
+                             "network": {"headers": headers, "handshake": handshake},
                              "nodes": list(nodes), "links": list(links), "cells": list(cells),
                              "node_groups": list(groups)})
     return World(sc)
@@ -390,15 +395,16 @@ def random_case(draw):
                          min_size=1, max_size=25))
     msgs = [(f"c{a}", f"c{b}", t, bits) for a, b, t, bits in msgs if a != b]
     headers = draw(st.booleans())
-    return nodes, cells, msgs, headers
+    handshake = draw(st.booleans())
+    return nodes, cells, msgs, headers, handshake
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(random_case())
 def test_invariants_over_random_topologies(case):
-    nodes, cells, msgs, headers = case
-    sc = scenario_from_dict({"workload": "synthetic", "network": {"headers": headers}, "nodes": nodes,
-                             "cells": cells})
+    nodes, cells, msgs, headers, handshake = case
+    sc = scenario_from_dict({"workload": "synthetic", "network": {"headers": headers, "handshake": handshake},
+                             "nodes": nodes, "cells": cells})
     w = World(sc)
     w.network = net = CheckedNetwork(w.env, w.topology, sc.network, w.recorder)
     for src, dst, t, bits in msgs:
@@ -439,11 +445,17 @@ def test_invariants_over_random_topologies(case):
         assert ids == sorted(ids)
         assert starts == sorted(starts) and delivers == sorted(delivers)
         lat, sf = pipeline_offsets(topo.route(src, dst))
+        # the handshake: a header-only packet there and one back, each alone on its path
+        h = 8 * sc.network.header_bytes
+        hs = sum(x.latency_s + h / x.capacity_bps for x in topo.route(src, dst) + topo.route(dst, src))
         prev_tx = prev_deliver = 0.0
-        for m in g.iter_rows(named=True):
+        for i, m in enumerate(g.iter_rows(named=True)):
             p = packetize(m["payload_bits"], sc.network.mtu, sc.network.ip_header_bytes,
                           sc.network.link_header_bytes, headers)
-            assert m["t_start"] == max(m["t_send"], prev_tx)
+            if i == 0 and handshake:
+                assert m["t_start"] == pytest.approx(m["t_send"] + hs, rel=1e-12, abs=1e-15)
+            else:
+                assert m["t_start"] == max(m["t_send"], prev_tx)
             want = max(m["t_tx"] + lat[-1] + 8 * p.first_packet_bytes * sf[-1], prev_deliver)
             assert m["t_deliver"] == pytest.approx(want, rel=1e-12, abs=1e-15)
             prev_tx, prev_deliver = m["t_tx"], m["t_deliver"]
@@ -553,6 +565,7 @@ def test_unclaimed_messages_are_dropped_when_not_kept():
 def test_network_routes_around_a_down_link():
     # a ring a - b - c - d - a of 100 Mbps / 1 ms links; a -> c goes a - b - c, or a - d - c with a-b down:
     # 2 ms + W / C + P / C = 0.002 + 0.0010856 + 0.00012304 = 0.00320864 either way; the bytes land on d's links.
+    # The handshake is on (the default): + 2 x (2 ms + 2 x 624 bits / 1e8) = 0.00402496 before it starts.
     sc = scenario_from_dict({"workload": "synthetic", "nodes": [{"name": n, "kind": "client"} for n in "abcd"],
                              "links": [{"name": f"{x}-{y}", "a": x, "b": y, "bandwidth": "100 Mbps",
                                         "latency": "1 ms"} for x, y in ("ab", "bc", "cd", "da")]})
@@ -561,7 +574,8 @@ def test_network_routes_around_a_down_link():
     out = {}
     send_at(w, 0.0, "a", "c", out=out, key=0)
     w.env.run()
-    assert out[0].hops == 2 and out[0].t_deliver == pytest.approx(0.00320864, rel=REL)
+    assert out[0].t_start == pytest.approx(0.00402496, rel=REL)
+    assert out[0].hops == 2 and out[0].t_deliver == pytest.approx(0.00402496 + 0.00320864, rel=REL)
     links = w.recorder.links_frame()
     carried = {(r["link"], r["src"]) for r in links.iter_rows(named=True) if r["bytes"]}
     assert carried == {("d-a", "a"), ("c-d", "d")} and links.height == 8

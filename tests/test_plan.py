@@ -1,4 +1,5 @@
-"""The learning plan's FedAvg stage: groups shared by the method and the ideal baseline are trained once."""
+"""One seed stream for every FedAvg run: groups the method shares with the ideal baseline are computed once, and
+computing them once gives bit for bit what computing them in a run of their own gives."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import torch
 
 from simfl.config import Experiment
 from simfl.data import find_data_dir, load_fashion_mnist, make_partition
+from simfl.learner import Learner, Ref, Stage
 from simfl.learning import Engine
-from simfl.plan import plan_federated
+from simfl.plan import FL_SEED_TAG, auc_key, derive_seed
 
 
 @pytest.fixture(scope="module")
@@ -22,16 +24,31 @@ def small():
     return dataclasses.replace(part, clients=clients), exp
 
 
-def _states_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+def fedavg_run(lr: Learner, groups: list[list[int]], stage: str, seed: int = 5) -> dict[int, Ref]:
+    """FedAvg over fixed groups as the node processes register it; each client's final average."""
+    exp, final = lr.exp, {}
+    for g in groups:
+        model = lr.init(exp.phase2_model, derive_seed(seed, FL_SEED_TAG, "init", g[0]), Stage(stage, 1))
+        prev: dict[int, Ref] = {}
+        for r in range(1, exp.rounds + 1):
+            seeds = {i: derive_seed(seed, FL_SEED_TAG, r - 1, i) for i in g}
+            prev = {i: lr.train(i, exp.phase2_model, exp.epochs_in_round(r - 1), seeds[i], stage=Stage(stage, r),
+                                init=model, opt=prev.get(i)) for i in g}
+            model = lr.fedavg(list(prev.items()), Stage(stage, r))
+        final |= dict.fromkeys(g, model)
+    return final
 
 
-def test_shared_groups_are_not_retrained_and_results_equal_a_full_run(small, monkeypatch) -> None:
+def test_seeds_are_tags_on_the_run_seed() -> None:
+    assert derive_seed(5, "phase1", 0) == derive_seed(5, "phase1", 0) != derive_seed(5, "phase1", 1)
+    assert derive_seed(5, "phase1", 0) != derive_seed(6, "phase1", 0)
+    assert all(0 <= derive_seed(s, "x") < 2**31 for s in range(50))
+    assert auc_key("method", "last_fit") == "method_last_fit" and auc_key("local", "last_fit") == "local"
+
+
+def test_shared_groups_are_computed_once_and_equal_separate_runs(small) -> None:
     part, exp = small
-    quiet = lambda _m: None  # noqa: E731
     with Engine(device="cpu", workers=0) as engine:
-        method = plan_federated(engine, exp, part, [[0, 1], [2], [3], [4, 5]], 5, "phase2", quiet)
-        full = plan_federated(engine, exp, part, [[0, 1], [2, 3], [4, 5]], 5, "ideal", quiet)
         trained: list[list[int]] = []
         real = engine.train
 
@@ -39,18 +56,21 @@ def test_shared_groups_are_not_retrained_and_results_equal_a_full_run(small, mon
             trained.append(sorted(j.key for j in jobs))
             return real(jobs)
 
-        monkeypatch.setattr(engine, "train", counting)
-        reused = plan_federated(engine, exp, part, [[0, 1], [2, 3], [4, 5]], 5, "ideal", quiet, reuse=method)
-    assert trained == [[2, 3], [2, 3]]  # only the group the communities did not have, in both rounds
-    for t in range(exp.rounds):
-        assert [r.key for r in reused.rounds[t]] == list(range(6))
-        for i in range(6):
-            # reusing changes the cost, never the result: bit for bit what training everything gives
-            assert _states_equal(reused.rounds[t][i].state, full.rounds[t][i].state), (t, i)
-        for i in (0, 1, 4, 5):
-            assert reused.rounds[t][i] is method.rounds[t][i]
-    for a, b in zip(reused.final, full.final, strict=True):
-        assert _states_equal(a, b)
-    assert reused.update_bits == full.update_bits and reused.global_bits == full.global_bits
-    # the group the two runs do not share really trained differently from the method's singletons
-    assert not _states_equal(reused.rounds[-1][2].state, method.rounds[-1][2].state)
+        engine.train = counting  # type: ignore[method-assign]
+        both = Learner(exp, part, engine=lambda: engine)
+        method = fedavg_run(both, [[0, 1], [2], [3], [4, 5]], "method")
+        ideal = fedavg_run(both, [[0, 1], [2, 3], [4, 5]], "ideal")
+        both.flush()
+        # the method's rounds, then the ideal baseline's: only the group the communities lack ([2, 3]) trains,
+        # and client 2's first round (its community [2] and true group [2, 3] start from one model)
+        assert trained == [[0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4, 5], [3], [2, 3]]
+        alone = Learner(exp, part, engine=lambda: engine)
+        separate = fedavg_run(alone, [[0, 1], [2, 3], [4, 5]], "ideal")
+        alone.flush()
+    assert ideal == separate  # the same computations: the same keys
+    for i in range(6):
+        a, b = both.value(ideal[i], "state"), alone.value(separate[i], "state")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), i
+    assert method[0] == ideal[0] and method[2] != ideal[2]
+    assert both.stats.stages["ideal round 1"].line("ideal round 1") == (
+        "learning: ideal round 1: 9 needed, 0 cached, 2 computed, 7 shared")

@@ -1,7 +1,8 @@
-"""The method's node processes over the simulated network, driven by a synthetic learning plan.
+"""The method's node processes over the simulated network, learning through a fake engine.
 
-The plan holds real-shaped tensors (zeros) so that message sizes come from real state dicts, but nothing is trained:
-these tests check the protocol's messages against hand-written closed forms and its causal order.
+Message sizes come from the real models (AE-5, AE-7) and FLOPs from the real formulas, but nothing is trained: the
+fake engine's cross-evaluation returns a given ratio matrix, so the communities are known in advance. These tests
+check the protocol's messages against hand-written closed forms and its causal order.
 """
 
 from __future__ import annotations
@@ -9,14 +10,13 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
-import torch
 
-from simfl import models
-from simfl.communities import association_matrix, find_communities, one_sided
-from simfl.config import scenario_from_dict
+from simfl.cache import NodeStore
+from simfl.communities import association_matrix, find_communities
+from simfl.config import Experiment, scenario_from_dict
 from simfl.data import ClientShard, Partition
-from simfl.learning import TrainResult
-from simfl.plan import FLPlan, LearningPlan, Phase1Plan, derive_seed
+from simfl.learner import FakeEngine, Learner
+from simfl.plan import derive_seed
 from simfl.protocol import simulate
 from simfl.world import World
 
@@ -36,17 +36,9 @@ def scenario(n: int, *, aggregator: str = "member", headers: bool = True) -> obj
     })
 
 
-def result(key: int, state: dict, flops: float = 1e6) -> TrainResult:
-    return TrainResult(key=key, state=state, opt_state=None, n_train=100, epochs_run=1, losses=[1.0],
-                       val_losses=[1.0], wall_s=0.01, flops=flops)
-
-
-def zeros_state(model: str) -> dict[str, torch.Tensor]:
-    return {k: torch.zeros_like(v) for k, v in models.build_model(model).state_dict().items()}
-
-
-def synthetic_plan(p: int, n_classes: int, ratios: np.ndarray, tau: float, rounds: int,
-                   groups_for_phase2: list[list[int]] | None = None) -> LearningPlan:
+def learner(p: int, n_classes: int, ratios: np.ndarray, rounds: int, store: NodeStore | None = None,
+            **exp: object) -> Learner:
+    """A learner for p x n_classes clients of 10 blank images whose fake cross-evaluation returns `ratios`."""
     n = p * n_classes
     shards = tuple(
         ClientShard(client=i, inlier_class=i // p, x=np.zeros((10, 28, 28), np.uint8),
@@ -54,25 +46,15 @@ def synthetic_plan(p: int, n_classes: int, ratios: np.ndarray, tau: float, round
         for i in range(n)
     )
     part = Partition(classes=tuple(range(n_classes)), p=p, d=0.1, seed=0, clients=shards, tests={})
-    s5 = zeros_state("ae5")
-    payload = {**s5, "threshold": torch.zeros(1)}
-    adj = association_matrix(ratios, tau)
-    comms = find_communities(adj, "leiden", seed=derive_seed(5, "communities"))
-    p1 = Phase1Plan(
-        model="ae5", train=[result(i, s5) for i in range(n)], thresholds=np.zeros(n, np.float32),
-        payloads=[payload] * n, payload_bits=[32 * (AE5 + 1)] * n, ratios=ratios,
-        one_sided=one_sided(ratios, tau), adjacency=adj, communities=comms,
-        score_flops=[1e5] * n, score_wall_s=0.0, community_wall_s=0.0,
-    )
-    groups = groups_for_phase2 or comms
-    s7 = zeros_state("ae7")
-    method = FLPlan(
-        phase="phase2", groups=groups, rounds=[[result(i, s7) for i in range(n)] for _ in range(rounds)],
-        update_bits=[[32 * AE7] * n for _ in range(rounds)],
-        global_bits=[[32 * AE7] * len(groups) for _ in range(rounds)],
-        final=[s7] * len(groups), initial_bits=[32 * AE7] * len(groups), aggregate_flops=[1e3] * len(groups),
-    )
-    return LearningPlan(partition=part, phase1=p1, method=method, ideal=None, local=None, central=None)
+    fields = {"local_epochs": (1,), "tau": 0.06, "baselines": (), "workers": 0, **exp}
+    e = Experiment(classes=tuple(range(n_classes)), clients_per_class=p, rounds=rounds, **fields)  # type: ignore
+    fake = FakeEngine(ratios)
+    return Learner(e, part, store, engine=lambda: fake, engine_kind="fake")
+
+
+def communities_of(ratios: np.ndarray, tau: float = 0.06) -> list[list[int]]:
+    """What the leader must find: Leiden on the association graph, the run's seed."""
+    return find_communities(association_matrix(ratios, tau), "leiden", seed=derive_seed(5, "communities"))
 
 
 def block_ratios(p: int, n_classes: int) -> np.ndarray:
@@ -81,11 +63,11 @@ def block_ratios(p: int, n_classes: int) -> np.ndarray:
     return np.where(cls[:, None] == cls[None, :], 0.9, 0.5)
 
 
-def run(plan: LearningPlan, n: int, aggregator: str = "member", headers: bool = True, detector: str = "global"):
+def run(lr: Learner, headers: bool = True):
+    n = lr.partition.n_clients
     sc = scenario(n, headers=headers)
     world = World(sc)
-    fed = simulate(world, plan, clients=sc.clients[:n], server=sc.server, aggregator=aggregator,
-                   community_method="leiden", seed=5, detector=detector)
+    fed = simulate(world, lr, lr.exp, clients=sc.clients[:n], server=sc.server, seed=5)
     return world, fed, world.recorder.messages_frame(), world.recorder.compute_frame()
 
 
@@ -100,9 +82,9 @@ def bits(messages: pl.DataFrame, phase: str, kind: str | None = None) -> int:
 def test_phase1_and_phase2_bytes_equal_closed_forms(p: int, n_classes: int) -> None:
     n = p * n_classes
     rounds = 3
-    plan = synthetic_plan(p, n_classes, block_ratios(p, n_classes), 0.06, rounds)
-    assert plan.phase1.communities == [list(range(c * p, (c + 1) * p)) for c in range(n_classes)]
-    _, fed, msgs, _ = run(plan, n)
+    lr = learner(p, n_classes, block_ratios(p, n_classes), rounds)
+    _, fed, msgs, _ = run(lr)
+    assert fed.record.communities == [list(range(c * p, (c + 1) * p)) for c in range(n_classes)]
     # Eq. 1 with the ideal candidate groups (G_m = p), the model message carrying a 4-byte threshold:
     # n(n-1)(S_m + 4) + n(n-1) bits + 2 (n-1) p S_id, here in bits.
     expected_p1 = n * (n - 1) * 32 * (AE5 + 1) + n * (n - 1) + 2 * (n - 1) * p * 16
@@ -111,14 +93,12 @@ def test_phase1_and_phase2_bytes_equal_closed_forms(p: int, n_classes: int) -> N
     assert msgs.filter(pl.col("phase") == "phase1").height == 2 * n * (n - 1) + 2 * (n - 1)
     # Eq. 3: 2 r (n - k) S_u with k = |C| communities
     assert bits(msgs, "phase2") == 2 * rounds * (n - n_classes) * 32 * AE7
-    assert fed.leader_communities == plan.phase1.communities
-    assert all(fed.known_community[i] == [c for c in plan.phase1.communities if i in c][0] for i in range(n))
+    assert all(fed.known_community[i] == [c for c in fed.record.communities if i in c][0] for i in range(n))
 
 
 def test_paper_setting_phase1_bytes_to_the_byte() -> None:
     """90 clients, 10 classes: 103,108,925.25 bytes (Eq. 1 with exact AE-5 size 103,076,885.25 + thresholds)."""
-    plan = synthetic_plan(9, 10, block_ratios(9, 10), 0.06, 1)
-    _, _, msgs, _ = run(plan, 90)
+    _, _, msgs, _ = run(learner(9, 10, block_ratios(9, 10), 1))
     assert bits(msgs, "phase1") / 8 == 103_108_925.25
     assert bits(msgs, "phase1") / 8 - 90 * 89 * 4 == 103_076_885.25
     assert bits(msgs, "phase2") / 8 == 2 * 1 * 80 * 113_412
@@ -126,8 +106,7 @@ def test_paper_setting_phase1_bytes_to_the_byte() -> None:
 
 def test_server_aggregator_follows_eq2() -> None:
     p, c, rounds = 3, 3, 2
-    plan = synthetic_plan(p, c, block_ratios(p, c), 0.06, rounds)
-    _, _, msgs, _ = run(plan, p * c, aggregator="server")
+    _, _, msgs, _ = run(learner(p, c, block_ratios(p, c), rounds, aggregator="server"))
     ph2 = msgs.filter(pl.col("phase") == "phase2")
     assert bits(msgs, "phase2") == rounds * 2 * (p * c) * 32 * AE7  # r * sum 2|G_i| S_u
     assert set(ph2.filter(pl.col("kind") == "update")["dst"].to_list()) == {"server"}
@@ -138,9 +117,9 @@ def test_loners_and_uneven_candidates_bytes() -> None:
     p, c = 3, 2
     r = block_ratios(p, c)
     r[5, :5] = 0.1  # client 5 rejects everybody (one side suffices to cut the edge)
-    plan = synthetic_plan(p, c, r, 0.06, 2)
-    assert plan.phase1.communities == [[0, 1, 2], [3, 4], [5]]
-    _, _, msgs, _ = run(plan, 6)
+    assert communities_of(r) == [[0, 1, 2], [3, 4], [5]]
+    _, fed, msgs, _ = run(learner(p, c, r, 2))
+    assert fed.record.communities == [[0, 1, 2], [3, 4], [5]]
     cand = msgs.filter((pl.col("phase") == "phase1") & (pl.col("kind") == "candidates"))
     # non-leaders 1..5 send themselves + peers: 3, 3, 2, 2, 1 IDs
     assert sorted(cand["payload_bits"].to_list()) == sorted(16 * k for k in (3, 3, 2, 2, 1))
@@ -153,8 +132,7 @@ def test_loners_and_uneven_candidates_bytes() -> None:
 def test_causal_order() -> None:
     """Every client scores only after training, starts phase II only after it knows its community."""
     p, c = 2, 3
-    plan = synthetic_plan(p, c, block_ratios(p, c), 0.06, 2)
-    _, _, msgs, comp = run(plan, p * c)
+    _, _, msgs, comp = run(learner(p, c, block_ratios(p, c), 2))
     names = scenario(p * c).clients
     for i in range(p * c):
         node = names[i]
@@ -181,8 +159,7 @@ def test_last_fit_detector_pulls_models_before_rounds(aggregator: str) -> None:
     never the last average; the bytes stay those of Eq. 3 (member) and Eq. 2 (server)."""
     p, c, rounds = 3, 2, 3
     n = p * c
-    plan = synthetic_plan(p, c, block_ratios(p, c), 0.06, rounds)
-    _, _, msgs, comp = run(plan, n, aggregator=aggregator, detector="last_fit")
+    _, _, msgs, comp = run(learner(p, c, block_ratios(p, c), rounds, aggregator=aggregator, detector="last_fit"))
     members = n if aggregator == "server" else n - c  # who talks to an aggregator
     assert bits(msgs, "phase2") == 2 * rounds * members * 32 * AE7
     names = scenario(n).clients
@@ -202,8 +179,65 @@ def test_last_fit_detector_pulls_models_before_rounds(aggregator: str) -> None:
         assert got["t_send"].max() < sent["t_send"].max()
 
 
-def test_same_plan_same_trace() -> None:
-    plan = synthetic_plan(2, 3, block_ratios(2, 3), 0.06, 2)
-    a = run(plan, 6)[2].drop("msg_id")
-    b = run(plan, 6)[2].drop("msg_id")
+def test_same_learning_same_trace() -> None:
+    a = run(learner(2, 3, block_ratios(2, 3), 2))[2]
+    b = run(learner(2, 3, block_ratios(2, 3), 2))[2]
     assert a.equals(b)
+
+
+def _fake(lr: Learner) -> FakeEngine:
+    return lr.engine
+
+
+@pytest.mark.parametrize("aggregator", ["member", "server"])
+def test_learning_is_asked_for_once_in_phase_one_and_averages_are_the_groups(aggregator: str) -> None:
+    """Phase I is computed when the first client combines its verdicts (train, threshold scores, cross rows: three
+    calls); phase II asks nothing of the learner (sizes and FLOPs are known ahead), so its rounds are computed
+    when a value is first wanted, round by round. Each community's average is of its own members' updates (the
+    fake's w[0] is the client, weights equal): even with one server aggregating every community at once."""
+    p, c, rounds = 3, 2, 2
+    lr = learner(p, c, block_ratios(p, c), rounds, aggregator=aggregator)
+    _, fed, msgs, _ = run(lr)
+    assert _fake(lr).calls == [("train", list(range(6))), ("score", list(range(6))), ("cross", list(range(6)))]
+    run_ = fed.record.method
+    finals = [lr.value(run_.final(i), "state")["w"].tolist() for i in range(6)]
+    assert finals == [[1.0, 2.0]] * 3 + [[4.0, 2.0]] * 3  # mean client of each group, depth = 2 rounds
+    assert [name for name, _ in _fake(lr).calls[3:]] == ["train", "train"]  # one call per round
+    # the phase-I messages carry references; the verdicts name who judged whose model
+    p1 = msgs.filter(pl.col("phase") == "phase1")
+    assert p1.height == 2 * 6 * 5 + 2 * 5
+    assert fed.record.phase1_bits == [32 * (AE5 + 1)] * 6
+
+
+def test_compute_rows_get_the_learners_wall_times() -> None:
+    """Every compute row's wall_s comes from the learner once it has run (the fake engine reports 0 for training,
+    the cross-evaluation's measured time is shared by the n x n scorings): one value per row, in order."""
+    lr = learner(2, 2, block_ratios(2, 2), 1)
+    world, fed, _, comp = run(lr)
+    walls = fed.wall_times()
+    assert len(walls) == comp.height
+    kinds = comp["kind"].to_list()
+    score = [w for w, k in zip(walls, kinds, strict=True) if k == "score"]
+    total = sum(lr.meta(m.cross)["wall_s"] for m in fed.record.phase1)
+    assert len(score) == 4 * 3 and sum(score) == pytest.approx(total * 3 / 4)  # each model scored by 3 peers
+    assert all(w == 0.0 for w, k in zip(walls, kinds, strict=True) if k in ("train", "aggregate"))
+    world.recorder.set_compute_wall_s(walls)
+    assert world.recorder.compute_frame()["wall_s"].to_list() == walls
+
+
+def test_a_longer_run_computes_only_its_new_rounds(tmp_path) -> None:
+    """Cache reuse is per computation: a run of 3 rounds after one of 2 (same store) reads phase I and rounds 1-2
+    back and computes round 3 alone; changing round 2's epochs recomputes from round 2 on."""
+    p, c = 2, 2
+
+    def run_with(rounds: int, local_epochs: tuple[int, ...]) -> list:
+        lr = learner(p, c, block_ratios(p, c), rounds, NodeStore(tmp_path), local_epochs=local_epochs)
+        _, fed, _, _ = run(lr)
+        for i in range(p * c):  # every client's final average (what the evaluation asks for)
+            lr.value(fed.record.method.final(i), "state")
+        return [name for name, _ in _fake(lr).calls] if lr.stats.computed else []
+
+    assert run_with(2, (1,)) == ["train", "score", "cross", "train", "train"]
+    assert run_with(3, (1,)) == ["train"]  # round 3 only
+    assert run_with(3, (1,)) == []
+    assert run_with(3, (1, 2)) == ["train", "train"]  # rounds 2 and 3 train 2 epochs now: round 1 is read back

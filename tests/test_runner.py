@@ -39,11 +39,13 @@ def test_run_writes_the_run_directory(tmp_path):
     assert not (out / "INCOMPLETE").exists()
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk["totals"]["messages"] == summary["messages"] == 6
-    # by hand: 6 messages of 1,000 B, one packet each (+78 B of headers); on each 100 Mbps link direction two
-    # transfers share: 8,624 bits at 50 Mbps = 1.7248e-4 s; + 2 x 1 ms + one packet at 100 Mbps (8.624e-5 s)
+    # by hand: 6 messages of 1,000 B, one packet each (+78 B of headers); each pair's TCP handshake first: a
+    # 78-byte packet there and back, 2 x 2 x (1 ms + 624 / 1e8 s) = 4.02496e-3 s; then on each 100 Mbps link
+    # direction two transfers share: 8,624 bits at 50 Mbps = 1.7248e-4 s; + 2 x 1 ms + one packet at 100 Mbps
+    # (8.624e-5 s)
     t = on_disk["totals"]
     assert (t["payload_bytes"], t["wire_bytes"]) == (6000, 6 * 1078)
-    assert t["sim_time_s"] == pytest.approx(0.002 + 1.7248e-4 + 8.624e-5, rel=1e-12)
+    assert t["sim_time_s"] == pytest.approx(4.02496e-3 + 0.002 + 1.7248e-4 + 8.624e-5, rel=1e-12)
     assert t["events_processed"] > 0 and t["wall_time_s"] > 0
     assert on_disk["patterns"][0]["messages"] == 6
     msgs = pl.read_parquet(out / "messages.parquet")
@@ -139,10 +141,11 @@ def test_cli_run_default_dirs_and_output(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert out.startswith("simfl: results in runs/allpairs-90-seed3\n")
     assert len(out.strip().splitlines()) == 5 and "8,010 delivered" in out
-    # by hand: 89 transfers share each 100 Mbps link direction: 89 x 108,560 bits / 1e8 = 0.0966184 s,
-    # + 2 x 0.5 ms + one 12,304-bit packet at 100 Mbps (1.2304e-4 s) = 0.09774144 s
+    # by hand: each pair's TCP handshake, 2 x 2 x (0.5 ms + 624 / 1e8 s) = 0.00202496 s; then 89 transfers share
+    # each 100 Mbps link direction: 89 x 108,560 bits / 1e8 = 0.0966184 s, + 2 x 0.5 ms + one 12,304-bit packet
+    # at 100 Mbps (1.2304e-4 s) = 0.09774144 s: 0.0997664 s in all
     s = json.loads((tmp_path / "runs" / "allpairs-90-seed3" / "summary.json").read_text())
-    assert s["sim_time_s"] == pytest.approx(0.09774144, rel=1e-12)
+    assert s["sim_time_s"] == pytest.approx(0.00202496 + 0.09774144, rel=1e-12)
     assert s["wire_bytes"] == 8010 * 13_570 and s["payload_bytes"] == 8010 * 12_868
     assert main(["run", str(sc), "--quiet", "--seed", "3"]) == 0
     assert "runs/allpairs-90-seed3-2" in capsys.readouterr().out
@@ -307,7 +310,9 @@ def test_an_old_fedad_summary_reads_back_and_renders(tmp_path):
     (tmp_path / "summary.json").write_text(OLD_FEDAD)
     s = read_summary(tmp_path / "summary.json")
     f = s.fedad
-    assert s.to_dict() == old | {"data_dir": None, "data_files": None}  # every key kept; the new ones unknown
+    new_totals = {"messages_lost": 0, "retransmitted_bytes": 0}  # totals an old summary lacks: their defaults
+    assert s.to_dict() == old | {"data_dir": None, "data_files": None, **new_totals,
+                                 "totals": old["totals"] | new_totals}  # every key kept; the new ones unknown
     assert (s.scenario, s.seed, s.totals.messages, s.totals.payload_bytes) == ("tiny", 3, 50, 11377081.5)
     assert f.payload_bytes["phase1"] == 154489.5 and f.communities == [[0, 1], [2, 3]] and f.k == 2
     assert f.data_dir is None and f.data_files is None and s.cache is None and s.extra == {}

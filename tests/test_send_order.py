@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import polars as pl
 import pytest
-from test_protocol import block_ratios, scenario, synthetic_plan
+from test_protocol import block_ratios, learner, scenario
 
 from simfl.config import scenario_from_dict
 from simfl.incast import find_incast
@@ -95,12 +95,10 @@ def test_synthetic_allpairs_sends_in_the_order_and_times_stay_fluid():
 def test_phase1_models_go_out_in_the_order(order):
     p, k = 2, 3
     n = p * k
-    plan = synthetic_plan(p, k, block_ratios(p, k), 0.06, 1)
+    lr = learner(p, k, block_ratios(p, k), 1, send_order=order)
     sc = scenario(n)
-    sc = sc.replace(experiment=dataclasses.replace(sc.experiment, send_order=order))
     world = World(sc)
-    simulate(world, plan, clients=sc.clients[:n], server=sc.server, aggregator="member", community_method="leiden",
-             seed=5)
+    simulate(world, lr, lr.exp, clients=sc.clients[:n], server=sc.server, seed=5)
     models = world.recorder.messages_frame().filter(pl.col("kind") == "model")
     assert list(zip(models["src"], models["dst"])) == [
         (sc.clients[i], sc.clients[j]) for i in range(n) for j in send_order(i, n, order, 5)]
@@ -111,14 +109,13 @@ def test_phase1_incast_disappears_with_the_rotated_order():
     client, 29 x 9 = 261 packets into its port; rotated: one burst at a time per receiver."""
     p, k = 3, 10
     n = p * k
-    plan = synthetic_plan(p, k, block_ratios(p, k), 0.06, 1)
     found = {}
     for order in ("id", "rotated"):
+        lr = learner(p, k, block_ratios(p, k), 1, send_order=order)
         sc = scenario(n)
         sc = sc.replace(experiment=dataclasses.replace(sc.experiment, send_order=order))
         world = World(sc)
-        simulate(world, plan, clients=sc.clients[:n], server=sc.server, aggregator="member",
-                 community_method="leiden", seed=5)
+        simulate(world, lr, lr.exp, clients=sc.clients[:n], server=sc.server, seed=5)
         found[order] = find_incast(world.recorder.messages_frame(), world.topology, sc)
     [w] = found["id"]
     assert (w.phase, w.port, w.flows, w.packets) == ("phase1", "s1>c00 (link c00-s1)", 29, 261)

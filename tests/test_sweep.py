@@ -28,20 +28,26 @@ def wire_bits(payload: int) -> tuple[int, int]:
     return 8 * (payload + packets * HEADERS), 8 * (min(payload, MSS) + HEADERS)
 
 
-def allpairs_s(payload: int, uplink_bps: float) -> float:
-    """All-pairs on the star: each client's n - 1 flows share its uplink (and n - 1 flows share each downlink), so
-    each message runs at C / (n - 1) and all end at (n - 1) W / C; plus two hops' latency and the store-and-forward
-    term P (1/C + 1/C - 1/C) of the first packet on the second (equal) hop."""
+def handshake_s(latency: float, *capacities: float) -> float:
+    """TCP's handshake before a pair's first message (on by default): a header-only packet (78 bytes) there and one
+    back, each alone on the path of the given hops: 2 x sum (latency + 8 x 78 / C)."""
+    return 2 * sum(latency + 8 * HEADERS / c for c in capacities)
+
+
+def allpairs_s(payload: int, uplink_bps: float, latency: float = LATENCY) -> float:
+    """All-pairs on the star: after the handshake, each client's n - 1 flows share its uplink (and n - 1 flows
+    share each downlink), so each message runs at C / (n - 1) and all end at (n - 1) W / C; plus two hops' latency
+    and the store-and-forward term P (1/C + 1/C - 1/C) of the first packet on the second (equal) hop."""
     w, p = wire_bits(payload)
-    return (N - 1) * w / uplink_bps + 2 * LATENCY + p / uplink_bps
+    return handshake_s(latency, uplink_bps, uplink_bps) + (N - 1) * w / uplink_bps + 2 * latency + p / uplink_bps
 
 
 def gather_s(payload: int, uplink_bps: float) -> float:
-    """Gather at the server: its 1 Gbps downlink, shared by the n flows, is the bottleneck (C_s / n < uplink), so
-    all end at n W / C_s; store-and-forward adds P (1/C_up + 1/C_s - 1/C_up) = P / C_s."""
+    """Gather at the server: after the handshake, its 1 Gbps downlink, shared by the n flows, is the bottleneck
+    (C_s / n < uplink), so all end at n W / C_s; store-and-forward adds P (1/C_up + 1/C_s - 1/C_up) = P / C_s."""
     w, p = wire_bits(payload)
     assert SERVER_BPS / N < uplink_bps
-    return N * w / SERVER_BPS + 2 * LATENCY + p / SERVER_BPS
+    return handshake_s(LATENCY, uplink_bps, SERVER_BPS) + N * w / SERVER_BPS + 2 * LATENCY + p / SERVER_BPS
 
 
 def test_synthetic_sweep_of_the_shipped_scenario_matches_the_network_model(
@@ -56,7 +62,8 @@ def test_synthetic_sweep_of_the_shipped_scenario_matches_the_network_model(
     assert t["node_groups[0].uplink.bandwidth__value"].to_list() == [1e7, 1e8]
     for c, got in zip((1e7, 1e8), t["duration_s_allpairs"].to_list()):
         assert got == pytest.approx(allpairs_s(12868, c), rel=1e-12)
-    assert t["duration_s_allpairs"][1] == pytest.approx(0.09774144, rel=1e-12)  # the formula, worked by hand
+    # the formula, worked by hand: 0.09774144 s (test_runner) + a handshake of 2 x 2 x (0.5 ms + 624 / 1e8 s)
+    assert t["duration_s_allpairs"][1] == pytest.approx(0.09774144 + 0.00202496, rel=1e-12)
     assert t["sim_time_s"].to_list() == t["duration_s_allpairs"].to_list()  # one pattern: it is the whole run
     pairs = N * (N - 1)
     assert t["messages"].to_list() == t["messages_allpairs"].to_list() == [pairs, pairs]
@@ -135,10 +142,11 @@ def test_parallel_jobs_give_the_serial_table(tmp_path: Path) -> None:
     a = run_sweep(ALLPAIRS, vary, tmp_path / "a", jobs=1, progress=False)
     b = run_sweep(ALLPAIRS, vary, tmp_path / "b", jobs=2, progress=False)
     assert a.drop("wall_time_s").equals(b.drop("wall_time_s"))
-    # two client links per message: each added millisecond of link latency adds 2 ms to the exchange
+    # two client links per message, crossed once by the data and four times by the handshake: each added
+    # millisecond of link latency adds 6 ms to the exchange
     d = a["duration_s_allpairs"].to_list()
-    assert d[2] - d[0] == pytest.approx(2 * (5e-3 - 0.1e-3), rel=1e-9)
-    assert d[1] == pytest.approx(allpairs_s(12868, 1e8) - 2 * LATENCY + 2 * 1e-3, rel=1e-12)
+    assert d[2] - d[0] == pytest.approx(6 * (5e-3 - 0.1e-3), rel=1e-9)
+    assert d[1] == pytest.approx(allpairs_s(12868, 1e8, latency=1e-3), rel=1e-12)
 
 
 def test_seeds_follow_a_varied_seed(tmp_path: Path) -> None:
