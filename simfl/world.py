@@ -56,10 +56,9 @@ class World:
         if scenario.network.model == "ns3":
             from simfl.ns3 import PCAP_DIR, Ns3Network  # loads ns-3 (10-20 s the first time in a process)
 
-            buffers = {x.name: x.buffer for x in (*scenario.links, *scenario.cells) if x.buffer}
-            self.network: Network = Ns3Network(self.env, self.topology, scenario.network, self.recorder,
-                                               seed=scenario.seed, buffers=buffers,
-                                               pcap_dir=None if run_dir is None else Path(run_dir) / PCAP_DIR)
+            self.network: Network = Ns3Network.for_scenario(
+                self.env, self.topology, scenario, self.recorder,
+                pcap_dir=None if run_dir is None else Path(run_dir) / PCAP_DIR)
         else:
             self.network = Network(self.env, self.topology, scenario.network, self.recorder, seed=scenario.seed)
 

@@ -75,7 +75,7 @@ def star(n_clients: int, client_bw="100 Mbps", server_bw="1 Gbps", lat="0.5 ms")
 def ns3_world(d: dict, **options) -> World:
     sc = scenario_from_dict(d)
     w = World(sc)
-    w.network = Ns3Network(w.env, w.topology, sc.network, w.recorder, options=Ns3Options(**options))
+    w.network = Ns3Network.for_scenario(w.env, w.topology, sc, w.recorder, options=Ns3Options(**options))
     return w
 
 
@@ -436,3 +436,70 @@ def test_wifi_replies_do_not_wait_for_arp():
         send_at(w, 0.0, f"c{i}", "r", MODEL, out)
     w.env.run()
     assert len(out) == 8 and max(m.t_start for m in out) < 0.1  # every handshake done well before 1 s
+
+
+def lossy_pair(uplink: dict, **options) -> World:
+    """a -> b over one 10 Mbps, 10 ms link with the uplink keys `uplink`, on ns-3 (seed 1)."""
+    return ns3_world({"name": "t", "workload": "synthetic", "nodes": [
+        {"name": "a", "kind": "client", "uplink": {"to": "b", "bandwidth": "10 Mbps", "latency": "10 ms", **uplink}},
+        {"name": "b", "kind": "client"}]}, **options)
+
+
+def rx_loss(w: World, link: str, node: str):
+    """The loss model of what `node`'s end of `link` receives."""
+    net = w.network
+    return net._hub.devs[net._dev[(link, node)]].loss
+
+
+def test_independent_loss_per_direction_on_the_receiving_device():
+    """loss_up = 5% on a -> b only: b's device loses each packet it receives with p = 0.05 (within 4 sigma of the
+    binomial), a's loses nothing; the links table counts the losses as the direction's drops; TCP resends at least
+    every lost data segment's payload (1,460 bytes each, the lost SYN or handshake ACK aside)."""
+    w = lossy_pair({"loss_up": 0.05})
+    ev = w.network.send("a", "b", kind="x", phase="t", round=0, payload_bits=8 * 2_000_000)
+    w.env.run()
+    em = rx_loss(w, "a-b", "b")
+    n, lost = int(em.seen), int(em.lost)
+    assert n >= 2_000_000 // 1460
+    assert abs(lost / n - 0.05) <= 4 * (0.05 * 0.95 / n) ** 0.5
+    assert w.network.link_drops() == {"a-b:a>b": lost, "a-b:b>a": 0}
+    assert not rx_loss(w, "a-b", "a")
+    assert ev.value.retransmitted_bytes >= (lost - 2) * 1460
+
+
+def test_burst_loss_is_a_gilbert_elliott_chain():
+    """burst_loss good 0, bad 1, burst 2, gap 18: stationary loss 2 / 20 = 0.1, and runs of consecutive losses are
+    the bad state's runs, of mean 2 packets (geometric: sd 1.4); bounds 4 sigma with the runs' correlation."""
+    w = lossy_pair({"burst_loss": {"good": 0.0, "bad": 1.0, "burst": 2, "gap": 18}})
+    w.network.send("a", "b", kind="x", phase="t", round=0, payload_bits=8 * 4_000_000)
+    w.env.run()
+    for node in ("a", "b"):  # burst_loss is both directions'
+        em = rx_loss(w, "a-b", node)
+        n, lost, runs = int(em.seen), int(em.lost), int(em.runs)
+        if node == "b":
+            assert n >= 4_000_000 // 1460
+            assert abs(lost / n - 0.1) <= 4 * (0.1 * 0.9 * 3 / n) ** 0.5  # variance x (2 burst - 1)
+            assert abs(lost / runs - 2) <= 4 * 1.4 / runs ** 0.5
+        assert lost > 0
+
+
+def test_loss_and_determinism_in_a_wifi_cell():
+    """A cell with loss 5% (both directions): the station's IP layer loses 5% of the packets its access point
+    forwards to it (802.11 delivered them: the loss TCP sees, as in the fluid model); TCP resends them; the same
+    scenario gives the same losses and times."""
+    d = {"name": "t", "workload": "synthetic",
+         "nodes": [{"name": "ap", "kind": "ap"},
+                   {"name": "server", "kind": "server", "uplink": {"to": "ap", "bandwidth": "1 Gbps"}},
+                   {"name": "c0", "kind": "client", "cell": "cell1"}],
+         "cells": [{"name": "cell1", "ap": "ap", "bandwidth": "50 Mbps", "loss": 0.05}]}
+    seen = []
+    for _ in range(2):
+        w = ns3_world(d)
+        ev = w.network.send("server", "c0", kind="x", phase="t", round=0, payload_bits=8 * 1_000_000)
+        w.env.run()
+        em = rx_loss(w, "cell1", "c0")
+        n, lost = int(em.seen), int(em.lost)
+        assert n >= 1_000_000 // 1460 and abs(lost / n - 0.05) <= 4 * (0.05 * 0.95 / n) ** 0.5
+        assert ev.value.retransmitted_bytes >= (lost - 2) * 1460 > 0
+        seen.append((lost, ev.value.t_deliver))
+    assert seen[0] == seen[1]

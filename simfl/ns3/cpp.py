@@ -128,6 +128,72 @@ using namespace ns3;
 
 const uint32_t PCAP_SNAPLEN = 192;  // bytes of each packet in ns-3's pcap files: every header, a little payload
 
+// Packet loss of one receiving device: independent (burst == 0: each packet lost with probability `good`) or a
+// Gilbert-Elliott chain (loss probability `good` / `bad` in the good / bad state; the bad state is left with
+// probability 1 / burst per packet, the good one with 1 / gap; the first state is drawn from the stationary
+// distribution); `down`: every packet is lost (an outage). Its random stream is set explicitly (SetStream), so the
+// draws depend only on the scenario's seed and the device.
+class LinkLoss : public ErrorModel
+{
+  public:
+    double good = 0, bad = 0, burst = 0, gap = 0;
+    bool down = false;
+    bool bursty = false, inBad = false, started = false;
+    uint64_t seen = 0, lost = 0, outage = 0;  // packets seen, lost to the loss model, lost to an outage
+    uint64_t runs = 0;                        // runs of consecutive losses (outages aside)
+    bool lastLost = false;
+    Ptr<UniformRandomVariable> rv = CreateObject<UniformRandomVariable>();
+
+    void Set(double g, double b, double bu, double ga)
+    {
+        good = g; bad = b; burst = bu; gap = ga;
+        bursty = bu > 0;
+    }
+
+  private:
+    bool DoCorrupt(Ptr<Packet>) override
+    {
+        ++seen;
+        if (down) { ++outage; return true; }
+        bool l = Draw();
+        if (l) { ++lost; runs += !lastLost; }
+        lastLost = l;
+        return l;
+    }
+
+    bool Draw()
+    {
+        if (!bursty) { return good > 0 && rv->GetValue() < good; }
+        if (!started) {
+            inBad = rv->GetValue() < burst / (burst + gap);
+            started = true;
+        } else if (rv->GetValue() < 1.0 / (inBad ? burst : gap)) {
+            inBad = !inBad;
+        }
+        double p = inBad ? bad : good;
+        return p > 0 && rv->GetValue() < p;
+    }
+
+    void DoReset() override {}
+};
+
+// A point-to-point channel whose two directions have their own propagation delay (ns-3's has one): delay[0] for
+// what device 0 (the link's a end) sends, delay[1] for device 1's.
+class AsymChannel : public PointToPointChannel
+{
+  public:
+    Time delay[2];
+
+    bool TransmitStart(Ptr<const Packet> p, Ptr<PointToPointNetDevice> src, Time txTime) override
+    {
+        uint32_t k = src == GetPointToPointDevice(0) ? 0 : 1;
+        Ptr<PointToPointNetDevice> dst = GetPointToPointDevice(1 - k);
+        Simulator::ScheduleWithContext(dst->GetNode()->GetId(), txTime + delay[k], &PointToPointNetDevice::Receive,
+                                       dst, p->Copy());
+        return true;
+    }
+};
+
 struct MsgAcct {
     uint64_t start = 0, end = 0;  // the message's bytes in its connection's stream: [start, end)
     int64_t tFirst = -1;          // ns: first transmission of one of its bytes (-1: none yet)
@@ -154,6 +220,8 @@ struct Dev {
     uint32_t l2Hdr = 0;    // bytes of the device's own header that the trace's packet carries
     uint64_t bytes = 0, packets = 0, drops = 0;
     uint64_t received = 0;  // WiFi: packets received from the cell (its losses: sent into it - received from it)
+    Ptr<LinkLoss> loss;     // what it receives is lost by this (point-to-point: its receive error model; WiFi: at
+                            // the IP layer, see InstallRxHooks)
 };
 
 class Hub {
@@ -281,18 +349,23 @@ class Hub {
 
     // A full-duplex link; returns the device index of a's end (b's is the next one). Addresses: the /30 `subnet`.
     // qa, qb: each end's queue (see SetupQueue); a host's end gets flow control so that its queue disc works.
-    uint32_t AddLink(uint32_t a, uint32_t b, uint64_t bps, int64_t delayNs, int64_t gapNs, uint32_t mtu,
-                     uint32_t linkHdr, uint32_t subnet, uint32_t qa, uint32_t qb, uint32_t buffer)
+    // Each direction has its own rate (bps: a -> b, bpsB: b -> a), delay and inter-frame gap.
+    uint32_t AddLink(uint32_t a, uint32_t b, uint64_t bps, int64_t delayNs, int64_t gapNs, uint64_t bpsB,
+                     int64_t delayBNs, int64_t gapBNs, uint32_t mtu, uint32_t linkHdr, uint32_t subnet, uint32_t qa,
+                     uint32_t qb, uint32_t buffer)
     {
-        Ptr<PointToPointChannel> ch = CreateObject<PointToPointChannel>();
-        ch->SetAttribute("Delay", TimeValue(NanoSeconds(delayNs)));
+        Ptr<AsymChannel> ch = CreateObject<AsymChannel>();
+        ch->delay[0] = NanoSeconds(delayNs);
+        ch->delay[1] = NanoSeconds(delayBNs);
         uint32_t first = devs.size();
         uint32_t ends[2] = {a, b}, queues[2] = {qa, qb};
+        uint64_t rates[2] = {bps, bpsB};
+        int64_t gaps[2] = {gapNs, gapBNs};
         for (int k = 0; k < 2; ++k) {
             Ptr<PointToPointNetDevice> d = CreateObject<PointToPointNetDevice>();
             d->SetAddress(Mac48Address::Allocate());
-            d->SetDataRate(DataRate(bps));
-            d->SetInterframeGap(NanoSeconds(gapNs));
+            d->SetDataRate(DataRate(rates[k]));
+            d->SetInterframeGap(NanoSeconds(gaps[k]));
             d->SetMtu(mtu);
             Ptr<Queue<Packet>> q = CreateObject<DropTailQueue<Packet>>();
             d->SetQueue(q);
@@ -307,6 +380,38 @@ class Hub {
             SetupQueue(di, queues[k], buffer);
         }
         return first;
+    }
+
+    // The loss model of what device `di` receives (created on first use, its random stream `stream`).
+    LinkLoss& Loss(uint32_t di, int64_t stream)
+    {
+        Dev& d = devs[di];
+        if (!d.loss) {
+            d.loss = CreateObject<LinkLoss>();
+            d.loss->rv->SetStream(stream);
+            Ptr<PointToPointNetDevice> p2p = DynamicCast<PointToPointNetDevice>(d.dev);
+            if (p2p) { p2p->SetReceiveErrorModel(d.loss); }
+        }
+        return *d.loss;
+    }
+
+    // Packets device `di`'s loss model dropped (lost or during an outage).
+    uint64_t Lost(uint32_t di) const
+    {
+        const Dev& d = devs[di];
+        return d.loss ? d.loss->lost + d.loss->outage : 0;
+    }
+
+    // At ns-3 time tNs: device `di` loses everything it receives (down) or works again.
+    void ScheduleDown(uint32_t di, int64_t tNs, bool down)
+    {
+        Simulator::Schedule(NanoSeconds(std::max<int64_t>(0, tNs - NowNs())), &Hub::DoDown, this, di, down);
+    }
+
+    // At ns-3 time tNs: device `di` (point-to-point) transmits at bps, with the inter-frame gap gapNs.
+    void ScheduleRate(uint32_t di, int64_t tNs, uint64_t bps, int64_t gapNs)
+    {
+        Simulator::Schedule(NanoSeconds(std::max<int64_t>(0, tNs - NowNs())), &Hub::DoRate, this, di, bps, gapNs);
     }
 
     void AddRoute(uint32_t node, uint32_t dst, uint32_t dev, uint32_t gateway)
@@ -372,6 +477,14 @@ class Hub {
 
   private:
     static void DoStop() { Simulator::Stop(); }
+    static void DoDown(Hub* h, uint32_t di, bool down) { h->devs[di].loss->down = down; }
+
+    static void DoRate(Hub* h, uint32_t di, uint64_t bps, int64_t gapNs)
+    {
+        Ptr<PointToPointNetDevice> d = DynamicCast<PointToPointNetDevice>(h->devs[di].dev);
+        d->SetDataRate(DataRate(bps));
+        d->SetInterframeGap(NanoSeconds(gapNs));
+    }
     static void OnPcapTx(Ptr<PcapFileWrapper> f, Ptr<const Packet> p) { f->Write(Simulator::Now(), p); }
 
     // Write the connection's messages into its socket, one message at a time: the next message is written once
@@ -593,6 +706,37 @@ uint64_t Queued(Hub& h, uint32_t d0, uint32_t n)
         for (AcIndex ac : {AC_BE, AC_BK, AC_VI, AC_VO}) { q += m->GetTxopQueue(ac)->GetNPackets(); }
     }
     return q;
+}
+
+static void OnCellRx(Hub* h, uint32_t di, Ptr<TrafficControlLayer> tc, Ptr<NetDevice> d, Ptr<const Packet> p,
+                     uint16_t proto, const Address& from, const Address& to, NetDevice::PacketType type)
+{
+    Ptr<LinkLoss> em = h->devs[di].loss;
+    if (em && em->IsCorrupt(p->Copy())) { return; }
+    tc->Receive(d, p, proto, from, to, type);
+}
+
+// The IPv4 packets a node's WiFi devices receive go through their loss model (Dev::loss) before the node's traffic
+// control layer: the node's IPv4 and ARP handlers are registered again per device, the WiFi ones through OnCellRx
+// (a lost packet is one 802.11 delivered but IP never sees, as a loss that TCP notices).
+void InstallRxHooks(Hub& h, uint32_t node)
+{
+    Ptr<Node> n = h.nodes[node];
+    Ptr<TrafficControlLayer> tc = n->GetObject<TrafficControlLayer>();
+    Ptr<Ipv4> ip = n->GetObject<Ipv4>();
+    for (uint32_t k = 0; k < 2 * ip->GetNInterfaces(); ++k) {  // IPv4 and ARP per interface; each call removes one
+        n->UnregisterProtocolHandler(MakeCallback(&TrafficControlLayer::Receive, tc));
+    }
+    for (uint32_t ifi = 0; ifi < ip->GetNInterfaces(); ++ifi) {
+        Ptr<NetDevice> d = ip->GetNetDevice(ifi);
+        int32_t di = ifi < h.ifDev[node].size() ? h.ifDev[node][ifi] : -1;
+        if (di >= 0 && h.devs[di].l2Hdr == 8) {
+            n->RegisterProtocolHandler(MakeBoundCallback(&OnCellRx, &h, uint32_t(di), tc), 0x0800, d);
+        } else {
+            n->RegisterProtocolHandler(MakeCallback(&TrafficControlLayer::Receive, tc), 0x0800, d);
+        }
+        n->RegisterProtocolHandler(MakeCallback(&TrafficControlLayer::Receive, tc), 0x0806, d);
+    }
 }
 
 // Static ARP entries everywhere (no ARP traffic, which a cell would broadcast).

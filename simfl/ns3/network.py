@@ -6,6 +6,7 @@ import atexit
 import dataclasses
 import math
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,9 @@ from typing import Any
 import simpy
 from simpy.events import Event
 
-from simfl.config import NetworkParams
+from simfl.config import Cell, Link, NetworkParams, Scenario
 from simfl.errors import SimflError
+from simfl.linkmodels import NO_LOSS, Loss
 from simfl.mailbox import Mailboxes
 from simfl.messages import Message
 from simfl.network import Network, _Wake
@@ -57,6 +59,39 @@ def vht_mode(goodput_bps: float) -> tuple[int, int, int, float]:
 
 def _ns(t: float) -> int:
     return round(t * 1e9)
+
+
+def _fluid_only(what: str, why: str) -> SimflError:
+    return SimflError(f"{what}: {why}; the fluid model (network.model = \"fluid\") supports it")
+
+
+def refuse_unsupported(topology: Topology, params: NetworkParams, media: dict[str, Link | Cell]) -> None:
+    """A SimflError for the first key of the scenario that the ns3 backend cannot honour (see `simfl.ns3`)."""
+    if not params.handshake:
+        raise _fluid_only("network.handshake = false", "ns-3's TCP always opens a connection with a handshake")
+    if params.give_up != NetworkParams().give_up:
+        raise _fluid_only(f"network.give_up = {params.give_up:g} s", "in the ns3 backend TCP gives up by itself "
+                          "(15 retransmissions; see docs/ns3.md)")
+    for m in media.values():
+        kind = "cells" if isinstance(m, Cell) else "links"
+        if m.jitter_s:
+            raise _fluid_only(f"{kind} {m.name}: jitter = {m.jitter_s:g} s", "the ns3 backend has no jitter")
+        if isinstance(m, Cell) and m.duplex:
+            raise _fluid_only(f"cells {m.name}: a bandwidth per direction", "an ns-3 WiFi cell is one shared "
+                              "channel (no duplex cells)")
+        if isinstance(m, Cell) and (m.up.trace or m.down.trace):
+            raise _fluid_only(f"cells {m.name}: bandwidth_trace", "the ns3 backend's WiFi cells keep one VHT mode")
+    for f, edges in topology.faults:
+        g = topology.graph
+        if f.target == "node" and any(d["medium"] == "cell" and g.nodes[f.name]["kind"] != "ap"
+                                      for _, _, d in g.edges(f.name, data=True)):
+            raise _fluid_only(f"faults ({f.describe()})", "the ns3 backend takes down a WiFi station's links "
+                              "only with its cell")
+        cut = topology.without_edges(edges)
+        for u, v in (tuple(e) for e in edges):
+            if v in cut.reachable(u):
+                raise _fluid_only(f"faults ({f.describe()})", f"another path joins {u} and {v}, and the ns3 "
+                                  "backend's static routes do not reroute around an outage")
 
 
 def _ip(a: int) -> str:
@@ -130,12 +165,13 @@ class Ns3Network:
 
     def __init__(self, env: simpy.Environment, topology: Topology, params: NetworkParams | None = None,
                  recorder: TraceRecorder | None = None, *, seed: int = 1, options: Ns3Options | None = None,
-                 pcap_dir: str | Path | None = None, buffers: dict[str, int] | None = None) -> None:
+                 pcap_dir: str | Path | None = None, media: Sequence[Link | Cell] = ()) -> None:
         self.env = env
         self.topology = topology
         self.params = params or NetworkParams()
         self.options = options or Ns3Options.from_params(self.params)
-        self.buffers = dict(buffers or {})  # link or cell name -> packets of its forwarding ports (else buffer_packets)
+        self.media = {m.name: m for m in media}  # the scenario's links and cells: buffers, losses (default: none)
+        refuse_unsupported(topology, self.params, self.media)
         self.recorder = recorder if recorder is not None else TraceRecorder()
         self.recorder.set_link_source(self.link_columns)
         self.mailboxes = Mailboxes(env, topology.nodes)
@@ -169,6 +205,7 @@ class Ns3Network:
         self._dev: dict[tuple[str, str], int] = {}  # (link or cell name, node) -> hub device index
         self._addr: dict[int, int] = {}  # hub device index -> IPv4 address (int)
         self._res_devs: dict[str, list[int]] = {}  # resource id -> devices whose transmissions it carries
+        self._rx: dict[str, int] = {}  # link direction's resource id -> the device that receives it
         self._routes: dict[tuple[str, int], int] = {}  # (node, destination address) -> device
         self._ports: dict[str, int] = {}
         self.cell_modes: dict[str, dict[str, Any]] = {}  # cell name -> the WiFi mode chosen for it
@@ -176,6 +213,20 @@ class Ns3Network:
         self._t0_ns = 0
         self._build()
         self._start()
+        self._changes = self._timeline()  # [next time (s), what changes then]: outages and capacity traces
+        self._planned = -1.0  # changes up to this simulated time are scheduled in ns-3
+        self._plan(0.0)
+
+    @classmethod
+    def for_scenario(cls, env: simpy.Environment, topology: Topology, scenario: Scenario,
+                     recorder: TraceRecorder | None = None, *, options: Ns3Options | None = None,
+                     pcap_dir: str | Path | None = None) -> Ns3Network:
+        """The scenario's network in ns-3 (its seed, links and cells); a SimflError for what ns-3 cannot honour."""
+        if scenario.traffic:
+            raise SimflError(f"traffic[0] ({scenario.traffic[0].name}): the ns3 backend does not run background "
+                             "traffic ([[traffic]]); the fluid model (network.model = \"fluid\") does")
+        return cls(env, topology, scenario.network, recorder, seed=scenario.seed, options=options,
+                   pcap_dir=pcap_dir, media=(*scenario.links, *scenario.cells))
 
     # ------------------------------------------------------------------ public API
     def send(self, src: str, dst: str, *, kind: str, phase: str, round: int, payload_bits: int,
@@ -203,13 +254,17 @@ class Ns3Network:
                 "drops": sum(self.link_drops().values())}
 
     def link_drops(self) -> dict[str, int]:
-        """Packets dropped so far per resource id: by a link direction's queue; in a cell, the IP packets its
+        """Packets dropped so far per resource id: by a link direction's queue or its loss model (losses and
+        outages: `loss`, `burst_loss`, [[faults]]); in a cell, the IP packets its
         members sent into it that neither arrived nor are still queued (queue discs, MAC queues; a frame in the air
         or in a block-ack reordering buffer counts as dropped until it arrives)."""
         if self._closed:
             return dict(self._final[0])
-        devs = self._hub.devs
+        hub = self._hub
+        devs = hub.devs
         out = {rid: sum(int(devs[d].drops) for d in ds) for rid, ds in self._res_devs.items()}
+        for rid, d in self._rx.items():
+            out[rid] += int(hub.Lost(d))
         if self._cells:  # ns-3 3.44 leaves some WiFi queue drops without a trace: count what went missing instead
             mod = cpp.load(wifi=True)
             for rid, d0, n in self._cells:
@@ -266,7 +321,65 @@ class Ns3Network:
         (self.pcap_dir / "hosts").write_text("".join(f"{_ip(a)}\t{n}\n" for a, n in rows), encoding="utf-8")
 
     def _buffer(self, link: str) -> int:
-        return self.buffers.get(link) or self.options.buffer_packets
+        m = self.media.get(link)
+        return (m.buffer if m is not None else None) or self.options.buffer_packets
+
+    def _losses(self, link: str) -> tuple[Loss, Loss]:
+        """(up, down) loss of a link or cell: a -> b and b -> a; station -> access point and back."""
+        m = self.media.get(link)
+        return (m.up.loss, m.down.loss) if m is not None else (NO_LOSS, NO_LOSS)
+
+    def _set_loss(self, d: int, loss: Loss) -> None:
+        if loss.rate > 0:
+            self._hub.Loss(d, d).Set(loss.good, loss.bad, loss.burst, loss.gap)
+
+    def _gap(self, bps: float) -> int:
+        """The inter-frame gap (ns) at `bps`: the framing bytes beyond the 2-byte PPP header."""
+        return _ns(max(0, self.params.link_header_bytes - 2) * 8 / bps)
+
+    def _timeline(self) -> list[list[Any]]:
+        """What changes over time: per outage schedule [next edge (s), "fault", (Fault, its devices)] and per traced
+        link direction [next change (s), "trace", (trace, device, (repetition, row))]. A device loses what it
+        receives while one of the faults that cover it is down (a link: both ends; a cell or its access point:
+        every member; a node: the ends of its links)."""
+        out: list[list[Any]] = []
+        self._covers: dict[int, list[Any]] = {}
+        g = self.topology.graph
+        for f, edges in self.topology.faults:
+            devs = sorted({self._dev[(g.edges[tuple(e)]["link"], n)] for e in edges for n in e})
+            for d in devs:
+                self._hub.Loss(d, d)
+                self._covers.setdefault(d, []).append(f)
+            out.append([0.0, "fault", (f, devs)])
+        for r in self.topology.resources:
+            tr = r.trace
+            if tr is not None and r.medium == "p2p":
+                nxt = tr.following(0, 0)
+                if nxt is not None:
+                    out.append([tr.change_time(*nxt), "trace", (tr, self._res_devs[r.id][0], nxt)])
+        return out
+
+    def _plan(self, until: float) -> None:
+        """Schedule in ns-3 every outage edge and capacity change up to simulated time `until`."""
+        if until <= self._planned:
+            return
+        hub, t0 = self._hub, self._t0_ns
+        for ch in self._changes:
+            while ch[0] <= until:
+                t = ch[0]
+                if ch[1] == "fault":
+                    f, devs = ch[2]
+                    for d in devs:
+                        hub.ScheduleDown(d, t0 + _ns(t), any(x.is_down(t) for x in self._covers[d]))
+                    ch[0] = f.next_edge(t)
+                else:
+                    tr, d, pos = ch[2]
+                    bps = tr.rates[pos[1]]
+                    hub.ScheduleRate(d, t0 + _ns(t), round(bps), self._gap(bps))
+                    nxt = tr.following(*pos)
+                    ch[0] = math.inf if nxt is None else tr.change_time(*nxt)
+                    ch[2] = (tr, d, nxt)
+        self._planned = until
 
     def _queue(self, node: str) -> int:
         return HOST_QDISCS[self.options.host_qdisc] if self.topology.kind(node) in HOST_KINDS else 0
@@ -280,10 +393,14 @@ class Ns3Network:
             ra, rb = p2p[k], p2p[k + 1]
             if ra.link != rb.link or (ra.src, ra.dst) != (rb.dst, rb.src):
                 raise SimflError(f"ns3 backend: link {ra.link!r}: expected its two directions next to each other")
-            gap = max(0, p.link_header_bytes - 2) * 8 / ra.capacity_bps  # the PPP header is 2 of the framing bytes
             da = hub.AddLink(self._idx[ra.src], self._idx[ra.dst], round(ra.capacity_bps), _ns(ra.latency_s),
-                             _ns(gap), p.mtu, p.link_header_bytes, 0x0A000000 + 4 * (k // 2), self._queue(ra.src),
-                             self._queue(rb.src), self._buffer(ra.link))
+                             self._gap(ra.capacity_bps), round(rb.capacity_bps), _ns(rb.latency_s),
+                             self._gap(rb.capacity_bps), p.mtu, p.link_header_bytes, 0x0A000000 + 4 * (k // 2),
+                             self._queue(ra.src), self._queue(rb.src), self._buffer(ra.link))
+            up, down = self._losses(ra.link)
+            self._set_loss(da + 1, up)  # b's device receives what a sends
+            self._set_loss(da, down)
+            self._rx[ra.id], self._rx[rb.id] = da + 1, da
             for d, r in ((da, ra), (da + 1, rb)):
                 self._dev[(r.link, r.src)] = d
                 self._addr[d] = int(hub.devs[d].address)
@@ -292,6 +409,10 @@ class Ns3Network:
                     hub.PcapDevice(d, str(self.pcap_dir / f"{r.link}.{r.src}.pcap"))
         for j, r in enumerate(r for r in topo.resources if r.medium == "cell"):
             self._add_cell(j, r)
+        if self._cells:
+            mod = cpp.load(wifi=True)
+            for node in sorted({n for (m, n) in self._dev if m in self.cell_modes}, key=self._idx.__getitem__):
+                mod.InstallRxHooks(hub, self._idx[node])
         if self.pcap_dir is not None:
             self._write_hosts()
 
@@ -310,9 +431,11 @@ class Ns3Network:
                                              [self._queue(n) for n in members], self._buffer(r.link),
                                              0x0A800000 + (j << 16), width, nss, mcs, p.mtu, p.link_header_bytes,
                                              r.link, pcap))
+        up, down = self._losses(r.link)
         for i, n in enumerate(members):
             self._dev[(r.link, n)] = d0 + i
             self._addr[d0 + i] = int(self._hub.devs[d0 + i].address)
+            self._set_loss(d0 + i, up if i == 0 else down)  # the access point receives what its stations send
         self._res_devs[r.id] = list(range(d0, d0 + len(members)))
         self._cells.append((r.id, d0, len(stations)))
 
@@ -389,6 +512,7 @@ class Ns3Network:
         env, hub = self.env, self._hub
         now = env.now
         t0 = self._t0_ns
+        self._plan(now)
         hub.RunUntil(t0 + _ns(now))
         self._collect(now)
         for tx in self._outbox:
@@ -404,7 +528,9 @@ class Ns3Network:
         if t_next <= now:
             self._schedule(now)  # SimPy has more to do at this instant (e.g. the deliveries just made)
             return
-        stop = t0 + _ns(t_next if t_next < math.inf else now + _HORIZON)
+        until = t_next if t_next < math.inf else now + _HORIZON
+        self._plan(until)
+        stop = t0 + _ns(until)
         t_ns = hub.RunUntil(stop)
         if hub.failed.size():
             self._gave_up((t_ns - t0) * 1e-9)
@@ -424,11 +550,14 @@ class Ns3Network:
         stuck = sum(1 for tx in self._txs.values() if tx.flow is flow)
         drops = sorted(((n, rid) for rid, n in self.link_drops().items() if n), reverse=True)
         most = ", ".join(f"{rid} {n:,}" for n, rid in drops[:3]) or "none"
+        lossy = self.topology.faults or any(m.up.loss.rate or m.down.loss.rate for m in self.media.values())
+        why = ("packets lost too often on lossy links or during outages (TCP's timeout doubles up to 60 s "
+               "between retransmissions)" if lossy else "a burst that TCP does not get through these buffers (an "
+               "incast); larger port buffers or a smaller burst (fewer messages sent at one instant) would let it "
+               "through")
         raise SimflError(f"ns3 backend: the TCP connection {flow.src} -> {flow.dst} gave up at t = {t:.6g} s ({what} "
-                         f"retransmissions unanswered) with {stuck} message(s) undelivered; the queues had dropped "
-                         f"{sum(n for n, _ in drops):,} packets (most: {most}): a burst that TCP does not get "
-                         "through these buffers (an incast); larger port buffers or a smaller burst (fewer messages "
-                         "sent at one instant) would let it through")
+                         f"retransmissions unanswered) with {stuck} message(s) undelivered; the queues and loss "
+                         f"models had dropped {sum(n for n, _ in drops):,} packets (most: {most}): {why}")
 
     def _collect(self, now: float) -> None:
         done = self._hub.done
