@@ -439,10 +439,10 @@ def test_wifi_replies_do_not_wait_for_arp():
 
 
 def lossy_pair(uplink: dict, **options) -> World:
-    """a -> b over one 10 Mbps, 10 ms link with the uplink keys `uplink`, on ns-3 (seed 1)."""
+    """a -> b over one 10 Mbps, 10 ms link with the uplink keys `uplink` (None: leave the key out), on ns-3."""
+    up = {k: v for k, v in {"to": "b", "bandwidth": "10 Mbps", "latency": "10 ms", **uplink}.items() if v is not None}
     return ns3_world({"name": "t", "workload": "synthetic", "nodes": [
-        {"name": "a", "kind": "client", "uplink": {"to": "b", "bandwidth": "10 Mbps", "latency": "10 ms", **uplink}},
-        {"name": "b", "kind": "client"}]}, **options)
+        {"name": "a", "kind": "client", "uplink": up}, {"name": "b", "kind": "client"}]}, **options)
 
 
 def rx_loss(w: World, link: str, node: str):
@@ -503,3 +503,75 @@ def test_loss_and_determinism_in_a_wifi_cell():
         assert ev.value.retransmitted_bytes >= (lost - 2) * 1460 > 0
         seen.append((lost, ev.value.t_deliver))
     assert seen[0] == seen[1]
+
+
+def test_asymmetric_bandwidth_and_latency_closed_form():
+    """a -> b 10 Mbps, 1 ms; b -> a 2 Mbps, 5 ms: the SYN crosses up, the SYN-ACK down, then the ACK and the
+    message go up (the closed form of the module docstring, each direction with its own rate and delay)."""
+    cu, lu, cd, ld = 10e6, 1e-3, 2e6, 5e-3
+    w = lossy_pair({"bandwidth_up": "10 Mbps", "latency_up": "1 ms", "bandwidth_down": "2 Mbps",
+                    "latency_down": "5 ms", "bandwidth": None, "latency": None})
+    ev = w.network.send("a", "b", kind="x", phase="t", round=0, payload_bits=MODEL)
+    w.env.run()
+    t2 = lu + ld + (48 + 2) * 8 / cu + (48 + 2) * 8 / cd
+    assert ev.value.t_start == pytest.approx(t2, abs=NS)
+    assert ev.value.t_deliver == pytest.approx(t2 + (78 + W - 36) * 8 / cu + lu, abs=NS)
+
+
+def test_an_outage_stalls_the_transfer_and_tcp_resumes_after_it(tmp_path):
+    """link a-b down from 0.1 s to 0.6 s during a 1 MB transfer (0.87 s alone): both ends lose what arrives while it
+    is down; the transfer ends after the fluid model's (which resumes at once when the link is back) and within
+    TCP's backed-off retransmission timeouts of it (0.2 + 0.4 + 0.8 s at most)."""
+    d = {"name": "t", "workload": "synthetic", "nodes": [
+        {"name": "a", "kind": "client", "uplink": {"to": "b", "bandwidth": "10 Mbps", "latency": "10 ms"}},
+        {"name": "b", "kind": "client"}], "faults": [{"link": "a-b", "down": "100 ms", "up": "600 ms"}]}
+    fluid = World(scenario_from_dict(d))
+    ev = fluid.network.send("a", "b", kind="x", phase="t", round=0, payload_bits=8_000_000)
+    fluid.env.run()
+    w = ns3_world(d)
+    ev3 = w.network.send("a", "b", kind="x", phase="t", round=0, payload_bits=8_000_000)
+    w.env.run()
+    assert int(rx_loss(w, "a-b", "b").outage) > 0 and int(rx_loss(w, "a-b", "a").outage) > 0
+    assert ev.value.t_deliver < ev3.value.t_deliver < ev.value.t_deliver + 1.4
+    assert int(rx_loss(w, "a-b", "b").lost) == 0  # no loss model beside the outage
+
+
+def test_a_capacity_trace_changes_the_device_rate_at_its_instants(tmp_path):
+    """a -> b: 10 Mbps from 0, 2 Mbps from 0.3 s (a trace file): a 1 MB transfer takes about 0.3 s at 10 Mbps
+    then the rest at 2 Mbps; ns-3 is within 3% of the fluid model's time."""
+    trace = tmp_path / "t.csv"
+    trace.write_text("time_s,bandwidth_bps\n0,10000000\n0.3,2000000\n", encoding="utf-8")
+    d = {"name": "t", "workload": "synthetic", "nodes": [
+        {"name": "a", "kind": "client", "uplink": {"to": "b", "bandwidth_trace_up": str(trace),
+                                                   "bandwidth_down": "10 Mbps", "latency": "1 ms"}},
+        {"name": "b", "kind": "client"}]}
+    fluid = World(scenario_from_dict(d))
+    ev = fluid.network.send("a", "b", kind="x", phase="t", round=0, payload_bits=8_000_000)
+    fluid.env.run()
+    w = ns3_world(d)
+    ev3 = w.network.send("a", "b", kind="x", phase="t", round=0, payload_bits=8_000_000)
+    w.env.run()
+    assert ev.value.t_deliver > 3.0
+    assert ev3.value.t_deliver == pytest.approx(ev.value.t_deliver, rel=0.03)
+
+
+@pytest.mark.parametrize(("extra", "match"), [
+    ({"network": {"handshake": False}}, r"network.handshake = false: ns-3's TCP always"),
+    ({"network": {"give_up": "10 s"}}, r"network.give_up = 10 s: in the ns3 backend TCP gives up by itself"),
+    ({"jitter": "1 ms"}, r"links c0-s1: jitter = 0.001 s: the ns3 backend has no jitter"),
+    ({"faults": [{"link": "c0-s1", "down": "1 s"}], "ring": True},
+     r"faults \(link c0-s1 down from 1 s\): another path joins"),
+])
+def test_keys_ns3_cannot_honour_are_one_line_errors(extra, match):
+    """Each names the key and says the fluid model supports it ([[traffic]] is refused by the scenario check)."""
+    d = star(2)
+    if "jitter" in extra:
+        d["node_groups"][0]["uplink"]["jitter"] = extra["jitter"]
+    for k in ("network", "faults", "traffic"):
+        if k in extra:
+            d[k] = extra[k]
+    if extra.get("ring"):
+        d["links"] = [{"name": "c0-c1", "a": "c0", "b": "c1", "bandwidth": "1 Gbps"}]
+    d.setdefault("network", {})["model"] = "ns3"
+    with pytest.raises(SimflError, match=match + r".*the fluid model \(network.model = \"fluid\"\) supports it"):
+        World(scenario_from_dict(d))

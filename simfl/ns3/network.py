@@ -221,10 +221,8 @@ class Ns3Network:
     def for_scenario(cls, env: simpy.Environment, topology: Topology, scenario: Scenario,
                      recorder: TraceRecorder | None = None, *, options: Ns3Options | None = None,
                      pcap_dir: str | Path | None = None) -> Ns3Network:
-        """The scenario's network in ns-3 (its seed, links and cells); a SimflError for what ns-3 cannot honour."""
-        if scenario.traffic:
-            raise SimflError(f"traffic[0] ({scenario.traffic[0].name}): the ns3 backend does not run background "
-                             "traffic ([[traffic]]); the fluid model (network.model = \"fluid\") does")
+        """The scenario's network in ns-3 (its seed, links and cells); a SimflError for what ns-3 cannot honour
+        (background traffic is refused by the scenario check, `simfl.config`)."""
         return cls(env, topology, scenario.network, recorder, seed=scenario.seed, options=options,
                    pcap_dir=pcap_dir, media=(*scenario.links, *scenario.cells))
 
