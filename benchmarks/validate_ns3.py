@@ -25,6 +25,9 @@ Cases:
   crosses the channel twice), with 100- and 10,000-packet forwarding ports (the access point's queue); and bulk
   transfers (500 kB each, 10,000-packet ports): the cell's stations to the server, and (cells of up to 15 stations)
   all-pairs among them.
+- loss: `loss` 1% and 5% (each direction) on one 10 Mbps, 10 ms link (a 1 MB transfer) and on wifi-cells' first
+  cell (the gather into it, 10,000-packet ports); ns-3 with --seeds seeds, its mean last delivery against the fluid
+  model's (whose loss-limited rate is the Mathis cap): printed as a second table with the ratio fluid / ns-3.
 - fedad: the default run's phase I and II message schedule (the protocol of topologies/default.toml capped at
   --samples samples per client run on the network, its learning read from the learning cache or computed once;
   baselines left out): last = phase II's last delivery, median = the median message's delivery - send.
@@ -33,6 +36,7 @@ Cases:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
@@ -58,6 +62,7 @@ WIFI_ALLPAIRS = 15  # topologies with WiFi cells: all-pairs among this many clie
 BIG_BUFFER = 10_000  # packets per forwarding port: a cell case without drops
 BULK_BYTES = 500_000  # a bulk transfer: long enough for TCP's steady state
 FEDAD_PHASES = ("phase1", "phase2")
+LOSSES = (0.01, 0.05)  # the loss cases' packet loss probabilities
 
 
 @dataclass
@@ -183,6 +188,46 @@ def cell_cases(name: str, sc: Scenario) -> list[Case]:
     return out
 
 
+def loss_cases() -> list[Case]:
+    """Loss 1% and 5% (`loss`: each direction, independent): a 1 MB transfer over one 10 Mbps, 10 ms link, and the
+    gather into wifi-cells' first cell with the loss on the cell (BIG_BUFFER ports: no queue drops)."""
+    out = []
+    for p in LOSSES:
+        link = scenario_from_dict({"name": "link", "workload": "synthetic", "nodes": [
+            {"name": "a", "kind": "client", "uplink": {"to": "b", "bandwidth": "10 Mbps", "latency": "10 ms",
+                                                      "loss": p}},
+            {"name": "b", "kind": "client"}]})
+        out.append(Case(f"loss {p:.0%}: 1 MB over one 10 Mbps, 10 ms link", "loss", link, [("a", "b")], 1_000_000))
+        sc = load_scenario(ROOT / "topologies" / "wifi-cells.toml", ["workload=synthetic", f"cells[0].loss={p}"])
+        cell = sc.cells[0].name
+        inside = [c for c in sc.clients if sc.node(c).cell == cell]
+        outside = [c for c in sc.clients if sc.node(c).cell != cell]
+        out.append(Case(f"loss {p:.0%}: wifi-cells.toml, gather of {len(outside)} into cell {cell} (-> {inside[0]})",
+                        "loss", sc, pattern_pairs("gather", outside, inside[0]),
+                        options=Ns3Options(buffer_packets=BIG_BUFFER)))
+    return out
+
+
+def loss_row(c: Case, f: dict[str, Any], seeds: int) -> str:
+    """The fluid model's last delivery and median completion against ns-3's (means over `seeds` seeds; the last's
+    range): fluid / ns-3."""
+    runs = [run(dataclasses.replace(c, scenario=c.scenario.replace(seed=s)), "ns3") for s in range(1, seeds + 1)]
+    failed = [r["error"] for r in runs if "error" in r]
+    if failed:
+        return f"| {c.name} | {f['messages']} | {f['last']:.4g} | gave up: {failed[0]} |"
+    last = [r["last"] for r in runs]
+    mean, median = statistics.fmean(last), statistics.fmean(r["median"] for r in runs)
+    ratio = f["last"] / mean
+    return (f"| {c.name} | {f['messages']} | {f['last']:.4g} | {mean:.4g} ({min(last):.4g} - {max(last):.4g}) | "
+            f"{ratio:.2f} | {'yes' if abs(ratio - 1) <= 0.25 else 'no'} | {f['median']:.4g} | {median:.4g} | "
+            f"{f['median'] / median:.2f} | {statistics.fmean(r['retx'] for r in runs):,.0f} |")
+
+
+LOSS_HEADER = ("| case | messages | fluid last (s) | ns-3 last (s): mean (range) of the seeds | fluid / ns-3 | "
+               "within 25% | fluid median (s) | ns-3 median (s), mean | fluid / ns-3 | ns-3 retransmitted B (mean) |\n"
+               "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|")
+
+
 def default_run(samples: int) -> Scenario:
     """topologies/default.toml capped at `samples` per client, without the baselines; its learning is computed
     here once (on the fluid network) into the learning cache, which every fedad case then reads."""
@@ -213,7 +258,7 @@ def run(case: Case, backend: str) -> dict[str, Any]:
     sc = case.scenario
     w = World(sc)
     if backend == "ns3":
-        w.network = Ns3Network(w.env, w.topology, sc.network, w.recorder, seed=sc.seed, options=case.options)
+        w.network = Ns3Network.for_scenario(w.env, w.topology, sc, w.recorder, options=case.options)
     net = w.network
     try:
         if case.pairs is None:
@@ -264,7 +309,7 @@ def cases(args: argparse.Namespace) -> list[Case]:
     out = [c for c in reference_cases() if wanted(c.name, c.group)]
     if args.quick:
         return out
-    out += [c for c in incast_cases() if wanted(c.name, c.group)]
+    out += [c for c in incast_cases() + loss_cases() if wanted(c.name, c.group)]
     fedad = wanted("fedad", "fedad")
     default = default_run(args.samples) if fedad else None
     for name, sc in networks():
@@ -282,6 +327,7 @@ def main() -> None:
                     help="run the cases whose name or group contains one of these words")
     ap.add_argument("--skip", nargs="+", default=None, metavar="WORD",
                     help="leave out the cases whose name or group contains one of these words")
+    ap.add_argument("--seeds", type=int, default=10, help="loss cases: ns-3 runs with seeds 1..SEEDS (default 10)")
     ap.add_argument("--samples", type=int, default=100,
                     help="fedad cases: samples per client of the default run's learning plan (default 100)")
     args = ap.parse_args()
@@ -289,13 +335,19 @@ def main() -> None:
     cpp.load()
     run(Case("warm-up", "", line(), [("a", "b")], 1000), "ns3")  # compiles the calls a first network makes
     print(f"ns-3 import, hub compilation and a first network: {time.perf_counter() - t0:.1f} s")
-    rows = []
+    rows, loss = [], []
     for c in cases(args):
+        if c.group == "loss":
+            loss.append(loss_row(c, run(c, "fluid"), args.seeds))
+            print(loss[-1], flush=True)
+            continue
         rows.append(row(c, run(c, "fluid"), run(c, "ns3")))
         print(rows[-1], flush=True)
-    print()
-    print(HEADER)
-    print("\n".join(rows))
+    for head, r in ((HEADER, rows), (LOSS_HEADER, loss)):
+        if r:
+            print()
+            print(head)
+            print("\n".join(r))
 
 
 if __name__ == "__main__":
