@@ -483,15 +483,23 @@ def test_burst_loss_is_a_gilbert_elliott_chain():
         assert lost > 0
 
 
+def one_cell(**cell) -> dict:
+    """A server on a 1 Gbps link to the access point of one 50 Mbps cell with stations c0 and c1 (`cell`: more
+    keys of the cell, None: leave the key out)."""
+    return {"name": "t", "workload": "synthetic",
+            "nodes": [{"name": "ap", "kind": "ap"},
+                      {"name": "server", "kind": "server", "uplink": {"to": "ap", "bandwidth": "1 Gbps"}},
+                      {"name": "c0", "kind": "client", "cell": "cell1"},
+                      {"name": "c1", "kind": "client", "cell": "cell1"}],
+            "cells": [{k: v for k, v in {"name": "cell1", "ap": "ap", "bandwidth": "50 Mbps", **cell}.items()
+                       if v is not None}]}
+
+
 def test_loss_and_determinism_in_a_wifi_cell():
     """A cell with loss 5% (both directions): the station's IP layer loses 5% of the packets its access point
     forwards to it (802.11 delivered them: the loss TCP sees, as in the fluid model); TCP resends them; the same
     scenario gives the same losses and times."""
-    d = {"name": "t", "workload": "synthetic",
-         "nodes": [{"name": "ap", "kind": "ap"},
-                   {"name": "server", "kind": "server", "uplink": {"to": "ap", "bandwidth": "1 Gbps"}},
-                   {"name": "c0", "kind": "client", "cell": "cell1"}],
-         "cells": [{"name": "cell1", "ap": "ap", "bandwidth": "50 Mbps", "loss": 0.05}]}
+    d = one_cell(loss=0.05)
     seen = []
     for _ in range(2):
         w = ns3_world(d)
@@ -536,6 +544,27 @@ def test_an_outage_stalls_the_transfer_and_tcp_resumes_after_it(tmp_path):
     assert int(rx_loss(w, "a-b", "b").lost) == 0  # no loss model beside the outage
 
 
+@pytest.mark.parametrize("fault", [{"cell": "cell1", "down": "10 ms", "up": "300 ms"},
+                                   {"node": "ap", "down": "10 ms", "up": "300 ms"},
+                                   {"link": "server-ap", "every": "100 ms", "duration": "60 ms", "start": "10 ms",
+                                    "until": "300 ms"}])
+def test_cell_node_and_repeating_outages(fault):
+    """A cell, its access point, or (repeatedly: 10-70, 110-170, 210-270 ms) the server's link down while the
+    server sends 1 MB to a station (0.17 s alone at the cell's 50 Mbps): the station's device (a cell or its access
+    point: every member), or an end of the link, loses packets to the outage, and the transfer ends after the fluid
+    model's."""
+    d = {**one_cell(), "faults": [fault]}
+    fluid = World(scenario_from_dict(d))
+    ev = fluid.network.send("server", "c0", kind="x", phase="t", round=0, payload_bits=8_000_000)
+    fluid.env.run()
+    w = ns3_world(d)
+    ev3 = w.network.send("server", "c0", kind="x", phase="t", round=0, payload_bits=8_000_000)
+    w.env.run()
+    ends = [("server-ap", "ap"), ("server-ap", "server")] if "link" in fault else [("cell1", "c0")]
+    assert sum(int(rx_loss(w, *e).outage) for e in ends) > 0
+    assert ev3.value.t_deliver > ev.value.t_deliver > 0.3
+
+
 def test_a_capacity_trace_changes_the_device_rate_at_its_instants(tmp_path):
     """a -> b: 10 Mbps from 0, 2 Mbps from 0.3 s (a trace file): a 1 MB transfer takes about 0.3 s at 10 Mbps
     then the rest at 2 Mbps; ns-3 is within 3% of the fluid model's time."""
@@ -561,10 +590,14 @@ def test_a_capacity_trace_changes_the_device_rate_at_its_instants(tmp_path):
     ({"jitter": "1 ms"}, r"links c0-s1: jitter = 0.001 s: the ns3 backend has no jitter"),
     ({"faults": [{"link": "c0-s1", "down": "1 s"}], "ring": True},
      r"faults \(link c0-s1 down from 1 s\): another path joins"),
+    ({"cell": {"bandwidth": None, "bandwidth_up": "10 Mbps", "bandwidth_down": "50 Mbps"}},
+     r"cells cell1: a bandwidth per direction: an ns-3 WiFi cell is one shared channel"),
+    ({"cell": {}, "faults": [{"node": "c0", "down": "1 s"}]},
+     r"faults \(node c0 down from 1 s\): the ns3 backend takes down a WiFi station's links only with its cell"),
 ])
 def test_keys_ns3_cannot_honour_are_one_line_errors(extra, match):
     """Each names the key and says the fluid model supports it ([[traffic]] is refused by the scenario check)."""
-    d = star(2)
+    d = star(2) if "cell" not in extra else one_cell(**extra["cell"])
     if "jitter" in extra:
         d["node_groups"][0]["uplink"]["jitter"] = extra["jitter"]
     for k in ("network", "faults", "traffic"):
