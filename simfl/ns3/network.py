@@ -549,8 +549,8 @@ class Ns3Network:
         drops = sorted(((n, rid) for rid, n in self.link_drops().items() if n), reverse=True)
         most = ", ".join(f"{rid} {n:,}" for n, rid in drops[:3]) or "none"
         lossy = self.topology.faults or any(m.up.loss.rate or m.down.loss.rate for m in self.media.values())
-        why = ("packets lost too often on lossy links or during outages (TCP's timeout doubles up to 60 s "
-               "between retransmissions)" if lossy else "a burst that TCP does not get through these buffers (an "
+        why = ("packets lost too often on lossy links or during outages (TCP's timeout doubles with each "
+               "retransmission)" if lossy else "a burst that TCP does not get through these buffers (an "
                "incast); larger port buffers or a smaller burst (fewer messages sent at one instant) would let it "
                "through")
         raise SimflError(f"ns3 backend: the TCP connection {flow.src} -> {flow.dst} gave up at t = {t:.6g} s ({what} "
