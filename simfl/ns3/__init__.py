@@ -1,6 +1,7 @@
 """Packet-level network backend: ns-3 (TCP/IP, finite queues, drops) co-simulated with SimPy.
 
-`Ns3Network(env, topology, params, recorder, seed=..., options=...)` has the public API of
+`Ns3Network(env, topology, params, recorder, seed=..., options=..., media=...)` (or
+`Ns3Network.for_scenario(env, topology, scenario, recorder)`, as `World` builds it) has the public API of
 `simfl.network.Network` (`send`, `inbox`, `totals`, `link_columns`, `sent`, `delivered`, `in_flight`,
 `keep_unclaimed`), so the protocol runs unchanged on either backend. It needs the `ns3` package (ns-3 3.44 with
 cppyy bindings: `pip install ns3`, or the `ns3` / `dev` extras); the first use in a process loads ns-3 and compiles
@@ -47,6 +48,19 @@ What is simulated (per link of the scenario):
   full (ns-3 would also drop what waited 500 ms; a driver does not). Every cell is 802.11ac, whatever its radio
   (constrained-plant's cells stand for private LTE).
 
+Imperfect links (the scenario's keys, as in the fluid model; `media` gives the links and cells):
+- loss per direction (`loss`, `burst_loss`): `simfl_ns3::LinkLoss`, an ns-3 ErrorModel subclass (a Gilbert-Elliott
+  chain per packet; independent draws without `burst`), as the receive error model of the point-to-point device at
+  the receiving end; in a cell, at each member's IP layer (the packets 802.11 delivered: a loss TCP sees). Its
+  random stream is numbered by the device, so it depends on the seed only.
+- asymmetric links: a data rate per device, a channel (`simfl_ns3::AsymChannel`) with a delay per direction.
+- [[faults]]: while a fault is down, the loss models of the devices it covers lose everything (both ends of a link,
+  every member of a cell, the ends of a node's links and the cells it is the access point of); the edges are
+  scheduled in ns-3 as simulated time advances. No rerouting: TCP retransmits until the fault ends.
+- capacity traces of links: the sending device's data rate changes at the trace's instants.
+- refused with a one-line SimflError naming the key (`refuse_unsupported`): handshake off, a non-default give_up,
+  jitter, duplex or traced cells, a node fault on a WiFi station, a fault the fluid model would reroute around.
+
 Trace: `wire_bytes` of a message = the payload bytes of every segment transmitted for it (retransmissions included)
 plus `header_bytes` per segment whose first new byte is its (a segment that retransmits bytes without new ones
 counts its header to the message of its first byte, as retransmitted); `n_packets` counts its first
@@ -56,8 +70,8 @@ payload bytes + n_packets x header_bytes, simfl's packetization (a retransmissio
 0-byte message, which sends no segment, can differ: `simfl export` handles both). `t_start` is when its first byte
 was first transmitted, `t_tx` when one of its bytes was last (re)transmitted. Links: `bytes` counts every packet a
 link direction transmitted (ACKs, handshakes, retransmissions included), `busy_s` their transmission time, and
-`drops` (`link_drops()`) the packets each queue dropped. `close()` (at the end of `simfl run`) releases ns-3; the
-links table stays readable.
+`drops` (`link_drops()`) the packets each queue or loss model dropped. `close()` (at the end of `simfl run`)
+releases ns-3; the links table stays readable.
 
 pcap (`network.ns3_pcap = true`): ns-3 writes what it transmits into RUN/ns3-pcap/: one file per link direction,
 `<link>.<sender>.pcap` (the names of `simfl export --per-link`), every packet the sender starts to transmit
@@ -70,6 +84,6 @@ time per process (ns-3 has one simulator): creating one closes the previous one.
 """
 
 from simfl.ns3.cpp import available
-from simfl.ns3.network import HOST_QDISCS, PCAP_DIR, Ns3Network, Ns3Options, vht_mode
+from simfl.ns3.network import HOST_QDISCS, PCAP_DIR, Ns3Network, Ns3Options, refuse_unsupported, vht_mode
 
-__all__ = ["Ns3Network", "Ns3Options", "HOST_QDISCS", "PCAP_DIR", "available", "vht_mode"]
+__all__ = ["Ns3Network", "Ns3Options", "HOST_QDISCS", "PCAP_DIR", "available", "refuse_unsupported", "vht_mode"]

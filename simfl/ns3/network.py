@@ -24,7 +24,7 @@ from simfl.ns3 import cpp
 from simfl.topology import Hop, Resource, Topology
 from simfl.trace import LINK_SCHEMA, TraceRecorder
 
-__all__ = ["Ns3Network", "Ns3Options", "HOST_QDISCS", "PCAP_DIR"]
+__all__ = ["Ns3Network", "Ns3Options", "HOST_QDISCS", "PCAP_DIR", "refuse_unsupported"]
 
 PCAP_DIR = "ns3-pcap"  # the run folder's subfolder for ns-3's own pcap files (network.ns3_pcap)
 HOST_KINDS = ("client", "server", "cloud")  # end hosts: a queue discipline; every other node forwards (drop-tail)
