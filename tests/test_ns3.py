@@ -544,6 +544,17 @@ def test_an_outage_stalls_the_transfer_and_tcp_resumes_after_it(tmp_path):
     assert int(rx_loss(w, "a-b", "b").lost) == 0  # no loss model beside the outage
 
 
+def test_an_outage_longer_than_the_planning_window():
+    """Link a-b down from 0.1 s to 25 s (outage edges are put into ns-3 10 s ahead): the 1 MB transfer resumes at
+    a retransmission after 25 s, before TCP's backed-off timeout could have doubled past 30 s more."""
+    w = ns3_world({"name": "t", "workload": "synthetic", "nodes": [
+        {"name": "a", "kind": "client", "uplink": {"to": "b", "bandwidth": "10 Mbps", "latency": "10 ms"}},
+        {"name": "b", "kind": "client"}], "faults": [{"link": "a-b", "down": "100 ms", "up": "25 s"}]})
+    ev = w.network.send("a", "b", kind="x", phase="t", round=0, payload_bits=8_000_000)
+    w.env.run()
+    assert 25.0 < ev.value.t_deliver < 60.0 and w.network.in_flight == 0
+
+
 @pytest.mark.parametrize("fault", [{"cell": "cell1", "down": "10 ms", "up": "300 ms"},
                                    {"node": "ap", "down": "10 ms", "up": "300 ms"},
                                    {"link": "server-ap", "every": "100 ms", "duration": "60 ms", "start": "10 ms",

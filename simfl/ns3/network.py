@@ -33,6 +33,7 @@ _PORT0 = 49152  # first source port of a node's connections
 _current: list[weakref.ref] = []  # the live Ns3Network (ns-3 has one simulator per process)
 _ASSOCIATION_LIMIT = 10.0  # s of ns-3 time for WiFi stations to associate before the simulation starts
 _HORIZON = 3600.0  # s: with no SimPy event left, how long ns-3 may run without a completion (WiFi beacons never end)
+_CHANGE_WINDOW = 10.0  # s: how far ahead of simulated time outage edges and capacity changes are put into ns-3
 _GOODPUT_SHARE = 0.70  # TCP goodput / PHY rate of one station alone in an ns-3 802.11ac cell (measured, 80 MHz MCS 7)
 # VHT (802.11ac): data subcarriers per channel width (MHz), and bits per subcarrier x coding rate of MCS 0-9
 _VHT_SUBCARRIERS = {20: 52, 40: 108, 80: 234, 160: 468}
@@ -527,15 +528,17 @@ class Ns3Network:
             self._schedule(now)  # SimPy has more to do at this instant (e.g. the deliveries just made)
             return
         until = t_next if t_next < math.inf else now + _HORIZON
+        if any(ch[0] < math.inf for ch in self._changes):
+            until = min(until, now + _CHANGE_WINDOW)  # outage edges and rate changes are scheduled a window ahead
         self._plan(until)
         stop = t0 + _ns(until)
         t_ns = hub.RunUntil(stop)
         if hub.failed.size():
             self._gave_up((t_ns - t0) * 1e-9)
         if hub.done.size():
-            self._schedule(min(max((t_ns - t0) * 1e-9, now), t_next))
-        elif stop <= t_ns and t_next < math.inf:
-            self._schedule(t_next)
+            self._schedule(min(max((t_ns - t0) * 1e-9, now), until))
+        elif stop <= t_ns and until < now + _HORIZON:
+            self._schedule(until)
         # else: no completion within the horizon (ns-3 has events but no message progresses): they stay in flight
 
     def _gave_up(self, t: float) -> None:
