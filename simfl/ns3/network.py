@@ -82,10 +82,11 @@ def refuse_unsupported(topology: Topology, params: NetworkParams, media: dict[st
                               "channel (no duplex cells)")
         if isinstance(m, Cell) and (m.up.trace or m.down.trace):
             raise _fluid_only(f"cells {m.name}: bandwidth_trace", "the ns3 backend's WiFi cells keep one VHT mode")
+    aps = {r.src for r in topology.resources if r.medium == "cell"}  # the cells' access points
     for f, edges in topology.faults:
         g = topology.graph
-        if f.target == "node" and any(d["medium"] == "cell" and g.nodes[f.name]["kind"] != "ap"
-                                      for _, _, d in g.edges(f.name, data=True)):
+        if f.target == "node" and f.name not in aps and any(d["medium"] == "cell"
+                                                            for _, _, d in g.edges(f.name, data=True)):
             raise _fluid_only(f"faults ({f.describe()})", "the ns3 backend takes down a WiFi station's links "
                               "only with its cell")
         cut = topology.without_edges(edges)
