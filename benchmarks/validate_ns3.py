@@ -25,8 +25,9 @@ Cases:
   crosses the channel twice), with 100- and 10,000-packet forwarding ports (the access point's queue); and bulk
   transfers (500 kB each, 10,000-packet ports): the cell's stations to the server, and (cells of up to 15 stations)
   all-pairs among them.
-- loss: `loss` 1% and 5% (each direction) on one 10 Mbps, 10 ms link (a 1 MB transfer) and on wifi-cells' first
-  cell (the gather into it, 10,000-packet ports); ns-3 with --seeds seeds, its mean last delivery against the fluid
+- loss: `loss` 1% and 5% (each direction) on one 10 Mbps, 10 ms link (a 1 MB transfer), `burst_loss` of the same
+  stationary rate on it (bad state: loss 0.5, runs of 5 packets), and on wifi-cells' first cell (the gather into
+  it, 10,000-packet ports); ns-3 with --seeds seeds, its mean last delivery against the fluid
   model's (whose loss-limited rate is the Mathis cap): printed as a second table with the ratio fluid / ns-3.
 - fedad: the default run's phase I and II message schedule (the protocol of topologies/default.toml capped at
   --samples samples per client run on the network, its learning read from the learning cache or computed once;
@@ -63,6 +64,7 @@ BIG_BUFFER = 10_000  # packets per forwarding port: a cell case without drops
 BULK_BYTES = 500_000  # a bulk transfer: long enough for TCP's steady state
 FEDAD_PHASES = ("phase1", "phase2")
 LOSSES = (0.01, 0.05)  # the loss cases' packet loss probabilities
+BURST = 5  # the burst-loss cases' mean bad-state run, packets
 
 
 @dataclass
@@ -189,15 +191,22 @@ def cell_cases(name: str, sc: Scenario) -> list[Case]:
 
 
 def loss_cases() -> list[Case]:
-    """Loss 1% and 5% (`loss`: each direction, independent): a 1 MB transfer over one 10 Mbps, 10 ms link, and the
-    gather into wifi-cells' first cell with the loss on the cell (BIG_BUFFER ports: no queue drops)."""
+    """Loss 1% and 5% (`loss`: each direction, independent): a 1 MB transfer over one 10 Mbps, 10 ms link, the same
+    with Gilbert-Elliott burst loss of that stationary rate, and the gather into wifi-cells' first cell with the
+    loss on the cell (BIG_BUFFER ports: no queue drops)."""
+    def link(loss: dict[str, Any]) -> Scenario:
+        return scenario_from_dict({"name": "link", "workload": "synthetic", "nodes": [
+            {"name": "a", "kind": "client", "uplink": {"to": "b", "bandwidth": "10 Mbps", "latency": "10 ms",
+                                                      **loss}},
+            {"name": "b", "kind": "client"}]})
+
     out = []
     for p in LOSSES:
-        link = scenario_from_dict({"name": "link", "workload": "synthetic", "nodes": [
-            {"name": "a", "kind": "client", "uplink": {"to": "b", "bandwidth": "10 Mbps", "latency": "10 ms",
-                                                      "loss": p}},
-            {"name": "b", "kind": "client"}]})
-        out.append(Case(f"loss {p:.0%}: 1 MB over one 10 Mbps, 10 ms link", "loss", link, [("a", "b")], 1_000_000))
+        out.append(Case(f"loss {p:.0%}: 1 MB over one 10 Mbps, 10 ms link", "loss", link({"loss": p}), [("a", "b")],
+                        1_000_000))
+        ge = {"good": 0.0, "bad": 0.5, "burst": BURST, "gap": BURST * (0.5 / p - 1)}  # stationary rate p
+        out.append(Case(f"burst loss {p:.0%} (bad 0.5, runs of {BURST}): the same link", "loss",
+                        link({"burst_loss": ge}), [("a", "b")], 1_000_000))
         sc = load_scenario(ROOT / "topologies" / "wifi-cells.toml", ["workload=synthetic", f"cells[0].loss={p}"])
         cell = sc.cells[0].name
         inside = [c for c in sc.clients if sc.node(c).cell == cell]
