@@ -759,7 +759,7 @@ def _schedule(ck: Checker, t: Mapping[str, Any], w: str, target: str, name: str)
 def _traffic(ck: Checker, entries: list[dict[str, Any]], nodes: list[Node], links: list[Link], cells: list[Cell],
              network: NetworkParams) -> list[Traffic]:
     """[[traffic]]: unique names, known and connected distinct ends, the keys of its kind (and only those), a stop
-    after the start, frames at most one a microsecond; the fluid network only."""
+    after the start, frames at most one a microsecond (what the ns3 backend cannot carry, it refuses itself)."""
     out: list[Traffic] = []
     where_of: dict[str, str] = {}
     names = {n.name: n for n in nodes}
@@ -769,9 +769,6 @@ def _traffic(ck: Checker, entries: list[dict[str, Any]], nodes: list[Node], link
     g.add_edges_from((n.name, c.ap) for c in cells for n in nodes if n.cell == c.name)
     for i, t in enumerate(entries):
         w = f"traffic[{i}]"
-        if network.model != "fluid":
-            ck.fail("network.model", network.model, "background traffic ([[traffic]]) runs on the fluid network "
-                    "only; drop the [[traffic]] entries or use model = \"fluid\"")
         if t["name"] in where_of:
             ck.fail(f"{w}.name", t["name"], f"duplicate traffic flow (already declared at {where_of[t['name']]})")
         where_of[t["name"]] = w

@@ -595,19 +595,45 @@ def test_a_capacity_trace_changes_the_device_rate_at_its_instants(tmp_path):
     assert ev3.value.t_deliver == pytest.approx(ev.value.t_deliver, rel=0.03)
 
 
+def test_a_tcp_background_flow_runs_on_its_own_connection_as_in_the_fluid_model(tmp_path):
+    """A bulk upload (TCP, best effort) of 500 kB every second beside a gather: background.parquet has its frames
+    with and without the workload, their wire bytes are the fluid model's and their latencies within 0.1% of it."""
+    d = star(4, server_bw="10 Mbps")
+    d["synthetic"] = {"pattern": "gather"}
+    d["traffic"] = [{"name": "upload", "src": "c0", "dst": "server", "kind": "bulk", "bytes": 500_000,
+                     "every": "1 s", "stop": "3 s"}]
+    frames = {}
+    for model in ("fluid", "ns3"):
+        sc = scenario_from_dict({**d, "network": {"model": model}})
+        run(sc, tmp_path / model, progress=False)
+        frames[model] = pl.read_parquet(tmp_path / model / "background.parquet")
+    f, n = frames["fluid"], frames["ns3"]
+    assert n.height == f.height == 6 and n["with_fl"].sum() == 3 and not n["lost"].any()
+    assert n["wire_bytes"].to_list() == f["wire_bytes"].to_list() == [526_754] * 6
+    assert n["latency"].to_numpy() == pytest.approx(f["latency"].to_numpy(), rel=1e-3)
+    # the second upload, alone on its open connection: its wire bytes at the server's 10 Mbps, two 0.5 ms latencies,
+    # and its first full packet (1,538 wire bytes) on the 100 Mbps uplink before it
+    assert f["latency"][1] == pytest.approx(526_754 * 8 / 10e6 + 2 * 0.5e-3 + 1538 * 8 / 100e6, rel=1e-9)
+
+
 @pytest.mark.parametrize(("extra", "match"), [
     ({"network": {"handshake": False}}, r"network.handshake = false: ns-3's TCP always"),
     ({"network": {"give_up": "10 s"}}, r"network.give_up = 10 s: in the ns3 backend TCP gives up by itself"),
     ({"jitter": "1 ms"}, r"links c0-s1: jitter = 0.001 s: the ns3 backend has no jitter"),
     ({"faults": [{"link": "c0-s1", "down": "1 s"}], "ring": True},
      r"faults \(link c0-s1 down from 1 s\): another path joins"),
+    ({"traffic": [{"name": "cam", "src": "c0", "dst": "c1", "kind": "cbr", "rate": "1 Mbps", "packet": 1000}]},
+     r"traffic\[0\] \(cam\): transport = \"datagram\": the ns3 backend carries background flows over TCP only"),
+    ({"traffic": [{"name": "plc", "src": "c0", "dst": "c1", "kind": "periodic", "bytes": 100, "period": "10 ms",
+                   "transport": "tcp", "priority": "control"}]},
+     r"traffic\[0\] \(plc\): priority = \"control\": the ns3 backend's ports have one FIFO queue"),
     ({"cell": {"bandwidth": None, "bandwidth_up": "10 Mbps", "bandwidth_down": "50 Mbps"}},
      r"cells cell1: a bandwidth per direction: an ns-3 WiFi cell is one shared channel"),
     ({"cell": {}, "faults": [{"node": "c0", "down": "1 s"}]},
      r"faults \(node c0 down from 1 s\): the ns3 backend takes down a WiFi station's links only with its cell"),
 ])
 def test_keys_ns3_cannot_honour_are_one_line_errors(extra, match):
-    """Each names the key and says the fluid model supports it ([[traffic]] is refused by the scenario check)."""
+    """Each names the key and says the fluid model supports it."""
     d = star(2) if "cell" not in extra else one_cell(**extra["cell"])
     if "jitter" in extra:
         d["node_groups"][0]["uplink"]["jitter"] = extra["jitter"]

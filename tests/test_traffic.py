@@ -394,8 +394,6 @@ def test_more_traffic_errors():
         ([flow("f", kind="onoff", rate="1 Mbps", on="1 s")], {}, "traffic[0].off: missing"),
         ([flow("f", kind="cbr", rate="1 Gbps", packet=1000, stop="100000 s")], {},  # a frame every 8 us
          'traffic[0].stop = "100000 s": the background flows send about 12,500,000,000 frames'),
-        ([flow("f", kind="bulk", bytes=10)], {"model": "ns3"},
-         'network.model = "ns3": background traffic ([[traffic]]) runs on the fluid network only'),
     ]
     for entries, net, message in cases:
         with pytest.raises(SimflError) as e:

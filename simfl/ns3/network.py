@@ -19,7 +19,7 @@ from simfl.errors import SimflError
 from simfl.linkmodels import NO_LOSS, Loss
 from simfl.mailbox import Mailboxes
 from simfl.messages import Message
-from simfl.network import Network, _Wake
+from simfl.network import Network, Stream, _Wake
 from simfl.ns3 import cpp
 from simfl.topology import Hop, Resource, Topology
 from simfl.trace import LINK_SCHEMA, TraceRecorder
@@ -64,6 +64,16 @@ def _ns(t: float) -> int:
 
 def _fluid_only(what: str, why: str) -> SimflError:
     return SimflError(f"{what}: {why}; the fluid model (network.model = \"fluid\") supports it")
+
+
+def refuse_stream(where: str, stream: Stream) -> None:
+    """A SimflError for a background stream ns-3 cannot carry: datagrams, control priority (see `simfl.ns3`)."""
+    if stream.datagram:
+        raise _fluid_only(f"{where}: transport = \"datagram\"", "the ns3 backend carries background flows over TCP "
+                          "only (transport = \"tcp\")")
+    if stream.control:
+        raise _fluid_only(f"{where}: priority = \"control\"", "the ns3 backend's ports have one FIFO queue, no "
+                          "strict priority")
 
 
 def refuse_unsupported(topology: Topology, params: NetworkParams, media: dict[str, Link | Cell]) -> None:
@@ -131,13 +141,14 @@ class Ns3Options:
 
 
 class _Flow:
-    __slots__ = ("src", "dst", "hops", "conn")
+    __slots__ = ("src", "dst", "hops", "conn", "background")
 
-    def __init__(self, src: str, dst: str, hops: tuple[Hop, ...]) -> None:
+    def __init__(self, src: str, dst: str, hops: tuple[Hop, ...], background: bool) -> None:
         self.src = src
         self.dst = dst
         self.hops = hops
         self.conn = -1
+        self.background = background  # a [[traffic]] stream's own connection: its frames go to no inbox
 
 
 class _Tx:
@@ -180,7 +191,7 @@ class Ns3Network:
         self.sent = 0
         self.delivered = 0
         self.retransmitted_bytes: dict[int, int] = {}  # msg_id -> retransmitted wire bytes (delivered messages)
-        self._flows: dict[tuple[str, str], _Flow] = {}
+        self._flows: dict[tuple[str, ...], _Flow] = {}  # (src, dst), or (src, dst, stream) for background
         self._txs: dict[int, _Tx] = {}
         self._outbox: list[_Tx] = []
         self._res_msgs = {r.id: 0 for r in topology.resources}
@@ -223,19 +234,27 @@ class Ns3Network:
     def for_scenario(cls, env: simpy.Environment, topology: Topology, scenario: Scenario,
                      recorder: TraceRecorder | None = None, *, options: Ns3Options | None = None,
                      pcap_dir: str | Path | None = None) -> Ns3Network:
-        """The scenario's network in ns-3 (its seed, links and cells); a SimflError for what ns-3 cannot honour
-        (background traffic is refused by the scenario check, `simfl.config`)."""
+        """The scenario's network in ns-3 (its seed, links and cells); a SimflError for what ns-3 cannot honour."""
+        for i, t in enumerate(scenario.traffic):
+            stream = Stream(t.name, control=t.priority == "control", datagram=t.transport == "datagram")
+            refuse_stream(f"traffic[{i}] ({t.name})", stream)
         return cls(env, topology, scenario.network, recorder, seed=scenario.seed, options=options,
                    pcap_dir=pcap_dir, media=(*scenario.links, *scenario.cells))
 
     # ------------------------------------------------------------------ public API
     def send(self, src: str, dst: str, *, kind: str, phase: str, round: int, payload_bits: int,
-             payload: Any = None) -> Event:
-        """Queue a message; returns an event whose value is the delivered `Message` (also put in `inbox(dst)`)."""
+             payload: Any = None, stream: Stream | None = None) -> Event:
+        """Queue a message; returns an event whose value is the delivered `Message` (also put in `inbox(dst)`).
+        With a `stream` (TCP, best effort), a background frame on that stream's own connection (in no inbox)."""
         self._check_open()
-        flow = self._flows.get((src, dst))
+        key = (src, dst) if stream is None else (src, dst, stream.name)
+        flow = self._flows.get(key)
         if flow is None:
-            flow = self._new_flow(src, dst)
+            if stream is not None:
+                refuse_stream(f"background flow {stream.name}", stream)
+            flow = self._new_flow(src, dst, key)
+        if stream is not None:
+            self.recorder.background_sent += 1
         bits = int(payload_bits)
         if bits < 0:
             raise ValueError(f"send {src}->{dst}: payload_bits must be >= 0, got {payload_bits}")
@@ -455,11 +474,11 @@ class Ns3Network:
         mod.FillArp()
         self._t0_ns = int(hub.NowNs())
 
-    def _new_flow(self, src: str, dst: str) -> _Flow:
+    def _new_flow(self, src: str, dst: str, key: tuple[str, ...]) -> _Flow:
         if src == dst:
             raise SimflError(f"send: source and destination are the same node ({src!r})")
-        flow = _Flow(src, dst, self.topology.route_tuple(src, dst))
-        self._flows[(src, dst)] = flow
+        flow = _Flow(src, dst, self.topology.route_tuple(src, dst), len(key) > 2)
+        self._flows[key] = flow
         return flow
 
     def _open(self, flow: _Flow) -> None:
@@ -585,7 +604,8 @@ class Ns3Network:
         self.recorder.record_message(msg)
         self.delivered += 1
         tx.event.succeed(msg)
-        self.mailboxes.put(msg)
+        if not f.background:
+            self.mailboxes.put(msg)
 
 
 @atexit.register
