@@ -616,14 +616,55 @@ def test_a_tcp_background_flow_runs_on_its_own_connection_as_in_the_fluid_model(
     assert f["latency"][1] == pytest.approx(526_754 * 8 / 10e6 + 2 * 0.5e-3 + 1538 * 8 / 100e6, rel=1e-9)
 
 
+def test_datagram_frames_over_udp_are_lost_with_their_datagrams():
+    """The background alone: 1,000-byte cbr frames from c0 to the server (one datagram: 1,000 + 28 + 38 = 1,066 wire
+    bytes), whose link loses 5% of what it delivers, and 5,000-byte frames from c1 to c2 (4 datagrams of up to
+    1,472 bytes: 5,264 wire bytes) on lossless links. A frame is lost exactly when one of its datagrams is (the cbr
+    flow's lost frames are the loss model's drops); a delivered one arrives after the store-and-forward time of
+    its datagram, (1,028 + 2) x 8 / C + L per hop, as no frame queues behind another."""
+    from simfl.traffic import run_alone
+
+    d = star(3, server_bw="10 Mbps")
+    d["nodes"][1]["uplink"]["loss_down"] = 0.05  # s1 -> server
+    d["traffic"] = [{"name": "cam", "src": "c0", "dst": "server", "kind": "cbr", "rate": "1 Mbps", "packet": 1000},
+                    {"name": "big", "src": "c1", "dst": "c2", "kind": "periodic", "bytes": 5000, "period": "10 ms"}]
+    d["network"] = {"model": "ns3"}
+    w = run_alone(scenario_from_dict(d), [400, 50])
+    f = w.recorder.background_frame(False)
+    cam, big = f.filter(pl.col("flow") == "cam"), f.filter(pl.col("flow") == "big")
+    assert (cam.height, big.height) == (400, 50)
+    assert int(cam["lost"].sum()) == int(rx_loss(w, "server-s1", "server").lost) > 0
+    assert not big["lost"].any() and set(big["wire_bytes"]) == {5264} and set(cam["wire_bytes"]) == {1066}
+    t = (1030 * 8 / 100e6 + 0.5e-3) + (1030 * 8 / 10e6 + 0.5e-3)
+    assert cam.filter(~pl.col("lost"))["latency"].to_numpy() == pytest.approx(t, abs=4 * NS)
+
+
+def test_a_datagram_frame_that_never_arrives_is_lost_at_the_end():
+    """The receiver's interface is down: IP drops the datagram without a loss model seeing it; once ns-3 has
+    nothing left to do the frame is recorded as lost (t_deliver NaN)."""
+    import cppyy
+
+    from simfl.traffic import Background
+
+    d = {"name": "t", "workload": "synthetic", "network": {"model": "ns3"},
+         "nodes": [{"name": "a", "kind": "client", "uplink": {"to": "b", "bandwidth": "10 Mbps"}},
+                   {"name": "b", "kind": "client"}],
+         "traffic": [{"name": "ping", "src": "a", "dst": "b", "kind": "periodic", "bytes": 100, "period": "1 s",
+                      "stop": "0.5 s"}]}
+    w = World(scenario_from_dict(d))
+    w.network._hub.nodes[1].GetObject[cppyy.gbl.ns3.Ipv4]().SetDown(1)
+    bg = Background(w, [1])
+    w.env.run(until=bg.done)
+    f = w.recorder.background_frame(True)
+    assert f["lost"].to_list() == [True] and f["t_deliver"].is_nan().all() and w.network.in_flight == 0
+
+
 @pytest.mark.parametrize(("extra", "match"), [
     ({"network": {"handshake": False}}, r"network.handshake = false: ns-3's TCP always"),
     ({"network": {"give_up": "10 s"}}, r"network.give_up = 10 s: in the ns3 backend TCP gives up by itself"),
     ({"jitter": "1 ms"}, r"links c0-s1: jitter = 0.001 s: the ns3 backend has no jitter"),
     ({"faults": [{"link": "c0-s1", "down": "1 s"}], "ring": True},
      r"faults \(link c0-s1 down from 1 s\): another path joins"),
-    ({"traffic": [{"name": "cam", "src": "c0", "dst": "c1", "kind": "cbr", "rate": "1 Mbps", "packet": 1000}]},
-     r"traffic\[0\] \(cam\): transport = \"datagram\": the ns3 backend carries background flows over TCP only"),
     ({"traffic": [{"name": "plc", "src": "c0", "dst": "c1", "kind": "periodic", "bytes": 100, "period": "10 ms",
                    "transport": "tcp", "priority": "control"}]},
      r"traffic\[0\] \(plc\): priority = \"control\": the ns3 backend's ports have one FIFO queue"),

@@ -119,6 +119,7 @@ def load(wifi: bool = False) -> Any:
 HUB_SOURCE = r"""
 #include <algorithm>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -127,6 +128,25 @@ namespace simfl_ns3 {
 using namespace ns3;
 
 const uint32_t PCAP_SNAPLEN = 192;  // bytes of each packet in ns-3's pcap files: every header, a little payload
+
+// The background frame (message id) a UDP datagram belongs to: a byte tag, kept across forwarding and aggregation.
+class FrameTag : public Tag
+{
+  public:
+    int64_t id = -1;
+
+    static TypeId GetTypeId()
+    {
+        static TypeId tid = TypeId("simfl_ns3::FrameTag").SetParent<Tag>().AddConstructor<FrameTag>();
+        return tid;
+    }
+
+    TypeId GetInstanceTypeId() const override { return GetTypeId(); }
+    uint32_t GetSerializedSize() const override { return 8; }
+    void Serialize(TagBuffer b) const override { b.WriteU64(uint64_t(id)); }
+    void Deserialize(TagBuffer b) override { id = int64_t(b.ReadU64()); }
+    void Print(std::ostream& os) const override { os << "frame=" << id; }
+};
 
 // Packet loss of one receiving device: independent (burst == 0: each packet lost with probability `good`) or a
 // Gilbert-Elliott chain (loss probability `good` / `bad` in the good / bad state; the bad state is left with
@@ -143,6 +163,7 @@ class LinkLoss : public ErrorModel
     uint64_t runs = 0;                        // runs of consecutive losses (outages aside)
     bool lastLost = false;
     Ptr<UniformRandomVariable> rv = CreateObject<UniformRandomVariable>();
+    std::function<void(Ptr<const Packet>)> onDrop;  // told of every packet lost here (the hub's FrameDropped)
 
     void Set(double g, double b, double bu, double ga)
     {
@@ -151,13 +172,19 @@ class LinkLoss : public ErrorModel
     }
 
   private:
-    bool DoCorrupt(Ptr<Packet>) override
+    bool DoCorrupt(Ptr<Packet> p) override
     {
         ++seen;
-        if (down) { ++outage; return true; }
-        bool l = Draw();
-        if (l) { ++lost; runs += !lastLost; }
-        lastLost = l;
+        bool l = false;
+        if (down) {
+            ++outage;
+            l = true;
+        } else {
+            l = Draw();
+            if (l) { ++lost; runs += !lastLost; }
+            lastLost = l;
+        }
+        if (l && onDrop) { onDrop(p); }
         return l;
     }
 
@@ -232,6 +259,9 @@ class Hub {
     std::vector<MsgAcct> acct;
     std::vector<int64_t> done;
     std::vector<uint32_t> failed;  // connections that gave up (SYN or data retransmissions exhausted)
+    std::vector<Ptr<Socket>> udps;  // UDP streams' sending sockets
+    std::unordered_map<int64_t, uint64_t> udpLeft;  // background frames over UDP in flight: bytes still to arrive
+    std::vector<int64_t> lostFrames;  // UDP frames one of whose datagrams was dropped
     std::unordered_map<uint64_t, uint32_t> byPeer;
     std::vector<char> listening;
     std::vector<std::vector<int32_t>> ifDev;  // node -> IPv4 interface -> device index (-1: none)
@@ -277,6 +307,7 @@ class Hub {
     {
         for (auto& c : conns) { c.sock = nullptr; }
         conns.clear();
+        udps.clear();
         devs.clear();
         nodes.clear();
         Simulator::Destroy();
@@ -389,6 +420,7 @@ class Hub {
         if (!d.loss) {
             d.loss = CreateObject<LinkLoss>();
             d.loss->rv->SetStream(stream);
+            d.loss->onDrop = [this](Ptr<const Packet> p) { FrameDropped(p); };
             Ptr<PointToPointNetDevice> p2p = DynamicCast<PointToPointNetDevice>(d.dev);
             if (p2p) { p2p->SetReceiveErrorModel(d.loss); }
         }
@@ -444,6 +476,67 @@ class Hub {
         s->Connect(InetSocketAddress(Ipv4Address(dstAddr), port));
         conns[ci].sock = s;
         return ci;
+    }
+
+    // A UDP stream from src to dst (the receiver's socket on dstPort); returns its index.
+    uint32_t OpenUdp(uint32_t src, uint32_t srcAddr, uint16_t srcPort, uint32_t dst, uint32_t dstAddr,
+                     uint16_t dstPort)
+    {
+        Ptr<Socket> r = Socket::CreateSocket(nodes[dst], UdpSocketFactory::GetTypeId());
+        r->Bind(InetSocketAddress(Ipv4Address::GetAny(), dstPort));
+        r->SetRecvCallback(MakeBoundCallback(&Hub::OnUdpRecv, this));
+        Ptr<Socket> s = Socket::CreateSocket(nodes[src], UdpSocketFactory::GetTypeId());
+        s->Bind(InetSocketAddress(Ipv4Address(srcAddr), srcPort));
+        s->Connect(InetSocketAddress(Ipv4Address(dstAddr), dstPort));
+        udps.push_back(s);
+        return udps.size() - 1;
+    }
+
+    // Send `bytes` on UDP stream `ui` as frame `id`: datagrams of at most `payload` bytes (one empty datagram for
+    // 0 bytes), each tagged with the frame; the frame is done when all its bytes have arrived, lost when one of
+    // its datagrams is dropped (FrameDropped). acct: wire = bytes + datagrams x `hdrBytes`, segs = datagrams.
+    void SendFrame(uint32_t ui, uint64_t bytes, int64_t id, uint32_t payload, uint32_t hdrBytes)
+    {
+        if (acct.size() <= size_t(id)) { acct.resize(id + 1); }
+        MsgAcct& m = acct[id];
+        m.end = bytes;
+        m.tFirst = m.tLast = Simulator::Now().GetNanoSeconds();
+        udpLeft[id] = bytes;
+        ++inflight;
+        uint64_t left = bytes;
+        do {
+            uint32_t n = uint32_t(std::min<uint64_t>(left, payload));
+            Ptr<Packet> p = Create<Packet>(n);
+            FrameTag t;
+            t.id = id;
+            p->AddByteTag(t);
+            m.wire += n + hdrBytes;
+            m.segs += 1;
+            left -= n;
+            udps[ui]->Send(p);
+        } while (left > 0);
+    }
+
+    // A packet was dropped (a queue, a queue disc, a loss model): the UDP frame it belongs to is lost.
+    void FrameDropped(Ptr<const Packet> p)
+    {
+        FrameTag t;
+        if (!p->FindFirstMatchingByteTag(t)) { return; }
+        auto it = udpLeft.find(t.id);
+        if (it == udpLeft.end()) { return; }
+        udpLeft.erase(it);
+        lostFrames.push_back(t.id);
+        --inflight;
+        Simulator::Stop();
+    }
+
+    // Frames still in flight on UDP, now lost (nothing more will arrive): ns-3 lost them without a trace.
+    void LoseUdpFrames()
+    {
+        for (auto& kv : udpLeft) { lostFrames.push_back(kv.first); }
+        inflight -= udpLeft.size();
+        udpLeft.clear();
+        std::sort(lostFrames.begin(), lostFrames.end());
     }
 
     // Queue `bytes` on connection `ci` as message `id` (ids are 0, 1, 2, ... in call order).
@@ -550,6 +643,27 @@ class Hub {
         if (h->CheckDone(ci)) { Simulator::Stop(); }
     }
 
+    static void OnUdpRecv(Hub* h, Ptr<Socket> s)
+    {
+        Ptr<Packet> p;
+        bool any = false;
+        while ((p = s->Recv())) {
+            FrameTag t;
+            if (!p->FindFirstMatchingByteTag(t)) { continue; }
+            auto it = h->udpLeft.find(t.id);
+            if (it == h->udpLeft.end()) { continue; }  // a frame already lost
+            uint64_t n = p->GetSize();
+            it->second -= std::min(it->second, n);
+            if (it->second == 0 && (n > 0 || h->acct[t.id].end == 0)) {
+                h->udpLeft.erase(it);
+                h->done.push_back(t.id);
+                --h->inflight;
+                any = true;
+            }
+        }
+        if (any) { Simulator::Stop(); }
+    }
+
     static void OnSendSpace(Hub* h, uint32_t ci, Ptr<Socket>, uint32_t) { h->Push(ci); }
 
     static void OnGiveUp(Hub* h, uint32_t ci, Ptr<Socket>)
@@ -609,8 +723,17 @@ class Hub {
         d.packets += 1;
     }
 
-    static void OnDevDrop(Hub* h, uint32_t di, Ptr<const Packet>) { h->devs[di].drops += 1; }
-    static void OnQdiscDrop(Hub* h, uint32_t di, Ptr<const QueueDiscItem>) { h->devs[di].drops += 1; }
+    static void OnDevDrop(Hub* h, uint32_t di, Ptr<const Packet> p)
+    {
+        h->devs[di].drops += 1;
+        h->FrameDropped(p);
+    }
+
+    static void OnQdiscDrop(Hub* h, uint32_t di, Ptr<const QueueDiscItem> item)
+    {
+        h->devs[di].drops += 1;
+        h->FrameDropped(item->GetPacket());
+    }
 };
 
 }  // namespace simfl_ns3

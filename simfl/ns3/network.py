@@ -18,7 +18,7 @@ from simfl.config import Cell, Link, NetworkParams, Scenario
 from simfl.errors import SimflError
 from simfl.linkmodels import NO_LOSS, Loss
 from simfl.mailbox import Mailboxes
-from simfl.messages import Message
+from simfl.messages import LOST, Message, MessageLost
 from simfl.network import Network, Stream, _Wake
 from simfl.ns3 import cpp
 from simfl.topology import Hop, Resource, Topology
@@ -30,6 +30,7 @@ PCAP_DIR = "ns3-pcap"  # the run folder's subfolder for ns-3's own pcap files (n
 HOST_KINDS = ("client", "server", "cloud")  # end hosts: a queue discipline; every other node forwards (drop-tail)
 HOST_QDISCS = {"fifo": 1, "fq": 2, "fq_codel": 3}  # the hub's queue codes (see cpp.HUB_SOURCE, Hub::SetupQueue)
 _PORT0 = 49152  # first source port of a node's connections
+_UDP_IP_HEADER = 28  # bytes of a UDP datagram's IP and UDP headers
 _current: list[weakref.ref] = []  # the live Ns3Network (ns-3 has one simulator per process)
 _ASSOCIATION_LIMIT = 10.0  # s of ns-3 time for WiFi stations to associate before the simulation starts
 _HORIZON = 3600.0  # s: with no SimPy event left, how long ns-3 may run without a completion (WiFi beacons never end)
@@ -67,10 +68,7 @@ def _fluid_only(what: str, why: str) -> SimflError:
 
 
 def refuse_stream(where: str, stream: Stream) -> None:
-    """A SimflError for a background stream ns-3 cannot carry: datagrams, control priority (see `simfl.ns3`)."""
-    if stream.datagram:
-        raise _fluid_only(f"{where}: transport = \"datagram\"", "the ns3 backend carries background flows over TCP "
-                          "only (transport = \"tcp\")")
+    """A SimflError for a background stream ns-3 cannot carry: control priority (see `simfl.ns3`)."""
     if stream.control:
         raise _fluid_only(f"{where}: priority = \"control\"", "the ns3 backend's ports have one FIFO queue, no "
                           "strict priority")
@@ -141,14 +139,15 @@ class Ns3Options:
 
 
 class _Flow:
-    __slots__ = ("src", "dst", "hops", "conn", "background")
+    __slots__ = ("src", "dst", "hops", "conn", "background", "datagram")
 
-    def __init__(self, src: str, dst: str, hops: tuple[Hop, ...], background: bool) -> None:
+    def __init__(self, src: str, dst: str, hops: tuple[Hop, ...], stream: Stream | None) -> None:
         self.src = src
         self.dst = dst
         self.hops = hops
-        self.conn = -1
-        self.background = background  # a [[traffic]] stream's own connection: its frames go to no inbox
+        self.conn = -1  # its TCP connection, or for a datagram stream its UDP stream
+        self.background = stream is not None  # a [[traffic]] stream's own flow: its frames go to no inbox
+        self.datagram = stream is not None and stream.datagram  # UDP
 
 
 class _Tx:
@@ -227,6 +226,7 @@ class Ns3Network:
         self._build()
         self._start()
         self._changes = self._timeline()  # [next time (s), what changes then]: outages and capacity traces
+        self._settled_t = 0.0  # when a message or frame was last delivered or lost
         self._planned = -1.0  # changes up to this simulated time are scheduled in ns-3
         self._plan(0.0)
 
@@ -252,7 +252,7 @@ class Ns3Network:
         if flow is None:
             if stream is not None:
                 refuse_stream(f"background flow {stream.name}", stream)
-            flow = self._new_flow(src, dst, key)
+            flow = self._new_flow(src, dst, key, stream)
         if stream is not None:
             self.recorder.background_sent += 1
         bits = int(payload_bits)
@@ -474,10 +474,10 @@ class Ns3Network:
         mod.FillArp()
         self._t0_ns = int(hub.NowNs())
 
-    def _new_flow(self, src: str, dst: str, key: tuple[str, ...]) -> _Flow:
+    def _new_flow(self, src: str, dst: str, key: tuple[str, ...], stream: Stream | None) -> _Flow:
         if src == dst:
             raise SimflError(f"send: source and destination are the same node ({src!r})")
-        flow = _Flow(src, dst, self.topology.route_tuple(src, dst), len(key) > 2)
+        flow = _Flow(src, dst, self.topology.route_tuple(src, dst), stream)
         self._flows[key] = flow
         return flow
 
@@ -490,9 +490,12 @@ class Ns3Network:
         self._add_routes(self.topology.route_tuple(dst, src), s_addr)
         port = self._ports.get(src, _PORT0)
         if port > 65535:
-            raise SimflError(f"ns3 backend: node {src!r} sends to more than {65536 - _PORT0} nodes")
+            raise SimflError(f"ns3 backend: node {src!r} opens more than {65536 - _PORT0} connections")
         self._ports[src] = port + 1
-        flow.conn = self._hub.Open(self._idx[src], s_addr, port, self._idx[dst], d_addr)
+        if flow.datagram:  # the receiver listens on the sender's port number (unique per sender and stream)
+            flow.conn = self._hub.OpenUdp(self._idx[src], s_addr, port, self._idx[dst], d_addr, port)
+        else:
+            flow.conn = self._hub.Open(self._idx[src], s_addr, port, self._idx[dst], d_addr)
 
     def _add_routes(self, hops: tuple[Hop, ...], addr: int) -> None:
         for h in hops:
@@ -534,11 +537,16 @@ class Ns3Network:
         self._plan(now)
         hub.RunUntil(t0 + _ns(now))
         self._collect(now)
+        p = self.params
         for tx in self._outbox:
             flow = tx.flow
             if flow.conn < 0:
                 self._open(flow)
-            hub.Send(flow.conn, tx.bytes, tx.msg_id)
+            if flow.datagram:
+                hub.SendFrame(flow.conn, tx.bytes, tx.msg_id, p.mtu - _UDP_IP_HEADER,
+                              _UDP_IP_HEADER + p.link_header_bytes)
+            else:
+                hub.Send(flow.conn, tx.bytes, tx.msg_id)
         self._outbox.clear()
         self._collect(now)
         if not hub.inflight:
@@ -555,7 +563,10 @@ class Ns3Network:
         t_ns = hub.RunUntil(stop)
         if hub.failed.size():
             self._gave_up((t_ns - t0) * 1e-9)
-        if hub.done.size():
+        if not (hub.done.size() or hub.lostFrames.size()) and t_next == math.inf and hub.udpLeft.size() and (
+                t_ns < stop or (t_ns - t0) * 1e-9 - self._settled_t >= _HORIZON):
+            hub.LoseUdpFrames()  # ns-3 has nothing left to do, or nothing settled for an hour: they never arrive
+        if hub.done.size() or hub.lostFrames.size():
             self._schedule(min(max((t_ns - t0) * 1e-9, now), until))
         elif stop <= t_ns and until < now + _HORIZON:
             self._schedule(until)
@@ -581,14 +592,26 @@ class Ns3Network:
                          f"models had dropped {sum(n for n, _ in drops):,} packets (most: {most}): {why}")
 
     def _collect(self, now: float) -> None:
-        done = self._hub.done
-        n = done.size()
-        if not n:
-            return
-        ids = [int(done[i]) for i in range(n)]
-        done.clear()
-        for i in ids:
-            self._deliver(self._txs.pop(i), now)
+        hub = self._hub
+        for ids, settle in ((hub.done, self._deliver), (hub.lostFrames, self._lose)):
+            n = ids.size()
+            if n:
+                got = [int(ids[i]) for i in range(n)]
+                ids.clear()
+                self._settled_t = now
+                for i in got:
+                    settle(self._txs.pop(i), now)
+
+    def _lose(self, tx: _Tx, now: float) -> None:
+        """A datagram frame one of whose datagrams was dropped (or that never arrived): recorded as lost (t_tx its
+        send, t_deliver NaN); its event fails with `MessageLost`."""
+        f = tx.flow
+        a = self._hub.acct[tx.msg_id]
+        t = max(tx.t_send, (int(a.tFirst) - self._t0_ns) * 1e-9)
+        msg = Message(tx.msg_id, f.src, f.dst, tx.kind, tx.phase, tx.round, tx.payload_bits, int(a.wire),
+                      int(a.segs), len(f.hops), tx.t_send, t, t, math.nan, tx.payload, 0, LOST)
+        self.recorder.record_message(msg)
+        tx.event.fail(MessageLost(msg))
 
     def _deliver(self, tx: _Tx, now: float) -> None:
         f = tx.flow
