@@ -639,6 +639,21 @@ def test_datagram_frames_over_udp_are_lost_with_their_datagrams():
     assert cam.filter(~pl.col("lost"))["latency"].to_numpy() == pytest.approx(t, abs=4 * NS)
 
 
+def test_datagram_streams_both_ways_between_two_nodes_are_delivered():
+    """a -> b and b -> a, each its own UDP stream: every receiving socket has a port of its own (a frame to a
+    sender's port would reach that sending socket, and vanish)."""
+    from simfl.traffic import run_alone
+
+    flows = [{"name": n, "src": x, "dst": y, "kind": "periodic", "bytes": 100, "period": "10 ms"}
+             for n, x, y in (("ab", "a", "b"), ("ba", "b", "a"))]
+    w = run_alone(scenario_from_dict({"name": "t", "workload": "synthetic", "network": {"model": "ns3"},
+                                      "nodes": [{"name": "a", "kind": "client",
+                                                 "uplink": {"to": "b", "bandwidth": "10 Mbps"}},
+                                                {"name": "b", "kind": "client"}], "traffic": flows}), [5, 5])
+    f = w.recorder.background_frame(False)
+    assert f.height == 10 and not f["lost"].any()
+
+
 def test_a_datagram_frame_that_never_arrives_is_lost_at_the_end():
     """The receiver's interface is down: IP drops the datagram without a loss model seeing it; once ns-3 has
     nothing left to do the frame is recorded as lost (t_deliver NaN)."""

@@ -30,6 +30,7 @@ PCAP_DIR = "ns3-pcap"  # the run folder's subfolder for ns-3's own pcap files (n
 HOST_KINDS = ("client", "server", "cloud")  # end hosts: a queue discipline; every other node forwards (drop-tail)
 HOST_QDISCS = {"fifo": 1, "fq": 2, "fq_codel": 3}  # the hub's queue codes (see cpp.HUB_SOURCE, Hub::SetupQueue)
 _PORT0 = 49152  # first source port of a node's connections
+_UDP_PORT0 = 10000  # receiving port of the first datagram stream (the next ones follow; TCP listens on 5000)
 _UDP_IP_HEADER = 28  # bytes of a UDP datagram's IP and UDP headers
 _current: list[weakref.ref] = []  # the live Ns3Network (ns-3 has one simulator per process)
 _ASSOCIATION_LIMIT = 10.0  # s of ns-3 time for WiFi stations to associate before the simulation starts
@@ -492,8 +493,11 @@ class Ns3Network:
         if port > 65535:
             raise SimflError(f"ns3 backend: node {src!r} opens more than {65536 - _PORT0} connections")
         self._ports[src] = port + 1
-        if flow.datagram:  # the receiver listens on the sender's port number (unique per sender and stream)
-            flow.conn = self._hub.OpenUdp(self._idx[src], s_addr, port, self._idx[dst], d_addr, port)
+        if flow.datagram:  # the receiver listens on a port of its own, below every sending socket's
+            rport = _UDP_PORT0 + int(self._hub.udps.size())
+            if rport >= _PORT0:
+                raise SimflError(f"ns3 backend: more than {_PORT0 - _UDP_PORT0} datagram streams")
+            flow.conn = self._hub.OpenUdp(self._idx[src], s_addr, port, self._idx[dst], d_addr, rport)
         else:
             flow.conn = self._hub.Open(self._idx[src], s_addr, port, self._idx[dst], d_addr)
 
