@@ -25,7 +25,8 @@ The check, for every message of the trace (route from the topology):
 4. **At each port of its route**, that interval shifted by the hop's offset (`simfl.network.pipeline_offsets`:
    latency and store-and-forward of the hops before it). A port is the output queue of one link direction, or one
    transmitter's queue on a cell; its ingress is the link direction (or cell) the message arrived on, or the
-   sending node itself at the first hop.
+   sending node itself at the first hop. An access point's queue on a shared cell (below) has each of its stations
+   as an ingress of the cell's speed: 802.11 gives every station its own turn to transmit into it.
 
 Per port and phase a sweep over the intervals' start and end events finds the moment when the concurrent flows'
 bursts add up to the most packets while they **converge**: they arrive over ingresses that together can deliver
@@ -286,7 +287,8 @@ class _Routes:
 
     def columns(self) -> dict[str, np.ndarray]:
         """Per route: its first hop row, length and shape row; per shape row: latency, s-a-f, first capacity; per
-        hop row: port, ingress (resource index; the sender: one past the last) and its capacity x _SCALE of the
+        hop row: port, ingress (resource index; the sender: one past the last; into an access point's queue on
+        its shared cell, the sending station's port: past that) and its capacity x _SCALE of the
         port's (a faster ingress than 2x the port changes nothing); per port: can flows converge on it at all
         (its ingresses together faster than it), its capacity, its shared cell (-1: none) and whether it is the
         cell's access point."""
@@ -299,13 +301,14 @@ class _Routes:
         prev[1:] = port[:-1]
         prev[first] = -1
         res, cap = np.asarray(self.port_res, np.int64), np.asarray(self.port_cap, np.float64)
-        ing = np.where(prev >= 0, res[prev], len(self.res_index))
+        n_res, cell, ap = len(self.res_index), np.asarray(self.port_cell, np.int64), np.asarray(self.port_ap, bool)
+        station = (prev >= 0) & ap[port] & (cell[prev] == cell[port])  # into an access point from its station
+        ing = np.where(station, n_res + 1 + prev, np.where(prev >= 0, res[prev], n_res))
         ratio = np.where(prev >= 0, np.minimum(2 * _SCALE, np.floor(cap[prev] / cap[port] * _SCALE)), _SCALE)
-        _, one = np.unique(port.astype(np.int64) * (len(self.res_index) + 1) + ing, return_index=True)
+        _, one = np.unique(port.astype(np.int64) * (n_res + 1 + len(self.info)) + ing, return_index=True)
         can = np.bincount(port[one], weights=ratio[one], minlength=len(self.info)) > _SCALE
         return {"first": first, "length": length, "shape_row": starts[:-1][shape], "port": port, "ing": ing,
-                "ratio": ratio.astype(np.int32), "can": can, "cap": cap, "cell": np.asarray(self.port_cell, np.int64),
-                "ap": np.asarray(self.port_ap, bool),
+                "ratio": ratio.astype(np.int32), "can": can, "cap": cap, "cell": cell, "ap": ap,
                 **{c: np.asarray(x, np.float64) for c, x in zip(("lat", "sf", "c0"), self.shape_rows)}}
 
 
