@@ -1,4 +1,5 @@
-"""Where the fluid model is optimistic: many TCP flows converging on one switch port at once (incast).
+"""Where the fluid model is optimistic: many TCP flows converging on one port at once (incast), and WiFi cells
+whose stations and access point contend for the channel.
 
 The fluid network (`simfl.network`) has no finite buffers: any number of flows share a port fairly and none loses a
 packet. A packet network does not. Each new TCP transfer starts with a burst of its initial window (IW segments)
@@ -44,16 +45,18 @@ backoff. Packet-level (ns3 backend, docs/network-model.md "WiFi contention") tra
 matched (0.83-1.09), 10-30 stations uploading at once took 1.25-1.35x the fluid time, and all-pairs inside a cell
 (the access point relays while its stations send) 1.45-3.07x. So per phase and cell a sweep over the fluid
 model's own transmissions at the cell's ports (a message from `t_start` to `t_tx`, shifted to the hop as in 4.,
-at its mean fluid rate, its wire bits / (t_tx - t_start)) finds:
+at its mean fluid rate, its wire bits / (t_tx - t_start); not the bursts above: the question here is which share
+of the channel the fluid model gives each transmitter) finds:
 
 - **relay**: a moment when the access point transmits flows while k >= 1 of its stations also transmit, and the
   fluid model gives the access point's flows more than 1 / (k + 1) of C, one transmitter's share, which is about
   what 802.11 gives it (worst: the largest multiple of that share);
 - **crowd**: a moment when `CONTENDERS` or more transmitters (stations, and the access point if it sends) are at
   once, and their flows use more than `CROWD_LOAD` of C, which is about what that many contenders got in ns-3
-  (worst: the most transmitters). 10 is the fewest contenders measured (1.30x); fewer were not measured, and a
-  transfer alone matched, so fewer are not flagged. A crowd whose flows are bottlenecked elsewhere (stations
-  sending into another, busier cell) uses less of the channel and is not flagged: there ns-3 matched.
+  (worst: the most transmitters, then the most load). 10 is the fewest contenders measured (1.30x); fewer were
+  not measured, and a transfer alone matched, so fewer are not flagged. A crowd whose flows are bottlenecked
+  elsewhere (stations sending into another, busier cell) uses less of the channel and is not flagged: there ns-3
+  matched.
 
 Either flags the cell for that phase (`find_contention`: the worst cell per phase). Where the access point's own
 queue overflows (an "ap on cell" port above) while stations transmit, the incast warning says that it drains at
