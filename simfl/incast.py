@@ -219,8 +219,9 @@ class Contention:
                     "with it for the channel; 802.11 shares the channel per transmitter, so the access point gets "
                     f"about one station's share of {c}, not {self.ap_share:.0%} of it")
         else:
-            what = (f"{self.stations + (self.flows > 0):,} transmitters at once use {self.load:.0%} of {c}; 802.11 "
-                    "loses airtime to collisions and backoff, so that many contenders get about three quarters of it")
+            what = (f"{self.stations + (self.flows > 0):,} transmitters at once use {min(1.0, self.load):.0%} of "
+                    f"{c}; 802.11 loses airtime to collisions and backoff, so that many contenders get about three "
+                    "quarters of it")
         return (f"{self.phase}: the fluid model is optimistic here ({where}: {what}): rerun with "
                 'network.model = "ns3" for packet-level timing')
 
@@ -561,7 +562,8 @@ def _analyse(messages: pl.DataFrame, topology: Topology, scenario: Scenario) -> 
         a = z
     rank = {p: i for i, p in enumerate(phases)}
     out.sort(key=lambda p: (rank[p.phase], routes.ports[(p.resource, p.node)]))
-    cells.sort(key=lambda c: (rank[c.phase], [n for n, _, _ in routes.cells].index(c.cell)))
+    met = {name: i for i, (name, _, _) in enumerate(routes.cells)}
+    cells.sort(key=lambda c: (rank[c.phase], met[c.cell]))
     return out, cells
 
 
