@@ -207,12 +207,21 @@ def render(summary: RunSummary) -> str:
 
 
 def _incast_lines(summary: RunSummary) -> list[str]:
-    """The incast check's warnings (`simfl.incast`), one per phase, as a paragraph and a list; none: nothing."""
-    if not summary.incast:
+    """The fluid model's checks' warnings (`simfl.incast`: incast, then WiFi contention; one per phase each) as a
+    paragraph and a list; none: nothing."""
+    found = [*(summary.incast or []), *(summary.contention or [])]
+    if not found:
         return []
-    return ["**Packet-level timing would be slower.** Many TCP flows converge on one switch port at once here, and "
-            "the fluid model has no finite buffers (see docs/network-model.md, \"Incast\"):", "",
-            *[f"- {w['message']}" for w in summary.incast], ""]
+    why = []
+    if summary.incast:
+        why.append("many TCP flows converge on one port at once, and the fluid model has no finite buffers "
+                   "(docs/network-model.md, \"Incast\")")
+    if summary.contention:
+        why.append("WiFi stations and their access point contend for a cell's channel, which the fluid model shares "
+                   "per flow at full capacity, 802.11 per transmitter and with collisions (docs/network-model.md, "
+                   "\"WiFi contention\")")
+    return [f"**Packet-level timing would be slower.** Here {'; and '.join(why)}:", "",
+            *[f"- {w['message']}" for w in found], ""]
 
 
 def _latency(x: float | None) -> str:

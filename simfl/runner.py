@@ -30,7 +30,7 @@ from typing import Any
 
 from simfl.config import DEFAULT_SCENARIO, Scenario, load_scenario
 from simfl.errors import SimflError, os_error_of
-from simfl.incast import find_incast, warn_incast
+from simfl.incast import fluid_findings, warn_incast
 from simfl.progress import Progress, make_progress
 from simfl.summary import SUMMARY_FILE, RunSummary, read_summary, summary_from_dict, write_summary
 from simfl.trace import write_frame, write_traces
@@ -205,15 +205,15 @@ def _run(scenario: Scenario, out: Path, say: Progress) -> RunSummary:
 
         frames, background = run_background(bg, say)
         write_frame(frames, out, "background")
-    incast = find_incast(world.recorder.messages_frame(), world.topology, scenario)
-    warn_incast(incast)
+    incast, contention = fluid_findings(world.recorder.messages_frame(), world.topology, scenario)
+    warn_incast([*incast, *contention])
     write_traces(world.recorder, out)
     totals = world.network.totals()
     world.close()
     totals.update(sim_time_s=float(world.env.now), wall_time_s=time.perf_counter() - t0,
                   events_processed=world.events_processed)
     flat = {**result, "scenario": scenario.name, "seed": scenario.seed, "workload": scenario.workload,
-            "totals": totals, "incast": [w.to_dict() for w in incast]}
+            "totals": totals, "incast": [w.to_dict() for w in incast], "contention": [w.to_dict() for w in contention]}
     summary = summary_from_dict(flat, f"{scenario.name} ({scenario.workload})")
     summary.background = background
     write_summary(out, summary)

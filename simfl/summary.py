@@ -13,6 +13,9 @@ summary.json is one flat JSON object (the layout every simfl version wrote, kept
     incast                        per phase where the fluid model is optimistic, its worst port (`simfl.incast`:
                                   phase, port, flows, packets, buffer, initial_window, ..., message); [] when
                                   none; absent in runs made before the check
+    contention                    per phase where a WiFi cell's channel access makes the fluid model optimistic,
+                                  its worst cell (`simfl.incast.Contention`: phase, kind, cell, ap, flows,
+                                  stations, ..., message); [] when none; absent in runs made before the check
     background                    per [[traffic]] flow (`BackgroundFlow`): src, dst, kind, priority, transport,
                                   frame_bytes, gap_s, with_fl and without_fl (`LatencyStats`: frames, delivered,
                                   lost, loss, p50_s, p99_s, max_s, mean_s, wire_bytes) and a verdict; absent
@@ -152,6 +155,7 @@ class RunSummary:
     synthetic: SyntheticPart | None = None
     cache: dict[str, Any] | None = None  # the learning cache's outcome, as the plan module reports it
     incast: list[dict[str, Any]] | None = None  # simfl.incast.Incast.to_dict() per phase; None: not checked
+    contention: list[dict[str, Any]] | None = None  # simfl.incast.Contention.to_dict() per phase; None: not checked
     background: dict[str, BackgroundFlow] | None = None  # per [[traffic]] flow; None: the scenario has none
     extra: dict[str, Any] = field(default_factory=dict)  # keys this simfl does not know: kept, written back
 
@@ -168,6 +172,8 @@ class RunSummary:
             d["cache"] = self.cache
         if self.incast is not None:
             d["incast"] = self.incast
+        if self.contention is not None:
+            d["contention"] = self.contention
         if self.background is not None:
             d["background"] = {k: dataclasses.asdict(v) for k, v in self.background.items()}
         d.update(self.extra)
@@ -179,7 +185,7 @@ class RunSummary:
 
 
 _PARTS: dict[str, type] = {"fedad": FedadPart, "synthetic": SyntheticPart}
-_TOP = ("scenario", "seed", "workload", "totals", "cache", "incast", "background")
+_TOP = ("scenario", "seed", "workload", "totals", "cache", "incast", "contention", "background")
 
 
 def _finite(o: Any) -> Any:

@@ -334,7 +334,7 @@ def run_sweep(path: Path, vary: Vary, out_dir: Path, *, seeds: int = 1, base_ove
 def _progress(enabled: bool) -> Callable[[str], None]:
     if not enabled:
         return lambda _: None
-    from simfl.fedad import progress_printer
+    from simfl.progress import progress_printer
 
     return progress_printer(True)
 
