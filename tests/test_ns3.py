@@ -654,6 +654,29 @@ def test_datagram_streams_both_ways_between_two_nodes_are_delivered():
     assert f.height == 10 and not f["lost"].any()
 
 
+def test_control_frames_pass_a_backlogged_port():
+    """A bulk upload fills the switch's 1,000-packet port to the 10 Mbps server link; 100-byte frames every 10 ms
+    from c1 wait behind its backlog as best effort (tens of ms), and as control (ToS 0x10, the ports' strict-
+    priority queue discs) at most behind the two full packets already past the queue disc (the one being sent and
+    the device's 1-packet queue): their unloaded time + 2 x 1,538 x 8 / 10 Mbps."""
+    from simfl.traffic import run_alone
+
+    worst = {}
+    for prio in ("control", "best_effort"):
+        d = star(2, server_bw="10 Mbps")
+        d["network"] = {"model": "ns3", "buffer": 1000}
+        d["traffic"] = [{"name": "bulk", "src": "c0", "dst": "server", "kind": "bulk", "bytes": 3_000_000},
+                        {"name": "plc", "src": "c1", "dst": "server", "kind": "periodic", "bytes": 100,
+                         "period": "10 ms", "start": "0.5 s", "priority": prio}]
+        w = run_alone(scenario_from_dict(d), [1, 100])
+        f = w.recorder.background_frame(False).filter(pl.col("flow") == "plc")
+        assert f.height == 100 and not f["lost"].any()
+        worst[prio] = f["latency"].max()
+    alone = (128 + 2) * 8 / 100e6 + 0.5e-3 + (128 + 2) * 8 / 10e6 + 0.5e-3
+    assert alone < worst["control"] <= alone + 2 * 1538 * 8 / 10e6 + 4 * NS
+    assert worst["best_effort"] > 20 * (worst["control"] - alone)
+
+
 def test_a_datagram_frame_that_never_arrives_is_lost_at_the_end():
     """The receiver's interface is down: IP drops the datagram without a loss model seeing it; once ns-3 has
     nothing left to do the frame is recorded as lost (t_deliver NaN)."""
@@ -680,9 +703,9 @@ def test_a_datagram_frame_that_never_arrives_is_lost_at_the_end():
     ({"jitter": "1 ms"}, r"links c0-s1: jitter = 0.001 s: the ns3 backend has no jitter"),
     ({"faults": [{"link": "c0-s1", "down": "1 s"}], "ring": True},
      r"faults \(link c0-s1 down from 1 s\): another path joins"),
-    ({"traffic": [{"name": "plc", "src": "c0", "dst": "c1", "kind": "periodic", "bytes": 100, "period": "10 ms",
-                   "transport": "tcp", "priority": "control"}]},
-     r"traffic\[0\] \(plc\): priority = \"control\": the ns3 backend's ports have one FIFO queue"),
+    ({"cell": {}, "traffic": [{"name": "plc", "src": "server", "dst": "c0", "kind": "periodic", "bytes": 100,
+                               "period": "10 ms", "priority": "control"}]},
+     r"traffic\[0\] \(plc\): priority = \"control\" through cell cell1: the ns3 backend's WiFi cells have no strict"),
     ({"cell": {"bandwidth": None, "bandwidth_up": "10 Mbps", "bandwidth_down": "50 Mbps"}},
      r"cells cell1: a bandwidth per direction: an ns-3 WiFi cell is one shared channel"),
     ({"cell": {}, "faults": [{"node": "c0", "down": "1 s"}]},

@@ -266,6 +266,7 @@ class Hub {
     std::vector<char> listening;
     std::vector<std::vector<int32_t>> ifDev;  // node -> IPv4 interface -> device index (-1: none)
     uint64_t inflight = 0;
+    bool prio = false;  // control priority: every point-to-point port has a strict-priority queue disc (SetupQueue)
     uint32_t hdr = 0;
     uint32_t mss = 0;
     uint16_t port = 5000;
@@ -329,14 +330,19 @@ class Hub {
 
     // queue: 0 = forwarding node (drop-tail device queue of `buffer` packets, no queue disc; on WiFi, see below);
     // hosts keep a 1-packet device queue under a queue disc: 1 = FIFO of 1000 packets, 2 = fq_codel's fair
-    // queueing with its drop law off (target 1000 s), 3 = fq_codel as configured by default
+    // queueing with its drop law off (target 1000 s), 3 = fq_codel as configured by default. With `prio`, every
+    // point-to-point port has a 1-packet device queue under a strict-priority queue disc (SetupPrio).
     void SetupQueue(uint32_t di, uint32_t queue, uint32_t buffer)
     {
         Ptr<NetDevice> d = devs[di].dev;
         Ptr<PointToPointNetDevice> p2p = DynamicCast<PointToPointNetDevice>(d);
         if (p2p) {
-            p2p->GetQueue()->SetMaxSize(QueueSize(QueueSizeUnit::PACKETS, queue == 0 ? buffer : 1));
+            p2p->GetQueue()->SetMaxSize(QueueSize(QueueSizeUnit::PACKETS, queue == 0 && !prio ? buffer : 1));
             p2p->GetQueue()->TraceConnectWithoutContext("Drop", MakeBoundCallback(&Hub::OnDevDrop, this, di));
+        }
+        if (p2p && prio) {
+            SetupPrio(di, queue, buffer);
+            return;
         }
         if (queue == 0 && p2p) { return; }
         TrafficControlHelper tch;
@@ -352,6 +358,37 @@ class Hub {
         }
         QueueDiscContainer qd = tch.Install(d);
         qd.Get(0)->TraceConnectWithoutContext("Drop", MakeBoundCallback(&Hub::OnQdiscDrop, this, di));
+    }
+
+    // A strict-priority queue disc on device `di`: band 0 for socket priority 6 (IP ToS 0x10: control flows; ns-3
+    // sets the priority from the ToS when it forwards), a FIFO of `buffer` packets (hosts: 1000); band 1 for the
+    // rest, the port's own queue (a forwarding port: a FIFO of `buffer`; a host: its queue disc, see SetupQueue).
+    void SetupPrio(uint32_t di, uint32_t queue, uint32_t buffer)
+    {
+        TrafficControlHelper tch;
+        uint16_t h = tch.SetRootQueueDisc("ns3::PrioQueueDisc", "Priomap",
+                                          StringValue("1 1 1 1 1 1 0 1 1 1 1 1 1 1 1 1"));
+        TrafficControlHelper::ClassIdList cls = tch.AddQueueDiscClasses(h, 2, "ns3::QueueDiscClass");
+        QueueSize own(QueueSizeUnit::PACKETS, queue == 0 ? buffer : 1000);
+        tch.AddChildQueueDisc(h, cls[0], "ns3::FifoQueueDisc", "MaxSize", QueueSizeValue(own));
+        if (queue == 2) {
+            tch.AddChildQueueDisc(h, cls[1], "ns3::FqCoDelQueueDisc", "Target", StringValue("1000s"));
+        } else if (queue == 3) {
+            tch.AddChildQueueDisc(h, cls[1], "ns3::FqCoDelQueueDisc");
+        } else {
+            tch.AddChildQueueDisc(h, cls[1], "ns3::FifoQueueDisc", "MaxSize", QueueSizeValue(own));
+        }
+        QueueDiscContainer qd = tch.Install(devs[di].dev);
+        qd.Get(0)->TraceConnectWithoutContext("Drop", MakeBoundCallback(&Hub::OnQdiscDrop, this, di));
+        Ptr<FqCoDelQueueDisc> fq = DynamicCast<FqCoDelQueueDisc>(qd.Get(0)->GetQueueDiscClass(1)->GetQueueDisc());
+        if (fq) { fq->SetQuantum(mss + 40); }  // the MTU, which a child queue disc cannot look up on its device
+    }
+
+    // A control flow's socket (TCP connection, or UDP stream with `udp`): IP ToS 0x10, socket priority 6.
+    void MarkControl(bool udp, uint32_t i)
+    {
+        Ptr<Socket> s = udp ? udps[i] : conns[i].sock;
+        s->SetIpTos(0x10);
     }
 
     uint32_t AddInterface(uint32_t node, Ptr<NetDevice> d, uint32_t address, uint32_t prefixLen, uint32_t linkHdr,
@@ -401,7 +438,7 @@ class Hub {
             Ptr<Queue<Packet>> q = CreateObject<DropTailQueue<Packet>>();
             d->SetQueue(q);
             nodes[ends[k]]->AddDevice(d);
-            if (queues[k] != 0) {
+            if (queues[k] != 0 || prio) {
                 Ptr<NetDeviceQueueInterface> ndqi = CreateObject<NetDeviceQueueInterface>();
                 ndqi->GetTxQueue(0)->ConnectQueueTraces(q);
                 d->AggregateObject(ndqi);

@@ -68,13 +68,6 @@ def _fluid_only(what: str, why: str) -> SimflError:
     return SimflError(f"{what}: {why}; the fluid model (network.model = \"fluid\") supports it")
 
 
-def refuse_stream(where: str, stream: Stream) -> None:
-    """A SimflError for a background stream ns-3 cannot carry: control priority (see `simfl.ns3`)."""
-    if stream.control:
-        raise _fluid_only(f"{where}: priority = \"control\"", "the ns3 backend's ports have one FIFO queue, no "
-                          "strict priority")
-
-
 def refuse_unsupported(topology: Topology, params: NetworkParams, media: dict[str, Link | Cell]) -> None:
     """A SimflError for the first key of the scenario that the ns3 backend cannot honour (see `simfl.ns3`)."""
     if not params.handshake:
@@ -140,7 +133,7 @@ class Ns3Options:
 
 
 class _Flow:
-    __slots__ = ("src", "dst", "hops", "conn", "background", "datagram")
+    __slots__ = ("src", "dst", "hops", "conn", "background", "datagram", "control")
 
     def __init__(self, src: str, dst: str, hops: tuple[Hop, ...], stream: Stream | None) -> None:
         self.src = src
@@ -149,6 +142,7 @@ class _Flow:
         self.conn = -1  # its TCP connection, or for a datagram stream its UDP stream
         self.background = stream is not None  # a [[traffic]] stream's own flow: its frames go to no inbox
         self.datagram = stream is not None and stream.datagram  # UDP
+        self.control = stream is not None and stream.control  # strict priority (IP ToS 0x10)
 
 
 class _Tx:
@@ -178,7 +172,7 @@ class Ns3Network:
 
     def __init__(self, env: simpy.Environment, topology: Topology, params: NetworkParams | None = None,
                  recorder: TraceRecorder | None = None, *, seed: int = 1, options: Ns3Options | None = None,
-                 pcap_dir: str | Path | None = None, media: Sequence[Link | Cell] = ()) -> None:
+                 pcap_dir: str | Path | None = None, media: Sequence[Link | Cell] = (), priority: bool = False) -> None:
         self.env = env
         self.topology = topology
         self.params = params or NetworkParams()
@@ -213,6 +207,7 @@ class Ns3Network:
         mod.Hub.Configure(mss, _ns(o.min_rto), _ns(o.delayed_ack), _ns(o.syn_timeout), o.initial_window,
                           int(seed) & 0xFFFFFFFF or 1, 1)
         self._hub = mod.Hub(self.params.header_bytes, mss)
+        self._hub.prio = priority  # every point-to-point port: a strict-priority queue disc (control streams)
         self.pcap_dir = self._pcap_dir(pcap_dir)
         self._idx = {n: i for i, n in enumerate(topology.nodes)}
         self._dev: dict[tuple[str, str], int] = {}  # (link or cell name, node) -> hub device index
@@ -235,12 +230,16 @@ class Ns3Network:
     def for_scenario(cls, env: simpy.Environment, topology: Topology, scenario: Scenario,
                      recorder: TraceRecorder | None = None, *, options: Ns3Options | None = None,
                      pcap_dir: str | Path | None = None) -> Ns3Network:
-        """The scenario's network in ns-3 (its seed, links and cells); a SimflError for what ns-3 cannot honour."""
+        """The scenario's network in ns-3 (its seed, links and cells; strict-priority ports when a [[traffic]] flow
+        has control priority); a SimflError for what ns-3 cannot honour (also a control flow through a cell)."""
         for i, t in enumerate(scenario.traffic):
-            stream = Stream(t.name, control=t.priority == "control", datagram=t.transport == "datagram")
-            refuse_stream(f"traffic[{i}] ({t.name})", stream)
+            cell = next((h.link for h in topology.route_tuple(t.src, t.dst) if h.medium == "cell"), None)
+            if t.priority == "control" and cell is not None:
+                raise _fluid_only(f"traffic[{i}] ({t.name}): priority = \"control\" through cell {cell}", "the ns3 "
+                                  "backend's WiFi cells have no strict priority (one queue per transmitter)")
         return cls(env, topology, scenario.network, recorder, seed=scenario.seed, options=options,
-                   pcap_dir=pcap_dir, media=(*scenario.links, *scenario.cells))
+                   pcap_dir=pcap_dir, media=(*scenario.links, *scenario.cells),
+                   priority=any(t.priority == "control" for t in scenario.traffic))
 
     # ------------------------------------------------------------------ public API
     def send(self, src: str, dst: str, *, kind: str, phase: str, round: int, payload_bits: int,
@@ -251,8 +250,9 @@ class Ns3Network:
         key = (src, dst) if stream is None else (src, dst, stream.name)
         flow = self._flows.get(key)
         if flow is None:
-            if stream is not None:
-                refuse_stream(f"background flow {stream.name}", stream)
+            if stream is not None and stream.control and not self._hub.prio:
+                raise SimflError(f"background flow {stream.name}: control priority needs an Ns3Network with "
+                                 "priority=True (Ns3Network.for_scenario sets it for the scenario's control flows)")
             flow = self._new_flow(src, dst, key, stream)
         if stream is not None:
             self.recorder.background_sent += 1
@@ -500,6 +500,8 @@ class Ns3Network:
             flow.conn = self._hub.OpenUdp(self._idx[src], s_addr, port, self._idx[dst], d_addr, rport)
         else:
             flow.conn = self._hub.Open(self._idx[src], s_addr, port, self._idx[dst], d_addr)
+        if flow.control:
+            self._hub.MarkControl(flow.datagram, flow.conn)
 
     def _add_routes(self, hops: tuple[Hop, ...], addr: int) -> None:
         for h in hops:
