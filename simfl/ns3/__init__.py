@@ -58,13 +58,15 @@ Imperfect links (the scenario's keys, as in the fluid model; `media` gives the l
   every member of a cell, the ends of a node's links and the cells it is the access point of); the edges are
   scheduled in ns-3 as simulated time advances. No rerouting: TCP retransmits until the fault ends.
 - capacity traces of links: the sending device's data rate changes at the trace's instants.
-- [[traffic]] flows with best-effort priority (`send(..., stream=...)`), traced as background (no inbox): a tcp
+- [[traffic]] flows (`send(..., stream=...)`), traced as background (no inbox): a tcp
   stream has a connection of its own; a datagram stream sends each frame as UDP datagrams of up to mtu - 28 bytes
   tagged with it (`FrameTag`), lost when a queue, queue disc or loss model drops one of them (or, never arriving
-  without a trace, once ns-3 has nothing left to do or nothing settled for `_HORIZON`).
+  without a trace, once ns-3 has nothing left to do or nothing settled for `_HORIZON`). Control priority
+  (`priority=True`, set by `for_scenario` when a flow has it): the flow's sockets set IP ToS 0x10, and every
+  point-to-point port has a strict-priority queue disc (band 0: priority 6) over a 1-packet device queue.
 - refused with a one-line SimflError naming the key (`refuse_unsupported`): handshake off, a non-default give_up,
   jitter, duplex or traced cells, a node fault on a WiFi station, a fault the fluid model would reroute around;
-  control-priority streams (`refuse_stream`).
+  a control flow through a WiFi cell (`for_scenario`).
 
 Trace: `wire_bytes` of a message = the payload bytes of every segment transmitted for it (retransmissions included)
 plus `header_bytes` per segment whose first new byte is its (a segment that retransmits bytes without new ones
