@@ -39,7 +39,7 @@ from simfl.schema import (
     MAX_SEED,
     MESSAGE_BYTES_IN_MEMORY,
     MIN_BANDWIDTH,
-    MIN_FRAME_GAP,
+    MIN_INTERVAL,
     NETWORK,
     NODE_KINDS,
     SCENARIO,
@@ -484,13 +484,15 @@ class _Media:
         where = path if path.isprintable() else show(path)  # user input: the message must stay one line
         if path not in self._read:
             try:
-                self._read[path] = read_trace(path, MIN_BANDWIDTH, MAX_BANDWIDTH)
-            except (FileNotFoundError, IsADirectoryError):
+                self._read[path] = read_trace(path, MIN_BANDWIDTH, MAX_BANDWIDTH, MIN_INTERVAL)
+            except FileNotFoundError:
                 ck.fail(key, value, f"no such trace file ({where})")
+            except IsADirectoryError:
+                ck.fail(key, value, f"{where} is a folder; give a CSV file of time_s,bandwidth_bps rows")
             except ValueError as e:
                 ck.fail(key, value, f"{where}: {e}")
-            except (OSError, UnicodeDecodeError) as e:
-                ck.fail(key, value, f"cannot read {where}: {e}")
+            except OSError as e:
+                ck.fail(key, value, f"cannot read {where}: {e.strerror or e}")
         times, rates = self._read[path]
         if period is not None and period <= times[-1]:
             pkey = key.rsplit(".", 1)[0] + ".bandwidth_trace_period"
@@ -796,8 +798,8 @@ def _frames_fit(ck: Checker, flows: list[Traffic]) -> None:
         elif f.gap is None:
             frames.append(1)
         else:
-            share = f.on / (f.on + f.off) if f.kind == "onoff" else 1.0  # type: ignore[operator]
-            frames.append(math.ceil((f.stop - f.start) * share / f.gap))
+            cycle, per_cycle = (f.on + f.off, math.ceil(f.on / f.gap)) if f.kind == "onoff" else (f.gap, 1)  # type: ignore[operator]
+            frames.append(math.ceil((f.stop - f.start) / cycle) * per_cycle)
     need, have = 2 * sum(frames) * MESSAGE_BYTES_IN_MEMORY, physical_memory()
     if frames and need > have:
         i = max(range(len(frames)), key=frames.__getitem__)
@@ -826,9 +828,14 @@ def _flow(ck: Checker, t: dict[str, Any], w: str, network: NetworkParams) -> Tra
     flow = Traffic(t["name"], t["src"], t["dst"], kind, t["priority"],
                    t["transport"] or ("tcp" if kind == "bulk" else "datagram"), t["start"], t["stop"], t["rate"],
                    packet, t["bytes"], t["period"], t["on"], t["off"], t["every"])
-    if kind in ("cbr", "onoff") and flow.gap < MIN_FRAME_GAP:  # type: ignore[operator]
-        ck.fail(f"{w}.rate", ck.given[f"{w}.rate"], f"sends a frame of {packet:,} bytes every {flow.gap:.3g} s; "
-                f"frames must be at least {units.format_time(MIN_FRAME_GAP)} apart: give a larger packet")
+    gap = flow.gap
+    if kind in ("cbr", "onoff") and gap < MIN_INTERVAL:  # type: ignore[operator]
+        ck.fail(f"{w}.rate", ck.given[f"{w}.rate"], f"sends a frame of {packet:,} bytes every {gap:.3g} s; "
+                f"frames must be at least {units.format_time(MIN_INTERVAL)} apart: give a larger packet")
+    if kind == "onoff" and t["on"] < gap:
+        ck.fail(f"{w}.on", ck.given[f"{w}.on"], f"is shorter than the gap between two frames at this rate "
+                f"({units.format_time(gap)}: {packet:,} bytes at {units.format_rate(t['rate'])}), so each on period "  # type: ignore[arg-type]
+                "would send one frame, faster than the rate; give a longer on, a higher rate or a smaller packet")
     return flow
 
 

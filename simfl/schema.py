@@ -27,7 +27,7 @@ from simfl.errors import SimflError
 
 __all__ = ["ScenarioError", "Key", "Table", "Array", "Map", "Checker", "SCENARIO", "model", "markdown", "toml_value",
            "NODE_KINDS", "SERVER_KINDS", "DETECTORS", "SPLITS", "PATTERNS", "WORKLOADS", "BASELINES",
-           "MAX_SEED", "REQUIRED", "MAX_LOSS", "TRAFFIC_KINDS", "PRIORITIES", "TRANSPORTS", "MIN_FRAME_GAP",
+           "MAX_SEED", "REQUIRED", "MAX_LOSS", "TRAFFIC_KINDS", "PRIORITIES", "TRANSPORTS", "MIN_INTERVAL",
            "TRAFFIC_KEYS"]
 
 
@@ -92,8 +92,10 @@ MAX_BUFFER = 10**9  # packets in one port's queue
 MAX_LOSS = 0.5  # packet loss per hop: beyond, TCP's loss-limited rate formula (Mathis) means nothing
 MAX_TIME = 365 * 86400.0  # s: outage times, one year
 MAX_GIVE_UP = 86400.0  # s: one day
-MIN_FRAME_GAP = 1e-6  # s: a background flow sends at most one frame a microsecond (PROFINET IRT's shortest cycle
-#                       is 31.25 us); each frame is a message, so faster sources would cost events, not accuracy
+MIN_INTERVAL = 1e-6  # s: the shortest repeat: a background flow's frame gap, an outage's period and length, a
+#                      capacity trace's step and period (PROFINET IRT's shortest cycle is 31.25 us). Each repetition is
+#                      an event: a shorter one would cost events, not accuracy, and one below the float clock's
+#                      resolution (2e-16 s at 1 s) would stop simulated time
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,7 @@ _SPEED = dict(lo=MIN_FLOPS, hi=MAX_FLOPS)
 _LOSS = dict(lo=0.0, hi=MAX_LOSS, why="beyond, TCP's loss-limited rate formula means nothing")
 _MOMENT = dict(lo=0.0, hi=MAX_TIME, noun="time")
 _SPAN = dict(lo=0.0, hi=MAX_TIME, open_lo=True, noun="time")
+_INTERVAL = dict(lo=MIN_INTERVAL, hi=MAX_TIME, noun="time")
 
 BURST_LOSS = Table("burst_loss", (
     Key("good", FLOAT, 0.0, "packet loss probability in the good state", lo=0.0, hi=1.0, open_hi=True),
@@ -203,13 +206,13 @@ def _medium(shared: str, up: str, down: str) -> tuple[Entry, ...]:
         Key("loss_down", FLOAT, None, f"packet loss probability {down}", **_LOSS),
         BURST_LOSS,
         Key("jitter", TIME, 0.0, "mean extra delay per hop, drawn per message (network.jitter_distribution)",
-            **_LATENCY),
+            **_LATENCY, noun="jitter"),
         Key("bandwidth_trace", STR, None, "capacity over time instead of bandwidth: a CSV file of "
             "time_s,bandwidth_bps rows (path relative to the scenario file)"),
         Key("bandwidth_trace_up", STR, None, f"capacity trace {up}"),
         Key("bandwidth_trace_down", STR, None, f"capacity trace {down}"),
         Key("bandwidth_trace_period", TIME, None, "repeat the traces with this period (unset: each trace's "
-            "last value holds)", **_SPAN),
+            "last value holds)", **_INTERVAL),
     )
 
 
@@ -244,9 +247,12 @@ NETWORK = Table("network", (
         "TCP, finite queues, drops; needs the ns3 package)", choices=NETWORK_MODELS),
     Key("host_qdisc", STR, "fq", "ns3: the hosts' queue discipline (fq: per-flow fair queueing as Linux's "
         "fq_codel without its drops; fq_codel; fifo)", choices=HOST_QDISCS),
-    Key("min_rto", TIME, 0.2, "ns3: TCP's minimum retransmission timeout (Linux: 200 ms)", lo=0.001, hi=60.0),
-    Key("delayed_ack", TIME, 0.04, "ns3: TCP's delayed-ACK timeout (Linux: 40 ms)", lo=0.001, hi=1.0),
-    Key("syn_timeout", TIME, 1.0, "ns3: TCP's first SYN retransmission timeout (Linux: 1 s)", lo=0.001, hi=60.0),
+    Key("min_rto", TIME, 0.2, "ns3: TCP's minimum retransmission timeout (Linux: 200 ms)", lo=0.001, hi=60.0,
+        noun="time"),
+    Key("delayed_ack", TIME, 0.04, "ns3: TCP's delayed-ACK timeout (Linux: 40 ms)", lo=0.001, hi=1.0,
+        noun="time"),
+    Key("syn_timeout", TIME, 1.0, "ns3: TCP's first SYN retransmission timeout (Linux: 1 s)", lo=0.001, hi=60.0,
+        noun="time"),
 ), "packetisation of every message, the transport's handshake and give-up, and the network backend")
 
 EXPERIMENT = Table("experiment", (
@@ -339,8 +345,8 @@ _FAULT = Table("faults", (
     Key("node", NAME, None, "a node whose links and cell membership all go down"),
     Key("down", TIME, None, "one outage: when it begins", **_MOMENT),
     Key("up", TIME, None, "one outage: when it ends (unset: never)", **_MOMENT),
-    Key("every", TIME, None, "repeating outages: one begins every this long", **_SPAN),
-    Key("duration", TIME, None, "repeating outages: each lasts this long (less than every)", **_SPAN),
+    Key("every", TIME, None, "repeating outages: one begins every this long", **_INTERVAL),
+    Key("duration", TIME, None, "repeating outages: each lasts this long (less than every)", **_INTERVAL),
     Key("start", TIME, None, "repeating outages: when the first begins (unset: 0 s)", **_MOMENT),
     Key("until", TIME, None, "repeating outages: none begins at or after this (unset: they go on)", **_MOMENT),
 ))
@@ -362,11 +368,10 @@ _TRAFFIC = Table("traffic", (
     Key("packet", SIZE, None, "cbr, onoff: payload bytes per frame (unset: one MSS, mtu - ip_header_bytes)",
         lo=1, hi=MAX_MESSAGE_BYTES),
     Key("bytes", SIZE, None, "periodic: payload bytes per frame; bulk: per upload", lo=1, hi=MAX_MESSAGE_BYTES),
-    Key("period", TIME, None, "periodic: one frame every this long (the cycle time)", lo=MIN_FRAME_GAP,
-        hi=MAX_TIME, noun="time"),
-    Key("on", TIME, None, "onoff: how long each sending period lasts", **_SPAN),
-    Key("off", TIME, None, "onoff: how long each silent period lasts", **_SPAN),
-    Key("every", TIME, None, "bulk: one upload every this long from start (unset: one upload, at start)", **_SPAN),
+    Key("period", TIME, None, "periodic: one frame every this long (the cycle time)", **_INTERVAL),
+    Key("on", TIME, None, "onoff: how long each sending period lasts", **_INTERVAL),
+    Key("off", TIME, None, "onoff: how long each silent period lasts", **_INTERVAL),
+    Key("every", TIME, None, "bulk: one upload every this long from start (unset: one upload, at start)", **_INTERVAL),
 ))
 TRAFFIC_KEYS = {"cbr": ("rate", "packet"), "periodic": ("bytes", "period"), "onoff": ("rate", "packet", "on", "off"),
                 "bulk": ("bytes", "every")}  # the keys of each kind (the rest of the per-kind keys must be unset)
