@@ -66,7 +66,9 @@ pcap (libpcap classic format, readable by tshark / Wireshark / tcpdump / scapy)
     stay).
 
 Routes come from the run's resolved `scenario.toml` (`Topology.from_scenario`); the export checks that each
-message's hop count and wire bytes agree with that scenario.
+message's hop count and wire bytes agree with that scenario. With [[faults]] a message's route is the one over what
+was up just before its transmission ended (where the trace counts it); a message rerouted during its transmission
+is shown on that last route with all its packets.
 
 Bad input (run directory missing or incomplete, files missing, unknown format, output that exists without
 --force, an output path that cannot be written: read-only, under a file, disk full, ...) raises `SimflError` naming
@@ -251,9 +253,27 @@ class Routes:
     hop_sf: np.ndarray  # float64 per hop j: store-and-forward of hops 0..j (s per bit)
 
 
+def _fault_states(df: pl.DataFrame, topology) -> tuple[np.ndarray, list]:
+    """Per message the index of the topology it was routed on, and those topologies: with [[faults]], the one
+    without the edges down just before its transmission ended (the route it finished on, the one the trace
+    counts); without, the whole topology for all."""
+    if not topology.faults or df.height == 0:
+        return np.zeros(df.height, np.int64), [topology]
+    t0 = df["t_start"].to_numpy().astype(np.float64)
+    t1 = df["t_tx"].to_numpy().astype(np.float64)
+    tol = 1e-12 * (1.0 + t1)
+    at = np.where(t1 - tol > t0, t1 - tol, t0 + tol)  # after an edge at t_start, before one at t_tx
+    downs: dict[frozenset, int] = {}
+    idx = [downs.setdefault(frozenset(e for f, edges in topology.faults if f.is_down(t) for e in edges), len(downs))
+           for t in at.tolist()]
+    return np.asarray(idx, np.int64), [topology.without_edges(d) for d in downs]
+
+
 def _routes(df: pl.DataFrame, topology, resource_index: dict[str, int]) -> Routes:
-    """Route of every message from the topology, computed once per distinct (src, dst) pair; the per-hop terms
-    are `simfl.network.pipeline_offsets`, the network's own."""
+    """Route of every message from the topology (with [[faults]]: over what was up, `_fault_states`), computed
+    once per distinct (state, src, dst); the per-hop terms are `simfl.network.pipeline_offsets`, the network's
+    own."""
+    state, topos = _fault_states(df, topology)
     nodes = list(topology.nodes)
     code = {n: i for i, n in enumerate(nodes)}
     unknown = sorted((set(df["src"].unique().to_list()) | set(df["dst"].unique().to_list())) - set(code))
@@ -265,16 +285,15 @@ def _routes(df: pl.DataFrame, topology, resource_index: dict[str, int]) -> Route
     codes = pl.Series(np.arange(nn, dtype=np.int64))
     s = df["src"].replace_strict(names, codes, return_dtype=pl.Int64).to_numpy()
     d = df["dst"].replace_strict(names, codes, return_dtype=pl.Int64).to_numpy()
-    upairs, inv = np.unique(s * nn + d, return_inverse=True)
+    upairs, inv = np.unique((state * nn + s) * nn + d, return_inverse=True)
     p_start: list[int] = []
     p_count: list[int] = []
     res: list[int] = []
     lat_before: list[float] = []
     sf: list[float] = []
-    route = topology.route_tuple
     for pc in upairs.tolist():
-        src, dst = nodes[pc // nn], nodes[pc % nn]
-        hops = route(src, dst) if src != dst else ()
+        src, dst = nodes[pc // nn % nn], nodes[pc % nn]
+        hops = (topos[pc // (nn * nn)].route_or_none(src, dst) or ()) if src != dst else ()
         p_start.append(len(res))
         p_count.append(len(hops))
         lat, hop_sf = pipeline_offsets(hops)
