@@ -572,6 +572,9 @@ def _check_out(out: Path, force: bool, *, directory: bool, sources: Sequence[Pat
             raise SimflError(f"{out}: exists and is not a directory (per-link export writes a directory)")
         if not directory and out.is_dir():
             raise SimflError(f"{out}: is a directory; give a file path for --out")
+        if not directory and (out.is_symlink() or not out.is_file()):  # the rename would replace the link, device
+            raise SimflError(f"{out}: is not a regular file (a link, device, pipe or socket), and an export replaces "
+                             "what is there with a new file; give the path of a regular file for --out")
         try:
             if directory and not any(out.iterdir()):
                 return

@@ -38,8 +38,11 @@ exceed the last time, and be at least 1 us).
 
 from __future__ import annotations
 
+import errno
 import math
+import os
 import random
+import stat
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -182,6 +185,10 @@ def read_trace(path: str | Path, lo: float, hi: float,
     """The change points of a capacity trace file: bandwidths in [lo, hi] bit/s, times at least `step` s apart;
     ValueError("line N: ...") for a malformed one. Lines starting with '#' are comments; the first other line may
     be the header "time_s,bandwidth_bps"."""
+    if not stat.S_ISREG(os.stat(path).st_mode):  # a folder, or a pipe or device that open() could wait on for ever
+        if os.path.isdir(path):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        raise ValueError(f"not a regular file (a device, pipe or socket); expected a CSV file of {TRACE_HEADER}")
     times: list[float] = []
     rates: list[float] = []
     with open(path, encoding="utf-8") as fh:
