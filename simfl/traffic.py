@@ -103,16 +103,15 @@ def check_control_load(scenario: Scenario) -> None:
             users.setdefault(hop.resource, []).append(i)
             where.setdefault(hop.resource, f"cell {hop.link}" if hop.medium == "cell" else
                              f"{hop.src}>{hop.dst} (link {hop.link})")
-    for rid, total in load.items():
-        if total >= capacity[rid]:
-            ids = sorted(set(users[rid]))
-            flows = " and ".join(f"traffic[{i}] = \"{scenario.traffic[i].name}\"" for i in ids)
-            raise ScenarioError(
-                f"{scenario.source or '<dict>'}: {flows}: control traffic without a stop sends "
-                f"{total / 1e6:,.6g} Mbit/s on the wire (headers included) through {where[rid]}, whose capacity "
-                f"is {capacity[rid] / 1e6:,.6g} Mbit/s: strict priority would take all of it for ever, so every other "
-                "flow there would starve and the run would never end; lower the rate, give the flow a stop, or make "
-                "it best_effort")
+    rid = max(load, key=lambda r: load[r] / capacity[r], default=None)  # the most overloaded, if any
+    if rid is None or load[rid] < capacity[rid]:
+        return
+    flows = " and ".join(f"traffic[{i}] = \"{scenario.traffic[i].name}\"" for i in sorted(set(users[rid])))
+    raise ScenarioError(
+        f"{scenario.source or '<dict>'}: {flows}: control traffic without a stop sends {load[rid] / 1e6:,.6g} Mbit/s "
+        f"on the wire (headers included) through {where[rid]}, whose capacity is {capacity[rid] / 1e6:,.6g} Mbit/s: "
+        "strict priority would take all of it for ever, so every other flow there would starve and the run would "
+        "never end; lower the rate, give the flow a stop, or make it best_effort")
 
 
 class Background:
