@@ -293,9 +293,22 @@ def _compute(ck: Checker, t: Mapping[str, Any], where: str, profiles: Mapping[st
         s.flops, s.profile = t["flops"], None
 
 
+# Keys that stand for each other: one given over another (by --set, or in [node_overrides] over a group's uplink)
+# drops it, so that the override gives the loss model or the capacity. In one table, giving both is an error.
+_REPLACES = {"loss": ("burst_loss",), "loss_up": ("burst_loss",), "loss_down": ("burst_loss",),
+             "burst_loss": ("loss", "loss_up", "loss_down"),
+             "bandwidth": ("bandwidth_trace",), "bandwidth_trace": ("bandwidth",),
+             "bandwidth_up": ("bandwidth_trace_up",), "bandwidth_trace_up": ("bandwidth_up",),
+             "bandwidth_down": ("bandwidth_trace_down",), "bandwidth_trace_down": ("bandwidth_down",)}
+
+
 def _uplink(ck: Checker, t: Mapping[str, Any] | None, where: str, base: dict[str, Any] | None) -> dict[str, Any]:
     """A validated uplink table (partial in overrides) on top of `base` (its bandwidth is checked by `_Media`)."""
     up = dict(base) if base else {"latency": 0.0, "name": None}
+    for k in (t or {}) if base else ():
+        if k != "burst_loss" or not isinstance(up.get(k), dict):
+            for alt in _REPLACES.get(k, ()):
+                up[alt] = None
     for k, v in (t or {}).items():
         if k == "burst_loss" and isinstance(up.get(k), dict) and isinstance(v, dict):
             v = {**up[k], **v}
@@ -847,7 +860,6 @@ def _network(ck: Checker, t: dict[str, Any]) -> NetworkParams:
 
 # ---------------------------------------------------------------------------------------------- overrides / load
 _SEG = re.compile(r"^([^.\[\]]+)((?:\[(?:\d+|\*)\])*)$")
-_LOSS_KEYS = ("loss", "loss_up", "loss_down")
 
 
 def _parse_value(raw: str) -> Any:
@@ -948,11 +960,8 @@ def _set(d: dict[str, Any], key: str, value: Any, head: str) -> None:
         if not idxs:
             if last:
                 node[name] = value
-                if name in _LOSS_KEYS:  # the override gives the loss model
-                    node.pop("burst_loss", None)
-                elif name == "burst_loss":
-                    for k in _LOSS_KEYS:
-                        node.pop(k, None)
+                for k in _REPLACES.get(name, ()):  # the override gives the loss model, the capacity
+                    node.pop(k, None)
                 return
             node = node.setdefault(name, {})
             continue

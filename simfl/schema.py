@@ -664,7 +664,9 @@ it equal to the code.
   otherwise kept as a string. `[*]` sets the key in every entry of the array: `--set 'cells[*].loss=0.02'`,
   `--set 'traffic[*].stop="60 s"'` (also in `simfl sweep --vary`). An override of `loss`, `loss_up` or
   `loss_down` replaces the entry's `burst_loss`, and one of `burst_loss` its loss keys: the override gives the loss
-  model (in a file, giving both is an error). `--seed N` replaces `seed`.
+  model; likewise `bandwidth` and `bandwidth_trace` replace each other (and `bandwidth_up` / `_trace_up`,
+  `bandwidth_down` / `_trace_down`), also in `[node_overrides]` over a group's uplink (in one table, giving
+  both is an error). `--seed N` replaces `seed`.
 - `extends = "other.toml"` (relative to this file) starts from another scenario: its tables merge key by key, every
   other value (arrays too) is replaced by this file's; its `name` and `description` are not inherited.
   Extends may chain, not loop.

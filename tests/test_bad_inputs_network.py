@@ -348,6 +348,17 @@ def run_ok(text: str, args: tuple[str, ...], tmp_path: Path, capsys: pytest.Capt
     (BASE, ("--set", "node_groups[0].uplink.loss=1e-320"), 6, 0, ALLPAIRS_S),
     # exponential jitter of a subnormal mean (1e-320 s): a draw of that mean, far below a time step
     (net('jitter_distribution = "exponential"'), ("--set", "node_groups[0].uplink.jitter=1e-320"), 6, 0, ALLPAIRS_S),
+    # one client's uplink given a trace in [node_overrides] over its group's bandwidth (it was refused: "give
+    # bandwidth or bandwidth_trace, not both"): c1 at 1 Mbps (ok.csv until 0.5 s), its two messages each way at
+    # 500 kbit/s; its handshakes 2 x (1 ms + 624 / 1e8 + 1 ms + 624 / 1e6) = 5.26048 ms, so 0.00526048 +
+    # 108,560 / 5e5 + 2 ms + 12,304 / 1e8 = 0.22450352 s
+    (BASE + '\n[node_overrides.c1]\nuplink.bandwidth_trace = "ok.csv"\n', (), 6, 0, 0.22450352),
+    # the same trace for every client by --set: 2 x 2 x 1.624 ms + 0.21712 + 2 ms + 12,304 / 1e6 = 0.23792 s
+    (BASE, ("--set", "node_groups[0].uplink.bandwidth_trace=ok.csv"), 6, 0, 0.23792),
+    # a loss model per node over the group's: c1's burst loss replaced by a plain loss (it was refused)
+    (BASE.replace('latency = "1 ms" }', 'latency = "1 ms", burst_loss = { burst = 2, gap = 100 } }')
+     + '\n[node_overrides.c1]\nuplink.loss = 0\n[node_overrides.c0]\nuplink.loss = 0\n'
+     '[node_overrides.c2]\nuplink.loss = 0\n', (), 6, 0, ALLPAIRS_S),
     # a whole trace of one row is a constant capacity; repeated every microsecond it still is
     (BASE.replace('bandwidth = "100 Mbps", ', 'bandwidth_trace = "one.csv", bandwidth_trace_period = "1 us", '), (),
      6, 0, ALLPAIRS_S),
@@ -355,6 +366,7 @@ def run_ok(text: str, args: tuple[str, ...], tmp_path: Path, capsys: pytest.Capt
 def test_odd_inputs_that_mean_something_give_the_hand_result(text, args, delivered, lost, duration, tmp_path,
                                                               capsys) -> None:
     (tmp_path / "one.csv").write_text("0,1e8\n")
+    (tmp_path / "ok.csv").write_bytes(FILES["ok.csv"])  # type: ignore[arg-type]
     s = run_ok(text, args, tmp_path, capsys)["totals"]
     assert (s["messages"], s.get("messages_lost", 0)) == (delivered, lost)
     assert s["sim_time_s"] == pytest.approx(duration, rel=1e-9, abs=1e-12)

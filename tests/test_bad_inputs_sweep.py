@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 import simfl.runner
@@ -94,8 +95,8 @@ BEFORE_ANYTHING_RUNS = [
      'faults[0].link = "c00-s2": unknown link; did you mean \'c00-s1\''),
     ("outages every nanosecond", ["--vary", 'faults=[[{link="c00-s1",every="1 ns",duration="0.5 ns"}]]'],
      'faults[0].every = "1 ns": time must be at least 1 us'),
-    ("trace instead of a bandwidth", ["--vary", "node_groups[0].uplink.bandwidth_trace=a.csv,b.csv"],
-     'node_groups[0].uplink.bandwidth_trace = "a.csv": give bandwidth or bandwidth_trace, not both'),
+    ("missing trace instead of a bandwidth", ["--vary", "node_groups[0].uplink.bandwidth_trace=a.csv,b.csv"],
+     'node_groups[0].uplink.bandwidth_trace = "a.csv": no such trace file (' + str(REPO_ROOT / "topologies" / "a.csv")),
     ("control flow over capacity", ["--vary", 'traffic=[[{name="ctl",src="server",dst="c00",kind="cbr",rate="1 Mbps",'
                                     'priority="control"}],[{name="ctl",src="server",dst="c00",kind="cbr",'
                                     'rate="1 Gbps",priority="control"}]]'],
@@ -181,3 +182,18 @@ def test_an_ns3_point_without_the_ns3_package_stops_the_sweep_before_any_point(t
     assert line.startswith(f'simfl: error: --vary point network.model=ns3: {ALLPAIRS}: network.model = "ns3": the ns3 '
                            "package (ns-3 with cppyy bindings) is not installed here")
     assert not (tmp_path / "s").exists()
+
+
+def test_a_sweep_over_capacity_traces_replaces_the_bandwidth(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    """--vary of bandwidth_trace on a scenario that gives a bandwidth (refused before: "give bandwidth or
+    bandwidth_trace, not both"). Gather of 90 models into the server's 1 Gbps port, every client's link a constant
+    trace of 1 Gbps or 10 Mbps: at 10 Mbps each client's link is its message's bottleneck (90 x 10 Mbps fit in the
+    server's port): handshake 2 x (0.5 ms + 624 / 1e7 + 0.5 ms + 624 / 1e9), then 108,560 / 1e7 + 1 ms +
+    12,304 / 1e9, in all 0.013994352 s."""
+    for name, bps in (("fast.csv", "1e9"), ("slow.csv", "1e7")):
+        (tmp_path / name).write_text(f"0,{bps}\n")
+    out = tmp_path / "s"
+    assert main(["sweep", ALLPAIRS, *GATHER, "--vary", f"node_groups[0].uplink.bandwidth_trace={tmp_path}/fast.csv,"
+                 f"{tmp_path}/slow.csv", "--out", str(out), "--quiet"]) == 0, capsys.readouterr().err
+    durations = pl.read_parquet(out / "sweep.parquet")["duration_s_gather"].to_list()
+    assert durations[1] == pytest.approx(0.013994352, rel=1e-9) and durations[0] < durations[1]
