@@ -191,7 +191,7 @@ def read_trace(path: str | Path, lo: float, hi: float,
         raise ValueError(f"not a regular file (a device, pipe or socket); expected a CSV file of {TRACE_HEADER}")
     times: list[float] = []
     rates: list[float] = []
-    with open(path, encoding="utf-8") as fh:
+    with open(path, encoding="utf-8-sig") as fh:  # -sig: a byte-order mark, as spreadsheets save CSV, is dropped
         for n, line in enumerate(_text_lines(fh), 1):
             s = line.strip()
             if not s or s.startswith("#") or (not times and s.replace(" ", "") == TRACE_HEADER):

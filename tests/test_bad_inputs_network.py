@@ -359,6 +359,9 @@ def run_ok(text: str, args: tuple[str, ...], tmp_path: Path, capsys: pytest.Capt
     (BASE.replace('latency = "1 ms" }', 'latency = "1 ms", burst_loss = { burst = 2, gap = 100 } }')
      + '\n[node_overrides.c1]\nuplink.loss = 0\n[node_overrides.c0]\nuplink.loss = 0\n'
      '[node_overrides.c2]\nuplink.loss = 0\n', (), 6, 0, ALLPAIRS_S),
+    # a trace saved by a spreadsheet: a byte-order mark and CRLF line ends (the mark made the header "not two
+    # numbers"); 100 Mbps, the bandwidth it replaces
+    (BASE, ("--set", "node_groups[0].uplink.bandwidth_trace=bom.csv"), 6, 0, ALLPAIRS_S),
     # a whole trace of one row is a constant capacity; repeated every microsecond it still is
     (BASE.replace('bandwidth = "100 Mbps", ', 'bandwidth_trace = "one.csv", bandwidth_trace_period = "1 us", '), (),
      6, 0, ALLPAIRS_S),
@@ -367,6 +370,7 @@ def test_odd_inputs_that_mean_something_give_the_hand_result(text, args, deliver
                                                               capsys) -> None:
     (tmp_path / "one.csv").write_text("0,1e8\n")
     (tmp_path / "ok.csv").write_bytes(FILES["ok.csv"])  # type: ignore[arg-type]
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbftime_s,bandwidth_bps\r\n0,1e8\r\n")
     s = run_ok(text, args, tmp_path, capsys)["totals"]
     assert (s["messages"], s.get("messages_lost", 0)) == (delivered, lost)
     assert s["sim_time_s"] == pytest.approx(duration, rel=1e-9, abs=1e-12)
