@@ -34,7 +34,7 @@ FILES: dict[str, bytes | str] = {
     "unsorted.csv": b"0,1e6\n2,1e6\n1,1e6\n", "negative.csv": b"0,-1e6\n", "zero.csv": b"0,0\n",
     "words.csv": b"0,fast\n", "nan.csv": b"0,nan\n", "three.csv": b"0,1e6,3\n", "late.csv": b"1,1e6\n",
     "binary.csv": bytes([0xFF, 0xFE, 0, 1, 0x80]), "units.csv": b"0 s,1 Mbps\n", "semicolon.csv": b"0;1e6\n",
-    "close.csv": b"0,1e6\n1e-300,2e6\n", "slow.csv": b"0,1e-3\n", "pipe.csv": "FIFO",
+    "close.csv": b"0,1e6\n1e-300,2e6\n", "slow.csv": b"0,1e-3\n", "pipe.csv": "FIFO", "one.csv": b"0,1e8\n",
 }
 
 
@@ -151,6 +151,12 @@ CASES = {
                              link('bandwidth_trace = "ok.csv"\nbandwidth_trace_period = 0')),
     "trace-period-too-short": Bad('links[0].bandwidth_trace_period = "0.1 s": must exceed the trace\'s last time '
                                   "(0.5 s in", link('bandwidth_trace = "ok.csv"\nbandwidth_trace_period = "0.1 s"')),
+    # a traceback (KeyError) before: a node's own trace, longer than the period its group gives
+    "override-trace-longer-than-the-group-period": Bad(
+        'node_groups[0].uplink.bandwidth_trace_period = "0.2 s": must exceed the trace\'s last time (0.5 s in '
+        "{tmp}/ok.csv)", BASE.replace('bandwidth = "100 Mbps", ', 'bandwidth_trace = "one.csv", '
+                                      'bandwidth_trace_period = "0.2 s", ')
+        + '\n[node_overrides.c1]\nuplink.bandwidth_trace = "ok.csv"\n'),
     # ------------------------------------------------------------------------------------ [[faults]]
     "fault-link-reversed": Bad('faults[0].link = "s1-c0": unknown link (links: srv-s1, c0-s1, c1-s1, c2-s1)',
                                fault('link = "s1-c0"\ndown = "1 s"')),
@@ -362,6 +368,14 @@ def run_ok(text: str, args: tuple[str, ...], tmp_path: Path, capsys: pytest.Capt
     # a trace saved by a spreadsheet: a byte-order mark and CRLF line ends (the mark made the header "not two
     # numbers"); 100 Mbps, the bandwidth it replaces
     (BASE, ("--set", "node_groups[0].uplink.bandwidth_trace=bom.csv"), 6, 0, ALLPAIRS_S),
+    # a bandwidth given over a traced group's uplink for one node, and by --set for all: the group's period goes with
+    # its trace (it was "repeats a capacity trace, but no bandwidth_trace is given", for a period the user cannot
+    # unset). c1 at 10 Mbps, each way two messages at 5 Mbps: 2 x (1 ms + 624 / 1e7 + 1 ms + 624 / 1e8) + 108,560 /
+    # 5e6 + 2 ms + 12,304 / 1e8 = 0.02797232 s; everyone at 100 Mbps: the plain all-pairs time
+    (BASE.replace('bandwidth = "100 Mbps", ', 'bandwidth_trace = "one.csv", bandwidth_trace_period = "1 s", ')
+     + '\n[node_overrides.c1]\nuplink.bandwidth = "10 Mbps"\n', (), 6, 0, 0.02797232),
+    (BASE.replace('bandwidth = "100 Mbps", ', 'bandwidth_trace = "ok.csv", bandwidth_trace_period = "1 s", '),
+     ("--set", "node_groups[0].uplink.bandwidth=100 Mbps"), 6, 0, ALLPAIRS_S),
     # a whole trace of one row is a constant capacity; repeated every microsecond it still is
     (BASE.replace('bandwidth = "100 Mbps", ', 'bandwidth_trace = "one.csv", bandwidth_trace_period = "1 us", '), (),
      6, 0, ALLPAIRS_S),
