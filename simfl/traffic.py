@@ -88,9 +88,12 @@ def wire_rate(flow: Traffic, network: NetworkParams) -> float:
 def check_control_load(scenario: Scenario) -> None:
     """Refuse control flows without a stop whose long-run wire rates, summed per link direction or cell on their
     routes, reach its long-run capacity: strict priority gives them all of it for ever, so every other flow there
-    starves and the run never ends (flows with a stop end, and the rest then drains)."""
-    topo = Topology.from_scenario(scenario)
-    capacity = {r.id: r.trace.long_run() if r.trace is not None else r.capacity_bps for r in topo.resources}
+    starves and the run never ends (flows with a stop end, and the rest then drains). The routes are those of the
+    long run: over what stays up once the outages that never end have begun."""
+    whole = Topology.from_scenario(scenario)
+    capacity = {r.id: r.trace.long_run() if r.trace is not None else r.capacity_bps for r in whole.resources}
+    topo = whole.without_edges(frozenset(e for f, edges in whole.faults if f.every is None and math.isinf(f.up)
+                                         for e in edges))
     load: dict[str, float] = {}
     users: dict[str, list[int]] = {}
     where: dict[str, str] = {}
@@ -98,7 +101,7 @@ def check_control_load(scenario: Scenario) -> None:
         if flow.priority != "control" or flow.stop is not None:
             continue
         rate = wire_rate(flow, scenario.network)
-        for hop in topo.route_tuple(flow.src, flow.dst):
+        for hop in topo.route_or_none(flow.src, flow.dst) or ():  # no route: its frames are lost, or given up on
             load[hop.resource] = load.get(hop.resource, 0.0) + rate
             users.setdefault(hop.resource, []).append(i)
             where.setdefault(hop.resource, f"cell {hop.link}" if hop.medium == "cell" else

@@ -236,6 +236,13 @@ CASES = {
     "control-flows-together": Bad('traffic[0] = "a" and traffic[1] = "b": control traffic without a stop sends '
                                   "101.129 Mbit/s", BASE + CBR.format(name="a", rate="48 Mbps")
                                   + CBR.format(name="b", rate="48 Mbps")),
+    # c0's own link down for good: its 100 Mbps control flow goes over the 50 Mbps backup link, for ever (it ran for
+    # ever: the check looked at the routes before the outage)
+    "control-over-the-backup-link": Bad(
+        'traffic[0] = "ctl": control traffic without a stop sends 105.342 Mbit/s on the wire (headers included) '
+        "through c1>c0 (link c0-c1), whose capacity is 50 Mbit/s",
+        BASE + LINK + 'bandwidth = "50 Mbps"\nlatency = "5 ms"\n' + CBR.format(name="ctl", rate="100 Mbps")
+        + '\n[[faults]]\nlink = "c0-s1"\ndown = 0\n'),
     # ------------------------------------------------------------------------------------ send orders
     "send-order-typo": Bad("synthetic.send_order = \"rotate\": must be one of id, rotated, random; did you mean "
                            "'rotated'?", BASE + '\n[synthetic]\nsend_order = "rotate"\n'),
