@@ -10,6 +10,8 @@ Then inputs that look odd but mean something: they must run, and give what a han
 
 from __future__ import annotations
 
+import builtins
+import errno
 import importlib.util
 import json
 import os
@@ -19,6 +21,7 @@ from pathlib import Path
 import pytest
 from test_config import BASE  # switch s1, server srv (1 Gbps, 0.5 ms), clients c0 .. c2 (100 Mbps, 1 ms)
 
+import simfl.linkmodels
 from simfl.cli import main
 
 LINK = '\n[[links]]\na = "c0"\nb = "c1"\n'  # a direct c0-c1 link (1 ms less than through s1: routes use it)
@@ -415,3 +418,22 @@ def test_control_traffic_over_capacity_with_a_stop_runs_and_drains(tmp_path, cap
     assert s["background"]["ctl"]["with_fl"]["frames"] == 1713
     assert s["background"]["ctl"]["with_fl"]["lost"] == 0
     assert 0.21077752 < s["totals"]["sim_time_s"] < 0.21077752 + ALLPAIRS_S
+
+
+def test_an_unreadable_trace_file(tmp_path, monkeypatch, capsys) -> None:
+    """A trace the user may not read: chmod 000 where permissions bind; for root, who reads through them, the
+    kernel's answer (EACCES on open) stands in."""
+    trace = tmp_path / "secret.csv"
+    trace.write_text("0,1e6\n")
+    trace.chmod(0)
+    if os.access(trace, os.R_OK):  # root
+        real = builtins.open
+
+        def denied(file, *a, **k):
+            if Path(file) == trace:
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(file))
+            return real(file, *a, **k)
+
+        monkeypatch.setattr(simfl.linkmodels, "open", denied, raising=False)
+    _, line = run_error(BASE + TRACE.format("secret.csv"), (), tmp_path, capsys)
+    assert f'links[0].bandwidth_trace = "secret.csv": cannot read {trace}: Permission denied' in line
