@@ -59,9 +59,10 @@ pcap (libpcap classic format, readable by tshark / Wireshark / tcpdump / scapy)
 
     One file for the whole network (default `RUN/export/network.pcap`), or with `--per-link` one file per link
     direction and one per shared cell (a cell is one channel, so all its hops share one file, like a monitor-mode
-    capture), in the order and with the bytes of links.parquet (default directory `RUN/export/pcap/`, files
-    `<link>.<sender>.pcap` for a link direction and `<cell>.pcap` for a cell, plus `index.csv` with file, link,
-    medium, src, dst, packets, bytes, and `hosts`). Like ns-3's per-device pcaps: a packet that crosses three
+    capture; a cell with a channel per direction has one file per channel), in the order and with the bytes of
+    links.parquet (default directory `RUN/export/pcap/`, files `<link>.<sender>.pcap` for a link direction,
+    `<cell>.pcap` for a cell, `<cell>.up.pcap` and `<cell>.down.pcap` for its channels, plus `index.csv` with file,
+    link, medium, src, dst, packets, bytes, and `hosts`). Like ns-3's per-device pcaps: a packet that crosses three
     links is in three files. --force overwrites the files an export writes (other files in a per-link directory
     stay).
 
@@ -625,9 +626,11 @@ def export_pcap(run_dir: str | Path, out: str | Path | None = None, *, per_link:
         write_pcap(out, pk, snaplen)
         files.append(out)
     else:
-        names = [f"{r.link}.pcap" if r.medium == "cell" else f"{r.link}.{r.src}.pcap" for r in resources]
-        if len(set(names)) != len(names):
-            raise SimflError("link and cell names give clashing per-link file names")
+        names = [_link_file(r) for r in resources]
+        clash = next((n for i, n in enumerate(names) if n in names[:i]), None)
+        if clash is not None:
+            raise SimflError(f"two link directions or cells would both be written to {out / clash} (names with "
+                             "'.' can meet so); rename one of the links or cells")
         _mkdir(out)
         flat, offsets = pcap_records(pk, snaplen)
         bounds = np.searchsorted(pk.group, np.arange(len(resources) + 1))
@@ -648,6 +651,15 @@ def export_pcap(run_dir: str | Path, out: str | Path | None = None, *, per_link:
     _write_atomic(hosts, [_hosts_text(topo).encode()])
     return {"out": out, "files": files, "packets": len(pk), "bytes": int(pk.orig_len.sum()),
             "extra_header_bytes": max(trace_h, IP_UDP_HEADER) - trace_h, "hosts": hosts}
+
+
+def _link_file(r) -> str:
+    """The per-link file of a resource: <link>.<sender>.pcap for a link direction, <cell>.pcap for a shared cell,
+    <cell>.up.pcap / <cell>.down.pcap for a cell with a channel per direction."""
+    if r.medium != "cell":
+        return f"{r.link}.{r.src}.pcap"
+    way = r.id.rsplit(":", 1)[-1]
+    return f"{r.link}.{way}.pcap" if way in ("up", "down") else f"{r.link}.pcap"
 
 
 def export_table(run_dir: str | Path, fmt: str, out: str | Path | None = None, *, force: bool = False) -> Path:

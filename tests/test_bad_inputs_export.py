@@ -307,3 +307,21 @@ def test_pcap_of_an_imperfect_run(imperfect_run, tmp_path, capsys):
     assert per_file.pop("c0-c1.c0.pcap") == per_file.pop("c0-c1.c1.pcap") == 0
     assert {f: n for f, n in per_file.items() if n} == {"c0-s1.c0.pcap": 14, "c0-s1.s1.pcap": 14,
                                                          "c1-s1.c1.pcap": 14, "c1-s1.s1.pcap": 14}
+
+
+def test_per_link_pcap_of_a_cell_with_a_channel_per_direction(tmp_path, capsys):
+    """Its two channels were both named <cell>.pcap, and the export stopped on "clashing per-link file names".
+    Two stations of one FDD cell exchange a 3,000-byte message each way (3 packets): each message crosses the up
+    channel once and the down channel once, so each channel's file holds 6 records."""
+    sc = {"name": "fdd", "workload": "synthetic",
+          "nodes": [{"name": "ap1", "kind": "ap"}, {"name": "w0", "kind": "client", "cell": "w"},
+                    {"name": "w1", "kind": "client", "cell": "w"}],
+          "cells": [{"name": "w", "ap": "ap1", "bandwidth_up": "10 Mbps", "bandwidth_down": "20 Mbps"}],
+          "synthetic": {"message_bytes": 3000, "pattern": ["allpairs"]}}
+    run = tmp_path / "run"
+    run_scenario(scenario_from_dict(sc, source="<fdd>"), run, progress=False)
+    assert main(["export", str(run), "--format", "pcap", "--per-link"]) == 0, capsys.readouterr().err
+    index = pl.read_csv(run / "export" / "pcap" / "index.csv")
+    assert dict(zip(index["file"], index["packets"])) == {"w.up.pcap": 6, "w.down.pcap": 6}
+    assert sorted(p.name for p in (run / "export" / "pcap").iterdir()) == ["hosts", "index.csv", "w.down.pcap",
+                                                                          "w.up.pcap"]
