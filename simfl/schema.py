@@ -48,7 +48,7 @@ RATE, TIME, SIZE, FLOPS = "rate", "time", "size", "flops"
 # quantity kind -> (parser, formatter, noun in messages, unit of a bare number)
 _QUANTITY: dict[str, tuple[Callable[[Any], float], Callable[[float], str], str, str]] = {
     RATE: (units.parse_rate, units.format_rate, "bandwidth", "bit/s"),
-    TIME: (units.parse_time, units.format_time, "latency", "seconds"),
+    TIME: (units.parse_time, units.format_time, "time", "seconds"),
     SIZE: (units.parse_size, units.format_size, "size", "bytes"),
     FLOPS: (units.parse_flops, units.format_flops, "compute speed", "FLOP/s"),
 }
@@ -172,7 +172,7 @@ class Map:
 Entry = Key | Table | Array | Map
 
 # ----------------------------------------------------------------------------------------------------- the tables
-_LATENCY = dict(lo=0.0, hi=MAX_LATENCY)
+_LATENCY = dict(lo=0.0, hi=MAX_LATENCY, noun="latency")
 _SEED = dict(lo=0, hi=MAX_SEED, why="seeds are 32-bit: 0 .. 2^32 - 1")
 _BANDWIDTH = dict(lo=MIN_BANDWIDTH, hi=MAX_BANDWIDTH)
 _SPEED = dict(lo=MIN_FLOPS, hi=MAX_FLOPS)
@@ -206,7 +206,7 @@ def _medium(shared: str, up: str, down: str) -> tuple[Entry, ...]:
         Key("loss_down", FLOAT, None, f"packet loss probability {down}", **_LOSS),
         BURST_LOSS,
         Key("jitter", TIME, 0.0, "mean extra delay per hop, drawn per message (network.jitter_distribution)",
-            **_LATENCY, noun="jitter"),
+            **{**_LATENCY, "noun": "jitter"}),
         Key("bandwidth_trace", STR, None, "capacity over time instead of bandwidth: a CSV file of "
             "time_s,bandwidth_bps rows (path relative to the scenario file)"),
         Key("bandwidth_trace_up", STR, None, f"capacity trace {up}"),
@@ -247,12 +247,9 @@ NETWORK = Table("network", (
         "TCP, finite queues, drops; needs the ns3 package)", choices=NETWORK_MODELS),
     Key("host_qdisc", STR, "fq", "ns3: the hosts' queue discipline (fq: per-flow fair queueing as Linux's "
         "fq_codel without its drops; fq_codel; fifo)", choices=HOST_QDISCS),
-    Key("min_rto", TIME, 0.2, "ns3: TCP's minimum retransmission timeout (Linux: 200 ms)", lo=0.001, hi=60.0,
-        noun="time"),
-    Key("delayed_ack", TIME, 0.04, "ns3: TCP's delayed-ACK timeout (Linux: 40 ms)", lo=0.001, hi=1.0,
-        noun="time"),
-    Key("syn_timeout", TIME, 1.0, "ns3: TCP's first SYN retransmission timeout (Linux: 1 s)", lo=0.001, hi=60.0,
-        noun="time"),
+    Key("min_rto", TIME, 0.2, "ns3: TCP's minimum retransmission timeout (Linux: 200 ms)", lo=0.001, hi=60.0),
+    Key("delayed_ack", TIME, 0.04, "ns3: TCP's delayed-ACK timeout (Linux: 40 ms)", lo=0.001, hi=1.0),
+    Key("syn_timeout", TIME, 1.0, "ns3: TCP's first SYN retransmission timeout (Linux: 1 s)", lo=0.001, hi=60.0),
 ), "packetisation of every message, the transport's handshake and give-up, and the network backend")
 
 EXPERIMENT = Table("experiment", (
