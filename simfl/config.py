@@ -39,7 +39,7 @@ from simfl.schema import (
     MAX_SEED,
     MESSAGE_BYTES_IN_MEMORY,
     MIN_BANDWIDTH,
-    MIN_FRAME_GAP,
+    MIN_INTERVAL,
     NETWORK,
     NODE_KINDS,
     SCENARIO,
@@ -293,13 +293,38 @@ def _compute(ck: Checker, t: Mapping[str, Any], where: str, profiles: Mapping[st
         s.flops, s.profile = t["flops"], None
 
 
+# Keys that stand for each other: one given over another (by --set, or in [node_overrides] over a group's uplink)
+# drops it, so that the override gives the loss model or the capacity. In one table, giving both is an error.
+_REPLACES = {"loss": ("burst_loss",), "loss_up": ("burst_loss",), "loss_down": ("burst_loss",),
+             "burst_loss": ("loss", "loss_up", "loss_down"),
+             "bandwidth": ("bandwidth_trace",), "bandwidth_trace": ("bandwidth",),
+             "bandwidth_up": ("bandwidth_trace_up",), "bandwidth_trace_up": ("bandwidth_up",),
+             "bandwidth_down": ("bandwidth_trace_down",), "bandwidth_trace_down": ("bandwidth_down",)}
+
+
+def _drop_orphan_period(table: dict[str, Any], given: Iterable[str]) -> None:
+    """Drop the trace period of `table` when the keys `given` replaced its last trace by a bandwidth (and did not
+    give a period themselves)."""
+    if (any(k in ("bandwidth", "bandwidth_up", "bandwidth_down") for k in given)
+            and "bandwidth_trace_period" not in given and not any(table.get(k) is not None for k in _TRACE_KEYS)):
+        table.pop("bandwidth_trace_period", None)
+
+
 def _uplink(ck: Checker, t: Mapping[str, Any] | None, where: str, base: dict[str, Any] | None) -> dict[str, Any]:
     """A validated uplink table (partial in overrides) on top of `base` (its bandwidth is checked by `_Media`)."""
     up = dict(base) if base else {"latency": 0.0, "name": None}
-    for k, v in (t or {}).items():
+    t = t or {}
+    for k in t if base else ():
+        if k != "burst_loss" or not isinstance(up.get(k), dict):
+            for alt in _REPLACES.get(k, ()):
+                up[alt] = None
+    for k, v in t.items():
         if k == "burst_loss" and isinstance(up.get(k), dict) and isinstance(v, dict):
             v = {**up[k], **v}
         up[k] = (v, f"{where}.to") if k == "to" else v
+    if base:
+        _drop_orphan_period(up, t)
+        up["inherits"] = base["key"]  # where the values the override leaves were given (for messages)
     if up.get("to") is None:
         ck.fail_key(f"{where}.to", "missing (an uplink needs the node it connects to and a bandwidth)")
     up["key"] = where
@@ -433,7 +458,7 @@ class _Media:
         period = t.get("bandwidth_trace_period")
         up, down = (self._direction(t, where, d, period) for d in ("up", "down"))
         if period is not None and up.trace is None and down.trace is None:
-            ck.fail(f"{where}.bandwidth_trace_period", ck.given[f"{where}.bandwidth_trace_period"],
+            ck.fail(*self._named(t, where, "bandwidth_trace_period"),
                     "repeats a capacity trace, but no bandwidth_trace is given")
         out: dict[str, Any] = {"bandwidth_bps": up.bandwidth_bps, "latency_s": up.latency_s, "loss": up.loss,
                                "trace": up.trace, "reverse": None if down == up else down,
@@ -455,7 +480,7 @@ class _Media:
         if key is None:
             ck.fail_key(f"{where}.bandwidth", "missing (required: each direction's capacity; or give bandwidth_up "
                         "and bandwidth_down, or a bandwidth_trace)")
-        trace = self._trace(t[key], f"{where}.{key}", period) if "trace" in key else None
+        trace = self._trace(t, where, key) if "trace" in key else None
         bandwidth = trace.rates[0] if trace is not None else t[key]
         latency = t.get(f"latency_{d}")
         return Direction(bandwidth, latency if latency is not None else t.get("latency") or 0.0,
@@ -478,23 +503,35 @@ class _Media:
                     f"gap) = {loss.rate:.4g} is above {MAX_LOSS}")
         return loss
 
-    def _trace(self, value: str, key: str, period: float | None) -> CapacityTrace:
+    def _named(self, t: Mapping[str, Any], where: str, k: str) -> tuple[str, Any]:
+        """The dotted key of t's key k and its value as written: given at `where`, or in the table t inherits from
+        (an override's group)."""
+        for w in (where, t.get("inherits")):
+            if w is not None and f"{w}.{k}" in self.ck.given:
+                return f"{w}.{k}", self.ck.given[f"{w}.{k}"]
+        return f"{where}.{k}", t[k]
+
+    def _trace(self, t: Mapping[str, Any], where: str, k: str) -> CapacityTrace:
+        """The capacity trace of t's key k (a bandwidth_trace key) with t's period, its file read once."""
         ck = self.ck
+        value, key, period = t[k], f"{where}.{k}", t.get("bandwidth_trace_period")
         path = os.path.abspath(self.folder / Path(value).expanduser())
-        where = path if path.isprintable() else show(path)  # user input: the message must stay one line
+        shown = path if path.isprintable() else show(path)  # user input: the message must stay one line
         if path not in self._read:
             try:
-                self._read[path] = read_trace(path, MIN_BANDWIDTH, MAX_BANDWIDTH)
-            except (FileNotFoundError, IsADirectoryError):
-                ck.fail(key, value, f"no such trace file ({where})")
+                self._read[path] = read_trace(path, MIN_BANDWIDTH, MAX_BANDWIDTH, MIN_INTERVAL)
+            except FileNotFoundError:
+                ck.fail(key, value, f"no such trace file ({shown})")
+            except IsADirectoryError:
+                ck.fail(key, value, f"{shown} is a folder; give a CSV file of time_s,bandwidth_bps rows")
             except ValueError as e:
-                ck.fail(key, value, f"{where}: {e}")
-            except (OSError, UnicodeDecodeError) as e:
-                ck.fail(key, value, f"cannot read {where}: {e}")
+                ck.fail(key, value, f"{shown}: {e}")
+            except OSError as e:
+                ck.fail(key, value, f"cannot read {shown}: {e.strerror or e}")
         times, rates = self._read[path]
         if period is not None and period <= times[-1]:
-            pkey = key.rsplit(".", 1)[0] + ".bandwidth_trace_period"
-            ck.fail(pkey, ck.given[pkey], f"must exceed the trace's last time ({times[-1]:g} s in {where})")
+            ck.fail(*self._named(t, where, "bandwidth_trace_period"), f"must exceed the trace's last time "
+                    f"({times[-1]:g} s in {shown})")
         return CapacityTrace(path, times, rates, period)
 
 
@@ -793,8 +830,8 @@ def _frames_fit(ck: Checker, flows: list[Traffic]) -> None:
         elif f.gap is None:
             frames.append(1)
         else:
-            share = f.on / (f.on + f.off) if f.kind == "onoff" else 1.0  # type: ignore[operator]
-            frames.append(math.ceil((f.stop - f.start) * share / f.gap))
+            cycle, per_cycle = (f.on + f.off, math.ceil(f.on / f.gap)) if f.kind == "onoff" else (f.gap, 1)  # type: ignore[operator]
+            frames.append(math.ceil((f.stop - f.start) / cycle) * per_cycle)
     need, have = 2 * sum(frames) * MESSAGE_BYTES_IN_MEMORY, physical_memory()
     if frames and need > have:
         i = max(range(len(frames)), key=frames.__getitem__)
@@ -823,9 +860,14 @@ def _flow(ck: Checker, t: dict[str, Any], w: str, network: NetworkParams) -> Tra
     flow = Traffic(t["name"], t["src"], t["dst"], kind, t["priority"],
                    t["transport"] or ("tcp" if kind == "bulk" else "datagram"), t["start"], t["stop"], t["rate"],
                    packet, t["bytes"], t["period"], t["on"], t["off"], t["every"])
-    if kind in ("cbr", "onoff") and flow.gap < MIN_FRAME_GAP:  # type: ignore[operator]
-        ck.fail(f"{w}.rate", ck.given[f"{w}.rate"], f"sends a frame of {packet:,} bytes every {flow.gap:.3g} s; "
-                f"frames must be at least {units.format_time(MIN_FRAME_GAP)} apart: give a larger packet")
+    gap = flow.gap
+    if kind in ("cbr", "onoff") and gap < MIN_INTERVAL:  # type: ignore[operator]
+        ck.fail(f"{w}.rate", ck.given[f"{w}.rate"], f"sends a frame of {packet:,} bytes every {gap:.3g} s; "
+                f"frames must be at least {units.format_time(MIN_INTERVAL)} apart: give a larger packet")
+    if kind == "onoff" and t["on"] < gap:
+        ck.fail(f"{w}.on", ck.given[f"{w}.on"], f"is shorter than the gap between two frames at this rate "
+                f"({units.format_time(gap)}: {packet:,} bytes at {units.format_rate(t['rate'])}), so each on period "  # type: ignore[arg-type]
+                "would send one frame, faster than the rate; give a longer on, a higher rate or a smaller packet")
     return flow
 
 
@@ -837,7 +879,6 @@ def _network(ck: Checker, t: dict[str, Any]) -> NetworkParams:
 
 # ---------------------------------------------------------------------------------------------- overrides / load
 _SEG = re.compile(r"^([^.\[\]]+)((?:\[(?:\d+|\*)\])*)$")
-_LOSS_KEYS = ("loss", "loss_up", "loss_down")
 
 
 def _parse_value(raw: str) -> Any:
@@ -938,11 +979,9 @@ def _set(d: dict[str, Any], key: str, value: Any, head: str) -> None:
         if not idxs:
             if last:
                 node[name] = value
-                if name in _LOSS_KEYS:  # the override gives the loss model
-                    node.pop("burst_loss", None)
-                elif name == "burst_loss":
-                    for k in _LOSS_KEYS:
-                        node.pop(k, None)
+                for k in _REPLACES.get(name, ()):  # the override gives the loss model, the capacity
+                    node.pop(k, None)
+                _drop_orphan_period(node, (name,))
                 return
             node = node.setdefault(name, {})
             continue

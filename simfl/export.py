@@ -66,14 +66,17 @@ pcap (libpcap classic format, readable by tshark / Wireshark / tcpdump / scapy)
 
     One file for the whole network (default `RUN/export/network.pcap`), or with `--per-link` one file per link
     direction and one per shared cell (a cell is one channel, so all its hops share one file, like a monitor-mode
-    capture), in the order and with the bytes of links.parquet (default directory `RUN/export/pcap/`, files
-    `<link>.<sender>.pcap` for a link direction and `<cell>.pcap` for a cell, plus `index.csv` with file, link,
-    medium, src, dst, packets, bytes, and `hosts`). Like ns-3's per-device pcaps: a packet that crosses three
+    capture; a cell with a channel per direction has one file per channel), in the order and with the bytes of
+    links.parquet (default directory `RUN/export/pcap/`, files `<link>.<sender>.pcap` for a link direction,
+    `<cell>.pcap` for a cell, `<cell>.up.pcap` and `<cell>.down.pcap` for its channels, plus `index.csv` with file,
+    link, medium, src, dst, packets, bytes, and `hosts`). Like ns-3's per-device pcaps: a packet that crosses three
     links is in three files. --force overwrites the files an export writes (other files in a per-link directory
     stay).
 
 Routes come from the run's resolved `scenario.toml` (`Topology.from_scenario`); the export checks that each
-message's hop count and wire bytes agree with that scenario.
+message's hop count and wire bytes agree with that scenario. With [[faults]] a message's route is the one over what
+was up just before its transmission ended (where the trace counts it); a message rerouted during its transmission
+is shown on that last route with all its packets.
 
 Bad input (run directory missing or incomplete, files missing, unknown format, output that exists without
 --force, an output path that cannot be written: read-only, under a file, disk full, ...) raises `SimflError` naming
@@ -258,9 +261,27 @@ class Routes:
     hop_sf: np.ndarray  # float64 per hop j: store-and-forward of hops 0..j (s per bit)
 
 
+def _fault_states(df: pl.DataFrame, topology) -> tuple[np.ndarray, list]:
+    """Per message the index of the topology it was routed on, and those topologies: with [[faults]], the one
+    without the edges down just before its transmission ended (the route it finished on, the one the trace
+    counts); without, the whole topology for all."""
+    if not topology.faults or df.height == 0:
+        return np.zeros(df.height, np.int64), [topology]
+    t0 = df["t_start"].to_numpy().astype(np.float64)
+    t1 = df["t_tx"].to_numpy().astype(np.float64)
+    tol = 1e-12 * (1.0 + t1)
+    at = np.where(t1 - tol > t0, t1 - tol, t0 + tol)  # after an edge at t_start, before one at t_tx
+    downs: dict[frozenset, int] = {}
+    idx = [downs.setdefault(frozenset(e for f, edges in topology.faults if f.is_down(t) for e in edges), len(downs))
+           for t in at.tolist()]
+    return np.asarray(idx, np.int64), [topology.without_edges(d) for d in downs]
+
+
 def _routes(df: pl.DataFrame, topology, resource_index: dict[str, int]) -> Routes:
-    """Route of every message from the topology, computed once per distinct (src, dst) pair; the per-hop terms
-    are `simfl.network.pipeline_offsets`, the network's own."""
+    """Route of every message from the topology (with [[faults]]: over what was up, `_fault_states`), computed
+    once per distinct (state, src, dst); the per-hop terms are `simfl.network.pipeline_offsets`, the network's
+    own."""
+    state, topos = _fault_states(df, topology)
     nodes = list(topology.nodes)
     code = {n: i for i, n in enumerate(nodes)}
     unknown = sorted((set(df["src"].unique().to_list()) | set(df["dst"].unique().to_list())) - set(code))
@@ -272,16 +293,15 @@ def _routes(df: pl.DataFrame, topology, resource_index: dict[str, int]) -> Route
     codes = pl.Series(np.arange(nn, dtype=np.int64))
     s = df["src"].replace_strict(names, codes, return_dtype=pl.Int64).to_numpy()
     d = df["dst"].replace_strict(names, codes, return_dtype=pl.Int64).to_numpy()
-    upairs, inv = np.unique(s * nn + d, return_inverse=True)
+    upairs, inv = np.unique((state * nn + s) * nn + d, return_inverse=True)
     p_start: list[int] = []
     p_count: list[int] = []
     res: list[int] = []
     lat_before: list[float] = []
     sf: list[float] = []
-    route = topology.route_tuple
     for pc in upairs.tolist():
-        src, dst = nodes[pc // nn], nodes[pc % nn]
-        hops = route(src, dst) if src != dst else ()
+        src, dst = nodes[pc // nn % nn], nodes[pc % nn]
+        hops = (topos[pc // (nn * nn)].route_or_none(src, dst) or ()) if src != dst else ()
         p_start.append(len(res))
         p_count.append(len(hops))
         lat, hop_sf = pipeline_offsets(hops)
@@ -582,6 +602,9 @@ def _check_out(out: Path, force: bool, *, directory: bool, sources: Sequence[Pat
             raise SimflError(f"{out}: exists and is not a directory (per-link export writes a directory)")
         if not directory and out.is_dir():
             raise SimflError(f"{out}: is a directory; give a file path for --out")
+        if not directory and (out.is_symlink() or not out.is_file()):  # the rename would replace the link, device
+            raise SimflError(f"{out}: is not a regular file (a link, device, pipe or socket), and an export replaces "
+                             "what is there with a new file; give the path of a regular file for --out")
         try:
             if directory and not any(out.iterdir()):
                 return
@@ -632,9 +655,11 @@ def export_pcap(run_dir: str | Path, out: str | Path | None = None, *, per_link:
         write_pcap(out, pk, snaplen)
         files.append(out)
     else:
-        names = [f"{r.link}.pcap" if r.medium == "cell" else f"{r.link}.{r.src}.pcap" for r in resources]
-        if len(set(names)) != len(names):
-            raise SimflError("link and cell names give clashing per-link file names")
+        names = [_link_file(r) for r in resources]
+        clash = next((n for i, n in enumerate(names) if n in names[:i]), None)
+        if clash is not None:
+            raise SimflError(f"two link directions or cells would both be written to {out / clash} (names with "
+                             "'.' can meet so); rename one of the links or cells")
         _mkdir(out)
         flat, offsets = pcap_records(pk, snaplen)
         bounds = np.searchsorted(pk.group, np.arange(len(resources) + 1))
@@ -655,6 +680,15 @@ def export_pcap(run_dir: str | Path, out: str | Path | None = None, *, per_link:
     _write_atomic(hosts, [_hosts_text(topo).encode()])
     return {"out": out, "files": files, "packets": len(pk), "bytes": int(pk.orig_len.sum()),
             "extra_header_bytes": max(trace_h, IP_UDP_HEADER) - trace_h, "hosts": hosts}
+
+
+def _link_file(r) -> str:
+    """The per-link file of a resource: <link>.<sender>.pcap for a link direction, <cell>.pcap for a shared cell,
+    <cell>.up.pcap / <cell>.down.pcap for a cell with a channel per direction."""
+    if r.medium != "cell":
+        return f"{r.link}.{r.src}.pcap"
+    way = r.id.rsplit(":", 1)[-1]
+    return f"{r.link}.{way}.pcap" if way in ("up", "down") else f"{r.link}.pcap"
 
 
 def export_table(run_dir: str | Path, fmt: str, out: str | Path | None = None, *, force: bool = False) -> Path:

@@ -30,17 +30,21 @@ charged packet is a full (first) packet of the message.
 Jitter: a hop with jitter J adds to each message's delivery an extra delay drawn per message and hop, of mean J:
 uniform on [0, 2 J) or exponential (`network.jitter_distribution`).
 
-Capacity traces: a CSV file of change points `time_s,bandwidth_bps` (first time 0, times increasing); the
-capacity is piecewise constant: a row's bandwidth holds from its time to the next row's. After the last row it
-holds for ever, or with a period the whole trace repeats (the period must exceed the last time).
+Capacity traces: a CSV file of change points `time_s,bandwidth_bps` (first time 0, times increasing, at least
+`simfl.schema.MIN_INTERVAL` = 1 us apart); the capacity is piecewise constant: a row's bandwidth holds from its time
+to the next row's. After the last row it holds for ever, or with a period the whole trace repeats (the period must
+exceed the last time, and be at least 1 us).
 """
 
 from __future__ import annotations
 
+import errno
 import math
+import os
 import random
+import stat
 from bisect import bisect_right
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,18 +171,28 @@ class CapacityTrace:
             total += self.rates[j] * (end - self.times[j])
         return total
 
+    def long_run(self) -> float:
+        """The mean capacity in the long run: over one period, or the last value (which holds for ever)."""
+        return self.integral(self.period) / self.period if self.period is not None else self.rates[-1]
+
     def mean(self, t: float) -> float:
         """The mean capacity over [0, t] (the value at 0 when t = 0)."""
         return self.integral(t) / t if t > 0.0 else self.rates[0]
 
 
-def read_trace(path: str | Path, lo: float, hi: float) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The change points of a capacity trace file; ValueError("line N: ...") for a malformed one. Lines starting
-    with '#' are comments; the first other line may be the header "time_s,bandwidth_bps"."""
+def read_trace(path: str | Path, lo: float, hi: float,
+               step: float = 0.0) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The change points of a capacity trace file: bandwidths in [lo, hi] bit/s, times at least `step` s apart;
+    ValueError("line N: ...") for a malformed one. Lines starting with '#' are comments; the first other line may
+    be the header "time_s,bandwidth_bps"."""
+    if not stat.S_ISREG(os.stat(path).st_mode):  # a folder, or a pipe or device that open() could wait on for ever
+        if os.path.isdir(path):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        raise ValueError(f"not a regular file (a device, pipe or socket); expected a CSV file of {TRACE_HEADER}")
     times: list[float] = []
     rates: list[float] = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
+    with open(path, encoding="utf-8-sig") as fh:  # -sig: a byte-order mark, as spreadsheets save CSV, is dropped
+        for n, line in enumerate(_text_lines(fh), 1):
             s = line.strip()
             if not s or s.startswith("#") or (not times and s.replace(" ", "") == TRACE_HEADER):
                 continue
@@ -195,6 +209,9 @@ def read_trace(path: str | Path, lo: float, hi: float) -> tuple[tuple[float, ...
                 raise ValueError(f"line {n}: the first change point must be at time 0 (got {t:g})")
             if times and t <= times[-1]:
                 raise ValueError(f"line {n}: times must increase ({t:g} after {times[-1]:g})")
+            if times and t - times[-1] < step:
+                raise ValueError(f"line {n}: change points must be at least {step:g} s apart ({t:g} after "
+                                 f"{times[-1]:g})")
             if not lo <= r <= hi:
                 raise ValueError(f"line {n}: bandwidth {r:g} bit/s is outside {lo:g} .. {hi:g} bit/s")
             if len(times) >= MAX_TRACE_ROWS:
@@ -204,3 +221,11 @@ def read_trace(path: str | Path, lo: float, hi: float) -> tuple[tuple[float, ...
     if not times:
         raise ValueError(f"no change points (expected lines of {TRACE_HEADER})")
     return tuple(times), tuple(rates)
+
+
+def _text_lines(fh: Iterable[str]) -> Iterator[str]:
+    """The lines of a text file; ValueError for one that is not UTF-8 text."""
+    try:
+        yield from fh
+    except UnicodeDecodeError as e:
+        raise ValueError(f"not a text file ({e.reason} at byte {e.start}); expected lines of {TRACE_HEADER}") from None

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from simfl.config import DEFAULT_SCENARIO, Scenario, load_scenario
+from simfl.config import DEFAULT_SCENARIO, Scenario, ScenarioError, load_scenario
 from simfl.errors import SimflError, os_error_of
 from simfl.incast import fluid_findings, warn_incast
 from simfl.progress import Progress, make_progress
@@ -36,7 +36,7 @@ from simfl.summary import SUMMARY_FILE, RunSummary, read_summary, summary_from_d
 from simfl.trace import write_frame, write_traces
 from simfl.world import World
 
-__all__ = ["run", "run_scenario", "run_cli", "default_run_dir", "INCOMPLETE", "LOCK"]
+__all__ = ["run", "run_scenario", "run_cli", "default_run_dir", "preflight", "INCOMPLETE", "LOCK"]
 
 INCOMPLETE = "INCOMPLETE"
 LOCK = ".simfl-lock"
@@ -149,6 +149,22 @@ def _remove(paths: list[Path]) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- the run
+def preflight(scenario: Scenario) -> None:
+    """What stops a valid scenario from running here, found before its folder is touched (ScenarioError): the ns3
+    backend without the ns3 package; control traffic that would starve the rest for ever."""
+    if scenario.network.model == "ns3":
+        from simfl.ns3 import available
+
+        if not available():
+            raise ScenarioError(f"{scenario.source or '<dict>'}: network.model = \"ns3\": the ns3 package (ns-3 "
+                                "with cppyy bindings) is not installed here: pip install ns3 (or pip install -e "
+                                ".[ns3]), or use network.model = \"fluid\"")
+    if scenario.traffic:
+        from simfl.traffic import check_control_load
+
+        check_control_load(scenario)
+
+
 def run(scenario: Scenario, out_dir: str | Path, progress: bool | Progress = True, *,
         force: bool = False) -> RunSummary:
     """Run `scenario` into the run folder `out_dir` (see the module docstring); returns the summary it wrote.
@@ -156,6 +172,7 @@ def run(scenario: Scenario, out_dir: str | Path, progress: bool | Progress = Tru
     `progress`: a `Progress`, or True for one that suits stderr, False for none. `force`: replace a finished run.
     The old run's files go only after the new run's INCOMPLETE marker is written: a run stopped at any point leaves
     a folder that the next run empties."""
+    preflight(scenario)
     out = Path(out_dir)
     say = progress if isinstance(progress, Progress) else make_progress(quiet=not progress)
     with _locked(out), (contextlib.nullcontext() if say is progress else say):

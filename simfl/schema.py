@@ -27,7 +27,7 @@ from simfl.errors import SimflError
 
 __all__ = ["ScenarioError", "Key", "Table", "Array", "Map", "Checker", "SCENARIO", "model", "markdown", "toml_value",
            "NODE_KINDS", "SERVER_KINDS", "DETECTORS", "SPLITS", "PATTERNS", "WORKLOADS", "BASELINES",
-           "MAX_SEED", "REQUIRED", "MAX_LOSS", "TRAFFIC_KINDS", "PRIORITIES", "TRANSPORTS", "MIN_FRAME_GAP",
+           "MAX_SEED", "REQUIRED", "MAX_LOSS", "TRAFFIC_KINDS", "PRIORITIES", "TRANSPORTS", "MIN_INTERVAL",
            "TRAFFIC_KEYS"]
 
 
@@ -48,7 +48,7 @@ RATE, TIME, SIZE, FLOPS = "rate", "time", "size", "flops"
 # quantity kind -> (parser, formatter, noun in messages, unit of a bare number)
 _QUANTITY: dict[str, tuple[Callable[[Any], float], Callable[[float], str], str, str]] = {
     RATE: (units.parse_rate, units.format_rate, "bandwidth", "bit/s"),
-    TIME: (units.parse_time, units.format_time, "latency", "seconds"),
+    TIME: (units.parse_time, units.format_time, "time", "seconds"),
     SIZE: (units.parse_size, units.format_size, "size", "bytes"),
     FLOPS: (units.parse_flops, units.format_flops, "compute speed", "FLOP/s"),
 }
@@ -92,8 +92,10 @@ MAX_BUFFER = 10**9  # packets in one port's queue
 MAX_LOSS = 0.5  # packet loss per hop: beyond, TCP's loss-limited rate formula (Mathis) means nothing
 MAX_TIME = 365 * 86400.0  # s: outage times, one year
 MAX_GIVE_UP = 86400.0  # s: one day
-MIN_FRAME_GAP = 1e-6  # s: a background flow sends at most one frame a microsecond (PROFINET IRT's shortest cycle
-#                       is 31.25 us); each frame is a message, so faster sources would cost events, not accuracy
+MIN_INTERVAL = 1e-6  # s: the shortest repeat: a background flow's frame gap, an outage's period and length, a
+#                      capacity trace's step and period (PROFINET IRT's shortest cycle is 31.25 us). Each repetition is
+#                      an event: a shorter one would cost events, not accuracy, and one below the float clock's
+#                      resolution (2e-16 s at 1 s) would stop simulated time
 
 
 @dataclass(frozen=True)
@@ -170,13 +172,14 @@ class Map:
 Entry = Key | Table | Array | Map
 
 # ----------------------------------------------------------------------------------------------------- the tables
-_LATENCY = dict(lo=0.0, hi=MAX_LATENCY)
+_LATENCY = dict(lo=0.0, hi=MAX_LATENCY, noun="latency")
 _SEED = dict(lo=0, hi=MAX_SEED, why="seeds are 32-bit: 0 .. 2^32 - 1")
 _BANDWIDTH = dict(lo=MIN_BANDWIDTH, hi=MAX_BANDWIDTH)
 _SPEED = dict(lo=MIN_FLOPS, hi=MAX_FLOPS)
 _LOSS = dict(lo=0.0, hi=MAX_LOSS, why="beyond, TCP's loss-limited rate formula means nothing")
 _MOMENT = dict(lo=0.0, hi=MAX_TIME, noun="time")
 _SPAN = dict(lo=0.0, hi=MAX_TIME, open_lo=True, noun="time")
+_INTERVAL = dict(lo=MIN_INTERVAL, hi=MAX_TIME, noun="time")
 
 BURST_LOSS = Table("burst_loss", (
     Key("good", FLOAT, 0.0, "packet loss probability in the good state", lo=0.0, hi=1.0, open_hi=True),
@@ -203,13 +206,13 @@ def _medium(shared: str, up: str, down: str) -> tuple[Entry, ...]:
         Key("loss_down", FLOAT, None, f"packet loss probability {down}", **_LOSS),
         BURST_LOSS,
         Key("jitter", TIME, 0.0, "mean extra delay per hop, drawn per message (network.jitter_distribution)",
-            **_LATENCY),
+            **{**_LATENCY, "noun": "jitter"}),
         Key("bandwidth_trace", STR, None, "capacity over time instead of bandwidth: a CSV file of "
             "time_s,bandwidth_bps rows (path relative to the scenario file)"),
         Key("bandwidth_trace_up", STR, None, f"capacity trace {up}"),
         Key("bandwidth_trace_down", STR, None, f"capacity trace {down}"),
         Key("bandwidth_trace_period", TIME, None, "repeat the traces with this period (unset: each trace's "
-            "last value holds)", **_SPAN),
+            "last value holds)", **_INTERVAL),
     )
 
 
@@ -340,8 +343,8 @@ _FAULT = Table("faults", (
     Key("node", NAME, None, "a node whose links and cell membership all go down"),
     Key("down", TIME, None, "one outage: when it begins", **_MOMENT),
     Key("up", TIME, None, "one outage: when it ends (unset: never)", **_MOMENT),
-    Key("every", TIME, None, "repeating outages: one begins every this long", **_SPAN),
-    Key("duration", TIME, None, "repeating outages: each lasts this long (less than every)", **_SPAN),
+    Key("every", TIME, None, "repeating outages: one begins every this long", **_INTERVAL),
+    Key("duration", TIME, None, "repeating outages: each lasts this long (less than every)", **_INTERVAL),
     Key("start", TIME, None, "repeating outages: when the first begins (unset: 0 s)", **_MOMENT),
     Key("until", TIME, None, "repeating outages: none begins at or after this (unset: they go on)", **_MOMENT),
 ))
@@ -363,11 +366,10 @@ _TRAFFIC = Table("traffic", (
     Key("packet", SIZE, None, "cbr, onoff: payload bytes per frame (unset: one MSS, mtu - ip_header_bytes)",
         lo=1, hi=MAX_MESSAGE_BYTES),
     Key("bytes", SIZE, None, "periodic: payload bytes per frame; bulk: per upload", lo=1, hi=MAX_MESSAGE_BYTES),
-    Key("period", TIME, None, "periodic: one frame every this long (the cycle time)", lo=MIN_FRAME_GAP,
-        hi=MAX_TIME, noun="time"),
-    Key("on", TIME, None, "onoff: how long each sending period lasts", **_SPAN),
-    Key("off", TIME, None, "onoff: how long each silent period lasts", **_SPAN),
-    Key("every", TIME, None, "bulk: one upload every this long from start (unset: one upload, at start)", **_SPAN),
+    Key("period", TIME, None, "periodic: one frame every this long (the cycle time)", **_INTERVAL),
+    Key("on", TIME, None, "onoff: how long each sending period lasts", **_INTERVAL),
+    Key("off", TIME, None, "onoff: how long each silent period lasts", **_INTERVAL),
+    Key("every", TIME, None, "bulk: one upload every this long from start (unset: one upload, at start)", **_INTERVAL),
 ))
 TRAFFIC_KEYS = {"cbr": ("rate", "packet"), "periodic": ("bytes", "period"), "onoff": ("rate", "packet", "on", "off"),
                 "bulk": ("bytes", "every")}  # the keys of each kind (the rest of the per-kind keys must be unset)
@@ -660,7 +662,9 @@ it equal to the code.
   otherwise kept as a string. `[*]` sets the key in every entry of the array: `--set 'cells[*].loss=0.02'`,
   `--set 'traffic[*].stop="60 s"'` (also in `simfl sweep --vary`). An override of `loss`, `loss_up` or
   `loss_down` replaces the entry's `burst_loss`, and one of `burst_loss` its loss keys: the override gives the loss
-  model (in a file, giving both is an error). `--seed N` replaces `seed`.
+  model; likewise `bandwidth` and `bandwidth_trace` replace each other (and `bandwidth_up` / `_trace_up`,
+  `bandwidth_down` / `_trace_down`), also in `[node_overrides]` over a group's uplink (in one table, giving
+  both is an error). `--seed N` replaces `seed`.
 - `extends = "other.toml"` (relative to this file) starts from another scenario: its tables merge key by key, every
   other value (arrays too) is replaced by this file's; its `name` and `description` are not inherited.
   Extends may chain, not loop.

@@ -38,7 +38,7 @@ import polars as pl
 
 from simfl.config import DEFAULT_SCENARIO, Scenario, ScenarioError, load_scenario, toml_value
 from simfl.errors import SimflError
-from simfl.runner import INCOMPLETE, run_scenario
+from simfl.runner import INCOMPLETE, preflight, run_scenario
 from simfl.schema import MAX_SEED
 from simfl.summary import FedadPart, RunSummary, SyntheticPart, read_summary
 from simfl.units import parse_rate, parse_size, parse_time
@@ -187,8 +187,8 @@ def _vary_error(e: ScenarioError, values: dict[str, Level]) -> SimflError:
 
 def plan_points(path: Path, vary: Vary, seeds: int,
                 base_overrides: Sequence[str] = ()) -> list[tuple[dict[str, Level], Scenario]]:
-    """Every grid point's values and validated scenario (all validated before anything runs). Each combination
-    of values runs with seeds s, s + 1, ..., s + seeds - 1, s its scenario's seed."""
+    """Every grid point's values and validated scenario (all validated and checked by `preflight` before anything
+    runs). Each combination of values runs with seeds s, s + 1, ..., s + seeds - 1, s its scenario's seed."""
     load_scenario(path, list(base_overrides))  # errors of the file and of --set first
     points = []
     for combo in itertools.product(*[levels for _, levels in vary]):
@@ -196,6 +196,7 @@ def plan_points(path: Path, vary: Vary, seeds: int,
         overrides = [*base_overrides, *(f"{k}={toml_value(lv.value)}" for k, lv in values.items())]
         try:
             first = load_scenario(path, overrides)
+            preflight(first)
             if first.seed + seeds - 1 > MAX_SEED:
                 raise SimflError(f"--seeds {seeds}: seeds {first.seed}..{first.seed + seeds - 1} pass the largest "
                                  f"seed, 2^32 - 1 = {MAX_SEED}; give fewer seeds or a smaller scenario seed")

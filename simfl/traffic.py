@@ -31,13 +31,16 @@ import numpy as np
 import polars as pl
 import simpy
 
-from simfl.config import Scenario, Traffic
+from simfl.config import NetworkParams, Scenario, ScenarioError, Traffic
+from simfl.messages import packetize
 from simfl.network import Stream
 from simfl.summary import BackgroundFlow, LatencyStats
+from simfl.topology import Topology
 from simfl.trace import BACKGROUND, BACKGROUND_SCHEMA
 from simfl.world import World
 
-__all__ = ["Background", "frame_times", "run_alone", "flow_stats", "nearest_rank", "verdict", "background_summary"]
+__all__ = ["Background", "frame_times", "run_alone", "flow_stats", "nearest_rank", "verdict", "background_summary",
+           "wire_rate", "check_control_load"]
 
 _P99_MARGIN = 1.1  # "FL raises p99" when the p99 with FL exceeds the p99 without by more than 10%
 
@@ -68,6 +71,50 @@ def frame_times(flow: Traffic) -> Iterator[float]:
         if gap is None:
             return
         k += 1
+
+
+def wire_rate(flow: Traffic, network: NetworkParams) -> float:
+    """The flow's mean wire rate in the long run (bit/s, packet headers included): frames per second x wire bits
+    of a frame (an onoff flow: ceil(on / gap) frames per on + off; a single bulk upload: 0)."""
+    if flow.gap is None:
+        return 0.0
+    wire = 8 * packetize(8 * flow.frame_bytes, network.mtu, network.ip_header_bytes, network.link_header_bytes,
+                         network.headers).wire_bytes
+    if flow.kind == "onoff":
+        return math.ceil(flow.on / flow.gap) * wire / (flow.on + flow.off)  # type: ignore[operator]
+    return wire / flow.gap
+
+
+def check_control_load(scenario: Scenario) -> None:
+    """Refuse control flows without a stop whose long-run wire rates, summed per link direction or cell on their
+    routes, reach its long-run capacity: strict priority gives them all of it for ever, so every other flow there
+    starves and the run never ends (flows with a stop end, and the rest then drains). The routes are those of the
+    long run: over what stays up once the outages that never end have begun."""
+    whole = Topology.from_scenario(scenario)
+    capacity = {r.id: r.trace.long_run() if r.trace is not None else r.capacity_bps for r in whole.resources}
+    topo = whole.without_edges(frozenset(e for f, edges in whole.faults if f.every is None and math.isinf(f.up)
+                                         for e in edges))
+    load: dict[str, float] = {}
+    users: dict[str, list[int]] = {}
+    where: dict[str, str] = {}
+    for i, flow in enumerate(scenario.traffic):
+        if flow.priority != "control" or flow.stop is not None:
+            continue
+        rate = wire_rate(flow, scenario.network)
+        for hop in topo.route_or_none(flow.src, flow.dst) or ():  # no route: its frames are lost, or given up on
+            load[hop.resource] = load.get(hop.resource, 0.0) + rate
+            users.setdefault(hop.resource, []).append(i)
+            where.setdefault(hop.resource, f"cell {hop.link}" if hop.medium == "cell" else
+                             f"{hop.src}>{hop.dst} (link {hop.link})")
+    rid = max(load, key=lambda r: load[r] / capacity[r], default=None)  # the most overloaded, if any
+    if rid is None or load[rid] < capacity[rid]:
+        return
+    flows = " and ".join(f"traffic[{i}] = \"{scenario.traffic[i].name}\"" for i in sorted(set(users[rid])))
+    raise ScenarioError(
+        f"{scenario.source or '<dict>'}: {flows}: control traffic without a stop sends {load[rid] / 1e6:,.6g} Mbit/s "
+        f"on the wire (headers included) through {where[rid]}, whose capacity is {capacity[rid] / 1e6:,.6g} Mbit/s: "
+        "strict priority would take all of it for ever, so every other flow there would starve and the run would "
+        "never end; lower the rate, give the flow a stop, or make it best_effort")
 
 
 class Background:

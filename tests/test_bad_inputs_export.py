@@ -9,6 +9,7 @@ import builtins
 import errno
 import os
 import shutil
+import stat
 from pathlib import Path
 
 import polars as pl
@@ -216,3 +217,111 @@ def test_out_is_the_runs_own_trace(run, capsys):
     fails([str(run), "--format", "parquet", "--out", str(run / "messages.parquet")], capsys,
           str(run / "messages.parquet"), "run's own")
     assert pl.read_parquet(run / "messages.parquet").height == 6
+
+
+# ---------------------------------------------------------------------------------------------- imperfect runs
+# A run with everything the imperfect-network keys put in a trace: lost messages (c2's link down for good, given up
+# on after 1 s), retransmissions (5% loss per client link: 14 packets over two such hops are charged 2), messages
+# rerouted around an outage (the direct c0-c1 link, the shortest route, is down for the first second: c0 <-> c1 go
+# through s1) and background frames. All-pairs among c0 .. c2 of 20,000-byte messages.
+IMPERFECT = {
+    **SCENARIO,
+    "synthetic": {"message_bytes": 20000, "pattern": ["allpairs"]},
+    "network": {"give_up": "1 s"},
+    "node_groups": [{"prefix": "c", "count": 3, "kind": "client",
+                     "uplink": {"to": "s1", "bandwidth": "100 Mbps", "latency": "0.5 ms", "loss": 0.05}}],
+    "links": [{"a": "c0", "b": "c1", "bandwidth": "100 Mbps", "latency": "0.1 ms"}],
+    "faults": [{"link": "c2-s1", "down": "0 s"}, {"link": "c0-c1", "down": "0 s", "up": "1 s"}],
+    "traffic": [{"name": "cam", "src": "c0", "dst": "srv", "kind": "bulk", "bytes": "100 kB"},
+                {"name": "ctl", "src": "srv", "dst": "c1", "kind": "periodic", "bytes": 100, "period": "10 ms",
+                 "stop": "50 ms", "priority": "control"}],
+}
+
+
+@pytest.fixture(scope="module")
+def imperfect_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("imperfect") / "run"
+    run_scenario(scenario_from_dict(IMPERFECT, source="<imperfect>"), out, progress=False)
+    return out
+
+
+def test_the_imperfect_run_has_what_it_is_for(imperfect_run):
+    m = pl.read_parquet(imperfect_run / "messages.parquet")
+    lost = m.filter(pl.col("status") == "lost")
+    # c2's four messages are lost; c0 -> c1 and c1 -> c0 arrive, through s1, with 2 packets of 1,538 bytes again
+    assert sorted(lost.select("src", "dst").rows()) == [("c0", "c2"), ("c1", "c2"), ("c2", "c0"), ("c2", "c1")]
+    ok = m.filter(pl.col("status") == "delivered")
+    assert sorted(ok.select("src", "dst").rows()) == [("c0", "c1"), ("c1", "c0")]
+    assert ok["hops"].to_list() == [2, 2] and ok["retransmitted_bytes"].to_list() == [2 * 1538, 2 * 1538]
+    assert pl.read_parquet(imperfect_run / "background.parquet").height > 0
+
+
+@pytest.mark.parametrize("flags,name", FORMATS, ids=FORMAT_IDS)
+def test_imperfect_run_into_a_read_only_folder(imperfect_run, tmp_path, capsys, monkeypatch, flags, name):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        if os.access(ro, os.W_OK):  # root
+            _refuse_writes_under(monkeypatch, ro)
+        out = ro / name
+        fails([str(imperfect_run), *flags, "--out", str(out)], capsys, str(out), "permission denied")
+        assert [p for p in files_under(ro) if not p.startswith("pcap")] == []
+    finally:
+        ro.chmod(0o755)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink", "device"])
+@pytest.mark.parametrize("flags", [["--format", "pcap"], ["--format", "csv"]], ids=["pcap", "csv"])
+def test_out_that_is_not_a_regular_file_is_kept(imperfect_run, tmp_path, capsys, kind, flags):
+    """With --force the export used to rename its file over whatever was there: a pipe, a link such as /dev/stdout
+    (replaced by a file, as root), a device such as /dev/null."""
+    out = tmp_path / kind
+    if kind == "fifo":
+        os.mkfifo(out)
+    elif kind == "symlink":
+        (tmp_path / "target").write_text("keep")
+        out.symlink_to(tmp_path / "target")
+    else:
+        try:
+            os.mknod(out, 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # as /dev/null
+        except PermissionError:
+            pytest.skip("creating a device needs root")
+    before = os.lstat(out)
+    fails([str(imperfect_run), *flags, "--out", str(out), "--force"], capsys, str(out), "is not a regular file")
+    after = os.lstat(out)
+    assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino)
+
+
+def test_pcap_of_an_imperfect_run(imperfect_run, tmp_path, capsys):
+    """Each delivered message once, its packets without the retransmissions (the trace's wire_bytes less
+    retransmitted_bytes); no lost message, no background frame; the rerouted messages on the links they took."""
+    m = pl.read_parquet(imperfect_run / "messages.parquet").filter(pl.col("status") == "delivered")
+    assert main(["export", str(imperfect_run), "--format", "pcap", "--out", str(tmp_path / "n.pcap")]) == 0
+    sent = int((m["wire_bytes"] - m["retransmitted_bytes"]).sum())
+    assert f"wrote {int(m['n_packets'].sum())} packet records ({sent:,} wire bytes)" in capsys.readouterr().out
+    assert main(["export", str(imperfect_run), "--format", "pcap", "--per-link", "--out", str(tmp_path / "pl")]) == 0
+    index = pl.read_csv(tmp_path / "pl" / "index.csv")
+    # the direct link was down: nothing on it; each message's 14 packets on c0 -> s1 -> c1 (or back)
+    per_file = dict(zip(index["file"], index["packets"]))
+    assert per_file.pop("c0-c1.c0.pcap") == per_file.pop("c0-c1.c1.pcap") == 0
+    assert {f: n for f, n in per_file.items() if n} == {"c0-s1.c0.pcap": 14, "c0-s1.s1.pcap": 14,
+                                                         "c1-s1.c1.pcap": 14, "c1-s1.s1.pcap": 14}
+
+
+def test_per_link_pcap_of_a_cell_with_a_channel_per_direction(tmp_path, capsys):
+    """Its two channels were both named <cell>.pcap, and the export stopped on "clashing per-link file names".
+    Two stations of one FDD cell exchange a 3,000-byte message each way (3 packets): each message crosses the up
+    channel once and the down channel once, so each channel's file holds 6 records."""
+    sc = {"name": "fdd", "workload": "synthetic",
+          "nodes": [{"name": "ap1", "kind": "ap"}, {"name": "w0", "kind": "client", "cell": "w"},
+                    {"name": "w1", "kind": "client", "cell": "w"}],
+          "cells": [{"name": "w", "ap": "ap1", "bandwidth_up": "10 Mbps", "bandwidth_down": "20 Mbps"}],
+          "synthetic": {"message_bytes": 3000, "pattern": ["allpairs"]}}
+    run = tmp_path / "run"
+    run_scenario(scenario_from_dict(sc, source="<fdd>"), run, progress=False)
+    assert main(["export", str(run), "--format", "pcap", "--per-link"]) == 0, capsys.readouterr().err
+    index = pl.read_csv(run / "export" / "pcap" / "index.csv")
+    assert dict(zip(index["file"], index["packets"])) == {"w.up.pcap": 6, "w.down.pcap": 6}
+    assert sorted(p.name for p in (run / "export" / "pcap").iterdir()) == ["hosts", "index.csv", "w.down.pcap",
+                                                                          "w.up.pcap"]

@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 import simfl.runner
@@ -74,6 +75,33 @@ BEFORE_ANYTHING_RUNS = [
      "--address 10.0.0.1:6379: only used with --executor ray"),
     ("nothing to vary", [], "give at least one --vary"),
     ("bad --set", ["--vary", "seed=1,2", "--set", "synthetic.patern=1"], "--set synthetic.patern=1: unknown key"),
+    # the network keys added since: every point is checked before the first runs
+    ("give_up 0", ["--vary", "network.give_up=1 s,0"],
+     "--vary point network.give_up=0: " + ALLPAIRS + ": network.give_up = 0: time must be positive"),
+    ("loss above 0.5", ["--vary", "node_groups[0].uplink.loss=0,0.7"],
+     "node_groups[0].uplink.loss = 0.7: must lie in [0, 0.5]"),
+    ("loss nan", ["--vary", "node_groups[0].uplink.loss=0.01,nan"], "node_groups[0].uplink.loss = nan: must be finite"),
+    ("model typo", ["--vary", "network.model=fluid,ns4"], "network.model = \"ns4\": must be one of fluid, ns3"),
+    ("jitter distribution", ["--vary", "network.jitter_distribution=uniform,gauss"],
+     'network.jitter_distribution = "gauss": must be one of uniform, exponential'),
+    ("buffer 0", ["--vary", "network.buffer=0,10"], "network.buffer = 0: must be >= 1"),
+    ("send order twice", ["--vary", "synthetic.send_order=id,rotated,id"],
+     '--vary synthetic.send_order: value "id" given twice'),
+    ("fault of no entry", ["--vary", "faults[0].down=1 s,2 s"], "--vary faults[0].down=1 s: faults has no entries"),
+    ("every fault of none", ["--vary", "faults[*].down=1 s,2 s"], "--vary faults[*].down=1 s: faults has no entries"),
+    ("traffic of no entry", ["--vary", "traffic[0].period=1 ms,2 ms"],
+     "--vary traffic[0].period=1 ms: traffic has no entries"),
+    ("fault lists, one bad", ["--vary", 'faults=[[{link="c00-s1",down="0 s",up="1 s"}],[{link="c00-s2",down="0 s"}]]'],
+     'faults[0].link = "c00-s2": unknown link; did you mean \'c00-s1\''),
+    ("outages every nanosecond", ["--vary", 'faults=[[{link="c00-s1",every="1 ns",duration="0.5 ns"}]]'],
+     'faults[0].every = "1 ns": time must be at least 1 us'),
+    ("missing trace instead of a bandwidth", ["--vary", "node_groups[0].uplink.bandwidth_trace=a.csv,b.csv"],
+     'node_groups[0].uplink.bandwidth_trace = "a.csv": no such trace file (' + str(REPO_ROOT / "topologies" / "a.csv")),
+    ("control flow over capacity", ["--vary", 'traffic=[[{name="ctl",src="server",dst="c00",kind="cbr",rate="1 Mbps",'
+                                    'priority="control"}],[{name="ctl",src="server",dst="c00",kind="cbr",'
+                                    'rate="1 Gbps",priority="control"}]]'],
+     'traffic[0] = "ctl": control traffic without a stop sends 1,053.42 Mbit/s on the wire (headers included) '
+     "through s1>c00 (link c00-s1)"),
 ]
 
 
@@ -139,3 +167,33 @@ def test_point_directory_holding_another_run(tmp_path: Path, capsys: pytest.Capt
     line = sweep_error([ALLPAIRS, *GATHER, "--vary", "seed=1,2", "--out", str(tmp_path / "s"), "--quiet"], capsys)
     assert line == f"simfl: error: {taken}: holds a different finished run; remove it or sweep into another directory"
     assert (taken / "summary.json").read_text() == "{}"
+
+
+def test_an_ns3_point_without_the_ns3_package_stops_the_sweep_before_any_point(tmp_path: Path, monkeypatch,
+                                                                              capsys: pytest.CaptureFixture[str]):
+    """As on a machine without the ns3 package: the fluid point used to run first, then the ns3 one failed."""
+    import importlib.util
+
+    find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a, **k: None if name == "ns3" else find(name, *a, **k))
+    line = sweep_error([ALLPAIRS, *GATHER, "--vary", "network.model=fluid,ns3", "--out", str(tmp_path / "s"),
+                        "--quiet"], capsys)
+    assert line.startswith(f'simfl: error: --vary point network.model=ns3: {ALLPAIRS}: network.model = "ns3": the ns3 '
+                           "package (ns-3 with cppyy bindings) is not installed here")
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_sweep_over_capacity_traces_replaces_the_bandwidth(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    """--vary of bandwidth_trace on a scenario that gives a bandwidth (refused before: "give bandwidth or
+    bandwidth_trace, not both"). Gather of 90 models into the server's 1 Gbps port, every client's link a constant
+    trace of 1 Gbps or 10 Mbps: at 10 Mbps each client's link is its message's bottleneck (90 x 10 Mbps fit in the
+    server's port): handshake 2 x (0.5 ms + 624 / 1e7 + 0.5 ms + 624 / 1e9), then 108,560 / 1e7 + 1 ms +
+    12,304 / 1e9, in all 0.013994352 s."""
+    for name, bps in (("fast.csv", "1e9"), ("slow.csv", "1e7")):
+        (tmp_path / name).write_text(f"0,{bps}\n")
+    out = tmp_path / "s"
+    assert main(["sweep", ALLPAIRS, *GATHER, "--vary", f"node_groups[0].uplink.bandwidth_trace={tmp_path}/fast.csv,"
+                 f"{tmp_path}/slow.csv", "--out", str(out), "--quiet"]) == 0, capsys.readouterr().err
+    durations = pl.read_parquet(out / "sweep.parquet")["duration_s_gather"].to_list()
+    assert durations[1] == pytest.approx(0.013994352, rel=1e-9) and durations[0] < durations[1]

@@ -496,7 +496,7 @@ uplink = { to = "s1", bandwidth = "100 Mbps" }
     ('\n[[links]]\na = "c0"\nb = "c1"\nbandwidth = "1 Mbps"\nbandwidth_trace_period = "5 s"\n',
      'links[0].bandwidth_trace_period = "5 s": repeats a capacity trace, but no bandwidth_trace is given'),
     ('\n[[links]]\na = "c0"\nb = "c1"\nbandwidth = "1 Mbps"\njitter = "-1 ms"\n',
-     'links[0].jitter = "-1 ms": latency must not be negative'),
+     'links[0].jitter = "-1 ms": jitter must not be negative'),
     ('\n[[faults]]\ndown = "1 s"\n', "faults[0]: give exactly one of link, cell and node"),
     ('\n[[faults]]\nlink = "c0-s1"\nnode = "c0"\ndown = "1 s"\n',
      "faults[0]: give exactly one of link, cell and node (got link, node)"),
