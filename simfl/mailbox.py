@@ -40,6 +40,14 @@ class Mailboxes:
             box.items.extend(self._unclaimed.pop(node, ()))  # delivered before anyone asked for the inbox
         return box
 
+    def reset(self, node: str) -> list[Message]:
+        """Empty `node`'s inbox (its node crashed: what it held is gone, and so are the waits of its processes);
+        returns the messages it held. Later deliveries go to a fresh inbox."""
+        old = self._boxes.pop(node, None)
+        held = list(old.items) if old is not None else self._unclaimed.pop(node, [])
+        self._boxes[node] = simpy.FilterStore(self.env)
+        return held
+
     def put(self, msg: Message) -> None:
         """Hand a delivered message to its destination's inbox (or keep it until the inbox is asked for)."""
         box = self._boxes.get(msg.dst)

@@ -4,8 +4,10 @@ messages (one row per delivered or lost message, sorted by msg_id):
     msg_id i64, phase str, round i32, kind str, src str, dst str, payload_bits i64, wire_bytes i64,
     retransmitted_bytes i64, n_packets i64, hops i32, t_send f64, t_start f64, t_tx f64, t_deliver f64, status str
     (times in simulated seconds: send called, transmission start, transmission end (last bit left the sender),
-    delivery; wire_bytes includes retransmitted_bytes (lossy routes); status "delivered" or "lost": a lost message
-    has NaN t_tx and t_deliver (and t_start if it never began) and the wire bytes it sent before it was lost)
+    delivery; wire_bytes includes retransmitted_bytes (lossy routes); status "delivered", "late" (delivered after
+    the wait it was meant for had closed: a workload marks it), "lost" (given up on, or its sender crashed: NaN
+    t_tx and t_deliver, and t_start if it never began, and the wire bytes it sent) or "to_crashed" (it reached a
+    crashed node at t_deliver))
 compute (one row per computation, in the order they ended):
     node str, phase str, round i32, kind str, t_start f64, t_end f64, flops f64, wall_s f64
     (wall_s is measured on this machine and never feeds the clock; it is the only column that can differ between two
@@ -29,13 +31,13 @@ then those of the same background alone; written by `simfl.traffic`):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from simfl.messages import LOST, Message
+from simfl.messages import LATE, LOST, TO_CRASHED, Message
 
 __all__ = ["MESSAGE_SCHEMA", "COMPUTE_SCHEMA", "LINK_SCHEMA", "BACKGROUND_SCHEMA", "BACKGROUND", "TraceRecorder",
            "write_traces", "write_frame"]
@@ -80,7 +82,8 @@ class TraceRecorder:
         self.payload_bits = 0
         self.wire_bytes = 0
         self.retransmitted_bytes = 0
-        self.messages_lost = 0  # all lost messages, background frames too (the network's own count)
+        self.messages_lost = 0  # all lost (and to_crashed) messages, background frames too (the network's own count)
+        self._late: set[int] = set()  # msg_ids of delivered messages a workload marked late
         self.background_sent = 0  # counted by the network's send
         self.background_delivered = 0
         self.background_lost = 0
@@ -110,8 +113,12 @@ class TraceRecorder:
         self.payload_bits += m.payload_bits
         self.wire_bytes += m.wire_bytes
         self.retransmitted_bytes += m.retransmitted_bytes
-        if m.status == LOST:
+        if m.status == LOST or m.status == TO_CRASHED:
             self.messages_lost += 1
+
+    def mark_late(self, msg_ids: Iterable[int]) -> None:
+        """Give these delivered messages the status "late" (they reached a wait that had closed)."""
+        self._late.update(msg_ids)
 
     def _record_background(self, m: Message) -> None:
         c = self._bg
@@ -160,7 +167,11 @@ class TraceRecorder:
 
     # ------------------------------------------------------------------ frames
     def messages_frame(self) -> pl.DataFrame:
-        return pl.DataFrame(self._msg, schema=MESSAGE_SCHEMA).sort("msg_id")
+        frame = pl.DataFrame(self._msg, schema=MESSAGE_SCHEMA).sort("msg_id")
+        if self._late:
+            late = pl.col("msg_id").is_in(sorted(self._late)) & (pl.col("status") == "delivered")
+            frame = frame.with_columns(pl.when(late).then(pl.lit(LATE)).otherwise(pl.col("status")).alias("status"))
+        return frame
 
     def compute_frame(self) -> pl.DataFrame:
         return pl.DataFrame(self._compute, schema=COMPUTE_SCHEMA)

@@ -675,7 +675,7 @@ classes = [1, 7]
 clients_per_class = 2
 baselines = []
 [[faults]]
-node = "c1"
+link = "c1-s1"
 down = "0 s"
 [network]
 give_up = "1 s"
@@ -686,11 +686,11 @@ def test_a_fedad_run_that_loses_a_message_ends_with_one_error_line(tmp_path, mon
     """The conversion alone: the learning and the protocol are stood in for by one message that is lost."""
     import simfl.fedad as fedad
 
-    def protocol(world, plan, **kw):
+    def protocol(world, learner, exp, **kw):
         world.network.send("c0", "c1", kind="model", phase="phase1", round=0, payload_bits=8)
         world.env.run()
 
-    monkeypatch.setattr(fedad, "cached_plan", lambda *a, **k: type("Cached", (), {"plan": None})())
+    monkeypatch.setattr(fedad, "partition_of", lambda exp, seed: None)
     monkeypatch.setattr(fedad, "data_used", lambda data_dir: {})
     monkeypatch.setattr(fedad, "simulate", protocol)
     sc = load_scenario(write(tmp_path, "tiny.toml", FEDAD))
