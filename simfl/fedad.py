@@ -24,6 +24,7 @@ from simfl.plan import APPROACHES, auc_key, partition_of
 from simfl.progress import Progress, progress_printer
 from simfl.protocol import FedAD, FedRecord, simulate
 from simfl.report import method_above_local
+from simfl.trace import rounds_frame, write_rounds
 from simfl.world import World
 
 __all__ = ["run_fedad", "closed_forms", "phase_spans", "data_used", "progress_printer"]  # sweep: progress_printer
@@ -159,9 +160,9 @@ def _simulate(world: World, scenario: Scenario, n: int, partition: Partition, st
 
 def run_fedad(world: World, scenario: Scenario, run_dir: Path,
               say: Callable[[str], None] | bool = True) -> dict[str, Any]:
-    """Run the method and its baselines, write communities.csv and auc.parquet; return the workload's summary keys
-    (`simfl.summary.FedadPart`). `say(stage)` hears of each stage (a `simfl.progress.Progress` also draws bars);
-    True / False: plain lines on stderr / nothing."""
+    """Run the method and its baselines, write communities.csv, auc.parquet and rounds.parquet (and .csv); return the
+    workload's summary keys (`simfl.summary.FedadPart`). `say(stage)` hears of each stage (a
+    `simfl.progress.Progress` also draws bars); True / False: plain lines on stderr / nothing."""
     exp = scenario.experiment
     n = exp.clients_per_class * len(exp.classes)
     if len(scenario.clients) < n:
@@ -224,4 +225,5 @@ def run_fedad(world: World, scenario: Scenario, run_dir: Path,
         "inlier_class": [partition.clients[i].inlier_class for c in comms for i in c],
     }).write_csv(run_dir / "communities.csv")
     per_client.write_parquet(run_dir / "auc.parquet")
+    write_rounds(rounds_frame(fed.rounds()), run_dir)
     return summary

@@ -40,6 +40,11 @@ class Mailboxes:
             box.items.extend(self._unclaimed.pop(node, ()))  # delivered before anyone asked for the inbox
         return box
 
+    def held(self) -> list[Message]:
+        """Every message delivered and not taken yet (from every inbox, and those nobody asked for)."""
+        out = [m for box in self._boxes.values() for m in box.items if isinstance(m, Message)]
+        return out + [m for ms in self._unclaimed.values() for m in ms]
+
     def reset(self, node: str) -> list[Message]:
         """Empty `node`'s inbox (its node crashed: what it held is gone, and so are the waits of its processes);
         returns the messages it held. Later deliveries go to a fresh inbox."""

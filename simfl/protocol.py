@@ -20,12 +20,23 @@ sends each new average back after its round (the last one is the members' detect
 round; the last average is never sent and every member keeps its own last local fit. Both send r models each way
 per member (the paper's Eq. 2 and 3).
 
+Conditions (`simfl.conditions`; docs/network-aware-learning.md has the rules). A round starts when the aggregator
+knows its community (round 1) or sends the previous round's model, and closes when every invited member's update has
+an outcome (arrived, or `Missing`) or at `round_deadline` after its start; fewer than `min_participants` updates to
+average skip it (the previous model stands and is sent). Members are invited by a seeded sample (`fraction_fit`)
+and sit rounds out by a seeded draw (`dropout`); a model goes to the invited of the round it starts (global: the
+last to every member). Late updates are dropped or averaged at the next close (`late_updates`). A send the network
+gives up on becomes a `Missing` at the receiver (and, for the answer it would have caused, at the sender). Every
+close is a row of rounds.parquet. Unset, the conditions leave the protocol event for event as without them.
+
 Rounds are numbered 1..r here and in the trace's `round` column (0: messages outside FedAvg rounds); seeds keep the
 0-based round of `simfl.plan.derive_seed`'s tags.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
@@ -36,14 +47,17 @@ import simpy
 
 from simfl import models
 from simfl.communities import find_communities, one_sided
+from simfl.conditions import DEADLINE, Deadline, Local, Missing, Participation, RoundRow, conditions_on
 from simfl.config import Experiment
 from simfl.learner import BASELINES, PHASE1, THRESHOLD_BITS, Learner, Ref, Stage
-from simfl.messages import flag_bits, ids_bits, payload_bits_of
+from simfl.messages import LOST, Message, flag_bits, ids_bits, payload_bits_of
 from simfl.order import send_order
 from simfl.plan import FL_SEED_TAG, derive_seed
 from simfl.world import World
 
 Proc = Generator[simpy.Event, Any, Any]
+# the kinds of message a process waits for (a raw shard's upload is awaited by its send event)
+WAITED = frozenset({"model", "assoc", "candidates", "community", "update", "global"})
 
 
 @dataclass(frozen=True)
@@ -76,17 +90,29 @@ class FLRun:
     groups: list[list[int]] = field(default_factory=list)
     models: dict[tuple[int, int], Ref] = field(default_factory=dict)  # (group, r): round r's model; r = R + 1: final
     updates: dict[tuple[int, int], Ref] = field(default_factory=dict)  # (client, r): its update of round r
+    members_get_final: bool = True  # detector "global": the last average is sent to every member
+    group_key: dict[int, int] = field(default_factory=dict)  # client -> the lowest member of its group (its view)
+    starts: dict[int, Ref] = field(default_factory=dict)  # group key -> its seeded start
+    held: dict[int, Ref] = field(default_factory=dict)  # client -> the newest model it holds
+    fit: dict[int, Ref] = field(default_factory=dict)  # client -> its last own update
 
     def group_of(self, i: int) -> list[int]:
         return next(g for g in self.groups if i in g)
 
+    def _start_of(self, i: int) -> Ref:
+        return self.starts[self.group_key.get(i, self.group_of(i)[0])]
+
     def final(self, i: int) -> Ref:
-        """The last average of client i's group (detector "global")."""
-        return self.models[(self.group_of(i)[0], self.rounds + 1)]
+        """Client i's model after FedAvg (detector "global"): the newest model it holds when members get the last
+        average; otherwise (detector "last_fit") the last average of its group, which only the aggregator has."""
+        if self.members_get_final:
+            return self.held.get(i) or self._start_of(i)
+        key = self.group_key.get(i, self.group_of(i)[0])
+        return self.models.get((key, self.rounds + 1)) or self.held.get(i) or self._start_of(i)
 
     def last_fit(self, i: int) -> Ref:
-        """Client i's own last update (detector "last_fit")."""
-        return self.updates[(i, self.rounds)]
+        """Client i's own last update (detector "last_fit"); one that never trained: the newest model it holds."""
+        return self.fit.get(i) or self.held.get(i) or self._start_of(i)
 
 
 @dataclass
@@ -126,11 +152,73 @@ class FedAD:
         self.leader = 0
         self.known_community: dict[int, list[int]] = {}
         self.communities_known = self.env.event()  # the leader's result, for server aggregators
-        self.record = FedRecord(phase1=[], phase1_bits=[], method=FLRun("phase2", "method", exp.rounds))
+        self.record = FedRecord(phase1=[], phase1_bits=[], method=self._fl_run("phase2", "method"))
         self._sided: np.ndarray | None = None
         self._walls: list[Callable[[], float]] = []  # each compute row's measured wall time, in recording order
+        # conditions (simfl.conditions): participation draws, open deadlines, the rounds' rows
+        self.conditioned = conditions_on(exp)
+        self.part = Participation(exp, seed)
+        self.rows: list[RoundRow] = []  # in the order they closed
+        self._row_of: dict[tuple[str, str, int, int], RoundRow] = {}  # (phase, aggregator, round, member) -> row
+        self._tokens = itertools.count()
+        self._open: set[int] = set()  # deadline tokens whose wait is still open
+        self.down: set[str] = set()  # nodes that are down now
+        self.finished = False
 
     # ---------------------------------------------------------------- helpers
+    def _fl_run(self, phase: str, stage: str, groups: list[list[int]] | None = None) -> FLRun:
+        return FLRun(phase, stage, self.exp.rounds, groups=groups or [], members_get_final=not self.models_before_round)
+
+    def _send(self, src: str, dst: str, *, kind: str, phase: str, rnd: int, bits: int, payload: Any,
+              reply: tuple[str, int] | None = None) -> simpy.Event:
+        """`Network.send`; if the network gives up on the message, the receiver gets its `Missing`, and the sender
+        the `Missing` of `reply` = (kind, round), the answer the message would have caused (from `dst`)."""
+        ev = self.net.send(src, dst, kind=kind, phase=phase, round=rnd, payload_bits=bits, payload=payload)
+        ev.callbacks.append(functools.partial(self._outcome, reply))
+        return ev
+
+    def _outcome(self, reply: tuple[str, int] | None, ev: simpy.Event) -> None:
+        if ev.ok:
+            return
+        ev.defused = True
+        m: Message = ev.value.message
+        if m.status != LOST or m.src in self.down:  # it reached a crashed node, or its sender crashed: nobody knows
+            return
+        if m.dst not in self.down:
+            self.net.inbox(m.dst).put(Missing(m.kind, m.phase, m.round, m.src, m.dst))
+        if reply is not None:
+            self.net.inbox(m.src).put(Missing(reply[0], m.phase, reply[1], m.dst, m.src))
+
+    def _wait(self, node: str, kind: str, phase: str, rnd: int | None = None, srcs: set[str] | None = None,
+              token: int | None = None) -> simpy.Event:
+        """The next message (or `Missing`) of this kind, phase, round and senders in `node`'s inbox, or the
+        `Deadline` of `token`."""
+        def match(m: Any) -> bool:
+            if m.kind == kind and m.phase == phase and (rnd is None or m.round == rnd) and (srcs is None
+                                                                                             or m.src in srcs):
+                return True
+            return token is not None and m.kind == DEADLINE and m.token == token
+
+        return self.net.inbox(node).get(match)
+
+    def _deadline(self, node: str, seconds: float | None) -> int | None:
+        """A timer that puts a `Deadline` in `node`'s inbox after `seconds` (None: no timer) unless its wait closed
+        first (`_close`); returns its token."""
+        if seconds is None:
+            return None
+        token = next(self._tokens)
+        self._open.add(token)
+        self.env.timeout(seconds).callbacks.append(lambda _ev: self._expire(node, token))
+        return token
+
+    def _expire(self, node: str, token: int) -> None:
+        if token in self._open and not self.finished:
+            self._open.discard(token)
+            self.net.inbox(node).put(Deadline(token))
+
+    def _close(self, token: int | None) -> None:
+        self._open.discard(token)  # type: ignore[arg-type]
+
     def _get(self, node: str, kind: str, phase: str, rnd: int | None = None) -> simpy.Event:
         if rnd is None:
             return self.net.inbox(node).get(lambda m: m.kind == kind and m.phase == phase)
@@ -255,7 +343,9 @@ class FedAD:
     def _start(self, run: FLRun, group: Sequence[int]) -> Ref:
         """The seeded weights a group's FedAvg starts from (every member knows them: no message)."""
         seed = derive_seed(self.seed, FL_SEED_TAG, "init", group[0])
-        return self.learner.init(self.exp.phase2_model, seed, Stage(run.stage, 1))
+        ref = self.learner.init(self.exp.phase2_model, seed, Stage(run.stage, 1))
+        run.starts[group[0]] = ref
+        return ref
 
     def _train(self, run: FLRun, i: int, rnd: int, model: Ref, prev: Ref | None) -> Ref:
         """Client i's round-`rnd` training from `model`, its Adam state going on from its update `prev`."""
@@ -264,69 +354,169 @@ class FedAD:
             i, exp.phase2_model, exp.epochs_in_round(rnd - 1), derive_seed(self.seed, FL_SEED_TAG, rnd - 1, i),
             stage=Stage(run.stage, rnd), init=model, opt=prev if exp.persist_optimizer else None)
         run.updates[(i, rnd)] = ref
+        run.fit[i] = run.held[i] = ref
         return ref
 
     def fl_client(self, run: FLRun, i: int, group: list[int]) -> Proc:
-        """One client's FedAvg rounds: train, upload its update, wait for the new global model."""
+        """One client's FedAvg rounds: train when invited and available, upload its update, take the next model."""
         node = self.nodes[i]
         agg = self._aggregator_of(group)
+        run.group_key[i] = group[0]
         if agg == node:
-            yield self.env.process(self.fl_aggregator(run, group, own=i))
+            yield self.env.process(self.fl_aggregator(run, group, agg, own=i))
             return
-        model, prev = self._start(run, group), None
+        model: Ref | None = self._start(run, group)
+        prev = None
         for rnd in range(1, run.rounds + 1):
+            invited = i in self.part.invited(group, rnd)
             if self.models_before_round:
-                model = (yield self._get(node, "global", run.phase, rnd)).payload
-            prev = self._train(run, i, rnd, model, prev)
-            yield self._compute(node, self._flops(prev), self._trained(prev), kind="train", phase=run.phase,
-                                round=rnd)
-            self.net.send(node, agg, kind="update", phase=run.phase, round=rnd, payload_bits=self._bits(prev),
-                          payload=prev)
-            if not self.models_before_round:
-                model = (yield self._get(node, "global", run.phase, rnd)).payload
-
-    def fl_aggregator(self, run: FLRun, group: list[int], own: int | None) -> Proc:
-        """The aggregator of `group` (a member when `own` is its index, else the server node)."""
-        agg = self._aggregator_of(group)
-        senders = [i for i in group if i != own]
-        names = {self.nodes[i] for i in senders}
-        model, prev = self._start(run, group), None
-        run.models[(group[0], 1)] = model
-        for rnd in range(1, run.rounds + 1):
-            if self.models_before_round:  # round rnd's model: the initial one, then the average of round rnd - 1
-                self._send_model(agg, senders, run, rnd, model)
-            parts: list[tuple[int, Ref]] = []
-            if own is not None:
-                prev = self._train(run, own, rnd, model, prev)
-                yield self._compute(agg, self._flops(prev), self._trained(prev), kind="train", phase=run.phase,
+                if not invited:
+                    continue
+                model = yield from self._receive(run, i, agg, rnd)
+            if invited and model is not None and self.part.available(i, rnd):
+                prev = self._train(run, i, rnd, model, prev)
+                yield self._compute(node, self._flops(prev), self._trained(prev), kind="train", phase=run.phase,
                                     round=rnd)
+                self._send(node, agg, kind="update", phase=run.phase, rnd=rnd, bits=self._bits(prev), payload=prev)
+            if not self.models_before_round and (rnd == run.rounds or i in self.part.invited(group, rnd + 1)):
+                model = yield from self._receive(run, i, agg, rnd)
+
+    def _receive(self, run: FLRun, i: int, agg: str, rnd: int) -> Generator[simpy.Event, Any, Ref | None]:
+        """The model labelled round `rnd` from the aggregator (None: the network gave up on it)."""
+        msg = yield self._wait(self.nodes[i], "global", run.phase, rnd, srcs={agg})
+        if isinstance(msg, Missing):
+            return None
+        run.held[i] = msg.payload
+        return msg.payload
+
+    def fl_aggregator(self, run: FLRun, group: list[int], agg: str, own: int | None) -> Proc:
+        """The aggregator `agg` of `group` (a member when `own` is its index, else the server node)."""
+        model = self._start(run, group)
+        run.models[(group[0], 1)] = model
+        prev = None
+        for rnd in range(1, run.rounds + 1):
+            invited = self.part.invited(group, rnd)
+            if self.models_before_round:  # round rnd's model: the initial one, then the average of round rnd - 1
+                self._send_model(agg, [m for m in invited if m != own], run, rnd, model)
+            row = self._open_row(run, group, agg, rnd, invited)
+            parts, prev = yield from self._collect(run, agg, own, rnd, invited, model, prev, row)
+            model = yield from self._average(run, group, agg, own, rnd, parts, model, row)
+            if not self.models_before_round:
+                targets = group if rnd == run.rounds else self.part.invited(group, rnd + 1)
+                self._send_model(agg, [m for m in targets if m != own], run, rnd, model)
+
+    def _collect(self, run: FLRun, agg: str, own: int | None, rnd: int, invited: list[int], model: Ref,
+                 prev: Ref | None, row: RoundRow) -> Generator[simpy.Event, Any, tuple[list[tuple[int, Ref]],
+                                                                                    Ref | None]]:
+        """Round `rnd`'s updates that arrive in time: the aggregator's own (when it is an invited member), then
+        every other invited member's until each has an outcome or the deadline passes."""
+        token = self._deadline(agg, self.exp.round_deadline)
+        parts: list[tuple[int, Ref]] = []
+        waiting = {self.nodes[m] for m in invited if m != own}
+        if own is not None and own in invited:  # the aggregator role never sits a round out
+            prev = self._train(run, own, rnd, model, prev)
+            flops = self._flops(prev)
+            if row.t_deadline is None or self.env.now + flops / self.world.topology.flops(agg) <= row.t_deadline:
+                yield self._compute(agg, flops, self._trained(prev), kind="train", phase=run.phase, round=rnd)
                 parts.append((own, prev))
-            for _ in senders:
-                msg = yield self.net.inbox(agg).get(lambda m, rnd=rnd: m.kind == "update" and m.phase == run.phase
-                                                    and m.round == rnd and m.src in names)
+            else:  # its training ends after the deadline: its own update is late
+                ev = self._compute(agg, flops, self._trained(prev), kind="train", phase=run.phase, round=rnd)
+                mine = Local("update", run.phase, rnd, agg, prev)
+                ev.callbacks.append(lambda _ev: self._own_late(agg, mine, row))
+        while waiting:
+            msg = yield self._wait(agg, "update", run.phase, rnd, srcs=waiting, token=token)
+            if msg.kind == DEADLINE:
+                break
+            waiting.discard(msg.src)
+            if not isinstance(msg, Missing):
                 parts.append((self.index[msg.src], msg.payload))
+        self._close(token)
+        return parts, prev
+
+    def _own_late(self, agg: str, mine: Local, row: RoundRow) -> None:
+        """The aggregator's own training of a closed round ended: a late update, kept for the next close."""
+        if agg not in self.down:
+            row.late_ids.append(self.index[agg])
+            self.net.inbox(agg).put(mine)
+
+    def _average(self, run: FLRun, group: list[int], agg: str, own: int | None, rnd: int,
+                 parts: list[tuple[int, Ref]], model: Ref, row: RoundRow) -> Generator[simpy.Event, Any, Ref]:
+        """Close round `rnd`: FedAvg of the updates (and earlier late ones, with late_updates = "next_round"),
+        or the previous model when fewer than min_participants; returns the model the round leaves."""
+        row.arrived_ids = [c for c, _ in parts]
+        if self.exp.late_updates == "next_round":
+            parts = parts + self._fold(run, group, agg, rnd, parts, row)
+        if len(parts) >= self.exp.min_participants:
             model = self.learner.fedavg(parts, Stage(run.stage, rnd))
             run.models[(group[0], rnd + 1)] = model
+            row.outcome, row.weight = "averaged", float(model.n_train or 0)
             yield self._compute(agg, self._flops(model), lambda: 0.0, kind="aggregate", phase=run.phase, round=rnd)
-            if not self.models_before_round:
-                self._send_model(agg, senders, run, rnd, model)
+        else:
+            run.models[(group[0], rnd + 1)] = model
+            row.outcome = "skipped"
+        if own is not None:
+            run.held[own] = model
+        row.t_end = self.env.now
+        self.rows.append(row)
+        return model
+
+    def _fold(self, run: FLRun, group: list[int], agg: str, rnd: int, parts: list[tuple[int, Ref]],
+              row: RoundRow) -> list[tuple[int, Ref]]:
+        """Late updates of earlier rounds waiting in the aggregator's inbox: each member's newest, unless it has an
+        update in this round (late_updates = "next_round")."""
+        box = self.net.inbox(agg)
+        names = {self.nodes[m] for m in group}
+        late = [m for m in box.items if isinstance(m, Message | Local) and m.kind == "update"
+                and m.phase == run.phase and m.round < rnd and m.src in names]
+        newest: dict[int, Message | Local] = {}
+        for m in late:
+            box.items.remove(m)
+            c = self.index[m.src]
+            if c not in newest or m.round > newest[c].round:
+                newest[c] = m
+        self.world.recorder.mark_late(m.msg_id for m in late if isinstance(m, Message))
+        for m in late:
+            if isinstance(m, Message):  # the aggregator's own late update is on its row already
+                self._row_of[(run.phase, agg, m.round, self.index[m.src])].late_ids.append(self.index[m.src])
+        have = {c for c, _ in parts}
+        folded = [(c, m) for c, m in sorted(newest.items()) if c not in have]
+        for c, m in folded:
+            row.folded_ids.append(c)
+            self._row_of[(run.phase, agg, m.round, c)].folded_later += 1
+        return [(c, m.payload) for c, m in folded]
+
+    def _open_row(self, run: FLRun, group: list[int], agg: str, rnd: int, invited: list[int],
+                  failover: bool = False) -> RoundRow:
+        deadline = self.exp.round_deadline
+        community = run.groups.index(group) if group in run.groups else -1
+        row = RoundRow(run.phase, community, rnd, agg, list(group), list(invited), self.env.now,
+                       None if deadline is None else self.env.now + deadline, failover=failover,
+                       unavailable=sum(not self.part.available(m, rnd) for m in invited
+                                       if self.nodes[m] != agg))
+        for m in group:
+            self._row_of[(run.phase, agg, rnd, m)] = row
+        return row
 
     def _send_model(self, agg: str, members: Sequence[int], run: FLRun, rnd: int, model: Ref) -> None:
         """The aggregator sends `model` to each member, labelled round `rnd`."""
+        reply = ("update", rnd) if self.models_before_round else ("update", rnd + 1)
         for i in members:
-            self.net.send(agg, self.nodes[i], kind="global", phase=run.phase, round=rnd,
-                          payload_bits=self._bits(model), payload=model)
+            self._send(agg, self.nodes[i], kind="global", phase=run.phase, rnd=rnd, bits=self._bits(model),
+                       payload=model, reply=reply if reply[1] <= run.rounds else None)
 
     def server_aggregators(self, run: FLRun) -> Proc:
         """The server's aggregator of every community, once the leader has told it the communities."""
         groups = yield self.communities_known
-        yield simpy.AllOf(self.env, [self.env.process(self.fl_aggregator(run, g, own=None)) for g in groups])
+        assert self.server is not None
+        yield simpy.AllOf(self.env, [self.env.process(self.fl_aggregator(run, g, self.server, own=None))
+                                     for g in groups])
 
     def federated(self, run: FLRun) -> Proc:
         """A FedAvg run over fixed groups (the ideal baseline): all clients start now."""
         procs = [self.env.process(self.fl_client(run, i, run.group_of(i))) for i in range(self.n)]
         if self.aggregator == "server":
-            procs += [self.env.process(self.fl_aggregator(run, g, own=None)) for g in run.groups]
+            assert self.server is not None
+            procs += [self.env.process(self.fl_aggregator(run, g, self.server, own=None)) for g in run.groups]
         yield simpy.AllOf(self.env, procs)
 
     # ---------------------------------------------------------------- the whole run
@@ -371,13 +561,32 @@ class FedAD:
         yield self.env.process(self.method())
         baselines = self.exp.baselines
         if "ideal" in baselines:
-            run = FLRun("ideal", "ideal", self.exp.rounds, groups=self.learner.partition.true_groups())
+            run = self._fl_run("ideal", "ideal", self.learner.partition.true_groups())
             self.record.ideal = run
             yield self.env.process(self.federated(run))
         if "centralised" in baselines:
             yield self.env.process(self.centralised())
         if "local" in baselines:
             yield self.env.process(self.local())
+
+    def finish(self) -> None:
+        """After the last phase: the messages still in flight arrive or fail; every message no wait took is late
+        (it reached a wait that had closed), and the rounds' rows get their late updates."""
+        self.finished = True
+        env = self.env
+        while self.net.totals()["messages_undelivered"] > 0 and env.peek() < float("inf"):
+            env.step()
+        boxes = getattr(self.net, "mailboxes", None)
+        late = [m for m in (boxes.held() if boxes is not None else []) if m.kind in WAITED]
+        self.world.recorder.mark_late(m.msg_id for m in late)
+        for m in late:
+            row = self._row_of.get((m.phase, m.dst, m.round, self.index.get(m.src, -1)))
+            if row is not None and m.kind == "update":
+                row.late_ids.append(self.index[m.src])
+
+    def rounds(self) -> list[dict[str, Any]]:
+        """rounds.parquet's rows (`simfl.trace.ROUNDS_SCHEMA`), in the order the rounds closed."""
+        return [r.as_dict() for r in self.rows]
 
 
 def simulate(world: World, learner: Learner, exp: Experiment, *, clients: Sequence[str], server: str | None,
@@ -386,4 +595,5 @@ def simulate(world: World, learner: Learner, exp: Experiment, *, clients: Sequen
     fed = FedAD(world, learner, exp, clients=clients, server=server, seed=seed)
     done = world.env.process(fed.run_all())
     world.env.run(until=done)
+    fed.finish()
     return fed

@@ -27,6 +27,16 @@ then those of the same background alone; written by `simfl.traffic`):
     dst str, t_send f64, t_deliver f64 (NaN when lost), latency f64 (t_deliver - t_send, NaN when lost), bytes i64
     (payload), wire_bytes i64 (with headers and a TCP flow's retransmissions), lost bool
     (messages with phase "background" go here, never to the messages table; the totals count them apart)
+rounds (workload fedad: one row per FedAvg round close at its aggregator, and one per phase-I collection of the
+candidate groups at the leader, in the order they closed; written by `simfl.fedad`):
+    phase str, community i32 (the group's index among the run's groups; -1: a group no run lists, e.g. a client
+    that never learnt its community), round i32 (1..R; 0: phase I), aggregator str, outcome str ("averaged",
+    "skipped": fewer than min_participants to average, "aborted": the aggregator crashed, "collected": phase I),
+    members i32, invited i32, arrived i32 (in time), late i32 (after the close), dropped i32 (late and never
+    averaged), folded i32 (earlier rounds' late updates averaged here), missing i32 (invited, never arrived),
+    unavailable i32 (invited, sat the round out: the dropout draw), arrived_ids list[i32], late_ids list[i32],
+    weight f64 (training samples averaged), failover bool (a member took the round over), t_start f64, t_deadline
+    f64 (null: no deadline), t_end f64
 """
 
 from __future__ import annotations
@@ -39,8 +49,8 @@ import polars as pl
 
 from simfl.messages import LATE, LOST, TO_CRASHED, Message
 
-__all__ = ["MESSAGE_SCHEMA", "COMPUTE_SCHEMA", "LINK_SCHEMA", "BACKGROUND_SCHEMA", "BACKGROUND", "TraceRecorder",
-           "write_traces", "write_frame"]
+__all__ = ["MESSAGE_SCHEMA", "COMPUTE_SCHEMA", "LINK_SCHEMA", "BACKGROUND_SCHEMA", "ROUNDS_SCHEMA", "BACKGROUND",
+           "TraceRecorder", "write_traces", "write_frame", "rounds_frame", "write_rounds"]
 
 BACKGROUND = "background"  # the phase of background traffic's messages (their kind is the flow's name)
 
@@ -64,6 +74,14 @@ BACKGROUND_SCHEMA = pl.Schema({
     "flow": pl.String, "seq": pl.Int64, "with_fl": pl.Boolean, "src": pl.String, "dst": pl.String,
     "t_send": pl.Float64, "t_deliver": pl.Float64, "latency": pl.Float64, "bytes": pl.Int64, "wire_bytes": pl.Int64,
     "lost": pl.Boolean,
+})
+
+ROUNDS_SCHEMA = pl.Schema({
+    "phase": pl.String, "community": pl.Int32, "round": pl.Int32, "aggregator": pl.String, "outcome": pl.String,
+    "members": pl.Int32, "invited": pl.Int32, "arrived": pl.Int32, "late": pl.Int32, "dropped": pl.Int32,
+    "folded": pl.Int32, "missing": pl.Int32, "unavailable": pl.Int32, "arrived_ids": pl.List(pl.Int32),
+    "late_ids": pl.List(pl.Int32), "weight": pl.Float64, "failover": pl.Boolean, "t_start": pl.Float64,
+    "t_deadline": pl.Float64, "t_end": pl.Float64,
 })
 
 _MSG_COLS = tuple(MESSAGE_SCHEMA)
@@ -199,6 +217,21 @@ def write_traces(recorder: TraceRecorder, run_dir: str | Path) -> dict[str, Path
                         ("links", recorder.links_frame())):
         out[name] = write_frame(frame, run_dir, name)
     return out
+
+
+def rounds_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
+    """The rounds table (`ROUNDS_SCHEMA`) of row dicts."""
+    return pl.DataFrame(rows, schema=ROUNDS_SCHEMA) if rows else pl.DataFrame(schema=ROUNDS_SCHEMA)
+
+
+def write_rounds(frame: pl.DataFrame, run_dir: str | Path) -> Path:
+    """rounds.parquet and rounds.csv (the ID lists as space-separated IDs) in run_dir; returns the parquet path."""
+    pq = Path(run_dir) / "rounds.parquet"
+    frame.write_parquet(pq, compression="zstd", statistics=True)
+    ids = [c for c, t in frame.schema.items() if isinstance(t, pl.List)]
+    frame.with_columns(pl.col(c).cast(pl.List(pl.String)).list.join(" ") for c in ids).write_csv(
+        Path(run_dir) / "rounds.csv")
+    return pq
 
 
 def write_frame(frame: pl.DataFrame, run_dir: str | Path, name: str) -> Path:

@@ -16,6 +16,7 @@ from typing import Any
 
 import simpy
 
+from simfl import config
 from simfl.config import Scenario
 from simfl.errors import SimflError
 from simfl.faults import Fault
@@ -25,15 +26,9 @@ from simfl.trace import TraceRecorder
 
 __all__ = ["World", "CountingEnvironment", "crash_faults"]
 
-CRASHING_KINDS = ("client", "server", "cloud")  # the nodes whose faults are crashes in a fedad run
-
-
 def crash_faults(scenario: Scenario) -> tuple[Fault, ...]:
     """The scenario's faults that are node crashes: in a fedad run, those of its clients and servers."""
-    if scenario.workload != "fedad":
-        return ()
-    kinds = {n.name: n.kind for n in scenario.nodes}
-    return tuple(f for f in scenario.faults if f.target == "node" and kinds.get(f.name) in CRASHING_KINDS)
+    return tuple(config.crash_faults(scenario.workload, scenario.nodes, scenario.faults))
 
 
 class CountingEnvironment(simpy.Environment):

@@ -173,7 +173,8 @@ def test_a_cancelled_computation_records_its_row_up_to_then():
 
 def test_node_faults_of_a_fedad_runs_clients_are_crashes_and_other_faults_outages():
     faults = [{"node": "a", "down": "1 s"}, {"node": "s", "down": "2 s"}, {"link": "sb", "down": "3 s"}]
-    fed = pair(workload="fedad", faults=faults)
+    fed = pair(workload="fedad", faults=faults, experiment={"round_deadline": "1 s", "phase1_deadline": "1 s",
+                                                            "failover_timeout": "2 s"})
     assert [f.name for f in fed.crashes] == ["a"]
     assert [f.name for f, _ in fed.topology.faults] == ["s", "sb"]
     syn = pair(faults=faults)

@@ -1,0 +1,182 @@
+"""Phase II under conditions (round deadline, min_participants, late updates, fraction_fit, dropout) on the fake
+engine: which updates each round averages, what the trace says about the others, and the seeded draws.
+
+Three clients of 10, 20 and 30 samples (9, 18 and 27 train with val_fraction 0.1) form one community; c00 is its
+aggregator. A FedAvg round trains one epoch of AE-7 (27.1 MFLOP per sample at 10 GFLOP/s: 24, 49 and 73 ms). c02
+sits behind a 1 Mbps link: its update (113,412 payload bytes) needs more than 0.9 s to cross it, while c01's crosses
+two 100 Mbps links in about 11 ms, so a 0.5 s deadline cuts c02 and only c02.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import torch
+
+from simfl.conditions import Participation
+from simfl.config import Experiment, scenario_from_dict
+from simfl.data import ClientShard, Partition
+from simfl.learner import FakeEngine, Learner
+from simfl.plan import derive_seed
+from simfl.protocol import FedAD, simulate
+from simfl.world import World
+
+SEED = 5
+
+
+def world(n: int, slow: tuple[int, ...] = ()) -> World:
+    """n clients on 100 Mbps uplinks to one switch (those in `slow` on 1 Mbps), 10 GFLOP/s each."""
+    def link(i: int) -> dict[str, str]:
+        return {"to": "s1", "bandwidth": "1 Mbps" if i in slow else "100 Mbps", "latency": "0.5 ms"}
+
+    return World(scenario_from_dict({
+        "name": "t", "seed": SEED, "workload": "synthetic",
+        "profiles": {"edge": "10 GFLOP/s"},
+        "nodes": [{"name": "s1", "kind": "switch"},
+                  *({"name": f"c{i:02d}", "kind": "client", "profile": "edge", "uplink": link(i)}
+                    for i in range(n))],
+    }))
+
+
+def learner(sizes: list[int], rounds: int, **exp: object) -> tuple[Learner, FakeEngine]:
+    """One class, one client per size (blank images); the fake cross-evaluation puts them all in one community."""
+    n = len(sizes)
+    shards = tuple(
+        ClientShard(client=i, inlier_class=0, x=np.zeros((s, 28, 28), np.uint8), labels=np.zeros(s, np.int64),
+                    is_outlier=np.zeros(s, bool), index=np.arange(s))
+        for i, s in enumerate(sizes)
+    )
+    part = Partition(classes=(0,), p=n, d=0.1, seed=0, clients=shards, tests={})
+    fields = {"local_epochs": (1,), "tau": 0.06, "baselines": (), "workers": 0, "phase2_model": "ae7", **exp}
+    e = Experiment(classes=(0,), clients_per_class=n, rounds=rounds, **fields)  # type: ignore[arg-type]
+    fake = FakeEngine(np.full((n, n), 0.9))
+    return Learner(e, part, None, engine=lambda: fake, engine_kind="fake"), fake
+
+
+def run(sizes: list[int], rounds: int, slow: tuple[int, ...] = (), **exp: object) -> tuple[FedAD, World]:
+    lr, _ = learner(sizes, rounds, **exp)
+    w = world(len(sizes), slow)
+    fed = simulate(w, lr, lr.exp, clients=[f"c{i:02d}" for i in range(len(sizes))], server=None, seed=SEED)
+    return fed, w
+
+
+def state(fed: FedAD, ref: object) -> torch.Tensor:
+    return fed.learner.value(ref, "state")["w"]  # type: ignore[arg-type]
+
+
+def test_fedavg_of_k_of_n_is_the_sample_weighted_average_of_those_k() -> None:
+    fed, w = run([10, 20, 30], rounds=1, slow=(2,), round_deadline=0.5)
+    method = fed.record.method
+    assert fed.record.communities == [[0, 1, 2]]
+    u = [method.updates[(i, 1)] for i in range(3)]
+    assert [r.n_train for r in u] == [9, 18, 27]
+    avg = method.models[(0, 2)]
+    want = (9 * state(fed, u[0]) + 18 * state(fed, u[1])) / 27  # c02's update missed the deadline
+    assert torch.allclose(state(fed, avg), want)
+    (row,) = fed.rounds()
+    t0 = row["t_start"]
+    assert row["t_deadline"] == t0 + 0.5
+    assert (row["outcome"], row["invited"], row["arrived"], row["late"], row["dropped"]) == ("averaged", 3, 2, 1, 1)
+    assert (row["arrived_ids"], row["late_ids"], row["weight"]) == ([0, 1], [2], 27.0)
+    # the close at the deadline, then the average's compute: 2 x 2 parts x 28,353 parameters at 10 GFLOP/s
+    assert abs(row["t_end"] - (t0 + 0.5 + 4 * 28353 / 1e10)) < 1e-12
+    msgs = w.recorder.messages_frame().filter(pl.col("kind") == "update")
+    late = msgs.filter(pl.col("status") == "late")
+    assert late["src"].to_list() == ["c02"] and late["t_deliver"].item() > t0 + 0.5
+    assert msgs.filter(pl.col("src") == "c01")["t_deliver"].item() < t0 + 0.5
+
+
+def test_min_participants_skips_the_round_and_the_previous_model_stands() -> None:
+    fed, w = run([10, 20, 30], rounds=2, slow=(2,), round_deadline=0.5, min_participants=3)
+    method = fed.record.method
+    start = method.models[(0, 1)]
+    assert method.models[(0, 2)] is start and method.models[(0, 3)] is start  # both rounds skipped
+    assert [r["outcome"] for r in fed.rounds()] == ["skipped", "skipped"]
+    compute = w.recorder.compute_frame()
+    assert compute.filter(pl.col("kind") == "aggregate").height == 0
+    # round 2's training starts from the standing model again: depth 1, like round 1's
+    assert state(fed, method.updates[(1, 2)])[1].item() == 1.0
+
+
+def test_fraction_fit_invites_the_seeded_sample_and_only_they_train() -> None:
+    group = list(range(10))
+    fed, w = run([10] * 10, rounds=3, fraction_fit=0.3)
+    assert fed.record.communities == [group]
+    train = w.recorder.compute_frame().filter((pl.col("phase") == "phase2") & (pl.col("kind") == "train"))
+    for r in (1, 2, 3):
+        rng = np.random.default_rng(derive_seed(SEED, "fraction_fit", tuple(group), r))
+        want = sorted(int(x) for x in rng.choice(np.asarray(group), 3, replace=False))
+        trained = sorted(int(n[1:]) for n in train.filter(pl.col("round") == r)["node"])
+        assert trained == want
+        row = fed.rounds()[r - 1]
+        assert (row["invited"], row["arrived_ids"]) == (3, want)
+    assert len({tuple(fed.part.invited(group, r)) for r in (1, 2, 3)}) > 1  # the sample changes with the round
+
+
+def test_participation_sizes_and_dropout_draws() -> None:
+    exp = Experiment(fraction_fit=0.25, min_participants=3, dropout=0.5, round_deadline=1.0)
+    p = Participation(exp, SEED)
+    assert [p.size(m) for m in (1, 2, 4, 12, 20)] == [1, 2, 3, 3, 5]  # min(m, max(1, 3, floor(m / 4)))
+    draws = [np.random.default_rng(derive_seed(SEED, "dropout", 4, r)).random() for r in range(1, 41)]
+    assert [p.available(4, r) for r in range(1, 41)] == [d >= 0.5 for d in draws]
+    assert 0 < sum(d < 0.5 for d in draws) < 40
+
+
+def test_a_client_that_sits_a_round_out_sends_no_update_and_the_round_closes_at_its_deadline() -> None:
+    p = Participation(Experiment(dropout=0.5, round_deadline=1.0), SEED)
+    out = [(i, r) for r in (1, 2) for i in (1, 2) if not p.available(i, r)]
+    assert out, "the seed must make some member sit out (pick another dropout)"
+    fed, w = run([10, 10, 10], rounds=2, round_deadline=1.0, dropout=0.5)
+    train = w.recorder.compute_frame().filter((pl.col("phase") == "phase2") & (pl.col("kind") == "train"))
+    for r in (1, 2):
+        absent = {i for i, rr in out if rr == r}
+        assert sorted(int(n[1:]) for n in train.filter(pl.col("round") == r)["node"]) == sorted({0, 1, 2} - absent)
+        row = fed.rounds()[r - 1]
+        assert row["unavailable"] == len(absent) and row["missing"] == len(absent)
+        if absent:  # the aggregator waited for the absent member until the deadline
+            assert row["t_end"] >= row["t_deadline"]
+
+
+def test_next_round_folds_a_late_update_into_the_next_average() -> None:
+    # deadline 0.6 s: c02's round-1 update (sent about 73 ms into round 1) arrives about 1.04 s after round 1 began,
+    # inside round 2 (0.6 .. 1.2 s); its round-2 update comes after the last round
+    fed, w = run([10, 20, 30], rounds=2, slow=(2,), round_deadline=0.6, late_updates="next_round")
+    method = fed.record.method
+    r1, r2 = fed.rounds()
+    msgs = w.recorder.messages_frame().filter((pl.col("kind") == "update") & (pl.col("src") == "c02"))
+    late1 = msgs.filter(pl.col("round") == 1)["t_deliver"].item()
+    assert r1["t_end"] < late1 < r2["t_deadline"]  # c02's round-1 update reaches c00 during round 2
+    u = method.updates
+    want = (9 * state(fed, u[(0, 2)]) + 18 * state(fed, u[(1, 2)]) + 27 * state(fed, u[(2, 1)])) / 54
+    assert torch.allclose(state(fed, method.models[(0, 3)]), want)
+    assert (r1["late_ids"], r1["dropped"], r1["folded"]) == ([2], 0, 0)
+    assert (r2["arrived_ids"], r2["folded"], r2["weight"]) == ([0, 1], 1, 54.0)
+    assert (r2["late_ids"], r2["dropped"]) == ([2], 1)
+    assert msgs["status"].to_list() == ["late", "late"]
+
+
+def test_conditions_that_could_leave_a_wait_without_end_are_refused_in_one_line() -> None:
+    import pytest
+
+    from simfl.schema import ScenarioError
+
+    base = {"name": "t", "workload": "fedad", "profiles": {"edge": "1 GFLOP/s"},
+            "nodes": [{"name": "s1", "kind": "switch"},
+                      *({"name": f"c{i:02d}", "kind": "client", "profile": "edge",
+                         "uplink": {"to": "s1", "bandwidth": "1 Gbps"}} for i in range(2))],
+            "experiment": {"classes": [0, 1], "clients_per_class": 1, "baselines": []}}
+
+    def refused(exp: dict[str, object], faults: tuple[dict[str, object], ...] = ()) -> str:
+        d = {**base, "experiment": {**base["experiment"], **exp}, "faults": list(faults)}  # type: ignore[dict-item]
+        with pytest.raises(ScenarioError) as e:
+            scenario_from_dict(d)
+        assert "\n" not in str(e.value)
+        return str(e.value)
+
+    assert "experiment.dropout = 0.1: needs experiment.round_deadline" in refused({"dropout": 0.1})
+    assert "must exceed experiment.round_deadline" in refused({"round_deadline": "2 s", "failover_timeout": "2 s"})
+    msg = refused({"round_deadline": "2 s"}, ({"node": "c00", "down": "1 s"},))
+    assert "faults[0].node" in msg and "experiment.phase1_deadline, experiment.failover_timeout" in msg
+    # a repeating schedule of a client's node is an outage of its links (e.g. leaving radio coverage), no crash
+    ok = {**base, "faults": [{"node": "c00", "start": "1 s", "every": "10 s", "duration": "1 s"}]}
+    assert scenario_from_dict(ok).faults
