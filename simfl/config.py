@@ -651,6 +651,10 @@ def _conditions(ck: Checker, exp: Experiment, crashes: list[Fault], faults: list
     if exp.dropout > 0 and exp.round_deadline is None:
         ck.fail("experiment.dropout", exp.dropout, "needs experiment.round_deadline (a round would wait for ever "
                 "for a client that sits it out)")
+    if exp.phase1_deadline is not None and exp.round_deadline is None:
+        ck.fail("experiment.phase1_deadline", ck.given["experiment.phase1_deadline"], "needs "
+                "experiment.round_deadline (a client that became a loner at the deadline would leave its community's "
+                "aggregator waiting for ever)")
     if exp.failover_timeout is not None:
         if exp.round_deadline is None:
             ck.fail("experiment.failover_timeout", ck.given["experiment.failover_timeout"], "needs "

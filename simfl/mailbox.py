@@ -45,6 +45,10 @@ class Mailboxes:
         out = [m for box in self._boxes.values() for m in box.items if isinstance(m, Message)]
         return out + [m for ms in self._unclaimed.values() for m in ms]
 
+    def waiting(self) -> list[str]:
+        """The nodes whose processes wait on their inbox now, sorted."""
+        return sorted(n for n, box in self._boxes.items() if box.get_queue)
+
     def reset(self, node: str) -> list[Message]:
         """Empty `node`'s inbox (its node crashed: what it held is gone, and so are the waits of its processes);
         returns the messages it held. Later deliveries go to a fresh inbox."""

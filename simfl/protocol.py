@@ -49,8 +49,9 @@ from simfl import models
 from simfl.communities import find_communities, one_sided
 from simfl.conditions import DEADLINE, Deadline, Local, Missing, Participation, RoundRow, conditions_on
 from simfl.config import Experiment
+from simfl.errors import SimflError
 from simfl.learner import BASELINES, PHASE1, THRESHOLD_BITS, Learner, Ref, Stage
-from simfl.messages import LOST, Message, flag_bits, ids_bits, payload_bits_of
+from simfl.messages import LOST, Message, MessageLost, flag_bits, ids_bits, payload_bits_of
 from simfl.order import send_order
 from simfl.plan import FL_SEED_TAG, derive_seed
 from simfl.world import World
@@ -184,10 +185,16 @@ class FedAD:
         m: Message = ev.value.message
         if m.status != LOST or m.src in self.down:  # it reached a crashed node, or its sender crashed: nobody knows
             return
-        if m.dst not in self.down:
+        if m.dst not in self.down and m.kind in WAITED:
             self.net.inbox(m.dst).put(Missing(m.kind, m.phase, m.round, m.src, m.dst))
         if reply is not None:
             self.net.inbox(m.src).put(Missing(reply[0], m.phase, reply[1], m.dst, m.src))
+
+    def _settled(self, ev: simpy.Event) -> simpy.Event:
+        """An event that succeeds when `ev` has succeeded or failed."""
+        out = self.env.event()
+        ev.callbacks.append(lambda _ev: out.succeed())
+        return out
 
     def _wait(self, node: str, kind: str, phase: str, rnd: int | None = None, srcs: set[str] | None = None,
               token: int | None = None) -> simpy.Event:
@@ -275,6 +282,9 @@ class FedAD:
         return self._sided
 
     def phase1_client(self, i: int) -> Proc:
+        """Client i's phase I: train, send its model to every peer, score the models that come, send each peer
+        its verdict, take the verdicts, send its candidate group to the leader and learn its community; then its
+        FedAvg rounds. Each wait ends when every peer's message has an outcome or at `phase1_deadline`."""
         mine = self.record.phase1[i]
         node = self.nodes[i]
         yield self._compute(node, self._flops(mine.train), self._trained(mine.train), kind="train",
@@ -282,39 +292,72 @@ class FedAD:
         bits = self._bits(mine.train) + THRESHOLD_BITS
         self.record.phase1_bits[i] = bits
         for j in send_order(i, self.n, self.exp.send_order, self.seed):
-            self.net.send(node, self.nodes[j], kind="model", phase="phase1", round=0, payload_bits=bits,
-                          payload=mine)
-        for _ in range(self.n - 1):
-            msg = yield self._get(node, "model", "phase1")
+            self._send(node, self.nodes[j], kind="model", phase="phase1", rnd=0, bits=bits, payload=mine,
+                       reply=("assoc", 0))
+        scored: set[int] = set()
+
+        def score(msg: Message) -> Proc:  # as each model arrives
             theirs: ModelRef = msg.payload
             yield self._compute(node, self._score_flops(i, theirs), self._scored(theirs), kind="score",
                                 phase="phase1", round=0)
-            self.net.send(node, msg.src, kind="assoc", phase="phase1", round=0, payload_bits=flag_bits(1),
-                          payload=Verdict(i, theirs.client))
-        verdicts: list[Verdict] = []
-        for _ in range(self.n - 1):
-            msg = yield self._get(node, "assoc", "phase1")
-            verdicts.append(msg.payload)
+            scored.add(theirs.client)
+            self._send(node, msg.src, kind="assoc", phase="phase1", rnd=0, bits=flag_bits(1),
+                       payload=Verdict(i, theirs.client))
+
+        yield from self._phase1_take(node, "model", score)
+        verdicts: list[Verdict] = [m.payload for m in (yield from self._phase1_take(node, "assoc"))]
         sided = self.sided()
-        # the candidate group names the client itself and its associated peers (2-byte IDs), as the authors do
-        both = {v.judge for v in verdicts if sided[i, v.judge] and sided[v.judge, v.about]}
+        # the candidate group names the client itself and its associated peers (2-byte IDs), as the authors do;
+        # a pair without both one-sided results has no edge
+        both = {v.judge for v in verdicts if v.judge in scored and sided[i, v.judge] and sided[v.judge, v.about]}
         candidates = np.array([j for j in range(self.n) if j == i or j in both], dtype=np.uint16)
         if i == self.leader:
             yield self.env.process(self.phase1_leader(candidates))
         else:
-            self.net.send(node, self.nodes[self.leader], kind="candidates", phase="phase1", round=0,
-                          payload_bits=ids_bits(len(candidates)), payload=candidates)
-            msg = yield self._get(node, "community", "phase1")
-            self.known_community[i] = [int(x) for x in msg.payload]
+            self._send(node, self.nodes[self.leader], kind="candidates", phase="phase1", rnd=0,
+                       bits=ids_bits(len(candidates)), payload=candidates)
+            # the leader's own collection may take a whole deadline: this wait lasts two
+            token = self._deadline(node, None if self.exp.phase1_deadline is None else 2 * self.exp.phase1_deadline)
+            msg = yield self._wait(node, "community", "phase1", token=token)
+            self._close(token)
+            got = isinstance(msg, Message)  # no community by the deadline, or the network gave up on it: a loner
+            self.known_community[i] = [int(x) for x in msg.payload] if got else [i]
         yield self.env.process(self.fl_client(self.record.method, i, self.known_community[i]))
 
+    def _phase1_take(self, node: str, kind: str, each: Callable[[Message], Proc] | None = None,
+                     peers: set[str] | None = None) -> Generator[simpy.Event, Any, list[Message]]:
+        """Take one message of `kind` from every peer (every other client, or `peers`) until each has an outcome
+        (arrived, or `Missing`) or `phase1_deadline` passes from the start: the messages that arrived. `each` runs
+        on each as it arrives, inside the wait."""
+        waiting = set(peers) if peers is not None else {n for n in self.nodes if n != node}
+        token = self._deadline(node, self.exp.phase1_deadline)
+        got: list[Message] = []
+        while waiting:
+            msg = yield self._wait(node, kind, "phase1", srcs=waiting, token=token)
+            if msg.kind == DEADLINE:
+                break
+            waiting.discard(msg.src)
+            if isinstance(msg, Message):
+                got.append(msg)
+                if each is not None:
+                    yield from each(msg)
+        self._close(token)
+        return got
+
     def phase1_leader(self, own: np.ndarray) -> Proc:
+        """The leader's collection of the candidate groups (a group that does not come by `phase1_deadline`, or that
+        the network gave up on, is an empty row: that client is a loner), the communities, and their messages."""
         node = self.nodes[self.leader]
         adj = np.zeros((self.n, self.n), dtype=bool)
         adj[self.leader, own] = True
-        for _ in range(self.n - 1):
-            msg = yield self._get(node, "candidates", "phase1")
+        row = RoundRow("phase1", -1, 0, node, list(range(self.n)), list(range(self.n)), self.env.now,
+                       None if self.exp.phase1_deadline is None else self.env.now + self.exp.phase1_deadline)
+        for m in range(self.n):
+            self._row_of[("phase1", node, 0, m)] = row
+        got = yield from self._phase1_take(node, "candidates")
+        for msg in got:
             adj[self.index[msg.src], msg.payload.astype(np.int64)] = True
+        row.arrived_ids = sorted([self.leader] + [self.index[m.src] for m in got])
         np.fill_diagonal(adj, False)
         adj = adj & adj.T
         t0 = time.perf_counter()
@@ -323,14 +366,16 @@ class FedAD:
         yield self._compute(node, 0.0, lambda: wall, kind="communities", phase="phase1", round=0)
         self.record.adjacency, self.record.communities = adj, found
         self.record.method.groups = found
+        row.outcome, row.t_end = "collected", self.env.now
+        self.rows.append(row)
         for members in found:
             ids = np.array(members, dtype=np.uint16)
             for i in members:
                 if i == self.leader:
                     self.known_community[i] = list(members)
                 else:
-                    self.net.send(node, self.nodes[i], kind="community", phase="phase1", round=0,
-                                  payload_bits=ids_bits(len(ids)), payload=ids)
+                    self._send(node, self.nodes[i], kind="community", phase="phase1", rnd=0,
+                               bits=ids_bits(len(ids)), payload=ids)
         self.communities_known.succeed(found)
 
     # ---------------------------------------------------------------- phase II / FedAvg
@@ -533,12 +578,13 @@ class FedAD:
         assert self.server is not None
         exp = self.exp
         self.record.upload_bits = [payload_bits_of(s.x) for s in self.learner.partition.clients]
-        sends = [
-            self.net.send(self.nodes[i], self.server, kind="raw_data", phase="centralised", round=0,
-                          payload_bits=self.record.upload_bits[i], payload=i)
-            for i in range(self.n)
-        ]
-        yield simpy.AllOf(self.env, sends)
+        sends = [self._send(self.nodes[i], self.server, kind="raw_data", phase="centralised", rnd=0,
+                            bits=self.record.upload_bits[i], payload=i) for i in range(self.n)]
+        try:
+            yield simpy.AllOf(self.env, sends)
+        except MessageLost:  # a shard the network gave up on: the others still come (the model is the reference)
+            rest = [self._settled(e) for e in sends if not e.processed]
+            yield simpy.AllOf(self.env, rest)
         ref = self.learner.train(None, exp.phase2_model, exp.centralised_epochs, derive_seed(self.seed, "centralised"),
                                  stage=BASELINES)
         self.record.central = ref
@@ -581,8 +627,17 @@ class FedAD:
         self.world.recorder.mark_late(m.msg_id for m in late)
         for m in late:
             row = self._row_of.get((m.phase, m.dst, m.round, self.index.get(m.src, -1)))
-            if row is not None and m.kind == "update":
+            if row is not None and m.kind in ("update", "candidates"):
                 row.late_ids.append(self.index[m.src])
+
+    def stalled(self) -> str:
+        """Why the run stopped before its end: the nodes still waiting (one line)."""
+        boxes = getattr(self.net, "mailboxes", None)
+        waiting = boxes.waiting() if boxes is not None else []
+        who = f"{', '.join(waiting)} wait{'s' if len(waiting) == 1 else ''}" if waiting else "a node waits"
+        return (f"the fedad run stalled at simulated {self.env.now:g} s: {who} for messages that will not come "
+                "(lost after network.give_up, or from a member that missed its community); set "
+                "experiment.round_deadline (and experiment.phase1_deadline) so that rounds close")
 
     def rounds(self) -> list[dict[str, Any]]:
         """rounds.parquet's rows (`simfl.trace.ROUNDS_SCHEMA`), in the order the rounds closed."""
@@ -594,6 +649,11 @@ def simulate(world: World, learner: Learner, exp: Experiment, *, clients: Sequen
     """Run the method and `exp`'s baselines on the world's network until every phase has finished."""
     fed = FedAD(world, learner, exp, clients=clients, server=server, seed=seed)
     done = world.env.process(fed.run_all())
-    world.env.run(until=done)
+    try:
+        world.env.run(until=done)
+    except RuntimeError:
+        if done.triggered:
+            raise
+        raise SimflError(fed.stalled()) from None
     fed.finish()
     return fed

@@ -24,17 +24,19 @@ from simfl.world import World
 SEED = 5
 
 
-def world(n: int, slow: tuple[int, ...] = ()) -> World:
-    """n clients on 100 Mbps uplinks to one switch (those in `slow` on 1 Mbps), 10 GFLOP/s each."""
+def world(n: int, slow: tuple[int, ...] = (), *, slow_cpu: tuple[int, ...] = (), **extra: object) -> World:
+    """n clients on 100 Mbps uplinks to one switch (those in `slow` on 1 Mbps), 10 GFLOP/s each (those in
+    `slow_cpu` 0.1 GFLOP/s); `extra`: more scenario keys (faults, network)."""
     def link(i: int) -> dict[str, str]:
         return {"to": "s1", "bandwidth": "1 Mbps" if i in slow else "100 Mbps", "latency": "0.5 ms"}
 
     return World(scenario_from_dict({
         "name": "t", "seed": SEED, "workload": "synthetic",
-        "profiles": {"edge": "10 GFLOP/s"},
+        "profiles": {"edge": "10 GFLOP/s", "slow": "0.1 GFLOP/s"},
         "nodes": [{"name": "s1", "kind": "switch"},
-                  *({"name": f"c{i:02d}", "kind": "client", "profile": "edge", "uplink": link(i)}
-                    for i in range(n))],
+                  *({"name": f"c{i:02d}", "kind": "client", "profile": "slow" if i in slow_cpu else "edge",
+                     "uplink": link(i)} for i in range(n))],
+        **extra,
     }))
 
 
@@ -53,11 +55,19 @@ def learner(sizes: list[int], rounds: int, **exp: object) -> tuple[Learner, Fake
     return Learner(e, part, None, engine=lambda: fake, engine_kind="fake"), fake
 
 
-def run(sizes: list[int], rounds: int, slow: tuple[int, ...] = (), **exp: object) -> tuple[FedAD, World]:
+def run(sizes: list[int], rounds: int, slow: tuple[int, ...] = (), *, net: dict[str, object] | None = None,
+        **exp: object) -> tuple[FedAD, World]:
     lr, _ = learner(sizes, rounds, **exp)
-    w = world(len(sizes), slow)
+    w = world(len(sizes), slow, **(net or {}))
     fed = simulate(w, lr, lr.exp, clients=[f"c{i:02d}" for i in range(len(sizes))], server=None, seed=SEED)
     return fed, w
+
+
+def rounds(fed: FedAD) -> list[dict[str, object]]:
+    """rounds.parquet's FedAvg rows (phase I's collection at the leader is the first row)."""
+    rows = fed.rounds()
+    assert rows[0]["phase"] == "phase1" and rows[0]["outcome"] == "collected"
+    return rows[1:]
 
 
 def state(fed: FedAD, ref: object) -> torch.Tensor:
@@ -73,7 +83,7 @@ def test_fedavg_of_k_of_n_is_the_sample_weighted_average_of_those_k() -> None:
     avg = method.models[(0, 2)]
     want = (9 * state(fed, u[0]) + 18 * state(fed, u[1])) / 27  # c02's update missed the deadline
     assert torch.allclose(state(fed, avg), want)
-    (row,) = fed.rounds()
+    (row,) = rounds(fed)
     t0 = row["t_start"]
     assert row["t_deadline"] == t0 + 0.5
     assert (row["outcome"], row["invited"], row["arrived"], row["late"], row["dropped"]) == ("averaged", 3, 2, 1, 1)
@@ -91,7 +101,7 @@ def test_min_participants_skips_the_round_and_the_previous_model_stands() -> Non
     method = fed.record.method
     start = method.models[(0, 1)]
     assert method.models[(0, 2)] is start and method.models[(0, 3)] is start  # both rounds skipped
-    assert [r["outcome"] for r in fed.rounds()] == ["skipped", "skipped"]
+    assert [r["outcome"] for r in rounds(fed)] == ["skipped", "skipped"]
     compute = w.recorder.compute_frame()
     assert compute.filter(pl.col("kind") == "aggregate").height == 0
     # round 2's training starts from the standing model again: depth 1, like round 1's
@@ -108,7 +118,7 @@ def test_fraction_fit_invites_the_seeded_sample_and_only_they_train() -> None:
         want = sorted(int(x) for x in rng.choice(np.asarray(group), 3, replace=False))
         trained = sorted(int(n[1:]) for n in train.filter(pl.col("round") == r)["node"])
         assert trained == want
-        row = fed.rounds()[r - 1]
+        row = rounds(fed)[r - 1]
         assert (row["invited"], row["arrived_ids"]) == (3, want)
     assert len({tuple(fed.part.invited(group, r)) for r in (1, 2, 3)}) > 1  # the sample changes with the round
 
@@ -131,7 +141,7 @@ def test_a_client_that_sits_a_round_out_sends_no_update_and_the_round_closes_at_
     for r in (1, 2):
         absent = {i for i, rr in out if rr == r}
         assert sorted(int(n[1:]) for n in train.filter(pl.col("round") == r)["node"]) == sorted({0, 1, 2} - absent)
-        row = fed.rounds()[r - 1]
+        row = rounds(fed)[r - 1]
         assert row["unavailable"] == len(absent) and row["missing"] == len(absent)
         if absent:  # the aggregator waited for the absent member until the deadline
             assert row["t_end"] >= row["t_deadline"]
@@ -142,7 +152,7 @@ def test_next_round_folds_a_late_update_into_the_next_average() -> None:
     # inside round 2 (0.6 .. 1.2 s); its round-2 update comes after the last round
     fed, w = run([10, 20, 30], rounds=2, slow=(2,), round_deadline=0.6, late_updates="next_round")
     method = fed.record.method
-    r1, r2 = fed.rounds()
+    r1, r2 = rounds(fed)
     msgs = w.recorder.messages_frame().filter((pl.col("kind") == "update") & (pl.col("src") == "c02"))
     late1 = msgs.filter(pl.col("round") == 1)["t_deliver"].item()
     assert r1["t_end"] < late1 < r2["t_deadline"]  # c02's round-1 update reaches c00 during round 2
@@ -180,3 +190,55 @@ def test_conditions_that_could_leave_a_wait_without_end_are_refused_in_one_line(
     # a repeating schedule of a client's node is an outage of its links (e.g. leaving radio coverage), no crash
     ok = {**base, "faults": [{"node": "c00", "start": "1 s", "every": "10 s", "duration": "1 s"}]}
     assert scenario_from_dict(ok).faults
+
+
+def complete_but(n: int, *pairs: tuple[int, int]) -> np.ndarray:
+    adj = ~np.eye(n, dtype=bool)
+    for a, b in pairs:
+        adj[a, b] = adj[b, a] = False
+    return adj
+
+
+def test_a_model_lost_in_phase_one_removes_exactly_that_pairs_edge() -> None:
+    """c03 computes at 0.1 GFLOP/s: its phase-I training (2.44e7 FLOPs) ends at 0.2439 s, long after the others
+    have exchanged theirs (by 16 ms). c05's link is down from 0.1 s to 0.45 s and the network gives up after 0.2 s:
+    c03's model to c05 is lost at 0.4439 s, and c03's verdict about c05's model, sent later, waits for the link."""
+    fault = {"link": "c05-s1", "down": "0.1 s", "up": "0.45 s"}
+    fed, w = run([10] * 6, 1, phase1_epochs=1,
+                 net={"slow_cpu": (3,), "faults": [fault], "network": {"give_up": "0.2 s"}})
+    msgs = w.recorder.messages_frame()
+    lost = msgs.filter(pl.col("status") != "delivered")
+    assert lost.select("kind", "src", "dst", "status").rows() == [("model", "c03", "c05", "lost")]
+    assert abs(lost["t_send"].item() - 2.4385536e7 / 1e8) < 1e-12
+    assert (fed.record.adjacency == complete_but(6, (3, 5))).all()
+    assert fed.record.communities == [list(range(6))]
+
+
+def test_a_candidate_group_after_the_phase_one_deadline_leaves_its_client_a_loner() -> None:
+    """phase1_deadline 0.1 s: c03 (0.1 GFLOP/s) sends its model at 0.2439 s, after every peer's model wait
+    (from 2.4 ms) has closed, and its candidate group long after the leader's wait closed: c03 is a loner."""
+    fed, w = run([10] * 6, 1, phase1_epochs=1, phase1_deadline=0.1, round_deadline=1.0, net={"slow_cpu": (3,)})
+    assert (fed.record.adjacency == complete_but(6, *((3, j) for j in range(6) if j != 3))).all()
+    assert sorted(fed.record.communities) == [[0, 1, 2, 4, 5], [3]]
+    assert fed.known_community[3] == [3]
+    row = fed.rounds()[0]
+    assert (row["phase"], row["arrived_ids"], row["late_ids"]) == ("phase1", [0, 1, 2, 4, 5], [3])
+    late = w.recorder.messages_frame().filter(pl.col("status") == "late")
+    assert set(late.filter(pl.col("kind") == "candidates")["src"]) == {"c03"}
+    assert set(late.filter(pl.col("kind") == "model")["src"]) == {"c03"}  # to every peer
+
+
+def test_without_round_deadline_a_member_lost_to_its_community_stalls_the_run_with_one_line() -> None:
+    """The community message to c05 (sent at 26.6 ms, after c05's candidate group arrived at 25.6 ms) meets c05's
+    link down from 26 ms and is lost 0.1 s later: c05 runs FedAvg alone, and its community's aggregator c00,
+    without a round deadline, would wait for its update for ever."""
+    import pytest
+
+    from simfl.errors import SimflError
+
+    with pytest.raises(SimflError) as e:
+        run([10, 10, 10, 30, 10, 10], 1, phase1_epochs=1,
+            net={"faults": [{"link": "c05-s1", "down": "26 ms"}], "network": {"give_up": "0.1 s"}})
+    msg = str(e.value)
+    assert "\n" not in msg and ": c00, c01, c02, c03, c04 wait for messages that will not come" in msg
+    assert msg.endswith("set experiment.round_deadline (and experiment.phase1_deadline) so that rounds close")
