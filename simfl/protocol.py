@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
@@ -57,6 +58,7 @@ from simfl.plan import FL_SEED_TAG, derive_seed
 from simfl.world import World
 
 Proc = Generator[simpy.Event, Any, Any]
+TAKEOVER = "takeover"  # a member that takes its aggregator's role over tells the others (2-byte ID)
 # the kinds of message a process waits for (a raw shard's upload is awaited by its send event)
 WAITED = frozenset({"model", "assoc", "candidates", "community", "update", "global"})
 
@@ -117,6 +119,26 @@ class FLRun:
 
 
 @dataclass
+class View:
+    """A FedAvg member's view of its aggregator: who it is now, whom it suspects, whether it took the role over."""
+
+    agg: str
+    suspects: set[str] = field(default_factory=set)
+    took_over: bool = False
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Where a member that takes the aggregator's role over starts: the round it reopens, the model it holds, its
+    last update (Adam's state goes on from it) and the suspected nodes (left out of every later round)."""
+
+    round: int
+    model: Ref
+    prev: Ref | None
+    suspects: frozenset[str]
+
+
+@dataclass
 class FedRecord:
     """What a federated run did, as references into its learner (what the fedad workload reports)."""
 
@@ -165,6 +187,17 @@ class FedAD:
         self._open: set[int] = set()  # deadline tokens whose wait is still open
         self.down: set[str] = set()  # nodes that are down now
         self.finished = False
+        self.failovers = 0
+        self._open_rows: dict[str, list[RoundRow]] = {}  # aggregator -> its rounds not closed yet
+        self._procs: dict[str, list[simpy.Process]] = {}  # node -> its processes (with crashes only)
+        # a computation under way -> its wall-time note and wall (with crashes: a stopped one's row is recorded then)
+        self._wall_of: dict[simpy.Event, tuple[Callable[[simpy.Event], None], Callable[[], float]]] = {}
+        if world.crashes:
+            self.net.allow_crashes()
+        for f in world.crashes:
+            self.env.timeout(f.down).callbacks.append(functools.partial(self._crash, f.name))
+            if not math.isinf(f.up):
+                self.env.timeout(f.up).callbacks.append(functools.partial(self._recover, f.name))
 
     # ---------------------------------------------------------------- helpers
     def _fl_run(self, phase: str, stage: str, groups: list[list[int]] | None = None) -> FLRun:
@@ -235,7 +268,14 @@ class FedAD:
                  round: int) -> simpy.Event:
         """`World.compute`, noting where the row's wall time will come from (known once the learner has run)."""
         ev = self.world.compute(node, flops, kind=kind, phase=phase, round=round)
-        ev.callbacks.append(lambda _ev: self._walls.append(wall))  # after the world's: one per row, in order
+
+        def note(_ev: simpy.Event) -> None:  # after the world's: one per row, in order
+            self._walls.append(wall)
+            self._wall_of.pop(ev, None)
+
+        ev.callbacks.append(note)
+        if self.world.crashes:
+            self._wall_of[ev] = (note, wall)
         return ev
 
     def _trained(self, ref: Ref) -> Callable[[], float]:
@@ -264,6 +304,55 @@ class FedAD:
             return n * models.flops_per_sample(self.exp.phase1_model)
         support = len(self.learner.value(model.train, "state")["dual_coef"])
         return n * models.ocsvm_flops_per_sample(support)
+
+    # ---------------------------------------------------------------- node crashes
+    def _proc(self, node: str, gen: Proc) -> simpy.Process:
+        """`env.process(gen)`, as a process of `node` that a crash of it stops (with crashes in the scenario)."""
+        if not self.world.crashes:
+            return self.env.process(gen)
+        if node in self.down:  # a process of a node that is down never starts
+            gen.close()
+            gen = self._nothing()
+        p = self.env.process(self._guard(gen))
+        self._procs.setdefault(node, []).append(p)
+        return p
+
+    @staticmethod
+    def _guard(gen: Proc) -> Proc:
+        try:
+            return (yield from gen)
+        except simpy.Interrupt:  # its node crashed
+            return None
+
+    @staticmethod
+    def _nothing() -> Proc:
+        return None
+        yield  # a generator that ends at once
+
+    def _crash(self, node: str, _ev: simpy.Event | None = None) -> None:
+        """`node` crashes: the network fails its messages, its computations stop (their rows end now), its
+        processes and inbox are gone, and the rounds it was aggregating end "aborted"."""
+        if self.finished:
+            return
+        self.down.add(node)
+        self.net.crash(node)
+        for ev in self.world.running(node):
+            self.world.cancel(ev)
+            note, wall = self._wall_of.pop(ev)
+            ev.callbacks.remove(note)
+            self._walls.append(wall)
+        for p in self._procs.pop(node, []):
+            if p.is_alive:
+                p.interrupt("crash")
+        self.net.mailboxes.reset(node)
+        for row in self._open_rows.pop(node, []):
+            row.outcome, row.t_end = "aborted", self.env.now
+            self.rows.append(row)
+
+    def _recover(self, node: str, _ev: simpy.Event | None = None) -> None:
+        """`node` is up again: it receives messages (its processes do not come back)."""
+        self.down.discard(node)
+        self.net.recover(node)
 
     # ---------------------------------------------------------------- phase I
     def _register_phase1(self) -> None:
@@ -312,7 +401,7 @@ class FedAD:
         both = {v.judge for v in verdicts if v.judge in scored and sided[i, v.judge] and sided[v.judge, v.about]}
         candidates = np.array([j for j in range(self.n) if j == i or j in both], dtype=np.uint16)
         if i == self.leader:
-            yield self.env.process(self.phase1_leader(candidates))
+            yield self._proc(node, self.phase1_leader(candidates))
         else:
             self._send(node, self.nodes[self.leader], kind="candidates", phase="phase1", rnd=0,
                        bits=ids_bits(len(candidates)), payload=candidates)
@@ -322,7 +411,7 @@ class FedAD:
             self._close(token)
             got = isinstance(msg, Message)  # no community by the deadline, or the network gave up on it: a loner
             self.known_community[i] = [int(x) for x in msg.payload] if got else [i]
-        yield self.env.process(self.fl_client(self.record.method, i, self.known_community[i]))
+        yield self._proc(node, self.fl_client(self.record.method, i, self.known_community[i]))
 
     def _phase1_take(self, node: str, kind: str, each: Callable[[Message], Proc] | None = None,
                      peers: set[str] | None = None) -> Generator[simpy.Event, Any, list[Message]]:
@@ -403,51 +492,108 @@ class FedAD:
         return ref
 
     def fl_client(self, run: FLRun, i: int, group: list[int]) -> Proc:
-        """One client's FedAvg rounds: train when invited and available, upload its update, take the next model."""
+        """One client's FedAvg rounds: train when invited and available, upload its update, take the next model
+        (or take the aggregator's role over: `_receive`)."""
         node = self.nodes[i]
         agg = self._aggregator_of(group)
         run.group_key[i] = group[0]
         if agg == node:
-            yield self.env.process(self.fl_aggregator(run, group, agg, own=i))
+            yield self._proc(node, self.fl_aggregator(run, group, agg, own=i))
             return
         model: Ref | None = self._start(run, group)
         prev = None
+        view = View(agg)
         for rnd in range(1, run.rounds + 1):
             invited = i in self.part.invited(group, rnd)
             if self.models_before_round:
                 if not invited:
                     continue
-                model = yield from self._receive(run, i, agg, rnd)
+                got = yield from self._receive(run, i, group, view, rnd, model, prev)
+                if view.took_over:
+                    return
+                model = got
             if invited and model is not None and self.part.available(i, rnd):
                 prev = self._train(run, i, rnd, model, prev)
                 yield self._compute(node, self._flops(prev), self._trained(prev), kind="train", phase=run.phase,
                                     round=rnd)
-                self._send(node, agg, kind="update", phase=run.phase, rnd=rnd, bits=self._bits(prev), payload=prev)
+                self._send(node, view.agg, kind="update", phase=run.phase, rnd=rnd, bits=self._bits(prev),
+                           payload=prev)
             if not self.models_before_round and (rnd == run.rounds or i in self.part.invited(group, rnd + 1)):
-                model = yield from self._receive(run, i, agg, rnd)
+                got = yield from self._receive(run, i, group, view, rnd, model, prev)
+                if view.took_over:
+                    return
+                model = got
 
-    def _receive(self, run: FLRun, i: int, agg: str, rnd: int) -> Generator[simpy.Event, Any, Ref | None]:
-        """The model labelled round `rnd` from the aggregator (None: the network gave up on it)."""
-        msg = yield self._wait(self.nodes[i], "global", run.phase, rnd, srcs={agg})
-        if isinstance(msg, Missing):
-            return None
-        run.held[i] = msg.payload
-        return msg.payload
+    def _receive(self, run: FLRun, i: int, group: list[int], view: View, rnd: int, model: Ref | None,
+                 prev: Ref | None) -> Generator[simpy.Event, Any, Ref | None]:
+        """The model labelled round `rnd` from the aggregator (None: the network gave up on it). With
+        `failover_timeout`, silence that long makes the member suspect its aggregator: the lowest unsuspected member
+        takes over (this one: it runs the aggregator from round `rnd` on, and `view.took_over` is set); a
+        `takeover` from a member makes that member the aggregator, and this one re-sends its unanswered update."""
+        node = self.nodes[i]
+        names = {self.nodes[m] for m in group}
+        while True:
+            token = self._deadline(node, self.exp.failover_timeout)
+            msg = yield self.net.inbox(node).get(functools.partial(self._due, run.phase, rnd, view, names, token))
+            self._close(token)
+            if msg.kind == "global":
+                if isinstance(msg, Missing):
+                    return None
+                run.held[i] = msg.payload
+                return msg.payload
+            if msg.kind == TAKEOVER:  # the aggregator and the members before the new one were suspected
+                view.suspects.add(view.agg)
+                view.suspects.update(self.nodes[m] for m in group if m < self.index[msg.src])
+                view.agg = msg.src
+                mine = run.updates.get((i, rnd))
+                if not self.models_before_round and mine is not None:  # its update of the reopened round
+                    self._send(node, view.agg, kind="update", phase=run.phase, rnd=rnd, bits=self._bits(mine),
+                               payload=mine)
+                continue
+            view.suspects.add(view.agg)  # silence: the next unsuspected member takes over
+            view.agg = next(self.nodes[m] for m in group if self.nodes[m] not in view.suspects)
+            if view.agg == node:
+                view.took_over = True
+                resume = Resume(rnd, model if model is not None else self._start(run, group), prev,
+                                frozenset(view.suspects))
+                yield self._proc(node, self.fl_aggregator(run, group, node, own=i, resume=resume))
+                return None
 
-    def fl_aggregator(self, run: FLRun, group: list[int], agg: str, own: int | None) -> Proc:
-        """The aggregator `agg` of `group` (a member when `own` is its index, else the server node)."""
-        model = self._start(run, group)
-        run.models[(group[0], 1)] = model
-        prev = None
-        for rnd in range(1, run.rounds + 1):
-            invited = self.part.invited(group, rnd)
+    @staticmethod
+    def _due(phase: str, rnd: int, view: View, names: set[str], token: int | None, m: Any) -> bool:
+        """What a member awaiting round `rnd`'s model takes: that model from its aggregator, a takeover from an
+        unsuspected member, or its failover timer's end."""
+        if m.kind == "global":
+            return m.phase == phase and m.round == rnd and m.src == view.agg
+        if m.kind == TAKEOVER:
+            return m.phase == phase and m.src in names and m.src not in view.suspects and m.src != view.agg
+        return token is not None and m.kind == DEADLINE and m.token == token
+
+    def fl_aggregator(self, run: FLRun, group: list[int], agg: str, own: int | None,
+                      resume: Resume | None = None) -> Proc:
+        """The aggregator `agg` of `group` (a member when `own` is its index, else the server node); `resume`: a
+        member that took the role over, from the round it reopens (it tells the other unsuspected members)."""
+        first, prev, suspects = 1, None, frozenset[str]()
+        if resume is None:
+            model = self._start(run, group)
+            run.models[(group[0], 1)] = model
+        else:
+            first, model, prev, suspects = resume.round, resume.model, resume.prev, resume.suspects
+            self.failovers += 1
+            for m in group:
+                if self.nodes[m] not in suspects and m != own:
+                    self._send(agg, self.nodes[m], kind=TAKEOVER, phase=run.phase, rnd=first, bits=ids_bits(1),
+                               payload=own)
+        live = [m for m in group if self.nodes[m] not in suspects]
+        for rnd in range(first, run.rounds + 1):
+            invited = [m for m in self.part.invited(group, rnd) if m in live]
             if self.models_before_round:  # round rnd's model: the initial one, then the average of round rnd - 1
                 self._send_model(agg, [m for m in invited if m != own], run, rnd, model)
-            row = self._open_row(run, group, agg, rnd, invited)
+            row = self._open_row(run, group, agg, rnd, invited, failover=resume is not None and rnd == first)
             parts, prev = yield from self._collect(run, agg, own, rnd, invited, model, prev, row)
             model = yield from self._average(run, group, agg, own, rnd, parts, model, row)
             if not self.models_before_round:
-                targets = group if rnd == run.rounds else self.part.invited(group, rnd + 1)
+                targets = live if rnd == run.rounds else [m for m in self.part.invited(group, rnd + 1) if m in live]
                 self._send_model(agg, [m for m in targets if m != own], run, rnd, model)
 
     def _collect(self, run: FLRun, agg: str, own: int | None, rnd: int, invited: list[int], model: Ref,
@@ -458,7 +604,9 @@ class FedAD:
         token = self._deadline(agg, self.exp.round_deadline)
         parts: list[tuple[int, Ref]] = []
         waiting = {self.nodes[m] for m in invited if m != own}
-        if own is not None and own in invited:  # the aggregator role never sits a round out
+        if own is not None and (own, rnd) in run.updates and row.failover:  # trained before it took over
+            parts.append((own, run.updates[(own, rnd)]))
+        elif own is not None and own in invited:  # the aggregator role never sits a round out
             prev = self._train(run, own, rnd, model, prev)
             flops = self._flops(prev)
             if row.t_deadline is None or self.env.now + flops / self.world.topology.flops(agg) <= row.t_deadline:
@@ -503,6 +651,7 @@ class FedAD:
             run.held[own] = model
         row.t_end = self.env.now
         self.rows.append(row)
+        self._open_rows[agg].remove(row)
         return model
 
     def _fold(self, run: FLRun, group: list[int], agg: str, rnd: int, parts: list[tuple[int, Ref]],
@@ -540,6 +689,7 @@ class FedAD:
                                        if self.nodes[m] != agg))
         for m in group:
             self._row_of[(run.phase, agg, rnd, m)] = row
+        self._open_rows.setdefault(agg, []).append(row)
         return row
 
     def _send_model(self, agg: str, members: Sequence[int], run: FLRun, rnd: int, model: Ref) -> None:
@@ -553,24 +703,25 @@ class FedAD:
         """The server's aggregator of every community, once the leader has told it the communities."""
         groups = yield self.communities_known
         assert self.server is not None
-        yield simpy.AllOf(self.env, [self.env.process(self.fl_aggregator(run, g, self.server, own=None))
+        yield simpy.AllOf(self.env, [self._proc(self.server, self.fl_aggregator(run, g, self.server, own=None))
                                      for g in groups])
 
     def federated(self, run: FLRun) -> Proc:
         """A FedAvg run over fixed groups (the ideal baseline): all clients start now."""
-        procs = [self.env.process(self.fl_client(run, i, run.group_of(i))) for i in range(self.n)]
+        procs = [self._proc(self.nodes[i], self.fl_client(run, i, run.group_of(i))) for i in range(self.n)]
         if self.aggregator == "server":
             assert self.server is not None
-            procs += [self.env.process(self.fl_aggregator(run, g, self.server, own=None)) for g in run.groups]
+            procs += [self._proc(self.server, self.fl_aggregator(run, g, self.server, own=None)) for g in run.groups]
         yield simpy.AllOf(self.env, procs)
 
     # ---------------------------------------------------------------- the whole run
     def method(self) -> Proc:
         self._register_phase1()
         self.record.phase1_bits = [0] * self.n
-        procs = [self.env.process(self.phase1_client(i)) for i in range(self.n)]
+        procs = [self._proc(self.nodes[i], self.phase1_client(i)) for i in range(self.n)]
         if self.aggregator == "server":
-            procs.append(self.env.process(self.server_aggregators(self.record.method)))
+            assert self.server is not None
+            procs.append(self._proc(self.server, self.server_aggregators(self.record.method)))
         yield simpy.AllOf(self.env, procs)
 
     def centralised(self) -> Proc:
@@ -579,7 +730,8 @@ class FedAD:
         exp = self.exp
         self.record.upload_bits = [payload_bits_of(s.x) for s in self.learner.partition.clients]
         sends = [self._send(self.nodes[i], self.server, kind="raw_data", phase="centralised", rnd=0,
-                            bits=self.record.upload_bits[i], payload=i) for i in range(self.n)]
+                            bits=self.record.upload_bits[i], payload=i)
+                 for i in range(self.n) if self.nodes[i] not in self.down]  # a crashed client sends nothing
         try:
             yield simpy.AllOf(self.env, sends)
         except MessageLost:  # a shard the network gave up on: the others still come (the model is the reference)

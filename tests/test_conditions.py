@@ -242,3 +242,45 @@ def test_without_round_deadline_a_member_lost_to_its_community_stalls_the_run_wi
     msg = str(e.value)
     assert "\n" not in msg and ": c00, c01, c02, c03, c04 wait for messages that will not come" in msg
     assert msg.endswith("set experiment.round_deadline (and experiment.phase1_deadline) so that rounds close")
+
+
+def test_a_crashed_aggregator_s_community_continues_under_the_next_lowest_id_after_the_failover_timeout() -> None:
+    """c00 (leader and aggregator, 0.1 GFLOP/s) crashes at 0.5 s, in round 2, while the round-1 average it sent is
+    still on the wire (lost with it). Failover timeout 2 s, round deadline 1 s: c01 hears nothing for 2 s after it
+    sent its round-1 update, takes over, tells c02 (which re-sends its update at once) and closes round 1 again when
+    that update arrives, then runs round 2."""
+    cond = {"round_deadline": 1.0, "phase1_deadline": 1.0, "failover_timeout": 2.0}
+    fed, w = run([10, 10, 20], 2, phase1_epochs=1, **cond, net={
+        "slow_cpu": (0,), "faults": [{"node": "c00", "down": "0.5 s"}], "workload": "fedad",
+        "experiment": {"classes": [0, 1], "clients_per_class": 1, "baselines": [], **cond}})
+    msgs = w.recorder.messages_frame().filter(pl.col("phase") == "phase2")
+    u1 = msgs.filter((pl.col("kind") == "update") & (pl.col("src") == "c01") & (pl.col("round") == 1))
+    assert u1["dst"].item() == "c00" and u1["t_send"].item() < 0.5
+    # the averages c00 sent at 0.488 s had not left when it crashed: lost
+    assert msgs.filter(pl.col("src") == "c00")["status"].to_list() == ["lost", "lost"]
+    (take,) = msgs.filter(pl.col("kind") == "takeover").iter_rows(named=True)
+    assert (take["src"], take["dst"], take["round"]) == ("c01", "c02", 1)
+    assert take["t_send"] == u1["t_send"].item() + 2.0  # the failover timeout after its update left
+    again = msgs.filter((pl.col("kind") == "update") & (pl.col("src") == "c02") & (pl.col("dst") == "c01"))
+    assert again["round"].to_list() == [1, 2]
+    assert again["t_send"][0] == take["t_deliver"]  # re-sent the moment the takeover arrives
+    rows = rounds(fed)
+    assert [(r["aggregator"], r["round"], r["outcome"], r["failover"]) for r in rows] == [
+        ("c00", 1, "averaged", False), ("c00", 2, "aborted", False),
+        ("c01", 1, "averaged", True), ("c01", 2, "averaged", False)]
+    assert rows[1]["t_end"] == 0.5
+    reopened = rows[2]
+    assert reopened["t_start"] == take["t_send"] and reopened["arrived_ids"] == [1, 2]
+    assert reopened["invited"] == 2  # c00 is suspected
+    assert abs(reopened["t_end"] - (again["t_deliver"][0] + 4 * 28353 / 1e10)) < 1e-12
+    assert fed.failovers == 1
+    # c00's trainings stopped at the crash: rows up to 0.5 s with the FLOPs done by then (0.1 GFLOP/s)
+    c00 = w.recorder.compute_frame().filter((pl.col("node") == "c00") & (pl.col("kind") == "train")
+                                            & (pl.col("phase") == "phase2"))
+    for r in c00.iter_rows(named=True):
+        assert r["t_end"] == 0.5 and abs(r["flops"] - (0.5 - r["t_start"]) * 1e8) < 1e-3
+    method = fed.record.method
+    assert method.held[2] is method.models[(0, 3)]  # c02 ends with c01's round-2 average
+    u = method.updates
+    want = (9 * state(fed, u[(1, 2)]) + 18 * state(fed, u[(2, 2)])) / 27
+    assert torch.allclose(state(fed, method.models[(0, 3)]), want)
