@@ -137,3 +137,29 @@ class RoundRow:
                 "arrived_ids": sorted(self.arrived_ids), "late_ids": sorted(self.late_ids),
                 "weight": self.weight, "failover": self.failover, "t_start": self.t_start,
                 "t_deadline": self.t_deadline, "t_end": self.t_end}
+
+
+def participation_summary(rows: Sequence[RoundRow], pairs_complete: int, n: int) -> dict[str, Any]:
+    """summary.json's `participation`: per FedAvg run (trace phase) the rounds averaged, skipped and aborted, the
+    failovers, the updates invited, averaged in time, late, dropped, folded and missing, and the participation
+    rate (averaged in time / invited); phase I: the candidate groups that reached the leader and the pairs with
+    both one-sided results (of n (n - 1) / 2)."""
+    out: dict[str, Any] = {}
+    for r in rows:
+        d = r.as_dict()
+        if r.phase == "phase1":
+            out["phase1"] = {"groups_arrived": d["arrived"], "clients": n, "pairs_complete": pairs_complete,
+                             "pairs": n * (n - 1) // 2}
+            continue
+        p = out.setdefault(r.phase, {k: 0 for k in ("rounds", "averaged", "skipped", "aborted", "failovers",
+                                                     "invited", "arrived", "late", "dropped", "folded", "missing",
+                                                     "unavailable")})
+        p["rounds"] += 1
+        p[r.outcome] += 1
+        p["failovers"] += int(r.failover)
+        for k in ("invited", "arrived", "late", "dropped", "folded", "missing", "unavailable"):
+            p[k] += d[k]
+    for name, p in out.items():
+        if name != "phase1":
+            p["rate"] = p["arrived"] / p["invited"] if p["invited"] else None
+    return out

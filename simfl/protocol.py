@@ -188,6 +188,7 @@ class FedAD:
         self.down: set[str] = set()  # nodes that are down now
         self.finished = False
         self.failovers = 0
+        self.complete: dict[int, set[int]] = {}  # client -> the peers whose pair it has both results of (phase I)
         self._open_rows: dict[str, list[RoundRow]] = {}  # aggregator -> its rounds not closed yet
         self._procs: dict[str, list[simpy.Process]] = {}  # node -> its processes (with crashes only)
         # a computation under way -> its wall-time note and wall (with crashes: a stopped one's row is recorded then)
@@ -398,7 +399,8 @@ class FedAD:
         sided = self.sided()
         # the candidate group names the client itself and its associated peers (2-byte IDs), as the authors do;
         # a pair without both one-sided results has no edge
-        both = {v.judge for v in verdicts if v.judge in scored and sided[i, v.judge] and sided[v.judge, v.about]}
+        self.complete[i] = {v.judge for v in verdicts if v.judge in scored}  # peers with both results here
+        both = {j for j in self.complete[i] if sided[i, j] and sided[j, i]}
         candidates = np.array([j for j in range(self.n) if j == i or j in both], dtype=np.uint16)
         if i == self.leader:
             yield self._proc(node, self.phase1_leader(candidates))
@@ -791,6 +793,10 @@ class FedAD:
                 "(lost after network.give_up, or from a member that missed its community); set "
                 "experiment.round_deadline (and experiment.phase1_deadline) so that rounds close")
 
+    def pairs_complete(self) -> int:
+        """Phase-I pairs whose both clients had both one-sided results (all n (n - 1) / 2 without losses)."""
+        return sum(1 for i, peers in self.complete.items() for j in peers if i < j and i in self.complete.get(j, ()))
+
     def rounds(self) -> list[dict[str, Any]]:
         """rounds.parquet's rows (`simfl.trace.ROUNDS_SCHEMA`), in the order the rounds closed."""
         return [r.as_dict() for r in self.rows]
@@ -804,7 +810,7 @@ def simulate(world: World, learner: Learner, exp: Experiment, *, clients: Sequen
     try:
         world.env.run(until=done)
     except RuntimeError:
-        if done.triggered:
+        if done.triggered or world.env.peek() < math.inf:  # not SimPy's "no scheduled events left": a bug
             raise
         raise SimflError(fed.stalled()) from None
     fed.finish()

@@ -284,3 +284,47 @@ def test_a_crashed_aggregator_s_community_continues_under_the_next_lowest_id_aft
     u = method.updates
     want = (9 * state(fed, u[(1, 2)]) + 18 * state(fed, u[(2, 2)])) / 27
     assert torch.allclose(state(fed, method.models[(0, 3)]), want)
+
+
+def test_summary_and_report_give_participation_and_the_fault_free_aucs_from_the_cache(tmp_path, monkeypatch) -> None:
+    """Four clients (100 Mbps star, 1 GFLOP/s; AE-7, one epoch on 18 training samples: 0.4877 s) and a 0.49 s round
+    deadline: each aggregator's own update is in time, the others' arrive at least one model transfer (113 kB over
+    two 100 Mbps hops: over 9 ms) after theirs, late. The fault-free AUCs come from a replay on the cache: known
+    after a fault-free run, "not cached" in a fresh cache."""
+    import json
+
+    import simfl.learner as learner_mod
+    from simfl.config import load_scenario
+    from simfl.runner import run_scenario
+
+    monkeypatch.setattr(learner_mod, "Engine", lambda **_k: FakeEngine())
+    toml = tmp_path / "four.toml"
+    toml.write_text('name = "four"\nworkload = "fedad"\n[profiles]\nedge = "1 GFLOP/s"\n'
+                    '[[nodes]]\nname = "s1"\nkind = "switch"\n'
+                    '[[node_groups]]\nprefix = "c"\ncount = 4\nprofile = "edge"\n'
+                    'uplink = { to = "s1", bandwidth = "100 Mbps" }\n'
+                    '[experiment]\nclasses = [1, 7]\nclients_per_class = 2\nbaselines = ["ideal"]\nrounds = 2\n'
+                    'max_samples_per_client = 20\nphase1_epochs = 1\nlocal_epochs = [1]\n')
+    base = ["experiment.round_deadline=\"0.49 s\""]
+    monkeypatch.setenv("SIMFL_CACHE", str(tmp_path / "fresh"))
+    alone = run_scenario(load_scenario(toml, base), tmp_path / "alone", progress=False)
+    assert alone["auc_mean_fault_free"] == "not cached"
+    monkeypatch.setenv("SIMFL_CACHE", str(tmp_path / "cache"))
+    free = run_scenario(load_scenario(toml), tmp_path / "free", progress=False)
+    assert free["auc_mean_fault_free"] is None and free["rounds_skipped"] == 0
+    cut = run_scenario(load_scenario(toml, base), tmp_path / "cut", progress=False)
+    assert cut["auc_mean_fault_free"] == free["auc_mean"]
+    k = len(cut["communities"])
+    p = cut["participation"]
+    assert p["phase1"] == {"groups_arrived": 4, "clients": 4, "pairs_complete": 6, "pairs": 6}
+    assert p["phase2"]["rounds"] == 2 * k and p["phase2"]["invited"] == 2 * 4
+    assert p["phase2"]["arrived"] == 2 * k and p["phase2"]["rate"] == k / 4  # one per community and round
+    assert p["phase2"]["late"] == 2 * (4 - k) == p["phase2"]["dropped"]
+    assert p["ideal"]["arrived"] == 2 * 2 and p["ideal"]["rate"] == 0.5  # two true groups of two
+    rows = pl.read_parquet(tmp_path / "cut" / "rounds.parquet")
+    assert rows.height == 1 + 2 * k + 2 * 2
+    assert abs((rows["t_deadline"] - rows["t_start"]).drop_nulls().max() - 0.49) < 1e-9
+    assert json.loads((tmp_path / "cut" / "summary.json").read_text())["failovers"] == 0
+    report = (tmp_path / "cut" / "report.md").read_text()
+    assert "## Participation under the round conditions" in report and "round_deadline = 0.49 s" in report
+    assert "## Participation" not in (tmp_path / "free" / "report.md").read_text()
