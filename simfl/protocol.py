@@ -125,6 +125,7 @@ class View:
     agg: str
     suspects: set[str] = field(default_factory=set)
     took_over: bool = False
+    last: int = 0  # the round of the last model it received (0: none yet)
 
 
 @dataclass(frozen=True)
@@ -534,14 +535,16 @@ class FedAD:
         `takeover` from a member makes that member the aggregator, and this one re-sends its unanswered update."""
         node = self.nodes[i]
         names = {self.nodes[m] for m in group}
-        while True:
-            token = self._deadline(node, self.exp.failover_timeout)
+        while True:  # silence is expected for a round it sat out: the timer grows with the rounds since its last model
+            timeout = self.exp.failover_timeout
+            token = self._deadline(node, None if timeout is None else timeout * (rnd - view.last))
             msg = yield self.net.inbox(node).get(functools.partial(self._due, run.phase, rnd, view, names, token))
             self._close(token)
             if msg.kind == "global":
                 if isinstance(msg, Missing):
                     return None
                 run.held[i] = msg.payload
+                view.last = rnd
                 return msg.payload
             if msg.kind == TAKEOVER:  # the aggregator and the members before the new one were suspected
                 view.suspects.add(view.agg)
@@ -568,7 +571,7 @@ class FedAD:
         if m.kind == "global":
             return m.phase == phase and m.round == rnd and m.src == view.agg
         if m.kind == TAKEOVER:
-            return m.phase == phase and m.src in names and m.src not in view.suspects and m.src != view.agg
+            return m.phase == phase and m.src in names and m.src not in view.suspects
         return token is not None and m.kind == DEADLINE and m.token == token
 
     def fl_aggregator(self, run: FLRun, group: list[int], agg: str, own: int | None,
