@@ -328,3 +328,26 @@ def test_summary_and_report_give_participation_and_the_fault_free_aucs_from_the_
     report = (tmp_path / "cut" / "report.md").read_text()
     assert "## Participation under the round conditions" in report and "round_deadline = 0.49 s" in report
     assert "## Participation" not in (tmp_path / "free" / "report.md").read_text()
+
+
+def test_failover_with_sampled_rounds_waits_a_timeout_per_round_since_the_last_model() -> None:
+    """Detector last_fit, 8 clients, fraction_fit 0.5 (rounds 1-4 invite [1, 4, 5, 7], [2, 3, 4, 6], [1, 3, 5, 7],
+    [0, 1, 3, 4]); c00 crashes at 0.2 s, in round 2. c01 awaits the model of round 3 from its round-1 update on:
+    two rounds, so it suspects c00 after 2 x 2 s and takes round 3 over; every live member follows it (no model
+    arrives at a wait that had closed)."""
+    cond = {"round_deadline": 1.0, "phase1_deadline": 1.0, "failover_timeout": 2.0}
+    fed, w = run([10] * 8, 4, phase1_epochs=1, detector="last_fit", fraction_fit=0.5, **cond, net={
+        "faults": [{"node": "c00", "down": "0.2 s"}], "workload": "fedad",
+        "experiment": {"classes": [0, 1], "clients_per_class": 4, "baselines": [], **cond}})
+    assert [fed.part.invited(list(range(8)), r) for r in range(1, 5)] == [
+        [1, 4, 5, 7], [2, 3, 4, 6], [1, 3, 5, 7], [0, 1, 3, 4]]
+    msgs = w.recorder.messages_frame().filter(pl.col("phase") == "phase2")
+    assert "late" not in msgs["status"].to_list()
+    u1 = msgs.filter((pl.col("kind") == "update") & (pl.col("src") == "c01"))["t_send"][0]
+    rows = rounds(fed)
+    assert [(r["aggregator"], r["round"], r["outcome"], r["failover"], r["invited"], r["arrived"]) for r in rows] == [
+        ("c00", 1, "averaged", False, 4, 4), ("c00", 2, "aborted", False, 4, 0),
+        ("c01", 3, "averaged", True, 4, 4), ("c01", 4, "averaged", False, 3, 3)]  # c00 left out of round 4
+    assert rows[2]["t_start"] == u1 + 2 * 2.0
+    take = msgs.filter(pl.col("kind") == "takeover")
+    assert take["src"].unique().to_list() == ["c01"] and sorted(take["dst"]) == [f"c0{i}" for i in range(2, 8)]
