@@ -351,3 +351,25 @@ def test_failover_with_sampled_rounds_waits_a_timeout_per_round_since_the_last_m
     assert rows[2]["t_start"] == u1 + 2 * 2.0
     take = msgs.filter(pl.col("kind") == "takeover")
     assert take["src"].unique().to_list() == ["c01"] and sorted(take["dst"]) == [f"c0{i}" for i in range(2, 8)]
+
+
+def test_a_crashed_client_sends_and_receives_nothing_and_its_rounds_close_at_the_deadline() -> None:
+    """c02 (0.1 GFLOP/s: its round-1 training of 18 samples takes 4.88 s) crashes at 1 s, mid-training: its
+    computation stops, it sends no update, each round closes at its 1 s deadline without it, and the models sent to
+    it fail (to_crashed)."""
+    cond = {"round_deadline": 1.0, "phase1_deadline": 1.0, "failover_timeout": 2.0}
+    fed, w = run([10, 10, 20], 2, phase1_epochs=1, **cond, net={
+        "slow_cpu": (2,), "faults": [{"node": "c02", "down": "1 s"}], "workload": "fedad",
+        "experiment": {"classes": [0, 1], "clients_per_class": 1, "baselines": [], **cond}})
+    assert fed.record.communities == [[0, 1, 2]]
+    rows = rounds(fed)
+    for r in rows:
+        assert (r["outcome"], r["arrived_ids"], r["missing"]) == ("averaged", [0, 1], 1)
+        assert r["t_end"] == r["t_deadline"] + 4 * 28353 / 1e10  # closed at the deadline, then averaged
+    msgs = w.recorder.messages_frame().filter(pl.col("phase") == "phase2")
+    assert msgs.filter(pl.col("src") == "c02").height == 0
+    to_c02 = msgs.filter(pl.col("dst") == "c02")
+    assert to_c02["status"].to_list() == ["to_crashed", "to_crashed"] and (to_c02["t_deliver"] > 1.0).all()
+    (cut,) = w.recorder.compute_frame().filter((pl.col("node") == "c02") & (pl.col("phase") == "phase2")).rows(
+        named=True)
+    assert cut["t_end"] == 1.0 and abs(cut["flops"] - (1.0 - cut["t_start"]) * 1e8) < 1e-3
