@@ -185,6 +185,10 @@ def test_conditions_that_could_leave_a_wait_without_end_are_refused_in_one_line(
 
     assert "experiment.dropout = 0.1: needs experiment.round_deadline" in refused({"dropout": 0.1})
     assert "must exceed experiment.round_deadline" in refused({"round_deadline": "2 s", "failover_timeout": "2 s"})
+    assert "experiment.failover_timeout = \"3 s\": needs experiment.round_deadline" in refused(
+        {"failover_timeout": "3 s"})
+    assert "experiment.phase1_deadline = \"1 s\": needs experiment.round_deadline" in refused(
+        {"phase1_deadline": "1 s"})
     msg = refused({"round_deadline": "2 s"}, ({"node": "c00", "down": "1 s"},))
     assert "faults[0].node" in msg and "experiment.phase1_deadline, experiment.failover_timeout" in msg
     # a repeating schedule of a client's node is an outage of its links (e.g. leaving radio coverage), no crash
