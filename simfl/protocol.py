@@ -29,6 +29,13 @@ last to every member). Late updates are dropped or averaged at the next close (`
 gives up on becomes a `Missing` at the receiver (and, for the answer it would have caused, at the sender). Every
 close is a row of rounds.parquet. Unset, the conditions leave the protocol event for event as without them.
 
+Phase I under losses and `phase1_deadline`: each wait ends when every peer's message has an outcome (arrived, or
+`Missing`) or at the deadline; a pair without both one-sided results has no edge; a candidate group that misses
+the leader leaves that client a loner, and so does a community message that never comes. Crashes (a client's or
+server's single node fault): the node's processes, computations and inbox stop (`_crash`). A member that hears
+nothing from its aggregator for `failover_timeout` (per round since its last model) suspects it; the lowest
+unsuspected member takes over (`takeover` messages), reopens the round it awaited and runs the rest (`_receive`).
+
 Rounds are numbered 1..r here and in the trace's `round` column (0: messages outside FedAvg rounds); seeds keep the
 0-based round of `simfl.plan.derive_seed`'s tags.
 """
