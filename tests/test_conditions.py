@@ -377,3 +377,41 @@ def test_a_crashed_client_sends_and_receives_nothing_and_its_rounds_close_at_the
     (cut,) = w.recorder.compute_frame().filter((pl.col("node") == "c02") & (pl.col("phase") == "phase2")).rows(
         named=True)
     assert cut["t_end"] == 1.0 and abs(cut["flops"] - (1.0 - cut["t_start"]) * 1e8) < 1e-3
+
+
+FOUR = ('name = "four"\nworkload = "fedad"\n[profiles]\nedge = "1 GFLOP/s"\n[[nodes]]\nname = "s1"\nkind = "switch"\n'
+        '[[node_groups]]\nprefix = "c"\ncount = 4\nprofile = "edge"\nuplink = { to = "s1", bandwidth = "100 Mbps" }\n'
+        '[experiment]\nclasses = [1, 7]\nclients_per_class = 2\nbaselines = ["ideal"]\nrounds = 2\n'
+        'max_samples_per_client = 20\nphase1_epochs = 1\nlocal_epochs = [1]\n')
+
+
+def test_a_deadline_sweep_learns_the_shared_part_once(tmp_path, monkeypatch) -> None:
+    """Deadlines none, 0.49 s and 0.1 s on the four-client plant (an aggregator's own training takes 0.4877 s):
+    the points share a learning identity, the first runs alone and computes everything; 0.49 s reuses phase I and
+    round 1's trainings and computes only the averages, later rounds and AUCs that differ; at 0.1 s no update is in
+    time and every round is skipped (the models stay at their seeded starts): fewer results, round 2's trainings
+    (from the start, not from an average) and the AUCs new."""
+    import json
+
+    import simfl.learner as learner_mod
+    from simfl.sweep import parse_vary, run_sweep
+
+    monkeypatch.setattr(learner_mod, "Engine", lambda **_k: FakeEngine())
+    monkeypatch.setenv("SIMFL_CACHE", str(tmp_path / "cache"))
+    toml = tmp_path / "four.toml"
+    toml.write_text(FOUR)
+    table = run_sweep(toml, parse_vary(['experiment.round_deadline=["none", "0.49 s", "0.1 s"]']), tmp_path / "sw",
+                      progress=False)
+    assert table.height == 3
+    got = {}
+    for f in (tmp_path / "sw" / "points").glob("*/summary.json"):
+        s = json.loads(f.read_text())
+        got[s["experiment"]["round_deadline"]] = s
+    free, cut, none_in_time = got[None], got[0.49], got[0.1]
+    assert free["cache"]["cached"] == 0 and free["auc_mean_fault_free"] is None
+    total = free["cache"]["computed"]
+    assert 0 < cut["cache"]["computed"] < total and cut["cache"]["cached"] > 0
+    assert cut["auc_mean_fault_free"] == free["auc_mean"]
+    assert none_in_time["rounds_skipped"] == none_in_time["participation"]["phase2"]["rounds"] + 4  # ideal: 2 x 2
+    assert none_in_time["participation"]["phase2"]["arrived"] == 0
+    assert 0 < none_in_time["cache"]["computed"] < cut["cache"]["computed"]
