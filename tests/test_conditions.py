@@ -415,3 +415,33 @@ def test_a_deadline_sweep_learns_the_shared_part_once(tmp_path, monkeypatch) -> 
     assert none_in_time["rounds_skipped"] == none_in_time["participation"]["phase2"]["rounds"] + 4  # ideal: 2 x 2
     assert none_in_time["participation"]["phase2"]["arrived"] == 0
     assert 0 < none_in_time["cache"]["computed"] < cut["cache"]["computed"]
+
+
+def test_a_crashed_server_aggregator_fails_over_to_the_lowest_member() -> None:
+    """Eq. 2 mode: the server (0.01 GFLOP/s: averaging three AE-7 updates takes 17 ms) crashes at 0.1 s with the
+    round-1 average on the wire. Every member suspects it 2 s after its update; c00, the lowest, takes over, reuses
+    its own round-1 update (no training again), takes the re-sent ones and runs round 2."""
+    cond = {"round_deadline": 1.0, "phase1_deadline": 1.0, "failover_timeout": 2.0}
+    lr, _ = learner([10, 10, 20], 2, phase1_epochs=1, aggregator="server", **cond)
+    up = {"to": "s1", "bandwidth": "100 Mbps", "latency": "0.5 ms"}
+    w = World(scenario_from_dict({
+        "name": "t", "seed": SEED, "workload": "fedad", "profiles": {"edge": "10 GFLOP/s", "srv": "0.01 GFLOP/s"},
+        "nodes": [{"name": "s1", "kind": "switch"},
+                  {"name": "server", "kind": "server", "profile": "srv", "uplink": up},
+                  *({"name": f"c{i:02d}", "kind": "client", "profile": "edge", "uplink": up} for i in range(3))],
+        "faults": [{"node": "server", "down": "0.1 s"}],
+        "experiment": {"classes": [0, 1], "clients_per_class": 1, "baselines": [], "aggregator": "server", **cond}}))
+    fed = simulate(w, lr, lr.exp, clients=["c00", "c01", "c02"], server="server", seed=SEED)
+    msgs = w.recorder.messages_frame().filter(pl.col("phase") == "phase2")
+    u0 = msgs.filter((pl.col("src") == "c00") & (pl.col("kind") == "update"))["t_send"][0]
+    take = msgs.filter(pl.col("kind") == "takeover")
+    assert take["src"].unique().to_list() == ["c00"] and take["dst"].to_list() == ["c01", "c02"]
+    assert (take["t_send"] == u0 + 2.0).all()
+    rows = rounds(fed)
+    assert [(r["aggregator"], r["round"], r["outcome"], r["failover"], r["arrived_ids"]) for r in rows] == [
+        ("server", 1, "averaged", False, [0, 1, 2]), ("server", 2, "aborted", False, []),
+        ("c00", 1, "averaged", True, [0, 1, 2]), ("c00", 2, "averaged", False, [0, 1, 2])]
+    c00_trains = w.recorder.compute_frame().filter((pl.col("node") == "c00") & (pl.col("kind") == "train")
+                                                   & (pl.col("phase") == "phase2"))
+    assert c00_trains["round"].to_list() == [1, 2]  # round 1 trained once
+    assert fed.failovers == 1
