@@ -196,6 +196,7 @@ class FedAD:
         self.down: set[str] = set()  # nodes that are down now
         self.finished = False
         self.failovers = 0
+        self._late_training: dict[str, simpy.Event] = {}  # aggregator -> its own training that outlived its round
         self.complete: dict[int, set[int]] = {}  # client -> the peers whose pair it has both results of (phase I)
         self._open_rows: dict[str, list[RoundRow]] = {}  # aggregator -> its rounds not closed yet
         self._procs: dict[str, list[simpy.Process]] = {}  # node -> its processes (with crashes only)
@@ -618,14 +619,15 @@ class FedAD:
         waiting = {self.nodes[m] for m in invited if m != own}
         if own is not None and (own, rnd) in run.updates and row.failover:  # trained before it took over
             parts.append((own, run.updates[(own, rnd)]))
-        elif own is not None and own in invited:  # the aggregator role never sits a round out
-            prev = self._train(run, own, rnd, model, prev)
+        elif own is not None and own in invited and not self._busy(agg):  # the aggregator role never sits out,
+            prev = self._train(run, own, rnd, model, prev)  # unless its late training of an earlier round still runs
             flops = self._flops(prev)
             if row.t_deadline is None or self.env.now + flops / self.world.topology.flops(agg) <= row.t_deadline:
                 yield self._compute(agg, flops, self._trained(prev), kind="train", phase=run.phase, round=rnd)
                 parts.append((own, prev))
             else:  # its training ends after the deadline: its own update is late
-                ev = self._compute(agg, flops, self._trained(prev), kind="train", phase=run.phase, round=rnd)
+                ev = self._late_training[agg] = self._compute(agg, flops, self._trained(prev), kind="train",
+                                                              phase=run.phase, round=rnd)
                 mine = Local("update", run.phase, rnd, agg, prev)
                 ev.callbacks.append(lambda _ev: self._own_late(agg, mine, row))
         while waiting:
@@ -637,6 +639,11 @@ class FedAD:
                 parts.append((self.index[msg.src], msg.payload))
         self._close(token)
         return parts, prev
+
+    def _busy(self, agg: str) -> bool:
+        """Whether the aggregator's own training of an earlier round (late) still runs on its CPU."""
+        ev = self._late_training.get(agg)
+        return ev is not None and not ev.processed
 
     def _own_late(self, agg: str, mine: Local, row: RoundRow) -> None:
         """The aggregator's own training of a closed round ended: a late update, kept for the next close."""
@@ -780,11 +787,12 @@ class FedAD:
             yield self.env.process(self.local())
 
     def finish(self) -> None:
-        """After the last phase: the messages still in flight arrive or fail; every message no wait took is late
-        (it reached a wait that had closed), and the rounds' rows get their late updates."""
+        """After the last phase: the messages still in flight arrive or fail and the computations under way (an
+        aggregator's late training) end; every message no wait took is late (it reached a wait that had closed),
+        and the rounds' rows get their late updates."""
         self.finished = True
         env = self.env
-        while self.net.totals()["messages_undelivered"] > 0 and env.peek() < float("inf"):
+        while (self.net.totals()["messages_undelivered"] > 0 or self.world.running()) and env.peek() < math.inf:
             env.step()
         boxes = getattr(self.net, "mailboxes", None)
         late = [m for m in (boxes.held() if boxes is not None else []) if m.kind in WAITED]

@@ -102,9 +102,9 @@ class World:
         running[ev] = (_record, node, phase, round, kind, t0, duration, flops, wall_s)
         return ev
 
-    def running(self, node: str) -> list[simpy.Event]:
-        """The computations of `compute` under way on `node`."""
-        return [ev for ev, entry in self._running.items() if entry[1] == node]
+    def running(self, node: str | None = None) -> list[simpy.Event]:
+        """The computations of `compute` under way on `node` (None: on every node)."""
+        return [ev for ev, entry in self._running.items() if node is None or entry[1] == node]
 
     def cancel(self, ev: simpy.Event) -> bool:
         """Stop the computation `ev` of `compute` now (its node crashed): its row is recorded up to now, with the

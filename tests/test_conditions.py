@@ -445,3 +445,20 @@ def test_a_crashed_server_aggregator_fails_over_to_the_lowest_member() -> None:
                                                    & (pl.col("phase") == "phase2"))
     assert c00_trains["round"].to_list() == [1, 2]  # round 1 trained once
     assert fed.failovers == 1
+
+
+def test_an_aggregator_whose_late_training_still_runs_sits_the_next_round_out() -> None:
+    """c00 aggregates at 0.1 GFLOP/s: its AE-7 training (9 samples x 27.1 MFLOP) takes 2.44 s, past the 1 s
+    deadline, so round 1 averages c01 and c02. Round 2 starts while that training runs: c00 does not train in it,
+    and round 2 closes on time with c01's and c02's updates, before c00's round-1 update exists; that one is late
+    and, after the last round, dropped (late_updates = "next_round" has no later round to fold it into)."""
+    fed, w = run([10, 10, 10], 2, round_deadline=1.0, late_updates="next_round", net={"slow_cpu": (0,)})
+    train = w.recorder.compute_frame().filter((pl.col("node") == "c00") & (pl.col("phase") == "phase2")
+                                              & (pl.col("kind") == "train"))
+    r1, r2 = rounds(fed)
+    assert train["round"].to_list() == [1]  # one training: none in round 2
+    assert train["t_start"][0] == r1["t_start"] and abs(train["t_end"][0] - (r1["t_start"] + 2.4385536)) < 1e-9
+    assert r1["t_end"] < r2["t_deadline"] < train["t_end"][0]
+    assert (r1["arrived_ids"], r1["late_ids"], r1["dropped"]) == ([1, 2], [0], 1)
+    assert (r2["arrived_ids"], r2["folded"], r2["outcome"]) == ([1, 2], 0, "averaged")
+    assert r2["t_end"] < train["t_end"][0]  # round 2 closed on time, before c00's update existed
