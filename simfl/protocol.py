@@ -744,7 +744,8 @@ class FedAD:
         yield simpy.AllOf(self.env, procs)
 
     def centralised(self) -> Proc:
-        """Every client uploads its raw shard to the server, which trains one model on their union."""
+        """Every live client uploads its raw shard to the server, which trains one model on the union of those that
+        arrived."""
         assert self.server is not None
         exp = self.exp
         self.record.upload_bits = [payload_bits_of(s.x) for s in self.learner.partition.clients]
@@ -753,10 +754,15 @@ class FedAD:
                  for i in range(self.n) if self.nodes[i] not in self.down]  # a crashed client sends nothing
         try:
             yield simpy.AllOf(self.env, sends)
-        except MessageLost:  # a shard the network gave up on: the others still come (the model is the reference)
+        except MessageLost:  # a shard the network gave up on: the others still come
             rest = [self._settled(e) for e in sends if not e.processed]
             yield simpy.AllOf(self.env, rest)
-        ref = self.learner.train(None, exp.phase2_model, exp.centralised_epochs, derive_seed(self.seed, "centralised"),
+        arrived = tuple(self.index[e.value.src] for e in sends if e.ok)
+        if not arrived:
+            return
+        # every shard: the union as always; fewer: the shards that reached the server
+        data = None if len(arrived) == self.n else arrived
+        ref = self.learner.train(data, exp.phase2_model, exp.centralised_epochs, derive_seed(self.seed, "centralised"),
                                  stage=BASELINES)
         self.record.central = ref
         yield self._compute(self.server, self._flops(ref), self._trained(ref), kind="train", phase="centralised",

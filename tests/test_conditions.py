@@ -462,3 +462,24 @@ def test_an_aggregator_whose_late_training_still_runs_sits_the_next_round_out() 
     assert (r1["arrived_ids"], r1["late_ids"], r1["dropped"]) == ([1, 2], [0], 1)
     assert (r2["arrived_ids"], r2["folded"], r2["outcome"]) == ([1, 2], 0, "averaged")
     assert r2["t_end"] < train["t_end"][0]  # round 2 closed on time, before c00's update existed
+
+
+def test_the_centralised_baseline_trains_on_the_shards_that_reached_the_server() -> None:
+    """c02 crashes for good at 50 ms, in its FedAvg training: it uploads nothing, and the centralised model trains
+    on c00's and c01's 10 + 10 samples (18 train with val_fraction 0.1), not on all 40 (36)."""
+    cond = {"round_deadline": 1.0, "phase1_deadline": 1.0, "failover_timeout": 2.0}
+    lr, fake = learner([10, 10, 20], 1, phase1_epochs=1, baselines=("centralised",), **cond)
+    up = {"to": "s1", "bandwidth": "100 Mbps", "latency": "0.5 ms"}
+    w = World(scenario_from_dict({
+        "name": "t", "seed": SEED, "workload": "fedad", "profiles": {"edge": "10 GFLOP/s"},
+        "nodes": [{"name": "s1", "kind": "switch"}, {"name": "server", "kind": "server", "profile": "edge",
+                                                     "uplink": up},
+                  *({"name": f"c{i:02d}", "kind": "client", "profile": "edge", "uplink": up} for i in range(3))],
+        "faults": [{"node": "c02", "down": "50 ms"}],
+        "experiment": {"classes": [0, 1], "clients_per_class": 1, "baselines": ["centralised"], **cond}}))
+    fed = simulate(w, lr, lr.exp, clients=["c00", "c01", "c02"], server="server", seed=SEED)
+    raw = w.recorder.messages_frame().filter(pl.col("kind") == "raw_data")
+    assert raw["src"].to_list() == ["c00", "c01"] and fed.record.central is not None
+    assert fed.record.central.n_train == 18
+    assert lr.value(fed.record.central, "meta")["n_train"] == 18  # the engine's count of the data it was given
+    assert ("train", [-1]) in fake.calls  # the centralised job, alone in its call
