@@ -669,6 +669,52 @@ def _workload_needs(ck: Checker, workload: str, exp: Experiment, clients: list[s
                 f"({', '.join(data.FILES.values())})")
 
 
+CRASHING_KINDS = ("client", "server", "cloud")  # a fedad run's nodes whose [[faults]] are crashes
+
+
+def crash_faults(workload: str, nodes: Iterable[Node], faults: Iterable[Fault]) -> list[Fault]:
+    """The faults that are node crashes: in a fedad run, a client's or a server's single outage (`down`, optional
+    `up`: its processes stop; see docs/network-aware-learning.md); every other fault, a node's repeating schedule
+    included (e.g. leaving radio coverage), is an outage of links (`simfl.faults`)."""
+    if workload != "fedad":
+        return []
+    kinds = {n.name: n.kind for n in nodes}
+    return [f for f in faults if f.target == "node" and f.every is None and kinds.get(f.name) in CRASHING_KINDS]
+
+
+def _conditions(ck: Checker, exp: Experiment, crashes: list[Fault], faults: list[Fault],
+                network: NetworkParams) -> None:
+    """The round conditions and crashes leave no wait without an end (docs/network-aware-learning.md)."""
+    if exp.dropout > 0 and exp.round_deadline is None:
+        ck.fail("experiment.dropout", exp.dropout, "needs experiment.round_deadline (a round would wait for ever "
+                "for a client that sits it out)")
+    if exp.phase1_deadline is not None and exp.round_deadline is None:
+        ck.fail("experiment.phase1_deadline", ck.given["experiment.phase1_deadline"], "needs "
+                "experiment.round_deadline (a client that became a loner at the deadline would leave its community's "
+                "aggregator waiting for ever)")
+    if exp.failover_timeout is not None:
+        if exp.round_deadline is None:
+            ck.fail("experiment.failover_timeout", ck.given["experiment.failover_timeout"], "needs "
+                    "experiment.round_deadline (a suspected aggregator would wait for ever for the members that left)")
+        if exp.failover_timeout <= exp.round_deadline:
+            ck.fail("experiment.failover_timeout", ck.given["experiment.failover_timeout"], "must exceed "
+                    f"experiment.round_deadline ({show(ck.given['experiment.round_deadline'])}), or a live aggregator "
+                    "is suspected in every round")
+    seen: dict[str, list[tuple[float, float]]] = {}
+    for f in crashes:
+        w = f"faults[{faults.index(f)}]"
+        need = [k for k in ("round_deadline", "phase1_deadline", "failover_timeout") if getattr(exp, k) is None]
+        if need:
+            ck.fail(f"{w}.node", f.name, f"a crash of {f.name} needs experiment.{', experiment.'.join(need)} "
+                    "(a wait for a crashed node would never end)")
+        if network.model != "fluid":
+            ck.fail(f"{w}.node", f.name, "a crash of a client or server needs network.model = \"fluid\"")
+        for a, b in seen.get(f.name, []):
+            if f.down < b and a < f.up:
+                ck.fail_key(w, f"overlaps another crash of {f.name} (from {a:g} s)")
+        seen.setdefault(f.name, []).append((f.down, f.up))
+
+
 # ------------------------------------------------------------------------------------------------ memory
 def estimated_messages(workload: str, n_clients: int, rounds: int, patterns: Iterable[str]) -> int:
     """Messages a run sends, about: synthetic all-pairs n (n - 1), gather and broadcast n each; fedad 2 n (n - 1)
@@ -728,6 +774,7 @@ def scenario_from_dict(d: Mapping[str, Any], source: str | Path = "<dict>") -> S
     server = servers[0].name if servers else None
     synthetic = _synthetic(ck, v["synthetic"], by_name, clients, server)
     _workload_needs(ck, v["workload"], experiment, clients, server)
+    _conditions(ck, experiment, crash_faults(v["workload"], nodes, faults), faults, network)
     return Scenario(
         name=v["name"] or (Path(src).stem if src != "<dict>" else "scenario"),
         description=v["description"],

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from fractions import Fraction
@@ -15,16 +16,17 @@ import polars as pl
 from simfl import costs, models
 from simfl.cache import NodeStore, default_cache_dir
 from simfl.communities import partition_scores
+from simfl.conditions import conditions_on, participation_summary
 from simfl.config import DETECTORS, Scenario
 from simfl.data import Partition, data_fingerprint, find_data_dir
 from simfl.errors import SimflError
 from simfl.learner import FlushStats, Learner, Ref, resolve_device
-from simfl.messages import MessageLost
-from simfl.plan import APPROACHES, auc_key, partition_of
+from simfl.plan import APPROACHES, CONDITIONS, auc_key, partition_of
 from simfl.progress import Progress, progress_printer
 from simfl.protocol import FedAD, FedRecord, simulate
 from simfl.report import method_above_local
-from simfl.world import World
+from simfl.trace import rounds_frame, write_rounds
+from simfl.world import World, crash_faults
 
 __all__ = ["run_fedad", "closed_forms", "phase_spans", "data_used", "progress_printer"]  # sweep: progress_printer
 
@@ -143,25 +145,64 @@ def _simulate(world: World, scenario: Scenario, n: int, partition: Partition, st
     t0 = time.perf_counter()
     with Learner(exp, partition, store, say, resolve_device(exp.device)) as learner:
         say("simulating the run on the network (learning as the nodes need it)")
-        try:
+        try:  # a message the network gave up on is a missing message to the protocol, not an error
             fed = simulate(world, learner, exp, clients=scenario.clients[:n], server=scenario.server,
                            seed=scenario.seed)
-        except MessageLost as e:
-            m = e.message
-            raise SimflError(f"{scenario.source or scenario.name}: message {m.src}->{m.dst} ({m.phase} {m.kind}) "
-                             f"lost after network.give_up ({scenario.network.give_up:g} s on a path that is down, "
-                             f"at simulated {world.env.now:g} s); the fedad protocol does not handle lost messages "
-                             "yet: it needs deadlines (docs/network-model.md, Outages)") from None
+        except SimflError as e:  # the run stalled: some node waits for messages that will not come
+            raise SimflError(f"{scenario.source or scenario.name}: {e}") from None
         aucs = evaluate(learner, fed.record)
         world.recorder.set_compute_wall_s(fed.wall_times())
     return fed, aucs, learner.stats, time.perf_counter() - t0
 
 
+class _NotCached(Exception):
+    """The fault-free replay needed a result the learning cache does not have."""
+
+
+def fault_free_aucs(scenario: Scenario, n: int, partition: Partition, store: NodeStore | None,
+                    device: str) -> dict[str, float] | str:
+    """The mean AUCs (the run's detector) of the same run without round conditions and node crashes, replayed on
+    the learning cache alone (nothing is trained): a dict by approach, or why not ("not cached", ...)."""
+    if store is None:
+        return "caching is off"
+    defaults = dataclasses.asdict(type(scenario.experiment)())
+    exp = dataclasses.replace(scenario.experiment, **{k: defaults[k] for k in CONDITIONS})
+    crashes = crash_faults(scenario)
+    sc = dataclasses.replace(scenario, experiment=exp, faults=tuple(f for f in scenario.faults if f not in crashes))
+
+    def refuse() -> Any:
+        raise _NotCached
+
+    with Learner(exp, partition, store, device=device, engine=refuse) as learner:
+        try:
+            fed = simulate(World(sc), learner, exp, clients=scenario.clients[:n], server=scenario.server,
+                           seed=scenario.seed)
+            aucs = evaluate(learner, fed.record)
+        except _NotCached:
+            return "not cached"
+        except SimflError:
+            return "the fault-free run stalls"
+    return {a: float(np.mean(aucs[auc_key(a, exp.detector)])) for a in APPROACHES
+            if auc_key(a, exp.detector) in aucs}
+
+
+def conditions_part(fed: FedAD, scenario: Scenario, n: int, partition: Partition, store: NodeStore | None,
+                    device: str) -> dict[str, Any]:
+    """The summary's keys on the round conditions and crashes: participation (`participation_summary`),
+    rounds_skipped, failovers, and auc_mean_fault_free (None when the run had no conditions and no crashes)."""
+    part = participation_summary(fed.rows, fed.pairs_complete(), n)
+    fl = [p for name, p in part.items() if name != "phase1"]
+    conditioned = conditions_on(scenario.experiment) or bool(crash_faults(scenario))
+    return {"participation": part, "rounds_skipped": sum(p["skipped"] for p in fl),
+            "failovers": sum(p["failovers"] for p in fl),
+            "auc_mean_fault_free": fault_free_aucs(scenario, n, partition, store, device) if conditioned else None}
+
+
 def run_fedad(world: World, scenario: Scenario, run_dir: Path,
               say: Callable[[str], None] | bool = True) -> dict[str, Any]:
-    """Run the method and its baselines, write communities.csv and auc.parquet; return the workload's summary keys
-    (`simfl.summary.FedadPart`). `say(stage)` hears of each stage (a `simfl.progress.Progress` also draws bars);
-    True / False: plain lines on stderr / nothing."""
+    """Run the method and its baselines, write communities.csv, auc.parquet and rounds.parquet (and .csv); return the
+    workload's summary keys (`simfl.summary.FedadPart`). `say(stage)` hears of each stage (a
+    `simfl.progress.Progress` also draws bars); True / False: plain lines on stderr / nothing."""
     exp = scenario.experiment
     n = exp.clients_per_class * len(exp.classes)
     if len(scenario.clients) < n:
@@ -173,6 +214,7 @@ def run_fedad(world: World, scenario: Scenario, run_dir: Path,
     folder = default_cache_dir()
     store = NodeStore(folder) if folder is not None else None
     fed, aucs, stats, wall = _simulate(world, scenario, n, partition, store, say)
+    cond = conditions_part(fed, scenario, n, partition, store, resolve_device(exp.device))
     record = fed.record
     messages = world.recorder.messages_frame()
     compute = world.recorder.compute_frame()
@@ -213,6 +255,7 @@ def run_fedad(world: World, scenario: Scenario, run_dir: Path,
         "learning_from_cache": store is not None and stats.computed == 0,
         "cache": cache_entry(store, stats),
         "simulation_wall_s": wall - walls["total"],
+        **cond,
         "preset_note": exp.preset_note,
         "experiment": {k: getattr(exp, k) for k in exp.__dataclass_fields__},
         **data,
@@ -224,4 +267,5 @@ def run_fedad(world: World, scenario: Scenario, run_dir: Path,
         "inlier_class": [partition.clients[i].inlier_class for c in comms for i in c],
     }).write_csv(run_dir / "communities.csv")
     per_client.write_parquet(run_dir / "auc.parquet")
+    write_rounds(rounds_frame(fed.rounds()), run_dir)
     return summary

@@ -58,6 +58,7 @@ THRESHOLD_BITS = 32  # the float32 threshold a phase-I model travels with
 STAGES = ("phase I", "method", "ideal", "baselines", "evaluation")
 _OP_ORDER = ("init", "train", "fedavg", "threshold", "cross", "auc")
 Say = Callable[[str], None]
+Clients = int | tuple[int, ...] | None  # whose data a training reads: one client, some, or all (None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +215,7 @@ class Learner:
         self._damaged: set[str] = set()  # stored, but their payload could not be read: computed again
         self._pending: dict[str, None] = {}  # registered, not evaluated yet (insertion order)
         self._needed: set[tuple[str, str]] = set()  # (stage label, key)
-        self._data: dict[int | None, str] = {}
+        self._data: dict[Clients, str] = {}
         self._tests: dict[int, tuple[str, str]] = {}
         self._union: np.ndarray | None = None
         self.stats = FlushStats()
@@ -238,19 +239,23 @@ class Learner:
         return self._engine
 
     # ---------------------------------------------------------------------------------------- data
-    def _x(self, client: int | None) -> np.ndarray:
-        """Client `client`'s shard; None: every shard, in client order (the centralised model's data)."""
-        if client is not None:
+    def _x(self, client: Clients) -> np.ndarray:
+        """Client `client`'s shard; None: every shard, in client order (the centralised model's data); a tuple:
+        those clients' shards, in its order (the shards that reached the server)."""
+        if isinstance(client, int):
             return self.partition.clients[client].x
+        if isinstance(client, tuple):
+            return np.concatenate([self.partition.clients[i].x for i in client])
         if self._union is None:
             self._union = np.concatenate([s.x for s in self.partition.clients])
         return self._union
 
-    def _data_key(self, client: int | None) -> str:
-        """Content key of a shard; None: of all shards in order (a hash of their keys)."""
+    def _data_key(self, client: Clients) -> str:
+        """Content key of a shard; None: of all shards in order, a tuple: of those shards (a hash of their keys)."""
         if client not in self._data:
-            if client is None:
-                self._data[None] = _sha("".join(self._data_key(i) for i in range(self.partition.n_clients)))[:32]
+            if client is None or isinstance(client, tuple):
+                ids = range(self.partition.n_clients) if client is None else client
+                self._data[client] = _sha("".join(self._data_key(i) for i in ids))[:32]
             else:
                 self._data[client] = data_hash(self.partition.clients[client].x)
         return self._data[client]
@@ -286,11 +291,12 @@ class Learner:
         """The seeded initial weights of `model` (a FedAvg run's start)."""
         return self._register("init", {"model": model, "seed": int(seed)}, stage, -1, model, bits=model_bits(model))
 
-    def train(self, client: int | None, model: str, epochs: int, seed: int, *, stage: Stage,
+    def train(self, client: Clients, model: str, epochs: int, seed: int, *, stage: Stage,
               init: Ref | None = None, opt: Ref | None = None, patience: int | None = None,
               restore_best: bool = False) -> Ref:
-        """Train `model` on client `client`'s shard (None: on every shard, the centralised model) from `init`
-        (None: fresh seeded weights), continuing the Adam state of the train node `opt`."""
+        """Train `model` on client `client`'s shard (None: on every shard, the centralised model; a tuple: on those
+        clients' shards) from `init` (None: fresh seeded weights), continuing the Adam state of the train node
+        `opt`."""
         exp = self.exp
         n = len(self._x(client))
         n_train = n if model == "ocsvm" else len(split_indices(n, exp.val_fraction)[0])
@@ -300,7 +306,7 @@ class Learner:
                   "restore_best": bool(restore_best)}
         fixed = model != "ocsvm" and patience is None
         flops = float(epochs * n_train * models.flops_per_sample(model, train=True)) if fixed else None
-        order = self.partition.n_clients if client is None else client
+        order = client if isinstance(client, int) else self.partition.n_clients
         return self._register("train", fields, stage, order, model, parents=(init, opt), job={"client": client},
                               bits=model_bits(model), flops=flops, n_train=n_train)
 
@@ -472,7 +478,7 @@ class Learner:
         for node, got in zip(nodes, inputs, strict=True):
             f, client = node.fields, node.job["client"]
             jobs.append(TrainJob(
-                key=-1 if client is None else client, model=node.model, x=self._x(client), epochs=f["epochs"],
+                key=client if isinstance(client, int) else -1, model=node.model, x=self._x(client), epochs=f["epochs"],
                 seed=f["seed"], init_state=got["init"], batch_size=f["batch_size"], lr=f["lr"],
                 val_fraction=f["val_fraction"], opt_state=got["opt"], patience=f["patience"],
                 restore_best=f["restore_best"]))

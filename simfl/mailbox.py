@@ -40,6 +40,23 @@ class Mailboxes:
             box.items.extend(self._unclaimed.pop(node, ()))  # delivered before anyone asked for the inbox
         return box
 
+    def held(self) -> list[Message]:
+        """Every message delivered and not taken yet (from every inbox, and those nobody asked for)."""
+        out = [m for box in self._boxes.values() for m in box.items if isinstance(m, Message)]
+        return out + [m for ms in self._unclaimed.values() for m in ms]
+
+    def waiting(self) -> list[str]:
+        """The nodes whose processes wait on their inbox now, sorted."""
+        return sorted(n for n, box in self._boxes.items() if box.get_queue)
+
+    def reset(self, node: str) -> list[Message]:
+        """Empty `node`'s inbox (its node crashed: what it held is gone, and so are the waits of its processes);
+        returns the messages it held. Later deliveries go to a fresh inbox."""
+        old = self._boxes.pop(node, None)
+        held = list(old.items) if old is not None else self._unclaimed.pop(node, [])
+        self._boxes[node] = simpy.FilterStore(self.env)
+        return held
+
     def put(self, msg: Message) -> None:
         """Hand a delivered message to its destination's inbox (or keep it until the inbox is asked for)."""
         box = self._boxes.get(msg.dst)

@@ -18,8 +18,11 @@ Two sizes are kept apart (the paper's payload accounting, and what the wire carr
   adds what it sent again to `wire_bytes` and counts it in `retransmitted_bytes` (the fluid network does so on
   lossy routes: `simfl.linkmodels`).
 
-A message that a backend gives up on (its path stayed down longer than `network.give_up`) is recorded with
-`status` "lost" and NaN for the times it never reached; its send event fails with `MessageLost`.
+A message that a backend gives up on (its path stayed down longer than `network.give_up`), or whose sender crashed
+before it left, is recorded with `status` "lost" and NaN for the times it never reached; one that reached a crashed
+node is recorded with `status` "to_crashed" (`t_deliver`: when it reached it). Either way its send event fails with
+`MessageLost`. A workload marks a delivered message "late" when it reached a wait that had closed
+(`simfl.trace.TraceRecorder.mark_late`).
 """
 
 from __future__ import annotations
@@ -37,9 +40,13 @@ __all__ = [
     "MessageLost",
     "DELIVERED",
     "LOST",
+    "LATE",
+    "TO_CRASHED",
+    "STATUSES",
 ]
 
-DELIVERED, LOST = "delivered", "lost"  # Message.status
+DELIVERED, LOST, LATE, TO_CRASHED = "delivered", "lost", "late", "to_crashed"  # Message.status
+STATUSES = (DELIVERED, LATE, LOST, TO_CRASHED)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -70,8 +77,9 @@ class Message:
 
 
 class MessageLost(Exception):
-    """The network gave up on a message: its path stayed down longer than `network.give_up`. The send event fails
-    with it; `message` is the record (status "lost"). Protocol code may catch it."""
+    """A message did not arrive: the network gave up on it (its path stayed down longer than `network.give_up`) or
+    its sender crashed (status "lost"), or it reached a crashed node (status "to_crashed"). The send event fails
+    with it; `message` is the record. Protocol code may catch it."""
 
     def __init__(self, message: Message) -> None:
         super().__init__(message)  # the only argument: SimPy re-creates the exception from its args
@@ -79,6 +87,8 @@ class MessageLost(Exception):
 
     def __str__(self) -> str:
         m = self.message
+        if m.status == TO_CRASHED:
+            return f"message {m.msg_id} {m.src}->{m.dst} ({m.kind}) failed: {m.dst} had crashed"
         return f"message {m.msg_id} {m.src}->{m.dst} ({m.kind}) lost: its path stayed down longer than network.give_up"
 
 

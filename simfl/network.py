@@ -76,6 +76,12 @@ without a route stalls: rate 0, on no resource, until an edge gives it a route a
 closes. Messages queued behind it continue. A message in its handshake when its route goes starts the handshake
 again when the route returns.
 
+Crashed nodes (`crash`, `recover`; a workload's node faults, after `allow_crashes`). When a node crashes, every
+message of its flows that has not finished transmitting (queued, in its handshake, transmitting or stalled) fails
+at once: status "lost", the wire bytes it sent, its event fails with `MessageLost`. Messages it finished
+transmitting still arrive. A message that reaches a node while it is down fails there: status "to_crashed",
+t_deliver the time it reached it. The connections of its flows close (their next message pays the handshake).
+
 Capacity traces. A traced resource's capacity is the trace's piecewise-constant C(t); while it carries flows,
 each change point is a rate change like a start or an end, batched with those of the same instant.
 
@@ -132,7 +138,7 @@ from simfl.errors import SimflError
 from simfl.linkmodels import Jitter, expected_retransmissions, mathis_cap, path_loss, retransmitted_packets
 from simfl.linkstats import LinkStats
 from simfl.mailbox import Mailboxes
-from simfl.messages import LOST, Message, MessageLost, packetize
+from simfl.messages import LOST, TO_CRASHED, Message, MessageLost, packetize
 from simfl.topology import Edge, Hop, Resource, Topology
 from simfl.trace import TraceRecorder
 
@@ -142,7 +148,7 @@ _WAKE_PRIORITY = 2  # after simpy's URGENT (0) and NORMAL (1): runs when all act
 _TOL = 1e-12  # relative tolerance on finish times: completions this close are handled together
 _PACKETS_CACHE = 4096  # payload sizes whose packetisation Network.send keeps (runs send a handful of sizes)
 # timers, handled within one instant in this order (then in the order they were set); handshakes end before them
-_EDGE, _CAPACITY, _GIVE_UP = range(3)
+_EDGE, _CAPACITY, _GIVE_UP, _CRASH = range(4)
 # what a flow's head message is doing (flows of a plain network are always sending)
 _SENDING, _HANDSHAKE, _STALLED = range(3)
 
@@ -331,6 +337,7 @@ class Network:
         self._route_info: dict[tuple[Topology, str, str], tuple] = {}  # with [[faults]]: see _route
         self._classes = False  # some flow is a control stream: rates in two classes (`_rates_classes`)
         self._bg_loss = random.Random(f"simfl background loss {seed}")  # datagram frames' loss draws
+        self._crashed: set[str] = set()  # nodes that are down (`crash`): messages reaching them fail
 
     # ------------------------------------------------------------------ public API
     def send(self, src: str, dst: str, *, kind: str, phase: str, round: int, payload_bits: int,
@@ -385,6 +392,28 @@ class Network:
             self.topology.kind(node)  # an unknown node is an error
             box = self._losses[node] = simpy.FilterStore(self.env)
         return box
+
+    def allow_crashes(self) -> None:
+        """Prepare for `crash` (before the first send): every flow keeps the state a crash needs."""
+        if self._flows:
+            raise RuntimeError("allow_crashes: call it before the first send")
+        self._plain = False
+
+    def crash(self, node: str) -> None:
+        """`node` crashes now: the messages of its flows that have not finished transmitting fail (status "lost")
+        and messages reaching it fail (status "to_crashed") until `recover` (see the module docstring)."""
+        if self._plain:
+            raise RuntimeError("crash: call allow_crashes before the first send")
+        self._crashed.add(node)
+        self._timer(self.env.now, _CRASH, node, 0)
+        self._wake(self.env.now)
+
+    def recover(self, node: str) -> None:
+        """`node` is up again: messages reaching it from now on are delivered."""
+        self._crashed.discard(node)
+
+    def is_down(self, node: str) -> bool:
+        return node in self._crashed
 
     @property
     def keep_unclaimed(self) -> bool:
@@ -670,6 +699,34 @@ class Network:
         else:
             f.cur = None
 
+    def _fail_node(self, node: str, now: float, dirty: dict[_Res, None]) -> None:
+        """`node` crashed: its flows' messages that have not finished transmitting fail; connections to and from it
+        close."""
+        for f in self._flows.values():
+            if f.bg is not None or node not in (f.src, f.dst):
+                continue
+            f.x.connected = False
+            if f.src != node or f.cur is None:
+                continue
+            x, tx = f.x, f.cur
+            if x.doing == _SENDING and f.res and f in f.res[0][0].flows:
+                self._detach(f, now, dirty)  # transmitting: what it sent so far counts on its links
+            sent = int((8.0 * tx.wire_bytes - f.remaining) // 8) if not math.isnan(tx.t_start) else 0
+            x.stall_id += 1  # a give-up timer of a stall is void
+            x.doing = _SENDING  # a handshake under way is void
+            x.start_at = math.nan
+            failed = [(tx, sent), *((q, 0) for q in (f.queue or ()))]
+            f.cur = None
+            if f.queue:
+                f.queue.clear()
+            for t, nbytes in failed:
+                retx = t.retx * nbytes // t.wire_bytes if t.wire_bytes else 0
+                msg = Message(t.msg_id, f.src, f.dst, t.kind, t.phase, t.round, t.payload_bits, nbytes, t.n_packets,
+                              f.n_hops, t.t_send, t.t_start, math.nan, math.nan, t.payload, retx, LOST)
+                self.recorder.record_message(msg)
+                t.event.fail(MessageLost(msg))
+        self._pending = [f for f in self._pending if f.cur is not None]
+
     # ------------------------------------------------------------------ timers: handshakes, traces, faults
     def _timer(self, t: float, kind: int, obj: Any, version: int) -> None:
         heapq.heappush(self._timers, (t, self._timer_seq, kind, obj, version))
@@ -701,6 +758,8 @@ class Network:
             return not self._unfinished()
         if kind == _CAPACITY:
             return not obj.n or obj.tversion != version
+        if kind == _CRASH:
+            return False
         return obj.cur is None or obj.x.stall_id != version or obj.x.doing != _STALLED
 
     def _timed(self, now: float, lim: float, dirty: dict[_Res, None]) -> None:
@@ -725,7 +784,9 @@ class Network:
             kind, obj = entry[2], entry[3]
             if kind == _EDGE or self._stale(entry):
                 continue
-            if kind == _CAPACITY:
+            if kind == _CRASH:
+                self._fail_node(obj, now, dirty)
+            elif kind == _CAPACITY:
                 trace = obj.trace
                 obj.capacity = trace.rates[obj.tpos[1]]
                 obj.tpos = trace.following(*obj.tpos)
@@ -1038,6 +1099,13 @@ class Network:
 
     def _deliver(self, tx: _Tx, now: float) -> None:
         f = tx.flow
+        if self._crashed and f.dst in self._crashed and f.bg is None:
+            msg = Message(tx.msg_id, f.src, f.dst, tx.kind, tx.phase, tx.round, tx.payload_bits, tx.wire_bytes,
+                          tx.n_packets, f.n_hops, tx.t_send, tx.t_start, tx.t_tx, now, tx.payload, tx.retx,
+                          TO_CRASHED)
+            self.recorder.record_message(msg)
+            tx.event.fail(MessageLost(msg))
+            return
         msg = Message(tx.msg_id, f.src, f.dst, tx.kind, tx.phase, tx.round, tx.payload_bits, tx.wire_bytes,
                       tx.n_packets, f.n_hops, tx.t_send, tx.t_start, tx.t_tx, now, tx.payload, tx.retx)
         self.recorder.record_message(msg)

@@ -87,11 +87,16 @@ def partition_of(exp: Experiment, seed: int) -> Partition:
 # Experiment fields that do not change what is learned (who aggregates, how fast, how it is labelled).
 # (Both detectors are evaluated in every run, so `detector` only picks which AUCs the report shows.)
 NOT_LEARNING = frozenset({"aggregator", "workers", "preset_note", "data_dir", "device", "detector"})
+# The round conditions change who takes part, not what any one computation is: points that differ only in them share
+# everything learned before participation differs (phase I, the early rounds), so a sweep runs one of them first.
+CONDITIONS = frozenset({"round_deadline", "min_participants", "late_updates", "fraction_fit", "dropout",
+                        "phase1_deadline", "failover_timeout"})
 
 
 def learning_identity(exp: Experiment, seed: int) -> str:
     """What is learned, as canonical JSON: the experiment's learning fields and the seed. Two runs with the same
-    identity (and data, device kind, simfl and torch versions) learn the same models: a sweep runs the first point
-    of each identity alone, and the others read its results from the learning cache."""
-    fields = {k: v for k, v in dataclasses.asdict(exp).items() if k not in NOT_LEARNING}
+    identity (and data, device kind, simfl and torch versions) learn the same models, or (round conditions apart)
+    share those learned before their participation differs: a sweep runs the first point of each identity alone,
+    and the others read its results from the learning cache."""
+    fields = {k: v for k, v in dataclasses.asdict(exp).items() if k not in NOT_LEARNING | CONDITIONS}
     return json.dumps({"exp": fields, "seed": seed}, sort_keys=True, default=list)

@@ -194,6 +194,7 @@ def render(summary: RunSummary) -> str:
         "",
         table4(f),
         "",
+        *_conditions_lines(f),
         *_incast_lines(summary),
         *_background_lines(summary),
     ]
@@ -204,6 +205,47 @@ def render(summary: RunSummary) -> str:
         plots += ", `background_latency.png`"
     out += [f"Plots: {plots}.", ""]
     return "\n".join(out)
+
+
+def participation_table(f: FedadPart) -> str:
+    """Per FedAvg run: rounds averaged / skipped / aborted, failovers, updates averaged in time of those invited
+    (the participation rate), late (of them dropped), sat out; then the AUCs beside the fault-free ones."""
+    lines = ["| FedAvg run | rounds averaged / skipped / aborted | failovers | updates averaged / invited (rate) "
+             "| late (dropped) | sat out |", "|---|---|---|---|---|---|"]
+    for name, p in f.participation.items():
+        if name == "phase1":
+            continue
+        lines.append(f"| {name} | {p['averaged']} / {p['skipped']} / {p['aborted']} | {p['failovers']} | "
+                     f"{p['arrived']} / {p['invited']} ({_f(p['rate'])}) | {p['late']} ({p['dropped']}) | "
+                     f"{p['unavailable']} |")
+    return "\n".join(lines)
+
+
+def _condition(key: str, v: Any) -> str:
+    if v is None:
+        return "unset"
+    return f"{v:g} s" if key.endswith(("deadline", "timeout")) else str(v)
+
+
+def _conditions_lines(f: FedadPart) -> list[str]:
+    """The section on the round conditions and crashes (runs that had some); none: nothing."""
+    if f.auc_mean_fault_free is None:
+        return []
+    exp = f.experiment
+    keys = ("round_deadline", "min_participants", "late_updates", "fraction_fit", "dropout", "phase1_deadline",
+            "failover_timeout")
+    p1 = f.participation.get("phase1", {})
+    free = f.auc_mean_fault_free
+    aucs = ", ".join(f"{a} {_f(v)}" for a, v in f.auc_mean.items())
+    beside = (", ".join(f"{a} {_f(v)}" for a, v in free.items()) if isinstance(free, dict)
+              else f"unknown ({free}: run it without the conditions first)")
+    return ["## Participation under the round conditions", "",
+            "Conditions: " + ", ".join(f"{k} = {_condition(k, exp.get(k))}" for k in keys) + ".", "",
+            f"Phase I: {p1.get('groups_arrived', '-')} of {p1.get('clients', '-')} candidate groups reached the "
+            f"leader; {p1.get('pairs_complete', '-')} of {p1.get('pairs', '-')} pairs had both one-sided results.",
+            "", participation_table(f), "",
+            f"Mean AUC under these conditions: {aucs}. Without them (same seed, from the learning cache): {beside}.",
+            ""]
 
 
 def _incast_lines(summary: RunSummary) -> list[str]:

@@ -74,6 +74,8 @@ SEND_ORDERS = ("id", "rotated", "random")
 TRAFFIC_KINDS = ("cbr", "periodic", "onoff", "bulk")
 PRIORITIES = ("control", "best_effort")
 TRANSPORTS = ("datagram", "tcp")
+# What an aggregator does with an update that arrives after its round closed (experiment.late_updates).
+LATE_UPDATES = ("drop", "next_round")
 
 # Numbers at the edges: beyond these a run overflows, never ends or means nothing.
 MAX_SEED = 2**32 - 1  # numpy's legacy RandomState (the authors' split) takes 32-bit seeds
@@ -295,7 +297,22 @@ EXPERIMENT = Table("experiment", (
     Key("preset_note", STR, "", "a note on the preset, printed in the report"),
     Key("send_order", STR, "id", "the order in which each client sends its phase-I model to its peers",
         choices=SEND_ORDERS),
-), "the federated anomaly-detection experiment (workload fedad)")
+    Key("round_deadline", TIME, None, "a FedAvg round closes this long after its start, averaging the updates that "
+        "arrived (unset: when every invited member's has)", **_SPAN),
+    Key("min_participants", INT, 1, "a FedAvg round with fewer updates to average is skipped: the previous model "
+        "stands", lo=1, hi=MAX_GROUP),
+    Key("late_updates", STR, "drop", "updates after their round closed: dropped, or averaged at the next close",
+        choices=LATE_UPDATES),
+    Key("fraction_fit", FLOAT, 1.0, "share of a community invited to each FedAvg round (a seeded sample)",
+        lo=0.0, hi=1.0, open_lo=True),
+    Key("dropout", FLOAT, 0.0, "probability that a client sits out a FedAvg round (seeded; needs round_deadline)",
+        lo=0.0, hi=1.0, open_hi=True),
+    Key("phase1_deadline", TIME, None, "each phase-I wait (models, verdicts, candidate groups, the community) "
+        "ends this long after it began (unset: when everything expected has come)", **_SPAN),
+    Key("failover_timeout", TIME, None, "silence after which a member suspects its aggregator and the next live "
+        "member takes over (needs round_deadline, and must exceed it)", **_SPAN),
+), "the federated anomaly-detection experiment (workload fedad); the conditions of the rounds and node faults: "
+   "docs/network-aware-learning.md")
 
 SYNTHETIC = Table("synthetic", (
     Key("message_bytes", SIZE, 12868, "payload bytes of every message (default: one AE-5 model)",
@@ -547,8 +564,8 @@ class Checker:
 
     def value(self, key: Key, v: Any, where: str) -> Any:
         """One value checked against `key`: type, unit, bounds, choices (lists as tuples)."""
-        if v is None and key.default is None:
-            return None
+        if key.default is None and (v is None or (v == "none" and key.kind in _QUANTITY)):
+            return None  # "none" unsets an optional quantity (a sweep's --vary can give it)
         if key.kind == LIST:
             return self._list(key, v, where)
         if key.kind in _QUANTITY:
@@ -645,7 +662,8 @@ it equal to the code.
 - **Numbers at the edges** are rejected with the key: every bound is in the tables below. Latencies lie in 0 .. 1
   hour, bandwidths in 1 bit/s .. 1 Pbit/s, message sizes in 0 .. 2^40 bytes, compute speeds in 1 kFLOP/s ..
   1 EFLOP/s, seeds in 0 .. 2^32 - 1 (also `--seed` and `experiment.split_seed`). Integers and numbers never accept
-  `true`/`false`.
+  `true`/`false`. An optional quantity (default "unset") given as `"none"` stays unset: `--vary
+  'experiment.round_deadline=["none", "5 s"]'`.
 - **Memory**: before running, simfl estimates the memory the run's messages need (about {per_message:,} bytes per
   message in flight and in the trace, measured on an all-pairs run: all-pairs sends n (n - 1) messages for n
   clients, fedad about 2 n (n - 1) in phase I) and refuses a run that would not fit in the machine's memory.

@@ -105,6 +105,11 @@ class FedadPart:
     learning_wall_s: dict[str, float]
     learning_from_cache: bool | None = None
     simulation_wall_s: float
+    # the round conditions and crashes (`simfl.conditions.participation_summary`; absent in older runs)
+    participation: dict[str, Any] = field(default_factory=dict)
+    rounds_skipped: int = 0
+    failovers: int = 0
+    auc_mean_fault_free: dict[str, float] | str | None = None  # without conditions, from the cache; or why not
     preset_note: str = ""
     experiment: dict[str, Any]
     data_dir: str | None = None  # the Fashion-MNIST folder the run read

@@ -4,8 +4,10 @@ messages (one row per delivered or lost message, sorted by msg_id):
     msg_id i64, phase str, round i32, kind str, src str, dst str, payload_bits i64, wire_bytes i64,
     retransmitted_bytes i64, n_packets i64, hops i32, t_send f64, t_start f64, t_tx f64, t_deliver f64, status str
     (times in simulated seconds: send called, transmission start, transmission end (last bit left the sender),
-    delivery; wire_bytes includes retransmitted_bytes (lossy routes); status "delivered" or "lost": a lost message
-    has NaN t_tx and t_deliver (and t_start if it never began) and the wire bytes it sent before it was lost)
+    delivery; wire_bytes includes retransmitted_bytes (lossy routes); status "delivered", "late" (delivered after
+    the wait it was meant for had closed: a workload marks it), "lost" (given up on, or its sender crashed: NaN
+    t_tx and t_deliver, and t_start if it never began, and the wire bytes it sent) or "to_crashed" (it reached a
+    crashed node at t_deliver))
 compute (one row per computation, in the order they ended):
     node str, phase str, round i32, kind str, t_start f64, t_end f64, flops f64, wall_s f64
     (wall_s is measured on this machine and never feeds the clock; it is the only column that can differ between two
@@ -25,20 +27,30 @@ then those of the same background alone; written by `simfl.traffic`):
     dst str, t_send f64, t_deliver f64 (NaN when lost), latency f64 (t_deliver - t_send, NaN when lost), bytes i64
     (payload), wire_bytes i64 (with headers and a TCP flow's retransmissions), lost bool
     (messages with phase "background" go here, never to the messages table; the totals count them apart)
+rounds (workload fedad: one row per FedAvg round close at its aggregator, and one per phase-I collection of the
+candidate groups at the leader, in the order they closed; written by `simfl.fedad`):
+    phase str, community i32 (the group's index among the run's groups; -1: a group no run lists, e.g. a client
+    that never learnt its community), round i32 (1..R; 0: phase I), aggregator str, outcome str ("averaged",
+    "skipped": fewer than min_participants to average, "aborted": the aggregator crashed, "collected": phase I),
+    members i32, invited i32, arrived i32 (in time), late i32 (after the close), dropped i32 (late and never
+    averaged), folded i32 (earlier rounds' late updates averaged here), missing i32 (invited, never arrived),
+    unavailable i32 (invited, sat the round out: the dropout draw), arrived_ids list[i32], late_ids list[i32],
+    weight f64 (training samples averaged), failover bool (a member took the round over), t_start f64, t_deadline
+    f64 (null: no deadline), t_end f64
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from simfl.messages import LOST, Message
+from simfl.messages import LATE, LOST, TO_CRASHED, Message
 
-__all__ = ["MESSAGE_SCHEMA", "COMPUTE_SCHEMA", "LINK_SCHEMA", "BACKGROUND_SCHEMA", "BACKGROUND", "TraceRecorder",
-           "write_traces", "write_frame"]
+__all__ = ["MESSAGE_SCHEMA", "COMPUTE_SCHEMA", "LINK_SCHEMA", "BACKGROUND_SCHEMA", "ROUNDS_SCHEMA", "BACKGROUND",
+           "TraceRecorder", "write_traces", "write_frame", "rounds_frame", "write_rounds"]
 
 BACKGROUND = "background"  # the phase of background traffic's messages (their kind is the flow's name)
 
@@ -64,6 +76,14 @@ BACKGROUND_SCHEMA = pl.Schema({
     "lost": pl.Boolean,
 })
 
+ROUNDS_SCHEMA = pl.Schema({
+    "phase": pl.String, "community": pl.Int32, "round": pl.Int32, "aggregator": pl.String, "outcome": pl.String,
+    "members": pl.Int32, "invited": pl.Int32, "arrived": pl.Int32, "late": pl.Int32, "dropped": pl.Int32,
+    "folded": pl.Int32, "missing": pl.Int32, "unavailable": pl.Int32, "arrived_ids": pl.List(pl.Int32),
+    "late_ids": pl.List(pl.Int32), "weight": pl.Float64, "failover": pl.Boolean, "t_start": pl.Float64,
+    "t_deadline": pl.Float64, "t_end": pl.Float64,
+})
+
 _MSG_COLS = tuple(MESSAGE_SCHEMA)
 _BG_COLS = ("flow", "seq", "src", "dst", "t_send", "t_deliver", "bytes", "wire_bytes", "lost")
 _COMPUTE_COLS = tuple(COMPUTE_SCHEMA)
@@ -80,7 +100,8 @@ class TraceRecorder:
         self.payload_bits = 0
         self.wire_bytes = 0
         self.retransmitted_bytes = 0
-        self.messages_lost = 0  # all lost messages, background frames too (the network's own count)
+        self.messages_lost = 0  # all lost (and to_crashed) messages, background frames too (the network's own count)
+        self._late: set[int] = set()  # msg_ids of delivered messages a workload marked late
         self.background_sent = 0  # counted by the network's send
         self.background_delivered = 0
         self.background_lost = 0
@@ -110,8 +131,12 @@ class TraceRecorder:
         self.payload_bits += m.payload_bits
         self.wire_bytes += m.wire_bytes
         self.retransmitted_bytes += m.retransmitted_bytes
-        if m.status == LOST:
+        if m.status == LOST or m.status == TO_CRASHED:
             self.messages_lost += 1
+
+    def mark_late(self, msg_ids: Iterable[int]) -> None:
+        """Give these delivered messages the status "late" (they reached a wait that had closed)."""
+        self._late.update(msg_ids)
 
     def _record_background(self, m: Message) -> None:
         c = self._bg
@@ -160,7 +185,11 @@ class TraceRecorder:
 
     # ------------------------------------------------------------------ frames
     def messages_frame(self) -> pl.DataFrame:
-        return pl.DataFrame(self._msg, schema=MESSAGE_SCHEMA).sort("msg_id")
+        frame = pl.DataFrame(self._msg, schema=MESSAGE_SCHEMA).sort("msg_id")
+        if self._late:
+            late = pl.col("msg_id").is_in(sorted(self._late)) & (pl.col("status") == "delivered")
+            frame = frame.with_columns(pl.when(late).then(pl.lit(LATE)).otherwise(pl.col("status")).alias("status"))
+        return frame
 
     def compute_frame(self) -> pl.DataFrame:
         return pl.DataFrame(self._compute, schema=COMPUTE_SCHEMA)
@@ -188,6 +217,21 @@ def write_traces(recorder: TraceRecorder, run_dir: str | Path) -> dict[str, Path
                         ("links", recorder.links_frame())):
         out[name] = write_frame(frame, run_dir, name)
     return out
+
+
+def rounds_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
+    """The rounds table (`ROUNDS_SCHEMA`) of row dicts."""
+    return pl.DataFrame(rows, schema=ROUNDS_SCHEMA) if rows else pl.DataFrame(schema=ROUNDS_SCHEMA)
+
+
+def write_rounds(frame: pl.DataFrame, run_dir: str | Path) -> Path:
+    """rounds.parquet and rounds.csv (the ID lists as space-separated IDs) in run_dir; returns the parquet path."""
+    pq = Path(run_dir) / "rounds.parquet"
+    frame.write_parquet(pq, compression="zstd", statistics=True)
+    ids = [c for c, t in frame.schema.items() if isinstance(t, pl.List)]
+    frame.with_columns(pl.col(c).cast(pl.List(pl.String)).list.join(" ") for c in ids).write_csv(
+        Path(run_dir) / "rounds.csv")
+    return pq
 
 
 def write_frame(frame: pl.DataFrame, run_dir: str | Path, name: str) -> Path:

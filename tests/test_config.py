@@ -106,7 +106,8 @@ def test_experiment_fields_and_defaults():
                 centralised_epochs=10,
                 aggregator="member", batch_size=32, lr=1e-3, val_fraction=0.1, persist_optimizer=True,
                 detector="global", baselines=("local", "ideal", "centralised"), data_dir=None, device="auto",
-                workers=2, preset_note="", send_order="id")
+                workers=2, preset_note="", send_order="id", round_deadline=None, min_participants=1,
+                late_updates="drop", fraction_fit=1.0, dropout=0.0, phase1_deadline=None, failover_timeout=None)
     assert [f.name for f in dataclasses.fields(Experiment)] == list(want)
     assert dataclasses.asdict(Experiment()) == want
 

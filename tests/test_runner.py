@@ -311,7 +311,8 @@ def test_an_old_fedad_summary_reads_back_and_renders(tmp_path):
     s = read_summary(tmp_path / "summary.json")
     f = s.fedad
     new_totals = {"messages_lost": 0, "retransmitted_bytes": 0}  # totals an old summary lacks: their defaults
-    assert s.to_dict() == old | {"data_dir": None, "data_files": None, **new_totals,
+    new_fedad = {"participation": {}, "rounds_skipped": 0, "failovers": 0, "auc_mean_fault_free": None}
+    assert s.to_dict() == old | {"data_dir": None, "data_files": None, **new_totals, **new_fedad,
                                  "totals": old["totals"] | new_totals}  # every key kept; the new ones unknown
     assert (s.scenario, s.seed, s.totals.messages, s.totals.payload_bytes) == ("tiny", 3, 50, 11377081.5)
     assert f.payload_bytes["phase1"] == 154489.5 and f.communities == [[0, 1], [2, 3]] and f.k == 2
