@@ -151,7 +151,7 @@ def _remove(paths: list[Path]) -> None:
 # ------------------------------------------------------------------------------------------------- the run
 def preflight(scenario: Scenario) -> None:
     """What stops a valid scenario from running here, found before its folder is touched (ScenarioError): the ns3
-    backend without the ns3 package; control traffic that would starve the rest for ever."""
+    backend without the ns3 package, or with what it cannot model; control traffic that starves the rest for ever."""
     if scenario.network.model == "ns3":
         from simfl.ns3 import available
 
@@ -159,6 +159,12 @@ def preflight(scenario: Scenario) -> None:
             raise ScenarioError(f"{scenario.source or '<dict>'}: network.model = \"ns3\": the ns3 package (ns-3 "
                                 "with cppyy bindings) is not installed here: pip install ns3 (or pip install -e "
                                 ".[ns3]), or use network.model = \"fluid\"")
+        from simfl.world import refuse_on_ns3
+
+        try:
+            refuse_on_ns3(scenario)
+        except SimflError as e:
+            raise ScenarioError(str(e)) from None
     if scenario.traffic:
         from simfl.traffic import check_control_load
 

@@ -221,8 +221,6 @@ CASES = {
     "traffic-name-with-space": Bad('traffic[0].name = "my flow": names may use only', BASE + PERIODIC
                                    .replace('"p"', '"my flow"')),
     "traffic-not-a-list": Bad("traffic = 5: expected a list of tables", "traffic = 5\n" + BASE),
-    "traffic-on-ns3": Bad('network.model = "ns3": background traffic ([[traffic]]) runs on the fluid network only',
-                          BASE + PERIODIC + '\n[network]\nmodel = "ns3"\n'),
     "traffic-bulk-every-picosecond": Bad("traffic[0].every = 1e-12: time must be at least 1 us",
                                          flow('kind = "bulk"\nbytes = "1 MB"\nevery = 1e-12')),
     # an on period shorter than one frame's gap sent one frame per cycle: 1,000 bytes every 2 us, "at 1 Mbps"
@@ -269,8 +267,6 @@ CASES = {
     "set-traffic-to-a-lone-switch": Bad('traffic[0].dst = "lone": no chain of links or cells connects srv to lone',
                                         BASE + '\n[[nodes]]\nname = "lone"\nkind = "switch"\n',
                                         ("--set", 'traffic=[{name="x", src="srv", dst="lone", kind="bulk", bytes=1}]')),
-    "set-model-ns3-under-traffic": Bad('network.model = "ns3": background traffic', BASE + PERIODIC,
-                                       ("--set", "network.model=ns3")),
     "set-latency-down-nan": Bad("node_groups[0].uplink.latency_down = nan: nan is not a finite time",
                                 args=("--set", "node_groups[0].uplink.latency_down=nan")),
     "set-initial-window-fraction": Bad("network.initial_window = 10.5: expected an integer",
@@ -441,3 +437,27 @@ def test_an_unreadable_trace_file(tmp_path, monkeypatch, capsys) -> None:
         monkeypatch.setattr(simfl.linkmodels, "open", denied, raising=False)
     _, line = run_error(BASE + TRACE.format("secret.csv"), (), tmp_path, capsys)
     assert f'links[0].bandwidth_trace = "secret.csv": cannot read {trace}: Permission denied' in line
+
+
+NS3_REFUSED = {  # what the ns3 backend cannot model, each refused before the run folder (ns-3 itself is not loaded)
+    "handshake-off": ("network.handshake = false: ns-3's TCP always opens a connection with a handshake; the fluid "
+                      'model (network.model = "fluid") supports it', net('model = "ns3"\nhandshake = false'), ()),
+    "give-up": ("network.give_up = 10 s: in the ns3 backend TCP gives up by itself",
+                net('model = "ns3"\ngive_up = "10 s"'), ()),
+    "jitter-by-set": ("links c0-c1: jitter = 0.001 s: the ns3 backend has no jitter",
+                      BASE + LINK + 'bandwidth = "1 Gbps"\njitter = "1 ms"\n',
+                      ("--set", "network.model=ns3")),
+    "rerouted-outage": ("another path joins c0 and c1, and the ns3 backend's static routes do not reroute",
+                        BASE + LINK + 'bandwidth = "1 Gbps"\n\n[[faults]]\nlink = "c0-c1"\ndown = "1 s"\n',
+                        ("--set", "network.model=ns3")),
+}
+
+
+@pytest.mark.parametrize("case", NS3_REFUSED, ids=list(NS3_REFUSED))
+def test_what_the_ns3_backend_cannot_model_is_refused_in_one_line(case, tmp_path, monkeypatch, capsys) -> None:
+    import simfl.ns3
+
+    monkeypatch.setattr(simfl.ns3, "available", lambda: True)  # as where ns3 is installed; the refusal loads no ns-3
+    expected, text, args = NS3_REFUSED[case]
+    path, line = run_error(text, args, tmp_path, capsys)
+    assert expected in line, line

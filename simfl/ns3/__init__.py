@@ -91,6 +91,15 @@ time per process (ns-3 has one simulator): creating one closes the previous one.
 """
 
 from simfl.ns3.cpp import available
-from simfl.ns3.network import HOST_QDISCS, PCAP_DIR, Ns3Network, Ns3Options, refuse_unsupported, vht_mode
+from simfl.ns3.network import (
+                               HOST_QDISCS,
+                               PCAP_DIR,
+                               Ns3Network,
+                               Ns3Options,
+                               refuse_scenario,
+                               refuse_unsupported,
+                               vht_mode,
+)
 
-__all__ = ["Ns3Network", "Ns3Options", "HOST_QDISCS", "PCAP_DIR", "available", "refuse_unsupported", "vht_mode"]
+__all__ = ["Ns3Network", "Ns3Options", "HOST_QDISCS", "PCAP_DIR", "available", "refuse_scenario", "refuse_unsupported",
+           "vht_mode"]

@@ -162,6 +162,17 @@ class _Tx:
         self.flow = flow
 
 
+def refuse_scenario(topology: Topology, scenario: Scenario) -> None:
+    """`refuse_unsupported` for a whole scenario: its network keys, links and cells, and a control-priority
+    [[traffic]] flow through a cell (the ns3 backend's WiFi cells have no strict priority)."""
+    for i, t in enumerate(scenario.traffic):
+        cell = next((h.link for h in topology.route_tuple(t.src, t.dst) if h.medium == "cell"), None)
+        if t.priority == "control" and cell is not None:
+            raise _fluid_only(f"traffic[{i}] ({t.name}): priority = \"control\" through cell {cell}", "the ns3 "
+                              "backend's WiFi cells have no strict priority (one queue per transmitter)")
+    refuse_unsupported(topology, scenario.network, {m.name: m for m in (*scenario.links, *scenario.cells)})
+
+
 class Ns3Network:
     """Messages over the topology, simulated packet by packet by ns-3 (TCP/IP). See `simfl.ns3` for the model."""
 
@@ -231,12 +242,8 @@ class Ns3Network:
                      recorder: TraceRecorder | None = None, *, options: Ns3Options | None = None,
                      pcap_dir: str | Path | None = None) -> Ns3Network:
         """The scenario's network in ns-3 (its seed, links and cells; strict-priority ports when a [[traffic]] flow
-        has control priority); a SimflError for what ns-3 cannot honour (also a control flow through a cell)."""
-        for i, t in enumerate(scenario.traffic):
-            cell = next((h.link for h in topology.route_tuple(t.src, t.dst) if h.medium == "cell"), None)
-            if t.priority == "control" and cell is not None:
-                raise _fluid_only(f"traffic[{i}] ({t.name}): priority = \"control\" through cell {cell}", "the ns3 "
-                                  "backend's WiFi cells have no strict priority (one queue per transmitter)")
+        has control priority); a SimflError for what ns-3 cannot honour (`refuse_scenario`)."""
+        refuse_scenario(topology, scenario)
         return cls(env, topology, scenario.network, recorder, seed=scenario.seed, options=options,
                    pcap_dir=pcap_dir, media=(*scenario.links, *scenario.cells),
                    priority=any(t.priority == "control" for t in scenario.traffic))
