@@ -92,7 +92,7 @@ def refuse_unsupported(topology: Topology, params: NetworkParams, media: dict[st
             raise _fluid_only(f"faults ({f.describe()})", "the ns3 backend takes down a WiFi station's links "
                               "only with its cell")
         cut = topology.without_edges(edges)
-        for u, v in (tuple(e) for e in edges):
+        for u, v in sorted(sorted(e) for e in edges):  # sorted: the same line whatever the hash seed
             if v in cut.reachable(u):
                 raise _fluid_only(f"faults ({f.describe()})", f"another path joins {u} and {v}, and the ns3 "
                                   "backend's static routes do not reroute around an outage")
