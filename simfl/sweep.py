@@ -343,7 +343,8 @@ def _progress(enabled: bool) -> Callable[[str], None]:
 # ----------------------------------------------------------------------------------------------------- table
 def row_of(values: dict[str, Level], summary: RunSummary) -> dict[str, Any]:
     """One table row: the varied values (as written and as numbers), the run's totals (messages, payload and wire
-    bytes, simulated time), then the workload's own columns (see `fedad_columns`, `synthetic_columns`)."""
+    bytes, simulated time), then the workload's own columns (see `fedad_columns`, `synthetic_columns`; fedad also
+    learn_cached / learn_computed: the learning results the point read from the cache and computed)."""
     row: dict[str, Any] = {}
     for k, lv in values.items():
         row[k] = lv.text
@@ -356,6 +357,8 @@ def row_of(values: dict[str, Level], summary: RunSummary) -> dict[str, Any]:
         row.update(synthetic_columns(summary.synthetic))
     elif summary.fedad is not None:
         row.update(fedad_columns(summary.fedad))
+        cache = summary.cache or {}
+        row["learn_cached"], row["learn_computed"] = cache.get("cached"), cache.get("computed")
     row["wall_time_s"] = t.wall_time_s
     return row
 
@@ -532,7 +535,7 @@ def sweep_cli(args: argparse.Namespace) -> int:
         stats: Sequence[str] = (*synthetic_durations(table), "messages", "wire_bytes")
     else:
         stats = ("duration_s_method", "centralised_upload_s", "auc_local", "auc_method", "auc_ideal", "ari")
-    cols = keys + [c for c in ("seed", *stats) if c in table.columns]
+    cols = keys + [c for c in ("seed", *stats, "learn_cached", "learn_computed") if c in table.columns]
     with pl.Config(tbl_rows=50, tbl_cols=12, fmt_str_lengths=20):
         print(table.select(cols))
     if args.seeds > 1:

@@ -415,6 +415,10 @@ def test_a_deadline_sweep_learns_the_shared_part_once(tmp_path, monkeypatch) -> 
     assert none_in_time["rounds_skipped"] == none_in_time["participation"]["phase2"]["rounds"] + 4  # ideal: 2 x 2
     assert none_in_time["participation"]["phase2"]["arrived"] == 0
     assert 0 < none_in_time["cache"]["computed"] < cut["cache"]["computed"]
+    by_deadline = {r["experiment.round_deadline"]: r for r in table.iter_rows(named=True)}  # the table's cache columns
+    for text, s in (("none", free), ("0.49 s", cut), ("0.1 s", none_in_time)):
+        row = by_deadline[text]
+        assert (row["learn_cached"], row["learn_computed"]) == (s["cache"]["cached"], s["cache"]["computed"])
 
 
 def test_a_crashed_server_aggregator_fails_over_to_the_lowest_member() -> None:
