@@ -71,7 +71,9 @@ Outages ([[faults]]). At each fault edge the routes of the flows with a message 
 the graph without the edges that are down (the same tie-break). A flow whose route changed continues with its
 remaining bits on the new route (the bytes it sent so far count on the old route's resources); a flow left
 without a route stalls: rate 0, on no resource, until an edge gives it a route again. A message stalled for
-`network.give_up` seconds is lost: its send event fails with `MessageLost`, the trace records it with status
+`network.give_up` seconds is lost (counted from its first stall since it last made progress, i.e. completed its
+handshake or transmitted: a handshake that short up-windows keep cutting off is lost at its first stall once
+`give_up` has passed): its send event fails with `MessageLost`, the trace records it with status
 "lost" (t_tx and t_deliver NaN), it is put in `losses(dst)` if that store was asked for, and its flow's connection
 closes. Messages queued behind it continue. A message in its handshake when its route goes starts the handshake
 again when the route returns.
@@ -273,7 +275,7 @@ class _FlowState:
     """A flow's route and transport state beyond the plain model (handshake, loss, outages, jitter)."""
 
     __slots__ = ("hops", "epoch", "jitter", "loss", "cap", "handshake_s", "connected", "doing", "start_at",
-                 "stall_id", "retx_expected", "retx_charged", "counted")
+                 "stall_id", "stuck_since", "retx_expected", "retx_charged", "counted")
 
     def __init__(self) -> None:
         self.hops: tuple[Hop, ...] | None = None  # the current route (kept with [[faults]]); None: there is none
@@ -286,6 +288,7 @@ class _FlowState:
         self.doing = _SENDING
         self.start_at = math.nan  # when the handshake under way ends
         self.stall_id = 0  # invalidates the give-up timer of an earlier stall
+        self.stuck_since = math.nan  # the head message's first stall since it last made progress (give-up clock)
         self.retx_expected = 0.0  # retransmitted packets: running expectation and whole packets charged
         self.retx_charged = 0
         self.counted = 0  # wire bytes of the head message already counted on earlier routes
@@ -581,6 +584,7 @@ class Network:
             tx.wire_bytes += tx.retx
         f.remaining = 8.0 * tx.wire_bytes
         x.counted = 0
+        x.stuck_since = math.nan
         self._arm_edges()
         if x.hops is None:
             self._stall(f, now)
@@ -616,6 +620,7 @@ class Network:
                     pending.append(f)
                 elif x.doing == _HANDSHAKE and x.start_at == t:
                     x.connected = True
+                    x.stuck_since = math.nan  # progress: the give-up clock starts afresh at a later stall
                     x.doing = _SENDING
                     pending.append(f)
 
@@ -628,7 +633,10 @@ class Network:
         x = f.x
         x.doing = _STALLED
         x.stall_id += 1
-        self._timer(now + self.params.give_up, _GIVE_UP, f, x.stall_id)
+        if math.isnan(x.stuck_since):
+            x.stuck_since = now
+        # give_up after the first stall without progress since (a handshake that outages keep cutting short is none)
+        self._timer(max(now, x.stuck_since + self.params.give_up), _GIVE_UP, f, x.stall_id)
         self._arm_edges()
 
     def _resume(self, f: _Flow, now: float, dirty: dict[_Res, None]) -> None:
@@ -637,6 +645,7 @@ class Network:
         x.stall_id += 1
         if not math.isnan(f.cur.t_start):
             x.doing = _SENDING
+            x.stuck_since = math.nan  # it transmits again: progress
             self._attach(f, now, dirty)
         elif self.params.handshake and not x.connected:
             self._handshake(f, now)

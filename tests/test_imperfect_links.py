@@ -178,6 +178,20 @@ def test_a_repeating_outage_and_the_handshake_that_waits_for_it():
     assert out[1].t_tx == pytest.approx(0.013 + 58_560 / 1e8, rel=1e-12)
 
 
+def test_a_handshake_that_up_windows_keep_cutting_short_is_given_up_on():
+    # Down 1 ms every 3 ms from 0 (0-1, 3-4, ...): up-windows of 2 ms, shorter than the 2.01248 ms handshake, which
+    # starts again at each return and never completes. give_up = 0.1 s counts from the first stall (at 0): the
+    # message is lost at the first stall from 0.1 s on, the outage at 34 x 3 ms = 0.102 s; nothing was sent.
+    w = pair(network={"handshake": True, "give_up": "0.1 s"},
+             faults=[{"link": "ab", "every": "3 ms", "duration": "1 ms"}])
+    out = {}
+    send_at(w, 0.0, "a", "b", out, 0)
+    w.env.run()
+    m, t = out[0]
+    assert t == pytest.approx(0.102, rel=1e-12)
+    assert (m.status, m.wire_bytes) == ("lost", 0) and math.isnan(m.t_start)
+
+
 def test_give_up_fails_the_message_at_the_stated_time_and_the_queue_goes_on():
     # The link goes down at 0.5 ms for good; give_up = 2 s. #0 has sent 0.5 ms x 100 Mbps = 6,250 bytes: it is
     # lost at 2.0005 s. #1, queued behind it, begins then (no route: it stalls at once) and is lost at 4.0005 s.
