@@ -224,7 +224,7 @@ class _Res:
 
 class _Tx:
     __slots__ = ("msg_id", "kind", "phase", "round", "payload_bits", "wire_bytes", "n_packets", "packet_bits",
-                 "t_send", "t_start", "t_tx", "payload", "event", "flow", "retx")
+                 "t_send", "t_start", "t_tx", "payload", "event", "flow", "retx", "hops")
 
     def __init__(self, msg_id: int, kind: str, phase: str, rnd: int, payload_bits: int, wire_bytes: int,
                  n_packets: int, packet_bits: int, t_send: float, payload: Any, event: Event, flow: _Flow) -> None:
@@ -243,6 +243,7 @@ class _Tx:
         self.event = event
         self.flow = flow
         self.retx = 0  # retransmitted bytes, included in wire_bytes
+        self.hops = 0  # hops of the route it finished transmitting on (a reroute before delivery does not change it)
 
 
 class _Flow:
@@ -1048,6 +1049,7 @@ class Network:
     def _finish(self, f: _Flow, now: float, dirty: dict[_Res, None]) -> None:
         tx = f.cur
         tx.t_tx = now
+        tx.hops = f.n_hops
         x = f.x
         wire = tx.wire_bytes if x is None else tx.wire_bytes - x.counted  # bytes sent before a reroute: counted
         links = self.links
@@ -1110,13 +1112,13 @@ class Network:
         f = tx.flow
         if self._crashed and f.dst in self._crashed and f.bg is None:
             msg = Message(tx.msg_id, f.src, f.dst, tx.kind, tx.phase, tx.round, tx.payload_bits, tx.wire_bytes,
-                          tx.n_packets, f.n_hops, tx.t_send, tx.t_start, tx.t_tx, now, tx.payload, tx.retx,
+                          tx.n_packets, tx.hops, tx.t_send, tx.t_start, tx.t_tx, now, tx.payload, tx.retx,
                           TO_CRASHED)
             self.recorder.record_message(msg)
             tx.event.fail(MessageLost(msg))
             return
         msg = Message(tx.msg_id, f.src, f.dst, tx.kind, tx.phase, tx.round, tx.payload_bits, tx.wire_bytes,
-                      tx.n_packets, f.n_hops, tx.t_send, tx.t_start, tx.t_tx, now, tx.payload, tx.retx)
+                      tx.n_packets, tx.hops, tx.t_send, tx.t_start, tx.t_tx, now, tx.payload, tx.retx)
         self.recorder.record_message(msg)
         self.delivered += 1
         tx.event.succeed(msg)

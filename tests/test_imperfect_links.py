@@ -192,6 +192,23 @@ def test_a_handshake_that_up_windows_keep_cutting_short_is_given_up_on():
     assert (m.status, m.wire_bytes) == ("lost", 0) and math.isnan(m.t_start)
 
 
+def test_hops_are_those_of_the_route_a_message_finished_transmitting_on():
+    # a-b direct (10 ms) or a-s-b (20 + 20 ms); ab goes down at 5 ms. #0 (10 kB) has finished transmitting by then
+    # (under 1 ms at 100 Mbps) and arrives over ab at t_tx + 10 ms: 1 hop, though its flow is rerouted before it
+    # arrives. #1 (100 kB) is still transmitting at 5 ms: it moves to a-s-b, 2 hops, 40 ms of latency.
+    w = World(scenario([node("a"), node("b"), node("s", "switch")],
+                       [link("a", "b", lat="10 ms", name="ab"), link("a", "s", lat="20 ms"),
+                        link("s", "b", lat="20 ms")],
+                       faults=[{"link": "ab", "down": "5 ms"}]))
+    out = {}
+    send_at(w, 0.0, "a", "b", out, 0, bits=80_000)
+    send_at(w, 0.0, "a", "b", out, 1, bits=800_000)
+    w.env.run()
+    assert out[0].t_tx < 0.005 < out[0].t_deliver < 0.005 + 0.04  # it arrived over ab, after the reroute
+    assert (out[0].hops, out[1].hops) == (1, 2)
+    assert out[1].t_deliver - out[1].t_tx > 0.04
+
+
 def test_give_up_fails_the_message_at_the_stated_time_and_the_queue_goes_on():
     # The link goes down at 0.5 ms for good; give_up = 2 s. #0 has sent 0.5 ms x 100 Mbps = 6,250 bytes: it is
     # lost at 2.0005 s. #1, queued behind it, begins then (no route: it stalls at once) and is lost at 4.0005 s.
