@@ -263,6 +263,30 @@ def test_tiny_fedad_on_ns3_has_the_fluid_payload_and_communities(tiny_cached, tm
     assert nm.equals(fm)
 
 
+def test_a_tiny_fedad_run_on_ns3_goes_on_past_its_lost_messages(tiny_cached, tmp_path):
+    """c1's uplink is down for good: on ns-3 every connection to or from c1 gives up (its SYN unanswered 7 times,
+    127 s after it opened) and its messages are lost; with deadlines the protocol goes on without them. Both
+    backends lose the same messages (the fluid model later, after network.give_up) and find the same communities,
+    with c1 alone; every other message is delivered, and the run ends with nothing in flight."""
+    tiny_cached.write_text(tiny_cached.read_text() + '\n[[faults]]\nlink = "c1-s1"\ndown = "0 s"\n')
+    out = {}
+    for model in ("fluid", "ns3"):
+        sc = load_scenario(tiny_cached, [f'network.model="{model}"', 'experiment.round_deadline="60 s"',
+                                         'experiment.phase1_deadline="60 s"'])
+        out[model] = (run(sc, tmp_path / model, progress=False), pl.read_parquet(tmp_path / model / "messages.parquet"))
+    (fs, fm), (ns, nm) = out["fluid"], out["ns3"]
+    key = ["phase", "round", "kind", "src", "dst"]
+    lost = {m: t.filter(pl.col("status") == "lost").select(key).sort(key) for m, t in (("fluid", fm), ("ns3", nm))}
+    assert lost["ns3"].height > 0 and lost["ns3"].equals(lost["fluid"])
+    assert ((lost["ns3"]["src"] == "c1") | (lost["ns3"]["dst"] == "c1")).all()
+    others = nm.filter((pl.col("src") != "c1") & (pl.col("dst") != "c1"))
+    assert others["status"].unique().to_list() == ["delivered"]
+    assert ns.fedad.communities == fs.fedad.communities and [1] in ns.fedad.communities
+    assert ns.totals.messages_lost == lost["ns3"].height and ns.totals.messages_undelivered == 0
+    ns_lost = nm.filter(pl.col("status") == "lost")
+    assert ns_lost["t_deliver"].is_nan().all() and (ns_lost["wire_bytes"] == 0).all()  # no SYN got through
+
+
 def test_without_the_ns3_package_fluid_works_and_ns3_is_a_clear_error(tmp_path):
     """A child process where importing ns3 or cppyy fails (as without the package)."""
     code = textwrap.dedent("""
