@@ -20,6 +20,7 @@ skipped but the one that simulates its absence.
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 import subprocess
@@ -34,7 +35,7 @@ import pytest
 from simfl.config import load_scenario, scenario_from_dict
 from simfl.errors import SimflError
 from simfl.export import export_pcap
-from simfl.messages import packetize
+from simfl.messages import MessageLost, packetize
 from simfl.ns3 import PCAP_DIR, Ns3Network, Ns3Options, available
 from simfl.ns3.network import vht_mode
 from simfl.runner import run
@@ -262,6 +263,30 @@ def test_tiny_fedad_on_ns3_has_the_fluid_payload_and_communities(tiny_cached, tm
     assert nm.equals(fm)
 
 
+def test_a_tiny_fedad_run_on_ns3_goes_on_past_its_lost_messages(tiny_cached, tmp_path):
+    """c1's uplink is down for good: on ns-3 every connection to or from c1 gives up (its SYN unanswered 7 times,
+    127 s after it opened) and its messages are lost; with deadlines the protocol goes on without them. Both
+    backends lose the same messages (the fluid model later, after network.give_up) and find the same communities,
+    with c1 alone; every other message is delivered, and the run ends with nothing in flight."""
+    tiny_cached.write_text(tiny_cached.read_text() + '\n[[faults]]\nlink = "c1-s1"\ndown = "0 s"\n')
+    out = {}
+    for model in ("fluid", "ns3"):
+        sc = load_scenario(tiny_cached, [f'network.model="{model}"', 'experiment.round_deadline="60 s"',
+                                         'experiment.phase1_deadline="60 s"'])
+        out[model] = (run(sc, tmp_path / model, progress=False), pl.read_parquet(tmp_path / model / "messages.parquet"))
+    (fs, fm), (ns, nm) = out["fluid"], out["ns3"]
+    key = ["phase", "round", "kind", "src", "dst"]
+    lost = {m: t.filter(pl.col("status") == "lost").select(key).sort(key) for m, t in (("fluid", fm), ("ns3", nm))}
+    assert lost["ns3"].height > 0 and lost["ns3"].equals(lost["fluid"])
+    assert ((lost["ns3"]["src"] == "c1") | (lost["ns3"]["dst"] == "c1")).all()
+    others = nm.filter((pl.col("src") != "c1") & (pl.col("dst") != "c1"))
+    assert others["status"].unique().to_list() == ["delivered"]
+    assert ns.fedad.communities == fs.fedad.communities and [1] in ns.fedad.communities
+    assert ns.totals.messages_lost == lost["ns3"].height and ns.totals.messages_undelivered == 0
+    ns_lost = nm.filter(pl.col("status") == "lost")
+    assert ns_lost["t_deliver"].is_nan().all() and (ns_lost["wire_bytes"] == 0).all()  # no SYN got through
+
+
 def test_without_the_ns3_package_fluid_works_and_ns3_is_a_clear_error(tmp_path):
     """A child process where importing ns3 or cppyy fails (as without the package)."""
     code = textwrap.dedent("""
@@ -352,19 +377,78 @@ def test_ns3_pcap_is_an_independent_check_of_the_exporter(tmp_path):
     assert hosts[:2] == ["10.0.0.1", "server"]  # the first link's first end
 
 
-def test_a_connection_that_gives_up_stops_the_run_with_a_clear_error():
-    """The receiver's interface is down: every SYN is lost; after 6 retransmissions (1 + 2 + ... + 32 ms with a 1 ms
-    SYN timeout, then 64 ms more) the connection gives up at about 127 ms and the run stops, naming it."""
-    import cppyy
+def send_catching(w: World, t: float, src: str, dst: str, bits: int, out: list) -> None:
+    """`send_at`, but a lost message's `MessageLost` is caught: out gets (time the event settled, the Message)."""
+    def proc():
+        if t:
+            yield w.env.timeout(t)
+        try:
+            m = yield w.network.send(src, dst, kind="x", phase="test", round=0, payload_bits=bits)
+        except MessageLost as e:
+            m = e.message
+        out.append((w.env.now, m))
 
-    w = ns3_world({"name": "t", "workload": "synthetic",
-                   "nodes": [{"name": "a", "kind": "client", "uplink": {"to": "b", "bandwidth": "10 Mbps"}},
-                             {"name": "b", "kind": "client"}]}, syn_timeout=0.001)
-    hub = w.network._hub
-    hub.nodes[1].GetObject[cppyy.gbl.ns3.Ipv4]().SetDown(1)
-    w.network.send("a", "b", kind="x", phase="t", round=0, payload_bits=MODEL)
-    with pytest.raises(SimflError, match=r"a -> b gave up at t = 0\.127.* \(6 SYN retransmissions unanswered\)"):
-        w.env.run()
+    w.env.process(proc())
+
+
+def cut_pair(down: str, up: str | None, **options) -> World:
+    """a -> b over one 10 Mbps, 1 ms link (no other path) that is down from `down` to `up` (None: for good), on
+    ns-3."""
+    fault = {"link": "a-b", "down": down, **({"up": up} if up else {})}
+    return ns3_world({"name": "t", "workload": "synthetic", "nodes": [
+        {"name": "a", "kind": "client", "uplink": {"to": "b", "bandwidth": "10 Mbps", "latency": "1 ms"}},
+        {"name": "b", "kind": "client"}], "faults": [fault]}, **options)
+
+
+def test_a_connection_that_gives_up_loses_its_messages_and_the_next_one_opens_a_new_connection():
+    """Link a-b down from 0 to 0.2 s: every SYN is lost; after 6 retransmissions (1 + 2 + ... + 32 ms with a 1 ms SYN
+    timeout, then 64 ms more) the connection gives up at 127 ms, and both messages written into it fail there, in
+    order, as lost (no byte sent: wire_bytes 0, t_start, t_tx and t_deliver NaN), also in `losses(b)`. A message sent
+    at 0.3 s (the link is back) opens a new connection: the closed form of the first test (handshake included)."""
+    C, L = 10e6, 1e-3
+    w = cut_pair("0 s", "200 ms", syn_timeout=0.001)
+    box = w.network.losses("b")
+    out: list = []
+    send_catching(w, 0.0, "a", "b", MODEL, out)
+    send_catching(w, 0.0, "a", "b", 8 * 100, out)
+    send_catching(w, 0.3, "a", "b", MODEL, out)
+    w.env.run()
+    (t0, m0), (t1, m1), (t2, m2) = out
+    assert t0 == t1 == pytest.approx(0.127, abs=NS)
+    for m in (m0, m1):
+        assert (m.status, m.wire_bytes, m.retransmitted_bytes) == ("lost", 0, 0)
+        assert math.isnan(m.t_start) and math.isnan(m.t_tx) and math.isnan(m.t_deliver)
+    assert (m0.msg_id, m1.msg_id, m0.n_packets, m1.n_packets) == (0, 1, 9, 1)
+    assert [m.msg_id for m in box.items] == [0, 1]
+    hs = 2 * L + 2 * (48 + 2) * 8 / C
+    assert m2.status == "delivered" and m2.t_start == pytest.approx(0.3 + hs, abs=NS)
+    assert t2 == m2.t_deliver == pytest.approx(0.3 + hs + (78 + W - 36) * 8 / C + L, abs=NS)
+    assert int(w.network._hub.conns.size()) == 2  # the second connection: its own handshake
+    tot = w.network.totals()
+    assert (tot["messages"], tot["messages_lost"], tot["messages_undelivered"]) == (1, 2, 0)
+    assert tot["wire_bytes"] == W and w.network.in_flight == 0
+    msgs = w.recorder.messages_frame()
+    assert msgs["status"].to_list() == ["lost", "lost", "delivered"]
+
+
+def test_a_connection_that_gives_up_mid_transfer_loses_what_it_had_not_delivered():
+    """Link a-b down for good from 20 ms into a 1 MB transfer, behind which a 100-byte message waits: TCP gives up
+    after 15 unanswered retransmissions of its first unacknowledged segment (16 timeouts, each at least 10 ms doubled
+    per timeout and at most ns-3's 60 s maximum RTO); the transfer is lost with the bytes it sent (retransmissions
+    included), the message behind it with none, at that instant, and the run ends."""
+    w = cut_pair("20 ms", None, min_rto=0.01)
+    out: list = []
+    send_catching(w, 0.0, "a", "b", 8_000_000, out)
+    send_catching(w, 0.0, "a", "b", 8 * 100, out)
+    w.env.run()
+    (t0, big), (t1, small) = out
+    assert t0 == t1 and sum(min(0.01 * 2**k, 60) for k in range(16)) <= t0 <= 0.02 + 16 * 60
+    assert (big.status, small.status, small.wire_bytes) == ("lost", "lost", 0)
+    sent = int(w.network.link_columns()["bytes"][0])  # a -> b: every packet a transmitted, IP bytes + 38
+    # its own bytes: the payload it sent, 15 retransmissions among them, and a header per segment
+    assert 15 * 1460 < big.retransmitted_bytes < big.wire_bytes <= sent < 1_000_000
+    assert big.t_start == pytest.approx(2e-3 + 2 * 50 * 8 / 10e6, abs=NS) and math.isnan(big.t_deliver)
+    assert w.network.totals()["messages_lost"] == 2 and w.network.in_flight == 0
 
 
 def test_port_buffers_and_initial_window_come_from_the_scenario():

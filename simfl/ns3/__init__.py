@@ -35,8 +35,10 @@ What is simulated (per link of the scenario):
   segment of the one before: at most one header per message of difference). Segment size mtu - ip_header_bytes;
   Linux-like timers: minimum RTO `min_rto` (200 ms), delayed ACK `delayed_ack` (40 ms), SYN timeout `syn_timeout`
   (1 s); initial window `network.initial_window` (10 segments). A connection gives up after 6 SYN or 15 data
-  retransmissions (Linux's tcp_syn_retries and tcp_retries2): the run then stops with a `SimflError` that names the
-  connection and the queues that dropped most (an incast TCP does not get through).
+  retransmissions (Linux's tcp_syn_retries and tcp_retries2): it closes, and every message written into it and not
+  yet delivered is lost then, in order, as in the fluid model (status "lost", the bytes it sent so far as
+  wire_bytes, t_tx and t_deliver NaN; its send event fails with `MessageLost`; put in `losses(dst)` if that store
+  was asked for); the pair's next message opens a new connection (with its handshake).
 - WiFi cells: 802.11ac, each cell on its own channel (no interference between cells, as the fluid model assumes),
   the access point and its stations within 5 m, one fixed VHT mode per cell: the one whose PHY rate is closest to
   the cell's capacity / 0.70 (a station alone in a cell gets about 70% of the PHY rate as TCP goodput in ns-3;

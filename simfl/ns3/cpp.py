@@ -7,7 +7,9 @@ symbols ... g_timeInitHelper" lines that cling prints while loading ns-3 (harmle
 The hub (`simfl_ns3::Hub`) builds the network (nodes, point-to-point links, WiFi cells, static host routes, queue
 disciplines), opens one TCP connection per sender-receiver pair, writes messages into it back to back, and counts on
 the receiver's side when a message's last byte has arrived: it then records the message as done and calls
-`Simulator::Stop()`, so that `RunUntil` returns at that instant. Per-segment accounting (the `Tx` trace of every
+`Simulator::Stop()`, so that `RunUntil` returns at that instant. A connection that gives up (`OnGiveUp`) is closed
+and its messages not yet done are listed as lost (`gaveUp`), also with a stop; the pair's next message gets a new
+connection. Per-segment accounting (the `Tx` trace of every
 sending socket) attributes transmitted bytes, retransmissions included, to the messages whose stream bytes they
 carry; per-device traces count the bytes sent and the packets dropped on each link direction.
 """
@@ -238,6 +240,7 @@ struct Conn {
     size_t nextDone = 0;
     size_t nextPush = 0;       // the message being written into the socket
     bool pushPending = false;  // a Push is scheduled
+    bool failed = false;       // it gave up (OnGiveUp): closed, nothing more is written, received or done
 };
 
 struct Dev {
@@ -259,6 +262,7 @@ class Hub {
     std::vector<MsgAcct> acct;
     std::vector<int64_t> done;
     std::vector<uint32_t> failed;  // connections that gave up (SYN or data retransmissions exhausted)
+    std::vector<int64_t> gaveUp;   // their messages not yet done, in stream order: lost
     std::vector<Ptr<Socket>> udps;  // UDP streams' sending sockets
     std::unordered_map<int64_t, uint64_t> udpLeft;  // background frames over UDP in flight: bytes still to arrive
     std::vector<int64_t> lostFrames;  // UDP frames one of whose datagrams was dropped
@@ -624,6 +628,7 @@ class Hub {
     void Push(uint32_t ci)
     {
         Conn& c = conns[ci];
+        if (c.failed) { return; }
         while (c.nextPush < c.msgs.size()) {
             const MsgAcct& m = acct[c.msgs[c.nextPush]];
             if (c.pushed >= m.end) {
@@ -651,7 +656,7 @@ class Hub {
     {
         Conn& c = conns[ci];
         bool any = false;
-        while (c.nextDone < c.msgs.size() && acct[c.msgs[c.nextDone]].end <= c.received) {
+        while (!c.failed && c.nextDone < c.msgs.size() && acct[c.msgs[c.nextDone]].end <= c.received) {
             int64_t id = c.msgs[c.nextDone++];
             if (acct[id].tFirst < 0) { acct[id].tFirst = Simulator::Now().GetNanoSeconds(); }
             done.push_back(id);
@@ -703,8 +708,16 @@ class Hub {
 
     static void OnSendSpace(Hub* h, uint32_t ci, Ptr<Socket>, uint32_t) { h->Push(ci); }
 
+    // The connection gave up (its SYN or a segment retransmitted too often): it is closed, and every message
+    // written into it that is not done is lost (gaveUp); a segment that still arrives completes none.
     static void OnGiveUp(Hub* h, uint32_t ci, Ptr<Socket>)
     {
+        Conn& c = h->conns[ci];
+        if (c.failed) { return; }
+        c.failed = true;
+        h->gaveUp.insert(h->gaveUp.end(), c.msgs.begin() + c.nextDone, c.msgs.end());
+        h->inflight -= c.msgs.size() - c.nextDone;
+        c.nextDone = c.nextPush = c.msgs.size();
         h->failed.push_back(ci);
         Simulator::Stop();
     }

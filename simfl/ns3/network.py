@@ -18,7 +18,7 @@ from simfl.config import Cell, Link, NetworkParams, Scenario
 from simfl.errors import SimflError
 from simfl.linkmodels import NO_LOSS, Loss
 from simfl.mailbox import Mailboxes
-from simfl.messages import LOST, Message, MessageLost
+from simfl.messages import LOST, Message, MessageLost, packetize
 from simfl.network import Network, Stream, _Wake
 from simfl.ns3 import cpp
 from simfl.topology import Hop, Resource, Topology
@@ -177,6 +177,7 @@ class Ns3Network:
     """Messages over the topology, simulated packet by packet by ns-3 (TCP/IP). See `simfl.ns3` for the model."""
 
     inbox = Network.inbox
+    losses = Network.losses
     keep_unclaimed = Network.keep_unclaimed
     route = Network.route
     in_flight = Network.in_flight
@@ -195,8 +196,10 @@ class Ns3Network:
         self.mailboxes = Mailboxes(env, topology.nodes)
         self.sent = 0
         self.delivered = 0
-        self.retransmitted_bytes: dict[int, int] = {}  # msg_id -> retransmitted wire bytes (delivered messages)
+        self.retransmitted_bytes: dict[int, int] = {}  # msg_id -> retransmitted wire bytes (delivered or given up)
         self._flows: dict[tuple[str, ...], _Flow] = {}  # (src, dst), or (src, dst, stream) for background
+        self._conns: dict[int, _Flow] = {}  # hub TCP connection -> its flow
+        self._losses: dict[str, simpy.FilterStore] = {}  # node -> store of the lost messages to it (`losses`)
         self._txs: dict[int, _Tx] = {}
         self._outbox: list[_Tx] = []
         self._res_msgs = {r.id: 0 for r in topology.resources}
@@ -351,7 +354,7 @@ class Ns3Network:
         m = self.media.get(link)
         return (m.buffer if m is not None else None) or self.options.buffer_packets
 
-    def _losses(self, link: str) -> tuple[Loss, Loss]:
+    def _link_losses(self, link: str) -> tuple[Loss, Loss]:
         """(up, down) loss of a link or cell: a -> b and b -> a; station -> access point and back."""
         m = self.media.get(link)
         return (m.up.loss, m.down.loss) if m is not None else (NO_LOSS, NO_LOSS)
@@ -424,7 +427,7 @@ class Ns3Network:
                              self._gap(ra.capacity_bps), round(rb.capacity_bps), _ns(rb.latency_s),
                              self._gap(rb.capacity_bps), p.mtu, p.link_header_bytes, 0x0A000000 + 4 * (k // 2),
                              self._queue(ra.src), self._queue(rb.src), self._buffer(ra.link))
-            up, down = self._losses(ra.link)
+            up, down = self._link_losses(ra.link)
             self._set_loss(da + 1, up)  # b's device receives what a sends
             self._set_loss(da, down)
             self._rx[ra.id], self._rx[rb.id] = da + 1, da
@@ -458,7 +461,7 @@ class Ns3Network:
                                              [self._queue(n) for n in members], self._buffer(r.link),
                                              0x0A800000 + (j << 16), width, nss, mcs, p.mtu, p.link_header_bytes,
                                              r.link, pcap))
-        up, down = self._losses(r.link)
+        up, down = self._link_losses(r.link)
         for i, n in enumerate(members):
             self._dev[(r.link, n)] = d0 + i
             self._addr[d0 + i] = int(self._hub.devs[d0 + i].address)
@@ -507,6 +510,7 @@ class Ns3Network:
             flow.conn = self._hub.OpenUdp(self._idx[src], s_addr, port, self._idx[dst], d_addr, rport)
         else:
             flow.conn = self._hub.Open(self._idx[src], s_addr, port, self._idx[dst], d_addr)
+            self._conns[flow.conn] = flow
         if flow.control:
             self._hub.MarkControl(flow.datagram, flow.conn)
 
@@ -574,39 +578,28 @@ class Ns3Network:
         self._plan(until)
         stop = t0 + _ns(until)
         t_ns = hub.RunUntil(stop)
-        if hub.failed.size():
-            self._gave_up((t_ns - t0) * 1e-9)
-        if not (hub.done.size() or hub.lostFrames.size()) and t_next == math.inf and hub.udpLeft.size() and (
+        if not self._settling() and t_next == math.inf and hub.udpLeft.size() and (
                 t_ns < stop or (t_ns - t0) * 1e-9 - self._settled_t >= _HORIZON):
             hub.LoseUdpFrames()  # ns-3 has nothing left to do, or nothing settled for an hour: they never arrive
-        if hub.done.size() or hub.lostFrames.size():
+        if self._settling():
             self._schedule(min(max((t_ns - t0) * 1e-9, now), until))
         elif stop <= t_ns and until < now + _HORIZON:
             self._schedule(until)
         # else: no completion within the horizon (ns-3 has events but no message progresses): they stay in flight
 
-    def _gave_up(self, t: float) -> None:
-        """A TCP connection gave up (Linux's limits: 6 SYN, 15 data retransmissions unanswered): its messages
-        would never arrive. Stop the run with what happened (`MessageLost` once the fluid network has it)."""
-        ci = int(self._hub.failed[0])
-        flow = next(f for f in self._flows.values() if f.conn == ci)
-        c = self._hub.conns[ci]
-        what = "6 SYN" if int(c.highest) == 0 else "15 data"
-        stuck = sum(1 for tx in self._txs.values() if tx.flow is flow)
-        drops = sorted(((n, rid) for rid, n in self.link_drops().items() if n), reverse=True)
-        most = ", ".join(f"{rid} {n:,}" for n, rid in drops[:3]) or "none"
-        lossy = self.topology.faults or any(m.up.loss.rate or m.down.loss.rate for m in self.media.values())
-        why = ("packets lost too often on lossy links or during outages (TCP's timeout doubles with each "
-               "retransmission)" if lossy else "a burst that TCP does not get through these buffers (an "
-               "incast); larger port buffers or a smaller burst (fewer messages sent at one instant) would let it "
-               "through")
-        raise SimflError(f"ns3 backend: the TCP connection {flow.src} -> {flow.dst} gave up at t = {t:.6g} s ({what} "
-                         f"retransmissions unanswered) with {stuck} message(s) undelivered; the queues and loss "
-                         f"models had dropped {sum(n for n, _ in drops):,} packets (most: {most}): {why}")
+    def _settling(self) -> bool:
+        """Whether ns-3 stopped on something to settle: a message done, a frame lost, a connection that gave up."""
+        hub = self._hub
+        return bool(hub.done.size() or hub.lostFrames.size() or hub.failed.size())
 
     def _collect(self, now: float) -> None:
         hub = self._hub
-        for ids, settle in ((hub.done, self._deliver), (hub.lostFrames, self._lose)):
+        if hub.failed.size():  # connections that gave up: the pair's next message opens a new one
+            for i in range(hub.failed.size()):
+                flow = self._conns.pop(int(hub.failed[i]))
+                flow.conn = -1
+            hub.failed.clear()
+        for ids, settle in ((hub.done, self._deliver), (hub.lostFrames, self._lose), (hub.gaveUp, self._give_up)):
             n = ids.size()
             if n:
                 got = [int(ids[i]) for i in range(n)]
@@ -625,6 +618,25 @@ class Ns3Network:
                       int(a.segs), len(f.hops), tx.t_send, t, t, math.nan, tx.payload, 0, LOST)
         self.recorder.record_message(msg)
         tx.event.fail(MessageLost(msg))
+
+    def _give_up(self, tx: _Tx, now: float) -> None:
+        """A message of a TCP connection that gave up, lost now as in the fluid model: status "lost", the bytes it
+        sent so far (retransmissions too) as wire_bytes, t_start its first byte's transmission (NaN: none), t_tx and
+        t_deliver NaN; its event fails with `MessageLost`, and it is put in `losses(dst)` if that was asked for."""
+        f, p = tx.flow, self.params
+        a = self._hub.acct[tx.msg_id]
+        first = int(a.tFirst)
+        t_start = max(tx.t_send, (first - self._t0_ns) * 1e-9) if first >= 0 else math.nan
+        n = packetize(tx.payload_bits, p.mtu, p.ip_header_bytes, p.link_header_bytes).n_packets
+        retx = int(a.retx)
+        msg = Message(tx.msg_id, f.src, f.dst, tx.kind, tx.phase, tx.round, tx.payload_bits, int(a.wire), n,
+                      len(f.hops), tx.t_send, t_start, math.nan, math.nan, tx.payload, retx, LOST)
+        self.retransmitted_bytes[tx.msg_id] = retx
+        self.recorder.record_message(msg)
+        tx.event.fail(MessageLost(msg))
+        box = self._losses.get(f.dst) if not f.background else None
+        if box is not None:
+            box.put(msg)
 
     def _deliver(self, tx: _Tx, now: float) -> None:
         f = tx.flow
