@@ -18,7 +18,8 @@ Two sizes are kept apart (the paper's payload accounting, and what the wire carr
   adds what it sent again to `wire_bytes` and counts it in `retransmitted_bytes` (the fluid network does so on
   lossy routes: `simfl.linkmodels`).
 
-A message that a backend gives up on (its path stayed down longer than `network.give_up`), or whose sender crashed
+A message that a backend gives up on (fluid: its path stayed down longer than `network.give_up`; ns3: its TCP
+connection gave up after Linux's retransmission limits), or whose sender crashed
 before it left, is recorded with `status` "lost" and NaN for the times it never reached; one that reached a crashed
 node is recorded with `status` "to_crashed" (`t_deliver`: when it reached it). Either way its send event fails with
 `MessageLost`. A workload marks a delivered message "late" when it reached a wait that had closed
@@ -77,9 +78,10 @@ class Message:
 
 
 class MessageLost(Exception):
-    """A message did not arrive: the network gave up on it (its path stayed down longer than `network.give_up`) or
-    its sender crashed (status "lost"), or it reached a crashed node (status "to_crashed"). The send event fails
-    with it; `message` is the record. Protocol code may catch it."""
+    """A message did not arrive: the network gave up on it (fluid: its path stayed down longer than
+    `network.give_up`; ns3: its TCP connection gave up) or its sender crashed (status "lost"), or it reached a
+    crashed node (status "to_crashed"). The send event fails with it; `message` is the record. Protocol code may
+    catch it."""
 
     def __init__(self, message: Message) -> None:
         super().__init__(message)  # the only argument: SimPy re-creates the exception from its args
@@ -89,7 +91,7 @@ class MessageLost(Exception):
         m = self.message
         if m.status == TO_CRASHED:
             return f"message {m.msg_id} {m.src}->{m.dst} ({m.kind}) failed: {m.dst} had crashed"
-        return f"message {m.msg_id} {m.src}->{m.dst} ({m.kind}) lost: its path stayed down longer than network.give_up"
+        return f"message {m.msg_id} {m.src}->{m.dst} ({m.kind}) lost: the network gave up on it"
 
 
 def ids_bits(n: int) -> int:

@@ -48,7 +48,7 @@ class Totals:
 
     messages: int
     messages_undelivered: int = 0
-    messages_lost: int = 0  # given up on: their path stayed down longer than network.give_up
+    messages_lost: int = 0  # given up on by the network (fluid: network.give_up; ns3: TCP), or their sender crashed
     payload_bits: int
     payload_bytes: float
     wire_bytes: int
