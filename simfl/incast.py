@@ -6,7 +6,7 @@ packet. A packet network does not. Each new TCP transfer starts with a burst of 
 and then doubles its window every round trip (slow start); when more packets converge on one output port at once
 than its drop-tail queue holds, the port drops some, and a transfer of a few packets cannot fast-retransmit: it
 waits for a retransmission timeout (at least 200 ms on Linux). Packet-level (the ns3 backend) the all-pairs
-exchange of 90 models on one switch takes 4.6-5.7x the fluid time, a gather of 90 models to a 1 Gbps server 42x
+exchange of 90 models on one switch takes 4.5-5.6x the fluid time, a gather of 90 models to a 1 Gbps server 36x
 (docs/network-model.md, "Incast"). This module finds such moments in a finished run's messages trace, per phase
 and port. It is a check on the fluid model only: a run on the ns3 backend (`network.model`) is not checked.
 
