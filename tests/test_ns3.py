@@ -31,6 +31,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+import simpy
 
 from simfl.config import load_scenario, scenario_from_dict
 from simfl.errors import SimflError
@@ -529,6 +530,18 @@ def lossy_pair(uplink: dict, **options) -> World:
         {"name": "a", "kind": "client", "uplink": up}, {"name": "b", "kind": "client"}]}, **options)
 
 
+def on_both(d: dict, src: str, dst: str, bits: int = 8_000_000) -> tuple[simpy.Event, World, simpy.Event]:
+    """One message src -> dst on the fluid network and on ns-3, each run to the end: (the fluid send event, the
+    ns-3 world, its send event)."""
+    fluid = World(scenario_from_dict(d))
+    ev = fluid.network.send(src, dst, kind="x", phase="t", round=0, payload_bits=bits)
+    fluid.env.run()
+    w = ns3_world(d)
+    ev3 = w.network.send(src, dst, kind="x", phase="t", round=0, payload_bits=bits)
+    w.env.run()
+    return ev, w, ev3
+
+
 def rx_loss(w: World, link: str, node: str):
     """The loss model of what `node`'s end of `link` receives."""
     net = w.network
@@ -617,12 +630,7 @@ def test_an_outage_stalls_the_transfer_and_tcp_resumes_after_it(tmp_path):
     d = {"name": "t", "workload": "synthetic", "nodes": [
         {"name": "a", "kind": "client", "uplink": {"to": "b", "bandwidth": "10 Mbps", "latency": "10 ms"}},
         {"name": "b", "kind": "client"}], "faults": [{"link": "a-b", "down": "100 ms", "up": "600 ms"}]}
-    fluid = World(scenario_from_dict(d))
-    ev = fluid.network.send("a", "b", kind="x", phase="t", round=0, payload_bits=8_000_000)
-    fluid.env.run()
-    w = ns3_world(d)
-    ev3 = w.network.send("a", "b", kind="x", phase="t", round=0, payload_bits=8_000_000)
-    w.env.run()
+    ev, w, ev3 = on_both(d, "a", "b")
     assert int(rx_loss(w, "a-b", "b").outage) > 0 and int(rx_loss(w, "a-b", "a").outage) > 0
     assert ev.value.t_deliver < ev3.value.t_deliver < ev.value.t_deliver + 1.4
     assert int(rx_loss(w, "a-b", "b").lost) == 0  # no loss model beside the outage
@@ -649,12 +657,7 @@ def test_cell_node_and_repeating_outages(fault):
     point: every member), or an end of the link, loses packets to the outage, and the transfer ends after the fluid
     model's."""
     d = {**one_cell(), "faults": [fault]}
-    fluid = World(scenario_from_dict(d))
-    ev = fluid.network.send("server", "c0", kind="x", phase="t", round=0, payload_bits=8_000_000)
-    fluid.env.run()
-    w = ns3_world(d)
-    ev3 = w.network.send("server", "c0", kind="x", phase="t", round=0, payload_bits=8_000_000)
-    w.env.run()
+    ev, w, ev3 = on_both(d, "server", "c0")
     ends = [("server-ap", "ap"), ("server-ap", "server")] if "link" in fault else [("cell1", "c0")]
     assert sum(int(rx_loss(w, *e).outage) for e in ends) > 0
     assert ev3.value.t_deliver > ev.value.t_deliver > 0.3
@@ -669,12 +672,7 @@ def test_a_capacity_trace_changes_the_device_rate_at_its_instants(tmp_path):
         {"name": "a", "kind": "client", "uplink": {"to": "b", "bandwidth_trace_up": str(trace),
                                                    "bandwidth_down": "10 Mbps", "latency": "1 ms"}},
         {"name": "b", "kind": "client"}]}
-    fluid = World(scenario_from_dict(d))
-    ev = fluid.network.send("a", "b", kind="x", phase="t", round=0, payload_bits=8_000_000)
-    fluid.env.run()
-    w = ns3_world(d)
-    ev3 = w.network.send("a", "b", kind="x", phase="t", round=0, payload_bits=8_000_000)
-    w.env.run()
+    ev, w, ev3 = on_both(d, "a", "b")
     assert ev.value.t_deliver > 3.0
     assert ev3.value.t_deliver == pytest.approx(ev.value.t_deliver, rel=0.03)
 
