@@ -171,8 +171,8 @@ def _refuse_writes_under(monkeypatch, d: Path) -> None:
     monkeypatch.setattr(export_mod, "open", guarded, raising=False)
 
 
-@pytest.mark.parametrize("flags,name", FORMATS, ids=FORMAT_IDS)
-def test_read_only_out(run, tmp_path, capsys, monkeypatch, flags, name):
+def export_into_read_only(run_dir, tmp_path, capsys, monkeypatch, flags, name) -> None:
+    """Exporting `run_dir` into a read-only folder: one line naming the path, and nothing left behind there."""
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o555)
@@ -180,11 +180,16 @@ def test_read_only_out(run, tmp_path, capsys, monkeypatch, flags, name):
         if os.access(ro, os.W_OK):  # root
             _refuse_writes_under(monkeypatch, ro)
         out = ro / name
-        fails([str(run), *flags, "--out", str(out)], capsys, str(out), "permission denied")
+        fails([str(run_dir), *flags, "--out", str(out)], capsys, str(out), "permission denied")
         assert [p for p in files_under(ro) if not p.startswith("pcap")] == []
         assert [p for p in files_under(ro) if p.endswith(".pcap") or "tmp" in p] == []
     finally:
         ro.chmod(0o755)
+
+
+@pytest.mark.parametrize("flags,name", FORMATS, ids=FORMAT_IDS)
+def test_read_only_out(run, tmp_path, capsys, monkeypatch, flags, name):
+    export_into_read_only(run, tmp_path, capsys, monkeypatch, flags, name)
 
 
 class _FullDisk:
@@ -258,17 +263,7 @@ def test_the_imperfect_run_has_what_it_is_for(imperfect_run):
 
 @pytest.mark.parametrize("flags,name", FORMATS, ids=FORMAT_IDS)
 def test_imperfect_run_into_a_read_only_folder(imperfect_run, tmp_path, capsys, monkeypatch, flags, name):
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o555)
-    try:
-        if os.access(ro, os.W_OK):  # root
-            _refuse_writes_under(monkeypatch, ro)
-        out = ro / name
-        fails([str(imperfect_run), *flags, "--out", str(out)], capsys, str(out), "permission denied")
-        assert [p for p in files_under(ro) if not p.startswith("pcap")] == []
-    finally:
-        ro.chmod(0o755)
+    export_into_read_only(imperfect_run, tmp_path, capsys, monkeypatch, flags, name)
 
 
 @pytest.mark.parametrize("kind", ["fifo", "symlink", "device"])
