@@ -159,12 +159,13 @@ def preflight(scenario: Scenario) -> None:
             raise ScenarioError(f"{scenario.source or '<dict>'}: network.model = \"ns3\": the ns3 package (ns-3 "
                                 "with cppyy bindings) is not installed here: pip install ns3 (or pip install -e "
                                 ".[ns3]), or use network.model = \"fluid\"")
-        from simfl.world import refuse_on_ns3
+        from simfl.ns3.network import refuse_scenario  # loads no ns-3
+        from simfl.topology import Topology
 
         try:
-            refuse_on_ns3(scenario)
+            refuse_scenario(Topology.from_scenario(scenario), scenario)
         except SimflError as e:
-            raise ScenarioError(str(e)) from None
+            raise ScenarioError(f"{scenario.source or scenario.name}: {e}") from None
     if scenario.traffic:
         from simfl.traffic import check_control_load
 

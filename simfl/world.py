@@ -25,7 +25,7 @@ from simfl.network import Network
 from simfl.topology import Topology
 from simfl.trace import TraceRecorder
 
-__all__ = ["World", "CountingEnvironment", "crash_faults", "refuse_on_ns3"]
+__all__ = ["World", "CountingEnvironment", "crash_faults"]
 
 def crash_faults(scenario: Scenario) -> tuple[Fault, ...]:
     """The scenario's faults that are node crashes: in a fedad run, those of its clients and servers."""
@@ -55,17 +55,6 @@ class CountingEnvironment(simpy.Environment):
                 gc.enable()
 
 
-def refuse_on_ns3(scenario: Scenario) -> None:
-    """A SimflError naming the first thing of `scenario` that the ns3 backend cannot run (`simfl.ns3.refuse_scenario`;
-    node crashes are refused with ns3 by the scenario's checks). Loads no ns-3."""
-    from simfl.ns3.network import refuse_scenario
-
-    try:
-        refuse_scenario(Topology.from_scenario(scenario), scenario)
-    except SimflError as e:
-        raise SimflError(f"{scenario.source or scenario.name}: {e}") from None
-
-
 class World:
     """`run_dir`: the run folder, where a backend writes files of its own (the ns3 backend's pcap files)."""
 
@@ -80,7 +69,6 @@ class World:
         self.background: Any = None  # the scenario's [[traffic]] flows once started (`simfl.traffic.Background`)
         self._running: dict[simpy.Event, tuple[Any, ...]] = {}  # computations under way (`cancel`)
         if scenario.network.model == "ns3":
-            refuse_on_ns3(scenario)
             from simfl.ns3 import PCAP_DIR, Ns3Network  # loads ns-3 (10-20 s the first time in a process)
 
             self.network: Network = Ns3Network.for_scenario(

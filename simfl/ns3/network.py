@@ -162,14 +162,20 @@ class _Tx:
         self.flow = flow
 
 
-def refuse_scenario(topology: Topology, scenario: Scenario) -> None:
-    """`refuse_unsupported` for a whole scenario: its network keys, links and cells, and a control-priority
-    [[traffic]] flow through a cell (the ns3 backend's WiFi cells have no strict priority)."""
+def refuse_traffic(topology: Topology, scenario: Scenario) -> None:
+    """A SimflError for a control-priority [[traffic]] flow through a cell (the ns3 backend's WiFi cells have no
+    strict priority)."""
     for i, t in enumerate(scenario.traffic):
         cell = next((h.link for h in topology.route_tuple(t.src, t.dst) if h.medium == "cell"), None)
         if t.priority == "control" and cell is not None:
             raise _fluid_only(f"traffic[{i}] ({t.name}): priority = \"control\" through cell {cell}", "the ns3 "
                               "backend's WiFi cells have no strict priority (one queue per transmitter)")
+
+
+def refuse_scenario(topology: Topology, scenario: Scenario) -> None:
+    """Everything of a scenario that the ns3 backend refuses, without building its network: `refuse_unsupported`
+    (network keys, links and cells) and `refuse_traffic`, in the order the backend meets them when it is built."""
+    refuse_traffic(topology, scenario)
     refuse_unsupported(topology, scenario.network, {m.name: m for m in (*scenario.links, *scenario.cells)})
 
 
@@ -245,8 +251,9 @@ class Ns3Network:
                      recorder: TraceRecorder | None = None, *, options: Ns3Options | None = None,
                      pcap_dir: str | Path | None = None) -> Ns3Network:
         """The scenario's network in ns-3 (its seed, links and cells; strict-priority ports when a [[traffic]] flow
-        has control priority); a SimflError for what ns-3 cannot honour (`refuse_scenario`)."""
-        refuse_scenario(topology, scenario)
+        has control priority); a SimflError for what ns-3 cannot honour (`refuse_traffic` here, `refuse_unsupported`
+        in the constructor)."""
+        refuse_traffic(topology, scenario)
         return cls(env, topology, scenario.network, recorder, seed=scenario.seed, options=options,
                    pcap_dir=pcap_dir, media=(*scenario.links, *scenario.cells),
                    priority=any(t.priority == "control" for t in scenario.traffic))
