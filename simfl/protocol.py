@@ -357,8 +357,8 @@ class FedAD:
             self._rejoiners.append(self._proc(node, self.fl_rejoin(run, i, group)))
 
     def _end_fl(self, run: FLRun) -> Proc:
-        """`run`'s FedAvg is over: the clients back from a crash that still await their first model give up, those
-        that take part again end their rounds; a group none of whose members ran (crashed in phase I) gets its
+        """`run`'s FedAvg is over: the clients back from a crash that await a first model no aggregator sent them give
+        up, those that take part again end their rounds; a group none of whose members ran (crashed in phase I) gets its
         seeded start (its members' models)."""
         self._fl_now = None
         for node, token in self._rejoin_wait.items():
@@ -623,7 +623,7 @@ class FedAD:
                 break
             view.follow(msg.src, order)
         self._close(token)
-        del self._rejoin_wait[node]
+        self._rejoin_wait.pop(node, None)
         if not isinstance(msg, Message):  # the run's FedAvg ended, or the network gave up on the model
             return
         run.held[i] = msg.payload
@@ -682,7 +682,8 @@ class FedAD:
                            first)
         live = [m for m in group if self.nodes[m] not in suspects]
         for rnd in range(first, run.rounds + 1):
-            self._admit(run, group, agg, live)
+            if self.models_before_round:
+                self._admit(run, group, agg, live)
             invited = [m for m in self.part.invited(group, rnd) if m in live]
             if self.models_before_round:  # round rnd's model: the initial one, then the average of round rnd - 1
                 self._send_model(agg, [m for m in invited if m != own], run, rnd, model)
@@ -695,8 +696,8 @@ class FedAD:
                 self._send_model(agg, [m for m in targets if m != own], run, rnd, model)
 
     def _admit(self, run: FLRun, group: list[int], agg: str, live: list[int]) -> None:
-        """Members whose `rejoin` reached the aggregator before this round's start (taken from its inbox) are
-        invited again (with crashes only: a member it never suspected was never left out)."""
+        """Members whose `rejoin` reached the aggregator (taken from its inbox) are invited again from the round
+        whose model it sends next (with crashes only: a member it never suspected was never left out)."""
         if not self.world.crashes:
             return
         box = self.net.inbox(agg)
@@ -814,6 +815,8 @@ class FedAD:
         """The aggregator sends `model` to each member, labelled round `rnd`."""
         reply = ("update", rnd) if self.models_before_round else ("update", rnd + 1)
         for i in members:
+            if self.nodes[i] in self._rejoin_wait and self._views[(run.phase, i)].agg == agg:
+                del self._rejoin_wait[self.nodes[i]]  # back from a crash: this model (or its Missing) ends its wait
             self._send(agg, self.nodes[i], kind="global", phase=run.phase, rnd=rnd, bits=self._bits(model),
                        payload=model, reply=reply if reply[1] <= run.rounds else None)
 
