@@ -35,6 +35,20 @@ the leader leaves that client a loner, and so does a community message that neve
 server's single node fault): the node's processes, computations and inbox stop (`_crash`). A member that hears
 nothing from its aggregator for `failover_timeout` (per round since its last model) suspects it; the lowest
 unsuspected member takes over (`takeover` messages), reopens the round it awaited and runs the rest (`_receive`).
+Phase I's leader likewise (`_await_community`, with `failover_timeout` set): a client that hears no community for
+that long after sending its candidate group suspects the leader; the lowest client it does not suspect takes over
+(`takeover` to the others), the others re-send it their groups, and it finds the communities in the groups that
+reach it within `failover_timeout` (its own included; once every unsuspected client's group is in, at once). The
+suspected leader's group never arrives: it is a loner, and gets no message. `simfl.failover` holds the views and
+the rules for suspecting and following.
+
+A node back from a crash (`up`) receives messages again; its volatile state (models, optimiser, processes) is
+lost, what it learned in phase I is not. A client that knows its group in the FedAvg run under way sends `rejoin`
+(2-byte ID) to the aggregator it knew (a former aggregator: to the lowest member it does not suspect besides
+itself, which took its role over) and takes part from the first model that aggregator sends it, with a fresh
+optimiser (`fl_rejoin`); the aggregator invites it again from the round whose model it sends next (`_admit`: a
+member it never suspected was never left out). A client that crashed in phase I before it knew its community stays
+out of the method (its peers' phase I went on without it); a server stays out of the run under way.
 
 Rounds are numbered 1..r here and in the trace's `round` column (0: messages outside FedAvg rounds); seeds keep the
 0-based round of `simfl.plan.derive_seed`'s tags.
