@@ -189,12 +189,13 @@ def fault_free_aucs(scenario: Scenario, n: int, partition: Partition, store: Nod
 def conditions_part(fed: FedAD, scenario: Scenario, n: int, partition: Partition, store: NodeStore | None,
                     device: str) -> dict[str, Any]:
     """The summary's keys on the round conditions and crashes: participation (`participation_summary`),
-    rounds_skipped, failovers, and auc_mean_fault_free (None when the run had no conditions and no crashes)."""
+    rounds_skipped, failovers (the aggregators' and phase I's leader's), and auc_mean_fault_free (None when the run
+    had no conditions and no crashes)."""
     part = participation_summary(fed.rows, fed.pairs_complete(), n)
     fl = [p for name, p in part.items() if name != "phase1"]
     conditioned = conditions_on(scenario.experiment) or bool(crash_faults(scenario))
     return {"participation": part, "rounds_skipped": sum(p["skipped"] for p in fl),
-            "failovers": sum(p["failovers"] for p in fl),
+            "failovers": sum(p["failovers"] for p in fl) + sum(r.failover for r in fed.rows if r.phase == "phase1"),
             "auc_mean_fault_free": fault_free_aucs(scenario, n, partition, store, device) if conditioned else None}
 
 

@@ -35,6 +35,20 @@ the leader leaves that client a loner, and so does a community message that neve
 server's single node fault): the node's processes, computations and inbox stop (`_crash`). A member that hears
 nothing from its aggregator for `failover_timeout` (per round since its last model) suspects it; the lowest
 unsuspected member takes over (`takeover` messages), reopens the round it awaited and runs the rest (`_receive`).
+Phase I's leader likewise (`_await_community`, with `failover_timeout` set): a client that hears no community for
+that long after sending its candidate group suspects the leader; the lowest client it does not suspect takes over
+(`takeover` to the others), the others re-send it their groups, and it finds the communities in the groups that
+reach it within `failover_timeout` (its own included; once every unsuspected client's group is in, at once). The
+suspected leader's group never arrives: it is a loner, and gets no message. `simfl.failover` holds the views and
+the rules for suspecting and following.
+
+A node back from a crash (`up`) receives messages again; its volatile state (models, optimiser, processes) is
+lost, what it learned in phase I is not. A client that knows its group in the FedAvg run under way sends `rejoin`
+(2-byte ID) to the aggregator it knew (a former aggregator: to the lowest member it does not suspect besides
+itself, which took its role over) and takes part from the first model that aggregator sends it, with a fresh
+optimiser (`fl_rejoin`); the aggregator invites it again from the round whose model it sends next (`_admit`: a
+member it never suspected was never left out). A client that crashed in phase I before it knew its community stays
+out of the method (its peers' phase I went on without it); a server stays out of the run under way.
 
 Rounds are numbered 1..r here and in the trace's `round` column (0: messages outside FedAvg rounds); seeds keep the
 0-based round of `simfl.plan.derive_seed`'s tags.
@@ -58,6 +72,7 @@ from simfl.communities import find_communities, one_sided
 from simfl.conditions import DEADLINE, Deadline, Local, Missing, Participation, RoundRow, conditions_on
 from simfl.config import Experiment
 from simfl.errors import SimflError
+from simfl.failover import REJOIN, TAKEOVER, Resume, View, due
 from simfl.learner import BASELINES, PHASE1, THRESHOLD_BITS, Learner, Ref, Stage
 from simfl.messages import LOST, Message, MessageLost, flag_bits, ids_bits, payload_bits_of
 from simfl.order import send_order
@@ -65,7 +80,6 @@ from simfl.plan import FL_SEED_TAG, derive_seed
 from simfl.world import World
 
 Proc = Generator[simpy.Event, Any, Any]
-TAKEOVER = "takeover"  # a member that takes its aggregator's role over tells the others (2-byte ID)
 # the kinds of message a process waits for (a raw shard's upload is awaited by its send event)
 WAITED = frozenset({"model", "assoc", "candidates", "community", "update", "global"})
 
@@ -126,27 +140,6 @@ class FLRun:
 
 
 @dataclass
-class View:
-    """A FedAvg member's view of its aggregator: who it is now, whom it suspects, whether it took the role over."""
-
-    agg: str
-    suspects: set[str] = field(default_factory=set)
-    took_over: bool = False
-    last: int = 0  # the round of the last model it received (0: none yet)
-
-
-@dataclass(frozen=True)
-class Resume:
-    """Where a member that takes the aggregator's role over starts: the round it reopens, the model it holds, its
-    last update (Adam's state goes on from it) and the suspected nodes (left out of every later round)."""
-
-    round: int
-    model: Ref
-    prev: Ref | None
-    suspects: frozenset[str]
-
-
-@dataclass
 class FedRecord:
     """What a federated run did, as references into its learner (what the fedad workload reports)."""
 
@@ -200,6 +193,10 @@ class FedAD:
         self.complete: dict[int, set[int]] = {}  # client -> the peers whose pair it has both results of (phase I)
         self._open_rows: dict[str, list[RoundRow]] = {}  # aggregator -> its rounds not closed yet
         self._procs: dict[str, list[simpy.Process]] = {}  # node -> its processes (with crashes only)
+        self._views: dict[tuple[str, int], View] = {}  # (run's phase, member) -> its view of its aggregator
+        self._fl_now: FLRun | None = None  # the FedAvg run under way (what a client back from a crash rejoins)
+        self._rejoiners: list[simpy.Process] = []  # its clients back from a crash
+        self._rejoin_wait: dict[str, int] = {}  # node back from a crash -> the token of its wait for a first model
         # a computation under way -> its wall-time note and wall (with crashes: a stopped one's row is recorded then)
         self._wall_of: dict[simpy.Event, tuple[Callable[[simpy.Event], None], Callable[[], float]]] = {}
         if world.crashes:
@@ -355,14 +352,38 @@ class FedAD:
             if p.is_alive:
                 p.interrupt("crash")
         self.net.mailboxes.reset(node)
+        self._rejoin_wait.pop(node, None)
         for row in self._open_rows.pop(node, []):
             row.outcome, row.t_end = "aborted", self.env.now
             self.rows.append(row)
 
     def _recover(self, node: str, _ev: simpy.Event | None = None) -> None:
-        """`node` is up again: it receives messages (its processes do not come back)."""
+        """`node` is up again: it receives messages, and a client that knows its group in the FedAvg run under way
+        rejoins it (`fl_rejoin`); one that crashed in phase I before it knew its community stays out of the method,
+        and a server stays out of the run under way."""
         self.down.discard(node)
         self.net.recover(node)
+        run, i = self._fl_now, self.index.get(node)
+        if run is None or i is None or self.finished:
+            return
+        group = self.known_community.get(i) if run is self.record.method else run.group_of(i)
+        if group is not None:
+            self._rejoiners.append(self._proc(node, self.fl_rejoin(run, i, group)))
+
+    def _end_fl(self, run: FLRun) -> Proc:
+        """`run`'s FedAvg is over: the clients back from a crash that await a first model no aggregator sent them give
+        up, those that take part again end their rounds; a group none of whose members ran (crashed in phase I) gets its
+        seeded start (its members' models)."""
+        self._fl_now = None
+        for node, token in self._rejoin_wait.items():
+            self._expire(node, token)
+        alive = [p for p in self._rejoiners if p.is_alive]
+        self._rejoiners = []
+        if alive:
+            yield simpy.AllOf(self.env, alive)
+        for g in run.groups:
+            if g[0] not in run.starts:
+                self._start(run, g)
 
     # ---------------------------------------------------------------- phase I
     def _register_phase1(self) -> None:
@@ -412,25 +433,57 @@ class FedAD:
         both = {j for j in self.complete[i] if sided[i, j] and sided[j, i]}
         candidates = np.array([j for j in range(self.n) if j == i or j in both], dtype=np.uint16)
         if i == self.leader:
-            yield self._proc(node, self.phase1_leader(candidates))
+            yield self._proc(node, self.phase1_leader(i, candidates))
         else:
             self._send(node, self.nodes[self.leader], kind="candidates", phase="phase1", rnd=0,
                        bits=ids_bits(len(candidates)), payload=candidates)
-            # the leader's own collection may take a whole deadline: this wait lasts two
-            token = self._deadline(node, None if self.exp.phase1_deadline is None else 2 * self.exp.phase1_deadline)
-            msg = yield self._wait(node, "community", "phase1", token=token)
-            self._close(token)
-            got = isinstance(msg, Message)  # no community by the deadline, or the network gave up on it: a loner
-            self.known_community[i] = [int(x) for x in msg.payload] if got else [i]
+            if self.exp.failover_timeout is None:
+                # the leader's own collection may take a whole deadline: this wait lasts two
+                token = self._deadline(node, None if self.exp.phase1_deadline is None
+                                       else 2 * self.exp.phase1_deadline)
+                msg = yield self._wait(node, "community", "phase1", token=token)
+                self._close(token)
+                self._learn_community(i, msg)
+            else:
+                yield from self._await_community(i, candidates)
         yield self._proc(node, self.fl_client(self.record.method, i, self.known_community[i]))
 
+    def _learn_community(self, i: int, msg: Message | Missing | Deadline) -> None:
+        """Client i's community from the leader's message; none by the deadline, or the network gave up on it: a
+        loner."""
+        self.known_community[i] = [int(x) for x in msg.payload] if isinstance(msg, Message) else [i]
+
+    def _await_community(self, i: int, candidates: np.ndarray) -> Proc:
+        """Client i awaits its community from the leader (with `failover_timeout`): silence that long makes it
+        suspect the leader, and the lowest client it does not suspect takes over (this one: it collects the groups
+        and sends the communities); a `takeover` from a client makes that one the leader, and this one re-sends its
+        candidate group to it."""
+        node = self.nodes[i]
+        view = View(self.nodes[self.leader])
+        while True:
+            token = self._deadline(node, self.exp.failover_timeout)
+            msg = yield self.net.inbox(node).get(functools.partial(due, "community", "phase1", 0, view,
+                                                                   set(self.nodes), token))
+            self._close(token)
+            if msg.kind == "community":
+                self._learn_community(i, msg)
+                return
+            if msg.kind == TAKEOVER:
+                view.follow(msg.src, self.nodes)
+                self._send(node, view.agg, kind="candidates", phase="phase1", rnd=0, bits=ids_bits(len(candidates)),
+                           payload=candidates)
+            elif view.suspect(self.nodes) == node:
+                yield self._proc(node, self.phase1_leader(i, candidates, frozenset(view.suspects)))
+                return
+
     def _phase1_take(self, node: str, kind: str, each: Callable[[Message], Proc] | None = None,
-                     peers: set[str] | None = None) -> Generator[simpy.Event, Any, list[Message]]:
+                     peers: set[str] | None = None, seconds: float | None = None,
+                     ) -> Generator[simpy.Event, Any, list[Message]]:
         """Take one message of `kind` from every peer (every other client, or `peers`) until each has an outcome
-        (arrived, or `Missing`) or `phase1_deadline` passes from the start: the messages that arrived. `each` runs
-        on each as it arrives, inside the wait."""
+        (arrived, or `Missing`) or `seconds` (default `phase1_deadline`) pass from the start: the messages that
+        arrived. `each` runs on each as it arrives, inside the wait."""
         waiting = set(peers) if peers is not None else {n for n in self.nodes if n != node}
-        token = self._deadline(node, self.exp.phase1_deadline)
+        token = self._deadline(node, self.exp.phase1_deadline if seconds is None else seconds)
         got: list[Message] = []
         while waiting:
             msg = yield self._wait(node, kind, "phase1", srcs=waiting, token=token)
@@ -444,20 +497,29 @@ class FedAD:
         self._close(token)
         return got
 
-    def phase1_leader(self, own: np.ndarray) -> Proc:
-        """The leader's collection of the candidate groups (a group that does not come by `phase1_deadline`, or that
-        the network gave up on, is an empty row: that client is a loner), the communities, and their messages."""
-        node = self.nodes[self.leader]
+    def phase1_leader(self, me: int, own: np.ndarray, suspects: frozenset[str] | None = None) -> Proc:
+        """Client `me` as the leader: the collection of the candidate groups (a group that does not come by
+        `phase1_deadline`, or that the network gave up on, is an empty row: that client is a loner), the
+        communities, and their messages. `suspects`: a client that took a crashed leader's role over (it tells the
+        clients it does not suspect, collects their re-sent groups until `failover_timeout` and leaves the suspects
+        loners)."""
+        node = self.nodes[me]
+        peers = [k for k, n in enumerate(self.nodes) if k != me and n not in (suspects or ())]
+        wait = self.exp.phase1_deadline
+        if suspects is not None:
+            wait = self.exp.failover_timeout
+            self._announce(node, me, peers, "phase1", 0)
         adj = np.zeros((self.n, self.n), dtype=bool)
-        adj[self.leader, own] = True
-        row = RoundRow("phase1", -1, 0, node, list(range(self.n)), list(range(self.n)), self.env.now,
-                       None if self.exp.phase1_deadline is None else self.env.now + self.exp.phase1_deadline)
+        adj[me, own] = True
+        row = RoundRow("phase1", -1, 0, node, list(range(self.n)), sorted([me, *peers]), self.env.now,
+                       None if wait is None else self.env.now + wait, failover=suspects is not None)
         for m in range(self.n):
             self._row_of[("phase1", node, 0, m)] = row
-        got = yield from self._phase1_take(node, "candidates")
+        self._open_rows.setdefault(node, []).append(row)
+        got = yield from self._phase1_take(node, "candidates", peers={self.nodes[k] for k in peers}, seconds=wait)
         for msg in got:
             adj[self.index[msg.src], msg.payload.astype(np.int64)] = True
-        row.arrived_ids = sorted([self.leader] + [self.index[m.src] for m in got])
+        row.arrived_ids = sorted([me] + [self.index[m.src] for m in got])
         np.fill_diagonal(adj, False)
         adj = adj & adj.T
         t0 = time.perf_counter()
@@ -468,15 +530,23 @@ class FedAD:
         self.record.method.groups = found
         row.outcome, row.t_end = "collected", self.env.now
         self.rows.append(row)
+        self._open_rows[node].remove(row)
         for members in found:
             ids = np.array(members, dtype=np.uint16)
             for i in members:
-                if i == self.leader:
+                if i == me:
                     self.known_community[i] = list(members)
-                else:
+                elif i in peers:
                     self._send(node, self.nodes[i], kind="community", phase="phase1", rnd=0,
                                bits=ids_bits(len(ids)), payload=ids)
-        self.communities_known.succeed(found)
+        if not self.communities_known.triggered:  # (a falsely suspected leader's result came first)
+            self.communities_known.succeed(found)
+
+    def _announce(self, node: str, own: int, members: Sequence[int], phase: str, rnd: int) -> None:
+        """`node` (client `own`) took a crashed lead's role over: a `takeover` (2-byte ID) to each of `members`."""
+        self.failovers += 1
+        for m in members:
+            self._send(node, self.nodes[m], kind=TAKEOVER, phase=phase, rnd=rnd, bits=ids_bits(1), payload=own)
 
     # ---------------------------------------------------------------- phase II / FedAvg
     def _aggregator_of(self, group: Sequence[int]) -> str:
@@ -511,18 +581,26 @@ class FedAD:
         if agg == node:
             yield self._proc(node, self.fl_aggregator(run, group, agg, own=i))
             return
-        model: Ref | None = self._start(run, group)
+        model = self._start(run, group)
+        view = self._views[(run.phase, i)] = View(agg)
+        yield from self._member(run, i, group, view, 1, model)
+
+    def _member(self, run: FLRun, i: int, group: list[int], view: View, first: int, model: Ref | None,
+                received: bool = False) -> Proc:
+        """Client i's rounds from `first` on, holding `model` (`received`: round `first`'s model, detector
+        "last_fit"; a client back from a crash starts there with a fresh optimiser state)."""
+        node = self.nodes[i]
         prev = None
-        view = View(agg)
-        for rnd in range(1, run.rounds + 1):
+        for rnd in range(first, run.rounds + 1):
             invited = i in self.part.invited(group, rnd)
             if self.models_before_round:
                 if not invited:
                     continue
-                got = yield from self._receive(run, i, group, view, rnd, model, prev)
-                if view.took_over:
-                    return
-                model = got
+                if not (received and rnd == first):
+                    got = yield from self._receive(run, i, group, view, rnd, model, prev)
+                    if view.took_over:
+                        return
+                    model = got
             if invited and model is not None and self.part.available(i, rnd):
                 prev = self._train(run, i, rnd, model, prev)
                 yield self._compute(node, self._flops(prev), self._trained(prev), kind="train", phase=run.phase,
@@ -535,6 +613,40 @@ class FedAD:
                     return
                 model = got
 
+    def fl_rejoin(self, run: FLRun, i: int, group: list[int]) -> Proc:
+        """Client i, back from a crash during `run`'s FedAvg, reconnects: `rejoin` (2-byte ID) to the aggregator it
+        knew (a former aggregator: to the lowest member it does not suspect besides itself, which took the role
+        over), then it waits for a model from it (following a `takeover`, to which it re-sends its `rejoin`) and
+        takes part from that model's round on. It gives up when the run's FedAvg ends first."""
+        node = self.nodes[i]
+        order = [self.nodes[m] for m in group]
+        view = self._views.get((run.phase, i)) or View(self._aggregator_of(group))
+        if view.agg == node:
+            lead = next((n for n in order if n != node and n not in view.suspects), None)
+            if lead is None:
+                return
+            view = View(lead, set(view.suspects))
+        self._views[(run.phase, i)] = view
+        token = self._rejoin_wait[node] = next(self._tokens)
+        self._open.add(token)
+        while True:
+            self._send(node, view.agg, kind=REJOIN, phase=run.phase, rnd=0, bits=ids_bits(1), payload=i)
+            msg = yield self.net.inbox(node).get(functools.partial(due, "global", run.phase, None, view, set(order),
+                                                                   token))
+            if msg.kind != TAKEOVER:
+                break
+            view.follow(msg.src, order)
+        self._close(token)
+        self._rejoin_wait.pop(node, None)
+        if not isinstance(msg, Message):  # the run's FedAvg ended, or the network gave up on the model
+            return
+        run.held[i] = msg.payload
+        view.last = msg.round
+        if self.models_before_round:  # the model of round msg.round, to train from
+            yield from self._member(run, i, group, view, msg.round, msg.payload, received=True)
+        else:  # the average of round msg.round, to train from in the next
+            yield from self._member(run, i, group, view, msg.round + 1, msg.payload)
+
     def _receive(self, run: FLRun, i: int, group: list[int], view: View, rnd: int, model: Ref | None,
                  prev: Ref | None) -> Generator[simpy.Event, Any, Ref | None]:
         """The model labelled round `rnd` from the aggregator (None: the network gave up on it). With
@@ -542,11 +654,12 @@ class FedAD:
         takes over (this one: it runs the aggregator from round `rnd` on, and `view.took_over` is set); a
         `takeover` from a member makes that member the aggregator, and this one re-sends its unanswered update."""
         node = self.nodes[i]
-        names = {self.nodes[m] for m in group}
+        order = [self.nodes[m] for m in group]
         while True:  # silence is expected for a round it sat out: the timer grows with the rounds since its last model
             timeout = self.exp.failover_timeout
             token = self._deadline(node, None if timeout is None else timeout * (rnd - view.last))
-            msg = yield self.net.inbox(node).get(functools.partial(self._due, run.phase, rnd, view, names, token))
+            msg = yield self.net.inbox(node).get(functools.partial(due, "global", run.phase, rnd, view, set(order),
+                                                                   token))
             self._close(token)
             if msg.kind == "global":
                 if isinstance(msg, Missing):
@@ -555,32 +668,18 @@ class FedAD:
                 view.last = rnd
                 return msg.payload
             if msg.kind == TAKEOVER:  # the aggregator and the members before the new one were suspected
-                view.suspects.add(view.agg)
-                view.suspects.update(self.nodes[m] for m in group if m < self.index[msg.src])
-                view.agg = msg.src
+                view.follow(msg.src, order)
                 mine = run.updates.get((i, rnd))
                 if not self.models_before_round and mine is not None:  # its update of the reopened round
                     self._send(node, view.agg, kind="update", phase=run.phase, rnd=rnd, bits=self._bits(mine),
                                payload=mine)
                 continue
-            view.suspects.add(view.agg)  # silence: the next unsuspected member takes over
-            view.agg = next(self.nodes[m] for m in group if self.nodes[m] not in view.suspects)
-            if view.agg == node:
+            if view.suspect(order) == node:  # silence: the next unsuspected member takes over
                 view.took_over = True
                 resume = Resume(rnd, model if model is not None else self._start(run, group), prev,
                                 frozenset(view.suspects))
                 yield self._proc(node, self.fl_aggregator(run, group, node, own=i, resume=resume))
                 return None
-
-    @staticmethod
-    def _due(phase: str, rnd: int, view: View, names: set[str], token: int | None, m: Any) -> bool:
-        """What a member awaiting round `rnd`'s model takes: that model from its aggregator, a takeover from an
-        unsuspected member, or its failover timer's end."""
-        if m.kind == "global":
-            return m.phase == phase and m.round == rnd and m.src == view.agg
-        if m.kind == TAKEOVER:
-            return m.phase == phase and m.src in names and m.src not in view.suspects
-        return token is not None and m.kind == DEADLINE and m.token == token
 
     def fl_aggregator(self, run: FLRun, group: list[int], agg: str, own: int | None,
                       resume: Resume | None = None) -> Proc:
@@ -592,13 +691,13 @@ class FedAD:
             run.models[(group[0], 1)] = model
         else:
             first, model, prev, suspects = resume.round, resume.model, resume.prev, resume.suspects
-            self.failovers += 1
-            for m in group:
-                if self.nodes[m] not in suspects and m != own:
-                    self._send(agg, self.nodes[m], kind=TAKEOVER, phase=run.phase, rnd=first, bits=ids_bits(1),
-                               payload=own)
+            assert own is not None
+            self._announce(agg, own, [m for m in group if self.nodes[m] not in suspects and m != own], run.phase,
+                           first)
         live = [m for m in group if self.nodes[m] not in suspects]
         for rnd in range(first, run.rounds + 1):
+            if self.models_before_round:
+                self._admit(run, group, agg, live)
             invited = [m for m in self.part.invited(group, rnd) if m in live]
             if self.models_before_round:  # round rnd's model: the initial one, then the average of round rnd - 1
                 self._send_model(agg, [m for m in invited if m != own], run, rnd, model)
@@ -606,8 +705,23 @@ class FedAD:
             parts, prev = yield from self._collect(run, agg, own, rnd, invited, model, prev, row)
             model = yield from self._average(run, group, agg, own, rnd, parts, model, row)
             if not self.models_before_round:
+                self._admit(run, group, agg, live)
                 targets = live if rnd == run.rounds else [m for m in self.part.invited(group, rnd + 1) if m in live]
                 self._send_model(agg, [m for m in targets if m != own], run, rnd, model)
+
+    def _admit(self, run: FLRun, group: list[int], agg: str, live: list[int]) -> None:
+        """Members whose `rejoin` reached the aggregator (taken from its inbox) are invited again from the round
+        whose model it sends next (with crashes only: a member it never suspected was never left out)."""
+        if not self.world.crashes:
+            return
+        box = self.net.inbox(agg)
+        back = [m for m in box.items if isinstance(m, Message) and m.kind == REJOIN and m.phase == run.phase
+                and m.src in self.index and self.index[m.src] in group]
+        for m in back:
+            box.items.remove(m)
+            if self.index[m.src] not in live:
+                live.append(self.index[m.src])
+        live.sort()
 
     def _collect(self, run: FLRun, agg: str, own: int | None, rnd: int, invited: list[int], model: Ref,
                  prev: Ref | None, row: RoundRow) -> Generator[simpy.Event, Any, tuple[list[tuple[int, Ref]],
@@ -715,6 +829,8 @@ class FedAD:
         """The aggregator sends `model` to each member, labelled round `rnd`."""
         reply = ("update", rnd) if self.models_before_round else ("update", rnd + 1)
         for i in members:
+            if self.nodes[i] in self._rejoin_wait and self._views[(run.phase, i)].agg == agg:
+                del self._rejoin_wait[self.nodes[i]]  # back from a crash: this model (or its Missing) ends its wait
             self._send(agg, self.nodes[i], kind="global", phase=run.phase, rnd=rnd, bits=self._bits(model),
                        payload=model, reply=reply if reply[1] <= run.rounds else None)
 
@@ -727,21 +843,25 @@ class FedAD:
 
     def federated(self, run: FLRun) -> Proc:
         """A FedAvg run over fixed groups (the ideal baseline): all clients start now."""
+        self._fl_now = run
         procs = [self._proc(self.nodes[i], self.fl_client(run, i, run.group_of(i))) for i in range(self.n)]
         if self.aggregator == "server":
             assert self.server is not None
             procs += [self._proc(self.server, self.fl_aggregator(run, g, self.server, own=None)) for g in run.groups]
         yield simpy.AllOf(self.env, procs)
+        yield from self._end_fl(run)
 
     # ---------------------------------------------------------------- the whole run
     def method(self) -> Proc:
         self._register_phase1()
         self.record.phase1_bits = [0] * self.n
+        self._fl_now = self.record.method
         procs = [self._proc(self.nodes[i], self.phase1_client(i)) for i in range(self.n)]
         if self.aggregator == "server":
             assert self.server is not None
             procs.append(self._proc(self.server, self.server_aggregators(self.record.method)))
         yield simpy.AllOf(self.env, procs)
+        yield from self._end_fl(self.record.method)
 
     def centralised(self) -> Proc:
         """Every live client uploads its raw shard to the server, which trains one model on the union of those that
@@ -801,7 +921,7 @@ class FedAD:
         while (self.net.totals()["messages_undelivered"] > 0 or self.world.running()) and env.peek() < math.inf:
             env.step()
         boxes = getattr(self.net, "mailboxes", None)
-        late = [m for m in (boxes.held() if boxes is not None else []) if m.kind in WAITED]
+        late = [m for m in (boxes.held() if boxes is not None else []) if m.kind in WAITED or m.kind == REJOIN]
         self.world.recorder.mark_late(m.msg_id for m in late)
         for m in late:
             row = self._row_of.get((m.phase, m.dst, m.round, self.index.get(m.src, -1)))

@@ -309,8 +309,8 @@ EXPERIMENT = Table("experiment", (
         lo=0.0, hi=1.0, open_hi=True),
     Key("phase1_deadline", TIME, None, "each phase-I wait (models, verdicts, candidate groups, the community) "
         "ends this long after it began (unset: when everything expected has come)", **_SPAN),
-    Key("failover_timeout", TIME, None, "silence after which a member suspects its aggregator and the next live "
-        "member takes over (needs round_deadline, and must exceed it)", **_SPAN),
+    Key("failover_timeout", TIME, None, "silence after which a member suspects its aggregator (a client: phase I's "
+        "leader) and the next live one takes over (needs round_deadline, and must exceed it)", **_SPAN),
 ), "the federated anomaly-detection experiment (workload fedad); the conditions of the rounds and node faults: "
    "docs/network-aware-learning.md")
 

@@ -487,3 +487,105 @@ def test_the_centralised_baseline_trains_on_the_shards_that_reached_the_server()
     assert fed.record.central.n_train == 18
     assert lr.value(fed.record.central, "meta")["n_train"] == 18  # the engine's count of the data it was given
     assert ("train", [-1]) in fake.calls  # the centralised job, alone in its call
+
+
+CRASH = {"round_deadline": 1.0, "phase1_deadline": 1.0, "failover_timeout": 2.0}
+
+
+def crash_run(sizes: list[int], rounds: int, fault: dict[str, str], **exp: object) -> tuple[FedAD, World]:
+    """`run` with one node fault (a crash) and the conditions a crash needs: deadlines of 1 s, failover after 2 s."""
+    return run(sizes, rounds, phase1_epochs=1, **CRASH, **exp, net={
+        "faults": [fault], "workload": "fedad",
+        "experiment": {"classes": [0, 1], "clients_per_class": len(sizes) // 2, "baselines": [], **CRASH}})
+
+
+def test_a_crashed_leader_fails_over_to_the_next_lowest_id_which_collects_the_re_sent_groups() -> None:
+    """Four clients; the leader c00 crashes at 13 ms, while it collects the candidate groups: c01's arrived (12.7
+    ms), c02's and c03's reach it after the crash (to_crashed), and no community is ever sent. c01 hears nothing
+    for 2 s after it sent its group, suspects c00 and takes over: `takeover` (2 bytes) to c02 and c03, which re-send
+    their groups (the same 4 IDs: 8 bytes) the moment it arrives; c01 runs community detection on its own group and
+    the two re-sent ones as soon as both are in. c00's own group never arrives: it is a loner."""
+    from simfl.communities import find_communities
+    from simfl.messages import ids_bits
+
+    fed, w = crash_run([10] * 4, 1, {"node": "c00", "down": "13 ms"})
+    msgs = w.recorder.messages_frame().filter(pl.col("phase") == "phase1")
+    first = msgs.filter((pl.col("kind") == "candidates") & (pl.col("dst") == "c00"))
+    assert first["src"].to_list() == ["c01", "c02", "c03"]
+    assert first["status"].to_list() == ["delivered", "to_crashed", "to_crashed"]
+    assert first["t_deliver"][0] < 0.013 < first["t_deliver"][1]
+    take = msgs.filter(pl.col("kind") == "takeover")
+    assert take.select("src", "dst", "payload_bits").rows() == [("c01", "c02", ids_bits(1)), ("c01", "c03", 16)]
+    assert (take["t_send"] == first["t_send"][0] + 2.0).all()  # the failover timeout after c01's group left
+    again = msgs.filter((pl.col("kind") == "candidates") & (pl.col("dst") == "c01"))
+    assert again["src"].to_list() == ["c02", "c03"] and (again["payload_bits"] == ids_bits(4)).all()
+    assert again["t_send"].to_list() == take["t_deliver"].to_list()  # re-sent when the takeover arrives
+    comm = msgs.filter(pl.col("kind") == "community")
+    assert comm.select("src", "dst").rows() == [("c01", "c02"), ("c01", "c03")]  # none to c00, none from it
+    assert (comm["t_send"] == again["t_deliver"].max()).all()  # every live group in: detection takes no time
+    # the association graph of the groups that reached c01 (every client names every other): c00's row is empty
+    want = np.zeros((4, 4), dtype=bool)
+    want[1:, 1:] = ~np.eye(3, dtype=bool)
+    assert (fed.record.adjacency == want).all()
+    found = find_communities(want, fed.exp.community_method, seed=derive_seed(SEED, "communities"))
+    assert fed.record.communities == found and sorted(found) == [[0], [1, 2, 3]]
+    assert fed.known_community == {1: [1, 2, 3], 2: [1, 2, 3], 3: [1, 2, 3]}
+    p1 = [r for r in fed.rounds() if r["phase"] == "phase1"]
+    assert [(r["aggregator"], r["outcome"], r["failover"], r["invited"], r["arrived_ids"]) for r in p1] == [
+        ("c00", "aborted", False, 4, []), ("c01", "collected", True, 3, [1, 2, 3])]
+    assert abs(p1[0]["t_end"] - 0.013) < 1e-12
+    assert (p1[1]["t_start"], p1[1]["t_end"]) == (take["t_send"][0], again["t_deliver"].max())
+    assert p1[1]["t_deadline"] == take["t_send"][0] + 2.0 and fed.failovers == 1
+    # phase II runs in the new communities: c01 aggregates c02 and c03; c00's model is its seeded start
+    (row,) = [r for r in fed.rounds() if r["phase"] == "phase2"]
+    assert (row["aggregator"], row["arrived_ids"], row["weight"]) == ("c01", [1, 2, 3], 27.0)
+    assert fed.record.method.final(0) is fed.record.method.starts[0]
+
+
+def test_a_client_back_from_a_crash_rejoins_and_is_averaged_again_from_the_round_that_starts_after() -> None:
+    """c02 (27 training samples) crashes at 30 ms, in its round-1 training, and is up again at 1.5 s. Rounds 1 and 2
+    close at their 1 s deadlines without it (the average of round 1, sent to it at about 1.02 s, fails: to_crashed).
+    At 1.5 s it sends `rejoin` (2 bytes) to c00, which arrives during round 2; round 3 starts at round 2's close
+    (about 2.02 s): c02 receives round 2's average, trains from it and is averaged in rounds 3 and 4 again."""
+    fed, w = crash_run([10, 20, 30], 4, {"node": "c02", "down": "30 ms", "up": "1.5 s"})
+    msgs = w.recorder.messages_frame().filter(pl.col("phase") == "phase2")
+    (rejoin,) = msgs.filter(pl.col("kind") == "rejoin").iter_rows(named=True)
+    assert (rejoin["src"], rejoin["dst"], rejoin["payload_bits"], rejoin["t_send"]) == ("c02", "c00", 16, 1.5)
+    rows = rounds(fed)
+    assert rows[1]["t_start"] < 1.5 and rejoin["t_deliver"] < rows[2]["t_start"]  # arrived during round 2
+    assert [(r["round"], r["invited"], r["arrived_ids"], r["weight"]) for r in rows] == [
+        (1, 3, [0, 1], 27.0), (2, 3, [0, 1], 27.0), (3, 3, [0, 1, 2], 54.0), (4, 3, [0, 1, 2], 54.0)]
+    for r in rows[:2]:  # closed at the deadline, then the average of two updates
+        assert abs(r["t_end"] - (r["t_start"] + 1.0 + 4 * 28353 / 1e10)) < 1e-12
+    to_c02 = msgs.filter((pl.col("kind") == "global") & (pl.col("dst") == "c02"))
+    assert to_c02["round"].to_list() == [1, 2, 3, 4]
+    assert to_c02["status"].to_list() == ["to_crashed", "delivered", "delivered", "delivered"]
+    train = w.recorder.compute_frame().filter((pl.col("node") == "c02") & (pl.col("kind") == "train")
+                                              & (pl.col("phase") == "phase2"))
+    assert train["round"].to_list() == [1, 3, 4] and train["t_end"][0] == 0.03  # round 1's cut by the crash
+    assert train["t_start"][1] == to_c02["t_deliver"][1]  # trains from round 2's average as it arrives
+    method = fed.record.method
+    u = method.updates
+    assert state(fed, u[(2, 3)])[1].item() == 3.0  # from the average of round 2 (depth 2), not a stale model
+    want = (9 * state(fed, u[(0, 3)]) + 18 * state(fed, u[(1, 3)]) + 27 * state(fed, u[(2, 3)])) / 54
+    assert torch.allclose(state(fed, method.models[(0, 4)]), want)
+    assert method.held[2] is method.models[(0, 5)]  # it ends with the last average, as the others
+
+
+def test_a_former_aggregator_back_from_a_crash_rejoins_as_a_member_under_the_one_that_took_over() -> None:
+    """c00 (aggregator) crashes at 30 ms; c01 takes over 2 s after its round-1 update (sent at 66 ms) and runs the
+    rounds with c02. c00 is up at 2.1 s: it sends `rejoin` to c01 (the lowest member besides itself), which arrives
+    during round 2; c01 invites it again from round 3, and c00 trains from the averages c01 sends."""
+    fed, w = crash_run([10, 20, 30], 4, {"node": "c00", "down": "30 ms", "up": "2.1 s"})
+    msgs = w.recorder.messages_frame().filter(pl.col("phase") == "phase2")
+    (rejoin,) = msgs.filter(pl.col("kind") == "rejoin").iter_rows(named=True)
+    assert (rejoin["src"], rejoin["dst"], rejoin["t_send"]) == ("c00", "c01", 2.1)
+    rows = rounds(fed)
+    assert [(r["aggregator"], r["round"], r["outcome"], r["invited"], r["arrived_ids"]) for r in rows] == [
+        ("c00", 1, "aborted", 3, []), ("c01", 1, "averaged", 2, [1, 2]), ("c01", 2, "averaged", 2, [1, 2]),
+        ("c01", 3, "averaged", 3, [0, 1, 2]), ("c01", 4, "averaged", 3, [0, 1, 2])]
+    assert rows[2]["t_start"] < rejoin["t_deliver"] < rows[3]["t_start"]
+    to_c00 = msgs.filter((pl.col("kind") == "global") & (pl.col("dst") == "c00"))
+    assert to_c00.select("src", "round").rows() == [("c01", 2), ("c01", 3), ("c01", 4)]
+    assert state(fed, fed.record.method.updates[(0, 3)])[1].item() == 3.0
+    assert fed.failovers == 1
