@@ -452,6 +452,28 @@ def test_a_connection_that_gives_up_mid_transfer_loses_what_it_had_not_delivered
     assert w.network.totals()["messages_lost"] == 2 and w.network.in_flight == 0
 
 
+@pytest.mark.parametrize("give_up", [5.0, 1000.0])
+def test_a_non_default_give_up_loses_the_message_after_give_up_without_progress(give_up):
+    """Link a-b (10 Mbps, 1 ms, no other path) down from 20 ms to 1,200 s under a 1 MB transfer, give_up 5 s or
+    1,000 s (beyond TCP's own 15 retransmissions, about 924.6 s at a 200 ms minimum RTO, which no longer fire): the
+    watchdog aborts the connection give_up after the receiver's byte count last advanced, i.e. after the last
+    segment that arrived before 20 ms: the loss is in (20 ms + give_up - one 1,538-byte packet time, 20 ms +
+    give_up] (the fluid model loses it at 20 ms + give_up exactly). A message sent at 1,201 s opens a new connection
+    and is delivered."""
+    w = ns3_world({"name": "t", "workload": "synthetic", "network": {"give_up": give_up}, "nodes": [
+        {"name": "a", "kind": "client", "uplink": {"to": "b", "bandwidth": "10 Mbps", "latency": "1 ms"}},
+        {"name": "b", "kind": "client"}], "faults": [{"link": "a-b", "down": "20 ms", "up": "1200 s"}]})
+    out: list = []
+    send_catching(w, 0.0, "a", "b", 8_000_000, out)
+    send_catching(w, 1201.0, "a", "b", MODEL, out)
+    w.env.run()
+    (t0, m0), (t1, m1) = out
+    assert 0.02 + give_up - 1538 * 8 / 10e6 < t0 <= 0.02 + give_up
+    assert m0.status == "lost" and 0 < m0.wire_bytes < 1_000_000 and math.isnan(m0.t_deliver)
+    assert m1.status == "delivered" and t1 == m1.t_deliver < 1201.1
+    assert int(w.network._hub.conns.size()) == 2
+
+
 def test_port_buffers_and_initial_window_come_from_the_scenario():
     """network.buffer for every forwarding port, a link's own `buffer` for its two; network.initial_window: a
     9-segment model that fits a first window of 10 leaves at once; with 4, its 5th segment waits for the first ACK,
@@ -781,7 +803,6 @@ def test_a_datagram_frame_that_never_arrives_is_lost_at_the_end():
 
 @pytest.mark.parametrize(("extra", "match"), [
     ({"network": {"handshake": False}}, r"network.handshake = false: ns-3's TCP always"),
-    ({"network": {"give_up": "10 s"}}, r"network.give_up = 10 s: in the ns3 backend TCP gives up by itself"),
     ({"jitter": "1 ms"}, r"links c0-s1: jitter = 0.001 s: the ns3 backend has no jitter"),
     ({"faults": [{"link": "c0-s1", "down": "1 s"}], "ring": True},
      r"faults \(link c0-s1 down from 1 s\): another path joins"),

@@ -223,6 +223,17 @@ class AsymChannel : public PointToPointChannel
     }
 };
 
+// Releases a TCP socket at once, as ns-3 does when its retransmissions are exhausted (its timers cancelled, its
+// endpoint freed, no packet sent): DeallocateEndPoint is protected, reached through a derived class.
+struct TcpAbort : public TcpSocketBase {
+    static void Release(Ptr<Socket> s)
+    {
+        Ptr<TcpSocketBase> t = DynamicCast<TcpSocketBase>(s);
+        void (TcpSocketBase::*release)() = &TcpAbort::DeallocateEndPoint;
+        if (t) { (PeekPointer(t)->*release)(); }
+    }
+};
+
 struct MsgAcct {
     uint64_t start = 0, end = 0;  // the message's bytes in its connection's stream: [start, end)
     int64_t tFirst = -1;          // ns: first transmission of one of its bytes (-1: none yet)
@@ -241,6 +252,9 @@ struct Conn {
     size_t nextPush = 0;       // the message being written into the socket
     bool pushPending = false;  // a Push is scheduled
     bool failed = false;       // it gave up (OnGiveUp): closed, nothing more is written, received or done
+    int64_t progress = 0;      // ns: last progress (network.give_up's watchdog): data became outstanding, or the
+                               // receiver's byte count advanced
+    bool watched = false;      // its watchdog (Watch) is scheduled
 };
 
 struct Dev {
@@ -274,6 +288,7 @@ class Hub {
     uint32_t hdr = 0;
     uint32_t mss = 0;
     uint16_t port = 5000;
+    int64_t giveUpNs = -1;  // network.give_up (ns) when not the default: a connection's watchdog (Watch); -1: none
 
     Hub(uint32_t headerBytes, uint32_t segmentSize) : hdr(headerBytes), mss(segmentSize) {}
 
@@ -580,6 +595,27 @@ class Hub {
         std::sort(lostFrames.begin(), lostFrames.end());
     }
 
+    // network.give_up set (not the default): TCP's own retransmission limits are raised out of its way (data: every
+    // RTO up to ns-3's 60 s maximum for days; SYN: 30 retransmissions, the SYN timeout doubling each time) so that
+    // only the connections' watchdogs give up.
+    static void LongRetries()
+    {
+        Config::SetDefault("ns3::TcpSocket::DataRetries", UintegerValue(100000));
+        Config::SetDefault("ns3::TcpSocket::ConnCount", UintegerValue(31));
+    }
+
+    // Connection `ci` made progress now (giveUpNs >= 0): its watchdog fires giveUpNs after the last progress.
+    void Progress(uint32_t ci)
+    {
+        if (giveUpNs < 0) { return; }
+        Conn& c = conns[ci];
+        c.progress = Simulator::Now().GetNanoSeconds();
+        if (!c.watched) {
+            c.watched = true;
+            Simulator::Schedule(NanoSeconds(giveUpNs), &Hub::Watch, this, ci);
+        }
+    }
+
     // Queue `bytes` on connection `ci` as message `id` (ids are 0, 1, 2, ... in call order).
     void Send(uint32_t ci, uint64_t bytes, int64_t id)
     {
@@ -588,6 +624,7 @@ class Hub {
         acct[id].start = c.written;
         acct[id].end = c.written + bytes;
         c.written += bytes;
+        if (c.nextDone == c.msgs.size()) { Progress(ci); }  // it was idle: the give-up clock starts now
         c.msgs.push_back(id);
         ++inflight;
         Push(ci);
@@ -611,6 +648,24 @@ class Hub {
 
   private:
     static void DoStop() { Simulator::Stop(); }
+
+    // The give-up watchdog of connection `ci`: with data outstanding and no progress for giveUpNs, it is aborted
+    // (as when TCP gives up: its messages not done are lost, its socket is released without a packet); else it
+    // looks again giveUpNs after the last progress (an idle connection is looked at again by its next Send).
+    static void Watch(Hub* h, uint32_t ci)
+    {
+        Conn& c = h->conns[ci];
+        c.watched = false;
+        if (c.failed || c.nextDone == c.msgs.size()) { return; }
+        int64_t due = c.progress + h->giveUpNs, now = Simulator::Now().GetNanoSeconds();
+        if (now < due) {
+            c.watched = true;
+            Simulator::Schedule(NanoSeconds(due - now), &Hub::Watch, h, ci);
+            return;
+        }
+        OnGiveUp(h, ci, c.sock);
+        TcpAbort::Release(c.sock);
+    }
     static void DoDown(Hub* h, uint32_t di, bool down) { h->devs[di].loss->down = down; }
 
     static void DoRate(Hub* h, uint32_t di, uint64_t bps, int64_t gapNs)
@@ -678,10 +733,12 @@ class Hub {
     {
         Conn& c = h->conns[ci];
         Ptr<Packet> p;
+        uint64_t before = c.received;
         while ((p = s->Recv())) {
             if (p->GetSize() == 0) { break; }
             c.received += p->GetSize();
         }
+        if (c.received > before) { c.progress = Simulator::Now().GetNanoSeconds(); }
         if (h->CheckDone(ci)) { Simulator::Stop(); }
     }
 

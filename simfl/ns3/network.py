@@ -72,9 +72,6 @@ def refuse_unsupported(topology: Topology, params: NetworkParams, media: dict[st
     """A SimflError for the first key of the scenario that the ns3 backend cannot honour (see `simfl.ns3`)."""
     if not params.handshake:
         raise _fluid_only("network.handshake = false", "ns-3's TCP always opens a connection with a handshake")
-    if params.give_up != NetworkParams().give_up:
-        raise _fluid_only(f"network.give_up = {params.give_up:g} s", "in the ns3 backend TCP gives up by itself "
-                          "(15 retransmissions; see docs/ns3.md)")
     for m in media.values():
         kind = "cells" if isinstance(m, Cell) else "links"
         if m.jitter_s:
@@ -227,6 +224,7 @@ class Ns3Network:
         mod.Hub.Configure(mss, _ns(o.min_rto), _ns(o.delayed_ack), _ns(o.syn_timeout), o.initial_window,
                           int(seed) & 0xFFFFFFFF or 1, 1)
         self._hub = mod.Hub(self.params.header_bytes, mss)
+        self._horizon = self._watch_give_up(mod)
         self._hub.prio = priority  # every point-to-point port: a strict-priority queue disc (control streams)
         self.pcap_dir = self._pcap_dir(pcap_dir)
         self._idx = {n: i for i, n in enumerate(topology.nodes)}
@@ -339,6 +337,17 @@ class Ns3Network:
             self._hub.Clear()
 
     # ------------------------------------------------------------------ building
+    def _watch_give_up(self, mod: Any) -> float:
+        """A non-default network.give_up: every connection's watchdog aborts it after give_up s without progress
+        while it has data outstanding, and TCP's own retransmission limits are raised out of its way. Returns how
+        long ns-3 may run without a completion (`_HORIZON`, or twice give_up when that is longer)."""
+        give_up = self.params.give_up
+        if give_up == NetworkParams().give_up:
+            return _HORIZON
+        mod.Hub.LongRetries()
+        self._hub.giveUpNs = _ns(give_up)
+        return max(_HORIZON, 2 * give_up)
+
     def _pcap_dir(self, pcap_dir: str | Path | None) -> Path | None:
         if not self.options.ns3_pcap:
             return None
@@ -579,18 +588,18 @@ class Ns3Network:
         if t_next <= now:
             self._schedule(now)  # SimPy has more to do at this instant (e.g. the deliveries just made)
             return
-        until = t_next if t_next < math.inf else now + _HORIZON
+        until = t_next if t_next < math.inf else now + self._horizon
         if any(ch[0] < math.inf for ch in self._changes):
             until = min(until, now + _CHANGE_WINDOW)  # outage edges and rate changes are scheduled a window ahead
         self._plan(until)
         stop = t0 + _ns(until)
         t_ns = hub.RunUntil(stop)
         if not self._settling() and t_next == math.inf and hub.udpLeft.size() and (
-                t_ns < stop or (t_ns - t0) * 1e-9 - self._settled_t >= _HORIZON):
+                t_ns < stop or (t_ns - t0) * 1e-9 - self._settled_t >= self._horizon):
             hub.LoseUdpFrames()  # ns-3 has nothing left to do, or nothing settled for an hour: they never arrive
         if self._settling():
             self._schedule(min(max((t_ns - t0) * 1e-9, now), until))
-        elif stop <= t_ns and until < now + _HORIZON:
+        elif stop <= t_ns and until < now + self._horizon:
             self._schedule(until)
         # else: no completion within the horizon (ns-3 has events but no message progresses): they stay in flight
 
