@@ -510,6 +510,17 @@ class Hub {
                                                 ip->GetInterfaceForDevice(devs[dev].dev));
     }
 
+    // Replace node's host route to dst (rerouting at a fault edge): through device `dev` to `gateway`; dev < 0: none.
+    void SetRoute(uint32_t node, uint32_t dst, int32_t dev, uint32_t gateway)
+    {
+        Ptr<Ipv4StaticRouting> sr = Ipv4StaticRoutingHelper().GetStaticRouting(nodes[node]->GetObject<Ipv4>());
+        for (uint32_t i = sr->GetNRoutes(); i-- > 0;) {
+            Ipv4RoutingTableEntry e = sr->GetRoute(i);
+            if (e.IsHost() && e.GetDest() == Ipv4Address(dst)) { sr->RemoveRoute(i); }
+        }
+        if (dev >= 0) { AddRoute(node, dst, uint32_t(dev), gateway); }
+    }
+
     uint32_t Open(uint32_t src, uint32_t srcAddr, uint16_t srcPort, uint32_t dst, uint32_t dstAddr)
     {
         if (!listening[dst]) {

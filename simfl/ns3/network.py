@@ -88,11 +88,6 @@ def refuse_unsupported(topology: Topology, params: NetworkParams, media: dict[st
                                                             for _, _, d in g.edges(f.name, data=True)):
             raise _fluid_only(f"faults ({f.describe()})", "the ns3 backend takes down a WiFi station's links "
                               "only with its cell")
-        cut = topology.without_edges(edges)
-        for u, v in sorted(sorted(e) for e in edges):  # sorted: the same line whatever the hash seed
-            if v in cut.reachable(u):
-                raise _fluid_only(f"faults ({f.describe()})", f"another path joins {u} and {v}, and the ns3 "
-                                  "backend's static routes do not reroute around an outage")
 
 
 def _ip(a: int) -> str:
@@ -240,6 +235,10 @@ class Ns3Network:
         self._build()
         self._start()
         self._changes = self._timeline()  # [next time (s), what changes then]: outages and capacity traces
+        self._reroutes = self._reroutable()  # some fault leaves another path: routes follow the faults
+        self._down: frozenset[Any] = frozenset()  # the fault edges the installed routes avoid
+        self._topo_now = topology  # the topology of what is up, as of the routes installed
+        self._routed: list[list[Any]] = []  # with _reroutes: [flow, route back, source address, destination's]
         self._settled_t = 0.0  # when a message or frame was last delivered or lost
         self._planned = -1.0  # changes up to this simulated time are scheduled in ns-3
         self._plan(0.0)
@@ -511,10 +510,16 @@ class Ns3Network:
     def _open(self, flow: _Flow) -> None:
         """The flow's TCP connection, and host routes along simfl's routes for its data and its ACKs."""
         src, dst, fwd = flow.src, flow.dst, flow.hops
+        back = self.topology.route_tuple(dst, src)
+        if self._reroutes:  # over what is up now: the source address is that of the interface it leaves by
+            fwd, back = self._paths(src, dst, fwd, back)
+            flow.hops = fwd
         s_addr = self._addr[self._dev[(fwd[0].link, src)]]
         d_addr = self._addr[self._dev[(fwd[-1].link, dst)]]
+        if self._reroutes:
+            self._routed.append([flow, back, s_addr, d_addr])
         self._add_routes(fwd, d_addr)
-        self._add_routes(self.topology.route_tuple(dst, src), s_addr)
+        self._add_routes(back, s_addr)
         port = self._ports.get(src, _PORT0)
         if port > 65535:
             raise SimflError(f"ns3 backend: node {src!r} opens more than {65536 - _PORT0} connections")
@@ -530,6 +535,11 @@ class Ns3Network:
         if flow.control:
             self._hub.MarkControl(flow.datagram, flow.conn)
 
+    @staticmethod
+    def _tied(node: str) -> None:
+        raise SimflError(f"ns3 backend: node {node!r} would need two routes to one address (simfl's least-latency "
+                         "routes differ by source on this topology); give the tied paths different latencies")
+
     def _add_routes(self, hops: tuple[Hop, ...], addr: int) -> None:
         for h in hops:
             d = self._dev[(h.link, h.src)]
@@ -537,11 +547,54 @@ class Ns3Network:
             if old == d:
                 continue
             if old is not None:
-                raise SimflError(f"ns3 backend: node {h.src!r} would need two routes to one address (simfl's "
-                                 "least-latency routes differ by source on this topology); give the tied paths "
-                                 "different latencies")
+                self._tied(h.src)
             self._routes[(h.src, addr)] = d
             self._hub.AddRoute(self._idx[h.src], addr, d, self._addr[self._dev[(h.link, h.dst)]])
+
+    # ------------------------------------------------------------------ rerouting around outages
+    def _reroutable(self) -> bool:
+        """Whether some fault takes down an edge whose ends another path still joins (the fluid model reroutes
+        around it; so do the routes here, at each fault edge)."""
+        for _, edges in self.topology.faults:
+            cut = self.topology.without_edges(edges)
+            if any(v in cut.reachable(u) for u, v in (tuple(e) for e in edges)):
+                return True
+        return False
+
+    def _paths(self, src: str, dst: str, there: tuple[Hop, ...], back: tuple[Hop, ...]) -> tuple[tuple[Hop, ...],
+                                                                                                  tuple[Hop, ...]]:
+        """The routes src -> dst and back over what is up now (the fluid model's, same tie-break); where none is,
+        `there` and `back` (kept: TCP retransmits into the outage, as without rerouting)."""
+        t, b = self._topo_now.route_or_none(src, dst), self._topo_now.route_or_none(dst, src)
+        return (there, back) if t is None or b is None else (t, b)
+
+    def _next_fault_edge(self, now: float) -> float:
+        return min(f.next_edge(now) for f, _ in self.topology.faults)
+
+    def _follow_faults(self, now: float) -> None:
+        """At a fault edge (the pump stops at each one): every connection's host routes, there and back, follow
+        the routes over what is up now; a node's route to an address no route uses any more is removed."""
+        down = frozenset(e for f, edges in self.topology.faults if f.is_down(now) for e in edges)
+        if down == self._down:
+            return
+        self._down = down
+        self._topo_now = self.topology.without_edges(down) if down else self.topology
+        old, self._routes = self._routes, {}
+        want: dict[tuple[str, int], Hop] = {}
+        for r in self._routed:
+            flow = r[0]
+            flow.hops, r[1] = self._paths(flow.src, flow.dst, flow.hops, r[1])
+            for hops, addr in ((flow.hops, r[3]), (r[1], r[2])):
+                for h in hops:
+                    if want.setdefault((h.src, addr), h) != h:
+                        self._tied(h.src)
+                    self._routes[(h.src, addr)] = self._dev[(h.link, h.src)]
+        hub = self._hub
+        for (node, addr) in old.keys() - want.keys():
+            hub.SetRoute(self._idx[node], addr, -1, 0)
+        for (node, addr), h in want.items():
+            if old.get((node, addr)) != self._routes[(node, addr)]:
+                hub.SetRoute(self._idx[node], addr, self._routes[(node, addr)], self._addr[self._dev[(h.link, h.dst)]])
 
     # ------------------------------------------------------------------ co-simulation
     def _check_open(self) -> None:
@@ -569,6 +622,8 @@ class Ns3Network:
         t0 = self._t0_ns
         self._plan(now)
         hub.RunUntil(t0 + _ns(now))
+        if self._reroutes:
+            self._follow_faults(now)
         self._collect(now)
         p = self.params
         for tx in self._outbox:
@@ -591,6 +646,8 @@ class Ns3Network:
         until = t_next if t_next < math.inf else now + self._horizon
         if any(ch[0] < math.inf for ch in self._changes):
             until = min(until, now + _CHANGE_WINDOW)  # outage edges and rate changes are scheduled a window ahead
+        if self._reroutes:
+            until = min(until, self._next_fault_edge(now))  # the routes change there
         self._plan(until)
         stop = t0 + _ns(until)
         t_ns = hub.RunUntil(stop)
