@@ -82,8 +82,8 @@ def refuse_unsupported(topology: Topology, params: NetworkParams, media: dict[st
         if isinstance(m, Cell) and (m.up.trace or m.down.trace):
             raise _fluid_only(f"cells {m.name}: bandwidth_trace", "the ns3 backend's WiFi cells keep one VHT mode")
     aps = {r.src for r in topology.resources if r.medium == "cell"}  # the cells' access points
-    for f, edges in topology.faults:
-        g = topology.graph
+    g = topology.graph
+    for f, _ in topology.faults:
         if f.target == "node" and f.name not in aps and any(d["medium"] == "cell"
                                                             for _, _, d in g.edges(f.name, data=True)):
             raise _fluid_only(f"faults ({f.describe()})", "the ns3 backend takes down a WiFi station's links "
