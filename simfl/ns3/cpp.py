@@ -120,6 +120,7 @@ def load(wifi: bool = False) -> Any:
 
 HUB_SOURCE = r"""
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -206,19 +207,41 @@ class LinkLoss : public ErrorModel
     void DoReset() override {}
 };
 
+// Jitter of one hop (a link direction, or what a cell member receives): each packet gets a seeded extra delay of
+// mean `mean` ns, uniform on [0, 2 mean) or exponential (`expo`), but never arrives before the packet before it
+// (FIFO: arrival = max(previous arrival, arrival without jitter + draw)). Its random stream is set explicitly.
+struct Jitter : public SimpleRefCount<Jitter> {
+    double mean = 0;
+    bool expo = false;
+    Time last;  // the previous packet's arrival
+    Ptr<UniformRandomVariable> rv = CreateObject<UniformRandomVariable>();
+
+    // The delay from now of a packet that would arrive `at` from now without jitter.
+    Time Delay(Time at)
+    {
+        double u = rv->GetValue();
+        double x = expo ? -mean * std::log(1.0 - u) : 2.0 * mean * u;
+        Time arrive = Simulator::Now() + at + NanoSeconds(std::llround(x));
+        if (arrive < last) { arrive = last; }
+        last = arrive;
+        return arrive - Simulator::Now();
+    }
+};
+
 // A point-to-point channel whose two directions have their own propagation delay (ns-3's has one): delay[0] for
-// what device 0 (the link's a end) sends, delay[1] for device 1's.
+// what device 0 (the link's a end) sends, delay[1] for device 1's; and their own jitter (none: null).
 class AsymChannel : public PointToPointChannel
 {
   public:
     Time delay[2];
+    Ptr<Jitter> jitter[2];
 
     bool TransmitStart(Ptr<const Packet> p, Ptr<PointToPointNetDevice> src, Time txTime) override
     {
         uint32_t k = src == GetPointToPointDevice(0) ? 0 : 1;
         Ptr<PointToPointNetDevice> dst = GetPointToPointDevice(1 - k);
-        Simulator::ScheduleWithContext(dst->GetNode()->GetId(), txTime + delay[k], &PointToPointNetDevice::Receive,
-                                       dst, p->Copy());
+        Time at = jitter[k] ? jitter[k]->Delay(txTime + delay[k]) : txTime + delay[k];
+        Simulator::ScheduleWithContext(dst->GetNode()->GetId(), at, &PointToPointNetDevice::Receive, dst, p->Copy());
         return true;
     }
 };
@@ -266,6 +289,7 @@ struct Dev {
     uint64_t received = 0;  // WiFi: packets received from the cell (its losses: sent into it - received from it)
     Ptr<LinkLoss> loss;     // what it receives is lost by this (point-to-point: its receive error model; WiFi: at
                             // the IP layer, see InstallRxHooks)
+    Ptr<Jitter> jitter;     // WiFi: what it receives is delayed by this (OnCellRx)
 };
 
 class Hub {
@@ -508,6 +532,23 @@ class Hub {
         Ipv4StaticRoutingHelper sr;
         sr.GetStaticRouting(ip)->AddHostRouteTo(Ipv4Address(dst), Ipv4Address(gateway),
                                                 ip->GetInterfaceForDevice(devs[dev].dev));
+    }
+
+    // Jitter of mean meanNs (see Jitter) on what device `di` sends (point-to-point) or receives (a cell member),
+    // its random stream `stream`.
+    void SetJitter(uint32_t di, double meanNs, bool expo, int64_t stream)
+    {
+        Ptr<Jitter> j = Create<Jitter>();
+        j->mean = meanNs;
+        j->expo = expo;
+        j->rv->SetStream(stream);
+        Ptr<PointToPointNetDevice> p2p = DynamicCast<PointToPointNetDevice>(devs[di].dev);
+        if (p2p) {
+            Ptr<AsymChannel> ch = DynamicCast<AsymChannel>(p2p->GetChannel());
+            ch->jitter[ch->GetPointToPointDevice(0) == p2p ? 0 : 1] = j;
+        } else {
+            devs[di].jitter = j;
+        }
     }
 
     // Replace node's host route to dst (rerouting at a fault edge): through device `dev` to `gateway`; dev < 0: none.
@@ -954,12 +995,18 @@ static void OnCellRx(Hub* h, uint32_t di, Ptr<TrafficControlLayer> tc, Ptr<NetDe
 {
     Ptr<LinkLoss> em = h->devs[di].loss;
     if (em && em->IsCorrupt(p->Copy())) { return; }
+    Ptr<Jitter> j = h->devs[di].jitter;
+    if (j) {
+        Simulator::Schedule(j->Delay(Time(0)), &TrafficControlLayer::Receive, tc, d, p, proto, Address(from),
+                            Address(to), type);
+        return;
+    }
     tc->Receive(d, p, proto, from, to, type);
 }
 
-// The IPv4 packets a node's WiFi devices receive go through their loss model (Dev::loss) before the node's traffic
-// control layer: the node's IPv4 and ARP handlers are registered again per device, the WiFi ones through OnCellRx
-// (a lost packet is one 802.11 delivered but IP never sees, as a loss that TCP notices).
+// The IPv4 packets a node's WiFi devices receive go through their loss model (Dev::loss) and jitter (Dev::jitter)
+// before the node's traffic control layer: the node's IPv4 and ARP handlers are registered again per device, the
+// WiFi ones through OnCellRx (a lost packet is one 802.11 delivered but IP never sees, as a loss that TCP notices).
 void InstallRxHooks(Hub& h, uint32_t node)
 {
     Ptr<Node> n = h.nodes[node];

@@ -34,6 +34,7 @@ _UDP_PORT0 = 10000  # receiving port of the first datagram stream (the next ones
 _UDP_IP_HEADER = 28  # bytes of a UDP datagram's IP and UDP headers
 _current: list[weakref.ref] = []  # the live Ns3Network (ns-3 has one simulator per process)
 _ASSOCIATION_LIMIT = 10.0  # s of ns-3 time for WiFi stations to associate before the simulation starts
+_JITTER_STREAMS = 1 << 20  # ns-3 random stream of device d's jitter: this + d (its loss model's: d)
 _HORIZON = 3600.0  # s: with no SimPy event left, how long ns-3 may run without a completion (WiFi beacons never end)
 _CHANGE_WINDOW = 10.0  # s: how far ahead of simulated time outage edges and capacity changes are put into ns-3
 _GOODPUT_SHARE = 0.70  # TCP goodput / PHY rate of one station alone in an ns-3 802.11ac cell (measured, 80 MHz MCS 7)
@@ -73,9 +74,6 @@ def refuse_unsupported(topology: Topology, params: NetworkParams, media: dict[st
     if not params.handshake:
         raise _fluid_only("network.handshake = false", "ns-3's TCP always opens a connection with a handshake")
     for m in media.values():
-        kind = "cells" if isinstance(m, Cell) else "links"
-        if m.jitter_s:
-            raise _fluid_only(f"{kind} {m.name}: jitter = {m.jitter_s:g} s", "the ns3 backend has no jitter")
         if isinstance(m, Cell) and m.duplex:
             raise _fluid_only(f"cells {m.name}: a bandwidth per direction", "an ns-3 WiFi cell is one shared "
                               "channel (no duplex cells)")
@@ -378,6 +376,15 @@ class Ns3Network:
         if loss.rate > 0:
             self._hub.Loss(d, d).Set(loss.good, loss.bad, loss.burst, loss.gap)
 
+    def _set_jitter(self, devs: Sequence[int], link: str) -> None:
+        """The link's or cell's jitter on each of `devs` (a link: what each end sends; a cell: what each member
+        receives), its random stream numbered by the device (beyond the loss models')."""
+        m = self.media.get(link)
+        if m is not None and m.jitter_s:
+            expo = self.params.jitter_distribution == "exponential"
+            for d in devs:
+                self._hub.SetJitter(d, m.jitter_s * 1e9, expo, _JITTER_STREAMS + d)
+
     def _gap(self, bps: float) -> int:
         """The inter-frame gap (ns) at `bps`: the framing bytes beyond the 2-byte PPP header."""
         return _ns(max(0, self.params.link_header_bytes - 2) * 8 / bps)
@@ -445,6 +452,7 @@ class Ns3Network:
             up, down = self._link_losses(ra.link)
             self._set_loss(da + 1, up)  # b's device receives what a sends
             self._set_loss(da, down)
+            self._set_jitter((da, da + 1), ra.link)
             self._rx[ra.id], self._rx[rb.id] = da + 1, da
             for d, r in ((da, ra), (da + 1, rb)):
                 self._dev[(r.link, r.src)] = d
@@ -482,6 +490,7 @@ class Ns3Network:
             self._addr[d0 + i] = int(self._hub.devs[d0 + i].address)
             self._set_loss(d0 + i, up if i == 0 else down)  # the access point receives what its stations send
         self._res_devs[r.id] = list(range(d0, d0 + len(members)))
+        self._set_jitter(self._res_devs[r.id], r.link)
         self._cells.append((r.id, d0, len(stations)))
 
     def _start(self) -> None:
