@@ -474,6 +474,40 @@ def test_a_non_default_give_up_loses_the_message_after_give_up_without_progress(
     assert int(w.network._hub.conns.size()) == 2
 
 
+def test_node_crashes_give_the_fluid_models_statuses_and_times():
+    """The pair of tests/test_crashes.py (a -100 Mbps, 1 ms- s -10 Gbps- b), on both backends. b is down from 0 to
+    10 ms: #0 (a model, sent at 1 ms) reaches it and fails there (to_crashed); #1 (20 ms) is delivered. a crashes at
+    41.5 ms, after #2 (40 ms, 1.09 ms on the wire) has left: it still arrives; a is back at 45 ms, and #3 (50 ms)
+    opens a new connection (its handshake again) and is lost when a crashes again 0.5 ms into its transmission
+    (ns-3: its segments still in a's queue are thrown away), at that instant; #4 from b to the crashed a fails
+    there. The times agree within 10 us (ns-3's handshake and framing differ from the fluid model's by a few us)."""
+    d = {"name": "t", "workload": "synthetic",
+         "nodes": [{"name": "a", "kind": "client"}, {"name": "b", "kind": "client"}, {"name": "s", "kind": "switch"}],
+         "links": [{"a": "a", "b": "s", "bandwidth": "100 Mbps", "latency": "1 ms", "name": "as"},
+                   {"a": "s", "b": "b", "bandwidth": "10 Gbps", "latency": "0 s", "name": "sb"}]}
+    hs = 2 * (1e-3 + 624 / 1e8 + 624 / 1e10)  # the fluid model's handshake
+    got = {}
+    for model in ("fluid", "ns3"):
+        w = World(scenario_from_dict(d)) if model == "fluid" else ns3_world(d)
+        net = w.network
+        net.allow_crashes()
+        out: list = []
+        for t, what, node in ((0.0, net.crash, "b"), (10e-3, net.recover, "b"), (41.5e-3, net.crash, "a"),
+                              (45e-3, net.recover, "a"), (50e-3 + hs + 0.5e-3, net.crash, "a")):
+            w.env.timeout(t).callbacks.append(lambda _ev, what=what, node=node: what(node))
+        for t, src, dst in ((1e-3, "a", "b"), (20e-3, "a", "b"), (40e-3, "a", "b"), (50e-3, "a", "b"),
+                            (60e-3, "b", "a")):
+            send_catching(w, t, src, dst, MODEL, out)
+        w.env.run()
+        got[model] = sorted(out, key=lambda x: x[1].msg_id)
+    for (tf, f), (t3, m) in zip(got["fluid"], got["ns3"], strict=True):
+        assert m.status == f.status and t3 == pytest.approx(tf, abs=10e-6)
+    assert [m.status for _, m in got["ns3"]] == ["to_crashed", "delivered", "delivered", "lost", "to_crashed"]
+    (t3, m3), (_, f3) = got["ns3"][3], got["fluid"][3]
+    assert t3 == 50e-3 + hs + 0.5e-3 and m3.t_start == pytest.approx(f3.t_start, abs=10e-6)
+    assert math.isnan(m3.t_deliver) and m3.wire_bytes > 0
+
+
 def test_port_buffers_and_initial_window_come_from_the_scenario():
     """network.buffer for every forwarding port, a link's own `buffer` for its two; network.initial_window: a
     9-segment model that fits a first window of 10 leaves at once; with 4, its 5th segment waits for the first ACK,

@@ -278,6 +278,8 @@ struct Conn {
     int64_t progress = 0;      // ns: last progress (network.give_up's watchdog): data became outstanding, or the
                                // receiver's byte count advanced
     bool watched = false;      // its watchdog (Watch) is scheduled
+    int64_t watchNs = -1;      // its watchdog's time without progress (-1: the hub's giveUpNs)
+    uint64_t wire = UINT64_MAX;  // its sender crashed: every byte below this had reached the wire (Flush)
 };
 
 struct Dev {
@@ -659,13 +661,39 @@ class Hub {
     // Connection `ci` made progress now (giveUpNs >= 0): its watchdog fires giveUpNs after the last progress.
     void Progress(uint32_t ci)
     {
-        if (giveUpNs < 0) { return; }
         Conn& c = conns[ci];
+        int64_t wait = c.watchNs >= 0 ? c.watchNs : giveUpNs;
+        if (wait < 0) { return; }
         c.progress = Simulator::Now().GetNanoSeconds();
         if (!c.watched) {
             c.watched = true;
-            Simulator::Schedule(NanoSeconds(giveUpNs), &Hub::Watch, this, ci);
+            Simulator::Schedule(NanoSeconds(wait), &Hub::Watch, this, ci);
         }
+    }
+
+    // The sender of connection `ci` crashed (after Flush of its node): its socket is released without a packet; its
+    // messages not done that had not wholly reached the wire fail now (gaveUp), the others may still complete with
+    // what is on its way, and fail if nothing of them arrives for drainNs. The connection is listed in `failed`
+    // (the pair's next message opens a new one).
+    void Crash(uint32_t ci, int64_t drainNs)
+    {
+        Conn& c = conns[ci];
+        if (c.failed) { return; }
+        size_t k = c.nextDone;
+        while (k < c.msgs.size() && acct[c.msgs[k]].end <= std::min(c.highest, c.wire)) { ++k; }
+        gaveUp.insert(gaveUp.end(), c.msgs.begin() + k, c.msgs.end());
+        inflight -= c.msgs.size() - k;
+        c.msgs.resize(k);
+        c.nextPush = k;
+        failed.push_back(ci);
+        TcpAbort::Release(c.sock);
+        if (c.nextDone == k) {
+            c.failed = true;
+            return;
+        }
+        c.watchNs = drainNs;
+        c.watched = false;
+        Progress(ci);
     }
 
     // Queue `bytes` on connection `ci` as message `id` (ids are 0, 1, 2, ... in call order).
@@ -709,15 +737,17 @@ class Hub {
         Conn& c = h->conns[ci];
         c.watched = false;
         if (c.failed || c.nextDone == c.msgs.size()) { return; }
-        int64_t due = c.progress + h->giveUpNs, now = Simulator::Now().GetNanoSeconds();
+        int64_t due = c.progress + (c.watchNs >= 0 ? c.watchNs : h->giveUpNs);
+        int64_t now = Simulator::Now().GetNanoSeconds();
         if (now < due) {
             c.watched = true;
             Simulator::Schedule(NanoSeconds(due - now), &Hub::Watch, h, ci);
             return;
         }
-        OnGiveUp(h, ci, c.sock);
-        TcpAbort::Release(c.sock);
+        h->Abort(ci);
+        Simulator::Stop();
     }
+
     static void DoDown(Hub* h, uint32_t di, bool down) { h->devs[di].loss->down = down; }
 
     static void DoRate(Hub* h, uint32_t di, uint64_t bps, int64_t gapNs)
@@ -821,16 +851,81 @@ class Hub {
     // written into it that is not done is lost (gaveUp); a segment that still arrives completes none.
     static void OnGiveUp(Hub* h, uint32_t ci, Ptr<Socket>)
     {
-        Conn& c = h->conns[ci];
-        if (c.failed) { return; }
-        c.failed = true;
-        h->gaveUp.insert(h->gaveUp.end(), c.msgs.begin() + c.nextDone, c.msgs.end());
-        h->inflight -= c.msgs.size() - c.nextDone;
-        c.nextDone = c.nextPush = c.msgs.size();
-        h->failed.push_back(ci);
-        Simulator::Stop();
+        if (h->Fail(ci)) { Simulator::Stop(); }
     }
 
+    // Connection `ci` fails (unless it had): closed, its messages not done listed as lost; true if it had not.
+    bool Fail(uint32_t ci)
+    {
+        Conn& c = conns[ci];
+        if (c.failed) { return false; }
+        c.failed = true;
+        gaveUp.insert(gaveUp.end(), c.msgs.begin() + c.nextDone, c.msgs.end());
+        inflight -= c.msgs.size() - c.nextDone;
+        c.nextDone = c.nextPush = c.msgs.size();
+        failed.push_back(ci);
+        return true;
+    }
+
+  public:
+    // Abort connection `ci` now (its sender crashed, or its give-up watchdog fired): it fails (Fail) and its socket
+    // is released without a packet (TcpAbort).
+    void Abort(uint32_t ci)
+    {
+        if (Fail(ci)) { TcpAbort::Release(conns[ci].sock); }
+    }
+
+  private:
+
+    // The stream offset of sequence number `seq` on connection `c` (modulo 2^32, unwrapped near the highest offset
+    // sent).
+    static uint64_t Offset(const Conn& c, uint32_t seq)
+    {
+        uint32_t rel = seq - c.isn - 1;
+        uint64_t s = (c.highest & ~uint64_t(0xffffffff)) | rel;
+        if (s > c.highest + (uint64_t(1) << 31)) { s -= uint64_t(1) << 32; }
+        else if (s + (uint64_t(1) << 31) < c.highest) { s += uint64_t(1) << 32; }
+        return s;
+    }
+
+    // A TCP segment (IPv4 header `ip`, `p` from its TCP header on) of one of the hub's connections was thrown away
+    // before it reached the wire: the connection's bytes from its first one were not all transmitted (Conn::wire).
+    void Unsent(const Ipv4Header& ip, Ptr<Packet> p)
+    {
+        TcpHeader th;
+        if (ip.GetProtocol() != 6 || p->RemoveHeader(th) == 0 || p->GetSize() == 0) { return; }
+        auto it = byPeer.find((uint64_t(ip.GetSource().Get()) << 16) | th.GetSourcePort());
+        if (it == byPeer.end()) { return; }
+        Conn& c = conns[it->second];
+        c.wire = std::min(c.wire, Offset(c, th.GetSequenceNumber().GetValue()));
+    }
+
+  public:
+    // Node `node` crashed: the packets waiting in its queue discs and point-to-point device queues are dropped
+    // (not counted: they never reached a link), which sets Conn::wire of the connections they were from (a WiFi
+    // device's MAC queue is left: what it holds is still sent).
+    void Flush(uint32_t node)
+    {
+        Ptr<TrafficControlLayer> tc = nodes[node]->GetObject<TrafficControlLayer>();
+        for (int32_t di : ifDev[node]) {
+            if (di < 0) { continue; }
+            Ptr<NetDevice> d = devs[di].dev;
+            Ptr<QueueDisc> qd = tc->GetRootQueueDiscOnDevice(d);
+            while (Ptr<QueueDiscItem> item = qd ? qd->Dequeue() : nullptr) {
+                Ptr<Ipv4QueueDiscItem> ip = DynamicCast<Ipv4QueueDiscItem>(item);
+                if (ip) { Unsent(ip->GetHeader(), item->GetPacket()->Copy()); }
+            }
+            Ptr<PointToPointNetDevice> p2p = DynamicCast<PointToPointNetDevice>(d);
+            while (Ptr<Packet> p = p2p ? p2p->GetQueue()->Dequeue() : nullptr) {
+                PppHeader ppp;
+                Ipv4Header ip;
+                p->RemoveHeader(ppp);
+                if (ppp.GetProtocol() == 0x0800 && p->RemoveHeader(ip)) { Unsent(ip, p); }
+            }
+        }
+    }
+
+  private:
     static void OnSegment(Hub* h, uint32_t ci, Ptr<const Packet> p, const TcpHeader& th, Ptr<const TcpSocketBase>)
     {
         Conn& c = h->conns[ci];
@@ -841,10 +936,7 @@ class Hub {
         }
         uint32_t len = p->GetSize();
         if (len == 0) { return; }
-        uint32_t rel = seq - c.isn - 1;  // stream offset modulo 2^32; unwrap it near the highest offset sent
-        uint64_t s = (c.highest & ~uint64_t(0xffffffff)) | rel;
-        if (s > c.highest + (uint64_t(1) << 31)) { s -= uint64_t(1) << 32; }
-        else if (s + (uint64_t(1) << 31) < c.highest) { s += uint64_t(1) << 32; }
+        uint64_t s = Offset(c, seq);
         uint64_t e = s + len, hi = c.highest;
         // the segment's header goes to the message of its first new byte (a first transmission: one of that
         // message's packets) or, when it carries none, to the message of its first byte (a retransmission)

@@ -18,7 +18,7 @@ from simfl.config import Cell, Link, NetworkParams, Scenario
 from simfl.errors import SimflError
 from simfl.linkmodels import NO_LOSS, Loss
 from simfl.mailbox import Mailboxes
-from simfl.messages import LOST, Message, MessageLost, packetize
+from simfl.messages import DELIVERED, LOST, TO_CRASHED, Message, MessageLost, packetize
 from simfl.network import Network, Stream, _Wake
 from simfl.ns3 import cpp
 from simfl.topology import Hop, Resource, Topology
@@ -240,6 +240,9 @@ class Ns3Network:
         self._settled_t = 0.0  # when a message or frame was last delivered or lost
         self._planned = -1.0  # changes up to this simulated time are scheduled in ns-3
         self._plan(0.0)
+        self._crashable = False  # allow_crashes was called
+        self._crashed: set[str] = set()  # nodes that are down (`crash`): messages reaching them fail
+        self._crashing: list[str] = []  # nodes crashed at this instant, whose connections the pump aborts
 
     @classmethod
     def for_scenario(cls, env: simpy.Environment, topology: Topology, scenario: Scenario,
@@ -279,6 +282,30 @@ class Ns3Network:
         self.sent += 1
         self._schedule(env.now)
         return ev
+
+    def allow_crashes(self) -> None:
+        """Prepare for `crash` (before the first send, as `Network.allow_crashes`)."""
+        if self.sent:
+            raise RuntimeError("allow_crashes: call it before the first send")
+        self._crashable = True
+
+    def crash(self, node: str) -> None:
+        """`node` crashes now: at this instant's pump, its connections are aborted and their messages not yet
+        delivered fail (status "lost"); those to it are left to their old connections, and a message that reaches it
+        while it is down fails there (status "to_crashed") (see `simfl.ns3`)."""
+        if not self._crashable:
+            raise RuntimeError("crash: call allow_crashes before the first send")
+        self._check_open()
+        self._crashed.add(node)
+        self._crashing.append(node)
+        self._schedule(self.env.now)
+
+    def recover(self, node: str) -> None:
+        """`node` is up again: messages reaching it from now on are delivered (its next ones open connections)."""
+        self._crashed.discard(node)
+
+    def is_down(self, node: str) -> bool:
+        return node in self._crashed
 
     def totals(self) -> dict[str, Any]:
         """`Network.totals`, plus retransmitted wire bytes and dropped packets."""
@@ -645,6 +672,8 @@ class Ns3Network:
             else:
                 hub.Send(flow.conn, tx.bytes, tx.msg_id)
         self._outbox.clear()
+        if self._crashing:
+            self._abort_crashed()
         self._collect(now)
         if not hub.inflight:
             return  # sleep until the next send
@@ -669,6 +698,22 @@ class Ns3Network:
             self._schedule(until)
         # else: no completion within the horizon (ns-3 has events but no message progresses): they stay in flight
 
+    def _abort_crashed(self) -> None:
+        """The nodes that crashed at this instant: the TCP connections they send on are aborted (their messages not
+        yet delivered are lost at the next `_collect`); flows to them leave their connections, which deliver what
+        was written into them (to a crashed node: to_crashed), so that the next message opens a new connection.
+        Background flows are left alone, as in the fluid model."""
+        for node in self._crashing:
+            self._hub.Flush(self._idx[node])
+            for flow in self._flows.values():
+                if flow.background or flow.conn < 0 or node not in (flow.src, flow.dst):
+                    continue
+                if flow.src == node:
+                    self._hub.Crash(flow.conn, _ns(self.options.min_rto))
+                else:
+                    flow.conn = -1
+        self._crashing.clear()
+
     def _settling(self) -> bool:
         """Whether ns-3 stopped on something to settle: a message done, a frame lost, a connection that gave up."""
         hub = self._hub
@@ -678,8 +723,10 @@ class Ns3Network:
         hub = self._hub
         if hub.failed.size():  # connections that gave up: the pair's next message opens a new one
             for i in range(hub.failed.size()):
-                flow = self._conns.pop(int(hub.failed[i]))
-                flow.conn = -1
+                ci = int(hub.failed[i])
+                flow = self._conns.pop(ci, None)  # (a crashed sender's connection is listed again if it drains)
+                if flow is not None and flow.conn == ci:  # (a flow to a crashed node left it for a new one)
+                    flow.conn = -1
             hub.failed.clear()
         for ids, settle in ((hub.done, self._deliver), (hub.lostFrames, self._lose), (hub.gaveUp, self._give_up)):
             n = ids.size()
@@ -716,7 +763,7 @@ class Ns3Network:
         self.retransmitted_bytes[tx.msg_id] = retx
         self.recorder.record_message(msg)
         tx.event.fail(MessageLost(msg))
-        box = self._losses.get(f.dst) if not f.background else None
+        box = self._losses.get(f.dst) if not f.background and f.src not in self._crashed else None
         if box is not None:
             box.put(msg)
 
@@ -726,12 +773,17 @@ class Ns3Network:
         retx = int(a.retx)
         t_start = max(tx.t_send, (int(a.tFirst) - self._t0_ns) * 1e-9)
         t_tx = min(now, max(t_start, (int(a.tLast) - self._t0_ns) * 1e-9))
+        crashed = f.dst in self._crashed and not f.background  # it reached a crashed node: it fails there
         msg = Message(tx.msg_id, f.src, f.dst, tx.kind, tx.phase, tx.round, tx.payload_bits, int(a.wire),
-                      int(a.segs), len(f.hops), tx.t_send, t_start, t_tx, now, tx.payload, retransmitted_bytes=retx)
+                      int(a.segs), len(f.hops), tx.t_send, t_start, t_tx, now, tx.payload, retx,
+                      TO_CRASHED if crashed else DELIVERED)
         self.retransmitted_bytes[tx.msg_id] = retx
         for h in f.hops:
             self._res_msgs[h.resource] += 1
         self.recorder.record_message(msg)
+        if crashed:
+            tx.event.fail(MessageLost(msg))
+            return
         self.delivered += 1
         tx.event.succeed(msg)
         if not f.background:
