@@ -9,7 +9,10 @@ disciplines), opens one TCP connection per sender-receiver pair, writes messages
 the receiver's side when a message's last byte has arrived: it then records the message as done and calls
 `Simulator::Stop()`, so that `RunUntil` returns at that instant. A connection that gives up (`OnGiveUp`) is closed
 and its messages not yet done are listed as lost (`gaveUp`), also with a stop; the pair's next message gets a new
-connection. Per-segment accounting (the `Tx` trace of every
+connection. With a non-default give-up, a per-connection watchdog (`Watch`) aborts a connection that had data
+outstanding without progress for that long (`TcpAbort` releases its socket without a packet); `Flush` and `Crash`
+handle a node crash; `SetRoute` replaces host routes at fault edges; `Jitter` delays the packets of a hop in order.
+Per-segment accounting (the `Tx` trace of every
 sending socket) attributes transmitted bytes, retransmissions included, to the messages whose stream bytes they
 carry; per-device traces count the bytes sent and the packets dropped on each link direction.
 """
