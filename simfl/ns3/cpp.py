@@ -923,7 +923,7 @@ class Hub {
                 PppHeader ppp;
                 Ipv4Header ip;
                 p->RemoveHeader(ppp);
-                if (ppp.GetProtocol() == 0x0800 && p->RemoveHeader(ip)) { Unsent(ip, p); }
+                if (ppp.GetProtocol() == 0x0021 && p->RemoveHeader(ip)) { Unsent(ip, p); }  // 0x21: IPv4
             }
         }
     }
