@@ -690,7 +690,7 @@ class Ns3Network:
         stop = t0 + _ns(until)
         t_ns = hub.RunUntil(stop)
         if not self._settling() and t_next == math.inf and hub.udpLeft.size() and (
-                t_ns < stop or (t_ns - t0) * 1e-9 - self._settled_t >= self._horizon):
+                t_ns < stop or (t_ns - t0) * 1e-9 - self._settled_t >= _HORIZON):
             hub.LoseUdpFrames()  # ns-3 has nothing left to do, or nothing settled for an hour: they never arrive
         if self._settling():
             self._schedule(min(max((t_ns - t0) * 1e-9, now), until))
