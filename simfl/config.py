@@ -707,8 +707,6 @@ def _conditions(ck: Checker, exp: Experiment, crashes: list[Fault], faults: list
         if need:
             ck.fail(f"{w}.node", f.name, f"a crash of {f.name} needs experiment.{', experiment.'.join(need)} "
                     "(a wait for a crashed node would never end)")
-        if network.model != "fluid":
-            ck.fail(f"{w}.node", f.name, "a crash of a client or server needs network.model = \"fluid\"")
         for a, b in seen.get(f.name, []):
             if f.down < b and a < f.up:
                 ck.fail_key(w, f"overlaps another crash of {f.name} (from {a:g} s)")

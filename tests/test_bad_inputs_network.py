@@ -442,14 +442,6 @@ def test_an_unreadable_trace_file(tmp_path, monkeypatch, capsys) -> None:
 NS3_REFUSED = {  # what the ns3 backend cannot model, each refused before the run folder (ns-3 itself is not loaded)
     "handshake-off": ("network.handshake = false: ns-3's TCP always opens a connection with a handshake; the fluid "
                       'model (network.model = "fluid") supports it', net('model = "ns3"\nhandshake = false'), ()),
-    "give-up": ("network.give_up = 10 s: in the ns3 backend TCP gives up by itself",
-                net('model = "ns3"\ngive_up = "10 s"'), ()),
-    "jitter-by-set": ("links c0-c1: jitter = 0.001 s: the ns3 backend has no jitter",
-                      BASE + LINK + 'bandwidth = "1 Gbps"\njitter = "1 ms"\n',
-                      ("--set", "network.model=ns3")),
-    "rerouted-outage": ("another path joins c0 and c1, and the ns3 backend's static routes do not reroute",
-                        BASE + LINK + 'bandwidth = "1 Gbps"\n\n[[faults]]\nlink = "c0-c1"\ndown = "1 s"\n',
-                        ("--set", "network.model=ns3")),
 }
 
 

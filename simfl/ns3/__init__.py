@@ -2,10 +2,10 @@
 
 `Ns3Network(env, topology, params, recorder, seed=..., options=..., media=...)` (or
 `Ns3Network.for_scenario(env, topology, scenario, recorder)`, as `World` builds it) has the public API of
-`simfl.network.Network` (`send`, `inbox`, `totals`, `link_columns`, `sent`, `delivered`, `in_flight`,
-`keep_unclaimed`), so the protocol runs unchanged on either backend. It needs the `ns3` package (ns-3 3.44 with
-cppyy bindings: `pip install ns3`, or the `ns3` / `dev` extras); the first use in a process loads ns-3 and compiles
-a small C++ hub (`simfl.ns3.cpp`), which takes 10-20 s.
+`simfl.network.Network` (`send`, `inbox`, `losses`, `totals`, `link_columns`, `sent`, `delivered`, `in_flight`,
+`keep_unclaimed`, `allow_crashes`, `crash`, `recover`, `is_down`), so the protocol runs unchanged on either backend.
+It needs the `ns3` package (ns-3 3.44 with cppyy bindings: `pip install ns3`, or the `ns3` / `dev` extras); the first
+use in a process loads ns-3 and compiles a small C++ hub (`simfl.ns3.cpp`), which takes 10-20 s.
 
 Co-simulation (SimPy keeps the clock). `send` queues a message; a low-priority "pump" event, run after every
 normal SimPy event of an instant, hands the instant's new messages to ns-3 at that same simulated time, then runs
@@ -26,7 +26,8 @@ What is simulated (per link of the scenario):
   fq_codel's per-flow fair queueing with its drop law off, since ns-3's TCP has no TCP Small Queues and Linux's
   fq_codel + TSQ keep the backlog in the socket, not the queue), "fq_codel" (as ns-3 configures it) or "fifo"
   (1,000 packets, Linux's txqueuelen).
-- Routing: static host routes that follow simfl's own routes (`Topology.route_tuple`) for data and ACKs.
+- Routing: static host routes that follow simfl's own routes (`Topology.route_tuple`) for data and ACKs; with
+  [[faults]] that leave another path, the routes over what is up (see below).
 - TCP (ns-3's, CUBIC, SACK, no timestamps so that a full segment is mtu bytes): one persistent connection per
   sender-receiver pair, opened at its first message (the handshake is paid once); messages on a pair go through it
   FIFO, each starting a segment of its own: the next message is written into the socket once every byte of the
@@ -38,7 +39,13 @@ What is simulated (per link of the scenario):
   retransmissions (Linux's tcp_syn_retries and tcp_retries2): it closes, and every message written into it and not
   yet delivered is lost then, in order, as in the fluid model (status "lost", the bytes it sent so far as
   wire_bytes, t_tx and t_deliver NaN; its send event fails with `MessageLost`; put in `losses(dst)` if that store
-  was asked for); the pair's next message opens a new connection (with its handshake).
+  was asked for); the pair's next message opens a new connection (with its handshake). A `network.give_up` other
+  than its default (924.6 s, about what the 15 retransmissions take) replaces them: each connection's watchdog
+  aborts it (its socket released without a packet, its messages lost as above) once it has had data outstanding
+  for give_up s without the receiver's byte count advancing (counted from the last byte that arrived, or from
+  when data became outstanding on an idle connection; the fluid model counts from the first stall, so a message
+  cut off by an outage is lost up to one packet's transmission earlier here); TCP's own limits are raised out of
+  its way (data: 100,000 retransmissions; SYN: 30).
 - WiFi cells: 802.11ac, each cell on its own channel (no interference between cells, as the fluid model assumes),
   the access point and its stations within 5 m, one fixed VHT mode per cell: the one whose PHY rate is closest to
   the cell's capacity / 0.70 (a station alone in a cell gets about 70% of the PHY rate as TCP goodput in ns-3;
@@ -58,7 +65,32 @@ Imperfect links (the scenario's keys, as in the fluid model; `media` gives the l
 - asymmetric links: a data rate per device, a channel (`simfl_ns3::AsymChannel`) with a delay per direction.
 - [[faults]]: while a fault is down, the loss models of the devices it covers lose everything (both ends of a link,
   every member of a cell, the ends of a node's links and the cells it is the access point of); the edges are
-  scheduled in ns-3 as simulated time advances. No rerouting: TCP retransmits until the fault ends.
+  scheduled in ns-3 as simulated time advances. Where another path joins the ends of an edge a fault takes down,
+  the routes follow the fluid model's: the pump stops at every fault edge and reinstalls each connection's host
+  routes, there and back, along `topology.without_edges(the edges down)`'s routes (the same tie-break; a pair
+  with no path keeps its routes, and TCP retransmits into the outage until it ends, as it does everywhere without
+  another path). A connection keeps the addresses of the path it opened on (weak host model: a node accepts
+  its addresses on any interface); what was in flight on the path that went down is lost, and TCP resends it
+  on the new path after a retransmission timeout (the fluid model moves the rest of the message at once).
+- jitter (`jitter` of links and cells, `network.jitter_distribution`): each packet crossing a jittered hop (a link
+  direction: `simfl_ns3::AsymChannel`; a cell: at each member's IP layer, after its loss model) gets a seeded
+  extra delay D of mean J, uniform on [0, 2J) or exponential, but never arrives before the packet before it on
+  that hop: arrival = max(previous arrival, arrival without jitter + D) (FIFO, as the fluid model keeps per flow).
+  Its random stream is numbered by the device. The fluid model draws once per message and hop; here every packet
+  draws, so a message's last packet waits for the largest of its packets' draws within a few packet times of its
+  end: with J well under a packet's transmission time a hop adds about J, with J over several packet times up to
+  about 2J (uniform); ACKs and handshakes are delayed too.
+- Node crashes (`crash`, `recover`, after `allow_crashes`; a fedad run's client and server faults), with the
+  fluid model's statuses: at the crash (the pump of that instant) the packets waiting in the node's queue discs and
+  point-to-point device queues are dropped, and its TCP connections are aborted (sockets released without a
+  packet): each message not yet delivered that had not wholly reached the wire fails then (status "lost", the
+  bytes TCP had sent; not put in `losses`); one that had still arrives with what is on its way, or fails after
+  `min_rto` without any of it arriving (a segment of it was lost: nobody will resend it). Flows to it leave their
+  connections, which deliver what was written into them; a message that arrives while its receiver is down fails
+  there (status "to_crashed", t_deliver its arrival). A crashed node's TCP still receives and acknowledges, as
+  the fluid model's crashed node still absorbs what reaches it. After `recover` its messages, and those to it, go
+  over new connections (with their handshake). Background flows are left alone, as in the fluid model.
+  Approximation: a WiFi station's MAC queue is not emptied (what it holds is still sent).
 - capacity traces of links: the sending device's data rate changes at the trace's instants.
 - [[traffic]] flows (`send(..., stream=...)`), traced as background (no inbox): a tcp
   stream has a connection of its own; a datagram stream sends each frame as UDP datagrams of up to mtu - 28 bytes
@@ -66,9 +98,8 @@ Imperfect links (the scenario's keys, as in the fluid model; `media` gives the l
   without a trace, once ns-3 has nothing left to do or nothing settled for `_HORIZON`). Control priority
   (`priority=True`, set by `for_scenario` when a flow has it): the flow's sockets set IP ToS 0x10, and every
   point-to-point port has a strict-priority queue disc (band 0: priority 6) over a 1-packet device queue.
-- refused with a one-line SimflError naming the key (`refuse_unsupported`): handshake off, a non-default give_up,
-  jitter, duplex or traced cells, a node fault on a WiFi station, a fault the fluid model would reroute around;
-  a control flow through a WiFi cell (`for_scenario`).
+- refused with a one-line SimflError naming the key (`refuse_unsupported`): handshake off, duplex or traced cells,
+  a node fault on a WiFi station; a control flow through a WiFi cell (`for_scenario`).
 
 Trace: `wire_bytes` of a message = the payload bytes of every segment transmitted for it (retransmissions included)
 plus `header_bytes` per segment whose first new byte is its (a segment that retransmits bytes without new ones

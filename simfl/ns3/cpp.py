@@ -9,7 +9,10 @@ disciplines), opens one TCP connection per sender-receiver pair, writes messages
 the receiver's side when a message's last byte has arrived: it then records the message as done and calls
 `Simulator::Stop()`, so that `RunUntil` returns at that instant. A connection that gives up (`OnGiveUp`) is closed
 and its messages not yet done are listed as lost (`gaveUp`), also with a stop; the pair's next message gets a new
-connection. Per-segment accounting (the `Tx` trace of every
+connection. With a non-default give-up, a per-connection watchdog (`Watch`) aborts a connection that had data
+outstanding without progress for that long (`TcpAbort` releases its socket without a packet); `Flush` and `Crash`
+handle a node crash; `SetRoute` replaces host routes at fault edges; `Jitter` delays the packets of a hop in order.
+Per-segment accounting (the `Tx` trace of every
 sending socket) attributes transmitted bytes, retransmissions included, to the messages whose stream bytes they
 carry; per-device traces count the bytes sent and the packets dropped on each link direction.
 """
@@ -120,6 +123,7 @@ def load(wifi: bool = False) -> Any:
 
 HUB_SOURCE = r"""
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -206,20 +210,53 @@ class LinkLoss : public ErrorModel
     void DoReset() override {}
 };
 
+// Jitter of one hop (a link direction, or what a cell member receives): each packet gets a seeded extra delay of
+// mean `mean` ns, uniform on [0, 2 mean) or exponential (`expo`), but never arrives before the packet before it
+// (FIFO: arrival = max(previous arrival, arrival without jitter + draw)). Its random stream is set explicitly.
+struct Jitter : public SimpleRefCount<Jitter> {
+    double mean = 0;
+    bool expo = false;
+    Time last;  // the previous packet's arrival
+    Ptr<UniformRandomVariable> rv = CreateObject<UniformRandomVariable>();
+
+    // The delay from now of a packet that would arrive `at` from now without jitter.
+    Time Delay(Time at)
+    {
+        double u = rv->GetValue();
+        double x = expo ? -mean * std::log(1.0 - u) : 2.0 * mean * u;
+        Time arrive = Simulator::Now() + at + NanoSeconds(std::llround(x));
+        if (arrive < last) { arrive = last; }
+        last = arrive;
+        return arrive - Simulator::Now();
+    }
+};
+
 // A point-to-point channel whose two directions have their own propagation delay (ns-3's has one): delay[0] for
-// what device 0 (the link's a end) sends, delay[1] for device 1's.
+// what device 0 (the link's a end) sends, delay[1] for device 1's; and their own jitter (none: null).
 class AsymChannel : public PointToPointChannel
 {
   public:
     Time delay[2];
+    Ptr<Jitter> jitter[2];
 
     bool TransmitStart(Ptr<const Packet> p, Ptr<PointToPointNetDevice> src, Time txTime) override
     {
         uint32_t k = src == GetPointToPointDevice(0) ? 0 : 1;
         Ptr<PointToPointNetDevice> dst = GetPointToPointDevice(1 - k);
-        Simulator::ScheduleWithContext(dst->GetNode()->GetId(), txTime + delay[k], &PointToPointNetDevice::Receive,
-                                       dst, p->Copy());
+        Time at = jitter[k] ? jitter[k]->Delay(txTime + delay[k]) : txTime + delay[k];
+        Simulator::ScheduleWithContext(dst->GetNode()->GetId(), at, &PointToPointNetDevice::Receive, dst, p->Copy());
         return true;
+    }
+};
+
+// Releases a TCP socket at once, as ns-3 does when its retransmissions are exhausted (its timers cancelled, its
+// endpoint freed, no packet sent): DeallocateEndPoint is protected, reached through a derived class.
+struct TcpAbort : public TcpSocketBase {
+    static void Release(Ptr<Socket> s)
+    {
+        Ptr<TcpSocketBase> t = DynamicCast<TcpSocketBase>(s);
+        void (TcpSocketBase::*release)() = &TcpAbort::DeallocateEndPoint;
+        if (t) { (PeekPointer(t)->*release)(); }
     }
 };
 
@@ -241,6 +278,11 @@ struct Conn {
     size_t nextPush = 0;       // the message being written into the socket
     bool pushPending = false;  // a Push is scheduled
     bool failed = false;       // it gave up (OnGiveUp): closed, nothing more is written, received or done
+    int64_t progress = 0;      // ns: last progress (network.give_up's watchdog): data became outstanding, or the
+                               // receiver's byte count advanced
+    bool watched = false;      // its watchdog (Watch) is scheduled
+    int64_t watchNs = -1;      // its watchdog's time without progress (-1: the hub's giveUpNs)
+    uint64_t wire = UINT64_MAX;  // its sender crashed: every byte below this had reached the wire (Flush)
 };
 
 struct Dev {
@@ -252,6 +294,7 @@ struct Dev {
     uint64_t received = 0;  // WiFi: packets received from the cell (its losses: sent into it - received from it)
     Ptr<LinkLoss> loss;     // what it receives is lost by this (point-to-point: its receive error model; WiFi: at
                             // the IP layer, see InstallRxHooks)
+    Ptr<Jitter> jitter;     // WiFi: what it receives is delayed by this (OnCellRx)
 };
 
 class Hub {
@@ -274,6 +317,7 @@ class Hub {
     uint32_t hdr = 0;
     uint32_t mss = 0;
     uint16_t port = 5000;
+    int64_t giveUpNs = -1;  // network.give_up (ns) when not the default: a connection's watchdog (Watch); -1: none
 
     Hub(uint32_t headerBytes, uint32_t segmentSize) : hdr(headerBytes), mss(segmentSize) {}
 
@@ -495,6 +539,34 @@ class Hub {
                                                 ip->GetInterfaceForDevice(devs[dev].dev));
     }
 
+    // Jitter of mean meanNs (see Jitter) on what device `di` sends (point-to-point) or receives (a cell member),
+    // its random stream `stream`.
+    void SetJitter(uint32_t di, double meanNs, bool expo, int64_t stream)
+    {
+        Ptr<Jitter> j = Create<Jitter>();
+        j->mean = meanNs;
+        j->expo = expo;
+        j->rv->SetStream(stream);
+        Ptr<PointToPointNetDevice> p2p = DynamicCast<PointToPointNetDevice>(devs[di].dev);
+        if (p2p) {
+            Ptr<AsymChannel> ch = DynamicCast<AsymChannel>(p2p->GetChannel());
+            ch->jitter[ch->GetPointToPointDevice(0) == p2p ? 0 : 1] = j;
+        } else {
+            devs[di].jitter = j;
+        }
+    }
+
+    // Replace node's host route to dst (rerouting at a fault edge): through device `dev` to `gateway`; dev < 0: none.
+    void SetRoute(uint32_t node, uint32_t dst, int32_t dev, uint32_t gateway)
+    {
+        Ptr<Ipv4StaticRouting> sr = Ipv4StaticRoutingHelper().GetStaticRouting(nodes[node]->GetObject<Ipv4>());
+        for (uint32_t i = sr->GetNRoutes(); i-- > 0;) {
+            Ipv4RoutingTableEntry e = sr->GetRoute(i);
+            if (e.IsHost() && e.GetDest() == Ipv4Address(dst)) { sr->RemoveRoute(i); }
+        }
+        if (dev >= 0) { AddRoute(node, dst, uint32_t(dev), gateway); }
+    }
+
     uint32_t Open(uint32_t src, uint32_t srcAddr, uint16_t srcPort, uint32_t dst, uint32_t dstAddr)
     {
         if (!listening[dst]) {
@@ -580,6 +652,53 @@ class Hub {
         std::sort(lostFrames.begin(), lostFrames.end());
     }
 
+    // network.give_up set (not the default): TCP's own retransmission limits are raised out of its way (data: every
+    // RTO up to ns-3's 60 s maximum for days; SYN: 30 retransmissions, the SYN timeout doubling each time) so that
+    // only the connections' watchdogs give up.
+    static void LongRetries()
+    {
+        Config::SetDefault("ns3::TcpSocket::DataRetries", UintegerValue(100000));
+        Config::SetDefault("ns3::TcpSocket::ConnCount", UintegerValue(31));
+    }
+
+    // Connection `ci` made progress now (giveUpNs >= 0): its watchdog fires giveUpNs after the last progress.
+    void Progress(uint32_t ci)
+    {
+        Conn& c = conns[ci];
+        int64_t wait = c.watchNs >= 0 ? c.watchNs : giveUpNs;
+        if (wait < 0) { return; }
+        c.progress = Simulator::Now().GetNanoSeconds();
+        if (!c.watched) {
+            c.watched = true;
+            Simulator::Schedule(NanoSeconds(wait), &Hub::Watch, this, ci);
+        }
+    }
+
+    // The sender of connection `ci` crashed (after Flush of its node): its socket is released without a packet; its
+    // messages not done that had not wholly reached the wire fail now (gaveUp), the others may still complete with
+    // what is on its way, and fail if nothing of them arrives for drainNs. The connection is listed in `failed`
+    // (the pair's next message opens a new one).
+    void Crash(uint32_t ci, int64_t drainNs)
+    {
+        Conn& c = conns[ci];
+        if (c.failed) { return; }
+        size_t k = c.nextDone;
+        while (k < c.msgs.size() && acct[c.msgs[k]].end <= std::min(c.highest, c.wire)) { ++k; }
+        gaveUp.insert(gaveUp.end(), c.msgs.begin() + k, c.msgs.end());
+        inflight -= c.msgs.size() - k;
+        c.msgs.resize(k);
+        c.nextPush = k;
+        failed.push_back(ci);
+        TcpAbort::Release(c.sock);
+        if (c.nextDone == k) {
+            c.failed = true;
+            return;
+        }
+        c.watchNs = drainNs;
+        c.watched = false;
+        Progress(ci);
+    }
+
     // Queue `bytes` on connection `ci` as message `id` (ids are 0, 1, 2, ... in call order).
     void Send(uint32_t ci, uint64_t bytes, int64_t id)
     {
@@ -588,6 +707,7 @@ class Hub {
         acct[id].start = c.written;
         acct[id].end = c.written + bytes;
         c.written += bytes;
+        if (c.nextDone == c.msgs.size()) { Progress(ci); }  // it was idle: the give-up clock starts now
         c.msgs.push_back(id);
         ++inflight;
         Push(ci);
@@ -611,6 +731,26 @@ class Hub {
 
   private:
     static void DoStop() { Simulator::Stop(); }
+
+    // The give-up watchdog of connection `ci`: with data outstanding and no progress for giveUpNs, it is aborted
+    // (as when TCP gives up: its messages not done are lost, its socket is released without a packet); else it
+    // looks again giveUpNs after the last progress (an idle connection is looked at again by its next Send).
+    static void Watch(Hub* h, uint32_t ci)
+    {
+        Conn& c = h->conns[ci];
+        c.watched = false;
+        if (c.failed || c.nextDone == c.msgs.size()) { return; }
+        int64_t due = c.progress + (c.watchNs >= 0 ? c.watchNs : h->giveUpNs);
+        int64_t now = Simulator::Now().GetNanoSeconds();
+        if (now < due) {
+            c.watched = true;
+            Simulator::Schedule(NanoSeconds(due - now), &Hub::Watch, h, ci);
+            return;
+        }
+        h->Abort(ci);
+        Simulator::Stop();
+    }
+
     static void DoDown(Hub* h, uint32_t di, bool down) { h->devs[di].loss->down = down; }
 
     static void DoRate(Hub* h, uint32_t di, uint64_t bps, int64_t gapNs)
@@ -678,10 +818,12 @@ class Hub {
     {
         Conn& c = h->conns[ci];
         Ptr<Packet> p;
+        uint64_t before = c.received;
         while ((p = s->Recv())) {
             if (p->GetSize() == 0) { break; }
             c.received += p->GetSize();
         }
+        if (c.received > before) { c.progress = Simulator::Now().GetNanoSeconds(); }
         if (h->CheckDone(ci)) { Simulator::Stop(); }
     }
 
@@ -712,16 +854,81 @@ class Hub {
     // written into it that is not done is lost (gaveUp); a segment that still arrives completes none.
     static void OnGiveUp(Hub* h, uint32_t ci, Ptr<Socket>)
     {
-        Conn& c = h->conns[ci];
-        if (c.failed) { return; }
-        c.failed = true;
-        h->gaveUp.insert(h->gaveUp.end(), c.msgs.begin() + c.nextDone, c.msgs.end());
-        h->inflight -= c.msgs.size() - c.nextDone;
-        c.nextDone = c.nextPush = c.msgs.size();
-        h->failed.push_back(ci);
-        Simulator::Stop();
+        if (h->Fail(ci)) { Simulator::Stop(); }
     }
 
+    // Connection `ci` fails (unless it had): closed, its messages not done listed as lost; true if it had not.
+    bool Fail(uint32_t ci)
+    {
+        Conn& c = conns[ci];
+        if (c.failed) { return false; }
+        c.failed = true;
+        gaveUp.insert(gaveUp.end(), c.msgs.begin() + c.nextDone, c.msgs.end());
+        inflight -= c.msgs.size() - c.nextDone;
+        c.nextDone = c.nextPush = c.msgs.size();
+        failed.push_back(ci);
+        return true;
+    }
+
+  public:
+    // Abort connection `ci` now (its sender crashed, or its give-up watchdog fired): it fails (Fail) and its socket
+    // is released without a packet (TcpAbort).
+    void Abort(uint32_t ci)
+    {
+        if (Fail(ci)) { TcpAbort::Release(conns[ci].sock); }
+    }
+
+  private:
+
+    // The stream offset of sequence number `seq` on connection `c` (modulo 2^32, unwrapped near the highest offset
+    // sent).
+    static uint64_t Offset(const Conn& c, uint32_t seq)
+    {
+        uint32_t rel = seq - c.isn - 1;
+        uint64_t s = (c.highest & ~uint64_t(0xffffffff)) | rel;
+        if (s > c.highest + (uint64_t(1) << 31)) { s -= uint64_t(1) << 32; }
+        else if (s + (uint64_t(1) << 31) < c.highest) { s += uint64_t(1) << 32; }
+        return s;
+    }
+
+    // A TCP segment (IPv4 header `ip`, `p` from its TCP header on) of one of the hub's connections was thrown away
+    // before it reached the wire: the connection's bytes from its first one were not all transmitted (Conn::wire).
+    void Unsent(const Ipv4Header& ip, Ptr<Packet> p)
+    {
+        TcpHeader th;
+        if (ip.GetProtocol() != 6 || p->RemoveHeader(th) == 0 || p->GetSize() == 0) { return; }
+        auto it = byPeer.find((uint64_t(ip.GetSource().Get()) << 16) | th.GetSourcePort());
+        if (it == byPeer.end()) { return; }
+        Conn& c = conns[it->second];
+        c.wire = std::min(c.wire, Offset(c, th.GetSequenceNumber().GetValue()));
+    }
+
+  public:
+    // Node `node` crashed: the packets waiting in its queue discs and point-to-point device queues are dropped
+    // (not counted: they never reached a link), which sets Conn::wire of the connections they were from (a WiFi
+    // device's MAC queue is left: what it holds is still sent).
+    void Flush(uint32_t node)
+    {
+        Ptr<TrafficControlLayer> tc = nodes[node]->GetObject<TrafficControlLayer>();
+        for (int32_t di : ifDev[node]) {
+            if (di < 0) { continue; }
+            Ptr<NetDevice> d = devs[di].dev;
+            Ptr<QueueDisc> qd = tc->GetRootQueueDiscOnDevice(d);
+            while (Ptr<QueueDiscItem> item = qd ? qd->Dequeue() : nullptr) {
+                Ptr<Ipv4QueueDiscItem> ip = DynamicCast<Ipv4QueueDiscItem>(item);
+                if (ip) { Unsent(ip->GetHeader(), item->GetPacket()->Copy()); }
+            }
+            Ptr<PointToPointNetDevice> p2p = DynamicCast<PointToPointNetDevice>(d);
+            while (Ptr<Packet> p = p2p ? p2p->GetQueue()->Dequeue() : nullptr) {
+                PppHeader ppp;
+                Ipv4Header ip;
+                p->RemoveHeader(ppp);
+                if (ppp.GetProtocol() == 0x0021 && p->RemoveHeader(ip)) { Unsent(ip, p); }  // 0x21: IPv4
+            }
+        }
+    }
+
+  private:
     static void OnSegment(Hub* h, uint32_t ci, Ptr<const Packet> p, const TcpHeader& th, Ptr<const TcpSocketBase>)
     {
         Conn& c = h->conns[ci];
@@ -732,10 +939,7 @@ class Hub {
         }
         uint32_t len = p->GetSize();
         if (len == 0) { return; }
-        uint32_t rel = seq - c.isn - 1;  // stream offset modulo 2^32; unwrap it near the highest offset sent
-        uint64_t s = (c.highest & ~uint64_t(0xffffffff)) | rel;
-        if (s > c.highest + (uint64_t(1) << 31)) { s -= uint64_t(1) << 32; }
-        else if (s + (uint64_t(1) << 31) < c.highest) { s += uint64_t(1) << 32; }
+        uint64_t s = Offset(c, seq);
         uint64_t e = s + len, hi = c.highest;
         // the segment's header goes to the message of its first new byte (a first transmission: one of that
         // message's packets) or, when it carries none, to the message of its first byte (a retransmission)
@@ -886,12 +1090,18 @@ static void OnCellRx(Hub* h, uint32_t di, Ptr<TrafficControlLayer> tc, Ptr<NetDe
 {
     Ptr<LinkLoss> em = h->devs[di].loss;
     if (em && em->IsCorrupt(p->Copy())) { return; }
+    Ptr<Jitter> j = h->devs[di].jitter;
+    if (j) {
+        Simulator::Schedule(j->Delay(Time(0)), &TrafficControlLayer::Receive, tc, d, p, proto, Address(from),
+                            Address(to), type);
+        return;
+    }
     tc->Receive(d, p, proto, from, to, type);
 }
 
-// The IPv4 packets a node's WiFi devices receive go through their loss model (Dev::loss) before the node's traffic
-// control layer: the node's IPv4 and ARP handlers are registered again per device, the WiFi ones through OnCellRx
-// (a lost packet is one 802.11 delivered but IP never sees, as a loss that TCP notices).
+// The IPv4 packets a node's WiFi devices receive go through their loss model (Dev::loss) and jitter (Dev::jitter)
+// before the node's traffic control layer: the node's IPv4 and ARP handlers are registered again per device, the
+// WiFi ones through OnCellRx (a lost packet is one 802.11 delivered but IP never sees, as a loss that TCP notices).
 void InstallRxHooks(Hub& h, uint32_t node)
 {
     Ptr<Node> n = h.nodes[node];

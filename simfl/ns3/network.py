@@ -18,7 +18,7 @@ from simfl.config import Cell, Link, NetworkParams, Scenario
 from simfl.errors import SimflError
 from simfl.linkmodels import NO_LOSS, Loss
 from simfl.mailbox import Mailboxes
-from simfl.messages import LOST, Message, MessageLost, packetize
+from simfl.messages import DELIVERED, LOST, TO_CRASHED, Message, MessageLost, packetize
 from simfl.network import Network, Stream, _Wake
 from simfl.ns3 import cpp
 from simfl.topology import Hop, Resource, Topology
@@ -34,6 +34,7 @@ _UDP_PORT0 = 10000  # receiving port of the first datagram stream (the next ones
 _UDP_IP_HEADER = 28  # bytes of a UDP datagram's IP and UDP headers
 _current: list[weakref.ref] = []  # the live Ns3Network (ns-3 has one simulator per process)
 _ASSOCIATION_LIMIT = 10.0  # s of ns-3 time for WiFi stations to associate before the simulation starts
+_JITTER_STREAMS = 1 << 20  # ns-3 random stream of device d's jitter: this + d (its loss model's: d)
 _HORIZON = 3600.0  # s: with no SimPy event left, how long ns-3 may run without a completion (WiFi beacons never end)
 _CHANGE_WINDOW = 10.0  # s: how far ahead of simulated time outage edges and capacity changes are put into ns-3
 _GOODPUT_SHARE = 0.70  # TCP goodput / PHY rate of one station alone in an ns-3 802.11ac cell (measured, 80 MHz MCS 7)
@@ -72,30 +73,19 @@ def refuse_unsupported(topology: Topology, params: NetworkParams, media: dict[st
     """A SimflError for the first key of the scenario that the ns3 backend cannot honour (see `simfl.ns3`)."""
     if not params.handshake:
         raise _fluid_only("network.handshake = false", "ns-3's TCP always opens a connection with a handshake")
-    if params.give_up != NetworkParams().give_up:
-        raise _fluid_only(f"network.give_up = {params.give_up:g} s", "in the ns3 backend TCP gives up by itself "
-                          "(15 retransmissions; see docs/ns3.md)")
     for m in media.values():
-        kind = "cells" if isinstance(m, Cell) else "links"
-        if m.jitter_s:
-            raise _fluid_only(f"{kind} {m.name}: jitter = {m.jitter_s:g} s", "the ns3 backend has no jitter")
         if isinstance(m, Cell) and m.duplex:
             raise _fluid_only(f"cells {m.name}: a bandwidth per direction", "an ns-3 WiFi cell is one shared "
                               "channel (no duplex cells)")
         if isinstance(m, Cell) and (m.up.trace or m.down.trace):
             raise _fluid_only(f"cells {m.name}: bandwidth_trace", "the ns3 backend's WiFi cells keep one VHT mode")
     aps = {r.src for r in topology.resources if r.medium == "cell"}  # the cells' access points
-    for f, edges in topology.faults:
-        g = topology.graph
+    g = topology.graph
+    for f, _ in topology.faults:
         if f.target == "node" and f.name not in aps and any(d["medium"] == "cell"
                                                             for _, _, d in g.edges(f.name, data=True)):
             raise _fluid_only(f"faults ({f.describe()})", "the ns3 backend takes down a WiFi station's links "
                               "only with its cell")
-        cut = topology.without_edges(edges)
-        for u, v in sorted(sorted(e) for e in edges):  # sorted: the same line whatever the hash seed
-            if v in cut.reachable(u):
-                raise _fluid_only(f"faults ({f.describe()})", f"another path joins {u} and {v}, and the ns3 "
-                                  "backend's static routes do not reroute around an outage")
 
 
 def _ip(a: int) -> str:
@@ -227,6 +217,7 @@ class Ns3Network:
         mod.Hub.Configure(mss, _ns(o.min_rto), _ns(o.delayed_ack), _ns(o.syn_timeout), o.initial_window,
                           int(seed) & 0xFFFFFFFF or 1, 1)
         self._hub = mod.Hub(self.params.header_bytes, mss)
+        self._horizon = self._watch_give_up(mod)
         self._hub.prio = priority  # every point-to-point port: a strict-priority queue disc (control streams)
         self.pcap_dir = self._pcap_dir(pcap_dir)
         self._idx = {n: i for i, n in enumerate(topology.nodes)}
@@ -242,9 +233,16 @@ class Ns3Network:
         self._build()
         self._start()
         self._changes = self._timeline()  # [next time (s), what changes then]: outages and capacity traces
+        self._reroutes = self._reroutable()  # some fault leaves another path: routes follow the faults
+        self._down: frozenset[Any] = frozenset()  # the fault edges the installed routes avoid
+        self._topo_now = topology  # the topology of what is up, as of the routes installed
+        self._routed: list[list[Any]] = []  # with _reroutes: [flow, route back, source address, destination's]
         self._settled_t = 0.0  # when a message or frame was last delivered or lost
         self._planned = -1.0  # changes up to this simulated time are scheduled in ns-3
         self._plan(0.0)
+        self._crashable = False  # allow_crashes was called
+        self._crashed: set[str] = set()  # nodes that are down (`crash`): messages reaching them fail
+        self._crashing: list[str] = []  # nodes crashed at this instant, whose connections the pump aborts
 
     @classmethod
     def for_scenario(cls, env: simpy.Environment, topology: Topology, scenario: Scenario,
@@ -284,6 +282,30 @@ class Ns3Network:
         self.sent += 1
         self._schedule(env.now)
         return ev
+
+    def allow_crashes(self) -> None:
+        """Prepare for `crash` (before the first send, as `Network.allow_crashes`)."""
+        if self.sent:
+            raise RuntimeError("allow_crashes: call it before the first send")
+        self._crashable = True
+
+    def crash(self, node: str) -> None:
+        """`node` crashes now: at this instant's pump, its connections are aborted and their messages not yet
+        delivered fail (status "lost"); those to it are left to their old connections, and a message that reaches it
+        while it is down fails there (status "to_crashed") (see `simfl.ns3`)."""
+        if not self._crashable:
+            raise RuntimeError("crash: call allow_crashes before the first send")
+        self._check_open()
+        self._crashed.add(node)
+        self._crashing.append(node)
+        self._schedule(self.env.now)
+
+    def recover(self, node: str) -> None:
+        """`node` is up again: messages reaching it from now on are delivered (its next ones open connections)."""
+        self._crashed.discard(node)
+
+    def is_down(self, node: str) -> bool:
+        return node in self._crashed
 
     def totals(self) -> dict[str, Any]:
         """`Network.totals`, plus retransmitted wire bytes and dropped packets."""
@@ -339,6 +361,17 @@ class Ns3Network:
             self._hub.Clear()
 
     # ------------------------------------------------------------------ building
+    def _watch_give_up(self, mod: Any) -> float:
+        """A non-default network.give_up: every connection's watchdog aborts it after give_up s without progress
+        while it has data outstanding, and TCP's own retransmission limits are raised out of its way. Returns how
+        long ns-3 may run without a completion (`_HORIZON`, or twice give_up when that is longer)."""
+        give_up = self.params.give_up
+        if give_up == NetworkParams().give_up:
+            return _HORIZON
+        mod.Hub.LongRetries()
+        self._hub.giveUpNs = _ns(give_up)
+        return max(_HORIZON, 2 * give_up)
+
     def _pcap_dir(self, pcap_dir: str | Path | None) -> Path | None:
         if not self.options.ns3_pcap:
             return None
@@ -369,6 +402,15 @@ class Ns3Network:
     def _set_loss(self, d: int, loss: Loss) -> None:
         if loss.rate > 0:
             self._hub.Loss(d, d).Set(loss.good, loss.bad, loss.burst, loss.gap)
+
+    def _set_jitter(self, devs: Sequence[int], link: str) -> None:
+        """The link's or cell's jitter on each of `devs` (a link: what each end sends; a cell: what each member
+        receives), its random stream numbered by the device (beyond the loss models')."""
+        m = self.media.get(link)
+        if m is not None and m.jitter_s:
+            expo = self.params.jitter_distribution == "exponential"
+            for d in devs:
+                self._hub.SetJitter(d, m.jitter_s * 1e9, expo, _JITTER_STREAMS + d)
 
     def _gap(self, bps: float) -> int:
         """The inter-frame gap (ns) at `bps`: the framing bytes beyond the 2-byte PPP header."""
@@ -437,6 +479,7 @@ class Ns3Network:
             up, down = self._link_losses(ra.link)
             self._set_loss(da + 1, up)  # b's device receives what a sends
             self._set_loss(da, down)
+            self._set_jitter((da, da + 1), ra.link)
             self._rx[ra.id], self._rx[rb.id] = da + 1, da
             for d, r in ((da, ra), (da + 1, rb)):
                 self._dev[(r.link, r.src)] = d
@@ -474,6 +517,7 @@ class Ns3Network:
             self._addr[d0 + i] = int(self._hub.devs[d0 + i].address)
             self._set_loss(d0 + i, up if i == 0 else down)  # the access point receives what its stations send
         self._res_devs[r.id] = list(range(d0, d0 + len(members)))
+        self._set_jitter(self._res_devs[r.id], r.link)
         self._cells.append((r.id, d0, len(stations)))
 
     def _start(self) -> None:
@@ -502,10 +546,16 @@ class Ns3Network:
     def _open(self, flow: _Flow) -> None:
         """The flow's TCP connection, and host routes along simfl's routes for its data and its ACKs."""
         src, dst, fwd = flow.src, flow.dst, flow.hops
+        back = self.topology.route_tuple(dst, src)
+        if self._reroutes:  # over what is up now: the source address is that of the interface it leaves by
+            fwd, back = self._paths(src, dst, fwd, back)
+            flow.hops = fwd
         s_addr = self._addr[self._dev[(fwd[0].link, src)]]
         d_addr = self._addr[self._dev[(fwd[-1].link, dst)]]
+        if self._reroutes:
+            self._routed.append([flow, back, s_addr, d_addr])
         self._add_routes(fwd, d_addr)
-        self._add_routes(self.topology.route_tuple(dst, src), s_addr)
+        self._add_routes(back, s_addr)
         port = self._ports.get(src, _PORT0)
         if port > 65535:
             raise SimflError(f"ns3 backend: node {src!r} opens more than {65536 - _PORT0} connections")
@@ -521,6 +571,11 @@ class Ns3Network:
         if flow.control:
             self._hub.MarkControl(flow.datagram, flow.conn)
 
+    @staticmethod
+    def _tied(node: str) -> None:
+        raise SimflError(f"ns3 backend: node {node!r} would need two routes to one address (simfl's least-latency "
+                         "routes differ by source on this topology); give the tied paths different latencies")
+
     def _add_routes(self, hops: tuple[Hop, ...], addr: int) -> None:
         for h in hops:
             d = self._dev[(h.link, h.src)]
@@ -528,11 +583,54 @@ class Ns3Network:
             if old == d:
                 continue
             if old is not None:
-                raise SimflError(f"ns3 backend: node {h.src!r} would need two routes to one address (simfl's "
-                                 "least-latency routes differ by source on this topology); give the tied paths "
-                                 "different latencies")
+                self._tied(h.src)
             self._routes[(h.src, addr)] = d
             self._hub.AddRoute(self._idx[h.src], addr, d, self._addr[self._dev[(h.link, h.dst)]])
+
+    # ------------------------------------------------------------------ rerouting around outages
+    def _reroutable(self) -> bool:
+        """Whether some fault takes down an edge whose ends another path still joins (the fluid model reroutes
+        around it; so do the routes here, at each fault edge)."""
+        for _, edges in self.topology.faults:
+            cut = self.topology.without_edges(edges)
+            if any(v in cut.reachable(u) for u, v in (tuple(e) for e in edges)):
+                return True
+        return False
+
+    def _paths(self, src: str, dst: str, there: tuple[Hop, ...], back: tuple[Hop, ...]) -> tuple[tuple[Hop, ...],
+                                                                                                  tuple[Hop, ...]]:
+        """The routes src -> dst and back over what is up now (the fluid model's, same tie-break); where none is,
+        `there` and `back` (kept: TCP retransmits into the outage, as without rerouting)."""
+        t, b = self._topo_now.route_or_none(src, dst), self._topo_now.route_or_none(dst, src)
+        return (there, back) if t is None or b is None else (t, b)
+
+    def _next_fault_edge(self, now: float) -> float:
+        return min(f.next_edge(now) for f, _ in self.topology.faults)
+
+    def _follow_faults(self, now: float) -> None:
+        """At a fault edge (the pump stops at each one): every connection's host routes, there and back, follow
+        the routes over what is up now; a node's route to an address no route uses any more is removed."""
+        down = frozenset(e for f, edges in self.topology.faults if f.is_down(now) for e in edges)
+        if down == self._down:
+            return
+        self._down = down
+        self._topo_now = self.topology.without_edges(down) if down else self.topology
+        old, self._routes = self._routes, {}
+        want: dict[tuple[str, int], Hop] = {}
+        for r in self._routed:
+            flow = r[0]
+            flow.hops, r[1] = self._paths(flow.src, flow.dst, flow.hops, r[1])
+            for hops, addr in ((flow.hops, r[3]), (r[1], r[2])):
+                for h in hops:
+                    if want.setdefault((h.src, addr), h) != h:
+                        self._tied(h.src)
+                    self._routes[(h.src, addr)] = self._dev[(h.link, h.src)]
+        hub = self._hub
+        for (node, addr) in old.keys() - want.keys():
+            hub.SetRoute(self._idx[node], addr, -1, 0)
+        for (node, addr), h in want.items():
+            if old.get((node, addr)) != self._routes[(node, addr)]:
+                hub.SetRoute(self._idx[node], addr, self._routes[(node, addr)], self._addr[self._dev[(h.link, h.dst)]])
 
     # ------------------------------------------------------------------ co-simulation
     def _check_open(self) -> None:
@@ -560,6 +658,8 @@ class Ns3Network:
         t0 = self._t0_ns
         self._plan(now)
         hub.RunUntil(t0 + _ns(now))
+        if self._reroutes:
+            self._follow_faults(now)
         self._collect(now)
         p = self.params
         for tx in self._outbox:
@@ -572,6 +672,8 @@ class Ns3Network:
             else:
                 hub.Send(flow.conn, tx.bytes, tx.msg_id)
         self._outbox.clear()
+        if self._crashing:
+            self._abort_crashed()
         self._collect(now)
         if not hub.inflight:
             return  # sleep until the next send
@@ -579,9 +681,11 @@ class Ns3Network:
         if t_next <= now:
             self._schedule(now)  # SimPy has more to do at this instant (e.g. the deliveries just made)
             return
-        until = t_next if t_next < math.inf else now + _HORIZON
+        until = t_next if t_next < math.inf else now + self._horizon
         if any(ch[0] < math.inf for ch in self._changes):
             until = min(until, now + _CHANGE_WINDOW)  # outage edges and rate changes are scheduled a window ahead
+        if self._reroutes:
+            until = min(until, self._next_fault_edge(now))  # the routes change there
         self._plan(until)
         stop = t0 + _ns(until)
         t_ns = hub.RunUntil(stop)
@@ -590,9 +694,25 @@ class Ns3Network:
             hub.LoseUdpFrames()  # ns-3 has nothing left to do, or nothing settled for an hour: they never arrive
         if self._settling():
             self._schedule(min(max((t_ns - t0) * 1e-9, now), until))
-        elif stop <= t_ns and until < now + _HORIZON:
+        elif stop <= t_ns and until < now + self._horizon:
             self._schedule(until)
         # else: no completion within the horizon (ns-3 has events but no message progresses): they stay in flight
+
+    def _abort_crashed(self) -> None:
+        """The nodes that crashed at this instant: the TCP connections they send on are aborted (their messages not
+        yet delivered are lost at the next `_collect`); flows to them leave their connections, which deliver what
+        was written into them (to a crashed node: to_crashed), so that the next message opens a new connection.
+        Background flows are left alone, as in the fluid model."""
+        for node in self._crashing:
+            self._hub.Flush(self._idx[node])
+            for flow in self._flows.values():
+                if flow.background or flow.conn < 0 or node not in (flow.src, flow.dst):
+                    continue
+                if flow.src == node:
+                    self._hub.Crash(flow.conn, _ns(self.options.min_rto))
+                else:
+                    flow.conn = -1
+        self._crashing.clear()
 
     def _settling(self) -> bool:
         """Whether ns-3 stopped on something to settle: a message done, a frame lost, a connection that gave up."""
@@ -603,8 +723,10 @@ class Ns3Network:
         hub = self._hub
         if hub.failed.size():  # connections that gave up: the pair's next message opens a new one
             for i in range(hub.failed.size()):
-                flow = self._conns.pop(int(hub.failed[i]))
-                flow.conn = -1
+                ci = int(hub.failed[i])
+                flow = self._conns.pop(ci, None)  # (a crashed sender's connection is listed again if it drains)
+                if flow is not None and flow.conn == ci:  # (a flow to a crashed node left it for a new one)
+                    flow.conn = -1
             hub.failed.clear()
         for ids, settle in ((hub.done, self._deliver), (hub.lostFrames, self._lose), (hub.gaveUp, self._give_up)):
             n = ids.size()
@@ -641,7 +763,7 @@ class Ns3Network:
         self.retransmitted_bytes[tx.msg_id] = retx
         self.recorder.record_message(msg)
         tx.event.fail(MessageLost(msg))
-        box = self._losses.get(f.dst) if not f.background else None
+        box = self._losses.get(f.dst) if not f.background and f.src not in self._crashed else None
         if box is not None:
             box.put(msg)
 
@@ -651,12 +773,17 @@ class Ns3Network:
         retx = int(a.retx)
         t_start = max(tx.t_send, (int(a.tFirst) - self._t0_ns) * 1e-9)
         t_tx = min(now, max(t_start, (int(a.tLast) - self._t0_ns) * 1e-9))
+        crashed = f.dst in self._crashed and not f.background  # it reached a crashed node: it fails there
         msg = Message(tx.msg_id, f.src, f.dst, tx.kind, tx.phase, tx.round, tx.payload_bits, int(a.wire),
-                      int(a.segs), len(f.hops), tx.t_send, t_start, t_tx, now, tx.payload, retransmitted_bytes=retx)
+                      int(a.segs), len(f.hops), tx.t_send, t_start, t_tx, now, tx.payload, retx,
+                      TO_CRASHED if crashed else DELIVERED)
         self.retransmitted_bytes[tx.msg_id] = retx
         for h in f.hops:
             self._res_msgs[h.resource] += 1
         self.recorder.record_message(msg)
+        if crashed:
+            tx.event.fail(MessageLost(msg))
+            return
         self.delivered += 1
         tx.event.succeed(msg)
         if not f.background:
