@@ -512,8 +512,13 @@ def worker_main(conn: Any, threads: int = 1) -> None:
                 results.append(run_task(t, cache))
                 conn.send(("tick",))  # lets the engine show progress inside a long request
             conn.send(("ok", results))
+        except (BrokenPipeError, ConnectionResetError):  # the engine is gone (its run was stopped): nobody to tell
+            return
         except Exception:  # report, keep serving
-            conn.send(("error", traceback.format_exc()))
+            try:
+                conn.send(("error", traceback.format_exc()))
+            except (BrokenPipeError, ConnectionResetError):
+                return
 
 
 def _exit_with_parent(interval_s: float = 1.0) -> None:

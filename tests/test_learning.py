@@ -273,6 +273,19 @@ def test_workers_exit_when_their_run_is_killed():
     assert not any(_alive(p) for p in pids)
 
 
+def test_a_worker_whose_engine_is_gone_stops_quietly(capfd):
+    """A request whose engine stopped (its run was killed) ends the worker without a traceback."""
+    import multiprocessing
+
+    from simfl.learning_worker import worker_main
+
+    engine, worker = multiprocessing.Pipe()
+    engine.send(("run", {}, [], []))  # a request; its answer ("ok", []) has nobody to go to
+    engine.close()
+    worker_main(worker, 1)  # returns: no BrokenPipeError, nothing printed
+    assert capfd.readouterr().err == ""
+
+
 @pytest.mark.parametrize(("cin", "cout", "hw"), [(8, 8, 7), (8, 16, 14), (3, 5, 4), (1, 2, 1)])
 def test_subpixel_transposed_convolution_equals_torch(cin, cout, hw):
     from simfl.learning_worker import _SubPixelConvT
