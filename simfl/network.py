@@ -137,7 +137,7 @@ from simpy.events import Event
 
 from simfl.config import NetworkParams
 from simfl.errors import SimflError
-from simfl.linkmodels import Jitter, expected_retransmissions, mathis_cap, path_loss, retransmitted_packets
+from simfl.linkmodels import Jitter, Timeouts, expected_retransmissions, mathis_cap, path_loss, retransmitted_packets
 from simfl.linkstats import LinkStats
 from simfl.mailbox import Mailboxes
 from simfl.messages import LOST, TO_CRASHED, Message, MessageLost, packetize
@@ -276,7 +276,7 @@ class _FlowState:
     """A flow's route and transport state beyond the plain model (handshake, loss, outages, jitter)."""
 
     __slots__ = ("hops", "epoch", "jitter", "loss", "cap", "handshake_s", "connected", "doing", "start_at",
-                 "stall_id", "stuck_since", "retx_expected", "retx_charged", "counted")
+                 "stall_id", "stuck_since", "retx_expected", "retx_charged", "counted", "syn_q", "rtt", "fallback")
 
     def __init__(self) -> None:
         self.hops: tuple[Hop, ...] | None = None  # the current route (kept with [[faults]]); None: there is none
@@ -293,6 +293,9 @@ class _FlowState:
         self.retx_expected = 0.0  # retransmitted packets: running expectation and whole packets charged
         self.retx_charged = 0
         self.counted = 0  # wire bytes of the head message already counted on earlier routes
+        self.syn_q = 0.0  # probability that a SYN / SYN-ACK exchange fails (loss there or back)
+        self.rtt = 0.0  # the route's round trip (timeouts: on a lossy route with loss_timeouts)
+        self.fallback = False  # a SYN was retransmitted: the next message's first timeout is RTO_FALLBACK
 
 
 class Network:
@@ -341,6 +344,7 @@ class Network:
         self._route_info: dict[tuple[Topology, str, str], tuple] = {}  # with [[faults]]: see _route
         self._classes = False  # some flow is a control stream: rates in two classes (`_rates_classes`)
         self._bg_loss = random.Random(f"simfl background loss {seed}")  # datagram frames' loss draws
+        self._timeouts = Timeouts(seed, p.min_rto, p.syn_timeout) if self._lossy and p.loss_timeouts else None
         self._crashed: set[str] = set()  # nodes that are down (`crash`): messages reaching them fail
 
     # ------------------------------------------------------------------ public API
@@ -506,7 +510,8 @@ class Network:
         """A flow's route and what follows from it (resources, delivery terms, loss, rate cap, handshake), over
         the links that are up now. Without [[faults]] a missing route is an error."""
         x = f.x
-        hops, res, f.n_hops, f.latency, f.sf_per_bit, x.jitter, x.loss, x.handshake_s, cap = self._info(f.src, f.dst)
+        (hops, res, f.n_hops, f.latency, f.sf_per_bit, x.jitter, x.loss, x.handshake_s, cap, x.syn_q,
+         x.rtt) = self._info(f.src, f.dst)
         x.hops, x.epoch = hops, self._epoch
         if cap < math.inf and not (f.bg is not None and f.bg.datagram):  # a datagram source does not back off
             if x.cap is None:
@@ -527,26 +532,31 @@ class Network:
         return info
 
     def _derive_route(self, topo: Topology, src: str, dst: str) -> tuple:
-        """(hops or None, resources, hops, L, S, jitter means, loss, handshake time, rate cap) of a route."""
+        """(hops or None, resources, hops, L, S, jitter means, loss, handshake time, rate cap, handshake failure
+        probability, round trip: 0 without timeouts) of a route."""
         hops = topo.route_or_none(src, dst)
         if hops is None:
             if not self._faults:
                 topo.route_tuple(src, dst)  # raises: no route
-            return None, (), 0, 0.0, 0.0, (), 0.0, 0.0, math.inf
+            return None, (), 0, 0.0, 0.0, (), 0.0, 0.0, math.inf, 0.0, 0.0
         counts: dict[str, int] = {}
         for h in hops:
             counts[h.resource] = counts.get(h.resource, 0) + 1
         res = tuple([(self._res[rid], m) for rid, m in counts.items()])
         latency, sf = route_terms(hops)
         loss = path_loss(h.loss for h in hops) if self._lossy else 0.0
-        handshake = 0.0
+        handshake = syn_q = timed_rtt = 0.0
         cap = math.inf
         if self.params.handshake or loss:
             hb, full = self._header_bits, self._full_packet_bits  # the graph is undirected: there is a route back
             handshake = topo.one_way(src, dst, hb) + topo.one_way(dst, src, hb)
-            cap = mathis_cap(full, topo.one_way(src, dst, full) + topo.one_way(dst, src, hb), loss)
+            rtt = topo.one_way(src, dst, full) + topo.one_way(dst, src, hb)
+            cap = mathis_cap(full, rtt, loss)
+            if self._timeouts is not None:
+                syn_q = 1.0 - (1.0 - loss) * (1.0 - path_loss(h.loss for h in topo.route_or_none(dst, src)))
+                timed_rtt = rtt
         jitter = tuple(h.jitter_s for h in hops if h.jitter_s)
-        return hops if self._faults else (), res, len(hops), latency, sf, jitter, loss, handshake, cap
+        return hops if self._faults else (), res, len(hops), latency, sf, jitter, loss, handshake, cap, syn_q, timed_rtt
 
     def _advance(self, t: float) -> None:
         """Bring the fault state (what is down, the routes over the rest) up to time t."""
@@ -596,9 +606,15 @@ class Network:
             self._pending.append(f)
 
     def _handshake(self, f: _Flow, now: float) -> None:
+        """The handshake begins: one round trip, plus syn_timeout (2^k - 1) after k failed attempts (lossy route)."""
         x = f.x
         x.doing = _HANDSHAKE
         x.start_at = now + x.handshake_s
+        if x.syn_q:
+            wait = self._timeouts.syn_wait(x.syn_q)
+            if wait:
+                x.start_at += wait
+                x.fallback = True
         self._start_at(x.start_at, f)
 
     def _start_at(self, t: float, f: _Flow) -> None:
@@ -1067,6 +1083,11 @@ class Network:
             self._next(f, now)
             return
         t = now + f.latency + tx.packet_bits * f.sf_per_bit
+        if x is not None and x.loss and x.rtt and (f.bg is None or not f.bg.datagram):  # timeouts (module doc)
+            if not f.queue:  # the last of a burst: no later segments to trigger a fast retransmit
+                to = self._timeouts
+                t += to.tail_wait(tx.n_packets, x.loss, to.first_rto(x.rtt, x.fallback))
+            x.fallback = False
         if x is not None and x.jitter:
             draw = self._jitter.draw
             for mean in x.jitter:
