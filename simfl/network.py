@@ -66,6 +66,24 @@ Loss. A route loses a packet with probability p = 1 - prod_h (1 - p_h) (each hop
      total of its flow's charges being its running expectation sum n p / (1 - p) rounded half up (one message
      alone: k = round(n p / (1 - p))); each is one full first packet (P bits). Its wire_bytes, and the bits it
      transmits, grow by k P / 8, recorded as retransmitted_bytes.
+  3. adds TCP's timeouts (`network.loss_timeouts`, on by default), drawn per message from the network's own
+     generator seeded by the run's seed, in the deterministic order of handshakes and transmission ends. Fast
+     retransmit needs three duplicate ACKs, so a short flow cannot recover a loss near its end: a message that ends
+     its burst (none queued behind it when it finishes transmitting) and loses one of its last min(n, 3) packets
+     (probability 1 - (1 - p)^min(n, 3)) is delivered rto (2^k - 1) later, k = 1 + its retransmissions lost again
+     (each with probability p; the timer doubles each time, at most 120 s). rto = max(min_rto, 3 RTT) (RFC 6298
+     after one sample, RTT as in the cap), or at least 3 s (RFC 6298's fallback) for the first message after a
+     retransmitted SYN if it fits in the initial window (`network.initial_window`: no RTT sample before its end).
+     A handshake's SYN / SYN-ACK exchange fails with q = 1 - (1 - p)(1 - p_back) (p_back: the route back's loss);
+     after k failures (P(k) = q^k (1 - q), at most 6) t_start = t_send + H + syn_timeout (2^k - 1). In expectation
+     a message of n packets (n <= initial_window), alone and ending its burst, thus pays (q, p < 1/2)
+
+         E[wait] = syn_timeout q / (1 - 2 q)  [with a handshake]  +  (1 - (1 - p)^min(n, 3)) E[rto] / (1 - 2 p),
+         E[rto] = (1 - q) rto + q max(rto, 3 s)   (rto alone without a handshake)
+
+     on top of the closed forms above (e.g. 9 packets, p = p_back = 1%, rto 200 ms: 20.7 + 7.8 = 28.5 ms; 5%:
+     121 + 75 = 196 ms). The timeouts add time only: retransmitted_bytes stays the expectation of 2. (which
+     counts every loss, the tail's too). Messages queued behind a waiting one are delivered after it (in order).
 
 Outages ([[faults]]). At each fault edge the routes of the flows with a message at their head are recomputed over
 the graph without the edges that are down (the same tie-break). A flow whose route changed continues with its
@@ -106,8 +124,9 @@ frame still occupied its links. A tcp stream behaves as FL's messages.
 
 Approximations: the per-packet terms (P S, and those in H and RTT) use each hop's nominal capacity (a trace's
 value at time 0); a loss model counts by its stationary rate only; bits in flight on a link that goes down are
-not lost; ACKs are never lost; a rerouted message keeps the retransmissions charged on its first route; the route
-back is that of the moment the route there was computed.
+not lost; ACKs are never lost (a SYN-ACK is); timeouts in the bulk of a long transfer (a lost fast retransmission,
+windows below 4 segments) are left to the Mathis cap; a rerouted message keeps the retransmissions charged on its
+first route; the route back is that of the moment the route there was computed.
 
 Events: one wake per instant at which something starts, ends or changes (a handshake completes, a trace changes
 while its resource is busy, a fault edge while some flow has a message at its head, a give-up), so change points
@@ -1086,7 +1105,8 @@ class Network:
         if x is not None and x.loss and x.rtt and (f.bg is None or not f.bg.datagram):  # timeouts (module doc)
             if not f.queue:  # the last of a burst: no later segments to trigger a fast retransmit
                 to = self._timeouts
-                t += to.tail_wait(tx.n_packets, x.loss, to.first_rto(x.rtt, x.fallback))
+                fallback = x.fallback and tx.n_packets <= self.params.initial_window  # no RTT sample yet
+                t += to.tail_wait(tx.n_packets, x.loss, to.first_rto(x.rtt, fallback))
             x.fallback = False
         if x is not None and x.jitter:
             draw = self._jitter.draw

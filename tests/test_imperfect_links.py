@@ -115,7 +115,8 @@ def test_route_loss_compounds_over_hops_and_a_burst_model_counts_by_its_stationa
     # cap = 12,304 / 4.25856e-3 x sqrt(1.5 / 0.0199) = 7.932 Mbps.
     burst = {"good": 0.0, "bad": 0.5, "burst": 4, "gap": 196}
     sc = scenario([node("s", "switch"), node("a"), node("b")],
-                  [link("a", "s", burst_loss=burst), link("s", "b", burst_loss=burst)], network={"loss_timeouts": False})
+                  [link("a", "s", burst_loss=burst), link("s", "b", burst_loss=burst)],
+                  network={"loss_timeouts": False})
     assert sc.links[0].loss == Loss(0.0, 0.5, 4.0, 196.0) and sc.links[0].loss.rate == pytest.approx(0.01)
     w = World(sc)
     out = {}
@@ -146,8 +147,8 @@ def test_a_capped_flow_leaves_the_rest_of_the_bottleneck_to_the_others():
 
 
 def star(n, loss, network=None, seed=0) -> World:
-    """Clients c0.. (zero-padded) around a switch s, uplinks 100 Mbps / 1 ms losing `loss` towards s (loss_up); the handshake on.
-    Route ci-s-cj: p = `loss` there and back."""
+    """Clients c0.. (zero-padded) around a switch s, uplinks 100 Mbps / 1 ms losing `loss` towards s (loss_up); the
+    handshake on. Route ci-s-cj: p = `loss` there and back."""
     up = {"to": "s", "bandwidth": "100 Mbps", "latency": "1 ms", "loss_up": loss}
     return World(scenario([node("s", "switch")], groups=[{"prefix": "c", "count": n, "uplink": up}],
                           network={"handshake": True, **(network or {})}, seed=seed))
