@@ -84,6 +84,8 @@ Loss. A route loses a packet with probability p = 1 - prod_h (1 - p_h) (each hop
      on top of the closed forms above (e.g. 9 packets, p = p_back = 1%, rto 200 ms: 20.7 + 7.8 = 28.5 ms; 5%:
      121 + 75 = 196 ms). The timeouts add time only: retransmitted_bytes stays the expectation of 2. (which
      counts every loss, the tail's too). Messages queued behind a waiting one are delivered after it (in order).
+     Background streams have no tail timeouts (a tcp stream's next frames follow within a timeout and trigger the
+     fast retransmit); a tcp stream's handshake has its SYN timeouts.
 
 Outages ([[faults]]). At each fault edge the routes of the flows with a message at their head are recomputed over
 the graph without the edges that are down (the same tie-break). A flow whose route changed continues with its
@@ -1102,7 +1104,7 @@ class Network:
             self._next(f, now)
             return
         t = now + f.latency + tx.packet_bits * f.sf_per_bit
-        if x is not None and x.loss and x.rtt and (f.bg is None or not f.bg.datagram):  # timeouts (module doc)
+        if x is not None and x.loss and x.rtt and f.bg is None:  # FL's tail timeouts (see the module docstring)
             if not f.queue:  # the last of a burst: no later segments to trigger a fast retransmit
                 to = self._timeouts
                 fallback = x.fallback and tx.n_packets <= self.params.initial_window  # no RTT sample yet
