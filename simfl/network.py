@@ -72,11 +72,12 @@ Loss. A route loses a packet with probability p = 1 - prod_h (1 - p_h) (each hop
      its burst (none queued behind it when it finishes transmitting) and loses one of its last min(n, 3) packets
      (probability 1 - (1 - p)^min(n, 3)) is delivered rto (2^k - 1) later, k = 1 + its retransmissions lost again
      (each with probability p; the timer doubles each time, at most 120 s). rto = max(min_rto, 3 RTT) (RFC 6298
-     after one sample, RTT as in the cap), or at least 3 s (RFC 6298's fallback) for the first message after a
-     retransmitted SYN if it transmits in less than RTT (no RTT sample has come back before its end).
+     after one sample, RTT as in the cap), or at least 3 s for the first message after a retransmitted SYN (RFC
+     6298's fallback timer; ns-3, whose estimator then takes the SYN's long round trip as a sample, keeps about
+     3 s over the message's next round trips too, and in a crowded cell the real round trip is long anyway).
      A handshake's SYN / SYN-ACK exchange fails with q = 1 - (1 - p)(1 - p_back) (p_back: the route back's loss);
      after k failures (P(k) = q^k (1 - q), at most 6) t_start = t_send + H + syn_timeout (2^k - 1). In expectation
-     a message of n packets, alone (transmitting in less than RTT) and ending its burst, pays (q, p < 1/2)
+     a message of n packets, alone and ending its burst, thus pays (q, p < 1/2)
 
          E[wait] = syn_timeout q / (1 - 2 q)  [with a handshake]  +  (1 - (1 - p)^min(n, 3)) E[rto] / (1 - 2 p),
          E[rto] = (1 - q) rto + q max(rto, 3 s)   (rto alone without a handshake)
@@ -1107,8 +1108,7 @@ class Network:
         if x is not None and x.loss and x.rtt and f.bg is None:  # FL's tail timeouts (see the module docstring)
             if not f.queue:  # the last of a burst: no later segments to trigger a fast retransmit
                 to = self._timeouts
-                fallback = x.fallback and now - tx.t_start < x.rtt  # sent before any RTT sample came back
-                t += to.tail_wait(tx.n_packets, x.loss, to.first_rto(x.rtt, fallback))
+                t += to.tail_wait(tx.n_packets, x.loss, to.first_rto(x.rtt, x.fallback))
             x.fallback = False
         if x is not None and x.jitter:
             draw = self._jitter.draw

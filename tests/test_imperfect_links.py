@@ -162,9 +162,8 @@ def test_a_short_message_pays_the_drawn_syn_and_tail_timeouts_whose_mean_is_the_
     # round(9 x 0.01 / 0.99) = 0, so t_deliver = t_send + H + W / cap + 2 ms + P / 1e8. The timeouts add
     # syn_timeout (2^k - 1) (k failed exchanges) and, the message ending its burst, rto (2^j - 1) when one of its
     # last 3 packets is lost (j = 1 + the retransmissions lost again); rto = max(200 ms, 3 RTT) = 0.2 s, or 3 s
-    # after a failed SYN (the message transmits in W / cap = 3.07 ms, less than RTT: no RTT sample before its
-    # end). The draws are replayed here from the network's generator, in the order the network makes them (seed 4:
-    # among them a backed-off tail, two failed SYNs, and a tail after a failed SYN).
+    # after a failed SYN. The draws are replayed here from the network's generator, in the order the network makes
+    # them (seed 4: among them a backed-off tail, two failed SYNs, and a tail after a failed SYN).
     w = star(45, 0.01, seed=4)
     pairs = [(i, j) for i in range(45) for j in range(45) if i != j]
     out = {}
