@@ -73,8 +73,8 @@ Loss. A route loses a packet with probability p = 1 - prod_h (1 - p_h) (each hop
      (probability 1 - (1 - p)^min(n, 3)) is delivered rto (2^k - 1) later, k = 1 + its retransmissions lost again
      (each with probability p; the timer doubles each time, at most 120 s). rto = max(min_rto, 3 RTT) (RFC 6298
      after one sample, RTT as in the cap), or at least 3 s for the first message after a retransmitted SYN (RFC
-     6298's fallback timer; ns-3, whose estimator then takes the SYN's long round trip as a sample, keeps about
-     3 s over the message's next round trips too, and in a crowded cell the real round trip is long anyway).
+     6298's fallback timer; ns-3 keeps about 3.4 s over the message's later round trips too, as if its estimator
+     had sampled the retransmitted SYN's round trip, and in a crowded cell the real round trip is long anyway).
      A handshake's SYN / SYN-ACK exchange fails with q = 1 - (1 - p)(1 - p_back) (p_back: the route back's loss);
      after k failures (P(k) = q^k (1 - q), at most 6) t_start = t_send + H + syn_timeout (2^k - 1). In expectation
      a message of n packets, alone and ending its burst, thus pays (q, p < 1/2)
