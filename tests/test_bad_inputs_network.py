@@ -444,8 +444,6 @@ def test_an_unreadable_trace_file(tmp_path, monkeypatch, capsys) -> None:
 NS3_REFUSED = {  # what the ns3 backend cannot model, each refused before the run folder (ns-3 itself is not loaded)
     "handshake-off": ("network.handshake = false: ns-3's TCP always opens a connection with a handshake; the fluid "
                       'model (network.model = "fluid") supports it', net('model = "ns3"\nhandshake = false'), ()),
-    "timeouts-off": ("network.loss_timeouts = false: ns-3's TCP always has its retransmission timers",
-                     net('model = "ns3"\nloss_timeouts = false'), ()),
     "give-up": ("network.give_up = 10 s: in the ns3 backend TCP gives up by itself",
                 net('model = "ns3"\ngive_up = "10 s"'), ()),
     "jitter-by-set": ("links c0-c1: jitter = 0.001 s: the ns3 backend has no jitter",

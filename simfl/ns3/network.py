@@ -72,8 +72,6 @@ def refuse_unsupported(topology: Topology, params: NetworkParams, media: dict[st
     """A SimflError for the first key of the scenario that the ns3 backend cannot honour (see `simfl.ns3`)."""
     if not params.handshake:
         raise _fluid_only("network.handshake = false", "ns-3's TCP always opens a connection with a handshake")
-    if not params.loss_timeouts:
-        raise _fluid_only("network.loss_timeouts = false", "ns-3's TCP always has its retransmission timers")
     if params.give_up != NetworkParams().give_up:
         raise _fluid_only(f"network.give_up = {params.give_up:g} s", "in the ns3 backend TCP gives up by itself "
                           "(15 retransmissions; see docs/ns3.md)")
