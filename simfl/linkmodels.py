@@ -27,6 +27,16 @@ the running total of its charged packets being the running total of its expected
 message alone is charged round(n p / (1 - p)) packets, and many messages are charged their expectation); each
 charged packet is a full (first) packet of the message.
 
+Timeouts (short flows): fast retransmit needs three duplicate ACKs, so a loss among a burst's last TAIL_SEGMENTS = 3
+segments (all of them for a message of fewer) waits for the retransmission timeout, and a lost SYN or SYN-ACK for
+the SYN timeout. `Timeouts` draws them, seeded: a handshake fails with q = 1 - (1 - p) (1 - p_back) per attempt
+(p, p_back: the loss there and back), so its failed attempts k are geometric, P(k) = q^k (1 - q) (at most
+SYN_RETRIES); a message's tail loses some segment with probability 1 - (1 - p)^min(n, 3), and then its timeouts k
+are 1 plus a geometric count of probability p (the retransmission lost again; at most DATA_RETRIES). k timeouts
+of a first timer T wait T (2^k - 1) (each doubles, at most RTO_MAX). In expectation (k uncapped, q, p < 1/2):
+E[2^k - 1] = q / (1 - 2 q) for a handshake, 1 / (1 - 2 p) for a tail that lost a segment. The first data timer
+is RFC 6298's after one round-trip sample R: max(min_rto, 3 R), or RTO_FALLBACK = 3 s after a retransmitted SYN.
+
 Jitter: a hop with jitter J adds to each message's delivery an extra delay drawn per message and hop, of mean J:
 uniform on [0, 2 J) or exponential (`network.jitter_distribution`).
 
@@ -49,9 +59,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["Loss", "NO_LOSS", "CapacityTrace", "read_trace", "path_loss", "mathis_cap", "expected_retransmissions",
-           "retransmitted_packets", "Jitter", "TRACE_HEADER"]
+           "retransmitted_packets", "Jitter", "Timeouts", "TRACE_HEADER"]
 
 TRACE_HEADER = "time_s,bandwidth_bps"
+TAIL_SEGMENTS = 3  # duplicate ACKs fast retransmit needs: a loss among a burst's last 3 segments waits for a timeout
+SYN_RETRIES = 6  # Linux's tcp_syn_retries
+DATA_RETRIES = 15  # Linux's tcp_retries2
+RTO_FALLBACK = 3.0  # RFC 6298 (5.7): the first data timer after a retransmitted SYN, s
+RTO_MAX = 120.0  # Linux's TCP_RTO_MAX: a backed-off timer stops doubling here, s
 MAX_TRACE_ROWS = 1_000_000
 
 
@@ -103,6 +118,47 @@ def expected_retransmissions(n_packets: int, p: float) -> float:
 def retransmitted_packets(expected_before: float, charged_before: int, expected_now: float) -> int:
     """Whole packets to charge a message: the running expectation rounded half up, less what was charged."""
     return math.floor(expected_before + expected_now + 0.5) - charged_before
+
+
+class Timeouts:
+    """Seeded draws of TCP's timeouts on a lossy route (see the module docstring): the wait of a handshake's failed
+    attempts and of a message's tail, under the timers `min_rto` and `syn_timeout` (s)."""
+
+    __slots__ = ("_rng", "min_rto", "syn_timeout")
+
+    def __init__(self, seed: int, min_rto: float, syn_timeout: float) -> None:
+        self._rng = random.Random(f"simfl tcp timeouts {seed}")  # str seeds are hashed with sha512: stable
+        self.min_rto = min_rto
+        self.syn_timeout = syn_timeout
+
+    def first_rto(self, rtt: float, after_syn_retry: bool = False) -> float:
+        """RFC 6298's first timeout after one round-trip sample R: SRTT + 4 RTTVAR = 3 R, at least min_rto (and at
+        least RTO_FALLBACK after a retransmitted SYN)."""
+        rto = max(self.min_rto, 3.0 * rtt)
+        return max(rto, RTO_FALLBACK) if after_syn_retry else rto
+
+    def syn_wait(self, q: float) -> float:
+        """The extra wait of a handshake whose attempts fail with probability q: syn_timeout (2^k - 1) after k
+        failed attempts (no draw if q = 0)."""
+        k = 0
+        while q and k < SYN_RETRIES and self._rng.random() < q:
+            k += 1
+        return _backoff(self.syn_timeout, k)
+
+    def tail_wait(self, n_packets: int, p: float, rto: float) -> float:
+        """The extra wait of a message of n packets at the end of a burst: 0 unless one of its last min(n, 3) is
+        lost (one draw), then rto (2^k - 1), k = 1 + its retransmissions lost again."""
+        if not p or not n_packets or self._rng.random() >= 1.0 - (1.0 - p) ** min(n_packets, TAIL_SEGMENTS):
+            return 0.0
+        k = 1
+        while k < DATA_RETRIES and self._rng.random() < p:
+            k += 1
+        return _backoff(rto, k)
+
+
+def _backoff(first: float, k: int) -> float:
+    """k timeouts in a row, the first of `first` s, each doubling up to RTO_MAX: first (2^k - 1) uncapped."""
+    return sum(min(first * 2.0 ** i, RTO_MAX) for i in range(k))
 
 
 class Jitter:

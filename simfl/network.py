@@ -66,6 +66,27 @@ Loss. A route loses a packet with probability p = 1 - prod_h (1 - p_h) (each hop
      total of its flow's charges being its running expectation sum n p / (1 - p) rounded half up (one message
      alone: k = round(n p / (1 - p))); each is one full first packet (P bits). Its wire_bytes, and the bits it
      transmits, grow by k P / 8, recorded as retransmitted_bytes.
+  3. adds TCP's timeouts (`network.loss_timeouts`, on by default), drawn per message from the network's own
+     generator seeded by the run's seed, in the deterministic order of handshakes and transmission ends. Fast
+     retransmit needs three duplicate ACKs, so a short flow cannot recover a loss near its end: a message that ends
+     its burst (none queued behind it when it finishes transmitting) and loses one of its last min(n, 3) packets
+     (probability 1 - (1 - p)^min(n, 3)) is delivered rto (2^k - 1) later, k = 1 + its retransmissions lost again
+     (each with probability p; the timer doubles each time, at most 120 s). rto = max(min_rto, 3 RTT) (RFC 6298
+     after one sample, RTT as in the cap), or at least 3 s for the first message after a retransmitted SYN (RFC
+     6298's fallback timer; ns-3 keeps about 3.4 s over the message's later round trips too, as if its estimator
+     had sampled the retransmitted SYN's round trip, and in a crowded cell the real round trip is long anyway).
+     A handshake's SYN / SYN-ACK exchange fails with q = 1 - (1 - p)(1 - p_back) (p_back: the route back's loss);
+     after k failures (P(k) = q^k (1 - q), at most 6) t_start = t_send + H + syn_timeout (2^k - 1). In expectation
+     a message of n packets, alone and ending its burst, thus pays (q, p < 1/2)
+
+         E[wait] = syn_timeout q / (1 - 2 q)  [with a handshake]  +  (1 - (1 - p)^min(n, 3)) E[rto] / (1 - 2 p),
+         E[rto] = (1 - q) rto + q max(rto, 3 s)   (rto alone without a handshake)
+
+     on top of the closed forms above (e.g. 9 packets, p = p_back = 1%, rto 200 ms: 20.7 + 7.8 = 28.5 ms; 5%:
+     121 + 75 = 196 ms). The timeouts add time only: retransmitted_bytes stays the expectation of 2. (which
+     counts every loss, the tail's too). Messages queued behind a waiting one are delivered after it (in order).
+     Background streams have no tail timeouts (a tcp stream's next frames follow within a timeout and trigger the
+     fast retransmit); a tcp stream's handshake has its SYN timeouts.
 
 Outages ([[faults]]). At each fault edge the routes of the flows with a message at their head are recomputed over
 the graph without the edges that are down (the same tie-break). A flow whose route changed continues with its
@@ -106,8 +127,9 @@ frame still occupied its links. A tcp stream behaves as FL's messages.
 
 Approximations: the per-packet terms (P S, and those in H and RTT) use each hop's nominal capacity (a trace's
 value at time 0); a loss model counts by its stationary rate only; bits in flight on a link that goes down are
-not lost; ACKs are never lost; a rerouted message keeps the retransmissions charged on its first route; the route
-back is that of the moment the route there was computed.
+not lost; ACKs are never lost (a SYN-ACK is); timeouts in the bulk of a long transfer (a lost fast retransmission,
+windows below 4 segments) are left to the Mathis cap; a rerouted message keeps the retransmissions charged on its
+first route; the route back is that of the moment the route there was computed.
 
 Events: one wake per instant at which something starts, ends or changes (a handshake completes, a trace changes
 while its resource is busy, a fault edge while some flow has a message at its head, a give-up), so change points
@@ -137,7 +159,7 @@ from simpy.events import Event
 
 from simfl.config import NetworkParams
 from simfl.errors import SimflError
-from simfl.linkmodels import Jitter, expected_retransmissions, mathis_cap, path_loss, retransmitted_packets
+from simfl.linkmodels import Jitter, Timeouts, expected_retransmissions, mathis_cap, path_loss, retransmitted_packets
 from simfl.linkstats import LinkStats
 from simfl.mailbox import Mailboxes
 from simfl.messages import LOST, TO_CRASHED, Message, MessageLost, packetize
@@ -276,7 +298,7 @@ class _FlowState:
     """A flow's route and transport state beyond the plain model (handshake, loss, outages, jitter)."""
 
     __slots__ = ("hops", "epoch", "jitter", "loss", "cap", "handshake_s", "connected", "doing", "start_at",
-                 "stall_id", "stuck_since", "retx_expected", "retx_charged", "counted")
+                 "stall_id", "stuck_since", "retx_expected", "retx_charged", "counted", "syn_q", "rtt", "fallback")
 
     def __init__(self) -> None:
         self.hops: tuple[Hop, ...] | None = None  # the current route (kept with [[faults]]); None: there is none
@@ -293,6 +315,9 @@ class _FlowState:
         self.retx_expected = 0.0  # retransmitted packets: running expectation and whole packets charged
         self.retx_charged = 0
         self.counted = 0  # wire bytes of the head message already counted on earlier routes
+        self.syn_q = 0.0  # probability that a SYN / SYN-ACK exchange fails (loss there or back)
+        self.rtt = 0.0  # the route's round trip (timeouts: on a lossy route with loss_timeouts)
+        self.fallback = False  # a SYN was retransmitted: the next message's first timeout is RTO_FALLBACK
 
 
 class Network:
@@ -341,6 +366,7 @@ class Network:
         self._route_info: dict[tuple[Topology, str, str], tuple] = {}  # with [[faults]]: see _route
         self._classes = False  # some flow is a control stream: rates in two classes (`_rates_classes`)
         self._bg_loss = random.Random(f"simfl background loss {seed}")  # datagram frames' loss draws
+        self._timeouts = Timeouts(seed, p.min_rto, p.syn_timeout) if self._lossy and p.loss_timeouts else None
         self._crashed: set[str] = set()  # nodes that are down (`crash`): messages reaching them fail
 
     # ------------------------------------------------------------------ public API
@@ -506,7 +532,8 @@ class Network:
         """A flow's route and what follows from it (resources, delivery terms, loss, rate cap, handshake), over
         the links that are up now. Without [[faults]] a missing route is an error."""
         x = f.x
-        hops, res, f.n_hops, f.latency, f.sf_per_bit, x.jitter, x.loss, x.handshake_s, cap = self._info(f.src, f.dst)
+        (hops, res, f.n_hops, f.latency, f.sf_per_bit, x.jitter, x.loss, x.handshake_s, cap, x.syn_q,
+         x.rtt) = self._info(f.src, f.dst)
         x.hops, x.epoch = hops, self._epoch
         if cap < math.inf and not (f.bg is not None and f.bg.datagram):  # a datagram source does not back off
             if x.cap is None:
@@ -527,26 +554,31 @@ class Network:
         return info
 
     def _derive_route(self, topo: Topology, src: str, dst: str) -> tuple:
-        """(hops or None, resources, hops, L, S, jitter means, loss, handshake time, rate cap) of a route."""
+        """(hops or None, resources, hops, L, S, jitter means, loss, handshake time, rate cap, handshake failure
+        probability, round trip: 0 without timeouts) of a route."""
         hops = topo.route_or_none(src, dst)
         if hops is None:
             if not self._faults:
                 topo.route_tuple(src, dst)  # raises: no route
-            return None, (), 0, 0.0, 0.0, (), 0.0, 0.0, math.inf
+            return None, (), 0, 0.0, 0.0, (), 0.0, 0.0, math.inf, 0.0, 0.0
         counts: dict[str, int] = {}
         for h in hops:
             counts[h.resource] = counts.get(h.resource, 0) + 1
         res = tuple([(self._res[rid], m) for rid, m in counts.items()])
         latency, sf = route_terms(hops)
         loss = path_loss(h.loss for h in hops) if self._lossy else 0.0
-        handshake = 0.0
+        handshake = syn_q = timed_rtt = 0.0
         cap = math.inf
         if self.params.handshake or loss:
             hb, full = self._header_bits, self._full_packet_bits  # the graph is undirected: there is a route back
             handshake = topo.one_way(src, dst, hb) + topo.one_way(dst, src, hb)
-            cap = mathis_cap(full, topo.one_way(src, dst, full) + topo.one_way(dst, src, hb), loss)
+            rtt = topo.one_way(src, dst, full) + topo.one_way(dst, src, hb)
+            cap = mathis_cap(full, rtt, loss)
+            if self._timeouts is not None:
+                syn_q = 1.0 - (1.0 - loss) * (1.0 - path_loss(h.loss for h in topo.route_or_none(dst, src)))
+                timed_rtt = rtt
         jitter = tuple(h.jitter_s for h in hops if h.jitter_s)
-        return hops if self._faults else (), res, len(hops), latency, sf, jitter, loss, handshake, cap
+        return hops if self._faults else (), res, len(hops), latency, sf, jitter, loss, handshake, cap, syn_q, timed_rtt
 
     def _advance(self, t: float) -> None:
         """Bring the fault state (what is down, the routes over the rest) up to time t."""
@@ -596,9 +628,15 @@ class Network:
             self._pending.append(f)
 
     def _handshake(self, f: _Flow, now: float) -> None:
+        """The handshake begins: one round trip, plus syn_timeout (2^k - 1) after k failed attempts (lossy route)."""
         x = f.x
         x.doing = _HANDSHAKE
         x.start_at = now + x.handshake_s
+        if x.syn_q:
+            wait = self._timeouts.syn_wait(x.syn_q)
+            if wait:
+                x.start_at += wait
+                x.fallback = True
         self._start_at(x.start_at, f)
 
     def _start_at(self, t: float, f: _Flow) -> None:
@@ -1067,6 +1105,11 @@ class Network:
             self._next(f, now)
             return
         t = now + f.latency + tx.packet_bits * f.sf_per_bit
+        if x is not None and x.loss and x.rtt and f.bg is None:  # FL's tail timeouts (see the module docstring)
+            if not f.queue:  # the last of a burst: no later segments to trigger a fast retransmit
+                to = self._timeouts
+                t += to.tail_wait(tx.n_packets, x.loss, to.first_rto(x.rtt, x.fallback))
+            x.fallback = False
         if x is not None and x.jitter:
             draw = self._jitter.draw
             for mean in x.jitter:

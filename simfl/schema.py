@@ -249,9 +249,12 @@ NETWORK = Table("network", (
         "TCP, finite queues, drops; needs the ns3 package)", choices=NETWORK_MODELS),
     Key("host_qdisc", STR, "fq", "ns3: the hosts' queue discipline (fq: per-flow fair queueing as Linux's "
         "fq_codel without its drops; fq_codel; fifo)", choices=HOST_QDISCS),
-    Key("min_rto", TIME, 0.2, "ns3: TCP's minimum retransmission timeout (Linux: 200 ms)", lo=0.001, hi=60.0),
+    Key("min_rto", TIME, 0.2, "TCP's minimum retransmission timeout (Linux: 200 ms)", lo=0.001, hi=60.0),
     Key("delayed_ack", TIME, 0.04, "ns3: TCP's delayed-ACK timeout (Linux: 40 ms)", lo=0.001, hi=1.0),
-    Key("syn_timeout", TIME, 1.0, "ns3: TCP's first SYN retransmission timeout (Linux: 1 s)", lo=0.001, hi=60.0),
+    Key("syn_timeout", TIME, 1.0, "TCP's first SYN retransmission timeout (Linux: 1 s)", lo=0.001, hi=60.0),
+    Key("loss_timeouts", BOOL, True, "fluid: on a lossy route a lost SYN or SYN-ACK waits syn_timeout and a lost "
+        "last segment the retransmission timeout (seeded draws per message; false: the Mathis cap and expected "
+        "retransmissions only)"),
     Key("ns3_pcap", BOOL, False, "ns3: ns-3 writes its own pcap per link direction and WiFi device (RUN/ns3-pcap)"),
 ), "packetisation of every message, the transport's handshake and give-up, and the network backend")
 

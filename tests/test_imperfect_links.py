@@ -81,7 +81,8 @@ def test_lossy_link_is_capped_at_the_mathis_rate_and_pays_its_retransmissions():
     # wire bytes 146,000 + 100 x 78 + 7,690 = 161,490.
     # Cap: RTT = (1 ms + 12,304 / 1e8) there + (1 ms + 624 / 1e8) back = 2.12928 ms;
     # 12,304 / RTT x sqrt(3 / (2 x 0.05)) = 12,304 / 2.12928e-3 x sqrt(30) = 31.65 Mbps < 100 Mbps: it binds.
-    w = pair(loss=0.05)
+    # (Without the timeouts' draws: the cap and the retransmissions alone.)
+    w = pair(loss=0.05, network={"loss_timeouts": False})
     out = {}
     send_at(w, 0.0, "a", "b", out, 0, bits=146_000 * 8)
     w.env.run()
@@ -114,7 +115,8 @@ def test_route_loss_compounds_over_hops_and_a_burst_model_counts_by_its_stationa
     # cap = 12,304 / 4.25856e-3 x sqrt(1.5 / 0.0199) = 7.932 Mbps.
     burst = {"good": 0.0, "bad": 0.5, "burst": 4, "gap": 196}
     sc = scenario([node("s", "switch"), node("a"), node("b")],
-                  [link("a", "s", burst_loss=burst), link("s", "b", burst_loss=burst)])
+                  [link("a", "s", burst_loss=burst), link("s", "b", burst_loss=burst)],
+                  network={"loss_timeouts": False})
     assert sc.links[0].loss == Loss(0.0, 0.5, 4.0, 196.0) and sc.links[0].loss.rate == pytest.approx(0.01)
     w = World(sc)
     out = {}
@@ -142,6 +144,85 @@ def test_a_capped_flow_leaves_the_rest_of_the_bottleneck_to_the_others():
     assert out["b"].t_tx == pytest.approx(W / (1e8 - cap), rel=1e-12)
     # after b ends, a is still at its cap (the link is free but the cap binds)
     assert out["a"].t_tx == pytest.approx(161_490 * 8 / cap, rel=1e-12)
+
+
+def star(n, loss, network=None, seed=0) -> World:
+    """Clients c0.. (zero-padded) around a switch s, uplinks 100 Mbps / 1 ms losing `loss` towards s (loss_up); the
+    handshake on. Route ci-s-cj: p = `loss` there and back."""
+    up = {"to": "s", "bandwidth": "100 Mbps", "latency": "1 ms", "loss_up": loss}
+    return World(scenario([node("s", "switch")], groups=[{"prefix": "c", "count": n, "uplink": up}],
+                          network={"handshake": True, **(network or {})}, seed=seed))
+
+
+def test_a_short_message_pays_the_drawn_syn_and_tail_timeouts_whose_mean_is_the_closed_form():
+    # Each of the 1,980 ordered pairs of 45 clients sends one 9-packet model, 20 s apart (alone on its path, each
+    # on a new connection). Route ci-s-cj: p = 0.01 there and back, q = 1 - 0.99^2 = 0.0199 per SYN / SYN-ACK
+    # exchange. Lossless base: H = 2 x 2 x (1 ms + 624 / 1e8) = 4.02496 ms; RTT = 2 x (1 ms + 12,304 / 1e8) +
+    # 2 x (1 ms + 624 / 1e8) = 4.25856 ms, cap = 12,304 / RTT x sqrt(150) = 35.39 Mbps (binds); retransmissions
+    # round(9 x 0.01 / 0.99) = 0, so t_deliver = t_send + H + W / cap + 2 ms + P / 1e8. The timeouts add
+    # syn_timeout (2^k - 1) (k failed exchanges) and, the message ending its burst, rto (2^j - 1) when one of its
+    # last 3 packets is lost (j = 1 + the retransmissions lost again); rto = max(200 ms, 3 RTT) = 0.2 s, or 3 s
+    # after a failed SYN. The draws are replayed here from the network's generator, in the order the network makes
+    # them (seed 4: among them a backed-off tail, two failed SYNs, and a tail after a failed SYN).
+    w = star(45, 0.01, seed=4)
+    pairs = [(i, j) for i in range(45) for j in range(45) if i != j]
+    out = {}
+    for n, (i, j) in enumerate(pairs):
+        send_at(w, n * 20.0, f"c{i:02d}", f"c{j:02d}", out, n)
+    w.env.run()
+    base = 4.02496e-3 + W / (12_304 / 4.25856e-3 * math.sqrt(150)) + 2e-3 + P / 1e8
+    rng = random.Random("simfl tcp timeouts 4")
+    extra = []
+    for n in range(len(pairs)):
+        k = 0
+        while rng.random() < 0.0199:
+            k += 1
+        wait = 1.0 * (2 ** k - 1)
+        if rng.random() < 1 - 0.99 ** 3:
+            j = 1
+            while rng.random() < 0.01:
+                j += 1
+            wait += (3.0 if k else 0.2) * (2 ** j - 1)
+        extra.append(wait)
+        m = out[n]
+        assert m.t_deliver - m.t_send == pytest.approx(base + wait, rel=1e-9), n
+        assert m.retransmitted_bytes == 0 and m.wire_bytes == W // 8
+    assert {0.2, 0.6, 1.0, 3.0, 4.0} <= {round(e, 9) for e in extra}
+    # the closed form: E = syn_timeout q / (1 - 2 q) + (1 - 0.99^3) / (1 - 2 p) x (0.2 (1 - q) + 3 q)
+    #                    = 0.0207248 + 0.029701 / 0.98 x 0.25572 = 0.0284750 s; the mean of 1,980 draws has a
+    # standard deviation of about 0.15 / sqrt(1,980) = 3.4 ms
+    assert sum(extra) / len(extra) == pytest.approx(0.0284750, abs=0.012)
+
+
+def test_timeouts_leave_lossless_routes_and_queued_messages_alone():
+    # c0's uplink loses nothing, c1's 30%: c0's message (sent first, alone) takes the lossless closed form
+    # H + W / C + L + P S although the network draws timeouts for c1's. With loss_timeouts = false c1's message
+    # takes the cap and retransmissions alone: round(9 x 0.3 / 0.7) = round(3.857) = 4 packets of 1,538 bytes,
+    # cap = 12,304 / 4.25856e-3 x sqrt(5) = 6.460 Mbps.
+    up = {"to": "s", "bandwidth": "100 Mbps", "latency": "1 ms"}
+    for timeouts in (True, False):
+        w = World(scenario([node("s", "switch"), node("a", uplink=up), node("c0", uplink=up),
+                            node("c1", uplink={**up, "loss": 0.3})],
+                           network={"handshake": True, "loss_timeouts": timeouts}))
+        out = {}
+        send_at(w, 0.0, "c0", "a", out, 0)
+        send_at(w, 1.0, "c1", "a", out, 1)
+        w.env.run()
+        assert out[0].t_deliver == pytest.approx(4.02496e-3 + W / 1e8 + 2e-3 + P / 1e8, rel=REL)
+        assert out[1].retransmitted_bytes == 4 * 1_538
+    wire = 8 * (W // 8 + 4 * 1_538)
+    assert out[1].t_deliver - 1.0 == pytest.approx(4.02496e-3 + wire / (12_304 / 4.25856e-3 * math.sqrt(5)) + 2e-3
+                                                   + P / 1e8, rel=1e-9)
+    # with the timeouts, 40 messages queued at once on a lossy route: only the last (its burst's end) may wait a
+    # tail timeout, every other one is delivered when it has finished transmitting, L + P S later
+    w = star(2, 0.3, seed=3)
+    got = {}
+    for i in range(40):
+        send_at(w, 0.0, "c0", "c1", got, i)
+    w.env.run()
+    for i in range(39):
+        assert got[i].t_deliver == pytest.approx(got[i].t_tx + 2e-3 + P / 1e8, rel=REL)
+    assert w.network.totals()["retransmitted_bytes"] == sum(got[i].retransmitted_bytes for i in range(40))
 
 
 # ------------------------------------------------------------------------------------------------------ outages
@@ -682,8 +763,9 @@ def test_same_scenario_and_seed_give_byte_identical_traces(tmp_path):
 
 def test_events_grow_with_messages_and_change_points_not_bytes(tmp_path):
     p = faulty_scenario(tmp_path)
-    small = run_scenario(load_scenario(p, ['synthetic.message_bytes="1 kB"']), tmp_path / "s", progress=False)
-    big = run_scenario(load_scenario(p, ['synthetic.message_bytes="1 MB"']), tmp_path / "b", progress=False)
+    quiet = "network.loss_timeouts=false"  # a lost SYN's 1 s would dwarf the small run's time
+    small = run_scenario(load_scenario(p, ['synthetic.message_bytes="1 kB"', quiet]), tmp_path / "s", progress=False)
+    big = run_scenario(load_scenario(p, ['synthetic.message_bytes="1 MB"', quiet]), tmp_path / "b", progress=False)
     assert big["totals"]["sim_time_s"] > 100 * small["totals"]["sim_time_s"]
     # a longer run crosses more change points (per 20 ms: 3 of the trace, 4 fault edges), never one per byte
     changes = big["totals"]["sim_time_s"] / 0.02 * 7
