@@ -144,7 +144,7 @@ from simfl.messages import LOST, TO_CRASHED, Message, MessageLost, packetize
 from simfl.topology import Edge, Hop, Resource, Topology
 from simfl.trace import TraceRecorder
 
-__all__ = ["Network", "MessageLost", "Stream", "pipeline_offsets", "route_terms"]
+__all__ = ["Network", "MessageLost", "Stream", "contention_efficiency", "pipeline_offsets", "route_terms"]
 
 _WAKE_PRIORITY = 2  # after simpy's URGENT (0) and NORMAL (1): runs when all activity of the instant is done
 _TOL = 1e-12  # relative tolerance on finish times: completions this close are handled together
@@ -153,6 +153,10 @@ _PACKETS_CACHE = 4096  # payload sizes whose packetisation Network.send keeps (r
 _EDGE, _CAPACITY, _GIVE_UP, _CRASH = range(4)
 # what a flow's head message is doing (flows of a plain network are always sending)
 _SENDING, _HANDSHAKE, _STALLED = range(3)
+# station access: eta(k) at k contending transmitters, linear in between and flat beyond (module docstring)
+ETA_POINTS = ((1, 1.0), (5, 1.0), (10, 0.83), (15, 0.81), (20, 0.74))
+_SHARE_TOL = 1e-9  # station access: a cell carrying C x eta(k) within this (relative) has its share found
+_SHARE_ROUNDS = 12  # ... found in at most this many Newton steps (then the last is kept)
 
 
 def route_terms(hops: Sequence[Hop]) -> tuple[float, float]:
@@ -167,6 +171,37 @@ def route_terms(hops: Sequence[Hop]) -> tuple[float, float]:
         if inv > inv_max:
             inv_max = inv
     return latency, inv_sum - inv_max
+
+
+def contention_efficiency(k: int) -> float:
+    """eta(k): the share of a WiFi cell's capacity that k transmitters contending for it get (`ETA_POINTS`)."""
+    k0, e0 = ETA_POINTS[0]
+    if k <= k0:
+        return e0
+    for k1, e1 in ETA_POINTS[1:]:
+        if k <= k1:
+            return e0 + (e1 - e0) * (k - k0) / (k1 - k0)
+        k0, e0 = k1, e1
+    return e0
+
+
+def _solve(a: list[list[float]], b: list[float]) -> list[float] | None:
+    """x with a x = b (Gaussian elimination, partial pivoting; a few unknowns), or None when a is singular."""
+    n = len(b)
+    m = [row[:] + [b[i]] for i, row in enumerate(a)]
+    for c in range(n):
+        p = max(range(c, n), key=lambda r: abs(m[r][c]))
+        if abs(m[p][c]) < 1e-12:
+            return None
+        m[c], m[p] = m[p], m[c]
+        for r in range(c + 1, n):
+            q = m[r][c] / m[c][c]
+            for j in range(c, n + 1):
+                m[r][j] -= q * m[c][j]
+    x = [0.0] * n
+    for c in range(n - 1, -1, -1):
+        x[c] = (m[c][n] - sum(m[c][j] * x[j] for j in range(c + 1, n))) / m[c][c]
+    return x
 
 
 def pipeline_offsets(hops: Sequence[Hop]) -> tuple[list[float], list[float]]:
@@ -342,6 +377,12 @@ class Network:
         self._classes = False  # some flow is a control stream: rates in two classes (`_rates_classes`)
         self._bg_loss = random.Random(f"simfl background loss {seed}")  # datagram frames' loss draws
         self._crashed: set[str] = set()  # nodes that are down (`crash`): messages reaching them fail
+        # station access (`network.cell_access`): the shared cells, a slot per transmitter on each (`_slot`)
+        self._station_cells = {r.id for r in topology.resources if p.cell_access == "station"
+                               and r.medium == "cell" and r.id == f"cell:{r.link}"}
+        self._slots: dict[tuple[str, str], _Res] = {}  # (cell, transmitter) -> its slot
+        self._cell_slots: dict[_Res, list[_Res]] = {}  # a cell -> its slots, in order of creation
+        self._allocate = self._rates_station if self._station_cells else self._rates
 
     # ------------------------------------------------------------------ public API
     def send(self, src: str, dst: str, *, kind: str, phase: str, round: int, payload_bits: int,
@@ -489,10 +530,7 @@ class Network:
             return flow, None
         topo = self.topology
         hops = topo.route_tuple(src, dst)
-        counts: dict[str, int] = {}
-        for h in hops:
-            counts[h.resource] = counts.get(h.resource, 0) + 1
-        res = tuple([(self._res[rid], m) for rid, m in counts.items()])
+        res = self._route_res(hops)
         latency, sf = route_terms(hops)
         flow = _Flow(len(self._flows), src, dst, res, len(hops), latency, sf)
         flow.bg = stream
@@ -533,10 +571,7 @@ class Network:
             if not self._faults:
                 topo.route_tuple(src, dst)  # raises: no route
             return None, (), 0, 0.0, 0.0, (), 0.0, 0.0, math.inf
-        counts: dict[str, int] = {}
-        for h in hops:
-            counts[h.resource] = counts.get(h.resource, 0) + 1
-        res = tuple([(self._res[rid], m) for rid, m in counts.items()])
+        res = self._route_res(hops)
         latency, sf = route_terms(hops)
         loss = path_loss(h.loss for h in hops) if self._lossy else 0.0
         handshake = 0.0
@@ -547,6 +582,33 @@ class Network:
             cap = mathis_cap(full, topo.one_way(src, dst, full) + topo.one_way(dst, src, hb), loss)
         jitter = tuple(h.jitter_s for h in hops if h.jitter_s)
         return hops if self._faults else (), res, len(hops), latency, sf, jitter, loss, handshake, cap
+
+    def _route_res(self, hops: Sequence[Hop]) -> tuple[tuple[_Res, int], ...]:
+        """The resources a route occupies, each with its occupancies m_r(f); under station access then, per shared
+        cell it crosses, the slot of each hop's transmitter (the hop's sender)."""
+        counts: dict[str, int] = {}
+        for h in hops:
+            counts[h.resource] = counts.get(h.resource, 0) + 1
+        res = [(self._res[rid], m) for rid, m in counts.items()]
+        if self._station_cells:
+            slots: dict[_Res, int] = {}
+            for h in hops:
+                if h.resource in self._station_cells:
+                    slot = self._slot(h.resource, h.src)
+                    slots[slot] = slots.get(slot, 0) + 1
+            res += slots.items()
+        return tuple(res)
+
+    def _slot(self, cell_id: str, node: str) -> _Res:
+        """The slot of transmitter `node` on shared cell `cell_id` (station access): a resource of the node's
+        share of the cell, set by `_rates_station`; its counters are in no table."""
+        slot = self._slots.get((cell_id, node))
+        if slot is None:
+            cell = self._res[cell_id]
+            slot = self._slots[(cell_id, node)] = _Res(None, self.links.extra_slot(), cell.capacity)
+            self._res_list.append(slot)
+            self._cell_slots.setdefault(cell, []).append(slot)
+        return slot
 
     def _advance(self, t: float) -> None:
         """Bring the fault state (what is down, the routes over the rest) up to time t."""
@@ -879,7 +941,7 @@ class Network:
                 f.cur.t_start = now
                 f.t_last = now
                 f.rate = 0.0
-            for f in self._rates(dirty):
+            for f in self._allocate(dirty):
                 rate = f.new_rate
                 if rate != f.rate:
                     if f.rate:
@@ -972,6 +1034,86 @@ class Network:
                         r2.wf_key = key
                         heappush(heap, (key, r2.idx))
         return flows
+
+    def _rates_station(self, dirty: dict[_Res, None]) -> list[_Flow]:
+        """`_rates` under station access (module docstring): every shared cell of the component gives each of its
+        k active transmitters' slots one share s_c, such that the cell carries C x eta(k), or less when none of
+        its slots is at its share. A cell whose transmitters changed starts from s_c = C eta(k) / k; each fill
+        (`_rates`, or `_rates_classes`, with the slots as resources) gives the cells' loads L_c, piecewise linear
+        in the shares, and Newton's step on them (`_share_step`) the next shares: a few fills find them."""
+        cells = self._cell_slots
+        for r in dirty:
+            if r in cells:
+                self._set_share(r, None)
+        flows = self._rates(dirty)
+        found = list(dict.fromkeys(r for f in flows for r, _ in f.res if r in cells))
+        for _ in range(_SHARE_ROUNDS):
+            step = self._share_step(found, flows)
+            if not step:
+                break
+            for cell, share in step.items():
+                self._set_share(cell, share)
+            self._rates(dict.fromkeys(found))  # the cells' components: among the flows of the first fill
+        return flows
+
+    def _set_share(self, cell: _Res, share: float | None) -> None:
+        """Give each slot of `cell` the share s (None: C eta(k) / k for its k active transmitters)."""
+        if share is None:
+            k = sum(1 for slot in self._cell_slots[cell] if slot.n)
+            share = cell.capacity * contention_efficiency(k) / k if k else 0.0
+        for slot in self._cell_slots[cell]:
+            slot.capacity = share
+
+    def _share_step(self, found: list[_Res], flows: list[_Flow]) -> dict[_Res, float]:
+        """Newton's step on the shares of the cells `found` after a fill: {cell: its next share} for the cells not
+        settled ({} when all are). The slope dL_c / ds_d sums, over each flow whose only bottlenecks are slots (the
+        one of them with the most occupancies u by flows bottlenecked there, in cell d), its crossings of c / u."""
+        load: dict[_Res, float] = {}
+        fastest: dict[_Res, float] = {}
+        for f in flows:
+            for r, m in f.res:
+                load[r] = load.get(r, 0.0) + m * f.new_rate
+                if f.new_rate > fastest.get(r, 0.0):
+                    fastest[r] = f.new_rate
+        row = {cell: i for i, cell in enumerate(found)}
+        of = {slot: cell for cell in found for slot in self._cell_slots[cell]}
+        share = [self._cell_slots[c][0].capacity for c in found]
+        gap, open_ = [], []
+        for i, cell in enumerate(found):
+            active = [slot for slot in self._cell_slots[cell] if slot.n]
+            target = cell.capacity * contention_efficiency(len(active))
+            gap.append(target - sum(load.get(slot, 0.0) for slot in active))
+            full = any(load.get(slot, 0.0) >= share[i] * (1.0 - _SHARE_TOL) for slot in active)
+            if abs(gap[i]) > _SHARE_TOL * target and (gap[i] < 0.0 or full):
+                open_.append(i)
+        if not open_:
+            return {}
+        slope = [[0.0] * len(found) for _ in found]
+        held: list[tuple[_Flow, list[_Res]]] = []  # the flows whose only bottlenecks are slots, and those slots
+        u: dict[_Res, int] = {}  # a slot's occupancies by the flows bottlenecked there
+        for f in flows:
+            necks = [r for r, _ in f.res if load[r] >= r.capacity * (1.0 - 1e-9) and f.new_rate >= fastest[r]
+                     * (1.0 - 1e-9)]
+            if necks and all(r in of for r in necks):
+                held.append((f, necks))
+                for r, m in f.res:
+                    if r in necks:
+                        u[r] = u.get(r, 0) + m
+        for f, necks in held:  # its rate rises with the share of its slowest-rising bottleneck
+            slot = max(necks, key=u.__getitem__)
+            d = row[of[slot]]
+            for r, m in f.res:
+                if r in row:
+                    slope[row[r]][d] += m / u[slot]
+        moved = _solve([[slope[i][j] for j in open_] for i in open_], [gap[i] for i in open_]) or [0.0] * len(open_)
+        out = {}
+        for i, delta in zip(open_, moved):
+            nxt = share[i] + delta
+            if not 0.0 < nxt < math.inf or delta == 0.0:  # no usable slope: the proportional step
+                load_i = sum(load.get(slot, 0.0) for slot in self._cell_slots[found[i]])
+                nxt = share[i] * (load_i + gap[i]) / load_i if load_i > 0.0 else share[i]
+            out[found[i]] = nxt
+        return out
 
     def _rates_classes(self, dirty: dict[_Res, None]) -> list[_Flow]:
         """`_rates` with strict priority: the control streams' flows are filled first, max-min among themselves on
