@@ -3,7 +3,8 @@
 The model (what every simulated time in a trace means)
 -----------------------------------------------------
 Resources. Each direction of a point-to-point link is a resource of capacity C (its bandwidth, bit/s); each shared
-cell (WiFi) is one resource for all of its station<->AP hops in both directions (a duplex cell: one per direction).
+cell (WiFi) is one resource for all of its station<->AP hops in both directions (a duplex cell: one per direction),
+shared per transmitter under station access (below).
 
 Flows and FIFO. The messages from one node to another form a flow. A flow transmits one message at a time, in the
 order of `send` calls: a message waits in its flow's FIFO queue until the previous one has finished transmitting
@@ -19,6 +20,35 @@ the first resource to saturate fixes its unfixed flows at that level; repeat unt
 flow cannot use because it is bottlenecked elsewhere goes to the others (a on a 10 Mbps uplink and b on a 100 Mbps
 uplink both sending to c's 100 Mbps downlink get 10 and 90 Mbps). For symmetric patterns (all-pairs, gather and
 broadcast on a star or a cell) this is the equal split R = min over hops of C_r / n_r.
+
+WiFi cells: station access (`network.cell_access = "station"`, the default; "flow": a shared cell is a resource as
+above, shared per flow crossing at its full capacity). 802.11 shares a channel per transmitter, not per flow, and
+loses airtime to collisions and backoff when many contend. So on a shared cell of capacity C (a duplex cell, a
+scheduled radio such as LTE, stays per flow):
+  1. each hop through the cell has a transmitter, its sender: a station, or the access point when it forwards to
+     a station. A station-to-station message has two: its station and the access point. k is the number of
+     transmitters with a transfer on the cell now (a flow transmitting over one of its hops);
+  2. the cell carries at most C eta(k): eta(k) = 1 for k <= 5, 0.83 at 10, 0.81 at 15, 0.74 from 20 on, linear in
+     between (`ETA_POINTS`; e.g. eta(8) = 0.898, eta(16) = 0.796), the ns-3 backend's 802.11ac cells against this
+     model with k stations uploading 500 kB each (docs/ns3.md, "WiFi cells": up to 5 contenders ns-3 was no
+     slower than C; 10: 0.91 on a 165 Mbps cell and 0.76 on a 10 Mbps one; 15: 0.81; 20 and 30: 0.73, 0.74);
+  3. transmitters first: each transmitter t is a resource of its own on its flows' routes (a slot), of capacity
+     s, one share for all transmitters of the cell, the largest with sum_t min(d_t, s) <= C eta(k), d_t what t's
+     flows would carry with no limit at its slot (their bottlenecks elsewhere): max-min between transmitters;
+  4. then flows: a transmitter's flows share its slot max-min, as flows share a link (and every other resource
+     as above). The cell resource itself (C, m_r(f) crossings) stays on the routes and never binds.
+For flows bottlenecked by the cell, k transmitters each with its n_t flows: R = C eta(k) / (k n_t). E.g. the
+access point relaying 3 flows while 2 stations upload one each (k = 3): each transmitter C / 3, a relayed flow
+C / 9, an upload C / 3 (per flow: C / 5 each). All-pairs of m stations inside a cell: the access point relays all
+m (m - 1) flows and is their bottleneck, its stations use the rest, s = C eta(m + 1) / 2 and every flow gets
+C eta(m + 1) / (2 m (m - 1)): per flow crossing at C eta(m + 1), the total work is the same. k, and so eta(k),
+change only when a transfer starts or ends on the cell, when the rates are recomputed anyway (a stalled or
+crashed flow is on no resource): events stay proportional to messages. The shares are found by a few fills of the
+progressive filling with the slots as resources: a cell whose transmitters changed starts from s = C eta(k) / k
+(which always fits), and Newton's step on the cells' loads (piecewise linear in the shares; the slope from the
+flows bottlenecked at each slot) gives the next shares, until every cell carries C eta(k) within 1e-9 or none of
+its slots is full (at most 12 steps). Left out: a station's PHY rate (all have the cell's C), the airtime of TCP
+ACKs, and the dependence of eta on the cell's rate and frame sizes.
 
 Rates change only when a transmission starts or ends, and then only for the flows of the connected component of
 the resources it uses (resources linked by the flows that cross them; every other flow's rate stays max-min fair),
