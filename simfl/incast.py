@@ -39,14 +39,16 @@ starts at the same instant (a burst that ends as the next begins does not overla
 (picoseconds) so that this holds exactly.
 
 **WiFi cells** (shared cells: one channel for every station and the access point; a duplex cell is a scheduled
-radio with a channel per direction, left out). The fluid model shares a cell's capacity C per flow crossing, at
-full capacity however many nodes transmit. 802.11 shares it per transmitter and loses airtime to collisions and
-backoff. Packet-level (ns3 backend, docs/network-model.md "WiFi contention") traffic the access point sends alone
-matched (0.83-1.09), 10-30 stations uploading at once took 1.25-1.35x the fluid time, and all-pairs inside a cell
-(the access point relays while its stations send) 1.45-3.07x. So per phase and cell a sweep over the fluid
-model's own transmissions at the cell's ports (a message from `t_start` to `t_tx`, shifted to the hop as in 4.,
-at its mean fluid rate, its wire bits / (t_tx - t_start); not the bursts above: the question here is which share
-of the channel the fluid model gives each transmitter) finds:
+radio with a channel per direction, left out). 802.11 shares a cell per transmitter and loses airtime to collisions
+and backoff. Under station access (`network.cell_access = "station"`, the default; `simfl.network`) the fluid model
+does so too, at C eta(k); under "flow" it shares C per flow crossing, at full capacity however many nodes transmit.
+Packet-level (ns3 backend, docs/network-model.md "WiFi contention") traffic the access point sends alone matched
+both (0.87-0.99); 10-30 stations uploading at once took 1.23-1.35x the per-flow time and 1.00-1.09x the station
+access time; all-pairs inside a cell (the access point relays while its stations send) 1.41-3.06x and 1.13-2.27x.
+So per phase and cell a sweep over the fluid model's own transmissions at the cell's ports (a message from
+`t_start` to `t_tx`, shifted to the hop as in 4., at its mean fluid rate, its wire bits / (t_tx - t_start); not the
+bursts above: the question here is which share of the channel the fluid model gives each transmitter) finds, under
+"flow":
 
 - **relay**: a moment when the access point transmits flows while k >= 1 of its stations also transmit, and the
   fluid model gives the access point's flows more than 1 / (k + 1) of C, one transmitter's share, which is about
@@ -58,9 +60,11 @@ of the channel the fluid model gives each transmitter) finds:
   elsewhere (stations sending into another, busier cell) uses less of the channel and is not flagged: there ns-3
   matched.
 
-Either flags the cell for that phase (`find_contention`: the worst cell per phase). Where the access point's own
-queue overflows (an "ap on cell" port above) while stations transmit, the incast warning says that it drains at
-one transmitter's share, C / (k + 1).
+Under station access the fluid model already gives the access point one transmitter's share and a crowd C eta(k):
+then only a relay while `CONTENDERS` or more stations transmit is flagged (the 1.13-2.27x that remain), and never a
+crowd. Either flags the cell for that phase (`find_contention`: the worst cell per phase). Where the access point's
+own queue overflows (an "ap on cell" port above) while k stations transmit, the incast warning says that it drains
+at one transmitter's share, C eta(k + 1) / (k + 1) (`simfl.network.contention_efficiency`).
 
 Cost: O(M log M) for M messages, vectorised; its memory is a few numpy columns per message and per port visit,
 built and swept in chunks, and released before the run writes its traces (so a run's peak memory is unchanged).
