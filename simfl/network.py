@@ -412,6 +412,8 @@ class Network:
                                and r.medium == "cell" and r.id == f"cell:{r.link}"}
         self._slots: dict[tuple[str, str], _Res] = {}  # (cell, transmitter) -> its slot
         self._cell_slots: dict[_Res, list[_Res]] = {}  # a cell -> its slots, in order of creation
+        self._slot_cell: dict[_Res, _Res] = {}  # a slot -> its cell
+        self._cell_k: dict[_Res, int] = {}  # a cell -> its active transmitters at its last rate computation
         self._allocate = self._rates_station if self._station_cells else self._rates
 
     # ------------------------------------------------------------------ public API
@@ -638,6 +640,7 @@ class Network:
             slot = self._slots[(cell_id, node)] = _Res(None, self.links.extra_slot(), cell.capacity)
             self._res_list.append(slot)
             self._cell_slots.setdefault(cell, []).append(slot)
+            self._slot_cell[slot] = cell
         return slot
 
     def _advance(self, t: float) -> None:
@@ -1068,17 +1071,23 @@ class Network:
     def _rates_station(self, dirty: dict[_Res, None]) -> list[_Flow]:
         """`_rates` under station access (module docstring): every shared cell of the component gives each of its
         k active transmitters' slots one share s_c, such that the cell carries C x eta(k), or less when none of
-        its slots is at its share. A cell whose transmitters changed starts from s_c = C eta(k) / k; each fill
+        its slots is at its share. A cell that was idle starts from s_c = C eta(k) / k, the others from their
+        shares so far; each fill
         (`_rates`, or `_rates_classes`, with the slots as resources) gives the cells' loads L_c, piecewise linear
         in the shares, and Newton's step on them (`_share_step`) the next shares: a few fills find them."""
         cells = self._cell_slots
         for r in dirty:
             if r in cells:
-                self._set_share(r, None)
+                k = sum(1 for slot in cells[r] if slot.n)
+                if not self._cell_k.get(r):  # else its shares so far are the best start
+                    self._set_share(r, None)
+                self._cell_k[r] = k
         flows = self._rates(dirty)
-        found = list(dict.fromkeys(r for f in flows for r, _ in f.res if r in cells))
+        stamp = self._stamp  # `_rates` marked the component's flows with it
+        found = [cell for cell, slots in cells.items()
+                 if any(f.mark == stamp for slot in slots if slot.n for f in slot.flows)]
         for _ in range(_SHARE_ROUNDS):
-            step = self._share_step(found, flows)
+            step = self._share_step(found)
             if not step:
                 break
             for cell, share in step.items():
@@ -1094,44 +1103,41 @@ class Network:
         for slot in self._cell_slots[cell]:
             slot.capacity = share
 
-    def _share_step(self, found: list[_Res], flows: list[_Flow]) -> dict[_Res, float]:
+    def _share_step(self, found: list[_Res]) -> dict[_Res, float]:
         """Newton's step on the shares of the cells `found` after a fill: {cell: its next share} for the cells not
-        settled ({} when all are). The slope dL_c / ds_d sums, over each flow whose only bottlenecks are slots (the
-        one of them with the most occupancies u by flows bottlenecked there, in cell d), its crossings of c / u."""
+        settled ({} when all are). The slope dL_c / ds_d sums, over each flow bottlenecked at a slot (a full one
+        where no flow is faster; of several, the one with the most occupancies u by such flows, in cell d), its
+        crossings of c / u (a flow also bottlenecked elsewhere makes it too steep: the next step corrects it)."""
         load: dict[_Res, float] = {}
-        fastest: dict[_Res, float] = {}
-        for f in flows:
-            for r, m in f.res:
-                load[r] = load.get(r, 0.0) + m * f.new_rate
-                if f.new_rate > fastest.get(r, 0.0):
-                    fastest[r] = f.new_rate
-        row = {cell: i for i, cell in enumerate(found)}
-        of = {slot: cell for cell in found for slot in self._cell_slots[cell]}
         share = [self._cell_slots[c][0].capacity for c in found]
         gap, open_ = [], []
         for i, cell in enumerate(found):
             active = [slot for slot in self._cell_slots[cell] if slot.n]
+            for slot in active:
+                load[slot] = sum(m * f.new_rate for f, m in slot.flows.items())
             target = cell.capacity * contention_efficiency(len(active))
-            gap.append(target - sum(load.get(slot, 0.0) for slot in active))
-            full = any(load.get(slot, 0.0) >= share[i] * (1.0 - _SHARE_TOL) for slot in active)
+            gap.append(target - sum(load[slot] for slot in active))
+            full = any(load[slot] >= share[i] * (1.0 - _SHARE_TOL) for slot in active)
             if abs(gap[i]) > _SHARE_TOL * target and (gap[i] < 0.0 or full):
                 open_.append(i)
         if not open_:
             return {}
+        row = {cell: i for i, cell in enumerate(found)}
         slope = [[0.0] * len(found) for _ in found]
-        held: list[tuple[_Flow, list[_Res]]] = []  # the flows whose only bottlenecks are slots, and those slots
+        necks: dict[_Flow, list[_Res]] = {}  # a flow -> the full slots where no flow is faster
         u: dict[_Res, int] = {}  # a slot's occupancies by the flows bottlenecked there
-        for f in flows:
-            necks = [r for r, _ in f.res if load[r] >= r.capacity * (1.0 - 1e-9) and f.new_rate >= fastest[r]
-                     * (1.0 - 1e-9)]
-            if necks and all(r in of for r in necks):
-                held.append((f, necks))
-                for r, m in f.res:
-                    if r in necks:
-                        u[r] = u.get(r, 0) + m
-        for f, necks in held:  # its rate rises with the share of its slowest-rising bottleneck
-            slot = max(necks, key=u.__getitem__)
-            d = row[of[slot]]
+        for i, cell in enumerate(found):
+            for slot in self._cell_slots[cell]:
+                if not slot.n or load[slot] < share[i] * (1.0 - 1e-9):
+                    continue
+                top = max(f.new_rate for f in slot.flows) * (1.0 - 1e-9)
+                for f, m in slot.flows.items():
+                    if f.new_rate >= top:
+                        necks.setdefault(f, []).append(slot)
+                        u[slot] = u.get(slot, 0) + m
+        for f, held in necks.items():  # its rate rises with the share of its slowest-rising bottleneck
+            slot = max(held, key=u.__getitem__)
+            d = row[self._slot_cell[slot]]
             for r, m in f.res:
                 if r in row:
                     slope[row[r]][d] += m / u[slot]
