@@ -46,7 +46,7 @@ change only when a transfer starts or ends on the cell, when the rates are recom
 crashed flow is on no resource): events stay proportional to messages. The shares are found by a few fills of the
 progressive filling with the slots as resources: a cell whose transmitters changed starts from s = C eta(k) / k
 (which always fits), and Newton's step on the cells' loads (piecewise linear in the shares; the slope from the
-flows bottlenecked at each slot) gives the next shares, until every cell carries C eta(k) within 1e-9 or none of
+flows bottlenecked at each slot) gives the next shares, until every cell carries C eta(k) within 1e-6 or none of
 its slots is full (at most 12 steps). Left out: a station's PHY rate (all have the cell's C), the airtime of TCP
 ACKs, and the dependence of eta on the cell's rate and frame sizes.
 
@@ -185,7 +185,7 @@ _EDGE, _CAPACITY, _GIVE_UP, _CRASH = range(4)
 _SENDING, _HANDSHAKE, _STALLED = range(3)
 # station access: eta(k) at k contending transmitters, linear in between and flat beyond (module docstring)
 ETA_POINTS = ((1, 1.0), (5, 1.0), (10, 0.83), (15, 0.81), (20, 0.74))
-_SHARE_TOL = 1e-9  # station access: a cell carrying C x eta(k) within this (relative) has its share found
+_SHARE_TOL = 1e-6  # station access: a cell carrying C x eta(k) within this (relative) has its share found
 _SHARE_ROUNDS = 12  # ... found in at most this many Newton steps (then the last is kept)
 
 
@@ -637,9 +637,11 @@ class Network:
         slot = self._slots.get((cell_id, node))
         if slot is None:
             cell = self._res[cell_id]
-            slot = self._slots[(cell_id, node)] = _Res(None, self.links.extra_slot(), cell.capacity)
+            others = self._cell_slots.setdefault(cell, [])
+            share = others[0].capacity if others else cell.capacity  # the cell's share so far
+            slot = self._slots[(cell_id, node)] = _Res(None, self.links.extra_slot(), share)
             self._res_list.append(slot)
-            self._cell_slots.setdefault(cell, []).append(slot)
+            others.append(slot)
             self._slot_cell[slot] = cell
         return slot
 

@@ -437,7 +437,7 @@ class CheckedNetwork(Network):
             if active:
                 target = cell.capacity * contention_efficiency(len(active))
                 assert len({s.capacity for s in active}) == 1
-                assert load[cell] <= target * (1 + 1e-9)
+                assert load[cell] <= target * (1 + 1e-6)
                 assert load[cell] >= target * (1 - 1e-6) or all(load[s] < s.capacity * (1 - 1e-9) for s in active)
         active = {f for r in self._res.values() for f in r.flows}
         for f in active:
