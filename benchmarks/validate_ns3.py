@@ -26,6 +26,9 @@ Cases:
   crosses the channel twice), with 100- and 10,000-packet forwarding ports (the access point's queue); and bulk
   transfers (500 kB each, 10,000-packet ports): the cell's stations to the server, and (cells of up to 15 stations)
   all-pairs among them.
+- contention (the fluid model's eta(k), `simfl.network`): k stations of the first cell of wifi-cells (k = 1 ... 15)
+  and wifi-factory (k = 1 ... 30) uploading 500 kB each to the server (10,000-packet ports), the fluid model
+  sharing the cell per flow (`network.cell_access = "flow"`): fluid / ns-3 of the last delivery is eta(k).
 - loss: `loss` 1% and 5% (each direction) on one 10 Mbps, 10 ms link (a 1 MB transfer; one model), `burst_loss`
   of the same stationary rate on it (bad state: loss 0.5, runs of 5 packets), and on wifi-cells' first cell (the
   gather into it, 10,000-packet ports); both backends with seeds 1..--seeds (the fluid model's loss-limited rate
@@ -200,6 +203,19 @@ def cell_cases(name: str, sc: Scenario) -> list[Case]:
     return out
 
 
+def contention_cases() -> list[Case]:
+    """k stations of a cell -> the server, BULK_BYTES each, BIG_BUFFER ports, the cell shared per flow crossing."""
+    out = []
+    for name, ks in (("wifi-cells.toml", (1, 2, 3, 5, 8, 10, 15)), ("wifi-factory.toml", (1, 2, 3, 5, 8, 10, 20, 30))):
+        sc = load_scenario(ROOT / "topologies" / name, ["workload=synthetic", "network.cell_access=flow"])
+        cell = sc.cells[0].name
+        inside = [c for c in sc.clients if sc.node(c).cell == cell]
+        out += [Case(f"{name}: {k} stations of cell {cell} -> server, per flow", "contention", sc,
+                     pattern_pairs("gather", inside[:k], sc.server), BULK_BYTES, Ns3Options(buffer_packets=BIG_BUFFER))
+                for k in ks]
+    return out
+
+
 def loss_cases() -> list[Case]:
     """Loss 1% and 5% (`loss`: each direction, independent): a 1 MB transfer and one model over one 10 Mbps, 10 ms
     link, the 1 MB transfer with Gilbert-Elliott burst loss of that stationary rate, and the gather into wifi-cells'
@@ -333,7 +349,7 @@ def cases(args: argparse.Namespace) -> list[Case]:
     out = [c for c in reference_cases() if wanted(c.name, c.group)]
     if args.quick:
         return out
-    out += [c for c in incast_cases() + loss_cases() if wanted(c.name, c.group)]
+    out += [c for c in incast_cases() + contention_cases() + loss_cases() if wanted(c.name, c.group)]
     fedad = wanted("fedad", "fedad")
     default = default_run(args.samples) if fedad else None
     for name, sc in networks():

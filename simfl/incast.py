@@ -39,14 +39,16 @@ starts at the same instant (a burst that ends as the next begins does not overla
 (picoseconds) so that this holds exactly.
 
 **WiFi cells** (shared cells: one channel for every station and the access point; a duplex cell is a scheduled
-radio with a channel per direction, left out). The fluid model shares a cell's capacity C per flow crossing, at
-full capacity however many nodes transmit. 802.11 shares it per transmitter and loses airtime to collisions and
-backoff. Packet-level (ns3 backend, docs/network-model.md "WiFi contention") traffic the access point sends alone
-matched (0.83-1.09), 10-30 stations uploading at once took 1.25-1.35x the fluid time, and all-pairs inside a cell
-(the access point relays while its stations send) 1.45-3.07x. So per phase and cell a sweep over the fluid
-model's own transmissions at the cell's ports (a message from `t_start` to `t_tx`, shifted to the hop as in 4.,
-at its mean fluid rate, its wire bits / (t_tx - t_start); not the bursts above: the question here is which share
-of the channel the fluid model gives each transmitter) finds:
+radio with a channel per direction, left out). 802.11 shares a cell per transmitter and loses airtime to collisions
+and backoff. Under station access (`network.cell_access = "station"`, the default; `simfl.network`) the fluid model
+does so too, at C eta(k); under "flow" it shares C per flow crossing, at full capacity however many nodes transmit.
+Packet-level (ns3 backend, docs/network-model.md "WiFi contention") traffic the access point sends alone matched
+both (0.87-0.99); 10-30 stations uploading at once took 1.23-1.35x the per-flow time and 1.00-1.09x the station
+access time; all-pairs inside a cell (the access point relays while its stations send) 1.41-3.06x and 1.13-2.27x.
+So per phase and cell a sweep over the fluid model's own transmissions at the cell's ports (a message from
+`t_start` to `t_tx`, shifted to the hop as in 4., at its mean fluid rate, its wire bits / (t_tx - t_start); not the
+bursts above: the question here is which share of the channel the fluid model gives each transmitter) finds, under
+"flow":
 
 - **relay**: a moment when the access point transmits flows while k >= 1 of its stations also transmit, and the
   fluid model gives the access point's flows more than 1 / (k + 1) of C, one transmitter's share, which is about
@@ -58,9 +60,11 @@ of the channel the fluid model gives each transmitter) finds:
   elsewhere (stations sending into another, busier cell) uses less of the channel and is not flagged: there ns-3
   matched.
 
-Either flags the cell for that phase (`find_contention`: the worst cell per phase). Where the access point's own
-queue overflows (an "ap on cell" port above) while stations transmit, the incast warning says that it drains at
-one transmitter's share, C / (k + 1).
+Under station access the fluid model already gives the access point one transmitter's share and a crowd C eta(k):
+then only a relay while `CONTENDERS` or more stations transmit is flagged (the 1.13-2.27x that remain), and never a
+crowd. Either flags the cell for that phase (`find_contention`: the worst cell per phase). Where the access point's
+own queue overflows (an "ap on cell" port above) while k stations transmit, the incast warning says that it drains
+at one transmitter's share, C eta(k + 1) / (k + 1) (`simfl.network.contention_efficiency`).
 
 Cost: O(M log M) for M messages, vectorised; its memory is a few numpy columns per message and per port visit,
 built and swept in chunks, and released before the run writes its traces (so a run's peak memory is unchanged).
@@ -80,7 +84,7 @@ import polars as pl
 
 from simfl.config import Scenario
 from simfl.messages import packetize
-from simfl.network import pipeline_offsets
+from simfl.network import contention_efficiency, pipeline_offsets
 from simfl.topology import Hop, Topology
 from simfl.units import format_rate
 
@@ -142,12 +146,12 @@ class Incast:
     @property
     def message(self) -> str:
         if self.contending:  # an access point's queue on a shared cell
-            c = self.capacity_bps
+            c, k = self.capacity_bps, self.contending + 1
             return (f"{self.phase}: the fluid model is optimistic here (cell {self.resource.removeprefix('cell:')}: "
                     f"access point {self.node} relays {self.flows:,} flows, {self.packets:,} packets in their first "
                     f"windows, into a {self.buffer:,}-packet queue while {self.contending:,} stations contend with it "
                     f"for the channel, so it drains at one transmitter's share of {_rate(c)}, about "
-                    f"{_rate(c / (self.contending + 1))}): rerun with network.model = \"ns3\" for packet-level "
+                    f"{_rate(c * contention_efficiency(k) / k)}): rerun with network.model = \"ns3\" for packet-level "
                     "timing, or give the cell a larger buffer")
         return (f"{self.phase}: the fluid model is optimistic here ({self.flows} concurrent flows into port "
                 f"{self.port}, buffer {self.buffer} packets, initial window {self.initial_window}): rerun with "
@@ -210,11 +214,17 @@ class Contention:
     load: float
     at_s: float
     cells: int
+    access: str = "flow"  # the run's network.cell_access
 
     @property
     def message(self) -> str:
         c, where = _rate(self.capacity_bps), f"cell {self.cell}" + (f", the worst of {self.cells}" * (self.cells > 1))
-        if self.kind == "relay":
+        if self.access == "station":
+            what = (f"access point {self.ap} relays {self.flows:,} flows while {self.stations:,} stations contend "
+                    f"with it for the channel; the fluid model shares it per transmitter at {min(1.0, self.load):.0%} "
+                    f"of {c}, but packet-level so crowded a cell relayed up to 2.3x slower (lost frames, the access "
+                    "point's queue)")
+        elif self.kind == "relay":
             what = (f"access point {self.ap} relays {self.flows:,} flows while {self.stations:,} stations contend "
                     "with it for the channel; 802.11 shares the channel per transmitter, so the access point gets "
                     f"about one station's share of {c}, not {self.ap_share:.0%} of it")
@@ -246,6 +256,7 @@ class _Routes:
         self.buffer_of = {ln.name: ln.buffer or default for ln in scenario.links}
         self.buffer_of.update({c.name: c.buffer or default for c in scenario.cells})
         shared = [c for c in scenario.cells if not c.duplex]
+        self.station = scenario.network.cell_access == "station"  # the fluid model shares cells per transmitter
         cap = {r.id: r.capacity_bps for r in topology.resources}
         self.cells = [(c.name, c.ap, cap[f"cell:{c.name}"]) for c in shared]  # module doc, "WiFi cells"
         self.cell_of = {f"cell:{c.name}": i for i, c in enumerate(shared)}
@@ -517,8 +528,12 @@ def _cells(v: dict[str, np.ndarray], routes: _Routes, phases: list[str], unit: f
                                                         ((~ap).astype(np.int64),))
     tr = st + (apf > 0)
     start = kind == 1
-    relay = np.where(start & (apf > 0) & (st > 0) & (apw * (st + 1) > _RATE), apw * (st + 1), -1)
-    crowd = start & (tr >= CONTENDERS) & (load > CROWD_LOAD * _RATE)
+    if routes.station:  # shared per transmitter at C eta(k): only the relay of a crowded cell (module doc)
+        relay = np.where(start & (apf > 0) & (st >= CONTENDERS), apw * (st + 1), -1)
+        crowd = np.zeros_like(start)
+    else:
+        relay = np.where(start & (apf > 0) & (st > 0) & (apw * (st + 1) > _RATE), apw * (st + 1), -1)
+        crowd = start & (tr >= CONTENDERS) & (load > CROWD_LOAD * _RATE)
 
     def moment(i: int) -> CellMoment:
         return CellMoment(int(apf[i]), int(st[i]), int(apw[i]) / _RATE, int(load[i]) / _RATE, float(t[i]) * unit)
@@ -605,7 +620,7 @@ def _worst_ports(peaks: Sequence[PortPeak], iw: int) -> list[Incast]:
                    p.capacity_bps, p.contending) for p, n in worst.values()]
 
 
-def _worst_cells(peaks: Sequence[CellPeak]) -> list[Contention]:
+def _worst_cells(peaks: Sequence[CellPeak], access: str = "flow") -> list[Contention]:
     """Per phase where some cell is flagged, its worst: a relay before a crowd, a relay by the multiple of one
     transmitter's share the access point gets, a crowd by its transmitters, then its load; then the earliest, then
     the first met."""
@@ -618,7 +633,7 @@ def _worst_cells(peaks: Sequence[CellPeak]) -> list[Contention]:
         rank = (1, m.ap_share * (m.stations + 1), 0) if c.relay else (0, m.transmitters, m.load)
         worst.setdefault(c.phase, []).append((
             (*rank, -m.at_s), Contention(c.phase, kind, c.cell, c.ap, c.capacity_bps, m.flows, m.stations,
-                                         m.ap_share, m.load, m.at_s, 0)))
+                                         m.ap_share, m.load, m.at_s, 0, access)))
     return [dataclasses.replace(max(found, key=lambda x: x[0])[1], cells=len(found)) for found in worst.values()]
 
 
@@ -628,7 +643,8 @@ def fluid_findings(messages: pl.DataFrame, topology: Topology, scenario: Scenari
     if scenario.network.model != "fluid":
         return [], []
     ports, cells = _analyse(messages, topology, scenario)
-    return _worst_ports(ports, scenario.network.initial_window), _worst_cells(cells)
+    return (_worst_ports(ports, scenario.network.initial_window),
+            _worst_cells(cells, scenario.network.cell_access))
 
 
 def find_incast(messages: pl.DataFrame, topology: Topology, scenario: Scenario) -> list[Incast]:

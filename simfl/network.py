@@ -3,7 +3,8 @@
 The model (what every simulated time in a trace means)
 -----------------------------------------------------
 Resources. Each direction of a point-to-point link is a resource of capacity C (its bandwidth, bit/s); each shared
-cell (WiFi) is one resource for all of its station<->AP hops in both directions (a duplex cell: one per direction).
+cell (WiFi) is one resource for all of its station<->AP hops in both directions (a duplex cell: one per direction),
+shared per transmitter under station access (below).
 
 Flows and FIFO. The messages from one node to another form a flow. A flow transmits one message at a time, in the
 order of `send` calls: a message waits in its flow's FIFO queue until the previous one has finished transmitting
@@ -19,6 +20,35 @@ the first resource to saturate fixes its unfixed flows at that level; repeat unt
 flow cannot use because it is bottlenecked elsewhere goes to the others (a on a 10 Mbps uplink and b on a 100 Mbps
 uplink both sending to c's 100 Mbps downlink get 10 and 90 Mbps). For symmetric patterns (all-pairs, gather and
 broadcast on a star or a cell) this is the equal split R = min over hops of C_r / n_r.
+
+WiFi cells: station access (`network.cell_access = "station"`, the default; "flow": a shared cell is a resource as
+above, shared per flow crossing at its full capacity). 802.11 shares a channel per transmitter, not per flow, and
+loses airtime to collisions and backoff when many contend. So on a shared cell of capacity C (a duplex cell, a
+scheduled radio such as LTE, stays per flow):
+  1. each hop through the cell has a transmitter, its sender: a station, or the access point when it forwards to
+     a station. A station-to-station message has two: its station and the access point. k is the number of
+     transmitters with a transfer on the cell now (a flow transmitting over one of its hops);
+  2. the cell carries at most C eta(k): eta(k) = 1 for k <= 5, 0.83 at 10, 0.81 at 15, 0.74 from 20 on, linear in
+     between (`ETA_POINTS`; e.g. eta(8) = 0.898, eta(16) = 0.796), the ns-3 backend's 802.11ac cells against this
+     model with k stations uploading 500 kB each (docs/ns3.md, "WiFi cells": up to 5 contenders ns-3 was no
+     slower than C; 10: 0.91 on a 165 Mbps cell and 0.76 on a 10 Mbps one; 15: 0.81; 20 and 30: 0.73, 0.74);
+  3. transmitters first: each transmitter t is a resource of its own on its flows' routes (a slot), of capacity
+     s, one share for all transmitters of the cell, the largest with sum_t min(d_t, s) <= C eta(k), d_t what t's
+     flows would carry with no limit at its slot (their bottlenecks elsewhere): max-min between transmitters;
+  4. then flows: a transmitter's flows share its slot max-min, as flows share a link (and every other resource
+     as above). The cell resource itself (C, m_r(f) crossings) stays on the routes and never binds.
+For flows bottlenecked by the cell, k transmitters each with its n_t flows: R = C eta(k) / (k n_t). E.g. the
+access point relaying 3 flows while 2 stations upload one each (k = 3): each transmitter C / 3, a relayed flow
+C / 9, an upload C / 3 (per flow: C / 5 each). All-pairs of m stations inside a cell: the access point relays all
+m (m - 1) flows and is their bottleneck, its stations use the rest, s = C eta(m + 1) / 2 and every flow gets
+C eta(m + 1) / (2 m (m - 1)): per flow crossing at C eta(m + 1), the total work is the same. k, and so eta(k),
+change only when a transfer starts or ends on the cell, when the rates are recomputed anyway (a stalled or
+crashed flow is on no resource): events stay proportional to messages. The shares are found by a few fills of the
+progressive filling with the slots as resources: a cell whose transmitters changed starts from s = C eta(k) / k
+(which always fits), and Newton's step on the cells' loads (piecewise linear in the shares; the slope from the
+flows bottlenecked at each slot) gives the next shares, until every cell carries C eta(k) within 1e-6 or none of
+its slots is full (at most 12 steps). Left out: a station's PHY rate (all have the cell's C), the airtime of TCP
+ACKs, and the dependence of eta on the cell's rate and frame sizes.
 
 Rates change only when a transmission starts or ends, and then only for the flows of the connected component of
 the resources it uses (resources linked by the flows that cross them; every other flow's rate stays max-min fair),
@@ -166,7 +196,7 @@ from simfl.messages import LOST, TO_CRASHED, Message, MessageLost, packetize
 from simfl.topology import Edge, Hop, Resource, Topology
 from simfl.trace import TraceRecorder
 
-__all__ = ["Network", "MessageLost", "Stream", "pipeline_offsets", "route_terms"]
+__all__ = ["Network", "MessageLost", "Stream", "contention_efficiency", "pipeline_offsets", "route_terms"]
 
 _WAKE_PRIORITY = 2  # after simpy's URGENT (0) and NORMAL (1): runs when all activity of the instant is done
 _TOL = 1e-12  # relative tolerance on finish times: completions this close are handled together
@@ -175,6 +205,10 @@ _PACKETS_CACHE = 4096  # payload sizes whose packetisation Network.send keeps (r
 _EDGE, _CAPACITY, _GIVE_UP, _CRASH = range(4)
 # what a flow's head message is doing (flows of a plain network are always sending)
 _SENDING, _HANDSHAKE, _STALLED = range(3)
+# station access: eta(k) at k contending transmitters, linear in between and flat beyond (module docstring)
+ETA_POINTS = ((1, 1.0), (5, 1.0), (10, 0.83), (15, 0.81), (20, 0.74))
+_SHARE_TOL = 1e-6  # station access: a cell carrying C x eta(k) within this (relative) has its share found
+_SHARE_ROUNDS = 12  # ... found in at most this many Newton steps (then the last is kept)
 
 
 def route_terms(hops: Sequence[Hop]) -> tuple[float, float]:
@@ -189,6 +223,37 @@ def route_terms(hops: Sequence[Hop]) -> tuple[float, float]:
         if inv > inv_max:
             inv_max = inv
     return latency, inv_sum - inv_max
+
+
+def contention_efficiency(k: int) -> float:
+    """eta(k): the share of a WiFi cell's capacity that k transmitters contending for it get (`ETA_POINTS`)."""
+    k0, e0 = ETA_POINTS[0]
+    if k <= k0:
+        return e0
+    for k1, e1 in ETA_POINTS[1:]:
+        if k <= k1:
+            return e0 + (e1 - e0) * (k - k0) / (k1 - k0)
+        k0, e0 = k1, e1
+    return e0
+
+
+def _solve(a: list[list[float]], b: list[float]) -> list[float] | None:
+    """x with a x = b (Gaussian elimination, partial pivoting; a few unknowns), or None when a is singular."""
+    n = len(b)
+    m = [row[:] + [b[i]] for i, row in enumerate(a)]
+    for c in range(n):
+        p = max(range(c, n), key=lambda r: abs(m[r][c]))
+        if abs(m[p][c]) < 1e-12:
+            return None
+        m[c], m[p] = m[p], m[c]
+        for r in range(c + 1, n):
+            q = m[r][c] / m[c][c]
+            for j in range(c, n + 1):
+                m[r][j] -= q * m[c][j]
+    x = [0.0] * n
+    for c in range(n - 1, -1, -1):
+        x[c] = (m[c][n] - sum(m[c][j] * x[j] for j in range(c + 1, n))) / m[c][c]
+    return x
 
 
 def pipeline_offsets(hops: Sequence[Hop]) -> tuple[list[float], list[float]]:
@@ -368,6 +433,14 @@ class Network:
         self._bg_loss = random.Random(f"simfl background loss {seed}")  # datagram frames' loss draws
         self._timeouts = Timeouts(seed, p.min_rto, p.syn_timeout) if self._lossy and p.loss_timeouts else None
         self._crashed: set[str] = set()  # nodes that are down (`crash`): messages reaching them fail
+        # station access (`network.cell_access`): the shared cells, a slot per transmitter on each (`_slot`)
+        self._station_cells = {r.id for r in topology.resources if p.cell_access == "station"
+                               and r.medium == "cell" and r.id == f"cell:{r.link}"}
+        self._slots: dict[tuple[str, str], _Res] = {}  # (cell, transmitter) -> its slot
+        self._cell_slots: dict[_Res, list[_Res]] = {}  # a cell -> its slots, in order of creation
+        self._slot_cell: dict[_Res, _Res] = {}  # a slot -> its cell
+        self._cell_k: dict[_Res, int] = {}  # a cell -> its active transmitters at its last rate computation
+        self._allocate = self._rates_station if self._station_cells else self._rates
 
     # ------------------------------------------------------------------ public API
     def send(self, src: str, dst: str, *, kind: str, phase: str, round: int, payload_bits: int,
@@ -515,10 +588,7 @@ class Network:
             return flow, None
         topo = self.topology
         hops = topo.route_tuple(src, dst)
-        counts: dict[str, int] = {}
-        for h in hops:
-            counts[h.resource] = counts.get(h.resource, 0) + 1
-        res = tuple([(self._res[rid], m) for rid, m in counts.items()])
+        res = self._route_res(hops)
         latency, sf = route_terms(hops)
         flow = _Flow(len(self._flows), src, dst, res, len(hops), latency, sf)
         flow.bg = stream
@@ -561,10 +631,7 @@ class Network:
             if not self._faults:
                 topo.route_tuple(src, dst)  # raises: no route
             return None, (), 0, 0.0, 0.0, (), 0.0, 0.0, math.inf, 0.0, 0.0
-        counts: dict[str, int] = {}
-        for h in hops:
-            counts[h.resource] = counts.get(h.resource, 0) + 1
-        res = tuple([(self._res[rid], m) for rid, m in counts.items()])
+        res = self._route_res(hops)
         latency, sf = route_terms(hops)
         loss = path_loss(h.loss for h in hops) if self._lossy else 0.0
         handshake = syn_q = timed_rtt = 0.0
@@ -579,6 +646,36 @@ class Network:
                 timed_rtt = rtt
         jitter = tuple(h.jitter_s for h in hops if h.jitter_s)
         return hops if self._faults else (), res, len(hops), latency, sf, jitter, loss, handshake, cap, syn_q, timed_rtt
+
+    def _route_res(self, hops: Sequence[Hop]) -> tuple[tuple[_Res, int], ...]:
+        """The resources a route occupies, each with its occupancies m_r(f); under station access then, per shared
+        cell it crosses, the slot of each hop's transmitter (the hop's sender)."""
+        counts: dict[str, int] = {}
+        for h in hops:
+            counts[h.resource] = counts.get(h.resource, 0) + 1
+        res = [(self._res[rid], m) for rid, m in counts.items()]
+        if self._station_cells:
+            slots: dict[_Res, int] = {}
+            for h in hops:
+                if h.resource in self._station_cells:
+                    slot = self._slot(h.resource, h.src)
+                    slots[slot] = slots.get(slot, 0) + 1
+            res += slots.items()
+        return tuple(res)
+
+    def _slot(self, cell_id: str, node: str) -> _Res:
+        """The slot of transmitter `node` on shared cell `cell_id` (station access): a resource of the node's
+        share of the cell, set by `_rates_station`; its counters are in no table."""
+        slot = self._slots.get((cell_id, node))
+        if slot is None:
+            cell = self._res[cell_id]
+            others = self._cell_slots.setdefault(cell, [])
+            share = others[0].capacity if others else cell.capacity  # the cell's share so far
+            slot = self._slots[(cell_id, node)] = _Res(None, self.links.extra_slot(), share)
+            self._res_list.append(slot)
+            others.append(slot)
+            self._slot_cell[slot] = cell
+        return slot
 
     def _advance(self, t: float) -> None:
         """Bring the fault state (what is down, the routes over the rest) up to time t."""
@@ -917,7 +1014,7 @@ class Network:
                 f.cur.t_start = now
                 f.t_last = now
                 f.rate = 0.0
-            for f in self._rates(dirty):
+            for f in self._allocate(dirty):
                 rate = f.new_rate
                 if rate != f.rate:
                     if f.rate:
@@ -1010,6 +1107,89 @@ class Network:
                         r2.wf_key = key
                         heappush(heap, (key, r2.idx))
         return flows
+
+    def _rates_station(self, dirty: dict[_Res, None]) -> list[_Flow]:
+        """`_rates` under station access (module docstring): every shared cell of the component gives each of its
+        k active transmitters' slots one share s_c, such that the cell carries C x eta(k), or less when none of
+        its slots is at its share. A cell that was idle starts from s_c = C eta(k) / k, the others from their
+        shares so far; each fill
+        (`_rates`, or `_rates_classes`, with the slots as resources) gives the cells' loads L_c, piecewise linear
+        in the shares, and Newton's step on them (`_share_step`) the next shares: a few fills find them."""
+        cells = self._cell_slots
+        for r in dirty:
+            if r in cells:
+                k = sum(1 for slot in cells[r] if slot.n)
+                if not self._cell_k.get(r):  # else its shares so far are the best start
+                    self._set_share(r, None)
+                self._cell_k[r] = k
+        flows = self._rates(dirty)
+        stamp = self._stamp  # `_rates` marked the component's flows with it
+        found = [cell for cell, slots in cells.items()
+                 if any(f.mark == stamp for slot in slots if slot.n for f in slot.flows)]
+        for _ in range(_SHARE_ROUNDS):
+            step = self._share_step(found)
+            if not step:
+                break
+            for cell, share in step.items():
+                self._set_share(cell, share)
+            self._rates(dict.fromkeys(found))  # the cells' components: among the flows of the first fill
+        return flows
+
+    def _set_share(self, cell: _Res, share: float | None) -> None:
+        """Give each slot of `cell` the share s (None: C eta(k) / k for its k active transmitters)."""
+        if share is None:
+            k = sum(1 for slot in self._cell_slots[cell] if slot.n)
+            share = cell.capacity * contention_efficiency(k) / k if k else 0.0
+        for slot in self._cell_slots[cell]:
+            slot.capacity = share
+
+    def _share_step(self, found: list[_Res]) -> dict[_Res, float]:
+        """Newton's step on the shares of the cells `found` after a fill: {cell: its next share} for the cells not
+        settled ({} when all are). The slope dL_c / ds_d sums, over each flow bottlenecked at a slot (a full one
+        where no flow is faster; of several, the one with the most occupancies u by such flows, in cell d), its
+        crossings of c / u (a flow also bottlenecked elsewhere makes it too steep: the next step corrects it)."""
+        load: dict[_Res, float] = {}
+        share = [self._cell_slots[c][0].capacity for c in found]
+        gap, open_ = [], []
+        for i, cell in enumerate(found):
+            active = [slot for slot in self._cell_slots[cell] if slot.n]
+            for slot in active:
+                load[slot] = sum(m * f.new_rate for f, m in slot.flows.items())
+            target = cell.capacity * contention_efficiency(len(active))
+            gap.append(target - sum(load[slot] for slot in active))
+            full = any(load[slot] >= share[i] * (1.0 - _SHARE_TOL) for slot in active)
+            if abs(gap[i]) > _SHARE_TOL * target and (gap[i] < 0.0 or full):
+                open_.append(i)
+        if not open_:
+            return {}
+        row = {cell: i for i, cell in enumerate(found)}
+        slope = [[0.0] * len(found) for _ in found]
+        necks: dict[_Flow, list[_Res]] = {}  # a flow -> the full slots where no flow is faster
+        u: dict[_Res, int] = {}  # a slot's occupancies by the flows bottlenecked there
+        for i, cell in enumerate(found):
+            for slot in self._cell_slots[cell]:
+                if not slot.n or load[slot] < share[i] * (1.0 - 1e-9):
+                    continue
+                top = max(f.new_rate for f in slot.flows) * (1.0 - 1e-9)
+                for f, m in slot.flows.items():
+                    if f.new_rate >= top:
+                        necks.setdefault(f, []).append(slot)
+                        u[slot] = u.get(slot, 0) + m
+        for f, held in necks.items():  # its rate rises with the share of its slowest-rising bottleneck
+            slot = max(held, key=u.__getitem__)
+            d = row[self._slot_cell[slot]]
+            for r, m in f.res:
+                if r in row:
+                    slope[row[r]][d] += m / u[slot]
+        moved = _solve([[slope[i][j] for j in open_] for i in open_], [gap[i] for i in open_]) or [0.0] * len(open_)
+        out = {}
+        for i, delta in zip(open_, moved):
+            nxt = share[i] + delta
+            if not 0.0 < nxt < math.inf or delta == 0.0:  # no usable slope: the proportional step
+                load_i = sum(load.get(slot, 0.0) for slot in self._cell_slots[found[i]])
+                nxt = share[i] * (load_i + gap[i]) / load_i if load_i > 0.0 else share[i]
+            out[found[i]] = nxt
+        return out
 
     def _rates_classes(self, dirty: dict[_Res, None]) -> list[_Flow]:
         """`_rates` with strict priority: the control streams' flows are filled first, max-min among themselves on

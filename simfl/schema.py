@@ -61,6 +61,8 @@ WORKLOADS = ("fedad", "synthetic")
 PATTERNS = ("allpairs", "gather", "broadcast")
 NETWORK_MODELS = ("fluid", "ns3")
 HOST_QDISCS = ("fq", "fq_codel", "fifo")  # ns3 backend: the hosts' queue discipline
+# How the fluid model shares a WiFi cell (simfl.network): per transmitter with 802.11's contention, or per flow.
+CELL_ACCESS = ("station", "flow")
 BASELINES = ("local", "ideal", "centralised")
 # What each client detects with after FedAvg: "global" = its community's final average (sent to it after the
 # last round); "last_fit" = its own last local fit, as the authors' code leaves it (Flower with evaluation off).
@@ -245,6 +247,9 @@ NETWORK = Table("network", (
         "retries, 924.6 s)", lo=0.0, hi=MAX_GIVE_UP, open_lo=True, noun="time"),
     Key("jitter_distribution", STR, "uniform", "per-hop jitter: uniform on [0, 2 x jitter), or exponential of "
         "mean jitter", choices=("uniform", "exponential")),
+    Key("cell_access", STR, "station", "fluid: how a WiFi cell (not duplex) is shared: station (802.11: per "
+        "transmitter, the access point one of them, at C x eta(k) while k contend) or flow (per flow crossing, at "
+        "C)", choices=CELL_ACCESS),
     Key("model", STR, "fluid", "the network backend: fluid (max-min fair flows, fast) or ns3 (packet-level ns-3: "
         "TCP, finite queues, drops; needs the ns3 package)", choices=NETWORK_MODELS),
     Key("host_qdisc", STR, "fq", "ns3: the hosts' queue discipline (fq: per-flow fair queueing as Linux's "

@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from simfl.config import scenario_from_dict
 from simfl.errors import SimflError
 from simfl.messages import flag_bits, ids_bits, packetize, payload_bits_of
-from simfl.network import Network, pipeline_offsets
+from simfl.network import Network, contention_efficiency, pipeline_offsets
+from simfl.schema import CELL_ACCESS
 from simfl.world import World
 
 MODEL = 12868 * 8  # payload bits of one AE-5 model
@@ -29,9 +30,9 @@ P = 12_304  # wire bits of its first packet
 REL = 1e-12
 
 
-def world(nodes, links=(), cells=(), groups=(), headers=True, handshake=False) -> World:
+def world(nodes, links=(), cells=(), groups=(), headers=True, handshake=False, access="station") -> World:
     sc = scenario_from_dict({"name": "t", "workload": "synthetic",
-                             "network": {"headers": headers, "handshake": handshake},
+                             "network": {"headers": headers, "handshake": handshake, "cell_access": access},
                              "nodes": list(nodes), "links": list(links), "cells": list(cells),
                              "node_groups": list(groups)})
     return World(sc)
@@ -216,13 +217,78 @@ def test_same_flow_one_link_back_to_back():
     assert out[2].t_deliver == pytest.approx(0.0031712, rel=REL)
 
 
-def wifi(k: int) -> World:
-    # one cell (50 Mbps shared, 2 ms per hop) with k stations; ap1 and server wired to s1 at 1 Gbps / 0.5 ms
+def wifi(k: int, access: str = "station", srv_bw: str = "1 Gbps", cell: dict | None = None) -> World:
+    # one cell (50 Mbps shared, 2 ms per hop) with k stations; ap1, the server and clients x, y wired to s1 at
+    # 1 Gbps / 0.5 ms (the server at srv_bw)
     return world([switch("s1"), switch("ap1", to="s1", bw="1 Gbps", lat="0.5 ms", kind="ap"),
-                  {"name": "srv", "kind": "server", "uplink": {"to": "s1", "bandwidth": "1 Gbps",
-                                                               "latency": "0.5 ms"}}],
-                 cells=[{"name": "cell1", "ap": "ap1", "bandwidth": "50 Mbps", "latency": "2 ms"}],
-                 groups=[{"prefix": "w", "count": k, "cell": "cell1"}])
+                  {"name": "srv", "kind": "server", "uplink": {"to": "s1", "bandwidth": srv_bw,
+                                                               "latency": "0.5 ms"}},
+                  client("x", to="s1", bw="1 Gbps", lat="0.5 ms"), client("y", to="s1", bw="1 Gbps", lat="0.5 ms")],
+                 cells=[cell or {"name": "cell1", "ap": "ap1", "bandwidth": "50 Mbps", "latency": "2 ms"}],
+                 groups=[{"prefix": "w", "count": k, "cell": "cell1"}], access=access)
+
+
+def transmissions_end(w: World, pairs) -> dict:
+    """Send one model per (src, dst) pair at t = 0; run; {(src, dst): t_tx} (when its transmission ended)."""
+    out = {}
+    for pair in pairs:
+        send_at(w, 0.0, *pair, out=out, key=pair)
+    w.env.run()
+    return {pair: msg.t_tx for pair, msg in out.items()}
+
+
+def test_contention_efficiency_table():
+    # eta(k): 1 up to 5 transmitters, then linear between the measured points (10, 0.83), (15, 0.81), (20, 0.74),
+    # flat beyond: eta(8) = 1 - 0.17 x 3/5 = 0.898, eta(12) = 0.83 - 0.02 x 2/5 = 0.822
+    assert [contention_efficiency(k) for k in (1, 2, 5, 10, 15, 20, 100)] == [1.0, 1.0, 1.0, 0.83, 0.81, 0.74, 0.74]
+    assert contention_efficiency(8) == pytest.approx(0.898, rel=REL)
+    assert contention_efficiency(12) == pytest.approx(0.822, rel=REL)
+
+
+@pytest.mark.parametrize("access", CELL_ACCESS)
+def test_wifi_access_point_is_one_transmitter(access):
+    # srv sends to w0, w1, w2 (the access point transmits 3 flows) while w3 and w4 upload to srv.
+    # station: 3 transmitters (eta = 1), 50/3 Mbps each: the uploads at 50/3 end at 3 W / 5e7 = 0.0065136, having
+    # sent W; the relayed flows ran at 50/9 (sent W/3), then alone at 50/3 each: + 2 W / 5e7 -> W / 1e7 = 0.010856.
+    # flow: 5 crossings at 10 Mbps each: all end at W / 1e7 = 0.010856.
+    down = [("srv", f"w{i}") for i in range(3)]
+    up = [("w3", "srv"), ("w4", "srv")]
+    t = transmissions_end(wifi(5, access), down + up)
+    uploads = 3 * W / 5e7 if access == "station" else W / 1e7
+    for pair in down:
+        assert t[pair] == pytest.approx(W / 1e7, rel=REL)
+    for pair in up:
+        assert t[pair] == pytest.approx(uploads, rel=REL)
+
+
+@pytest.mark.parametrize("access", CELL_ACCESS)
+def test_wifi_contenders_share_c_eta_k(access):
+    # 10 stations upload at once. station: C eta(10) = 50 x 0.83 = 41.5 Mbps, 4.15 each: W / 4.15e6; flow: W / 5e6.
+    t = transmissions_end(wifi(10, access), [(f"w{i}", "srv") for i in range(10)])
+    rate = 4.15e6 if access == "station" else 5e6
+    assert list(t.values()) == pytest.approx([W / rate] * 10, rel=REL)
+
+
+@pytest.mark.parametrize("access", CELL_ACCESS)
+def test_wifi_share_left_by_a_transmitter_bottlenecked_elsewhere(access):
+    # srv (10 Mbps uplink) sends to w0 and w1: 5 Mbps each, bottlenecked there, so the access point uses 10 of the
+    # cell; w2 sends to x and y, w3 to x. station: 3 transmitters (eta = 1), the access point's 10 and s for each
+    # other: 10 + 2 s = 50, s = 20: w2's flows 10 each, w3's 20; w3 ends at W / 2e7 = 0.005428; then w2 has
+    # 40 (20 each) for its remaining W / 2: + W / 4e7 = 0.008142. flow: (50 - 10) / 3 each for w2's and w3's flows:
+    # all end at 3 W / 4e7 = 0.008142. The relayed flows end at W / 5e6 = 0.021712 in both.
+    pairs = [("srv", "w0"), ("srv", "w1"), ("w2", "x"), ("w2", "y"), ("w3", "x")]
+    t = transmissions_end(wifi(4, access, srv_bw="10 Mbps"), pairs)
+    assert t[("srv", "w0")] == t[("srv", "w1")] == pytest.approx(W / 5e6, rel=REL)
+    assert t[("w2", "x")] == t[("w2", "y")] == pytest.approx(3 * W / 4e7, rel=REL)
+    assert t[("w3", "x")] == pytest.approx(W / 2e7 if access == "station" else 3 * W / 4e7, rel=REL)
+
+
+def test_wifi_duplex_cell_stays_shared_per_flow():
+    # a duplex cell (a scheduled radio, 30 Mbps up): w0 -> srv, w1 -> srv and w1 -> x are 3 crossings of the up
+    # channel at 10 Mbps each (per transmitter, w0 would get 15): all end at W / 1e7, under station access too.
+    duplex = {"name": "cell1", "ap": "ap1", "bandwidth_up": "30 Mbps", "bandwidth_down": "30 Mbps"}
+    t = transmissions_end(wifi(2, cell=duplex), [("w0", "srv"), ("w1", "srv"), ("w1", "x")])
+    assert list(t.values()) == pytest.approx([W / 1e7] * 3, rel=REL)
 
 
 def test_wifi_cell_shared_by_its_stations():
@@ -349,7 +415,9 @@ def test_compute_time_from_profile():
 class CheckedNetwork(Network):
     """Checks after every batch of rate changes that no resource carries more than its capacity, and that the rates
     are max-min fair: every transmitting flow is bottlenecked, i.e. some resource on its route is saturated and no
-    flow on that resource runs faster than it."""
+    flow on that resource runs faster than it. Under station access the resources include each transmitter's slot
+    on a cell, and each cell must give its active slots one share s, carry at most C eta(k), and carry exactly that
+    unless no slot is at its share (module docstring of simfl.network)."""
 
     max_load = 0.0
     checked_flows = 0
@@ -358,16 +426,24 @@ class CheckedNetwork(Network):
         super()._process(event)
         load = {}
         fastest = {}
-        for r in self._res.values():
+        for r in self._res_list:
             load[r] = sum(m * f.rate for f, m in r.flows.items())
             fastest[r] = max((f.rate for f in r.flows), default=0.0)
-            assert load[r] <= r.capacity * (1 + 1e-9), (r.spec.id, load[r], r.capacity)
-            CheckedNetwork.max_load = max(CheckedNetwork.max_load, load[r] / r.capacity)
+            assert load[r] <= r.capacity * (1 + 1e-9), (r.idx, load[r], r.capacity)
+            if r.spec is not None:
+                CheckedNetwork.max_load = max(CheckedNetwork.max_load, load[r] / r.capacity)
+        for cell, slots in self._cell_slots.items():
+            active = [s for s in slots if s.n]
+            if active:
+                target = cell.capacity * contention_efficiency(len(active))
+                assert len({s.capacity for s in active}) == 1
+                assert load[cell] <= target * (1 + 1e-6)
+                assert load[cell] >= target * (1 - 1e-6) or all(load[s] < s.capacity * (1 - 1e-9) for s in active)
         active = {f for r in self._res.values() for f in r.flows}
         for f in active:
             assert f.rate > 0.0, (f.src, f.dst)
             assert any(load[r] >= r.capacity * (1 - 1e-9) and f.rate >= fastest[r] * (1 - 1e-9) for r, _ in f.res), \
-                (f.src, f.dst, f.rate, [(r.spec.id, load[r], r.capacity, fastest[r]) for r, _ in f.res])
+                (f.src, f.dst, f.rate, [(r.idx, load[r], r.capacity, fastest[r]) for r, _ in f.res])
         CheckedNetwork.checked_flows += len(active)
 
 
@@ -396,15 +472,16 @@ def random_case(draw):
     msgs = [(f"c{a}", f"c{b}", t, bits) for a, b, t, bits in msgs if a != b]
     headers = draw(st.booleans())
     handshake = draw(st.booleans())
-    return nodes, cells, msgs, headers, handshake
+    access = draw(st.sampled_from(CELL_ACCESS))
+    return nodes, cells, msgs, headers, handshake, access
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(random_case())
 def test_invariants_over_random_topologies(case):
-    nodes, cells, msgs, headers, handshake = case
-    sc = scenario_from_dict({"workload": "synthetic", "network": {"headers": headers, "handshake": handshake},
-                             "nodes": nodes, "cells": cells})
+    nodes, cells, msgs, headers, handshake, access = case
+    sc = scenario_from_dict({"workload": "synthetic", "nodes": nodes, "cells": cells,
+                             "network": {"headers": headers, "handshake": handshake, "cell_access": access}})
     w = World(sc)
     w.network = net = CheckedNetwork(w.env, w.topology, sc.network, w.recorder)
     for src, dst, t, bits in msgs:

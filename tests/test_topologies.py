@@ -9,8 +9,11 @@ station-to-station message crosses twice) needs its W bits on it, and its last b
 to travel; and no message starts before its pair's TCP handshake, a header-only packet (78 bytes = 624 bits) there
 and one back, each alone on its path: H = 2 x sum over the hops (latency + 624 / C_h) on a symmetric route. So a
 pattern in which m crossings share C cannot end before H + m x W / C + (the least latency of a route through C),
-with H the least handshake of the pairs whose messages cross C. Each case below names the capacity that binds,
-with m, C, the latency and H worked out from the TOML file.
+with H the least handshake of the pairs whose messages cross C. A WiFi cell (`network.cell_access = "station"`, the
+default) carries C x eta(k) while k transmitters (stations, and the access point when it relays) contend: eta(k) is 1
+up to 5, then 0.83 at 10, 0.81 at 15, 0.74 from 20, linear in between (simfl/network.py), so there the bound has
+C x eta(k). Each case below names the capacity that binds, with m, C, k, the latency and H worked out from the
+TOML file.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ class Cut:
     pair: tuple[str, str]
     handshake: float  # H of that pair (the least of the pairs crossing C)
     outage: float = 0.0  # seconds C is down while its messages wait for it
+    eta: float = 1.0  # a cell's contention efficiency eta(k) for its k transmitters
 
     @property
     def resource(self) -> str:
@@ -55,7 +59,7 @@ class Cut:
 
     @property
     def bound(self) -> float:
-        return self.handshake + self.m * W / self.capacity + self.latency + self.outage
+        return self.handshake + self.m * W / (self.capacity * self.eta) + self.latency + self.outage
 
 
 # paper-90 and the files that extend it: 90 clients on 100 Mbps / 0.5 ms ports of s1, server on 1 Gbps / 0.5 ms.
@@ -71,13 +75,15 @@ HAND: dict[str, tuple[Cut, Cut]] = {  # stem -> (all-pairs cut, gather cut)
     "default": _PAPER,
     "allpairs-90": _PAPER,
     # 3 cells of 30 at 65 Mbps, 2 ms per radio hop, APs and server on 1 Gbps / 0.5 ms.
-    # all-pairs: cell1 carries 30 x 29 station-to-station messages twice and 30 x 60 out + 60 x 30 in:
-    #   5,340 W / 65 Mbps + 2 x 2 ms (c1-00 > ap1 > c1-01) = 8.9226 s; H = 2 x 2 x (2 ms + 624 / 65e6) = 8.0384 ms
-    #   (a pair in two cells has a longer one).
-    # gather: 30 per cell: 30 W / 65 Mbps (50.1 ms; the server's 90 W / 1 Gbps is 9.8 ms) + 2 + 0.5 + 0.5 ms;
-    #   H = 2 x (3 ms + 624 / 65e6 + 2 x 624 / 1e9) = 6.021696 ms.
-    "wifi-factory": (Cut("cell1", "ap1", "*", 65e6, 2 * 30 * 29 + 2 * 30 * 60, 4.0e-3, ("c1-00", "c1-01"), 8.0384e-3),
-                     Cut("cell1", "ap1", "*", 65e6, 30, 3.0e-3, ("c1-00", "server"), 6.021696e-3)),
+    # all-pairs: cell1 carries 30 x 29 station-to-station messages twice and 30 x 60 out + 60 x 30 in, its 30
+    #   stations and its access point contend (eta(31) = 0.74): 5,340 W / (65 Mbps x 0.74) + 2 x 2 ms
+    #   (c1-00 > ap1 > c1-01) = 12.056 s; H = 2 x 2 x (2 ms + 624 / 65e6) = 8.0384 ms (a pair in two cells has a
+    #   longer one).
+    # gather: 30 stations per cell (eta(30) = 0.74): 30 W / (65 Mbps x 0.74) (67.7 ms; the server's 90 W / 1 Gbps
+    #   is 9.8 ms) + 2 + 0.5 + 0.5 ms; H = 2 x (3 ms + 624 / 65e6 + 2 x 624 / 1e9) = 6.021696 ms.
+    "wifi-factory": (Cut("cell1", "ap1", "*", 65e6, 2 * 30 * 29 + 2 * 30 * 60, 4.0e-3, ("c1-00", "c1-01"), 8.0384e-3,
+                         eta=0.74),
+                     Cut("cell1", "ap1", "*", 65e6, 30, 3.0e-3, ("c1-00", "server"), 6.021696e-3, eta=0.74)),
     # 3 access switches of 30 clients (100 Mbps), 1 Gbps uplinks to core, server on 1 Gbps, 0.1 ms per hop.
     # all-pairs: sw1 > core carries 30 x 60 messages: 1,800 W / 1 Gbps = 195.4 ms (a client port: 89 W / 100 Mbps =
     #   96.6 ms), + 4 x 0.1 ms (c00 > sw1 > core > sw2 > c30); H = 2 x (0.4 ms + 624 x (2 / 1e8 + 2 / 1e9)) =
@@ -92,14 +98,15 @@ HAND: dict[str, tuple[Cut, Cut]] = {  # stem -> (all-pairs cut, gather cut)
                     Cut("server-core", "core", "server", 10e9, 90, 0.3e-3, ("c00", "server"), 0.6014976e-3)),
     # 6 cells of 15 at 165 Mbps, 2 ms per radio hop; APs and server on 1 Gbps / 0.1 ms; cell6 is down from 1 s
     # to 1.5 s (its [[faults]] entry).
-    # all-pairs: every cell carries 2 x 15 x 14 + 2 x 15 x 75 = 2,670 crossings: 1.7567 s; cell6's wait 0.5 s for
-    #   its outage: + 0.5 s + 2 x 2 ms; H = 2 x 2 x (2 ms + 624 / 165e6) = 8.0151273 ms.
-    # gather (over in ms, before the outage): 15 per cell: 15 W / 165 Mbps = 9.87 ms (the server port's
-    #   90 W / 1 Gbps = 9.77 ms, just less) + 2 + 0.1 + 0.1 ms; H = 2 x (2.2 ms + 624 / 165e6 + 2 x 624 / 1e9) =
-    #   4.4100596 ms.
+    # all-pairs: every cell carries 2 x 15 x 14 + 2 x 15 x 75 = 2,670 crossings, its 15 stations and its access
+    #   point contend (eta(16) = 0.81 - 0.07 / 5 = 0.796): 2.2069 s; cell6's wait 0.5 s for its outage: + 0.5 s +
+    #   2 x 2 ms; H = 2 x 2 x (2 ms + 624 / 165e6) = 8.0151273 ms.
+    # gather (over in ms, before the outage): 15 stations per cell (eta(15) = 0.81): 15 W / (165 Mbps x 0.81) =
+    #   12.18 ms (the server port's 90 W / 1 Gbps = 9.77 ms, less) + 2 + 0.1 + 0.1 ms;
+    #   H = 2 x (2.2 ms + 624 / 165e6 + 2 x 624 / 1e9) = 4.4100596 ms.
     "wifi-cells": (Cut("cell6", "ap6", "*", 165e6, 2 * 15 * 14 + 2 * 15 * 75, 4.0e-3, ("c75", "c76"),
-                       8.015127273e-3, outage=0.5),
-                   Cut("cell1", "ap1", "*", 165e6, 15, 2.2e-3, ("c00", "server"), 4.410059636e-3)),
+                       8.015127273e-3, outage=0.5, eta=0.796),
+                   Cut("cell1", "ap1", "*", 165e6, 15, 2.2e-3, ("c00", "server"), 4.410059636e-3, eta=0.81)),
     # 10 cells of 9 on 100 Mbps ports, cell switches on 1 Gbps, edge on 10 Gbps, WAN to the cloud 50 Mbps up and
     # 250 Mbps down, 15 ms.
     # all-pairs: a client port carries 89: 89 W / 100 Mbps = 96.6 ms (a cell switch uplink: 9 x 81 W / 1 Gbps =
@@ -113,13 +120,14 @@ HAND: dict[str, tuple[Cut, Cut]] = {  # stem -> (all-pairs cut, gather cut)
     # server on 1 Gbps / 0.1 ms. The loss costs no bytes here: a model is 9 packets, and 9 p / (1 - p) rounds to 0
     # retransmitted packets for p = 1.06% and for the 2.1% of two radio hops; and the loss-limited rates are above
     # the fair shares (a radio gather flow's cap: 5.6 Mbps > 1 Mbps).
-    # all-pairs: radio1 carries 2 x 10 x 9 + 2 x 10 x 80 = 1,780 crossings: 19.32 s + 2 x 12 ms;
-    #   H = 2 x 2 x (12 ms + 624 / 1e7) = 48.2496 ms.
-    # gather: 10 per cell: 10 W / 10 Mbps = 108.6 ms + 12 + 3 x 0.1 ms = 120.9 ms;
+    # all-pairs: radio1 carries 2 x 10 x 9 + 2 x 10 x 80 = 1,780 crossings, its 10 stations and its base station
+    #   contend (eta(11) = 0.83 - 0.02 / 5 = 0.826): 23.39 s + 2 x 12 ms; H = 2 x 2 x (12 ms + 624 / 1e7) =
+    #   48.2496 ms.
+    # gather: 10 stations per cell (eta(10) = 0.83): 10 W / (10 Mbps x 0.83) = 130.8 ms + 12 + 3 x 0.1 ms;
     #   H = 2 x (12.3 ms + 624 / 1e7 + 3 x 624 / 1e9) = 24.728544 ms.
     "constrained-plant": (Cut("radio1", "bs1", "*", 10e6, 2 * 10 * 9 + 2 * 10 * 80, 24e-3, ("c00", "c01"),
-                              48.2496e-3),
-                          Cut("radio1", "bs1", "*", 10e6, 10, 12.3e-3, ("c00", "server"), 24.728544e-3)),
+                              48.2496e-3, eta=0.826),
+                          Cut("radio1", "bs1", "*", 10e6, 10, 12.3e-3, ("c00", "server"), 24.728544e-3, eta=0.83)),
 }
 
 # the shipped networks of docs/network-model.md ("The shipped networks")
