@@ -334,8 +334,9 @@ class Hub {
 
     // queue: 0 = forwarding node (drop-tail device queue of `buffer` packets, no queue disc; on WiFi, see below);
     // hosts keep a 1-packet device queue under a queue disc: 1 = FIFO of 1000 packets, 2 = fq_codel's fair
-    // queueing with its drop law off (target 1000 s), 3 = fq_codel as configured by default. With `prio`, every
-    // point-to-point port has a 1-packet device queue under a strict-priority queue disc (SetupPrio).
+    // queueing with its drop law off (target 1000 s), 3 = fq_codel as configured by default; 4 = a duplex cell's
+    // channel (its base station's scheduler): fair queueing between flows as 2, `buffer` packets in all. With
+    // `prio`, every point-to-point port has a 1-packet device queue under a strict-priority queue disc (SetupPrio).
     void SetupQueue(uint32_t di, uint32_t queue, uint32_t buffer)
     {
         Ptr<NetDevice> d = devs[di].dev;
@@ -357,6 +358,9 @@ class Hub {
             tch.SetRootQueueDisc("ns3::FifoQueueDisc", "MaxSize", QueueSizeValue(QueueSize("1000p")));
         } else if (queue == 2) {
             tch.SetRootQueueDisc("ns3::FqCoDelQueueDisc", "Target", StringValue("1000s"));
+        } else if (queue == 4) {
+            tch.SetRootQueueDisc("ns3::FqCoDelQueueDisc", "Target", StringValue("1000s"), "MaxSize",
+                                 QueueSizeValue(QueueSize(QueueSizeUnit::PACKETS, buffer)));
         } else {
             tch.SetRootQueueDisc("ns3::FqCoDelQueueDisc");
         }
@@ -373,10 +377,13 @@ class Hub {
         uint16_t h = tch.SetRootQueueDisc("ns3::PrioQueueDisc", "Priomap",
                                           StringValue("1 1 1 1 1 1 0 1 1 1 1 1 1 1 1 1"));
         TrafficControlHelper::ClassIdList cls = tch.AddQueueDiscClasses(h, 2, "ns3::QueueDiscClass");
-        QueueSize own(QueueSizeUnit::PACKETS, queue == 0 ? buffer : 1000);
+        QueueSize own(QueueSizeUnit::PACKETS, queue == 0 || queue == 4 ? buffer : 1000);
         tch.AddChildQueueDisc(h, cls[0], "ns3::FifoQueueDisc", "MaxSize", QueueSizeValue(own));
         if (queue == 2) {
             tch.AddChildQueueDisc(h, cls[1], "ns3::FqCoDelQueueDisc", "Target", StringValue("1000s"));
+        } else if (queue == 4) {
+            tch.AddChildQueueDisc(h, cls[1], "ns3::FqCoDelQueueDisc", "Target", StringValue("1000s"), "MaxSize",
+                                  QueueSizeValue(own));
         } else if (queue == 3) {
             tch.AddChildQueueDisc(h, cls[1], "ns3::FqCoDelQueueDisc");
         } else {
