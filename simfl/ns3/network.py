@@ -148,7 +148,7 @@ class _Flow:
         self.conn = -1  # its TCP connection, or for a datagram stream its UDP stream
         self.background = stream is not None  # a [[traffic]] stream's own flow: its frames go to no inbox
         self.datagram = stream is not None and stream.datagram  # UDP
-        self.control = stream is not None and stream.control  # strict priority (IP ToS 0x10)
+        self.control = stream is not None and stream.control  # strict priority (IP ToS 0xb8, DSCP EF)
 
 
 class _Tx:
@@ -168,20 +168,9 @@ class _Tx:
         self.flow = flow
 
 
-def refuse_traffic(topology: Topology, scenario: Scenario) -> None:
-    """A SimflError for a control-priority [[traffic]] flow through a cell (the ns3 backend's WiFi cells have no
-    strict priority)."""
-    for i, t in enumerate(scenario.traffic):
-        cell = next((h.link for h in topology.route_tuple(t.src, t.dst) if h.medium == "cell"), None)
-        if t.priority == "control" and cell is not None:
-            raise _fluid_only(f"traffic[{i}] ({t.name}): priority = \"control\" through cell {cell}", "the ns3 "
-                              "backend's WiFi cells have no strict priority (one queue per transmitter)")
-
-
 def refuse_scenario(topology: Topology, scenario: Scenario) -> None:
     """Everything of a scenario that the ns3 backend refuses, without building its network: `refuse_unsupported`
-    (network keys, links and cells) and `refuse_traffic`, in the order the backend meets them when it is built."""
-    refuse_traffic(topology, scenario)
+    (network keys, links and cells; its [[traffic]] runs whatever its priority)."""
     refuse_unsupported(topology, scenario.network, {m.name: m for m in (*scenario.links, *scenario.cells)})
 
 
@@ -264,9 +253,8 @@ class Ns3Network:
                      recorder: TraceRecorder | None = None, *, options: Ns3Options | None = None,
                      pcap_dir: str | Path | None = None) -> Ns3Network:
         """The scenario's network in ns-3 (its seed, links and cells; strict-priority ports when a [[traffic]] flow
-        has control priority); a SimflError for what ns-3 cannot honour (`refuse_traffic` here, `refuse_unsupported`
-        in the constructor)."""
-        refuse_traffic(topology, scenario)
+        has control priority); a SimflError for what ns-3 cannot honour (`refuse_unsupported`, in the
+        constructor)."""
         return cls(env, topology, scenario.network, recorder, seed=scenario.seed, options=options,
                    pcap_dir=pcap_dir, media=(*scenario.links, *scenario.cells),
                    priority=any(t.priority == "control" for t in scenario.traffic))
