@@ -335,7 +335,8 @@ class Hub {
     // queue: 0 = forwarding node (drop-tail device queue of `buffer` packets, no queue disc; on WiFi, see below);
     // hosts keep a 1-packet device queue under a queue disc: 1 = FIFO of 1000 packets, 2 = fq_codel's fair
     // queueing with its drop law off (target 1000 s), 3 = fq_codel as configured by default; 4 = a duplex cell's
-    // channel (its base station's scheduler): fair queueing between flows as 2, `buffer` packets in all. With
+    // channel (its base station's scheduler): fair queueing between flows as 2, `buffer` packets in all, a full
+    // queue dropping one packet of the longest flow queue (not fq_codel's batch of up to 64). With
     // `prio`, every point-to-point port has a 1-packet device queue under a strict-priority queue disc (SetupPrio).
     void SetupQueue(uint32_t di, uint32_t queue, uint32_t buffer)
     {
@@ -360,7 +361,8 @@ class Hub {
             tch.SetRootQueueDisc("ns3::FqCoDelQueueDisc", "Target", StringValue("1000s"));
         } else if (queue == 4) {
             tch.SetRootQueueDisc("ns3::FqCoDelQueueDisc", "Target", StringValue("1000s"), "MaxSize",
-                                 QueueSizeValue(QueueSize(QueueSizeUnit::PACKETS, buffer)));
+                                 QueueSizeValue(QueueSize(QueueSizeUnit::PACKETS, buffer)), "DropBatchSize",
+                                 UintegerValue(1));
         } else {
             tch.SetRootQueueDisc("ns3::FqCoDelQueueDisc");
         }
@@ -384,7 +386,7 @@ class Hub {
             tch.AddChildQueueDisc(h, cls[1], "ns3::FqCoDelQueueDisc", "Target", StringValue("1000s"));
         } else if (queue == 4) {
             tch.AddChildQueueDisc(h, cls[1], "ns3::FqCoDelQueueDisc", "Target", StringValue("1000s"), "MaxSize",
-                                  QueueSizeValue(own));
+                                  QueueSizeValue(own), "DropBatchSize", UintegerValue(1));
         } else if (queue == 3) {
             tch.AddChildQueueDisc(h, cls[1], "ns3::FqCoDelQueueDisc");
         } else {
