@@ -55,9 +55,11 @@ What is simulated (per link of the scenario):
   traces' peaks included; no latency), so their serialisation is negligible; ~up -> access point is a link of the
   up capacity and latency, access point -> ~down one of the down ones (the other direction of each hidden link is
   unused). The two channel ports (~up's and the access point's) share their direction between flows by fair
-  queueing (fq_codel's, its drop law off; when full it drops one packet of the longest flow) of the cell's buffer
-  in all: a base station schedules its UEs, so a station's TCP ACKs do not wait behind another station's upload
-  (FIFO would). Not modelled: HARQ and link adaptation, the scheduler's grants and its subframe timing (a packet
+  queueing (fq_codel's, its drop law off; when full it drops one packet of the longest flow): a base station
+  schedules its UEs, so a station's TCP ACKs do not wait behind another station's upload (FIFO would). The down
+  channel's queue is the base station's port: the cell's buffer. The up channel's stands for its stations' own
+  queues, where a UE's backlog waits for its grants: it holds what they hold together (a host's queue
+  discipline: 10,240 packets for fq and fq_codel, 1,000 for fifo; a forwarding station: the cell's buffer). Not modelled: HARQ and link adaptation, the scheduler's grants and its subframe timing (a packet
   is sent as soon as its flow's turn comes, at the channel's rate), per-UE channel quality, control-plane delays;
   the cell's latency is a fixed delay per direction.
 

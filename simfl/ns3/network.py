@@ -29,6 +29,7 @@ __all__ = ["Ns3Network", "Ns3Options", "HOST_QDISCS", "PCAP_DIR", "refuse_unsupp
 PCAP_DIR = "ns3-pcap"  # the run folder's subfolder for ns-3's own pcap files (network.ns3_pcap)
 HOST_KINDS = ("client", "server", "cloud")  # end hosts: a queue discipline; every other node forwards (drop-tail)
 HOST_QDISCS = {"fifo": 1, "fq": 2, "fq_codel": 3}  # the hub's queue codes (see cpp.HUB_SOURCE, Hub::SetupQueue)
+_HOST_QUEUE = {"fifo": 1000, "fq": 10240, "fq_codel": 10240}  # packets a host's queue discipline holds (ns-3's)
 _PORT0 = 49152  # first source port of a node's connections
 _UDP_PORT0 = 10000  # receiving port of the first datagram stream (the next ones follow; TCP listens on 5000)
 _UDP_IP_HEADER = 28  # bytes of a UDP datagram's IP and UDP headers
@@ -487,7 +488,8 @@ class Ns3Network:
         """A duplex (FDD) cell as two shared point-to-point channels through two hidden nodes, "<cell>~up" (U) and
         "<cell>~down" (D): each station -> U and D -> station over a link _AIR_SPEEDUP x faster than the cell's
         largest capacity (no latency), U -> access point at the up capacity and latency, access point -> D at the
-        down ones; U's and the access point's ports queue the cell's buffer. Each link's other direction is unused.
+        down ones; the access point's port queues the cell's buffer, U's what its stations' queues hold together.
+        Each link's other direction is unused.
         A station sends from its link to U (its address in the cell) and receives on its link from D."""
         hub, p, topo = self._hub, self.params, self.topology
         cell, ap, g = up.link, down.src, topo.graph
@@ -499,10 +501,10 @@ class Ns3Network:
         buf, loss_up, loss_down = self._buffer(cell), *self._link_losses(cell)
         made: list[tuple[int, str]] = []  # (device, node) of every end of the hidden links
 
-        def link(a: str, b: str, bps: float, lat: float, qa: int = 0) -> tuple[int, int]:  # a -> b: their devices
+        def link(a: str, b: str, bps: float, lat: float, qa: int = 0, limit: int = buf) -> tuple[int, int]:
             q = [qa or (self._queue(a) if a in topo.graph else 0), self._queue(b) if b in topo.graph else 0]
             da = hub.AddLink(self._idx[a], self._idx[b], round(bps), _ns(lat), self._gap(bps), round(bps), _ns(lat),
-                             self._gap(bps), p.mtu, p.link_header_bytes, _AIR_SUBNET0 + 4 * self._n_air, *q, buf)
+                             self._gap(bps), p.mtu, p.link_header_bytes, _AIR_SUBNET0 + 4 * self._n_air, *q, limit)
             self._n_air += 1
             for d, n in ((da, a), (da + 1, b)):
                 self._addr[d] = int(hub.devs[d].address)
@@ -520,7 +522,10 @@ class Ns3Network:
             hidden_down += [d_out, s_down]
             self._air[(cell, s, ap)] = ((s, s_up, u_in),)  # the rest of the way is added below
             self._air[(cell, ap, s)] = ((dn, d_out, s_down),)
-        uplink, ap_in = link(u, ap, up.capacity_bps, up.latency_s, _CHANNEL_QUEUE)
+        # the up channel's queue stands for its stations' own (each a transmitter: a UE's backlog waits in it until
+        # it is scheduled), the down channel's is the base station's port, of the cell's buffer
+        held = sum(_HOST_QUEUE[self.options.host_qdisc] if self._queue(s) else buf for s in stations)
+        uplink, ap_in = link(u, ap, up.capacity_bps, up.latency_s, _CHANNEL_QUEUE, max(held, buf))
         ap_out, d_in = link(ap, dn, down.capacity_bps, down.latency_s, _CHANNEL_QUEUE)
         self._set_loss(ap_in, loss_up)  # the access point receives what its stations send
         for s in stations:
