@@ -59,9 +59,10 @@ What is simulated (per link of the scenario):
   schedules its UEs, so a station's TCP ACKs do not wait behind another station's upload (FIFO would). The down
   channel's queue is the base station's port: the cell's buffer. The up channel's stands for its stations' own
   queues, where a UE's backlog waits for its grants: it holds what they hold together (a host's queue
-  discipline: 10,240 packets for fq and fq_codel, 1,000 for fifo; a forwarding station: the cell's buffer). Not modelled: HARQ and link adaptation, the scheduler's grants and its subframe timing (a packet
-  is sent as soon as its flow's turn comes, at the channel's rate), per-UE channel quality, control-plane delays;
-  the cell's latency is a fixed delay per direction.
+  discipline: 10,240 packets for fq and fq_codel, 1,000 for fifo; a forwarding station: the cell's buffer). Not
+  modelled: HARQ and link adaptation, the scheduler's grants and its subframe timing (a packet is sent as soon as
+  its flow's turn comes, at the channel's rate), per-UE channel quality, control-plane delays; the cell's latency
+  is a fixed delay per direction.
 
 Imperfect links (the scenario's keys, as in the fluid model; `media` gives the links and cells):
 - loss per direction (`loss`, `burst_loss`): `simfl_ns3::LinkLoss`, an ns-3 ErrorModel subclass (a Gilbert-Elliott
