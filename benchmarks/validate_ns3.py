@@ -16,6 +16,8 @@ Cases:
 - reference: a 1 MB transfer over a 10 Mbps then 2 Mbps line; ten 1 MB flows through one 10 Mbps link; gather and
   all-pairs of 10 clients on the paper-90 network, clients sending in id order or rotated order, hosts with a FIFO
   or a fair-queueing queue discipline.
+- duplex: a small FDD cell (10 Mbps up, 50 Mbps down): an upload and a download at once, three stations
+  uploading, a model between two stations.
 - incast: 90 clients, 12,868-byte messages: gather to the 1 Gbps server and all-pairs ("allpairs-90"), with 100- or
   1,000-packet switch ports and a 1 s or 200 ms minimum RTO.
 - topologies: on each network of topologies/ (files that share one are run once) under the backend's defaults:
@@ -122,6 +124,28 @@ def reference_cases() -> list[Case]:
         Case("all-pairs 10, rotated, fifo hosts", "reference", p90, rotated(c10), options=fifo),
         Case("all-pairs 10, id order, fq hosts", "reference", p90, ap10, options=fq),
     ]
+
+
+def duplex() -> Scenario:
+    """A server on a 1 Gbps link to the base station of one FDD cell (10 Mbps, 2 ms up; 50 Mbps, 1 ms down) with
+    stations c0, c1, c2."""
+    return scenario_from_dict({"name": "duplex", "workload": "synthetic", "nodes": [
+        {"name": "bs", "kind": "ap"},
+        {"name": "server", "kind": "server", "uplink": {"to": "bs", "bandwidth": "1 Gbps"}},
+        *({"name": f"c{i}", "kind": "client", "cell": "lte"} for i in range(3))],
+        "cells": [{"name": "lte", "ap": "bs", "bandwidth_up": "10 Mbps", "bandwidth_down": "50 Mbps",
+                   "latency_up": "2 ms", "latency_down": "1 ms"}]})
+
+
+def duplex_cases() -> list[Case]:
+    """A duplex cell: a 1 MB upload and a 1 MB download at once (separate channels), three stations uploading 1 MB
+    each (one channel shared), a model between two stations (both channels)."""
+    sc = duplex()
+    return [Case("duplex cell: 1 MB c0 -> server and server -> c1 at once", "duplex", sc,
+                 [("c0", "server"), ("server", "c1")], 1_000_000),
+            Case("duplex cell: c0, c1, c2 -> server, 1 MB each", "duplex", sc,
+                 pattern_pairs("gather", ["c0", "c1", "c2"], "server"), 1_000_000),
+            Case("duplex cell: c0 -> c1, one model", "duplex", sc, [("c0", "c1")])]
 
 
 def incast_cases() -> list[Case]:
@@ -349,7 +373,7 @@ def cases(args: argparse.Namespace) -> list[Case]:
     out = [c for c in reference_cases() if wanted(c.name, c.group)]
     if args.quick:
         return out
-    out += [c for c in incast_cases() + contention_cases() + loss_cases() if wanted(c.name, c.group)]
+    out += [c for c in duplex_cases() + incast_cases() + contention_cases() + loss_cases() if wanted(c.name, c.group)]
     fedad = wanted("fedad", "fedad")
     default = default_run(args.samples) if fedad else None
     for name, sc in networks():

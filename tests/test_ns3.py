@@ -665,6 +665,70 @@ def test_loss_and_determinism_in_a_wifi_cell():
     assert seen[0] == seen[1]
 
 
+def duplex_cell(**cell) -> dict:
+    """one_cell's network with an FDD cell (10 Mbps, 2 ms station -> access point; 50 Mbps, 1 ms back) and a third
+    station c2 (`cell`: more keys of the cell)."""
+    d = one_cell(**{"bandwidth": None, "bandwidth_up": "10 Mbps", "bandwidth_down": "50 Mbps", "latency_up": "2 ms",
+                    "latency_down": "1 ms", **cell})
+    d["nodes"].append({"name": "c2", "kind": "client", "cell": "cell1"})
+    return d
+
+
+def both(d: dict, sends: list[tuple[str, str, int]]) -> tuple[list, World, list]:
+    """The messages (src, dst, bytes) sent at t = 0 on the fluid network and on ns-3: (fluid messages, the ns-3
+    world, its messages)."""
+    out = []
+    for w in (World(scenario_from_dict(d)), ns3_world(d)):
+        evs = [w.network.send(a, b, kind="x", phase="t", round=0, payload_bits=8 * n) for a, b, n in sends]
+        w.env.run()
+        out += [w, [e.value for e in evs]]
+    return out[1], out[2], out[3]
+
+
+def test_a_duplex_cell_shares_each_direction_as_the_fluid_model():
+    """An FDD cell: one shared channel per direction. c0 uploads 1 MB while the server sends 1 MB to c1: in the fluid
+    model they share nothing, and ns-3 adds only the TCP ACKs each flow sends on the other's channel (the links
+    table's bytes of that direction beyond the flow's own wire bytes, at its capacity), within 0.5%. Three stations
+    uploading 1 MB each share the 10 Mbps up channel equally (fair queueing: the last and the first finish within
+    1%), as the fluid model's three equal shares, within 0.5%. The links table has the fluid model's rows."""
+    d = duplex_cell()
+    f, w, n = both(d, [("c0", "server", 1_000_000), ("server", "c1", 1_000_000)])
+    rows = w.network.link_columns()
+    fluid_rows = World(scenario_from_dict(d)).network.link_columns()
+    assert [rows[k] for k in ("link", "src", "dst")] == [fluid_rows[k] for k in ("link", "src", "dst")]
+    got = dict(zip(zip(rows["link"], rows["src"]), rows["bytes"]))
+    assert [m.wire_bytes for m in n] == [m.wire_bytes for m in f] == [1_053_430] * 2  # no loss, no drop
+    acks_up, acks_down = got[("cell1", "*")] - n[0].wire_bytes, got[("cell1", "ap")] - n[1].wire_bytes
+    assert 0 < acks_up < 0.05 * n[1].wire_bytes and 0 < acks_down < 0.05 * n[0].wire_bytes
+    assert n[0].t_deliver == pytest.approx(f[0].t_deliver + acks_up * 8 / 10e6, rel=5e-3)
+    assert n[1].t_deliver == pytest.approx(f[1].t_deliver + acks_down * 8 / 50e6, rel=5e-3)
+    f, w, n = both(d, [(c, "server", 1_000_000) for c in ("c0", "c1", "c2")])
+    last = max(m.t_deliver for m in n)
+    assert f[0].t_deliver == f[2].t_deliver and last == pytest.approx(f[0].t_deliver, rel=5e-3)
+    assert min(m.t_deliver for m in n) > 0.99 * last
+
+
+def test_a_duplex_cells_capacity_trace_loss_and_station_outage(tmp_path):
+    """The up channel follows a trace (10 Mbps, then 2 Mbps from 0.3 s): c0's 1 MB upload alone is within 3% of the
+    fluid model's time. The down channel loses 5% of what it delivers (each station's link from it) and c1 is out
+    of coverage (a node fault) from 0.05 to 0.15 s while it downloads 1 MB (alone): its link loses packets to the
+    loss model (within 4 sigma of 5%) and to the outage, the down channel's drops count them, and the download ends
+    after the fluid model's."""
+    trace = tmp_path / "t.csv"
+    trace.write_text("time_s,bandwidth_bps\n0,10000000\n0.3,2000000\n", encoding="utf-8")
+    d = duplex_cell(bandwidth_up=None, bandwidth_trace_up=str(trace), loss_down=0.05)
+    d["faults"] = [{"node": "c1", "down": "50 ms", "up": "150 ms"}]
+    f, w, n = both(d, [("c0", "server", 1_000_000)])
+    assert f[0].t_deliver > 3.0 and n[0].t_deliver == pytest.approx(f[0].t_deliver, rel=0.03)
+    f, w, n = both(d, [("server", "c1", 1_000_000)])
+    net = w.network
+    em = net._hub.devs[net._air_rx[("cell1", "c1")][1]].loss  # c1's device on its link from the down channel
+    seen, lost = int(em.seen), int(em.lost)
+    assert abs(lost / seen - 0.05) <= 4 * (0.05 * 0.95 / seen) ** 0.5 and int(em.outage) > 0
+    assert net.link_drops()["cell:cell1:down"] >= lost + int(em.outage)
+    assert n[0].t_deliver > f[0].t_deliver and n[0].retransmitted_bytes > 0
+
+
 def test_asymmetric_bandwidth_and_latency_closed_form():
     """a -> b 10 Mbps, 1 ms; b -> a 2 Mbps, 5 ms: the SYN crosses up, the SYN-ACK down, then the ACK and the
     message go up (the closed form of the module docstring, each direction with its own rate and delay)."""
@@ -881,6 +945,32 @@ def test_control_frames_pass_a_backlogged_port():
     assert worst["best_effort"] > 20 * (worst["control"] - alone)
 
 
+def test_control_frames_through_a_wifi_cell_use_edca_priority():
+    """The server floods station c0 (a 3 MB TCP upload through the access point), while 100-byte cbr frames go to
+    c1 every 10 ms. As control (DSCP EF: 802.11 user priority 5, the video access category, its own MAC queue) a
+    frame waits at the access point only for the transmissions under way or won in contention, never behind the
+    best-effort queue: at most two PPDUs of 802.11ac's longest duration (5.484 ms; EDCA does not preempt) plus its
+    own access and transmission (< 0.5 ms). As best effort it queues behind the flood: its p99 and its median are
+    more than twice the control frames'."""
+    from simfl.traffic import run_alone
+
+    lat = {}
+    for prio in ("control", "best_effort"):
+        d = one_cell()
+        d["network"] = {"model": "ns3"}
+        d["traffic"] = [{"name": "bulk", "src": "server", "dst": "c0", "kind": "bulk", "bytes": 3_000_000},
+                        {"name": "plc", "src": "server", "dst": "c1", "kind": "cbr", "rate": "80 kbps",
+                         "packet": 100, "start": "0.1 s", "priority": prio}]
+        w = run_alone(scenario_from_dict(d), [1, 30])
+        f = w.recorder.background_frame(False)
+        end = f.filter(pl.col("flow") == "bulk")["t_deliver"][0]
+        f = f.filter(pl.col("flow") == "plc")
+        assert f.height == 30 and not f["lost"].any() and f["t_deliver"].max() < end  # all during the flood
+        lat[prio] = (f["latency"].quantile(0.99), f["latency"].median())
+    assert lat["control"][0] <= 2 * 5.484e-3 + 0.5e-3
+    assert lat["best_effort"][0] > 2 * lat["control"][0] and lat["best_effort"][1] > 2 * lat["control"][1]
+
+
 def test_a_datagram_frame_that_never_arrives_is_lost_at_the_end():
     """The receiver's interface is down: IP drops the datagram without a loss model seeing it; once ns-3 has
     nothing left to do the frame is recorded as lost (t_deliver NaN)."""
@@ -903,11 +993,8 @@ def test_a_datagram_frame_that_never_arrives_is_lost_at_the_end():
 
 @pytest.mark.parametrize(("extra", "match"), [
     ({"network": {"handshake": False}}, r"network.handshake = false: ns-3's TCP always"),
-    ({"cell": {}, "traffic": [{"name": "plc", "src": "server", "dst": "c0", "kind": "periodic", "bytes": 100,
-                               "period": "10 ms", "priority": "control"}]},
-     r"traffic\[0\] \(plc\): priority = \"control\" through cell cell1: the ns3 backend's WiFi cells have no strict"),
-    ({"cell": {"bandwidth": None, "bandwidth_up": "10 Mbps", "bandwidth_down": "50 Mbps"}},
-     r"cells cell1: a bandwidth per direction: an ns-3 WiFi cell is one shared channel"),
+    ({"cell": {"bandwidth": None, "bandwidth_trace": str(ROOT / "traces" / "lte-5mhz-up.csv")}},
+     r"cells cell1: bandwidth_trace: the ns3 backend's WiFi cells keep one VHT mode"),
     ({"cell": {}, "faults": [{"node": "c0", "down": "1 s"}]},
      r"faults \(node c0 down from 1 s\): the ns3 backend takes down a WiFi station's links only with its cell"),
 ])

@@ -54,19 +54,36 @@ What is simulated (per link of the scenario):
   propagation delay of milliseconds would break 802.11's timing); the access point's port queue is its
   best-effort MAC queue of the cell's buffer (see above); a station's MAC queue holds 64 packets (enough for an
   aggregate) under its queue discipline, like a driver's small queue under Linux's. MAC queues drop only when
-  full (ns-3 would also drop what waited 500 ms; a driver does not). Every cell is 802.11ac, whatever its radio
-  (constrained-plant's cells stand for private LTE).
+  full (ns-3 would also drop what waited 500 ms; a driver does not). Every cell with one shared channel is
+  802.11ac, whatever its radio (constrained-plant's cells stand for private LTE).
+- Duplex cells (a bandwidth, or a trace, per direction: an LTE/5G FDD cell, not 802.11): two shared channels, one
+  per direction, through two hidden forwarding nodes "<cell>~up" and "<cell>~down". Each station sends to ~up
+  and receives from ~down over point-to-point links 1,000 times faster than the cell's largest capacity (its
+  traces' peaks included; no latency), so their serialisation is negligible; ~up -> access point is a link of the
+  up capacity and latency, access point -> ~down one of the down ones (the other direction of each hidden link is
+  unused). The two channel ports (~up's and the access point's) share their direction between flows by fair
+  queueing (fq_codel's, its drop law off; when full it drops one packet of the longest flow): a base station
+  schedules its UEs, so a station's TCP ACKs do not wait behind another station's upload (FIFO would). The down
+  channel's queue is the base station's port: the cell's buffer. The up channel's stands for its stations' own
+  queues, where a UE's backlog waits for its grants: it holds what they hold together (a host's queue
+  discipline: 10,240 packets for fq and fq_codel, 1,000 for fifo; a forwarding station: the cell's buffer). Not
+  modelled: HARQ and link adaptation, the scheduler's grants and its subframe timing (a packet is sent as soon as
+  its flow's turn comes, at the channel's rate), per-UE channel quality, control-plane delays; the cell's latency
+  is a fixed delay per direction.
 
 Imperfect links (the scenario's keys, as in the fluid model; `media` gives the links and cells):
 - loss per direction (`loss`, `burst_loss`): `simfl_ns3::LinkLoss`, an ns-3 ErrorModel subclass (a Gilbert-Elliott
   chain per packet; independent draws without `burst`), as the receive error model of the point-to-point device at
-  the receiving end; in a cell, at each member's IP layer (the packets 802.11 delivered: a loss TCP sees). Its
+  the receiving end; in a WiFi cell, at each member's IP layer (the packets 802.11 delivered: a loss TCP sees); in
+  a duplex cell, the up loss at the access point's end of the up channel, the down loss at each station's end of
+  its link from ~down (as in a WiFi cell: one chain for the uplink, one per station for the downlink). Its
   random stream is numbered by the device, so it depends on the seed only.
 - asymmetric links: a data rate per device, a channel (`simfl_ns3::AsymChannel`) with a delay per direction.
 - [[faults]]: while a fault is down, the loss models of the devices it covers lose everything (both ends of a link,
-  every member of a cell, the ends of a node's links and the cells it is the access point of); the edges are
-  scheduled in ns-3 as simulated time advances. Where another path joins the ends of an edge a fault takes down,
-  the routes follow the fluid model's: the pump stops at every fault edge and reinstalls each connection's host
+  every member of a cell, the ends of a node's links and the cells it is the access point of; a duplex cell's
+  station: its links to ~up and from ~down); the edges are scheduled in ns-3 as simulated time advances. Where
+  another path joins the ends of an edge a fault takes down, the routes follow the fluid model's: the pump stops
+  at every fault edge and reinstalls each connection's host
   routes, there and back, along `topology.without_edges(the edges down)`'s routes (the same tie-break; a pair
   with no path keeps its routes, and TCP retransmits into the outage until it ends, as it does everywhere without
   another path). A connection keeps the addresses of the path it opened on (weak host model: a node accepts
@@ -91,15 +108,21 @@ Imperfect links (the scenario's keys, as in the fluid model; `media` gives the l
   the fluid model's crashed node still absorbs what reaches it. After `recover` its messages, and those to it, go
   over new connections (with their handshake). Background flows are left alone, as in the fluid model.
   Approximation: a WiFi station's MAC queue is not emptied (what it holds is still sent).
-- capacity traces of links: the sending device's data rate changes at the trace's instants.
+- capacity traces of links and of duplex cells' channels: the sending device's data rate changes at the trace's
+  instants.
 - [[traffic]] flows (`send(..., stream=...)`), traced as background (no inbox): a tcp
   stream has a connection of its own; a datagram stream sends each frame as UDP datagrams of up to mtu - 28 bytes
   tagged with it (`FrameTag`), lost when a queue, queue disc or loss model drops one of them (or, never arriving
   without a trace, once ns-3 has nothing left to do or nothing settled for `_HORIZON`). Control priority
-  (`priority=True`, set by `for_scenario` when a flow has it): the flow's sockets set IP ToS 0x10, and every
-  point-to-point port has a strict-priority queue disc (band 0: priority 6) over a 1-packet device queue.
-- refused with a one-line SimflError naming the key (`refuse_unsupported`): handshake off, duplex or traced cells,
-  a node fault on a WiFi station; a control flow through a WiFi cell (`for_scenario`).
+  (`priority=True`, set by `for_scenario` when a flow has it): the flow's sockets set IP ToS 0xb8 (DSCP EF; socket
+  priority 4 by ns-3's Linux-like table, which it also applies where it forwards), every point-to-point port has a
+  strict-priority queue disc (band 0: priority 4, and 5, the user priority 802.11 tags) over a 1-packet device
+  queue, and every WiFi device a queue disc per access category (mq, each child the device's usual one) over its
+  MAC queues: ns-3 maps the DS field's three top bits to the 802.11 user priority (EF: 5, the video access
+  category), whose EDCA parameters (AIFSN 2, CW 7-15) win the channel over best effort (AIFSN 3, CW 15-1023). EDCA
+  does not preempt: a control frame still waits for a PPDU under way (up to 5.484 ms in 802.11ac).
+- refused with a one-line SimflError naming the key (`refuse_unsupported`): handshake off, a WiFi cell's capacity
+  trace, a node fault on a WiFi station.
 
 Trace: `wire_bytes` of a message = the payload bytes of every segment transmitted for it (retransmissions included)
 plus `header_bytes` per segment whose first new byte is its (a segment that retransmits bytes without new ones
@@ -116,8 +139,11 @@ releases ns-3; the links table stays readable.
 pcap (`network.ns3_pcap = true`): ns-3 writes what it transmits into RUN/ns3-pcap/: one file per link direction,
 `<link>.<sender>.pcap` (the names of `simfl export --per-link`), every packet the sender starts to transmit
 (link type PPP, nanosecond timestamps, 192 bytes captured); and per WiFi device `<cell>.<node>.pcap` (radiotap:
-every frame its radio sends or receives, beacons and block ACKs included); `hosts` maps ns-3's interface addresses
-(one /30 per link, one /16 per cell) to node names.
+every frame its radio sends or receives, beacons and block ACKs included); per duplex cell `<cell>.up.pcap` and
+`<cell>.down.pcap` (its two channels, the names of `simfl export --per-link`; its hidden links are not written);
+`hosts` maps ns-3's interface addresses (one /30 per link and per hidden link of a duplex cell, one /16 per WiFi
+cell) to node names (the hidden nodes' as "<cell>~up", "<cell>~down"; a station's address in a duplex cell is that
+of its link to ~up).
 
 Determinism: ns-3 is seeded with the scenario's seed; the same scenario gives the same trace. One Ns3Network at a
 time per process (ns-3 has one simulator): creating one closes the previous one.

@@ -378,8 +378,10 @@ class Hub {
 
     // queue: 0 = forwarding node (drop-tail device queue of `buffer` packets, no queue disc; on WiFi, see below);
     // hosts keep a 1-packet device queue under a queue disc: 1 = FIFO of 1000 packets, 2 = fq_codel's fair
-    // queueing with its drop law off (target 1000 s), 3 = fq_codel as configured by default. With `prio`, every
-    // point-to-point port has a 1-packet device queue under a strict-priority queue disc (SetupPrio).
+    // queueing with its drop law off (target 1000 s), 3 = fq_codel as configured by default; 4 = a duplex cell's
+    // channel (its base station's scheduler): fair queueing between flows as 2, `buffer` packets in all, a full
+    // queue dropping one packet of the longest flow queue (not fq_codel's batch of up to 64). With
+    // `prio`, every point-to-point port has a 1-packet device queue under a strict-priority queue disc (SetupPrio).
     void SetupQueue(uint32_t di, uint32_t queue, uint32_t buffer)
     {
         Ptr<NetDevice> d = devs[di].dev;
@@ -388,8 +390,8 @@ class Hub {
             p2p->GetQueue()->SetMaxSize(QueueSize(QueueSizeUnit::PACKETS, queue == 0 && !prio ? buffer : 1));
             p2p->GetQueue()->TraceConnectWithoutContext("Drop", MakeBoundCallback(&Hub::OnDevDrop, this, di));
         }
-        if (p2p && prio) {
-            SetupPrio(di, queue, buffer);
+        if (prio) {
+            if (p2p) { SetupPrio(di, queue, buffer); } else { SetupAccessCategories(di, queue, buffer); }
             return;
         }
         if (queue == 0 && p2p) { return; }
@@ -401,6 +403,10 @@ class Hub {
             tch.SetRootQueueDisc("ns3::FifoQueueDisc", "MaxSize", QueueSizeValue(QueueSize("1000p")));
         } else if (queue == 2) {
             tch.SetRootQueueDisc("ns3::FqCoDelQueueDisc", "Target", StringValue("1000s"));
+        } else if (queue == 4) {
+            tch.SetRootQueueDisc("ns3::FqCoDelQueueDisc", "Target", StringValue("1000s"), "MaxSize",
+                                 QueueSizeValue(QueueSize(QueueSizeUnit::PACKETS, buffer)), "DropBatchSize",
+                                 UintegerValue(1));
         } else {
             tch.SetRootQueueDisc("ns3::FqCoDelQueueDisc");
         }
@@ -408,19 +414,23 @@ class Hub {
         qd.Get(0)->TraceConnectWithoutContext("Drop", MakeBoundCallback(&Hub::OnQdiscDrop, this, di));
     }
 
-    // A strict-priority queue disc on device `di`: band 0 for socket priority 6 (IP ToS 0x10: control flows; ns-3
-    // sets the priority from the ToS when it forwards), a FIFO of `buffer` packets (hosts: 1000); band 1 for the
+    // A strict-priority queue disc on device `di`: band 0 for socket priority 4 (IP ToS 0xb8, DSCP EF: control
+    // flows; ns-3 sets the priority from the ToS when it forwards, Linux's table: 0xb8 -> 4; 802.11 marks what it
+    // sent with its user priority 5), a FIFO of `buffer` packets (hosts: 1000); band 1 for the
     // rest, the port's own queue (a forwarding port: a FIFO of `buffer`; a host: its queue disc, see SetupQueue).
     void SetupPrio(uint32_t di, uint32_t queue, uint32_t buffer)
     {
         TrafficControlHelper tch;
         uint16_t h = tch.SetRootQueueDisc("ns3::PrioQueueDisc", "Priomap",
-                                          StringValue("1 1 1 1 1 1 0 1 1 1 1 1 1 1 1 1"));
+                                          StringValue("1 1 1 1 0 0 1 1 1 1 1 1 1 1 1 1"));
         TrafficControlHelper::ClassIdList cls = tch.AddQueueDiscClasses(h, 2, "ns3::QueueDiscClass");
-        QueueSize own(QueueSizeUnit::PACKETS, queue == 0 ? buffer : 1000);
+        QueueSize own(QueueSizeUnit::PACKETS, queue == 0 || queue == 4 ? buffer : 1000);
         tch.AddChildQueueDisc(h, cls[0], "ns3::FifoQueueDisc", "MaxSize", QueueSizeValue(own));
         if (queue == 2) {
             tch.AddChildQueueDisc(h, cls[1], "ns3::FqCoDelQueueDisc", "Target", StringValue("1000s"));
+        } else if (queue == 4) {
+            tch.AddChildQueueDisc(h, cls[1], "ns3::FqCoDelQueueDisc", "Target", StringValue("1000s"), "MaxSize",
+                                  QueueSizeValue(own), "DropBatchSize", UintegerValue(1));
         } else if (queue == 3) {
             tch.AddChildQueueDisc(h, cls[1], "ns3::FqCoDelQueueDisc");
         } else {
@@ -432,11 +442,38 @@ class Hub {
         if (fq) { fq->SetQuantum(mss + 40); }  // the MTU, which a child queue disc cannot look up on its device
     }
 
-    // A control flow's socket (TCP connection, or UDP stream with `udp`): IP ToS 0x10, socket priority 6.
+    // A control flow's socket (TCP connection, or UDP stream with `udp`): IP ToS 0xb8 (DSCP EF), socket priority 4;
+    // in a WiFi cell 802.11 user priority 5 (ns-3's mapping: the DS field's three top bits), access category video.
     void MarkControl(bool udp, uint32_t i)
     {
         Ptr<Socket> s = udp ? udps[i] : conns[i].sock;
-        s->SetIpTos(0x10);
+        s->SetIpTos(0xb8);
+    }
+
+    // With control priority, a WiFi device's queue disc: one per access category (its MAC queue), so that EDCA
+    // serves the video category's control packets first and none waits behind best effort in a queue disc
+    // (MqQueueDisc; each child as the device's queue disc without priority, see SetupQueue).
+    void SetupAccessCategories(uint32_t di, uint32_t queue, uint32_t buffer)
+    {
+        TrafficControlHelper tch;
+        uint16_t h = tch.SetRootQueueDisc("ns3::MqQueueDisc");
+        TrafficControlHelper::ClassIdList cls = tch.AddQueueDiscClasses(h, 4, "ns3::QueueDiscClass");
+        for (uint16_t c : cls) {
+            if (queue == 0) {
+                tch.AddChildQueueDisc(h, c, "ns3::FifoQueueDisc", "MaxSize", QueueSizeValue(QueueSize("1p")));
+            } else if (queue == 1) {
+                tch.AddChildQueueDisc(h, c, "ns3::FifoQueueDisc", "MaxSize", QueueSizeValue(QueueSize("1000p")));
+            } else if (queue == 2) {
+                tch.AddChildQueueDisc(h, c, "ns3::FqCoDelQueueDisc", "Target", StringValue("1000s"));
+            } else {
+                tch.AddChildQueueDisc(h, c, "ns3::FqCoDelQueueDisc");
+            }
+        }
+        QueueDiscContainer qd = tch.Install(devs[di].dev);
+        for (size_t i = 0; i < qd.Get(0)->GetNQueueDiscClasses(); ++i) {  // an mq's children queue on their own
+            qd.Get(0)->GetQueueDiscClass(i)->GetQueueDisc()->TraceConnectWithoutContext(
+                "Drop", MakeBoundCallback(&Hub::OnQdiscDrop, this, di));
+        }
     }
 
     uint32_t AddInterface(uint32_t node, Ptr<NetDevice> d, uint32_t address, uint32_t prefixLen, uint32_t linkHdr,
@@ -1053,9 +1090,11 @@ uint32_t AddCell(Hub& h, const std::vector<uint32_t>& members, const std::vector
         // host's holds 64 (enough for an aggregate), its backlog waits in its queue disc (as a driver's small
         // queue under Linux's qdisc; ns-3's default of 500 packets would expire them after 500 ms)
         // it drops only when full: no lifetime (ns-3 drops MPDUs queued for 500 ms, a driver does not)
-        Ptr<WifiMacQueue> q = DynamicCast<WifiNetDevice>(d)->GetMac()->GetTxopQueue(AC_BE);
-        q->SetMaxSize(QueueSize(QueueSizeUnit::PACKETS, queues[i] == 0 ? buffer : 64));
-        q->SetAttribute("MaxDelay", TimeValue(Seconds(3600)));
+        for (AcIndex ac : {AC_BE, AC_VI}) {  // best effort, and control flows (user priority 5: video)
+            Ptr<WifiMacQueue> q = DynamicCast<WifiNetDevice>(d)->GetMac()->GetTxopQueue(ac);
+            q->SetMaxSize(QueueSize(QueueSizeUnit::PACKETS, queues[i] == 0 ? buffer : 64));
+            q->SetAttribute("MaxDelay", TimeValue(Seconds(3600)));
+        }
         if (!node->GetObject<MobilityModel>()) {
             Ptr<ConstantPositionMobilityModel> m = CreateObject<ConstantPositionMobilityModel>();
             double a = 6.283185307179586 * i / members.size();
@@ -1078,7 +1117,13 @@ uint64_t Queued(Hub& h, uint32_t d0, uint32_t n)
     for (uint32_t i = d0; i <= d0 + n; ++i) {
         Ptr<NetDevice> d = h.devs[i].dev;
         Ptr<QueueDisc> qd = d->GetNode()->GetObject<TrafficControlLayer>()->GetRootQueueDiscOnDevice(d);
-        if (qd) { q += qd->GetNPackets(); }
+        if (qd && DynamicCast<MqQueueDisc>(qd)) {
+            for (size_t k = 0; k < qd->GetNQueueDiscClasses(); ++k) {
+                q += qd->GetQueueDiscClass(k)->GetQueueDisc()->GetNPackets();
+            }
+        } else if (qd) {
+            q += qd->GetNPackets();
+        }
         Ptr<WifiMac> m = DynamicCast<WifiNetDevice>(d)->GetMac();
         for (AcIndex ac : {AC_BE, AC_BK, AC_VI, AC_VO}) { q += m->GetTxopQueue(ac)->GetNPackets(); }
     }

@@ -29,6 +29,7 @@ __all__ = ["Ns3Network", "Ns3Options", "HOST_QDISCS", "PCAP_DIR", "refuse_unsupp
 PCAP_DIR = "ns3-pcap"  # the run folder's subfolder for ns-3's own pcap files (network.ns3_pcap)
 HOST_KINDS = ("client", "server", "cloud")  # end hosts: a queue discipline; every other node forwards (drop-tail)
 HOST_QDISCS = {"fifo": 1, "fq": 2, "fq_codel": 3}  # the hub's queue codes (see cpp.HUB_SOURCE, Hub::SetupQueue)
+_HOST_QUEUE = {"fifo": 1000, "fq": 10240, "fq_codel": 10240}  # packets a host's queue discipline holds (ns-3's)
 _PORT0 = 49152  # first source port of a node's connections
 _UDP_PORT0 = 10000  # receiving port of the first datagram stream (the next ones follow; TCP listens on 5000)
 _UDP_IP_HEADER = 28  # bytes of a UDP datagram's IP and UDP headers
@@ -38,6 +39,9 @@ _JITTER_STREAMS = 1 << 20  # ns-3 random stream of device d's jitter: this + d (
 _HORIZON = 3600.0  # s: with no SimPy event left, how long ns-3 may run without a completion (WiFi beacons never end)
 _CHANGE_WINDOW = 10.0  # s: how far ahead of simulated time outage edges and capacity changes are put into ns-3
 _GOODPUT_SHARE = 0.70  # TCP goodput / PHY rate of one station alone in an ns-3 802.11ac cell (measured, 80 MHz MCS 7)
+_AIR_SPEEDUP = 1000  # a duplex cell's station links run this many times faster than its largest capacity
+_CHANNEL_QUEUE = 4  # the hub's queue code of a duplex cell's channel port: fair queueing between flows (SetupQueue)
+_AIR_SUBNET0 = 0x0A400000  # 10.64.0.0: the /30s of duplex cells' hidden links (links: 10.0/10; WiFi cells: 10.128/9)
 # VHT (802.11ac): data subcarriers per channel width (MHz), and bits per subcarrier x coding rate of MCS 0-9
 _VHT_SUBCARRIERS = {20: 52, 40: 108, 80: 234, 160: 468}
 _VHT_MCS = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 4.5, 5.0, 6.0, 8 * 5 / 6)
@@ -73,19 +77,22 @@ def refuse_unsupported(topology: Topology, params: NetworkParams, media: dict[st
     """A SimflError for the first key of the scenario that the ns3 backend cannot honour (see `simfl.ns3`)."""
     if not params.handshake:
         raise _fluid_only("network.handshake = false", "ns-3's TCP always opens a connection with a handshake")
+    duplex = duplex_cells(topology)
     for m in media.values():
-        if isinstance(m, Cell) and m.duplex:
-            raise _fluid_only(f"cells {m.name}: a bandwidth per direction", "an ns-3 WiFi cell is one shared "
-                              "channel (no duplex cells)")
-        if isinstance(m, Cell) and (m.up.trace or m.down.trace):
+        if isinstance(m, Cell) and m.name not in duplex and (m.up.trace or m.down.trace):
             raise _fluid_only(f"cells {m.name}: bandwidth_trace", "the ns3 backend's WiFi cells keep one VHT mode")
     aps = {r.src for r in topology.resources if r.medium == "cell"}  # the cells' access points
     g = topology.graph
     for f, _ in topology.faults:
-        if f.target == "node" and f.name not in aps and any(d["medium"] == "cell"
+        if f.target == "node" and f.name not in aps and any(d["medium"] == "cell" and d["link"] not in duplex
                                                             for _, _, d in g.edges(f.name, data=True)):
             raise _fluid_only(f"faults ({f.describe()})", "the ns3 backend takes down a WiFi station's links "
                               "only with its cell")
+
+
+def duplex_cells(topology: Topology) -> set[str]:
+    """The cells with one channel per direction (their up channel's resource has src "*"): point-to-point in ns-3."""
+    return {r.link for r in topology.resources if r.medium == "cell" and r.src == "*"}
 
 
 def _ip(a: int) -> str:
@@ -132,7 +139,7 @@ class _Flow:
         self.conn = -1  # its TCP connection, or for a datagram stream its UDP stream
         self.background = stream is not None  # a [[traffic]] stream's own flow: its frames go to no inbox
         self.datagram = stream is not None and stream.datagram  # UDP
-        self.control = stream is not None and stream.control  # strict priority (IP ToS 0x10)
+        self.control = stream is not None and stream.control  # strict priority (IP ToS 0xb8, DSCP EF)
 
 
 class _Tx:
@@ -152,20 +159,9 @@ class _Tx:
         self.flow = flow
 
 
-def refuse_traffic(topology: Topology, scenario: Scenario) -> None:
-    """A SimflError for a control-priority [[traffic]] flow through a cell (the ns3 backend's WiFi cells have no
-    strict priority)."""
-    for i, t in enumerate(scenario.traffic):
-        cell = next((h.link for h in topology.route_tuple(t.src, t.dst) if h.medium == "cell"), None)
-        if t.priority == "control" and cell is not None:
-            raise _fluid_only(f"traffic[{i}] ({t.name}): priority = \"control\" through cell {cell}", "the ns3 "
-                              "backend's WiFi cells have no strict priority (one queue per transmitter)")
-
-
 def refuse_scenario(topology: Topology, scenario: Scenario) -> None:
     """Everything of a scenario that the ns3 backend refuses, without building its network: `refuse_unsupported`
-    (network keys, links and cells) and `refuse_traffic`, in the order the backend meets them when it is built."""
-    refuse_traffic(topology, scenario)
+    (network keys, links and cells; its [[traffic]] runs whatever its priority)."""
     refuse_unsupported(topology, scenario.network, {m.name: m for m in (*scenario.links, *scenario.cells)})
 
 
@@ -206,7 +202,8 @@ class Ns3Network:
         if self.params.ip_header_bytes < 40:
             raise SimflError(f"network.ip_header_bytes = {self.params.ip_header_bytes}: the ns3 backend sends real "
                              "TCP/IP headers (40 bytes); a smaller value would make segments exceed the MTU")
-        mod = cpp.load(wifi=any(r.medium == "cell" for r in topology.resources))
+        mod = cpp.load(wifi=any(r.medium == "cell" and r.link not in duplex_cells(topology)
+                                for r in topology.resources))
         for ref in _current:
             old = ref()
             if old is not None:
@@ -229,7 +226,13 @@ class Ns3Network:
         self._ports: dict[str, int] = {}
         self.cell_modes: dict[str, dict[str, Any]] = {}  # cell name -> the WiFi mode chosen for it
         self._cells: list[tuple[str, int, int]] = []  # (resource id, access point's device, stations)
+        self._duplex = duplex_cells(topology)
+        self._air: dict[tuple[str, str, str], tuple[tuple[str, int, int], ...]] = {}  # see _add_duplex_cell
+        self._air_rx: dict[tuple[str, str], tuple[int, int]] = {}  # (cell, station) -> its hidden receiving devices
+        self._hidden: dict[str, list[int]] = {}  # duplex channel's resource id -> its hidden devices (drops)
+        self._aliases: list[tuple[int, str]] = []  # (address, node) of interfaces not in _dev (the hosts file)
         self._t0_ns = 0
+        self._n_air = 0  # hidden links of duplex cells made so far
         self._build()
         self._start()
         self._changes = self._timeline()  # [next time (s), what changes then]: outages and capacity traces
@@ -249,9 +252,8 @@ class Ns3Network:
                      recorder: TraceRecorder | None = None, *, options: Ns3Options | None = None,
                      pcap_dir: str | Path | None = None) -> Ns3Network:
         """The scenario's network in ns-3 (its seed, links and cells; strict-priority ports when a [[traffic]] flow
-        has control priority); a SimflError for what ns-3 cannot honour (`refuse_traffic` here, `refuse_unsupported`
-        in the constructor)."""
-        refuse_traffic(topology, scenario)
+        has control priority); a SimflError for what ns-3 cannot honour (`refuse_unsupported`, in the
+        constructor)."""
         return cls(env, topology, scenario.network, recorder, seed=scenario.seed, options=options,
                    pcap_dir=pcap_dir, media=(*scenario.links, *scenario.cells),
                    priority=any(t.priority == "control" for t in scenario.traffic))
@@ -324,6 +326,8 @@ class Ns3Network:
         out = {rid: sum(int(devs[d].drops) for d in ds) for rid, ds in self._res_devs.items()}
         for rid, d in self._rx.items():
             out[rid] += int(hub.Lost(d))
+        for rid, ds in self._hidden.items():  # a duplex cell's station links: queues, losses, outages
+            out[rid] += sum(int(devs[d].drops) + int(hub.Lost(d)) for d in ds)
         if self._cells:  # ns-3 3.44 leaves some WiFi queue drops without a trace: count what went missing instead
             mod = cpp.load(wifi=True)
             for rid, d0, n in self._cells:
@@ -387,7 +391,7 @@ class Ns3Network:
 
     def _write_hosts(self) -> None:
         """`hosts` beside ns-3's pcap files: each interface's IPv4 address and its node."""
-        rows = sorted((self._addr[d], node) for (_, node), d in self._dev.items())
+        rows = sorted([*((self._addr[d], node) for (_, node), d in self._dev.items()), *self._aliases])
         (self.pcap_dir / "hosts").write_text("".join(f"{_ip(a)}\t{n}\n" for a, n in rows), encoding="utf-8")
 
     def _buffer(self, link: str) -> int:
@@ -425,14 +429,14 @@ class Ns3Network:
         self._covers: dict[int, list[Any]] = {}
         g = self.topology.graph
         for f, edges in self.topology.faults:
-            devs = sorted({self._dev[(g.edges[tuple(e)]["link"], n)] for e in edges for n in e})
+            devs = sorted({d for e in edges for d in self._edge_rx(g.edges[tuple(e)]["link"], e)})
             for d in devs:
                 self._hub.Loss(d, d)
                 self._covers.setdefault(d, []).append(f)
             out.append([0.0, "fault", (f, devs)])
         for r in self.topology.resources:
             tr = r.trace
-            if tr is not None and r.medium == "p2p":
+            if tr is not None and (r.medium == "p2p" or r.link in self._duplex):
                 nxt = tr.following(0, 0)
                 if nxt is not None:
                     out.append([tr.change_time(*nxt), "trace", (tr, self._res_devs[r.id][0], nxt)])
@@ -487,8 +491,12 @@ class Ns3Network:
                 self._res_devs[r.id] = [d]
                 if self.pcap_dir is not None:
                     hub.PcapDevice(d, str(self.pcap_dir / f"{r.link}.{r.src}.pcap"))
-        for j, r in enumerate(r for r in topo.resources if r.medium == "cell"):
-            self._add_cell(j, r)
+        cells = [r for r in topo.resources if r.medium == "cell"]
+        for j, r in enumerate(cells):
+            if r.link not in self._duplex:
+                self._add_cell(j, r)
+            elif r.src == "*":  # a duplex cell's up channel; its down channel is the next resource
+                self._add_duplex_cell(r, cells[j + 1])
         if self._cells:
             mod = cpp.load(wifi=True)
             for node in sorted({n for (m, n) in self._dev if m in self.cell_modes}, key=self._idx.__getitem__):
@@ -519,6 +527,70 @@ class Ns3Network:
         self._res_devs[r.id] = list(range(d0, d0 + len(members)))
         self._set_jitter(self._res_devs[r.id], r.link)
         self._cells.append((r.id, d0, len(stations)))
+
+    def _add_duplex_cell(self, up: Resource, down: Resource) -> None:
+        """A duplex (FDD) cell as two shared point-to-point channels through two hidden nodes, "<cell>~up" (U) and
+        "<cell>~down" (D): each station -> U and D -> station over a link _AIR_SPEEDUP x faster than the cell's
+        largest capacity (no latency), U -> access point at the up capacity and latency, access point -> D at the
+        down ones; the access point's port queues the cell's buffer, U's what its stations' queues hold together.
+        Each link's other direction is unused.
+        A station sends from its link to U (its address in the cell) and receives on its link from D."""
+        hub, p, topo = self._hub, self.params, self.topology
+        cell, ap, g = up.link, down.src, topo.graph
+        stations = [n for n in topo.nodes if n != ap and g.has_edge(ap, n) and g.edges[ap, n]["link"] == cell]
+        fast = _AIR_SPEEDUP * max(max(r.trace.rates) if r.trace else r.capacity_bps for r in (up, down))
+        u, dn = f"{cell}~up", f"{cell}~down"
+        self._idx[u], self._idx[dn] = len(self._idx), len(self._idx) + 1
+        hub.AddNodes(2)
+        buf, loss_up, loss_down = self._buffer(cell), *self._link_losses(cell)
+        made: list[tuple[int, str]] = []  # (device, node) of every end of the hidden links
+
+        def link(a: str, b: str, bps: float, lat: float, qa: int = 0, limit: int = buf) -> tuple[int, int]:
+            q = [qa or (self._queue(a) if a in topo.graph else 0), self._queue(b) if b in topo.graph else 0]
+            da = hub.AddLink(self._idx[a], self._idx[b], round(bps), _ns(lat), self._gap(bps), round(bps), _ns(lat),
+                             self._gap(bps), p.mtu, p.link_header_bytes, _AIR_SUBNET0 + 4 * self._n_air, *q, limit)
+            self._n_air += 1
+            for d, n in ((da, a), (da + 1, b)):
+                self._addr[d] = int(hub.devs[d].address)
+                made.append((d, n))
+            return da, da + 1
+
+        hidden_up, hidden_down = [], []
+        for s in stations:
+            s_up, u_in = link(s, u, fast, 0.0)
+            d_out, s_down = link(dn, s, fast, 0.0)
+            self._dev[(cell, s)] = s_up
+            self._air_rx[(cell, s)] = (u_in, s_down)
+            self._set_loss(s_down, loss_down)
+            hidden_up += [s_up, u_in]
+            hidden_down += [d_out, s_down]
+            self._air[(cell, s, ap)] = ((s, s_up, u_in),)  # the rest of the way is added below
+            self._air[(cell, ap, s)] = ((dn, d_out, s_down),)
+        # the up channel's queue stands for its stations' own (each a transmitter: a UE's backlog waits in it until
+        # it is scheduled), the down channel's is the base station's port, of the cell's buffer
+        held = sum(_HOST_QUEUE[self.options.host_qdisc] if self._queue(s) else buf for s in stations)
+        uplink, ap_in = link(u, ap, up.capacity_bps, up.latency_s, _CHANNEL_QUEUE, max(held, buf))
+        ap_out, d_in = link(ap, dn, down.capacity_bps, down.latency_s, _CHANNEL_QUEUE)
+        self._set_loss(ap_in, loss_up)  # the access point receives what its stations send
+        for s in stations:
+            self._air[(cell, s, ap)] += ((u, uplink, ap_in),)
+            self._air[(cell, ap, s)] = ((ap, ap_out, d_in), *self._air[(cell, ap, s)])
+        self._dev[(cell, ap)] = ap_in
+        named = {self._dev[(cell, n)] for n in (ap, *stations)}
+        self._aliases += [(self._addr[d], n) for d, n in made if d not in named]
+        self._res_devs[up.id], self._res_devs[down.id] = [uplink], [ap_out]
+        self._rx[up.id], self._rx[down.id] = ap_in, d_in
+        self._hidden[up.id], self._hidden[down.id] = hidden_up, hidden_down
+        if self.pcap_dir is not None:
+            hub.PcapDevice(uplink, str(self.pcap_dir / f"{cell}.up.pcap"))
+            hub.PcapDevice(ap_out, str(self.pcap_dir / f"{cell}.down.pcap"))
+
+    def _edge_rx(self, link: str, edge: Any) -> tuple[int, ...]:
+        """The devices that receive what crosses a graph edge (a link, or a station's membership of a cell): what a
+        fault of the edge makes them lose."""
+        if link in self._duplex:
+            return next(self._air_rx[(link, n)] for n in edge if (link, n) in self._air_rx)
+        return tuple(self._dev[(link, n)] for n in edge)
 
     def _start(self) -> None:
         """Initialise ns-3's nodes (at its time 0); with WiFi cells, let every station associate, then fill the ARP
@@ -576,16 +648,21 @@ class Ns3Network:
         raise SimflError(f"ns3 backend: node {node!r} would need two routes to one address (simfl's least-latency "
                          "routes differ by source on this topology); give the tied paths different latencies")
 
+    def _steps(self, h: Hop) -> tuple[tuple[str, int, int], ...]:
+        """The (node, device, next device) forwarding steps of hop h: one, or a duplex cell's steps via its air
+        nodes."""
+        return self._air.get((h.link, h.src, h.dst), ((h.src, self._dev[(h.link, h.src)], self._dev[(h.link, h.dst)]),))
+
     def _add_routes(self, hops: tuple[Hop, ...], addr: int) -> None:
         for h in hops:
-            d = self._dev[(h.link, h.src)]
-            old = self._routes.get((h.src, addr))
-            if old == d:
-                continue
-            if old is not None:
-                self._tied(h.src)
-            self._routes[(h.src, addr)] = d
-            self._hub.AddRoute(self._idx[h.src], addr, d, self._addr[self._dev[(h.link, h.dst)]])
+            for node, d, via in self._steps(h):
+                old = self._routes.get((node, addr))
+                if old == d:
+                    continue
+                if old is not None:
+                    self._tied(node)
+                self._routes[(node, addr)] = d
+                self._hub.AddRoute(self._idx[node], addr, d, self._addr[via])
 
     # ------------------------------------------------------------------ rerouting around outages
     def _reroutable(self) -> bool:
@@ -616,21 +693,22 @@ class Ns3Network:
         self._down = down
         self._topo_now = self.topology.without_edges(down) if down else self.topology
         old, self._routes = self._routes, {}
-        want: dict[tuple[str, int], Hop] = {}
+        want: dict[tuple[str, int], tuple[int, int]] = {}  # (node, address) -> (device, next device)
         for r in self._routed:
             flow = r[0]
             flow.hops, r[1] = self._paths(flow.src, flow.dst, flow.hops, r[1])
             for hops, addr in ((flow.hops, r[3]), (r[1], r[2])):
                 for h in hops:
-                    if want.setdefault((h.src, addr), h) != h:
-                        self._tied(h.src)
-                    self._routes[(h.src, addr)] = self._dev[(h.link, h.src)]
+                    for node, d, via in self._steps(h):
+                        if want.setdefault((node, addr), (d, via)) != (d, via):
+                            self._tied(node)
+                        self._routes[(node, addr)] = d
         hub = self._hub
         for (node, addr) in old.keys() - want.keys():
             hub.SetRoute(self._idx[node], addr, -1, 0)
-        for (node, addr), h in want.items():
-            if old.get((node, addr)) != self._routes[(node, addr)]:
-                hub.SetRoute(self._idx[node], addr, self._routes[(node, addr)], self._addr[self._dev[(h.link, h.dst)]])
+        for (node, addr), (d, via) in want.items():
+            if old.get((node, addr)) != d:
+                hub.SetRoute(self._idx[node], addr, d, self._addr[via])
 
     # ------------------------------------------------------------------ co-simulation
     def _check_open(self) -> None:
