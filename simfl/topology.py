@@ -78,9 +78,11 @@ class Topology:
         self.resources: tuple[Resource, ...] = tuple(resources)
         self.nodes: tuple[str, ...] = tuple(graph.nodes)
         self.faults: tuple[tuple[Fault, frozenset[Edge]], ...] = tuple(faults)  # each with the edges it takes down
-        # adjacency: node -> list of (neighbour, Hop) sorted by the neighbour's name, deterministic
-        self._adj: dict[str, list[tuple[str, Hop]]] = {
-            a: [(b, data["hops"][a]) for b, data in sorted(nbrs.items())] for a, nbrs in graph.adjacency()}
+        # adjacency: node -> list of (neighbour, Hop, its latency in integer picoseconds) sorted by the neighbour's
+        # name, deterministic
+        self._adj: dict[str, list[tuple[str, Hop, int]]] = {
+            a: [(b, data["hops"][a], round(data["hops"][a].latency_s * 1e12)) for b, data in sorted(nbrs.items())]
+            for a, nbrs in graph.adjacency()}
         self._trees: dict[str, dict[str, tuple[str, Hop]]] = {}
 
     @classmethod
@@ -209,10 +211,10 @@ class Topology:
             if u in done:
                 continue
             done.add(u)
-            for v, hop in adj[u]:
+            for v, hop, ps in adj[u]:
                 if v in done:
                     continue
-                key = (d + round(hop.latency_s * 1e12), h + 1)
+                key = (d + ps, h + 1)
                 old = best.get(v)
                 if old is None or key < old or (key == old and u < pred[v][0]):
                     best[v] = key

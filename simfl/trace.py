@@ -94,6 +94,7 @@ class TraceRecorder:
 
     def __init__(self) -> None:
         self._msg: dict[str, list[Any]] = {c: [] for c in _MSG_COLS}
+        self._frame: tuple[tuple[int, int], pl.DataFrame] | None = None  # the last messages frame, and its counts
         self._compute: dict[str, list[Any]] = {c: [] for c in _COMPUTE_COLS}
         self._links: Callable[[], dict[str, list[Any]]] | None = None
         self._bg: dict[str, list[Any]] = {c: [] for c in _BG_COLS}
@@ -185,10 +186,16 @@ class TraceRecorder:
 
     # ------------------------------------------------------------------ frames
     def messages_frame(self) -> pl.DataFrame:
+        """The messages table, sorted by msg_id; built once for the messages and late marks recorded so far (a run
+        hands the same frame to the incast check and to the trace files)."""
+        counts = (self.n_messages, len(self._late))  # both only grow: the same counts, the same contents
+        if self._frame is not None and self._frame[0] == counts:
+            return self._frame[1]
         frame = pl.DataFrame(self._msg, schema=MESSAGE_SCHEMA).sort("msg_id")
         if self._late:
             late = pl.col("msg_id").is_in(sorted(self._late)) & (pl.col("status") == "delivered")
             frame = frame.with_columns(pl.when(late).then(pl.lit(LATE)).otherwise(pl.col("status")).alias("status"))
+        self._frame = (counts, frame)
         return frame
 
     def compute_frame(self) -> pl.DataFrame:
