@@ -106,8 +106,8 @@ frame still occupied its links. A tcp stream behaves as FL's messages.
 
 Approximations: the per-packet terms (P S, and those in H and RTT) use each hop's nominal capacity (a trace's
 value at time 0); a loss model counts by its stationary rate only; bits in flight on a link that goes down are
-not lost; ACKs are never lost; a rerouted message keeps the retransmissions charged on its first route; the route
-back is that of the moment the route there was computed.
+not lost; ACKs are never lost and take no capacity; a rerouted message keeps the retransmissions charged on its
+first route; the route back is that of the moment the route there was computed.
 
 Events: one wake per instant at which something starts, ends or changes (a handshake completes, a trace changes
 while its resource is busy, a fault edge while some flow has a message at its head, a give-up), so change points
@@ -347,6 +347,7 @@ class Network:
         self._header_bits = 8 * p.header_bytes
         self._full_packet_bits = 8 * (p.mtu - p.ip_header_bytes + p.header_bytes)
         self._starts: dict[float, list[_Flow]] = {}  # handshakes ending at a time
+        self._handshakes: dict[tuple[str, str], float] = {}  # plain flows: handshake times the reverse flow reuses
         self._start_times: list[float] = []  # their times (a heap)
         self._timers: list[tuple[float, int, int, Any, int]] = []  # (time, order, kind, flow or resource, version)
         self._timer_seq = 0
@@ -518,8 +519,12 @@ class Network:
         self._flows[key] = flow
         if not self.params.handshake or (stream is not None and stream.datagram):
             return flow, None
+        back = self._handshakes.pop((dst, src), None)  # the reverse flow's: the same two one-way times, summed in
+        if back is not None:  # the other order (IEEE addition commutes, so the same float)
+            return flow, back
         hb = self._header_bits
-        return flow, topo.one_way(src, dst, hb) + topo.one_way(dst, src, hb)
+        h = self._handshakes[(src, dst)] = topo.one_way(src, dst, hb) + topo.one_way(dst, src, hb)
+        return flow, h
 
     def _route(self, f: _Flow) -> None:
         """A flow's route and what follows from it (resources, delivery terms, loss, rate cap, handshake), over
