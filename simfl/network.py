@@ -120,6 +120,8 @@ than SimPy's normal events, so a burst of sends (e.g. 999,000 all-pairs messages
 Flows of a network without loss, jitter and faults ("plain") keep no state beyond the model's first version (a
 handshake only delays their first start, grouped by the instant it ends); the others keep a `_FlowState`. The
 inboxes live in `simfl.mailbox`, the per-link counters and the links table in `simfl.linkstats`.
+Due finishes and deliveries are taken from their heaps by one pass and a sort when many are due at once
+(`_pop_due`); a plain flow reuses its reverse flow's handshake time (the same two one-way times, the same float).
 """
 
 from __future__ import annotations
