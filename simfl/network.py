@@ -916,8 +916,10 @@ class Network:
                         heappush(heap, (now + f.remaining / rate, f.id, f.version, f))
         deliveries = self._deliveries
         if deliveries and deliveries[0][0] <= lim:
-            for _, _, tx in _pop_due(deliveries, lim):
-                self._deliver(tx, now)
+            due = _pop_due(deliveries, lim)
+            due.reverse()  # delivered from the end: each entry (and its message's state) goes as it is delivered
+            while due:
+                self._deliver(due.pop()[2], now)
         while heap and heap[0][2] != heap[0][3].version:
             heappop(heap)
         while timers and self._stale(timers[0]):
