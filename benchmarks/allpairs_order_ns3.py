@@ -1,6 +1,6 @@
 """Why all-pairs of 10 clients in id order with fair-queueing hosts ends later on ns-3 than in the fluid model.
 
-    .venv/bin/python benchmarks/allpairs_order_ns3.py          # about a minute (ns-3's import included)
+    .venv/bin/python benchmarks/allpairs_order_ns3.py          # a few minutes (43 small ns-3 runs, its import once)
 
 The case of benchmarks/validate_ns3.py ("all-pairs 10, id order, fq hosts"): the first 10 clients of paper-90 (100
 Mbps, 0.5 ms links to one switch) each send one 12,868-byte message to every other at t = 0. Printed:
