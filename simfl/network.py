@@ -142,7 +142,7 @@ from simfl.errors import SimflError
 from simfl.linkmodels import Jitter, expected_retransmissions, mathis_cap, path_loss, retransmitted_packets
 from simfl.linkstats import LinkStats
 from simfl.mailbox import Mailboxes
-from simfl.messages import LOST, TO_CRASHED, Message, MessageLost, packetize
+from simfl.messages import LOST, TO_CRASHED, Message, MessageLost, new_message, packetize
 from simfl.topology import Edge, Hop, Resource, Topology
 from simfl.trace import TraceRecorder
 
@@ -1144,8 +1144,8 @@ class Network:
             self.recorder.record_message(msg)
             tx.event.fail(MessageLost(msg))
             return
-        msg = Message(tx.msg_id, f.src, f.dst, tx.kind, tx.phase, tx.round, tx.payload_bits, tx.wire_bytes,
-                      tx.n_packets, tx.hops, tx.t_send, tx.t_start, tx.t_tx, now, tx.payload, tx.retx)
+        msg = new_message(tx.msg_id, f.src, f.dst, tx.kind, tx.phase, tx.round, tx.payload_bits, tx.wire_bytes,
+                          tx.n_packets, tx.hops, tx.t_send, tx.t_start, tx.t_tx, now, tx.payload, tx.retx)
         self.recorder.record_message(msg)
         self.delivered += 1
         tx.event.succeed(msg)

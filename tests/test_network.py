@@ -624,3 +624,17 @@ def test_the_messages_frame_is_rebuilt_after_new_messages_and_late_marks():
     assert w.recorder.messages_frame()["msg_id"].to_list() == [0, 1]
     w.recorder.mark_late([1])
     assert w.recorder.messages_frame()["status"].to_list() == ["delivered", "late"]
+
+
+def test_new_message_is_the_message_the_constructor_builds_and_as_frozen():
+    import dataclasses
+
+    from simfl.messages import Message, new_message
+
+    args = (7, "a", "b", "model", "phase1", 2, 102944, 13570, 9, 2, 0.5, 0.6, 0.7, 0.8, {"w": 1}, 1538, "late")
+    fast, slow = new_message(*args), Message(*args)
+    assert type(fast) is Message
+    assert dataclasses.asdict(fast) == dataclasses.asdict(slow) and fast.payload is args[14]
+    assert new_message(*args[:14]).status == "delivered"  # the defaults too
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.t_deliver = 1.0
