@@ -94,6 +94,7 @@ class TraceRecorder:
 
     def __init__(self) -> None:
         self._msg: dict[str, list[Any]] = {c: [] for c in _MSG_COLS}
+        self._msg_append = tuple(self._msg[c].append for c in _MSG_COLS)  # record_message's hot path
         self._frame: tuple[tuple[int, int], pl.DataFrame] | None = None  # the last messages frame, and its counts
         self._compute: dict[str, list[Any]] = {c: [] for c in _COMPUTE_COLS}
         self._links: Callable[[], dict[str, list[Any]]] | None = None
@@ -112,23 +113,24 @@ class TraceRecorder:
         if m.phase == BACKGROUND:
             self._record_background(m)
             return
-        c = self._msg
-        c["msg_id"].append(m.msg_id)
-        c["phase"].append(m.phase)
-        c["round"].append(m.round)
-        c["kind"].append(m.kind)
-        c["src"].append(m.src)
-        c["dst"].append(m.dst)
-        c["payload_bits"].append(m.payload_bits)
-        c["wire_bytes"].append(m.wire_bytes)
-        c["retransmitted_bytes"].append(m.retransmitted_bytes)
-        c["n_packets"].append(m.n_packets)
-        c["hops"].append(m.hops)
-        c["t_send"].append(m.t_send)
-        c["t_start"].append(m.t_start)
-        c["t_tx"].append(m.t_tx)
-        c["t_deliver"].append(m.t_deliver)
-        c["status"].append(m.status)
+        msg_id, phase, rnd, kind, src, dst, payload, wire, retx, packets, hops, send, start, tx, deliver, status = \
+            self._msg_append  # each column's append, in `_MSG_COLS` order
+        msg_id(m.msg_id)
+        phase(m.phase)
+        rnd(m.round)
+        kind(m.kind)
+        src(m.src)
+        dst(m.dst)
+        payload(m.payload_bits)
+        wire(m.wire_bytes)
+        retx(m.retransmitted_bytes)
+        packets(m.n_packets)
+        hops(m.hops)
+        send(m.t_send)
+        start(m.t_start)
+        tx(m.t_tx)
+        deliver(m.t_deliver)
+        status(m.status)
         self.payload_bits += m.payload_bits
         self.wire_bytes += m.wire_bytes
         self.retransmitted_bytes += m.retransmitted_bytes
