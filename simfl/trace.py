@@ -94,6 +94,8 @@ class TraceRecorder:
 
     def __init__(self) -> None:
         self._msg: dict[str, list[Any]] = {c: [] for c in _MSG_COLS}
+        self._msg_append = tuple(self._msg[c].append for c in _MSG_COLS)  # record_message's hot path
+        self._frame: tuple[tuple[int, int], pl.DataFrame] | None = None  # the last messages frame, and its counts
         self._compute: dict[str, list[Any]] = {c: [] for c in _COMPUTE_COLS}
         self._links: Callable[[], dict[str, list[Any]]] | None = None
         self._bg: dict[str, list[Any]] = {c: [] for c in _BG_COLS}
@@ -111,23 +113,24 @@ class TraceRecorder:
         if m.phase == BACKGROUND:
             self._record_background(m)
             return
-        c = self._msg
-        c["msg_id"].append(m.msg_id)
-        c["phase"].append(m.phase)
-        c["round"].append(m.round)
-        c["kind"].append(m.kind)
-        c["src"].append(m.src)
-        c["dst"].append(m.dst)
-        c["payload_bits"].append(m.payload_bits)
-        c["wire_bytes"].append(m.wire_bytes)
-        c["retransmitted_bytes"].append(m.retransmitted_bytes)
-        c["n_packets"].append(m.n_packets)
-        c["hops"].append(m.hops)
-        c["t_send"].append(m.t_send)
-        c["t_start"].append(m.t_start)
-        c["t_tx"].append(m.t_tx)
-        c["t_deliver"].append(m.t_deliver)
-        c["status"].append(m.status)
+        msg_id, phase, rnd, kind, src, dst, payload, wire, retx, packets, hops, send, start, tx, deliver, status = \
+            self._msg_append  # each column's append, in `_MSG_COLS` order
+        msg_id(m.msg_id)
+        phase(m.phase)
+        rnd(m.round)
+        kind(m.kind)
+        src(m.src)
+        dst(m.dst)
+        payload(m.payload_bits)
+        wire(m.wire_bytes)
+        retx(m.retransmitted_bytes)
+        packets(m.n_packets)
+        hops(m.hops)
+        send(m.t_send)
+        start(m.t_start)
+        tx(m.t_tx)
+        deliver(m.t_deliver)
+        status(m.status)
         self.payload_bits += m.payload_bits
         self.wire_bytes += m.wire_bytes
         self.retransmitted_bytes += m.retransmitted_bytes
@@ -185,10 +188,18 @@ class TraceRecorder:
 
     # ------------------------------------------------------------------ frames
     def messages_frame(self) -> pl.DataFrame:
-        frame = pl.DataFrame(self._msg, schema=MESSAGE_SCHEMA).sort("msg_id")
+        """The messages table, sorted by msg_id; built once for the messages and late marks recorded so far (a run
+        hands the same frame to the incast check and to the trace files)."""
+        counts = (self.n_messages, len(self._late))  # both only grow: the same counts, the same contents
+        if self._frame is not None and self._frame[0] == counts:
+            return self._frame[1]
+        frame = pl.DataFrame(self._msg, schema=MESSAGE_SCHEMA)
+        if not frame.get_column("msg_id").is_sorted():  # recorded as delivered: often in msg_id order already
+            frame = frame.sort("msg_id")
         if self._late:
             late = pl.col("msg_id").is_in(sorted(self._late)) & (pl.col("status") == "delivered")
             frame = frame.with_columns(pl.when(late).then(pl.lit(LATE)).otherwise(pl.col("status")).alias("status"))
+        self._frame = (counts, frame)
         return frame
 
     def compute_frame(self) -> pl.DataFrame:

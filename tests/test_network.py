@@ -656,3 +656,62 @@ def test_network_routes_around_a_down_link():
     links = w.recorder.links_frame()
     carried = {(r["link"], r["src"]) for r in links.iter_rows(named=True) if r["bytes"]}
     assert carried == {("d-a", "a"), ("c-d", "d")} and links.height == 8
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 5), max_size=40), st.integers(-1, 6))
+def test_the_due_batch_pops_as_heappop_does(times, lim):
+    # _pop_due against heapq itself: the same entries, in the same order, and the same heap left behind
+    import heapq
+
+    from simfl.network import _pop_due
+
+    heap = []
+    for i, t in enumerate(times):
+        heapq.heappush(heap, (float(t), i))
+    ref = list(heap)
+    expected = [heapq.heappop(ref) for _ in range(sum(t <= lim for t in times))]
+    got = _pop_due(heap, float(lim)) if heap else []
+    assert got == expected
+    assert sorted(heap) == sorted(ref) and all(heap[(k - 1) // 2] <= heap[k] for k in range(1, len(heap)))
+
+
+def test_the_reverse_flow_reuses_the_handshake_and_both_match_the_closed_form():
+    # a -(100 Mbps, 1 ms)- r -(10 Mbps, 2 ms)- b: each way the SYN (or SYN-ACK) of h = 78 bytes crosses both hops,
+    # H = 2 x (1 ms + 624 / 1e8 + 2 ms + 624 / 1e7) = 0.0061373 s; b -> a, sent later, starts H after its send.
+    w = world([client("a", to="r", lat="1 ms"), {"name": "r", "kind": "switch"},
+               client("b", to="r", bw="10 Mbps", lat="2 ms")], handshake=True)
+    out = {}
+    send_at(w, 0.0, "a", "b", out=out, key="ab")
+    send_at(w, 0.5, "b", "a", out=out, key="ba")
+    w.env.run()
+    h = 2 * (0.001 + 624 / 1e8 + 0.002 + 624 / 1e7)
+    assert out["ab"].t_start == pytest.approx(h, rel=REL)
+    assert out["ba"].t_start == pytest.approx(0.5 + h, rel=REL)
+
+
+def test_the_messages_frame_is_rebuilt_after_new_messages_and_late_marks():
+    w = world([client("a"), client("b", to="a")])
+    w.network.send("a", "b", kind="model", phase="p", round=0, payload_bits=8)
+    w.env.run()
+    first = w.recorder.messages_frame()
+    assert w.recorder.messages_frame() is first and first.height == 1  # built once while nothing changes
+    w.network.send("b", "a", kind="model", phase="p", round=1, payload_bits=8)
+    w.env.run()
+    assert w.recorder.messages_frame()["msg_id"].to_list() == [0, 1]
+    w.recorder.mark_late([1])
+    assert w.recorder.messages_frame()["status"].to_list() == ["delivered", "late"]
+
+
+def test_new_message_is_the_message_the_constructor_builds_and_as_frozen():
+    import dataclasses
+
+    from simfl.messages import Message, new_message
+
+    args = (7, "a", "b", "model", "phase1", 2, 102944, 13570, 9, 2, 0.5, 0.6, 0.7, 0.8, {"w": 1}, 1538, "late")
+    fast, slow = new_message(*args), Message(*args)
+    assert type(fast) is Message
+    assert dataclasses.asdict(fast) == dataclasses.asdict(slow) and fast.payload is args[14]
+    assert new_message(*args[:14]).status == "delivered"  # the defaults too
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.t_deliver = 1.0
