@@ -588,7 +588,7 @@ class Network:
             return flow, None
         topo = self.topology
         hops = topo.route_tuple(src, dst)
-        res = self._route_res(hops)
+        res = self._own_res(self._route_res(hops), stream)
         latency, sf = route_terms(hops)
         flow = _Flow(len(self._flows), src, dst, res, len(hops), latency, sf)
         flow.bg = stream
@@ -611,7 +611,14 @@ class Network:
                 self._res_list.append(x.cap)
             x.cap.capacity = cap
             res = (*res, (x.cap, 1))
-        f.res = res
+        f.res = self._own_res(res, f.bg)
+
+    def _own_res(self, res: tuple[tuple[_Res, int], ...], stream: Stream | None) -> tuple[tuple[_Res, int], ...]:
+        """A flow's resources from its route's: a control stream's leave out the slots (station access: control
+        frames take the cell's airtime ahead of the transmitters' shares and are no transmitter of them)."""
+        if stream is None or not stream.control or not self._station_cells:
+            return res
+        return tuple(rm for rm in res if rm[0] not in self._slot_cell)
 
     def _info(self, src: str, dst: str) -> tuple:
         """What the route from src to dst over what is up now gives (see `_derive_route`)."""
