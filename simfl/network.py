@@ -27,7 +27,8 @@ loses airtime to collisions and backoff when many contend. So on a shared cell o
 scheduled radio such as LTE, stays per flow):
   1. each hop through the cell has a transmitter, its sender: a station, or the access point when it forwards to
      a station. A station-to-station message has two: its station and the access point. k is the number of
-     transmitters with a transfer on the cell now (a flow transmitting over one of its hops);
+     transmitters with a transfer on the cell now (a flow transmitting over one of its hops; control frames do not
+     count, below);
   2. the cell carries at most C eta(k): eta(k) = 1 for k <= 5, 0.83 at 10, 0.81 at 15, 0.74 from 20 on, linear in
      between (`ETA_POINTS`; e.g. eta(8) = 0.898, eta(16) = 0.796), the ns-3 backend's 802.11ac cells against this
      model with k stations uploading 500 kB each (docs/ns3.md, "WiFi cells": up to 5 contenders ns-3 was no
@@ -36,7 +37,8 @@ scheduled radio such as LTE, stays per flow):
      s, one share for all transmitters of the cell, the largest with sum_t min(d_t, s) <= C eta(k), d_t what t's
      flows would carry with no limit at its slot (their bottlenecks elsewhere): max-min between transmitters;
   4. then flows: a transmitter's flows share its slot max-min, as flows share a link (and every other resource
-     as above). The cell resource itself (C, m_r(f) crossings) stays on the routes and never binds.
+     as above). The cell resource itself (C, m_r(f) crossings) stays on the routes and binds only when control
+     frames (below) leave less than C eta(k).
 For flows bottlenecked by the cell, k transmitters each with its n_t flows: R = C eta(k) / (k n_t). E.g. the
 access point relaying 3 flows while 2 stations upload one each (k = 3): each transmitter C / 3, a relayed flow
 C / 9, an upload C / 3 (per flow: C / 5 each). All-pairs of m stations inside a cell: the access point relays all
@@ -47,8 +49,15 @@ crashed flow is on no resource): events stay proportional to messages. The share
 progressive filling with the slots as resources: a cell whose transmitters changed starts from s = C eta(k) / k
 (which always fits), and Newton's step on the cells' loads (piecewise linear in the shares; the slope from the
 flows bottlenecked at each slot) gives the next shares, until every cell carries C eta(k) within 1e-6 or none of
-its slots is full (at most 12 steps). Left out: a station's PHY rate (all have the cell's C), the airtime of TCP
-ACKs, and the dependence of eta on the cell's rate and frame sizes.
+its slots is full (at most 12 steps). Control frames (strict priority, below) are outside this sharing: they
+take the cell's airtime first, on the cell resource (C, their crossings) as on a link, and have no slot, so they
+are no transmitter (not in k) and the transmitters share C eta(k) among the other flows, at most what control
+leaves of C (802.11's voice access category and reserved-slot schemes serve such frames ahead of the bulk
+contention; a 100-byte frame takes microseconds of airtime). A control frame's start or end so leaves k alone,
+and the shares too unless it changes what a transmitter's flows carry elsewhere (d_t): one fill then finds them
+converged, where a frame in its transmitter's share would move the shares and take Newton steps. Left out: a
+station's PHY rate (all have the cell's C), the airtime of TCP ACKs, and the dependence of eta on the cell's rate
+and frame sizes.
 
 Rates change only when a transmission starts or ends, and then only for the flows of the connected component of
 the resources it uses (resources linked by the flows that cross them; every other flow's rate stays max-min fair),
@@ -149,7 +158,8 @@ in inboxes. Priority: while any flow of priority control is transmitting, the ra
 flows are filled first, max-min fair among themselves on the full capacities; then all other flows (FL's and
 best-effort background), max-min fair on what control leaves, C_r - sum of the control rates on r (a best-effort
 flow may get rate 0 while control saturates its bottleneck: strict priority). A control frame alone in its class
-therefore crosses its route as if the link were idle: t_deliver = t_start + W / C_b + L + P S. Transport: a datagram
+therefore crosses its route as if the link were idle: t_deliver = t_start + W / C_b + L + P S (a WiFi cell under
+station access too: it takes no transmitter's share, see above). Transport: a datagram
 stream has no handshake, no retransmissions and no loss-limited cap; on a lossy route each frame of n packets is
 lost with probability 1 - (1 - p)^n (one draw per frame, when its transmission ends, from the network's own
 generator seeded by the run's seed); a frame whose route is down is lost at once (no stall, no give-up). A lost
@@ -610,7 +620,7 @@ class Network:
             return flow, None
         topo = self.topology
         hops = topo.route_tuple(src, dst)
-        res = self._route_res(hops)
+        res = self._own_res(self._route_res(hops), stream)
         latency, sf = route_terms(hops)
         flow = _Flow(len(self._flows), src, dst, res, len(hops), latency, sf)
         flow.bg = stream
@@ -637,7 +647,14 @@ class Network:
                 self._res_list.append(x.cap)
             x.cap.capacity = cap
             res = (*res, (x.cap, 1))
-        f.res = res
+        f.res = self._own_res(res, f.bg)
+
+    def _own_res(self, res: tuple[tuple[_Res, int], ...], stream: Stream | None) -> tuple[tuple[_Res, int], ...]:
+        """A flow's resources from its route's: a control stream's leave out the slots (station access: control
+        frames take the cell's airtime ahead of the transmitters' shares and are no transmitter of them)."""
+        if stream is None or not stream.control or not self._station_cells:
+            return res
+        return tuple(rm for rm in res if rm[0] not in self._slot_cell)
 
     def _info(self, src: str, dst: str) -> tuple:
         """What the route from src to dst over what is up now gives (see `_derive_route`)."""

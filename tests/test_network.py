@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from simfl.config import scenario_from_dict
 from simfl.errors import SimflError
 from simfl.messages import flag_bits, ids_bits, packetize, payload_bits_of
-from simfl.network import Network, contention_efficiency, pipeline_offsets
+from simfl.network import Network, Stream, contention_efficiency, pipeline_offsets
 from simfl.schema import CELL_ACCESS
 from simfl.world import World
 
@@ -282,6 +282,29 @@ def test_wifi_share_left_by_a_transmitter_bottlenecked_elsewhere(access):
     assert t[("w2", "x")] == t[("w2", "y")] == pytest.approx(3 * W / 4e7, rel=REL)
     assert t[("w3", "x")] == pytest.approx(W / 2e7 if access == "station" else 3 * W / 4e7, rel=REL)
 
+
+
+def test_wifi_control_frame_takes_the_cell_first_and_is_no_transmitter():
+    # 10 stations upload (k = 10: 41.5 Mbps, 4.15 each) while srv sends one 100-byte control frame to w0 at t = 0
+    # (178 wire bytes, 1,424 bits). Control frames are served ahead of the transmitters: the frame takes the whole
+    # cell, C = 50 Mbps (its bottleneck: the wired hops are 1 Gbps), and the access point that sends it is no
+    # transmitter (k stays 10, eta 0.83). So the frame ends at 1,424 / 5e7 = 28.48 us, the uploads wait for it and
+    # end at 28.48 us + W / 4.15e6. (Were the frame in the access point's share, k = 11, eta(11) = 0.826: the frame
+    # would get 50 x 0.826 / 11 = 3.755 Mbps and take 379 us.)
+    assert packetize(800).wire_bytes * 8 == 1424
+    w = wifi(10)
+    out = {}
+    for i in range(10):
+        send_at(w, 0.0, f"w{i}", "srv", out=out, key=i)
+
+    def frame():
+        out["ctl"] = yield w.network.send("srv", "w0", kind="bg", phase="bg", round=0, payload_bits=800,
+                                          stream=Stream("ctl", control=True, datagram=True))
+
+    w.env.process(frame())
+    w.env.run()
+    assert out["ctl"].t_tx == pytest.approx(1424 / 5e7, rel=REL)
+    assert [out[i].t_tx for i in range(10)] == pytest.approx([1424 / 5e7 + W / 4.15e6] * 10, rel=REL)
 
 def test_wifi_duplex_cell_stays_shared_per_flow():
     # a duplex cell (a scheduled radio, 30 Mbps up): w0 -> srv, w1 -> srv and w1 -> x are 3 crossings of the up
