@@ -1110,6 +1110,22 @@ uint32_t AddCell(Hub& h, const std::vector<uint32_t>& members, const std::vector
     return first;
 }
 
+static void SetMcs(Hub* h, uint32_t d0, uint32_t n, uint32_t mcs)
+{
+    for (uint32_t i = d0; i <= d0 + n; ++i) {  // ConstantRateWifiManager reads its DataMode per transmission
+        DynamicCast<WifiNetDevice>(h->devs[i].dev)->GetRemoteStationManager()->SetAttribute(
+            "DataMode", StringValue("VhtMcs" + std::to_string(mcs)));
+    }
+}
+
+// At ns-3 time tNs: the members of the cell whose access point is device d0 (stations: the next n devices) send
+// their data frames with VHT MCS `mcs` (a capacity trace's change; channel width and streams stay).
+void ScheduleMcs(Hub& h, uint32_t d0, uint32_t n, int64_t tNs, uint32_t mcs)
+{
+    int64_t dt = std::max<int64_t>(0, tNs - Simulator::Now().GetNanoSeconds());
+    Simulator::Schedule(NanoSeconds(dt), &SetMcs, &h, d0, n, mcs);
+}
+
 // Packets now in the queue discs and MAC queues of devices d0 .. d0 + n (MPDUs stay queued until acknowledged).
 uint64_t Queued(Hub& h, uint32_t d0, uint32_t n)
 {
