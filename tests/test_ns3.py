@@ -750,6 +750,22 @@ def test_a_wifi_cells_capacity_trace_switches_its_mcs(tmp_path):
     assert f[0].t_deliver > 0.3 and n[0].t_deliver == pytest.approx(f[0].t_deliver, rel=0.15)
 
 
+def test_a_wifi_station_down_neither_sends_nor_receives_and_the_others_go_on():
+    """c0 is down (a node fault) from 0.1 to 0.3 s while c0 and c1 each upload 1 MB to the server through the 50 Mbps
+    cell: what c0 sends in the window is lost at the access point (and what it would receive at its own device), so
+    TCP retransmits into the outage with its timeout doubling (min RTO 200 ms) and resumes at the first
+    retransmission after the window: later than the fluid model (which resumes at once), by at most the second
+    backoff (0.4 s) plus 50 ms of slow start. c1 loses nothing and ends within 12% of the fluid model's time (it has
+    the cell alone meanwhile, in both)."""
+    d = one_cell()
+    d["faults"] = [{"node": "c0", "down": "100 ms", "up": "300 ms"}]
+    f, w, n = both(d, [("c0", "server", 1_000_000), ("c1", "server", 1_000_000)])
+    assert f[0].t_deliver > 0.3 and f[0].t_deliver < n[0].t_deliver <= f[0].t_deliver + 0.4 + 0.05
+    assert n[0].retransmitted_bytes > 0 and int(rx_loss(w, "cell1", "c0").outage) > 0
+    assert n[1].retransmitted_bytes == 0 and n[1].t_deliver == pytest.approx(f[1].t_deliver, rel=0.12)
+    assert all(m.status == "delivered" for m in n)
+
+
 def test_asymmetric_bandwidth_and_latency_closed_form():
     """a -> b 10 Mbps, 1 ms; b -> a 2 Mbps, 5 ms: the SYN crosses up, the SYN-ACK down, then the ACK and the
     message go up (the closed form of the module docstring, each direction with its own rate and delay)."""
@@ -1012,17 +1028,10 @@ def test_a_datagram_frame_that_never_arrives_is_lost_at_the_end():
     assert f["lost"].to_list() == [True] and f["t_deliver"].is_nan().all() and w.network.in_flight == 0
 
 
-@pytest.mark.parametrize(("extra", "match"), [
-    ({"network": {"handshake": False}}, r"network.handshake = false: ns-3's TCP always"),
-    ({"cell": {}, "faults": [{"node": "c0", "down": "1 s"}]},
-     r"faults \(node c0 down from 1 s\): the ns3 backend takes down a WiFi station's links only with its cell"),
-])
-def test_keys_ns3_cannot_honour_are_one_line_errors(extra, match):
-    """Each names the key and says the fluid model supports it."""
-    d = star(2) if "cell" not in extra else one_cell(**extra["cell"])
-    for k in ("network", "faults", "traffic"):
-        if k in extra:
-            d[k] = extra[k]
-    d.setdefault("network", {})["model"] = "ns3"
-    with pytest.raises(SimflError, match=match + r".*the fluid model \(network.model = \"fluid\"\) supports it"):
+def test_keys_ns3_cannot_honour_are_one_line_errors():
+    """The one left (handshake off) names the key and says the fluid model supports it."""
+    d = star(2)
+    d["network"] = {"handshake": False, "model": "ns3"}
+    with pytest.raises(SimflError, match=r"network.handshake = false: ns-3's TCP always.*the fluid model "
+                                         r"\(network.model = \"fluid\"\) supports it"):
         World(scenario_from_dict(d))

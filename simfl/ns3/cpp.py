@@ -295,6 +295,7 @@ struct Dev {
     Ptr<LinkLoss> loss;     // what it receives is lost by this (point-to-point: its receive error model; WiFi: at
                             // the IP layer, see InstallRxHooks)
     Ptr<Jitter> jitter;     // WiFi: what it receives is delayed by this (OnCellRx)
+    uint32_t stations = 0;  // WiFi access point: its stations, the devices that follow it (AddCell)
 };
 
 class Hub {
@@ -1107,6 +1108,7 @@ uint32_t AddCell(Hub& h, const std::vector<uint32_t>& members, const std::vector
         ip->TraceConnectWithoutContext("Tx", MakeBoundCallback(&OnIpTx, &h, members[i]));
         ip->TraceConnectWithoutContext("Rx", MakeBoundCallback(&OnIpRx, &h, members[i]));
     }
+    h.devs[first].stations = members.size() - 1;
     return first;
 }
 
@@ -1149,6 +1151,14 @@ uint64_t Queued(Hub& h, uint32_t d0, uint32_t n)
 static void OnCellRx(Hub* h, uint32_t di, Ptr<TrafficControlLayer> tc, Ptr<NetDevice> d, Ptr<const Packet> p,
                      uint16_t proto, const Address& from, const Address& to, NetDevice::PacketType type)
 {
+    for (uint32_t k = di + 1; k <= di + h->devs[di].stations; ++k) {  // the access point: a station that is down
+        Ptr<LinkLoss> s = h->devs[k].loss;                              // (its device's outage) is not heard
+        if (s && s->down && h->devs[k].dev->GetAddress() == from) {
+            ++s->outage;
+            if (s->onDrop) { s->onDrop(p); }
+            return;
+        }
+    }
     Ptr<LinkLoss> em = h->devs[di].loss;
     if (em && em->IsCorrupt(p->Copy())) { return; }
     Ptr<Jitter> j = h->devs[di].jitter;

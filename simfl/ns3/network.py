@@ -16,6 +16,7 @@ from simpy.events import Event
 
 from simfl.config import Cell, Link, NetworkParams, Scenario
 from simfl.errors import SimflError
+from simfl.faults import Fault
 from simfl.linkmodels import NO_LOSS, Loss
 from simfl.mailbox import Mailboxes
 from simfl.messages import DELIVERED, LOST, TO_CRASHED, Message, MessageLost, packetize
@@ -80,14 +81,6 @@ def refuse_unsupported(topology: Topology, params: NetworkParams, media: dict[st
     """A SimflError for the first key of the scenario that the ns3 backend cannot honour (see `simfl.ns3`)."""
     if not params.handshake:
         raise _fluid_only("network.handshake = false", "ns-3's TCP always opens a connection with a handshake")
-    duplex = duplex_cells(topology)
-    aps = {r.src for r in topology.resources if r.medium == "cell"}  # the cells' access points
-    g = topology.graph
-    for f, _ in topology.faults:
-        if f.target == "node" and f.name not in aps and any(d["medium"] == "cell" and d["link"] not in duplex
-                                                            for _, _, d in g.edges(f.name, data=True)):
-            raise _fluid_only(f"faults ({f.describe()})", "the ns3 backend takes down a WiFi station's links "
-                              "only with its cell")
 
 
 def duplex_cells(topology: Topology) -> set[str]:
@@ -227,6 +220,7 @@ class Ns3Network:
         self.cell_modes: dict[str, dict[str, Any]] = {}  # cell name -> the WiFi mode chosen for it
         self._cells: list[tuple[str, int, int]] = []  # (resource id, access point's device, stations)
         self._cell_devs: dict[int, tuple[int, tuple[int, int]]] = {}  # AP's device -> stations, (width, streams)
+        self._ap_of: dict[str, str] = {}  # WiFi cell -> its access point
         self._duplex = duplex_cells(topology)
         self._air: dict[tuple[str, str, str], tuple[tuple[str, int, int], ...]] = {}  # see _add_duplex_cell
         self._air_rx: dict[tuple[str, str], tuple[int, int]] = {}  # (cell, station) -> its hidden receiving devices
@@ -430,7 +424,7 @@ class Ns3Network:
         self._covers: dict[int, list[Any]] = {}
         g = self.topology.graph
         for f, edges in self.topology.faults:
-            devs = sorted({d for e in edges for d in self._edge_rx(g.edges[tuple(e)]["link"], e)})
+            devs = sorted({d for e in edges for d in self._edge_rx(g.edges[tuple(e)]["link"], e, f)})
             for d in devs:
                 self._hub.Loss(d, d)
                 self._covers.setdefault(d, []).append(f)
@@ -536,6 +530,7 @@ class Ns3Network:
         self._set_jitter(self._res_devs[r.id], r.link)
         self._cells.append((r.id, d0, len(stations)))
         self._cell_devs[d0] = (len(stations), (width, nss))
+        self._ap_of[r.link] = ap
 
     def _add_duplex_cell(self, up: Resource, down: Resource) -> None:
         """A duplex (FDD) cell as two shared point-to-point channels through two hidden nodes, "<cell>~up" (U) and
@@ -594,11 +589,14 @@ class Ns3Network:
             hub.PcapDevice(uplink, str(self.pcap_dir / f"{cell}.up.pcap"))
             hub.PcapDevice(ap_out, str(self.pcap_dir / f"{cell}.down.pcap"))
 
-    def _edge_rx(self, link: str, edge: Any) -> tuple[int, ...]:
+    def _edge_rx(self, link: str, edge: Any, fault: Fault) -> tuple[int, ...]:
         """The devices that receive what crosses a graph edge (a link, or a station's membership of a cell): what a
-        fault of the edge makes them lose."""
+        fault of the edge makes them lose. A WiFi station's node fault: its own device only (its access point
+        does not hear a station whose device is down: OnCellRx)."""
         if link in self._duplex:
             return next(self._air_rx[(link, n)] for n in edge if (link, n) in self._air_rx)
+        if fault.target == "node" and link in self.cell_modes and fault.name != self._ap_of[link]:
+            return (self._dev[(link, fault.name)],)
         return tuple(self._dev[(link, n)] for n in edge)
 
     def _start(self) -> None:
