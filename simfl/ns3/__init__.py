@@ -49,7 +49,9 @@ What is simulated (per link of the scenario):
 - WiFi cells: 802.11ac, each cell on its own channel (no interference between cells, as the fluid model assumes),
   the access point and its stations within 5 m, one fixed VHT mode per cell: the one whose PHY rate is closest to
   the cell's capacity / 0.70 (a station alone in a cell gets about 70% of the PHY rate as TCP goodput in ns-3;
-  `cell_modes` says what was chosen). Stations associate before simulated time 0; ARP tables are filled statically.
+  `cell_modes` says what was chosen; with a capacity trace, the channel width and streams are those of the trace's
+  peak, and the MCS follows the trace, see below). Stations associate before simulated time 0; ARP tables are
+  filled statically.
   Approximations: the cell's `latency` is not modelled (channel access and aggregation give their own delays; a
   propagation delay of milliseconds would break 802.11's timing); the access point's port queue is its
   best-effort MAC queue of the cell's buffer (see above); a station's MAC queue holds 64 packets (enough for an
@@ -81,7 +83,9 @@ Imperfect links (the scenario's keys, as in the fluid model; `media` gives the l
 - asymmetric links: a data rate per device, a channel (`simfl_ns3::AsymChannel`) with a delay per direction.
 - [[faults]]: while a fault is down, the loss models of the devices it covers lose everything (both ends of a link,
   every member of a cell, the ends of a node's links and the cells it is the access point of; a duplex cell's
-  station: its links to ~up and from ~down); the edges are scheduled in ns-3 as simulated time advances. Where
+  station: its links to ~up and from ~down; a WiFi station: its own device, and its access point does not hear it
+  while its device is down, so it neither sends nor receives and the cell's other stations go on); the edges are
+  scheduled in ns-3 as simulated time advances. Where
   another path joins the ends of an edge a fault takes down, the routes follow the fluid model's: the pump stops
   at every fault edge and reinstalls each connection's host
   routes, there and back, along `topology.without_edges(the edges down)`'s routes (the same tie-break; a pair
@@ -109,7 +113,12 @@ Imperfect links (the scenario's keys, as in the fluid model; `media` gives the l
   over new connections (with their handshake). Background flows are left alone, as in the fluid model.
   Approximation: a WiFi station's MAC queue is not emptied (what it holds is still sent).
 - capacity traces of links and of duplex cells' channels: the sending device's data rate changes at the trace's
-  instants.
+  instants. A WiFi cell's trace: at its instants every member's data mode (ConstantRateWifiManager's DataMode,
+  read per transmission) becomes the MCS whose PHY rate is closest to the new capacity / 0.70 among those of the
+  cell's channel width and streams (the trace's peak's, `vht_mode`). Approximations: the modes are discrete (the
+  capacity is rounded to the nearest; a rate below the slowest mode gets the slowest), the 0.70 goodput share is
+  ns-3's at 80 MHz MCS 7 (a lone download measured 0.69 at MCS 8, 0.75 at MCS 5, 0.78 at MCS 4), control frames
+  keep their rate, and a PPDU under way ends at its old rate.
 - [[traffic]] flows (`send(..., stream=...)`), traced as background (no inbox): a tcp
   stream has a connection of its own; a datagram stream sends each frame as UDP datagrams of up to mtu - 28 bytes
   tagged with it (`FrameTag`), lost when a queue, queue disc or loss model drops one of them (or, never arriving
@@ -121,8 +130,7 @@ Imperfect links (the scenario's keys, as in the fluid model; `media` gives the l
   MAC queues: ns-3 maps the DS field's three top bits to the 802.11 user priority (EF: 5, the video access
   category), whose EDCA parameters (AIFSN 2, CW 7-15) win the channel over best effort (AIFSN 3, CW 15-1023). EDCA
   does not preempt: a control frame still waits for a PPDU under way (up to 5.484 ms in 802.11ac).
-- refused with a one-line SimflError naming the key (`refuse_unsupported`): handshake off, a WiFi cell's capacity
-  trace, a node fault on a WiFi station.
+- refused with a one-line SimflError naming the key (`refuse_unsupported`): handshake off.
 
 Trace: `wire_bytes` of a message = the payload bytes of every segment transmitted for it (retransmissions included)
 plus `header_bytes` per segment whose first new byte is its (a segment that retransmits bytes without new ones

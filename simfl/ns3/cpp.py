@@ -295,6 +295,7 @@ struct Dev {
     Ptr<LinkLoss> loss;     // what it receives is lost by this (point-to-point: its receive error model; WiFi: at
                             // the IP layer, see InstallRxHooks)
     Ptr<Jitter> jitter;     // WiFi: what it receives is delayed by this (OnCellRx)
+    uint32_t stations = 0;  // WiFi access point: its stations, the devices that follow it (AddCell)
 };
 
 class Hub {
@@ -1107,7 +1108,24 @@ uint32_t AddCell(Hub& h, const std::vector<uint32_t>& members, const std::vector
         ip->TraceConnectWithoutContext("Tx", MakeBoundCallback(&OnIpTx, &h, members[i]));
         ip->TraceConnectWithoutContext("Rx", MakeBoundCallback(&OnIpRx, &h, members[i]));
     }
+    h.devs[first].stations = members.size() - 1;
     return first;
+}
+
+static void SetMcs(Hub* h, uint32_t d0, uint32_t n, uint32_t mcs)
+{
+    for (uint32_t i = d0; i <= d0 + n; ++i) {  // ConstantRateWifiManager reads its DataMode per transmission
+        DynamicCast<WifiNetDevice>(h->devs[i].dev)->GetRemoteStationManager()->SetAttribute(
+            "DataMode", StringValue("VhtMcs" + std::to_string(mcs)));
+    }
+}
+
+// At ns-3 time tNs: the members of the cell whose access point is device d0 (stations: the next n devices) send
+// their data frames with VHT MCS `mcs` (a capacity trace's change; channel width and streams stay).
+void ScheduleMcs(Hub& h, uint32_t d0, uint32_t n, int64_t tNs, uint32_t mcs)
+{
+    int64_t dt = std::max<int64_t>(0, tNs - Simulator::Now().GetNanoSeconds());
+    Simulator::Schedule(NanoSeconds(dt), &SetMcs, &h, d0, n, mcs);
 }
 
 // Packets now in the queue discs and MAC queues of devices d0 .. d0 + n (MPDUs stay queued until acknowledged).
@@ -1133,6 +1151,14 @@ uint64_t Queued(Hub& h, uint32_t d0, uint32_t n)
 static void OnCellRx(Hub* h, uint32_t di, Ptr<TrafficControlLayer> tc, Ptr<NetDevice> d, Ptr<const Packet> p,
                      uint16_t proto, const Address& from, const Address& to, NetDevice::PacketType type)
 {
+    for (uint32_t k = di + 1; k <= di + h->devs[di].stations; ++k) {  // the access point: a station that is down
+        Ptr<LinkLoss> s = h->devs[k].loss;                              // (its device's outage) is not heard
+        if (s && s->down && h->devs[k].dev->GetAddress() == from) {
+            ++s->outage;
+            if (s->onDrop) { s->onDrop(p); }
+            return;
+        }
+    }
     Ptr<LinkLoss> em = h->devs[di].loss;
     if (em && em->IsCorrupt(p->Copy())) { return; }
     Ptr<Jitter> j = h->devs[di].jitter;

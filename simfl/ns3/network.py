@@ -16,6 +16,7 @@ from simpy.events import Event
 
 from simfl.config import Cell, Link, NetworkParams, Scenario
 from simfl.errors import SimflError
+from simfl.faults import Fault
 from simfl.linkmodels import NO_LOSS, Loss
 from simfl.mailbox import Mailboxes
 from simfl.messages import DELIVERED, LOST, TO_CRASHED, Message, MessageLost, packetize
@@ -47,13 +48,16 @@ _VHT_SUBCARRIERS = {20: 52, 40: 108, 80: 234, 160: 468}
 _VHT_MCS = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 4.5, 5.0, 6.0, 8 * 5 / 6)
 
 
-def vht_mode(goodput_bps: float) -> tuple[int, int, int, float]:
+def vht_mode(goodput_bps: float, within: tuple[int, int] | None = None) -> tuple[int, int, int, float]:
     """(channel width MHz, spatial streams, MCS, PHY bit/s) of the 802.11ac mode (800 ns guard interval, 1-2
-    streams) whose PHY rate is closest to goodput / _GOODPUT_SHARE; ties go to narrower channels, fewer streams."""
+    streams) whose PHY rate is closest to goodput / _GOODPUT_SHARE; ties go to narrower channels, fewer streams.
+    `within`: only the modes of this (width, streams) (a traced cell's MCS at a change)."""
     target = goodput_bps / _GOODPUT_SHARE
     best = None
     for width, nsd in _VHT_SUBCARRIERS.items():
         for nss in (1, 2):
+            if within is not None and (width, nss) != within:
+                continue
             for mcs, bits in enumerate(_VHT_MCS):
                 if width == 20 and mcs == 9:
                     continue  # not a valid VHT mode for 1 or 2 streams
@@ -77,17 +81,6 @@ def refuse_unsupported(topology: Topology, params: NetworkParams, media: dict[st
     """A SimflError for the first key of the scenario that the ns3 backend cannot honour (see `simfl.ns3`)."""
     if not params.handshake:
         raise _fluid_only("network.handshake = false", "ns-3's TCP always opens a connection with a handshake")
-    duplex = duplex_cells(topology)
-    for m in media.values():
-        if isinstance(m, Cell) and m.name not in duplex and (m.up.trace or m.down.trace):
-            raise _fluid_only(f"cells {m.name}: bandwidth_trace", "the ns3 backend's WiFi cells keep one VHT mode")
-    aps = {r.src for r in topology.resources if r.medium == "cell"}  # the cells' access points
-    g = topology.graph
-    for f, _ in topology.faults:
-        if f.target == "node" and f.name not in aps and any(d["medium"] == "cell" and d["link"] not in duplex
-                                                            for _, _, d in g.edges(f.name, data=True)):
-            raise _fluid_only(f"faults ({f.describe()})", "the ns3 backend takes down a WiFi station's links "
-                              "only with its cell")
 
 
 def duplex_cells(topology: Topology) -> set[str]:
@@ -226,6 +219,8 @@ class Ns3Network:
         self._ports: dict[str, int] = {}
         self.cell_modes: dict[str, dict[str, Any]] = {}  # cell name -> the WiFi mode chosen for it
         self._cells: list[tuple[str, int, int]] = []  # (resource id, access point's device, stations)
+        self._cell_devs: dict[int, tuple[int, tuple[int, int]]] = {}  # AP's device -> stations, (width, streams)
+        self._ap_of: dict[str, str] = {}  # WiFi cell -> its access point
         self._duplex = duplex_cells(topology)
         self._air: dict[tuple[str, str, str], tuple[tuple[str, int, int], ...]] = {}  # see _add_duplex_cell
         self._air_rx: dict[tuple[str, str], tuple[int, int]] = {}  # (cell, station) -> its hidden receiving devices
@@ -429,14 +424,14 @@ class Ns3Network:
         self._covers: dict[int, list[Any]] = {}
         g = self.topology.graph
         for f, edges in self.topology.faults:
-            devs = sorted({d for e in edges for d in self._edge_rx(g.edges[tuple(e)]["link"], e)})
+            devs = sorted({d for e in edges for d in self._edge_rx(g.edges[tuple(e)]["link"], e, f)})
             for d in devs:
                 self._hub.Loss(d, d)
                 self._covers.setdefault(d, []).append(f)
             out.append([0.0, "fault", (f, devs)])
         for r in self.topology.resources:
             tr = r.trace
-            if tr is not None and (r.medium == "p2p" or r.link in self._duplex):
+            if tr is not None:  # a WiFi cell's: its access point's device (see _plan)
                 nxt = tr.following(0, 0)
                 if nxt is not None:
                     out.append([tr.change_time(*nxt), "trace", (tr, self._res_devs[r.id][0], nxt)])
@@ -458,7 +453,11 @@ class Ns3Network:
                 else:
                     tr, d, pos = ch[2]
                     bps = tr.rates[pos[1]]
-                    hub.ScheduleRate(d, t0 + _ns(t), round(bps), self._gap(bps))
+                    if d in self._cell_devs:  # a WiFi cell: every member's data mode, the MCS closest to bps
+                        n, within = self._cell_devs[d]
+                        cpp.load(wifi=True).ScheduleMcs(hub, d, n, t0 + _ns(t), vht_mode(bps, within)[2])
+                    else:
+                        hub.ScheduleRate(d, t0 + _ns(t), round(bps), self._gap(bps))
                     nxt = tr.following(*pos)
                     ch[0] = math.inf if nxt is None else tr.change_time(*nxt)
                     ch[2] = (tr, d, nxt)
@@ -505,12 +504,15 @@ class Ns3Network:
             self._write_hosts()
 
     def _add_cell(self, j: int, r: Resource) -> None:
-        """One WiFi cell: its access point and stations, the VHT mode closest to the cell's capacity."""
+        """One WiFi cell: its access point and stations, the VHT mode closest to the cell's capacity. With a capacity
+        trace, the channel width and streams are those of the trace's peak, and the MCS follows the trace."""
         g, ap = self.topology.graph, r.src
         stations = [n for n in self.topology.nodes
                     if g.has_edge(ap, n) and g.edges[ap, n]["medium"] == "cell" and g.edges[ap, n]["link"] == r.link]
         members = [ap, *stations]
-        width, nss, mcs, phy_bps = vht_mode(r.capacity_bps)
+        width, nss, mcs, phy_bps = vht_mode(max((r.capacity_bps, *(r.trace.rates if r.trace else ()))))
+        if r.trace is not None:
+            width, nss, mcs, phy_bps = vht_mode(r.capacity_bps, (width, nss))
         self.cell_modes[r.link] = {"standard": "802.11ac", "width_mhz": width, "streams": nss, "mcs": mcs,
                                    "phy_bps": phy_bps}
         p = self.params
@@ -527,6 +529,8 @@ class Ns3Network:
         self._res_devs[r.id] = list(range(d0, d0 + len(members)))
         self._set_jitter(self._res_devs[r.id], r.link)
         self._cells.append((r.id, d0, len(stations)))
+        self._cell_devs[d0] = (len(stations), (width, nss))
+        self._ap_of[r.link] = ap
 
     def _add_duplex_cell(self, up: Resource, down: Resource) -> None:
         """A duplex (FDD) cell as two shared point-to-point channels through two hidden nodes, "<cell>~up" (U) and
@@ -585,11 +589,14 @@ class Ns3Network:
             hub.PcapDevice(uplink, str(self.pcap_dir / f"{cell}.up.pcap"))
             hub.PcapDevice(ap_out, str(self.pcap_dir / f"{cell}.down.pcap"))
 
-    def _edge_rx(self, link: str, edge: Any) -> tuple[int, ...]:
+    def _edge_rx(self, link: str, edge: Any, fault: Fault) -> tuple[int, ...]:
         """The devices that receive what crosses a graph edge (a link, or a station's membership of a cell): what a
-        fault of the edge makes them lose."""
+        fault of the edge makes them lose. A WiFi station's node fault: its own device only (its access point
+        does not hear a station whose device is down: OnCellRx)."""
         if link in self._duplex:
             return next(self._air_rx[(link, n)] for n in edge if (link, n) in self._air_rx)
+        if fault.target == "node" and link in self.cell_modes and fault.name != self._ap_of[link]:
+            return (self._dev[(link, fault.name)],)
         return tuple(self._dev[(link, n)] for n in edge)
 
     def _start(self) -> None:
