@@ -221,9 +221,9 @@ class Contention:
         c, where = _rate(self.capacity_bps), f"cell {self.cell}" + (f", the worst of {self.cells}" * (self.cells > 1))
         if self.access == "station":
             what = (f"access point {self.ap} relays {self.flows:,} flows while {self.stations:,} stations contend "
-                    f"with it for the channel; the fluid model shares it per transmitter at {min(1.0, self.load):.0%} "
-                    f"of {c}, but packet-level so crowded a cell relayed up to 2.3x slower (lost frames, the access "
-                    "point's queue)")
+                    f"with it for the channel; the fluid model shares it per transmitter (the cell carrying "
+                    f"{min(1.0, self.load):.0%} of {c}), but packet-level so crowded a cell relayed up to 2.3x slower "
+                    "(lost frames, the access point's queue)")
         elif self.kind == "relay":
             what = (f"access point {self.ap} relays {self.flows:,} flows while {self.stations:,} stations contend "
                     "with it for the channel; 802.11 shares the channel per transmitter, so the access point gets "
