@@ -187,7 +187,8 @@ def test_station_access_flags_the_relay_of_a_crowded_cell():
     assert c.message == ("p: the fluid model is optimistic here (cell w: access point ap relays 90 flows while 10 "
                          "stations contend with it for the channel; the fluid model shares it per transmitter (the "
                          "cell carrying 83% of 100 Mbps), but packet-level so crowded a cell relayed up to 2.3x slower "
-                         "(lost frames, the access point's queue)): rerun with network.model = \"ns3\" for packet-level timing")
+                         "(lost frames, the access point's queue)): rerun with network.model = \"ns3\" for "
+                         "packet-level timing")
 
 
 # ------------------------------------------------------------------------------------------------ the AP's queue
