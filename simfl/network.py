@@ -1163,8 +1163,8 @@ class Network:
         for r in dirty:
             if r in cells:
                 k = sum(1 for slot in cells[r] if slot.n)
-                if not self._cell_k.get(r):  # else its shares so far are the best start
-                    self._set_share(r, None)
+                if not self._cell_k.get(r):  # it was idle: C eta(k) / k (else its shares so far are the best start)
+                    self._set_share(r, r.capacity * contention_efficiency(k) / k if k else 0.0)
                 self._cell_k[r] = k
         flows = self._rates(dirty)
         stamp = self._stamp  # `_rates` marked the component's flows with it
@@ -1179,11 +1179,8 @@ class Network:
             self._rates(dict.fromkeys(found))  # the cells' components: among the flows of the first fill
         return flows
 
-    def _set_share(self, cell: _Res, share: float | None) -> None:
-        """Give each slot of `cell` the share s (None: C eta(k) / k for its k active transmitters)."""
-        if share is None:
-            k = sum(1 for slot in self._cell_slots[cell] if slot.n)
-            share = cell.capacity * contention_efficiency(k) / k if k else 0.0
+    def _set_share(self, cell: _Res, share: float) -> None:
+        """Give each slot of `cell` the share s."""
         for slot in self._cell_slots[cell]:
             slot.capacity = share
 
