@@ -160,10 +160,9 @@ def preflight(scenario: Scenario) -> None:
                                 "with cppyy bindings) is not installed here: pip install ns3 (or pip install -e "
                                 ".[ns3]), or use network.model = \"fluid\"")
         from simfl.ns3.network import refuse_scenario  # loads no ns-3
-        from simfl.topology import Topology
 
         try:
-            refuse_scenario(Topology.from_scenario(scenario), scenario)
+            refuse_scenario(scenario)
         except SimflError as e:
             raise ScenarioError(f"{scenario.source or scenario.name}: {e}") from None
     if scenario.traffic:

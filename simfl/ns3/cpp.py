@@ -699,11 +699,14 @@ class Hub {
         Config::SetDefault("ns3::TcpSocket::ConnCount", UintegerValue(31));
     }
 
-    // Connection `ci` made progress now (giveUpNs >= 0): its watchdog fires giveUpNs after the last progress.
+    // How long connection `c` may go without progress before its watchdog aborts it (ns; < 0: never).
+    int64_t WatchNs(const Conn& c) const { return c.watchNs >= 0 ? c.watchNs : giveUpNs; }
+
+    // Connection `ci` made progress now: its watchdog fires WatchNs after the last progress (if >= 0).
     void Progress(uint32_t ci)
     {
         Conn& c = conns[ci];
-        int64_t wait = c.watchNs >= 0 ? c.watchNs : giveUpNs;
+        int64_t wait = WatchNs(c);
         if (wait < 0) { return; }
         c.progress = Simulator::Now().GetNanoSeconds();
         if (!c.watched) {
@@ -778,7 +781,7 @@ class Hub {
         Conn& c = h->conns[ci];
         c.watched = false;
         if (c.failed || c.nextDone == c.msgs.size()) { return; }
-        int64_t due = c.progress + (c.watchNs >= 0 ? c.watchNs : h->giveUpNs);
+        int64_t due = c.progress + h->WatchNs(c);
         int64_t now = Simulator::Now().GetNanoSeconds();
         if (now < due) {
             c.watched = true;

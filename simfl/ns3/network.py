@@ -77,8 +77,8 @@ def _fluid_only(what: str, why: str) -> SimflError:
     return SimflError(f"{what}: {why}; the fluid model (network.model = \"fluid\") supports it")
 
 
-def refuse_unsupported(topology: Topology, params: NetworkParams, media: dict[str, Link | Cell]) -> None:
-    """A SimflError for the first key of the scenario that the ns3 backend cannot honour (see `simfl.ns3`)."""
+def refuse_unsupported(params: NetworkParams) -> None:
+    """A SimflError for the first network key that the ns3 backend cannot honour (see `simfl.ns3`)."""
     if not params.handshake:
         raise _fluid_only("network.handshake = false", "ns-3's TCP always opens a connection with a handshake")
 
@@ -152,10 +152,10 @@ class _Tx:
         self.flow = flow
 
 
-def refuse_scenario(topology: Topology, scenario: Scenario) -> None:
+def refuse_scenario(scenario: Scenario) -> None:
     """Everything of a scenario that the ns3 backend refuses, without building its network: `refuse_unsupported`
-    (network keys, links and cells; its [[traffic]] runs whatever its priority)."""
-    refuse_unsupported(topology, scenario.network, {m.name: m for m in (*scenario.links, *scenario.cells)})
+    (its links, cells and [[traffic]] all run)."""
+    refuse_unsupported(scenario.network)
 
 
 class Ns3Network:
@@ -175,7 +175,7 @@ class Ns3Network:
         self.params = params or NetworkParams()
         self.options = options or Ns3Options.from_params(self.params)
         self.media = {m.name: m for m in media}  # the scenario's links and cells: buffers, losses (default: none)
-        refuse_unsupported(topology, self.params, self.media)
+        refuse_unsupported(self.params)
         self.recorder = recorder if recorder is not None else TraceRecorder()
         self.recorder.set_link_source(self.link_columns)
         self.mailboxes = Mailboxes(env, topology.nodes)
