@@ -102,6 +102,7 @@ import polars as pl
 from simfl.errors import SimflError
 from simfl.messages import packetize
 from simfl.network import pipeline_offsets
+from simfl.trace import routing_states
 
 __all__ = [
     "FORMATS",
@@ -261,27 +262,11 @@ class Routes:
     hop_sf: np.ndarray  # float64 per hop j: store-and-forward of hops 0..j (s per bit)
 
 
-def _fault_states(df: pl.DataFrame, topology) -> tuple[np.ndarray, list]:
-    """Per message the index of the topology it was routed on, and those topologies: with [[faults]], the one
-    without the edges down just before its transmission ended (the route it finished on, the one the trace
-    counts); without, the whole topology for all."""
-    if not topology.faults or df.height == 0:
-        return np.zeros(df.height, np.int64), [topology]
-    t0 = df["t_start"].to_numpy().astype(np.float64)
-    t1 = df["t_tx"].to_numpy().astype(np.float64)
-    tol = 1e-12 * (1.0 + t1)
-    at = np.where(t1 - tol > t0, t1 - tol, t0 + tol)  # after an edge at t_start, before one at t_tx
-    downs: dict[frozenset, int] = {}
-    idx = [downs.setdefault(frozenset(e for f, edges in topology.faults if f.is_down(t) for e in edges), len(downs))
-           for t in at.tolist()]
-    return np.asarray(idx, np.int64), [topology.without_edges(d) for d in downs]
-
-
 def _routes(df: pl.DataFrame, topology, resource_index: dict[str, int]) -> Routes:
-    """Route of every message from the topology (with [[faults]]: over what was up, `_fault_states`), computed
-    once per distinct (state, src, dst); the per-hop terms are `simfl.network.pipeline_offsets`, the network's
-    own."""
-    state, topos = _fault_states(df, topology)
+    """Route of every message from the topology (with [[faults]]: over what was up, `simfl.trace.routing_states`),
+    computed once per distinct (state, src, dst); the per-hop terms are `simfl.network.pipeline_offsets`, the
+    network's own."""
+    state, topos = routing_states(df, topology)
     nodes = list(topology.nodes)
     code = {n: i for i, n in enumerate(nodes)}
     unknown = sorted((set(df["src"].unique().to_list()) | set(df["dst"].unique().to_list())) - set(code))

@@ -10,7 +10,8 @@ exchange of 90 models on one switch takes 4.5-5.6x the fluid time, a gather of 9
 (docs/network-model.md, "Incast"). This module finds such moments in a finished run's messages trace, per phase
 and port. It is a check on the fluid model only: a run on the ns3 backend (`network.model`) is not checked.
 
-The check, for every message of the trace (route from the topology):
+The check, for every message of the trace (route from the topology; with [[faults]], the route over what was up
+just before its transmission ended, `simfl.trace.routing_states`, as the export draws it):
 
 1. **Its burst** (`slow_start_burst`): the most packets it throws at its bottleneck faster than the bottleneck
    drains them: its first window, k = min(IW, its packets) (`network.initial_window`), or, for a longer message, a
@@ -86,6 +87,7 @@ from simfl.config import Scenario
 from simfl.messages import packetize
 from simfl.network import contention_efficiency, pipeline_offsets
 from simfl.topology import Hop, Topology
+from simfl.trace import routing_states
 from simfl.units import format_rate
 
 __all__ = ["PortPeak", "Incast", "CellMoment", "CellPeak", "Contention", "CONTENDERS", "CROWD_LOAD", "port_peaks",
@@ -286,8 +288,11 @@ class _Routes:
             self.port_ap.append(cell >= 0 and self.cells[cell][1] == h.src)
         return p
 
-    def add(self, src: str, dst: str) -> None:
-        hops = self.topology.route_tuple(src, dst)
+    def add(self, src: str, dst: str, topology: Topology | None = None) -> None:
+        """The route of src -> dst on `topology` (the topology with what a fault took down removed; None: the
+        whole one), or on the whole topology where that one has none (a message that no route could carry)."""
+        hops = (topology.route_or_none(src, dst) if topology is not None else None) or \
+            self.topology.route_tuple(src, dst)
         shape = tuple([(h.capacity_bps, h.latency_s) for h in hops])
         s = self.shapes.get(shape)
         if s is None:
@@ -360,15 +365,16 @@ def _first_windows(bits: np.ndarray, scenario: Scenario) -> tuple[np.ndarray, ..
         np.array(out[3], bool)
 
 
-def _codes(messages: pl.DataFrame, topology: Topology) -> tuple[dict[str, np.ndarray], list[str]]:
+def _codes(messages: pl.DataFrame, topology: Topology, state: np.ndarray) -> tuple[dict[str, np.ndarray], list[str]]:
     """The trace's columns the check reads, in order of t_start then msg_id, names as numbers: src and dst index
-    the topology's nodes, phase the phases in the order met."""
+    the topology's nodes, phase the phases in the order met, state the topology each was routed on
+    (`simfl.trace.routing_states`)."""
     phase = messages.get_column("phase")
     phases = phase.unique(maintain_order=True).to_list()
     nodes = pl.Enum(list(topology.nodes))
     cols = {"src": messages.get_column("src").cast(nodes).to_physical().to_numpy().astype(np.int32),
             "dst": messages.get_column("dst").cast(nodes).to_physical().to_numpy().astype(np.int32),
-            "phase": phase.cast(pl.Enum(phases)).to_physical().to_numpy().astype(np.int32)}
+            "phase": phase.cast(pl.Enum(phases)).to_physical().to_numpy().astype(np.int32), "state": state}
     for c in ("payload_bits", "wire_bytes", "t_start", "t_tx"):
         cols[c] = messages.get_column(c).to_numpy()
     order = np.lexsort((messages.get_column("msg_id").to_numpy(), cols["t_start"]))
@@ -382,15 +388,18 @@ def _codes(messages: pl.DataFrame, topology: Topology) -> tuple[dict[str, np.nda
     return cols, [phases[i] for i in met]
 
 
-def _bursts(cols: dict[str, np.ndarray], routes: _Routes, scenario: Scenario, unit: float) -> dict[str, Any]:
+def _bursts(cols: dict[str, np.ndarray], routes: _Routes, topologies: Sequence[Topology], scenario: Scenario,
+            unit: float) -> dict[str, Any]:
     """Per message: its route, size and phase, and its interval [b, end) at the sender in integer time units
     (steps 1-3 of the module doc), its fluid transmission [ts, tx) and mean rate (bit/s); the routes' and sizes'
     columns. Integers keep "a burst ends as the next one of its sender begins" exact."""
     n_nodes = len(routes.topology.nodes)
-    pairs, rid = np.unique(cols["src"].astype(np.int64) * n_nodes + cols["dst"], return_inverse=True)
+    pairs, rid = np.unique((cols["state"] * n_nodes + cols["src"]) * n_nodes + cols["dst"], return_inverse=True)
     nodes = routes.topology.nodes
     for code in pairs.tolist():
-        routes.add(nodes[code // n_nodes], nodes[code % n_nodes])
+        topo = topologies[code // (n_nodes * n_nodes)]
+        routes.add(nodes[code // n_nodes % n_nodes], nodes[code % n_nodes],
+                   None if topo is routes.topology else topo)
     del pairs
     r = routes.columns()
     sizes, sid = np.unique(cols["payload_bits"], return_inverse=True)
@@ -558,10 +567,11 @@ def _analyse(messages: pl.DataFrame, topology: Topology, scenario: Scenario) -> 
         pl.when(pl.col("t_tx").is_nan()).then(pl.col("t_start")).otherwise(pl.col("t_tx")).alias("t_tx"))
     if not messages.height:
         return [], []
-    cols, phases = _codes(messages, topology)
+    state, topologies = routing_states(messages, topology)
+    cols, phases = _codes(messages, topology, state)
     unit = _PS if float(cols["t_tx"].max()) < _PS_UP_TO_S else _NS
     routes = _Routes(topology, scenario)
-    msg = _bursts(cols, routes, scenario, unit)
+    msg = _bursts(cols, routes, topologies, scenario, unit)
     del cols
     cells, stations = _cells(_nonempty(_visits(msg, len(phases), unit, msg["routes"]["cell"] >= 0, fluid=True)),
                              routes, phases, unit)

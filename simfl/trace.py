@@ -43,11 +43,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import polars as pl
 
 from simfl.messages import LATE, LOST, TO_CRASHED, Message
+
+if TYPE_CHECKING:
+    from simfl.topology import Topology
 
 __all__ = ["MESSAGE_SCHEMA", "COMPUTE_SCHEMA", "LINK_SCHEMA", "BACKGROUND_SCHEMA", "ROUNDS_SCHEMA", "BACKGROUND",
            "TraceRecorder", "write_traces", "write_frame", "rounds_frame", "write_rounds"]
@@ -217,6 +221,23 @@ class TraceRecorder:
         f = pl.DataFrame({**c, "with_fl": [with_fl] * n}, schema=schema)
         f = f.with_columns((pl.col("t_deliver") - pl.col("t_send")).alias("latency"))
         return f.select(BACKGROUND_SCHEMA.names()).sort("flow", "seq")
+
+
+def routing_states(messages: pl.DataFrame, topology: Topology) -> tuple[np.ndarray, list[Topology]]:
+    """Per message of a messages trace the index of the topology it was routed on, and those topologies: with
+    [[faults]], the one without the edges down just before its transmission ended (the route it finished on, where
+    the trace counts its bytes; a lost message's t_tx may be NaN: then just after its t_start); without, the whole
+    topology for all."""
+    if not topology.faults or messages.height == 0:
+        return np.zeros(messages.height, np.int64), [topology]
+    t0 = messages["t_start"].to_numpy().astype(np.float64)
+    t1 = messages["t_tx"].to_numpy().astype(np.float64)
+    tol = 1e-12 * (1.0 + np.nan_to_num(t1))
+    at = np.where(t1 - tol > t0, t1 - tol, t0 + tol)  # after an edge at t_start, before one at t_tx
+    downs: dict[frozenset, int] = {}
+    idx = [downs.setdefault(frozenset(e for f, edges in topology.faults if f.is_down(t) for e in edges), len(downs))
+           for t in at.tolist()]
+    return np.asarray(idx, np.int64), [topology.without_edges(d) for d in downs]
 
 
 def write_traces(recorder: TraceRecorder, run_dir: str | Path) -> dict[str, Path]:

@@ -32,8 +32,10 @@ HOP2 = 0.0005 + 12_304 / 1e8  # when a burst sent at 0 reaches the second hop of
 
 
 def star(n: int, *, pattern: str = "gather", size: int = TWENTY, server_bw: str = "100 Mbps", order: str = "id",
-         network: dict | None = None, server_buffer: int | None = None):
-    """n clients and a server, each on its own 100 Mbps / 0.5 ms link to switch s (the server's speed as given)."""
+         network: dict | None = None, server_buffer: int | None = None, nodes: tuple = (), links: tuple = (),
+         faults: tuple = ()):
+    """n clients and a server, each on its own 100 Mbps / 0.5 ms link to switch s (the server's speed as given);
+    `nodes`, `links` and `faults` added as given."""
     up = {"to": "s", "bandwidth": server_bw, "latency": "0.5 ms"}
     if server_buffer is not None:
         up["buffer"] = server_buffer
@@ -41,9 +43,10 @@ def star(n: int, *, pattern: str = "gather", size: int = TWENTY, server_bw: str 
         # times below are worked by hand without the TCP handshake (it delays every pair's first message by one
         # round trip, the same for every client of this star)
         "name": "star", "workload": "synthetic", "network": {"handshake": False, **(network or {})},
-        "nodes": [{"name": "s", "kind": "switch"}, {"name": "srv", "kind": "server", "uplink": up}],
+        "nodes": [{"name": "s", "kind": "switch"}, {"name": "srv", "kind": "server", "uplink": up}, *nodes],
         "node_groups": [{"prefix": "c", "count": n, "uplink": {"to": "s", "bandwidth": "100 Mbps",
                                                                 "latency": "0.5 ms"}}],
+        "links": list(links), "faults": list(faults),
         "synthetic": {"pattern": [pattern], "message_bytes": size, "target": "srv", "send_order": order},
     })
 
@@ -140,6 +143,21 @@ def test_one_faster_ingress_into_a_slower_port_converges():
     [w] = incast(sc)
     assert (w.port, w.flows, w.packets, w.ingresses, w.ports) == ("g>srv (link srv-g)", 20, 200, 1, 1)
     assert "s>g (link g-s)" not in peaks(sc)
+
+
+def test_messages_rerouted_around_a_fault_are_checked_on_the_route_they_took():
+    """The gather of 11 with the server's link to s down from the start: every message goes c -> s -> b -> srv over
+    a backup switch b (100 Mbps / 0.5 ms links). The 11 first windows (110 packets) converge on port s>b, reached at
+    HOP2 as s>srv was; b>srv has one ingress of its own speed (no convergence); s>srv, down, carried nothing."""
+    b = {"a": "s", "b": "b", "bandwidth": "100 Mbps", "latency": "0.5 ms", "name": "s-b"}
+    sc = star(11, nodes=({"name": "b", "kind": "switch"},),
+              links=(b, {**b, "a": "b", "b": "srv", "name": "b-srv"}), faults=({"link": "srv-s", "down": "0 s"},))
+    w, m = run(sc)
+    assert m["hops"].to_list() == [3] * 11
+    [x] = find_incast(m, w.topology, sc)
+    assert (x.port, x.flows, x.packets, x.ingresses, x.buffer) == ("s>b (link s-b)", 11, 110, 11, 100)
+    assert x.at_s == pytest.approx(HOP2, rel=1e-12)
+    assert set(p.port for p in port_peaks(m, w.topology, sc)) == {"s>b (link s-b)"}
 
 
 # ------------------------------------------------------------------------------------------------ all-pairs
