@@ -724,8 +724,8 @@ class Network:
         """Bring the fault state (what is down, the routes over the rest) up to time t."""
         if t < self._next_edge:
             return
-        down = frozenset(e for fault, edges in self._faults if fault.is_down(t) for e in edges)
-        self._next_edge = min(fault.next_edge(t) for fault, _ in self._faults)
+        down = self.topology.edges_down(t)
+        self._next_edge = self.topology.next_fault_edge(t)
         if down != self._down:
             self._down = down
             topo = self._topos.get(down)

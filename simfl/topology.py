@@ -27,6 +27,7 @@ and resources, routes recomputed around them. `fault_edges` names the graph edge
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -145,6 +146,14 @@ class Topology:
         if down - known:
             raise SimflError(f"unknown link or cell {sorted(down - known)[0]!r} (known: {', '.join(sorted(known))})")
         return self.without_edges(frozenset((u, v)) for u, v, name in self.graph.edges(data="link") if name in down)
+
+    def edges_down(self, t: float) -> frozenset[Edge]:
+        """The graph edges its [[faults]] hold down at time t."""
+        return frozenset(e for fault, edges in self.faults if fault.is_down(t) for e in edges)
+
+    def next_fault_edge(self, t: float) -> float:
+        """The first time after t at which one of its [[faults]] goes down or comes up (inf: none)."""
+        return min((fault.next_edge(t) for fault, _ in self.faults), default=math.inf)
 
     def without_edges(self, edges: Iterable[Edge]) -> Topology:
         """This topology with the given graph edges (pairs of nodes) out of service; see `without`."""

@@ -235,8 +235,7 @@ def routing_states(messages: pl.DataFrame, topology: Topology) -> tuple[np.ndarr
     tol = 1e-12 * (1.0 + np.nan_to_num(t1))
     at = np.where(t1 - tol > t0, t1 - tol, t0 + tol)  # after an edge at t_start, before one at t_tx
     downs: dict[frozenset, int] = {}
-    idx = [downs.setdefault(frozenset(e for f, edges in topology.faults if f.is_down(t) for e in edges), len(downs))
-           for t in at.tolist()]
+    idx = [downs.setdefault(topology.edges_down(t), len(downs)) for t in at.tolist()]
     return np.asarray(idx, np.int64), [topology.without_edges(d) for d in downs]
 
 

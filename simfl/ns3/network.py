@@ -688,13 +688,10 @@ class Ns3Network:
         t, b = self._topo_now.route_or_none(src, dst), self._topo_now.route_or_none(dst, src)
         return (there, back) if t is None or b is None else (t, b)
 
-    def _next_fault_edge(self, now: float) -> float:
-        return min(f.next_edge(now) for f, _ in self.topology.faults)
-
     def _follow_faults(self, now: float) -> None:
         """At a fault edge (the pump stops at each one): every connection's host routes, there and back, follow
         the routes over what is up now; a node's route to an address no route uses any more is removed."""
-        down = frozenset(e for f, edges in self.topology.faults if f.is_down(now) for e in edges)
+        down = self.topology.edges_down(now)
         if down == self._down:
             return
         self._down = down
@@ -770,7 +767,7 @@ class Ns3Network:
         if any(ch[0] < math.inf for ch in self._changes):
             until = min(until, now + _CHANGE_WINDOW)  # outage edges and rate changes are scheduled a window ahead
         if self._reroutes:
-            until = min(until, self._next_fault_edge(now))  # the routes change there
+            until = min(until, self.topology.next_fault_edge(now))  # the routes change there
         self._plan(until)
         stop = t0 + _ns(until)
         t_ns = hub.RunUntil(stop)
