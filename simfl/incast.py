@@ -288,11 +288,11 @@ class _Routes:
             self.port_ap.append(cell >= 0 and self.cells[cell][1] == h.src)
         return p
 
-    def add(self, src: str, dst: str, topology: Topology | None = None) -> None:
-        """The route of src -> dst on `topology` (the topology with what a fault took down removed; None: the
-        whole one), or on the whole topology where that one has none (a message that no route could carry)."""
-        hops = (topology.route_or_none(src, dst) if topology is not None else None) or \
-            self.topology.route_tuple(src, dst)
+    def add(self, src: str, dst: str, topology: Topology) -> None:
+        """The route of src -> dst on `topology` (the whole one, or that without what a fault held down,
+        `simfl.trace.routing_states`), or on the whole topology where that one has none (a message that no route
+        could carry)."""
+        hops = topology.route_or_none(src, dst) or self.topology.route_tuple(src, dst)
         shape = tuple([(h.capacity_bps, h.latency_s) for h in hops])
         s = self.shapes.get(shape)
         if s is None:
@@ -397,9 +397,7 @@ def _bursts(cols: dict[str, np.ndarray], routes: _Routes, topologies: Sequence[T
     pairs, rid = np.unique((cols["state"] * n_nodes + cols["src"]) * n_nodes + cols["dst"], return_inverse=True)
     nodes = routes.topology.nodes
     for code in pairs.tolist():
-        topo = topologies[code // (n_nodes * n_nodes)]
-        routes.add(nodes[code // n_nodes % n_nodes], nodes[code % n_nodes],
-                   None if topo is routes.topology else topo)
+        routes.add(nodes[code // n_nodes % n_nodes], nodes[code % n_nodes], topologies[code // (n_nodes * n_nodes)])
     del pairs
     r = routes.columns()
     sizes, sid = np.unique(cols["payload_bits"], return_inverse=True)
